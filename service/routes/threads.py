@@ -1,0 +1,156 @@
+"""Thread endpoints: create, read, update, archive, delete, search, count, copy."""
+
+from __future__ import annotations
+
+import uuid
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service import runs, serialize, threads
+from service.executor import BUSY_DETAIL, thread_config
+from service.http import owner, parse, services, uuid_param
+from service.problems import Problem, not_found
+from service.schemas import ThreadCount, ThreadCreate, ThreadPatch, ThreadSearch
+
+
+async def create_thread(request: Request) -> Response:
+    who = owner(request)
+    body = await parse(request, ThreadCreate)
+    thread_id = body.thread_id or uuid.uuid4()
+    svc = services(request)
+    async with svc.pool.connection() as conn:
+        row = await threads.insert(
+            conn, thread_id=thread_id, owner=who, metadata=body.metadata, title=body.title
+        )
+        if row is None:
+            existing = await threads.get(conn, thread_id, who)
+            if existing is None or body.if_exists == "raise":
+                # Another owner's id is reported as taken without saying by whom.
+                raise Problem(409, f"Thread with ID {thread_id} already exists", kind="conflict")
+            row = existing
+    return serialize.JSON(serialize.thread(row))
+
+
+async def get_thread(request: Request) -> Response:
+    who = owner(request)
+    thread_id = uuid_param(request, "thread_id")
+    svc = services(request)
+    async with svc.pool.connection() as conn:
+        row = await threads.get(conn, thread_id, who)
+    if row is None:
+        raise not_found("Thread", thread_id)
+    snapshot = await svc.executor.reader.aget_state(thread_config(thread_id))
+    return serialize.JSON(
+        serialize.thread(row, values=snapshot.values, interrupts=_interrupts(snapshot))
+    )
+
+
+def _interrupts(snapshot: object) -> dict[str, list[object]]:
+    found: dict[str, list[object]] = {}
+    for task in getattr(snapshot, "tasks", ()):
+        if task.interrupts:
+            found[task.id] = list(task.interrupts)
+    return found
+
+
+async def patch_thread(request: Request) -> Response:
+    who = owner(request)
+    thread_id = uuid_param(request, "thread_id")
+    body = await parse(request, ThreadPatch)
+    async with services(request).pool.connection() as conn:
+        row = await threads.update(
+            conn,
+            thread_id,
+            who,
+            metadata=body.metadata,
+            title=body.title,
+            set_title="title" in body.model_fields_set,
+            archived=body.archived,
+        )
+    if row is None:
+        raise not_found("Thread", thread_id)
+    if request.headers.get("prefer", "").lower() == "return=minimal":
+        return Response(status_code=204)
+    return serialize.JSON(serialize.thread(row))
+
+
+async def delete_thread(request: Request) -> Response:
+    who = owner(request)
+    thread_id = uuid_param(request, "thread_id")
+    async with services(request).pool.connection() as conn, conn.transaction():
+        if not await threads.lock(conn, thread_id, who):
+            raise not_found("Thread", thread_id)
+        if await runs.active_run_ids(conn, thread_id):
+            raise Problem(409, BUSY_DETAIL, kind="thread-busy")
+        await threads.delete_locked(conn, thread_id)
+    return Response(status_code=204)
+
+
+async def search_threads(request: Request) -> Response:
+    who = owner(request)
+    body = await parse(request, ThreadSearch)
+    flt = threads.ThreadFilter(
+        owner=who, ids=body.ids, metadata=body.metadata, status=body.status, archived=body.archived
+    )
+    async with services(request).pool.connection() as conn:
+        rows, total = await threads.search(
+            conn,
+            flt,
+            limit=body.limit,
+            offset=body.offset,
+            sort_by=body.sort_by,
+            sort_order=body.sort_order,
+        )
+    items = [serialize.thread(r) for r in rows]
+    if body.select:
+        items = [{k: v for k, v in item.items() if k in body.select} for item in items]
+    headers = {"X-Pagination-Total": str(total)}
+    if body.offset + len(rows) < total:
+        headers["X-Pagination-Next"] = str(body.offset + len(rows))
+    return serialize.JSON(items, headers=headers)
+
+
+async def count_threads(request: Request) -> Response:
+    who = owner(request)
+    body = await parse(request, ThreadCount)
+    flt = threads.ThreadFilter(
+        owner=who, metadata=body.metadata, status=body.status, archived=body.archived
+    )
+    async with services(request).pool.connection() as conn:
+        n = await threads.count(conn, flt)
+    return serialize.JSON(n)
+
+
+async def copy_thread(request: Request) -> Response:
+    who = owner(request)
+    source = uuid_param(request, "thread_id")
+    target = uuid.uuid4()
+    async with services(request).pool.connection() as conn, conn.transaction():
+        original = await threads.get(conn, source, who)
+        if original is None:
+            raise not_found("Thread", source)
+        # The source's lock keeps a run from writing half a step into what we copy.
+        await threads.lock(conn, source, who)
+        row = await threads.insert(
+            conn,
+            thread_id=target,
+            owner=who,
+            metadata=original["metadata"],
+            title=original["title"],
+        )
+        assert row is not None
+        await threads.copy_checkpoints(conn, source, target)
+    return serialize.JSON(serialize.thread(row))
+
+
+routes = [
+    Route("/threads", create_thread, methods=["POST"]),
+    Route("/threads/search", search_threads, methods=["POST"]),
+    Route("/threads/count", count_threads, methods=["POST"]),
+    Route("/threads/{thread_id}", get_thread, methods=["GET"]),
+    Route("/threads/{thread_id}", patch_thread, methods=["PATCH"]),
+    Route("/threads/{thread_id}", delete_thread, methods=["DELETE"]),
+    Route("/threads/{thread_id}/copy", copy_thread, methods=["POST"]),
+]

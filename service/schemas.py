@@ -1,0 +1,149 @@
+"""Request bodies of the HTTP API, validated strictly: unknown fields are errors.
+
+Field names follow the LangGraph Agent Server so the official SDK works unchanged; keys the SDK
+always sends are accepted even where this service ignores them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MultitaskStrategy = Literal["reject", "enqueue", "interrupt", "rollback"]
+ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
+RunStatus = Literal["pending", "running", "success", "error", "timeout", "interrupted"]
+MAX_PAGE = 1000
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _no_ttl(value: Any) -> Any:
+    if value is not None:
+        raise ValueError("per-thread ttl is not supported; retention is set by a RetentionPolicy")
+    return value
+
+
+class ThreadCreate(Body):
+    thread_id: UUID | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    if_exists: Literal["raise", "do_nothing"] = "raise"
+    title: str | None = Field(default=None, max_length=500)
+    ttl: Any = None
+    supersteps: Any = None
+
+    _ttl = field_validator("ttl")(_no_ttl)
+
+    @field_validator("supersteps")
+    @classmethod
+    def _no_supersteps(cls, value: Any) -> Any:
+        if value is not None:
+            raise ValueError("supersteps are not supported")
+        return value
+
+
+class ThreadPatch(Body):
+    metadata: dict[str, Any] | None = None
+    title: str | None = Field(default=None, max_length=500)
+    archived: bool | None = None
+    ttl: Any = None
+
+    _ttl = field_validator("ttl")(_no_ttl)
+
+
+class ThreadSearch(Body):
+    ids: list[UUID] | None = None
+    metadata: dict[str, Any] | None = None
+    status: ThreadStatus | None = None
+    archived: bool | None = False
+    limit: int = Field(default=10, ge=1, le=MAX_PAGE)
+    offset: int = Field(default=0, ge=0)
+    sort_by: Literal["created_at", "updated_at", "last_message_at", "thread_id"] = "created_at"
+    sort_order: Literal["asc", "desc"] = "desc"
+    select: list[str] | None = None
+    values: dict[str, Any] | None = None
+
+    @field_validator("values")
+    @classmethod
+    def _no_values(cls, value: Any) -> Any:
+        if value:
+            raise ValueError("filtering on values is not supported")
+        return value
+
+
+class ThreadCount(Body):
+    metadata: dict[str, Any] | None = None
+    status: ThreadStatus | None = None
+    archived: bool | None = False
+    values: dict[str, Any] | None = None
+
+    _no_values = ThreadSearch._no_values
+
+
+class StateUpdate(Body):
+    values: Any = None
+    as_node: str | None = None
+    checkpoint: dict[str, Any] | None = None
+    checkpoint_id: str | None = None
+
+
+class StateAtCheckpoint(Body):
+    checkpoint: dict[str, Any]
+    subgraphs: bool = False
+
+
+class HistoryQuery(Body):
+    limit: int = Field(default=10, ge=1, le=MAX_PAGE)
+    before: dict[str, Any] | str | None = None
+    metadata: dict[str, Any] | None = None
+    checkpoint: dict[str, Any] | None = None
+
+
+class RunCreate(Body):
+    assistant_id: str
+    input: Any = None
+    command: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: dict[str, Any] | None = None
+    checkpoint_id: str | None = None
+    interrupt_before: list[str] | Literal["*"] | None = None
+    interrupt_after: list[str] | Literal["*"] | None = None
+    multitask_strategy: MultitaskStrategy | None = None
+    if_not_exists: Literal["create", "reject"] | None = None
+    # Sent by the SDK; streaming options matter only to streamed runs.
+    stream_mode: str | list[str] | None = None
+    stream_subgraphs: bool | None = None
+    stream_resumable: bool | None = None
+    feedback_keys: list[str] | None = None
+    durability: Literal["sync", "async", "exit"] | None = None
+    checkpoint_during: bool | None = None
+    on_disconnect: Literal["cancel", "continue"] | None = None
+    on_completion: Literal["delete", "keep"] | None = None
+    webhook: str | None = None
+    after_seconds: float | None = None
+    strict_resume: bool | None = None
+    langsmith_tracer: Any = None
+
+    @field_validator("webhook")
+    @classmethod
+    def _no_webhook(cls, value: str | None) -> str | None:
+        if value:
+            raise ValueError("webhooks are not supported")
+        return value
+
+    @field_validator("after_seconds")
+    @classmethod
+    def _no_delay(cls, value: float | None) -> float | None:
+        if value:
+            raise ValueError("delayed runs are not supported")
+        return value
+
+
+class Chat(Body):
+    thread_id: UUID | None = None
+    message: str = Field(min_length=1, max_length=100_000)

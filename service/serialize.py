@@ -1,0 +1,125 @@
+"""Turning database rows and LangGraph objects into the Agent Server's JSON shapes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import datetime
+from enum import Enum
+from typing import Any
+from uuid import UUID
+
+from langgraph.types import Interrupt, StateSnapshot
+from psycopg.rows import DictRow
+from pydantic import BaseModel
+from starlette.responses import JSONResponse
+
+
+def jsonable(value: Any) -> Any:
+    """Best-effort conversion to JSON-compatible data (messages, dataclasses, UUIDs ...)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    if isinstance(value, BaseModel):
+        return jsonable(value.model_dump())
+    if isinstance(value, Interrupt):
+        return {"value": jsonable(value.value), "id": value.id}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value))
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, Enum):
+        return jsonable(value.value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+class JSON(JSONResponse):
+    """JSONResponse that accepts LangGraph objects and keeps non-ASCII text readable."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(jsonable(content), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def thread(row: DictRow, values: Any = None, interrupts: Any = None) -> dict[str, Any]:
+    return {
+        "thread_id": row["thread_id"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "state_updated_at": row["last_message_at"] or row["updated_at"],
+        "metadata": row["metadata"],
+        "config": {},
+        "status": row["status"],
+        "values": values,
+        "interrupts": interrupts or {},
+        "title": row["title"],
+        "owner": row["owner"],
+        "last_message_at": row["last_message_at"],
+        "archived_at": row["archived_at"],
+    }
+
+
+def run(row: DictRow) -> dict[str, Any]:
+    return {
+        "run_id": row["run_id"],
+        "thread_id": row["thread_id"],
+        "assistant_id": row["assistant_id"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "status": row["status"],
+        "metadata": row["metadata"],
+        "kwargs": row["kwargs"],
+        "multitask_strategy": row["multitask_strategy"],
+        "attempt": row["attempt"],
+        "replica": row["lease_holder"],
+        "error": row["error"],
+        "started_at": row["started_at"],
+        "ended_at": row["ended_at"],
+    }
+
+
+def _checkpoint(config: Any) -> dict[str, Any] | None:
+    if not config:
+        return None
+    conf = config.get("configurable", {})
+    return {
+        "thread_id": conf.get("thread_id"),
+        "checkpoint_ns": conf.get("checkpoint_ns", ""),
+        "checkpoint_id": conf.get("checkpoint_id"),
+        "checkpoint_map": conf.get("checkpoint_map"),
+    }
+
+
+def state(snapshot: StateSnapshot) -> dict[str, Any]:
+    checkpoint = _checkpoint(snapshot.config)
+    parent = _checkpoint(snapshot.parent_config)
+    return {
+        "values": snapshot.values,
+        "next": list(snapshot.next),
+        "tasks": [
+            {
+                "id": task.id,
+                "name": task.name,
+                "path": list(task.path),
+                "error": repr(task.error) if task.error else None,
+                "interrupts": list(task.interrupts),
+                "checkpoint": _checkpoint(task.state) if isinstance(task.state, dict) else None,
+                "state": state(task.state) if isinstance(task.state, StateSnapshot) else None,
+                "result": task.result,
+            }
+            for task in snapshot.tasks
+        ],
+        "checkpoint": checkpoint,
+        "metadata": snapshot.metadata,
+        "created_at": snapshot.created_at,
+        "parent_checkpoint": parent,
+        "interrupts": list(snapshot.interrupts),
+        "checkpoint_id": checkpoint["checkpoint_id"] if checkpoint else None,
+        "parent_checkpoint_id": parent["checkpoint_id"] if parent else None,
+    }

@@ -1,0 +1,25 @@
+"""The objects one process builds at start-up and every request handler shares.
+
+They hang off ``app.state.services`` instead of module globals, so tests can build several
+apps in one process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from service.auth import Authenticator
+from service.db import Pool
+from service.executor import Executor
+from service.metrics import Metrics
+from service.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pool: Pool
+    executor: Executor
+    auth: Authenticator
+    metrics: Metrics
+    draining: bool = field(default=False)

@@ -1,0 +1,63 @@
+"""Configuration, read once from the environment (pydantic-settings)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("threadkeeper"))
+
+
+def _default_replica() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Environment names are part of the interface."""
+
+    model_config = SettingsConfigDict(env_prefix="THREADKEEPER_", extra="ignore")
+
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    data_dir: Path = Field(default_factory=_default_data_dir)
+
+    model: str = "offline"
+    offline_latency_ms: int = Field(default=0, ge=0)
+
+    auth: Literal["none", "header", "jwt"] = "none"
+    auth_header: str = "X-Forwarded-User"
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+
+    pool_min_size: int = Field(default=2, ge=1)
+    pool_max_size: int = Field(default=20, ge=1)
+    pool_timeout: float = Field(default=10.0, gt=0)
+    pool_max_idle: float = Field(default=300.0, gt=0)
+    pool_max_lifetime: float = Field(default=1800.0, gt=0)
+
+    lease_seconds: float = Field(default=30.0, gt=0)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    replica: str = Field(default_factory=_default_replica)
+    log_format: Literal["json", "console"] = "json"
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError(
+                "THREADKEEPER_POOL_MIN_SIZE must not exceed THREADKEEPER_POOL_MAX_SIZE"
+            )
+        if self.auth == "jwt" and not (self.jwt_secret or self.jwt_public_key):
+            raise ValueError(
+                "THREADKEEPER_AUTH=jwt needs THREADKEEPER_JWT_SECRET or THREADKEEPER_JWT_PUBLIC_KEY"
+            )
+        return self

@@ -1,0 +1,258 @@
+"""The ``threads`` table: one row per conversation, owned by one user.
+
+Every query takes the owner, so a thread of another owner is indistinguishable from a missing one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+SortBy = Literal["created_at", "updated_at", "last_message_at", "thread_id"]
+SortOrder = Literal["asc", "desc"]
+TITLE_LIMIT = 80
+
+# The stored status says how the last run ended; "busy" is only true while a run holds a live
+# lease (or waits to be claimed), so a replica that died never leaves a thread busy for ever.
+STATUS_SQL = """
+CASE
+    WHEN EXISTS (
+        SELECT 1 FROM runs r
+        WHERE r.thread_id = t.thread_id
+          AND (r.status = 'pending' OR (r.status = 'running' AND r.lease_expires_at > now()))
+    ) THEN 'busy'
+    WHEN t.status = 'busy' THEN 'interrupted'
+    ELSE t.status
+END
+"""
+
+COLUMNS_SQL = f"""
+t.thread_id, t.owner, t.title, t.metadata, t.created_at, t.updated_at,
+t.last_message_at, t.archived_at, ({STATUS_SQL}) AS status
+"""
+
+INSERT_SQL = f"""
+INSERT INTO threads AS t (thread_id, owner, title, metadata)
+VALUES (%(thread_id)s, %(owner)s, %(title)s, %(metadata)s)
+ON CONFLICT (thread_id) DO NOTHING
+RETURNING {COLUMNS_SQL}
+"""
+
+GET_SQL = f"SELECT {COLUMNS_SQL} FROM threads t WHERE t.thread_id = %s AND t.owner = %s"
+
+EXISTS_ANY_OWNER_SQL = "SELECT 1 FROM threads WHERE thread_id = %s"
+
+LOCK_SQL = "SELECT thread_id FROM threads WHERE thread_id = %s AND owner = %s FOR UPDATE"
+
+UPDATE_SQL = f"""
+UPDATE threads AS t SET
+    metadata = t.metadata || %(metadata)s,
+    title = CASE WHEN %(set_title)s THEN %(title)s ELSE t.title END,
+    archived_at = CASE
+        WHEN %(archived)s::boolean IS NULL THEN t.archived_at
+        WHEN %(archived)s THEN coalesce(t.archived_at, now())
+        ELSE NULL
+    END,
+    updated_at = now()
+WHERE t.thread_id = %(thread_id)s AND t.owner = %(owner)s
+RETURNING {COLUMNS_SQL}
+"""
+
+DELETE_CHECKPOINTS_SQL = (
+    "DELETE FROM checkpoint_writes WHERE thread_id = %s",
+    "DELETE FROM checkpoint_blobs WHERE thread_id = %s",
+    "DELETE FROM checkpoints WHERE thread_id = %s",
+)
+DELETE_SQL = "DELETE FROM threads WHERE thread_id = %s"
+
+COPY_CHECKPOINTS_SQL = (
+    """
+    INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id,
+                             type, checkpoint, metadata)
+    SELECT %(new)s, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, checkpoint,
+           CASE WHEN metadata ? 'thread_id'
+                THEN jsonb_set(metadata, '{thread_id}', to_jsonb(%(new)s::text))
+                ELSE metadata END
+    FROM checkpoints WHERE thread_id = %(old)s
+    """,
+    """
+    INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
+    SELECT %(new)s, checkpoint_ns, channel, version, type, blob
+    FROM checkpoint_blobs WHERE thread_id = %(old)s
+    """,
+    """
+    INSERT INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, idx,
+                                   channel, type, blob, task_path)
+    SELECT %(new)s, checkpoint_ns, checkpoint_id, task_id, idx, channel, type, blob, task_path
+    FROM checkpoint_writes WHERE thread_id = %(old)s
+    """,
+)
+
+SET_TITLE_IF_EMPTY_SQL = """
+UPDATE threads SET title = %s, updated_at = now()
+WHERE thread_id = %s AND title IS NULL
+"""
+
+
+@dataclass(frozen=True)
+class ThreadFilter:
+    """What ``/threads/search`` and ``/threads/count`` may filter on."""
+
+    owner: str
+    ids: list[UUID] | None = None
+    metadata: dict[str, Any] | None = None
+    status: str | None = None
+    archived: bool | None = False
+
+
+def derive_title(text: str) -> str | None:
+    """The first user message, trimmed on a word boundary to at most TITLE_LIMIT characters."""
+    text = " ".join(text.split())
+    if not text:
+        return None
+    if len(text) <= TITLE_LIMIT:
+        return text
+    cut = text[: TITLE_LIMIT - 1]
+    if " " in cut:
+        cut = cut[: cut.rfind(" ")]
+    return cut.rstrip(" ,.;:-") + "…"
+
+
+async def insert(
+    conn: AsyncConnection[DictRow],
+    *,
+    thread_id: UUID,
+    owner: str,
+    metadata: dict[str, Any],
+    title: str | None = None,
+) -> DictRow | None:
+    """Insert a thread; None when the id is taken (by anyone)."""
+    cur = await conn.execute(
+        INSERT_SQL,
+        {"thread_id": thread_id, "owner": owner, "title": title, "metadata": Jsonb(metadata)},
+    )
+    return await cur.fetchone()
+
+
+async def get(conn: AsyncConnection[DictRow], thread_id: UUID, owner: str) -> DictRow | None:
+    cur = await conn.execute(GET_SQL, (thread_id, owner))
+    return await cur.fetchone()
+
+
+async def exists_for_anyone(conn: AsyncConnection[DictRow], thread_id: UUID) -> bool:
+    cur = await conn.execute(EXISTS_ANY_OWNER_SQL, (thread_id,))
+    return await cur.fetchone() is not None
+
+
+async def lock(conn: AsyncConnection[DictRow], thread_id: UUID, owner: str) -> bool:
+    """Take the thread's row lock (the per-thread lock runs, deletes and prunes share).
+
+    Must run inside a transaction; False when the caller has no such thread.
+    """
+    cur = await conn.execute(LOCK_SQL, (thread_id, owner))
+    return await cur.fetchone() is not None
+
+
+async def update(
+    conn: AsyncConnection[DictRow],
+    thread_id: UUID,
+    owner: str,
+    *,
+    metadata: dict[str, Any] | None = None,
+    title: str | None = None,
+    set_title: bool = False,
+    archived: bool | None = None,
+) -> DictRow | None:
+    cur = await conn.execute(
+        UPDATE_SQL,
+        {
+            "thread_id": thread_id,
+            "owner": owner,
+            "metadata": Jsonb(metadata or {}),
+            "title": title,
+            "set_title": set_title,
+            "archived": archived,
+        },
+    )
+    return await cur.fetchone()
+
+
+async def set_title_if_empty(conn: AsyncConnection[DictRow], thread_id: UUID, title: str) -> None:
+    await conn.execute(SET_TITLE_IF_EMPTY_SQL, (title, thread_id))
+
+
+async def delete_locked(conn: AsyncConnection[DictRow], thread_id: UUID) -> None:
+    """Delete the thread, its runs (cascade) and all its checkpoint rows.
+
+    The caller holds the row lock inside one transaction, so nothing of it can outlive the row.
+    """
+    for sql in DELETE_CHECKPOINTS_SQL:
+        await conn.execute(sql, (str(thread_id),))
+    await conn.execute(DELETE_SQL, (thread_id,))
+
+
+async def copy_checkpoints(conn: AsyncConnection[DictRow], old: UUID, new: UUID) -> None:
+    params = {"old": str(old), "new": str(new)}
+    for sql in COPY_CHECKPOINTS_SQL:
+        await conn.execute(sql, params)
+
+
+def _where(flt: ThreadFilter) -> tuple[str, list[Any]]:
+    clauses = ["t.owner = %s"]
+    params: list[Any] = [flt.owner]
+    if flt.ids is not None:
+        clauses.append("t.thread_id = ANY(%s)")
+        params.append(flt.ids)
+    if flt.metadata:
+        clauses.append("t.metadata @> %s")
+        params.append(Jsonb(flt.metadata))
+    if flt.archived is not None:
+        clauses.append("t.archived_at IS NOT NULL" if flt.archived else "t.archived_at IS NULL")
+    if flt.status is not None:
+        clauses.append(f"({STATUS_SQL}) = %s")
+        params.append(flt.status)
+    return " AND ".join(clauses), params
+
+
+async def search(
+    conn: AsyncConnection[DictRow],
+    flt: ThreadFilter,
+    *,
+    limit: int,
+    offset: int,
+    sort_by: SortBy,
+    sort_order: SortOrder,
+) -> tuple[list[DictRow], int]:
+    """One page of matching threads and the total number of matches."""
+    where, params = _where(flt)
+    direction = "ASC" if sort_order == "asc" else "DESC"
+    nulls = "NULLS FIRST" if sort_order == "asc" else "NULLS LAST"
+    # sort_by is a Literal checked at the HTTP boundary, never free text.
+    query = (
+        f"SELECT {COLUMNS_SQL}, count(*) OVER () AS total FROM threads t WHERE {where} "
+        f"ORDER BY t.{sort_by} {direction} {nulls}, t.thread_id {direction} "
+        "LIMIT %s OFFSET %s"
+    )
+    cur = await conn.execute(query, [*params, limit, offset])  # type: ignore[arg-type]
+    rows = await cur.fetchall()
+    if rows:
+        return rows, int(rows[0]["total"])
+    return rows, await count(conn, flt) if offset else 0
+
+
+async def count(conn: AsyncConnection[DictRow], flt: ThreadFilter) -> int:
+    where, params = _where(flt)
+    cur = await conn.execute(f"SELECT count(*) AS n FROM threads t WHERE {where}", params)  # type: ignore[arg-type]
+    row = await cur.fetchone()
+    return int(row["n"]) if row else 0
+
+
+def last_activity(row: DictRow) -> datetime:
+    value: datetime = row["last_message_at"] or row["created_at"]
+    return value

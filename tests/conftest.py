@@ -1,0 +1,51 @@
+"""Shared fixtures: a real Postgres, per-test databases, and service processes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from service.db import Pool, make_pool
+from service.settings import Settings
+from tests.support import postgres
+
+pytest_plugins = ["tests.support.fixtures"]
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a running Postgres server with the migrated template database."""
+    external = postgres.external_url()
+    if external:
+        postgres.create_template(external)
+        yield external
+        return
+    with postgres.embedded_server(Path(tmp_path_factory.mktemp("pg"))) as url:
+        postgres.create_template(url)
+        yield url
+
+
+@pytest.fixture
+def database_url(pg_server: str) -> Iterator[str]:
+    """A fresh, migrated database of this test's own."""
+    with postgres.fresh_database(pg_server) as url:
+        yield url
+
+
+@pytest.fixture
+def empty_database_url(pg_server: str) -> Iterator[str]:
+    """A fresh database with no schema at all."""
+    with postgres.fresh_database(pg_server, migrated=False) as url:
+        yield url
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[Pool]:
+    p = make_pool(database_url, Settings(database_url=database_url, pool_max_size=20))
+    await p.open(wait=True)
+    try:
+        yield p
+    finally:
+        await p.close()

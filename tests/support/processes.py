@@ -1,0 +1,115 @@
+"""Real ``threadkeeper-service serve`` processes for multi-replica tests.
+
+Each process gets PR_SET_PDEATHSIG so it dies with the test runner even if pytest is killed,
+and every fixture stops what it started in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+PR_SET_PDEATHSIG = 1
+READY_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class ServiceProcess:
+    """One replica: start, wait until ready, SIGKILL or SIGTERM it, start it again."""
+
+    def __init__(self, database_url: str, log_dir: Path, name: str, **env: str) -> None:
+        self.database_url = database_url
+        self.log_path = log_dir / f"{name}.log"
+        self.name = name
+        self.port = free_port()
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, migrate: bool = True, wait: bool = True) -> ServiceProcess:
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "THREADKEEPER_REPLICA": self.name,
+            "THREADKEEPER_LOG_FORMAT": "json",
+            **self.env,
+        }
+        args = [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)]
+        if not migrate:
+            args.append("--no-migrate")
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            args, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early:\n{self.logs()[-4000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready after {timeout}s:\n{self.logs()[-4000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no cleanup, as when a node dies."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 40.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> ServiceProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.kill()
