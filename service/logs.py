@@ -42,6 +42,8 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
             ],
         )
     )
+    # Python warnings become log events too, so stderr stays one JSON object per line.
+    logging.captureWarnings(True)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

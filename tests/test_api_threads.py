@@ -39,7 +39,10 @@ async def test_wait_run_remembers(client: httpx.AsyncClient) -> None:
     for turn, text in enumerate([first, "what is 6*7", "and again"], start=1):
         r = await client.post(
             f"/threads/{tid}/runs/wait",
-            json={"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": text}]}},
+            json={
+                "assistant_id": "agent",
+                "input": {"messages": [{"role": "user", "content": text}]},
+            },
         )
         assert r.status_code == 200, r.text
         reply = r.json()["messages"][-1]["content"]

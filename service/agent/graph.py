@@ -31,26 +31,31 @@ class AgentState(TypedDict):
     ]
 
 
-def build_graph(model: BaseChatModel) -> StateGraph[AgentState]:
-    """The uncompiled graph; callers compile it with the checkpointer they need."""
+def build_graph(
+    model: BaseChatModel, state_schema: type[Any] = AgentState
+) -> StateGraph[AgentState]:
+    """The uncompiled graph; callers compile it with the checkpointer they need.
+
+    ``state_schema`` exists so tests and benchmarks can compare against stock ``add_messages``.
+    """
     planner = model.bind_tools(TOOLS)
 
-    async def plan(state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+    async def plan(state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
         decision = await planner.ainvoke(state["messages"], config)
         if isinstance(decision, AIMessage) and decision.tool_calls:
             return {"messages": [decision]}
         # No tool needed: the reply node answers, so nothing is stored for this decision.
         return {}
 
-    async def reply(state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+    async def reply(state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
         answer = await model.ainvoke(state["messages"], config)
         return {"messages": [answer]}
 
-    def route(state: AgentState) -> Literal["act", "reply"]:
+    def route(state: dict[str, Any]) -> Literal["act", "reply"]:
         last = state["messages"][-1] if state["messages"] else None
         return "act" if isinstance(last, AIMessage) and last.tool_calls else "reply"
 
-    graph = StateGraph(AgentState)
+    graph = StateGraph(state_schema)
     graph.add_node("plan", plan)
     graph.add_node("act", ToolNode(TOOLS))
     graph.add_node("reply", reply)

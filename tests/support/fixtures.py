@@ -38,7 +38,7 @@ async def client(settings_for: Callable[..., Settings]) -> AsyncIterator[httpx.A
         yield c
 
 
-class app_client:  # noqa: N801 - used like a function in ``async with``
+class app_client:
     """Run an app's lifespan and give an httpx client bound to it."""
 
     def __init__(self, app: Starlette, **client_kwargs: object) -> None:

