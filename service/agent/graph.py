@@ -39,19 +39,21 @@ def build_graph(
     ``state_schema`` exists so tests and benchmarks can compare against stock ``add_messages``.
     """
     planner = model.bind_tools(TOOLS)
+    # Nodes take ``Any``: LangGraph derives channels from node annotations, which would clash
+    # with a different ``state_schema``.
 
-    async def plan(state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+    async def plan(state: Any, config: RunnableConfig) -> dict[str, Any]:
         decision = await planner.ainvoke(state["messages"], config)
         if isinstance(decision, AIMessage) and decision.tool_calls:
             return {"messages": [decision]}
         # No tool needed: the reply node answers, so nothing is stored for this decision.
         return {}
 
-    async def reply(state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+    async def reply(state: Any, config: RunnableConfig) -> dict[str, Any]:
         answer = await model.ainvoke(state["messages"], config)
         return {"messages": [answer]}
 
-    def route(state: dict[str, Any]) -> Literal["act", "reply"]:
+    def route(state: Any) -> Literal["act", "reply"]:
         last = state["messages"][-1] if state["messages"] else None
         return "act" if isinstance(last, AIMessage) and last.tool_calls else "reply"
 
