@@ -23,14 +23,14 @@ from service.executor import Executor
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.migrations import migrate
+from service.notify import Hub
 from service.problems import Problem, problem_response
 from service.routes import assistants, chat, meta, runs, state, threads
 from service.services import Services
 from service.settings import Settings
+from service.worker import Worker
 
 log = structlog.get_logger(__name__)
-
-SHUTDOWN_GRACE_SECONDS = 20.0
 
 
 async def _problem(request: Request, exc: Exception) -> Response:
@@ -62,6 +62,15 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return problem_response(Problem(500, "internal error", kind="internal-error"))
 
 
+def begin_drain(app: Starlette) -> None:
+    """Stop taking work: readiness fails and this replica claims no more runs."""
+    services: Services | None = getattr(app.state, "services", None)
+    if services is not None and not services.draining:
+        services.draining = True
+        services.worker.stop_claiming()
+        log.info("draining", replica=services.settings.replica)
+
+
 def database_url(settings: Settings) -> str:
     return settings.database_url or start_embedded(settings.data_dir)
 
@@ -81,30 +90,47 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> Starlette:
         pool = make_pool(url, settings)
         await pool.open(wait=True, timeout=settings.pool_timeout)
         metrics.watch_pool(pool)
+        hub = Hub(url)
+        await hub.start()
         model = make_model(
             settings.model, offline_latency_seconds=settings.offline_latency_ms / 1000
         )
         executor = Executor(
             pool=pool,
+            hub=hub,
             graph=compile_graph(model),
             metrics=metrics,
             replica=settings.replica,
             lease_seconds=settings.lease_seconds,
         )
+        worker = Worker(
+            pool=pool,
+            hub=hub,
+            executor=executor,
+            capacity=settings.workers,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+            poll_seconds=settings.poll_seconds,
+            event_retention_seconds=settings.event_retention_seconds,
+        )
         services = Services(
             settings=settings,
             pool=pool,
+            hub=hub,
             executor=executor,
+            worker=worker,
             auth=Authenticator(settings),
             metrics=metrics,
         )
         app.state.services = services
+        await worker.start()
         log.info("service_started", replica=settings.replica, auth=settings.auth)
         try:
             yield
         finally:
-            services.draining = True
-            await executor.shutdown(SHUTDOWN_GRACE_SECONDS)
+            begin_drain(app)
+            await worker.stop(settings.drain_seconds)
+            await hub.stop()
             await pool.close()
             log.info("service_stopped", replica=settings.replica)
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
+from types import FrameType
 
 import psycopg
 import structlog
 import uvicorn
 from pydantic import ValidationError
 
-from service.app import create_app, database_url
+from service.app import begin_drain, create_app, database_url
 from service.db import connect
 from service.logs import configure_logging
 from service.migrations import migrate
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("migrate_done", applied=applied)
         return 0
     app = create_app(settings, run_migrations=not args.no_migrate)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
@@ -68,7 +70,23 @@ def main(argv: list[str] | None = None) -> int:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         proxy_headers=True,
     )
+    DrainingServer(config, on_exit=lambda: begin_drain(app)).run()
     return 0
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, plus: the first SIGTERM/SIGINT makes the replica unready and stop claiming.
+
+    uvicorn then lets open requests finish; the lifespan hands back runs it cannot finish.
+    """
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
 
 
 if __name__ == "__main__":

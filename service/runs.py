@@ -1,60 +1,109 @@
 """The ``runs`` table: every run of every thread, with its lease.
 
 A run is executing only while its lease is live; the holder renews it. Claiming takes the
-thread's row lock, so at most one run of a thread executes at any moment across replicas.
+thread's row lock and starts only the oldest unfinished run of the thread, so at most one run of
+a thread executes at any moment across replicas, and queued runs execute in order.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid5
 
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from service.notify import NOTIFY_SQL, RUNS_CHANNEL
+
 ACTIVE_STATUSES = ("pending", "running")
+# LangGraph's (private) name of the input pseudo-task; part of the on-disk format.
+INPUT_TASK = "__input__"
+TERMINAL_STATUSES = ("success", "error", "timeout", "interrupted")
 
 COLUMNS_SQL = """
 run_id, thread_id, assistant_id, status, attempt, lease_holder, lease_expires_at,
-input, kwargs, metadata, multitask_strategy, error, created_at, updated_at, started_at, ended_at
+input, kwargs, metadata, multitask_strategy, error, created_at, updated_at, started_at, ended_at,
+cancel_action, checkpoint_id
 """
 
 # Runs of the thread that still own it: waiting to start, or running under a live lease.
 ACTIVE_SQL = """
-SELECT run_id FROM runs
+SELECT run_id, status FROM runs
 WHERE thread_id = %s
   AND (status = 'pending' OR (status = 'running' AND lease_expires_at > now()))
+ORDER BY created_at
 """
 
-# A running run whose lease ran out lost its replica; record why before anything else starts.
-EXPIRE_STALE_SQL = """
-UPDATE runs SET status = 'error', updated_at = now(), ended_at = now(), lease_holder = NULL,
-    error = jsonb_build_object('error', 'LeaseExpired',
-        'message', 'the replica ' || coalesce(lease_holder, '?') || ' stopped renewing its lease')
-WHERE thread_id = %s AND status = 'running' AND lease_expires_at <= now()
+# Runs that still count for the thread, including ones whose replica died mid-run.
+UNFINISHED_SQL = """
+SELECT run_id FROM runs WHERE thread_id = %s AND status IN ('pending', 'running')
 """
 
-INSERT_RUNNING_SQL = f"""
-INSERT INTO runs (run_id, thread_id, assistant_id, status, attempt, lease_holder,
-                  lease_expires_at, input, kwargs, metadata, multitask_strategy, started_at)
-VALUES (%(run_id)s, %(thread_id)s, %(assistant_id)s, 'running', 1, %(replica)s,
-        now() + make_interval(secs => %(lease)s), %(input)s, %(kwargs)s, %(metadata)s,
-        %(strategy)s, now())
+INSERT_SQL = f"""
+INSERT INTO runs (run_id, thread_id, assistant_id, status, input, kwargs, metadata,
+                  multitask_strategy)
+VALUES (%(run_id)s, %(thread_id)s, %(assistant_id)s, 'pending', %(input)s, %(kwargs)s,
+        %(metadata)s, %(strategy)s)
 RETURNING {COLUMNS_SQL}
 """
+
+# Oldest first; expired leases are candidates too, to be resumed by whoever claims them.
+CANDIDATES_SQL = """
+SELECT run_id, thread_id FROM runs
+WHERE status = 'pending' OR (status = 'running' AND lease_expires_at <= now())
+ORDER BY created_at
+LIMIT %s
+"""
+
+LOCK_THREAD_SKIP_SQL = "SELECT 1 FROM threads WHERE thread_id = %s FOR UPDATE SKIP LOCKED"
+
+# Under the thread lock: the run must be the oldest unfinished run of its thread and not held by
+# a live lease (its own or another run's).
+HEAD_OF_THREAD_SQL = f"""
+SELECT {COLUMNS_SQL}, (lease_expires_at IS NOT NULL AND lease_expires_at > now()) AS leased
+FROM runs
+WHERE thread_id = %s AND status IN ('pending', 'running')
+ORDER BY created_at, run_id
+"""
+
+CLAIM_SQL = f"""
+UPDATE runs SET status = 'running', attempt = attempt + 1, lease_holder = %(replica)s,
+    lease_expires_at = now() + make_interval(secs => %(lease)s),
+    started_at = coalesce(started_at, now()), updated_at = now()
+WHERE run_id = %(run_id)s
+RETURNING {COLUMNS_SQL}
+"""
+
+MARK_THREAD_BUSY_SQL = "UPDATE threads SET status = 'busy', updated_at = now() WHERE thread_id = %s"
 
 HEARTBEAT_SQL = """
 UPDATE runs SET lease_expires_at = now() + make_interval(secs => %s), updated_at = now()
 WHERE run_id = %s AND attempt = %s AND status = 'running' AND lease_expires_at > now()
-RETURNING run_id
+RETURNING cancel_action
 """
 
 FINISH_SQL = f"""
-UPDATE runs SET status = %(status)s, error = %(error)s, updated_at = now(), ended_at = now(),
-    lease_expires_at = NULL
+UPDATE runs SET status = %(status)s, error = %(error)s, checkpoint_id = %(checkpoint_id)s,
+    updated_at = now(), ended_at = now(), lease_expires_at = NULL
 WHERE run_id = %(run_id)s AND attempt = %(attempt)s AND status = 'running'
 RETURNING {COLUMNS_SQL}
+"""
+
+# Ends a run that is not executing anywhere (queued, or its replica died).
+END_IDLE_SQL = f"""
+UPDATE runs SET status = %(status)s, error = %(error)s, updated_at = now(), ended_at = now(),
+    lease_expires_at = NULL
+WHERE run_id = %(run_id)s AND status IN ('pending', 'running')
+RETURNING {COLUMNS_SQL}
+"""
+
+# Give an unfinished run back to the queue (graceful drain); its checkpoints stay.
+HAND_BACK_SQL = """
+UPDATE runs SET status = 'pending', lease_holder = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE run_id = %s AND attempt = %s AND status = 'running'
+RETURNING run_id
 """
 
 FINISH_THREAD_SQL = """
@@ -63,13 +112,19 @@ UPDATE threads SET status = %(status)s, updated_at = now(),
 WHERE thread_id = %(thread_id)s
 """
 
-MARK_THREAD_BUSY_SQL = "UPDATE threads SET status = 'busy', updated_at = now() WHERE thread_id = %s"
+REQUEST_CANCEL_SQL = f"""
+UPDATE runs SET cancel_action = %(action)s, updated_at = now()
+WHERE run_id = ANY(%(run_ids)s) AND status IN ('pending', 'running')
+RETURNING {COLUMNS_SQL}
+"""
 
 GET_SQL = f"""
 SELECT {COLUMNS_SQL} FROM runs r
 WHERE r.run_id = %s AND r.thread_id = %s
   AND EXISTS (SELECT 1 FROM threads t WHERE t.thread_id = r.thread_id AND t.owner = %s)
 """
+
+GET_BY_ID_SQL = f"SELECT {COLUMNS_SQL} FROM runs WHERE run_id = %s"
 
 LIST_SQL = f"""
 SELECT {COLUMNS_SQL} FROM runs r
@@ -78,38 +133,75 @@ ORDER BY r.created_at DESC, r.run_id DESC
 LIMIT %s OFFSET %s
 """
 
+OWNED_ACTIVE_SQL = """
+SELECT r.run_id, r.thread_id FROM runs r JOIN threads t USING (thread_id)
+WHERE t.owner = %(owner)s AND r.status = ANY(%(statuses)s)
+  AND (%(thread_id)s::uuid IS NULL OR r.thread_id = %(thread_id)s)
+  AND (%(run_ids)s::uuid[] IS NULL OR r.run_id = ANY(%(run_ids)s))
+"""
+
+DELETE_SQL = "DELETE FROM runs WHERE run_id = %s AND status NOT IN ('pending', 'running')"
+
+HAS_STARTED_SQL = """
+SELECT 1 FROM checkpoints
+WHERE thread_id = %s AND checkpoint_ns = '' AND metadata @> %s
+LIMIT 1
+"""
+
+RUN_CHECKPOINTS_SQL = """
+SELECT checkpoint_ns, checkpoint_id FROM checkpoints
+WHERE thread_id = %(thread)s AND metadata @> %(tag)s
+"""
+
+# A run's own checkpoints and their writes, plus the input a DeltaChannel stores on the
+# checkpoint the run started from (task id uuid5(input checkpoint id, "__input__")).
+ROLLBACK_CHECKPOINTS_SQL = (
+    """
+    DELETE FROM checkpoint_writes
+    WHERE thread_id = %(thread)s
+      AND (checkpoint_id = ANY(%(ids)s) OR task_id = ANY(%(input_tasks)s))
+    """,
+    "DELETE FROM checkpoints WHERE thread_id = %(thread)s AND checkpoint_id = ANY(%(ids)s)",
+)
+
+
+async def notify(conn: AsyncConnection[DictRow], what: str, run_id: UUID) -> None:
+    """Tell every replica about the run; delivered when the transaction commits."""
+    await conn.execute(NOTIFY_SQL, (RUNS_CHANNEL, f"{what}:{run_id}"))
+
+
+async def active(conn: AsyncConnection[DictRow], thread_id: UUID) -> list[DictRow]:
+    cur = await conn.execute(ACTIVE_SQL, (thread_id,))
+    return await cur.fetchall()
+
 
 async def active_run_ids(conn: AsyncConnection[DictRow], thread_id: UUID) -> list[UUID]:
-    cur = await conn.execute(ACTIVE_SQL, (thread_id,))
+    return [row["run_id"] for row in await active(conn, thread_id)]
+
+
+async def unfinished_run_ids(conn: AsyncConnection[DictRow], thread_id: UUID) -> list[UUID]:
+    cur = await conn.execute(UNFINISHED_SQL, (thread_id,))
     return [row["run_id"] for row in await cur.fetchall()]
 
 
-async def expire_stale(conn: AsyncConnection[DictRow], thread_id: UUID) -> None:
-    await conn.execute(EXPIRE_STALE_SQL, (thread_id,))
-
-
-async def insert_running(
+async def insert(
     conn: AsyncConnection[DictRow],
     *,
     run_id: UUID,
     thread_id: UUID,
     assistant_id: str,
-    replica: str,
-    lease_seconds: float,
     input: Any,
     kwargs: dict[str, Any],
     metadata: dict[str, Any],
     strategy: str,
 ) -> DictRow:
-    """Insert a run already claimed by ``replica`` (attempt 1) and mark the thread busy."""
+    """Queue a run (``pending``) and wake the replicas' workers."""
     cur = await conn.execute(
-        INSERT_RUNNING_SQL,
+        INSERT_SQL,
         {
             "run_id": run_id,
             "thread_id": thread_id,
             "assistant_id": assistant_id,
-            "replica": replica,
-            "lease": lease_seconds,
             "input": Jsonb(input),
             "kwargs": Jsonb(kwargs),
             "metadata": Jsonb(metadata),
@@ -119,15 +211,50 @@ async def insert_running(
     row = await cur.fetchone()
     assert row is not None
     await conn.execute(MARK_THREAD_BUSY_SQL, (thread_id,))
+    await notify(conn, "new", run_id)
+    return row
+
+
+async def candidates(conn: AsyncConnection[DictRow], limit: int) -> list[DictRow]:
+    cur = await conn.execute(CANDIDATES_SQL, (limit,))
+    return await cur.fetchall()
+
+
+async def lock_thread_or_skip(conn: AsyncConnection[DictRow], thread_id: UUID) -> bool:
+    cur = await conn.execute(LOCK_THREAD_SKIP_SQL, (thread_id,))
+    return await cur.fetchone() is not None
+
+
+async def head_of_thread(conn: AsyncConnection[DictRow], thread_id: UUID) -> DictRow | None:
+    """The run that may execute next on the thread (caller holds the thread lock)."""
+    cur = await conn.execute(HEAD_OF_THREAD_SQL, (thread_id,))
+    rows = await cur.fetchall()
+    if any(r["status"] == "running" and r["leased"] for r in rows):
+        return None
+    return rows[0] if rows else None
+
+
+async def claim(
+    conn: AsyncConnection[DictRow], run_id: UUID, replica: str, lease_seconds: float
+) -> DictRow:
+    cur = await conn.execute(
+        CLAIM_SQL, {"run_id": run_id, "replica": replica, "lease": lease_seconds}
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    await conn.execute(MARK_THREAD_BUSY_SQL, (row["thread_id"],))
     return row
 
 
 async def heartbeat(
     conn: AsyncConnection[DictRow], run_id: UUID, attempt: int, lease_seconds: float
-) -> bool:
-    """Renew the lease; False when it was already lost (expired, taken over or deleted)."""
+) -> tuple[bool, str | None]:
+    """Renew the lease. Returns (still ours, requested cancel action)."""
     cur = await conn.execute(HEARTBEAT_SQL, (lease_seconds, run_id, attempt))
-    return await cur.fetchone() is not None
+    row = await cur.fetchone()
+    if row is None:
+        return False, None
+    return True, row["cancel_action"]
 
 
 async def finish(
@@ -139,6 +266,7 @@ async def finish(
     status: str,
     thread_status: str,
     error: dict[str, Any] | None = None,
+    checkpoint_id: str | None = None,
     spoke: bool = True,
 ) -> DictRow | None:
     """Record the outcome of an attempt and the thread's new status, in one transaction.
@@ -151,6 +279,7 @@ async def finish(
             {
                 "status": status,
                 "error": Jsonb(error) if error else None,
+                "checkpoint_id": checkpoint_id,
                 "run_id": run_id,
                 "attempt": attempt,
             },
@@ -161,13 +290,61 @@ async def finish(
                 FINISH_THREAD_SQL,
                 {"status": thread_status, "spoke": spoke, "thread_id": thread_id},
             )
+            await notify(conn, "done", run_id)
         return row
+
+
+async def end_idle(
+    conn: AsyncConnection[DictRow],
+    run_id: UUID,
+    *,
+    status: str,
+    error: dict[str, Any] | None,
+    thread_status: str,
+) -> DictRow | None:
+    """End a run no replica executes (caller holds the thread lock)."""
+    cur = await conn.execute(
+        END_IDLE_SQL,
+        {"run_id": run_id, "status": status, "error": Jsonb(error) if error else None},
+    )
+    row = await cur.fetchone()
+    if row is not None:
+        await conn.execute(
+            FINISH_THREAD_SQL,
+            {"status": thread_status, "spoke": False, "thread_id": row["thread_id"]},
+        )
+        await notify(conn, "done", run_id)
+    return row
+
+
+async def hand_back(conn: AsyncConnection[DictRow], run_id: UUID, attempt: int) -> bool:
+    async with conn.transaction():
+        cur = await conn.execute(HAND_BACK_SQL, (run_id, attempt))
+        handed = await cur.fetchone() is not None
+        if handed:
+            await notify(conn, "new", run_id)
+        return handed
+
+
+async def request_cancel(
+    conn: AsyncConnection[DictRow], run_ids: list[UUID], action: str
+) -> list[DictRow]:
+    cur = await conn.execute(REQUEST_CANCEL_SQL, {"run_ids": run_ids, "action": action})
+    rows = await cur.fetchall()
+    for row in rows:
+        await notify(conn, "cancel", row["run_id"])
+    return rows
 
 
 async def get(
     conn: AsyncConnection[DictRow], thread_id: UUID, run_id: UUID, owner: str
 ) -> DictRow | None:
     cur = await conn.execute(GET_SQL, (run_id, thread_id, owner))
+    return await cur.fetchone()
+
+
+async def get_by_id(conn: AsyncConnection[DictRow], run_id: UUID) -> DictRow | None:
+    cur = await conn.execute(GET_BY_ID_SQL, (run_id,))
     return await cur.fetchone()
 
 
@@ -181,3 +358,45 @@ async def list_for_thread(
 ) -> list[DictRow]:
     cur = await conn.execute(LIST_SQL, (thread_id, status, status, limit, offset))
     return await cur.fetchall()
+
+
+async def owned_active(
+    conn: AsyncConnection[DictRow],
+    owner: str,
+    *,
+    statuses: list[str],
+    thread_id: UUID | None = None,
+    run_ids: list[UUID] | None = None,
+) -> list[DictRow]:
+    cur = await conn.execute(
+        OWNED_ACTIVE_SQL,
+        {"owner": owner, "statuses": statuses, "thread_id": thread_id, "run_ids": run_ids},
+    )
+    return await cur.fetchall()
+
+
+async def delete_finished(conn: AsyncConnection[DictRow], run_id: UUID) -> bool:
+    cur = await conn.execute(DELETE_SQL + " RETURNING run_id", (run_id,))
+    return await cur.fetchone() is not None
+
+
+async def has_started(conn: AsyncConnection[DictRow], thread_id: UUID, run_id: UUID) -> bool:
+    """Whether an earlier attempt already wrote the run's input into a checkpoint."""
+    cur = await conn.execute(HAS_STARTED_SQL, (str(thread_id), Jsonb({"run_id": str(run_id)})))
+    return await cur.fetchone() is not None
+
+
+async def rollback_checkpoints(
+    conn: AsyncConnection[DictRow], thread_id: UUID, run_id: UUID
+) -> None:
+    """Remove every checkpoint the run wrote (and their writes); blobs stay for the reaper."""
+    tag = {"thread": str(thread_id), "tag": Jsonb({"run_id": str(run_id)})}
+    cur = await conn.execute(RUN_CHECKPOINTS_SQL, tag)
+    ids = [row["checkpoint_id"] for row in await cur.fetchall()]
+    params = {
+        "thread": str(thread_id),
+        "ids": ids,
+        "input_tasks": [str(uuid5(UUID(cid), INPUT_TASK)) for cid in ids],
+    }
+    for statement in ROLLBACK_CHECKPOINTS_SQL:
+        await conn.execute(statement, params)

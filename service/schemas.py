@@ -147,3 +147,9 @@ class RunCreate(Body):
 class Chat(Body):
     thread_id: UUID | None = None
     message: str = Field(min_length=1, max_length=100_000)
+
+
+class CancelMany(Body):
+    thread_id: UUID | None = None
+    run_ids: list[UUID] | None = None
+    status: Literal["pending", "running", "all"] | None = None

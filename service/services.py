@@ -12,14 +12,18 @@ from service.auth import Authenticator
 from service.db import Pool
 from service.executor import Executor
 from service.metrics import Metrics
+from service.notify import Hub
 from service.settings import Settings
+from service.worker import Worker
 
 
 @dataclass
 class Services:
     settings: Settings
     pool: Pool
+    hub: Hub
     executor: Executor
+    worker: Worker
     auth: Authenticator
     metrics: Metrics
     draining: bool = field(default=False)

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     pool_max_lifetime: float = Field(default=1800.0, gt=0)
 
     lease_seconds: float = Field(default=30.0, gt=0)
+    workers: int = Field(default=10, ge=0)
+    max_attempts: int = Field(default=3, ge=1)
+    poll_seconds: float = Field(default=1.0, gt=0)
+    event_retention_seconds: float = Field(default=3600.0, gt=0)
+    drain_seconds: float = Field(default=20.0, ge=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     replica: str = Field(default_factory=_default_replica)
     log_format: Literal["json", "console"] = "json"

@@ -64,6 +64,9 @@ WHERE t.thread_id = %(thread_id)s AND t.owner = %(owner)s
 RETURNING {COLUMNS_SQL}
 """
 
+# Runs go first: deleting a run row waits for any fenced checkpoint write still holding it, and
+# once it is gone no late write of that run can pass its fence and resurrect the thread.
+DELETE_RUNS_SQL = "DELETE FROM runs WHERE thread_id = %s"
 DELETE_CHECKPOINTS_SQL = (
     "DELETE FROM checkpoint_writes WHERE thread_id = %s",
     "DELETE FROM checkpoint_blobs WHERE thread_id = %s",
@@ -192,6 +195,7 @@ async def delete_locked(conn: AsyncConnection[DictRow], thread_id: UUID) -> None
 
     The caller holds the row lock inside one transaction, so nothing of it can outlive the row.
     """
+    await conn.execute(DELETE_RUNS_SQL, (thread_id,))
     for sql in DELETE_CHECKPOINTS_SQL:
         await conn.execute(sql, (str(thread_id),))
     await conn.execute(DELETE_SQL, (thread_id,))
@@ -256,3 +260,11 @@ async def count(conn: AsyncConnection[DictRow], flt: ThreadFilter) -> int:
 def last_activity(row: DictRow) -> datetime:
     value: datetime = row["last_message_at"] or row["created_at"]
     return value
+
+
+LOCK_ANY_SQL = "SELECT 1 FROM threads WHERE thread_id = %s FOR UPDATE"
+
+
+async def lock_any(conn: AsyncConnection[DictRow], thread_id: UUID) -> None:
+    """The thread lock for internal work that already checked ownership."""
+    await conn.execute(LOCK_ANY_SQL, (thread_id,))

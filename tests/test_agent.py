@@ -7,7 +7,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from service.agent.offline import OfflineChatModel, compose_reply, plan_tool_calls
 from service.agent.tools import TOOLS, calculator, evaluate
-from service.executor import first_user_text
+from service.submit import first_user_text
 from service.threads import TITLE_LIMIT, derive_title
 
 ALL = {t.name for t in TOOLS}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import httpx
 
@@ -32,18 +33,18 @@ async def checkpoint_rows(client: httpx.AsyncClient, tid: str) -> int:
         return total
 
 
-async def test_busy_thread_rejects_and_refuses_delete(client: httpx.AsyncClient) -> None:
+async def test_reject_strategy_refuses_a_busy_thread(client: httpx.AsyncClient) -> None:
     tid = (await client.post("/threads", json={})).json()["thread_id"]
     slow = asyncio.create_task(
         client.post(f"/threads/{tid}/runs/wait", json=say("look up slowly 1.5"))
     )
     try:
         await wait_for_status(client, tid, "busy")
-        second = await client.post(f"/threads/{tid}/runs/wait", json=say("me too"))
+        second = await client.post(
+            f"/threads/{tid}/runs/wait", json={**say("me too"), "multitask_strategy": "reject"}
+        )
         assert second.status_code == 409
         assert "already running" in second.json()["detail"]
-        delete = await client.delete(f"/threads/{tid}")
-        assert delete.status_code == 409
         update = await client.post(f"/threads/{tid}/state", json={"values": {"messages": []}})
         assert update.status_code == 409
     finally:
@@ -53,6 +54,22 @@ async def test_busy_thread_rejects_and_refuses_delete(client: httpx.AsyncClient)
     runs = (await client.get(f"/threads/{tid}/runs")).json()
     assert [r["status"] for r in runs] == ["success"]
     assert (await client.get(f"/threads/{tid}")).json()["status"] == "idle"
+
+
+async def test_delete_during_a_run_cancels_it_and_nothing_reappears(
+    client: httpx.AsyncClient,
+) -> None:
+    tid = (await client.post("/threads", json={})).json()["thread_id"]
+    await client.post(f"/threads/{tid}/runs/wait", json=say("hello"))
+    run = (await client.post(f"/threads/{tid}/runs", json=say("look up slowly 30"))).json()
+    await wait_for_status(client, tid, "busy")
+    executor = client._transport.app.state.services.executor  # type: ignore[attr-defined]
+    attempt = executor.attempts[uuid.UUID(run["run_id"])]
+    assert (await client.delete(f"/threads/{tid}")).status_code == 204
+    async with asyncio.timeout(15):
+        await attempt.done.wait()  # the executing attempt noticed and stopped
+    assert await checkpoint_rows(client, tid) == 0
+    assert (await client.get(f"/threads/{tid}")).status_code == 404
 
 
 async def test_delete_removes_every_checkpoint_row(client: httpx.AsyncClient) -> None:

@@ -81,7 +81,7 @@ async def test_sdk_threads_state_history_and_runs(
 
     # runs.wait raises plain httpx errors (the SDK does not map them to its typed ones).
     with pytest.raises(httpx.HTTPStatusError) as refused:
-        await client.runs.wait(tid, "agent", input=_say("x"), multitask_strategy="enqueue")
+        await client.runs.wait(tid, "agent", input=_say("x"), webhook="http://127.0.0.1:9/hook")
     assert refused.value.response.status_code == 422
     await client.threads.delete(tid)
     with pytest.raises(NotFoundError):

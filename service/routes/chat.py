@@ -15,6 +15,20 @@ from service.agent.graph import GRAPH_ID
 from service.http import owner, parse, services
 from service.problems import Problem
 from service.schemas import Chat, RunCreate
+from service.submit import result_of, submit
+
+
+def _is_ai(message: object) -> bool:
+    if isinstance(message, AIMessage):
+        return True
+    return isinstance(message, dict) and message.get("type") == "ai"
+
+
+def _text(message: object) -> str:
+    if isinstance(message, AIMessage):
+        return message.text
+    content = message.get("content", "") if isinstance(message, dict) else ""
+    return content if isinstance(content, str) else str(content)
 
 
 async def chat(request: Request) -> Response:
@@ -27,15 +41,17 @@ async def chat(request: Request) -> Response:
         async with svc.pool.connection() as conn:
             await threads.insert(conn, thread_id=thread_id, owner=who, metadata={})
     run_body = RunCreate(
-        assistant_id=GRAPH_ID, input={"messages": [{"role": "user", "content": body.message}]}
+        assistant_id=GRAPH_ID,
+        input={"messages": [{"role": "user", "content": body.message}]},
+        multitask_strategy="reject",
     )
-    run = await svc.executor.claim(who, thread_id, run_body)
+    run, attempt = await submit(svc, who, thread_id, run_body)
     # Shielded: a client hanging up must not cancel the run it started.
-    outcome = await asyncio.shield(svc.executor.spawn(run))
-    if outcome.error is not None:
-        raise Problem(502, f"the agent failed: {outcome.error['message']}", kind="run-failed")
-    messages = (outcome.values or {}).get("messages", [])
-    reply = next((m.text for m in reversed(messages) if isinstance(m, AIMessage)), "")
+    result = await asyncio.shield(result_of(svc, run, attempt))
+    if isinstance(result, dict) and "__error__" in result:
+        raise Problem(502, f"the agent failed: {result['__error__']['message']}", kind="run-failed")
+    messages = (result or {}).get("messages", [])
+    reply = next((_text(m) for m in reversed(messages) if _is_ai(m)), "")
     return serialize.JSON({"thread_id": thread_id, "run_id": run["run_id"], "reply": reply})
 
 

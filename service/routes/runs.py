@@ -1,4 +1,4 @@
-"""Run endpoints: run to completion, list and read runs."""
+"""Run endpoints: background, streamed and waited runs; join, cancel, list, read, delete."""
 
 from __future__ import annotations
 
@@ -6,60 +6,268 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
+from uuid import UUID
 
+from psycopg.rows import DictRow
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from service import runs, serialize, threads
-from service.executor import RunOutcome
+from service import events, runs, serialize, threads
 from service.http import int_query, owner, parse, services, uuid_param
 from service.problems import Problem, not_found
-from service.routes.assistants import resolve_assistant
-from service.schemas import MAX_PAGE, RunCreate
+from service.schemas import MAX_PAGE, CancelMany, RunCreate
+from service.services import Services
+from service.submit import cancel_runs, final_body, result_of, submit, wait_for_end
 
+HEARTBEAT_SECONDS = 5.0
 KEEPALIVE_SECONDS = 5.0
 RUN_STATUSES = {"pending", "running", "success", "error", "timeout", "interrupted"}
+CANCEL_ACTIONS = {"interrupt", "rollback"}
 
 
-def wait_body(outcome: RunOutcome) -> Any:
-    """The Agent Server's ``/runs/wait`` body: final values, or ``__error__``."""
-    if outcome.error is not None:
-        return {"__error__": outcome.error}
-    return outcome.values
+def _paths(thread_id: UUID, run_id: UUID) -> tuple[str, str]:
+    run_path = f"/threads/{thread_id}/runs/{run_id}"
+    return run_path, f"{run_path}/stream"
 
 
-async def _keepalive_then_result(task: asyncio.Task[RunOutcome]) -> AsyncIterator[bytes]:
-    # Proxies drop idle connections; the Agent Server sends newlines while a run is waited on.
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_SECONDS)
-        if done:
-            break
-        yield b"\n"
-    body = serialize.jsonable(wait_body(task.result()))
-    yield json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+def _dumps(value: Any) -> str:
+    return json.dumps(serialize.jsonable(value), ensure_ascii=False, separators=(",", ":"))
 
 
-async def wait_run(request: Request) -> Response:
+def _sse(
+    svc: Services,
+    run_id: UUID,
+    after: int,
+    modes: set[str] | None,
+    headers: dict[str, str],
+    on_disconnect_cancel: bool,
+) -> EventSourceResponse:
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        finished = False
+        try:
+            async for event in events.follow(svc.pool, svc.hub, run_id, after, HEARTBEAT_SECONDS):
+                if event is None:
+                    continue
+                base = event.event.split("|", 1)[0]
+                if modes is not None and base not in modes and base not in ALWAYS_SENT:
+                    continue
+                yield ServerSentEvent(data=_dumps(event.data), event=event.event, id=str(event.seq))
+                if event.event == "end":
+                    finished = True
+        finally:
+            if on_disconnect_cancel and not finished:
+                await asyncio.shield(_cancel(svc, [run_id], "interrupt"))
+
+    return EventSourceResponse(
+        stream(),
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **headers},
+        ping=HEARTBEAT_SECONDS,
+        ping_message_factory=lambda: ServerSentEvent(comment="heartbeat"),
+        sep="\r\n",
+    )
+
+
+ALWAYS_SENT = {"metadata", "error", "end"}
+EVENT_OF_MODE = {"messages-tuple": "messages"}
+
+
+def _modes_filter(raw: str | None) -> set[str] | None:
+    """``?stream_mode=`` on a rejoin: one value or a JSON list; None means everything."""
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    items = value if isinstance(value, list) else [value]
+    return {EVENT_OF_MODE.get(str(m), str(m)) for m in items}
+
+
+def _last_event_id(request: Request) -> int:
+    raw = request.headers.get("last-event-id", "").strip()
+    if not raw:
+        return 0
+    try:
+        return max(int(raw), 0)
+    except ValueError as exc:
+        raise Problem(422, "Last-Event-ID must be an integer", kind="invalid-input") from exc
+
+
+async def create_run(request: Request) -> Response:
+    """Queue a background run and return it at once."""
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
     body = await parse(request, RunCreate, empty_ok=False)
-    resolve_assistant(body.assistant_id)
     svc = services(request)
-    run = await svc.executor.claim(who, thread_id, body)
-    task = svc.executor.spawn(run)
-    run_path = f"/threads/{thread_id}/runs/{run['run_id']}"
+    row, _ = await submit(svc, who, thread_id, body)
+    run_path, _ = _paths(thread_id, row["run_id"])
+    return serialize.JSON(serialize.run(row), headers={"Content-Location": run_path})
+
+
+async def stream_run(request: Request) -> Response:
+    """Start a run and stream its events (Agent Server SSE format, with a final ``end``)."""
+    who = owner(request)
+    thread_id = uuid_param(request, "thread_id")
+    body = await parse(request, RunCreate, empty_ok=False)
+    svc = services(request)
+    row, _ = await submit(svc, who, thread_id, body)
+    run_path, stream_path = _paths(thread_id, row["run_id"])
+    return _sse(
+        svc,
+        row["run_id"],
+        0,
+        None,
+        {"Location": stream_path, "Content-Location": run_path},
+        body.on_disconnect == "cancel",
+    )
+
+
+async def _keepalive_then(body: asyncio.Task[Any]) -> AsyncIterator[bytes]:
+    # Proxies drop idle connections; the Agent Server sends newlines while a run is waited on.
+    while True:
+        done, _ = await asyncio.wait({body}, timeout=KEEPALIVE_SECONDS)
+        if done:
+            break
+        yield b"\n"
+    yield _dumps(body.result()).encode()
+
+
+async def wait_run(request: Request) -> Response:
+    """Run to completion and return the final values."""
+    who = owner(request)
+    thread_id = uuid_param(request, "thread_id")
+    body = await parse(request, RunCreate, empty_ok=False)
+    svc = services(request)
+    row, attempt = await submit(svc, who, thread_id, body)
+    run_path, _ = _paths(thread_id, row["run_id"])
     headers = {"Location": f"{run_path}/join", "Content-Location": run_path}
+    result = asyncio.create_task(result_of(svc, row, attempt))
     if body.on_disconnect == "cancel":
         try:
-            outcome = await asyncio.shield(task)
+            value = await asyncio.shield(result)
         except asyncio.CancelledError:
-            task.cancel()
+            await asyncio.shield(_cancel(svc, [row["run_id"]], "interrupt"))
             raise
-        return serialize.JSON(wait_body(outcome), headers=headers)
+        return serialize.JSON(value, headers=headers)
     return StreamingResponse(
-        _keepalive_then_result(task), media_type="application/json", headers=headers
+        _keepalive_then(result), media_type="application/json", headers=headers
     )
+
+
+async def _owned_run(request: Request) -> tuple[UUID, UUID, DictRow]:
+    who = owner(request)
+    thread_id = uuid_param(request, "thread_id")
+    run_id = uuid_param(request, "run_id")
+    async with services(request).pool.connection() as conn:
+        row = await runs.get(conn, thread_id, run_id, who)
+    if row is None:
+        raise not_found("Run", run_id)
+    return thread_id, run_id, row
+
+
+def _flag(request: Request, name: str) -> bool:
+    return request.query_params.get(name, "").lower() in ("1", "true", "yes")
+
+
+async def join_run(request: Request) -> Response:
+    """Wait for a run (executing anywhere) and return its final values."""
+    _, run_id, _ = await _owned_run(request)
+    svc = services(request)
+
+    async def joined() -> Any:
+        return await final_body(svc, await wait_for_end(svc, run_id, None))
+
+    task = asyncio.create_task(joined())
+    if _flag(request, "cancel_on_disconnect"):
+        try:
+            return serialize.JSON(await asyncio.shield(task))
+        except asyncio.CancelledError:
+            await asyncio.shield(_cancel(svc, [run_id], "interrupt"))
+            raise
+    return StreamingResponse(_keepalive_then(task), media_type="application/json")
+
+
+async def join_stream(request: Request) -> Response:
+    """Rejoin a run's stream from any replica; ``Last-Event-ID`` resumes right after it."""
+    thread_id, run_id, _ = await _owned_run(request)
+    after = _last_event_id(request)
+    modes = _modes_filter(request.query_params.get("stream_mode"))
+    run_path, stream_path = _paths(thread_id, run_id)
+    return _sse(
+        services(request),
+        run_id,
+        after,
+        modes,
+        {"Location": stream_path, "Content-Location": run_path},
+        _flag(request, "cancel_on_disconnect"),
+    )
+
+
+async def _cancel(svc: Services, run_ids: list[UUID], action: str) -> list[DictRow]:
+    """Cancel runs wherever they execute; returns those that were still active."""
+    stopped: list[DictRow] = []
+    async with svc.pool.connection() as conn:
+        for run_id in run_ids:
+            async with conn.transaction():
+                row = await runs.get_by_id(conn, run_id)
+                if row is None or row["status"] not in runs.ACTIVE_STATUSES:
+                    continue
+                await threads.lock_any(conn, row["thread_id"])
+                cur = await conn.execute(runs.HEAD_OF_THREAD_SQL, (row["thread_id"],))
+                mine = [r for r in await cur.fetchall() if r["run_id"] == run_id]
+                if mine:
+                    await cancel_runs(conn, mine, action)
+                    stopped.extend(mine)
+    return stopped
+
+
+def _action(request: Request) -> str:
+    action = request.query_params.get("action", "interrupt")
+    if action not in CANCEL_ACTIONS:
+        raise Problem(422, "action must be 'interrupt' or 'rollback'", kind="invalid-input")
+    return action
+
+
+async def cancel_run(request: Request) -> Response:
+    _, run_id, _ = await _owned_run(request)
+    action = _action(request)
+    svc = services(request)
+    await _cancel(svc, [run_id], action)
+    if not _flag(request, "wait"):
+        return Response(status_code=202)
+    row = await wait_for_end(svc, run_id, None)
+    if row is None:
+        return Response(status_code=204)
+    return serialize.JSON(serialize.run(row))
+
+
+async def cancel_many(request: Request) -> Response:
+    who = owner(request)
+    action = _action(request)
+    body = await parse(request, CancelMany, empty_ok=False)
+    if body.status is None and body.thread_id is None:
+        raise Problem(422, "give thread_id (and run_ids) or status", kind="invalid-input")
+    statuses: list[str] = ["pending", "running"] if body.status in (None, "all") else [body.status]
+    svc = services(request)
+    async with svc.pool.connection() as conn:
+        rows = await runs.owned_active(
+            conn, who, statuses=statuses, thread_id=body.thread_id, run_ids=body.run_ids
+        )
+    if not rows:
+        raise Problem(404, "no matching runs to cancel", kind="not-found")
+    await _cancel(svc, [r["run_id"] for r in rows], action)
+    return Response(status_code=204)
+
+
+async def delete_run(request: Request) -> Response:
+    _, run_id, row = await _owned_run(request)
+    if row["status"] in runs.ACTIVE_STATUSES:
+        raise Problem(409, "the run is still active; cancel it first", kind="run-active")
+    async with services(request).pool.connection() as conn:
+        await runs.delete_finished(conn, run_id)
+    return Response(status_code=204)
 
 
 async def list_runs(request: Request) -> Response:
@@ -80,18 +288,19 @@ async def list_runs(request: Request) -> Response:
 
 
 async def get_run(request: Request) -> Response:
-    who = owner(request)
-    thread_id = uuid_param(request, "thread_id")
-    run_id = uuid_param(request, "run_id")
-    async with services(request).pool.connection() as conn:
-        row = await runs.get(conn, thread_id, run_id, who)
-    if row is None:
-        raise not_found("Run", run_id)
+    _, _, row = await _owned_run(request)
     return serialize.JSON(serialize.run(row))
 
 
 routes = [
+    Route("/threads/{thread_id}/runs", create_run, methods=["POST"]),
+    Route("/threads/{thread_id}/runs/stream", stream_run, methods=["POST"]),
     Route("/threads/{thread_id}/runs/wait", wait_run, methods=["POST"]),
     Route("/threads/{thread_id}/runs", list_runs, methods=["GET"]),
     Route("/threads/{thread_id}/runs/{run_id}", get_run, methods=["GET"]),
+    Route("/threads/{thread_id}/runs/{run_id}", delete_run, methods=["DELETE"]),
+    Route("/threads/{thread_id}/runs/{run_id}/join", join_run, methods=["GET"]),
+    Route("/threads/{thread_id}/runs/{run_id}/stream", join_stream, methods=["GET"]),
+    Route("/threads/{thread_id}/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
+    Route("/runs/cancel", cancel_many, methods=["POST"]),
 ]

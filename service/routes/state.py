@@ -11,10 +11,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import runs, serialize, threads
-from service.executor import BUSY_DETAIL, thread_config
+from service.executor import thread_config
 from service.http import int_query, owner, parse, services, uuid_param
 from service.problems import Problem, not_found
 from service.schemas import MAX_PAGE, HistoryQuery, StateAtCheckpoint, StateUpdate
+from service.submit import BUSY_DETAIL
 
 
 async def _require_thread(request: Request, thread_id: UUID, who: str) -> None:

@@ -9,10 +9,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import runs, serialize, threads
-from service.executor import BUSY_DETAIL, thread_config
+from service.executor import thread_config
 from service.http import owner, parse, services, uuid_param
 from service.problems import Problem, not_found
 from service.schemas import ThreadCount, ThreadCreate, ThreadPatch, ThreadSearch
+from service.submit import cancel_runs
 
 
 async def create_thread(request: Request) -> Response:
@@ -82,8 +83,10 @@ async def delete_thread(request: Request) -> Response:
     async with services(request).pool.connection() as conn, conn.transaction():
         if not await threads.lock(conn, thread_id, who):
             raise not_found("Thread", thread_id)
-        if await runs.active_run_ids(conn, thread_id):
-            raise Problem(409, BUSY_DETAIL, kind="thread-busy")
+        # Tell executing replicas to stop; deleting the run rows then fences out any write
+        # they still attempt, so nothing of the thread can reappear.
+        cur = await conn.execute(runs.HEAD_OF_THREAD_SQL, (thread_id,))
+        await cancel_runs(conn, await cur.fetchall(), "interrupt")
         await threads.delete_locked(conn, thread_id)
     return Response(status_code=204)
 

@@ -1,0 +1,206 @@
+"""Stream events of runs: written by the executing replica, read by clients on any replica.
+
+``run_events`` is the source of truth for (re)joining a stream: events are numbered per run
+(``seq``, the SSE ``id``), so ``Last-Event-ID`` resumes exactly after the last event a client
+saw. Writes are batched for a few milliseconds (token streams produce many small events) and
+fenced like checkpoint writes, so a replica that lost its run cannot add to its stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import structlog
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
+
+from service.db import Pool
+from service.notify import EVENTS_CHANNEL, NOTIFY_SQL, Hub, events_key, run_key
+from service.serialize import jsonable
+
+log = structlog.get_logger(__name__)
+
+FLUSH_SECONDS = 0.01
+MAX_BATCH = 256
+READ_PAGE = 500
+
+MAX_SEQ_SQL = "SELECT coalesce(max(seq), 0) AS seq FROM run_events WHERE run_id = %s"
+
+# Inserted only while the attempt holds its lease (same rule as checkpoint writes).
+INSERT_SQL = """
+INSERT INTO run_events (run_id, seq, event, data)
+SELECT %(run_id)s, e.seq, e.event, e.data
+FROM jsonb_to_recordset(%(events)s::jsonb) AS e(seq bigint, event text, data jsonb)
+WHERE EXISTS (
+    SELECT 1 FROM runs
+    WHERE run_id = %(run_id)s AND attempt = %(attempt)s AND status = 'running'
+      AND lease_expires_at > clock_timestamp()
+    FOR SHARE
+)
+ON CONFLICT (run_id, seq) DO NOTHING
+"""
+
+READ_SQL = """
+SELECT seq, event, data FROM run_events
+WHERE run_id = %s AND seq > %s
+ORDER BY seq
+LIMIT %s
+"""
+
+RUN_STATUS_SQL = "SELECT status FROM runs WHERE run_id = %s"
+TERMINAL = ("success", "error", "timeout", "interrupted")
+
+APPEND_SQL = """
+INSERT INTO run_events (run_id, seq, event, data)
+SELECT %(run_id)s,
+       (SELECT coalesce(max(seq), 0) FROM run_events WHERE run_id = %(run_id)s) + e.ord,
+       e.event, e.data
+FROM ROWS FROM (jsonb_to_recordset(%(events)s::jsonb) AS (event text, data jsonb))
+     WITH ORDINALITY AS e(event, data, ord)
+"""
+
+SWEEP_SQL = """
+DELETE FROM run_events
+WHERE ctid IN (
+    SELECT ctid FROM run_events
+    WHERE created_at < now() - make_interval(secs => %s)
+    LIMIT 10000
+)
+"""
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    event: str
+    data: Any
+
+
+class EventWriter:
+    """Numbers and persists the events of one run attempt, in small batches."""
+
+    def __init__(self, pool: Pool, run_id: UUID, attempt: int, start_seq: int) -> None:
+        self.pool = pool
+        self.run_id = run_id
+        self.attempt = attempt
+        self.seq = start_seq
+        self._buffer: list[dict[str, Any]] = []
+        self._wakeup = asyncio.Event()
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, pool: Pool, run_id: UUID, attempt: int) -> EventWriter:
+        async with pool.connection() as conn:
+            cur = await conn.execute(MAX_SEQ_SQL, (run_id,))
+            row = await cur.fetchone()
+        writer = cls(pool, run_id, attempt, int(row["seq"]) if row else 0)
+        writer._task = asyncio.create_task(writer._flusher(), name=f"events-{run_id}")
+        return writer
+
+    def emit(self, event: str, data: Any) -> None:
+        self.seq += 1
+        self._buffer.append({"seq": self.seq, "event": event, "data": jsonable(data)})
+        if len(self._buffer) >= MAX_BATCH or len(self._buffer) == 1:
+            self._wakeup.set()
+
+    async def close(self) -> None:
+        """Flush what is buffered and stop."""
+        self._closed = True
+        self._wakeup.set()
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if not self._closed:
+                # A few milliseconds gathers a token burst into one statement.
+                await asyncio.sleep(FLUSH_SECONDS)
+            batch, self._buffer = self._buffer, []
+            if batch:
+                try:
+                    await self._write(batch)
+                except Exception as exc:
+                    log.warning("events_write_failed", error=str(exc), count=len(batch))
+            if self._closed and not self._buffer:
+                return
+
+    async def _write(self, batch: list[dict[str, Any]]) -> None:
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                INSERT_SQL,
+                {
+                    "run_id": self.run_id,
+                    "attempt": self.attempt,
+                    "events": json.dumps(batch, ensure_ascii=False),
+                },
+            )
+            await conn.execute(NOTIFY_SQL, (EVENTS_CHANNEL, str(self.run_id)))
+
+
+async def append(
+    conn: AsyncConnection[DictRow], run_id: UUID, items: list[tuple[str, Any]]
+) -> None:
+    """Append events for a run no attempt is executing (the caller holds the thread lock)."""
+    payload = [{"event": e, "data": jsonable(d)} for e, d in items]
+    await conn.execute(
+        APPEND_SQL, {"run_id": run_id, "events": json.dumps(payload, ensure_ascii=False)}
+    )
+    await conn.execute(NOTIFY_SQL, (EVENTS_CHANNEL, str(run_id)))
+
+
+async def read_after(conn: AsyncConnection[DictRow], run_id: UUID, after: int) -> list[Event]:
+    cur = await conn.execute(READ_SQL, (run_id, after, READ_PAGE))
+    return [Event(r["seq"], r["event"], r["data"]) for r in await cur.fetchall()]
+
+
+async def follow(
+    pool: Pool, hub: Hub, run_id: UUID, after: int, heartbeat: float
+) -> AsyncIterator[Event | None]:
+    """Events of the run after ``after`` until its ``end`` event; ``None`` means heartbeat.
+
+    Works on any replica: it reads the table and sleeps until a notification (or the heartbeat
+    interval) says to look again.
+    """
+    keys = (events_key(run_id), run_key(run_id))
+    while True:
+        wakeup = hub.arm(*keys)
+        try:
+            async with pool.connection() as conn:
+                events = await read_after(conn, run_id, after)
+                if not events:
+                    cur = await conn.execute(RUN_STATUS_SQL, (run_id,))
+                    row = await cur.fetchone()
+            for event in events:
+                after = event.seq
+                yield event
+                if event.event == "end":
+                    return
+            if events:
+                continue
+            if row is None or row["status"] in TERMINAL:
+                # Deleted, or ended: every ending writes its events before its status, so
+                # nothing more will come.
+                return
+            try:
+                async with asyncio.timeout(heartbeat):
+                    await wakeup.wait()
+            except TimeoutError:
+                yield None
+        finally:
+            hub.disarm(wakeup, *keys)
+
+
+async def sweep(pool: Pool, retention_seconds: float) -> int:
+    async with pool.connection() as conn:
+        cur = await conn.execute(SWEEP_SQL, (retention_seconds,))
+        return cur.rowcount

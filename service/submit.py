@@ -1,0 +1,189 @@
+"""Accepting a run: thread checks, the multitask strategy, queueing, and waiting for it.
+
+Every run goes through the queue in Postgres, so any replica may execute it; the replica that
+received the request starts it at once when it has room, which is the common, fast case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
+
+from service import events, runs, threads
+from service.executor import STREAM_MODES, Attempt, RunOutcome, thread_config
+from service.notify import run_key
+from service.problems import Problem, not_found
+from service.routes.assistants import resolve_assistant
+from service.schemas import RunCreate
+from service.services import Services
+
+BUSY_DETAIL = (
+    "Thread is already running a task. Wait for it to finish or choose a different "
+    "multitask strategy."
+)
+DEFAULT_STRATEGY = "enqueue"
+WAIT_POLL_SECONDS = 5.0
+
+
+def first_user_text(graph_input: Any) -> str | None:
+    """Text of the first user message in an Agent Server style input, if any."""
+    if not isinstance(graph_input, dict):
+        return None
+    messages = graph_input.get("messages")
+    if isinstance(messages, dict | str):
+        messages = [messages]
+    for message in messages or []:
+        role, content = None, None
+        if isinstance(message, dict):
+            role = message.get("role") or message.get("type")
+            content = message.get("content")
+        elif isinstance(message, list | tuple) and len(message) == 2:
+            role, content = message
+        elif isinstance(message, str):
+            role, content = "user", message
+        if role in ("user", "human"):
+            if isinstance(content, list):
+                content = " ".join(b.get("text", "") for b in content if isinstance(b, dict))
+            if isinstance(content, str) and content.strip():
+                return content
+    return None
+
+
+def check_stream_modes(body: RunCreate) -> None:
+    mode = body.stream_mode or []
+    for m in [mode] if isinstance(mode, str) else mode:
+        if m not in STREAM_MODES:
+            supported = ", ".join(sorted(STREAM_MODES))
+            raise Problem(
+                422,
+                f"stream_mode {m!r} is not supported (supported: {supported})",
+                kind="invalid-input",
+            )
+
+
+async def _ensure_locked_thread(
+    conn: AsyncConnection[DictRow], owner: str, thread_id: UUID, create: bool
+) -> None:
+    if await threads.lock(conn, thread_id, owner):
+        return
+    if create and not await threads.exists_for_anyone(conn, thread_id):
+        await threads.insert(conn, thread_id=thread_id, owner=owner, metadata={})
+        if await threads.lock(conn, thread_id, owner):
+            return
+    raise not_found("Thread", thread_id)
+
+
+async def cancel_runs(conn: AsyncConnection[DictRow], rows: list[DictRow], action: str) -> None:
+    """Stop runs (caller holds their thread lock): queued ones end here, running ones are told."""
+    executing = [r["run_id"] for r in rows if r["status"] == "running" and r["leased"]]
+    for row in rows:
+        if row["run_id"] in executing:
+            continue
+        await events.append(conn, row["run_id"], [("end", None)])
+        if action == "rollback":
+            await runs.rollback_checkpoints(conn, row["thread_id"], row["run_id"])
+        await runs.end_idle(
+            conn, row["run_id"], status="interrupted", error=None, thread_status="idle"
+        )
+        if action == "rollback":
+            await conn.execute("DELETE FROM runs WHERE run_id = %s", (row["run_id"],))
+    if executing:
+        await runs.request_cancel(conn, executing, action)
+
+
+async def submit(
+    svc: Services, owner: str, thread_id: UUID, body: RunCreate
+) -> tuple[DictRow, Attempt | None]:
+    """Queue the run under the thread lock, applying the multitask strategy; start it if we can."""
+    resolve_assistant(body.assistant_id)
+    check_stream_modes(body)
+    strategy = body.multitask_strategy or DEFAULT_STRATEGY
+    async with svc.pool.connection() as conn, conn.transaction():
+        await _ensure_locked_thread(conn, owner, thread_id, body.if_not_exists == "create")
+        cur = await conn.execute(runs.HEAD_OF_THREAD_SQL, (thread_id,))
+        inflight = await cur.fetchall()
+        if inflight:
+            if strategy == "reject":
+                raise Problem(409, BUSY_DETAIL, kind="thread-busy")
+            if strategy in ("interrupt", "rollback"):
+                await cancel_runs(conn, inflight, strategy)
+        text = first_user_text(body.input)
+        title = threads.derive_title(text) if text else None
+        if title:
+            await threads.set_title_if_empty(conn, thread_id, title)
+        kwargs = body.model_dump(
+            exclude={"input", "metadata", "assistant_id"}, exclude_none=True, mode="json"
+        )
+        row = await runs.insert(
+            conn,
+            run_id=uuid.uuid4(),
+            thread_id=thread_id,
+            assistant_id=body.assistant_id,
+            input=body.input,
+            kwargs=kwargs,
+            metadata=body.metadata,
+            strategy=strategy,
+        )
+    attempt = await svc.worker.try_start(row["run_id"], thread_id)
+    return row, attempt
+
+
+async def wait_for_end(svc: Services, run_id: UUID, attempt: Attempt | None) -> DictRow | None:
+    """Block until the run ends on whichever replica executes it; None if it was deleted."""
+    if attempt is not None and attempt.task is not None:
+        # Shielded: a caller going away must not cancel the run.
+        await asyncio.shield(attempt.task)
+    while True:
+        wakeup = svc.hub.arm(run_key(run_id))
+        try:
+            async with svc.pool.connection() as conn:
+                row = await runs.get_by_id(conn, run_id)
+            if row is None or row["status"] not in runs.ACTIVE_STATUSES:
+                return row
+            # A handed-back or resumed run may land here again: help if we have room.
+            local = await svc.worker.try_start(run_id, row["thread_id"])
+            if local is not None and local.task is not None:
+                await asyncio.shield(local.task)
+                continue
+            try:
+                async with asyncio.timeout(WAIT_POLL_SECONDS):
+                    await wakeup.wait()
+            except TimeoutError:
+                pass
+        finally:
+            svc.hub.disarm(wakeup, run_key(run_id))
+
+
+async def final_body(svc: Services, row: DictRow | None) -> Any:
+    """The ``/runs/wait`` and ``/join`` body: final values, or ``__error__``."""
+    if row is None:
+        return {"__error__": {"error": "RunDeleted", "message": "the run was rolled back"}}
+    if row["status"] == "error":
+        return {"__error__": row["error"]}
+    config = thread_config(row["thread_id"], row["checkpoint_id"])
+    snapshot = await svc.executor.reader.aget_state(config)
+    values = snapshot.values
+    interrupts = [i for task in snapshot.tasks for i in task.interrupts]
+    if interrupts and isinstance(values, dict):
+        values = {**values, "__interrupt__": interrupts}
+    return values
+
+
+async def result_of(svc: Services, run: DictRow, attempt: Attempt | None) -> Any:
+    """The final body of a run started (maybe here) by this request."""
+    if attempt is not None and attempt.task is not None:
+        outcome = await asyncio.shield(attempt.task)
+        if outcome.status in ("success", "error"):
+            return outcome_body(outcome)
+    return await final_body(svc, await wait_for_end(svc, run["run_id"], attempt))
+
+
+def outcome_body(outcome: RunOutcome) -> Any:
+    if outcome.error is not None:
+        return {"__error__": outcome.error}
+    return outcome.values

@@ -1,0 +1,151 @@
+"""The run queue's consumer: every replica claims runs it has capacity for.
+
+Runs wait in Postgres (``pending``). A replica claims one under the thread's row lock, only if
+it is the oldest unfinished run of its thread and no live lease holds the thread; a run whose
+lease expired (its replica died) is claimed the same way and resumed from its last checkpoint.
+Replicas learn about new work through NOTIFY and also look every ``poll_seconds``, which is how
+expired leases are found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from uuid import UUID
+
+import psycopg
+import structlog
+from psycopg.rows import DictRow
+
+from service import events, runs
+from service.db import Pool
+from service.executor import Attempt, Executor
+from service.notify import ANY_RUN, Hub
+
+log = structlog.get_logger(__name__)
+
+SWEEP_EVERY = 60.0
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        pool: Pool,
+        hub: Hub,
+        executor: Executor,
+        capacity: int,
+        lease_seconds: float,
+        max_attempts: int,
+        poll_seconds: float,
+        event_retention_seconds: float,
+    ) -> None:
+        self.pool = pool
+        self.hub = hub
+        self.executor = executor
+        self.capacity = capacity
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self.poll_seconds = poll_seconds
+        self.event_retention_seconds = event_retention_seconds
+        self.claiming = True
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.executor.busy if self.claiming else 0
+
+    async def start(self) -> None:
+        if self.capacity > 0:
+            self._task = asyncio.create_task(self._loop(), name="run-worker")
+
+    def stop_claiming(self) -> None:
+        self.claiming = False
+
+    async def stop(self, drain_seconds: float) -> None:
+        self.stop_claiming()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.executor.drain(drain_seconds)
+
+    async def try_start(self, run_id: UUID, thread_id: UUID) -> Attempt | None:
+        """Claim and start this run here if this replica has room (the request's fast path)."""
+        if self.free <= 0:
+            return None
+        row = await self._claim(run_id, thread_id)
+        return self.executor.start(row) if row is not None else None
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time() + SWEEP_EVERY
+        while True:
+            wakeup = self.hub.arm(ANY_RUN)
+            try:
+                if self.free > 0:
+                    await self._claim_some()
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + SWEEP_EVERY
+                    await events.sweep(self.pool, self.event_retention_seconds)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_seconds):
+                        await wakeup.wait()
+            except (psycopg.Error, TimeoutError) as exc:
+                log.warning("worker_claim_failed", error=str(exc))
+                await asyncio.sleep(self.poll_seconds)
+            finally:
+                self.hub.disarm(wakeup, ANY_RUN)
+
+    async def _claim_some(self) -> None:
+        async with self.pool.connection() as conn:
+            found = await runs.candidates(conn, limit=max(self.free * 4, 8))
+        for candidate in found:
+            if self.free <= 0:
+                return
+            row = await self._claim(candidate["run_id"], candidate["thread_id"])
+            if row is not None:
+                self.executor.start(row)
+
+    async def _claim(self, run_id: UUID, thread_id: UUID) -> DictRow | None:
+        async with self.pool.connection() as conn, conn.transaction():
+            if not await runs.lock_thread_or_skip(conn, thread_id):
+                return None
+            head = await runs.head_of_thread(conn, thread_id)
+            if head is None or head["run_id"] != run_id:
+                return None
+            if head["cancel_action"]:
+                await self._end_cancelled(conn, head)
+                return None
+            if head["status"] == "running" and head["attempt"] >= self.max_attempts:
+                await self._give_up(conn, head)
+                return None
+            if head["status"] == "running":
+                log.info("run_resuming", run_id=str(run_id), previous=head["lease_holder"])
+            return await runs.claim(conn, run_id, self.executor.replica, self.lease_seconds)
+
+    async def _give_up(self, conn: psycopg.AsyncConnection[DictRow], run: DictRow) -> None:
+        error = {
+            "error": "LeaseExpired",
+            "message": (
+                f"gave up after {run['attempt']} attempts: the executing replica "
+                f"({run['lease_holder']}) stopped renewing its lease"
+            ),
+        }
+        await events.append(conn, run["run_id"], [("error", error), ("end", None)])
+        await runs.end_idle(conn, run["run_id"], status="error", error=error, thread_status="error")
+        log.warning("run_abandoned", run_id=str(run["run_id"]), attempts=run["attempt"])
+
+    async def _end_cancelled(self, conn: psycopg.AsyncConnection[DictRow], run: DictRow) -> None:
+        """A run cancelled while queued (or while its replica was dead) ends without running."""
+        await events.append(conn, run["run_id"], [("end", None)])
+        if run["cancel_action"] == "rollback":
+            await runs.rollback_checkpoints(conn, run["thread_id"], run["run_id"])
+            await runs.end_idle(
+                conn, run["run_id"], status="interrupted", error=None, thread_status="idle"
+            )
+            await conn.execute("DELETE FROM runs WHERE run_id = %s", (run["run_id"],))
+        else:
+            await runs.end_idle(
+                conn, run["run_id"], status="interrupted", error=None, thread_status="idle"
+            )
