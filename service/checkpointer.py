@@ -13,11 +13,14 @@ Two differences from the stock ``AsyncPostgresSaver``, both keeping LangGraph's 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
+import structlog
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg import AsyncCursor
 from psycopg.rows import DictRow, dict_row
@@ -32,6 +35,9 @@ WHERE run_id = %s AND attempt = %s AND status = 'running'
   AND lease_expires_at > clock_timestamp()
 FOR SHARE
 """
+
+
+log = structlog.get_logger(__name__)
 
 
 class LeaseLostError(RuntimeError):
@@ -53,6 +59,18 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         super().__init__(pool)
         self.pool = pool
         self.fence = fence
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        await super().aput_writes(config, writes, task_id, task_path)
+        # Audit trail of completed tasks: a task id saved twice would mean a node that had
+        # finished ran again (the failover tests count these).
+        log.debug("task_writes_saved", task_id=task_id, task_path=task_path)
 
     @asynccontextmanager
     async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:
