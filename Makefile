@@ -36,7 +36,7 @@ cluster-up: sync
 cluster-down: sync
 	$(UV) run python -m tests.cluster down
 
-test: sync
+test: sync cluster-build
 	$(UV) run pytest $(PYTEST_ARGS)
 
 fmt: sync

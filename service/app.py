@@ -67,6 +67,7 @@ def begin_drain(app: Starlette) -> None:
     services: Services | None = getattr(app.state, "services", None)
     if services is not None and not services.draining:
         services.draining = True
+        services.stopping.set()
         services.worker.stop_claiming()
         log.info("draining", replica=services.settings.replica)
 
@@ -123,6 +124,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> Starlette:
             metrics=metrics,
         )
         app.state.services = services
+        metrics.watch_in_flight(lambda: executor.busy)
         await worker.start()
         log.info("service_started", replica=settings.replica, auth=settings.auth)
         try:

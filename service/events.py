@@ -164,12 +164,13 @@ async def read_after(conn: AsyncConnection[DictRow], run_id: UUID, after: int) -
 
 
 async def follow(
-    pool: Pool, hub: Hub, run_id: UUID, after: int, heartbeat: float
+    pool: Pool, hub: Hub, run_id: UUID, after: int, heartbeat: float, stop: asyncio.Event
 ) -> AsyncIterator[Event | None]:
     """Events of the run after ``after`` until its ``end`` event; ``None`` means heartbeat.
 
     Works on any replica: it reads the table and sleeps until a notification (or the heartbeat
-    interval) says to look again.
+    interval) says to look again. It ends early when ``stop`` is set (the replica is draining);
+    the client resumes elsewhere with ``Last-Event-ID``.
     """
     keys = (events_key(run_id), run_key(run_id))
     while True:
@@ -191,10 +192,15 @@ async def follow(
                 # Deleted, or ended: every ending writes its events before its status, so
                 # nothing more will come.
                 return
-            try:
-                async with asyncio.timeout(heartbeat):
-                    await wakeup.wait()
-            except TimeoutError:
+            if stop.is_set():
+                return
+            waits = [asyncio.ensure_future(wakeup.wait()), asyncio.ensure_future(stop.wait())]
+            done, pending = await asyncio.wait(
+                waits, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
+            if not done:
                 yield None
         finally:
             hub.disarm(wakeup, *keys)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -41,6 +41,20 @@ class PoolCollector(Collector):
         )
 
 
+class InFlightCollector(Collector):
+    """Runs executing on this replica right now."""
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self.count = count
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "threadkeeper_runs_in_flight",
+            "Run attempts executing on this replica.",
+            value=self.count(),
+        )
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -72,3 +86,6 @@ class Metrics:
 
     def watch_pool(self, pool: Pool) -> None:
         self.registry.register(PoolCollector(pool))
+
+    def watch_in_flight(self, count: Callable[[], int]) -> None:
+        self.registry.register(InFlightCollector(count))

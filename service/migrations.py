@@ -76,11 +76,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX runs_active_idx ON runs (thread_id) WHERE status IN ('pending', 'running');
     CREATE INDEX runs_pending_idx ON runs (created_at) WHERE status = 'pending';
     """,
-    # v2: cancellation, the checkpoint a run ended on, and the events streamed to clients.
+    # v2: cancellation, the checkpoint a run ended on, idempotent submission, and the events
+    # streamed to clients.
     """
     ALTER TABLE runs
         ADD COLUMN cancel_action text CHECK (cancel_action IN ('interrupt', 'rollback')),
-        ADD COLUMN checkpoint_id text;
+        ADD COLUMN checkpoint_id text,
+        ADD COLUMN idempotency_key text;
+    CREATE UNIQUE INDEX runs_idempotency_idx ON runs (thread_id, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
     CREATE TABLE run_events (
         run_id     uuid NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
         seq        bigint NOT NULL,

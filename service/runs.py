@@ -42,9 +42,9 @@ SELECT run_id FROM runs WHERE thread_id = %s AND status IN ('pending', 'running'
 
 INSERT_SQL = f"""
 INSERT INTO runs (run_id, thread_id, assistant_id, status, input, kwargs, metadata,
-                  multitask_strategy)
+                  multitask_strategy, idempotency_key)
 VALUES (%(run_id)s, %(thread_id)s, %(assistant_id)s, 'pending', %(input)s, %(kwargs)s,
-        %(metadata)s, %(strategy)s)
+        %(metadata)s, %(strategy)s, %(key)s)
 RETURNING {COLUMNS_SQL}
 """
 
@@ -126,6 +126,10 @@ WHERE r.run_id = %s AND r.thread_id = %s
 
 GET_BY_ID_SQL = f"SELECT {COLUMNS_SQL} FROM runs WHERE run_id = %s"
 
+BY_IDEMPOTENCY_KEY_SQL = f"""
+SELECT {COLUMNS_SQL} FROM runs WHERE thread_id = %s AND idempotency_key = %s
+"""
+
 LIST_SQL = f"""
 SELECT {COLUMNS_SQL} FROM runs r
 WHERE r.thread_id = %s AND (%s::text IS NULL OR r.status = %s)
@@ -194,6 +198,7 @@ async def insert(
     kwargs: dict[str, Any],
     metadata: dict[str, Any],
     strategy: str,
+    idempotency_key: str | None = None,
 ) -> DictRow:
     """Queue a run (``pending``) and wake the replicas' workers."""
     cur = await conn.execute(
@@ -206,6 +211,7 @@ async def insert(
             "kwargs": Jsonb(kwargs),
             "metadata": Jsonb(metadata),
             "strategy": strategy,
+            "key": idempotency_key,
         },
     )
     row = await cur.fetchone()
@@ -213,6 +219,13 @@ async def insert(
     await conn.execute(MARK_THREAD_BUSY_SQL, (thread_id,))
     await notify(conn, "new", run_id)
     return row
+
+
+async def by_idempotency_key(
+    conn: AsyncConnection[DictRow], thread_id: UUID, key: str
+) -> DictRow | None:
+    cur = await conn.execute(BY_IDEMPOTENCY_KEY_SQL, (thread_id, key))
+    return await cur.fetchone()
 
 
 async def candidates(conn: AsyncConnection[DictRow], limit: int) -> list[DictRow]:

@@ -6,6 +6,7 @@ apps in one process.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from service.auth import Authenticator
@@ -27,3 +28,5 @@ class Services:
     auth: Authenticator
     metrics: Metrics
     draining: bool = field(default=False)
+    # Set with ``draining``: long polls end early so their clients reconnect elsewhere.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)

@@ -97,14 +97,26 @@ async def cancel_runs(conn: AsyncConnection[DictRow], rows: list[DictRow], actio
 
 
 async def submit(
-    svc: Services, owner: str, thread_id: UUID, body: RunCreate
+    svc: Services,
+    owner: str,
+    thread_id: UUID,
+    body: RunCreate,
+    idempotency_key: str | None = None,
 ) -> tuple[DictRow, Attempt | None]:
-    """Queue the run under the thread lock, applying the multitask strategy; start it if we can."""
+    """Queue the run under the thread lock, applying the multitask strategy; start it if we can.
+
+    With an idempotency key, a retry of a submission whose response was lost returns the run
+    the first attempt created instead of queueing the turn twice.
+    """
     resolve_assistant(body.assistant_id)
     check_stream_modes(body)
     strategy = body.multitask_strategy or DEFAULT_STRATEGY
     async with svc.pool.connection() as conn, conn.transaction():
         await _ensure_locked_thread(conn, owner, thread_id, body.if_not_exists == "create")
+        if idempotency_key is not None:
+            existing = await runs.by_idempotency_key(conn, thread_id, idempotency_key)
+            if existing is not None:
+                return existing, None
         cur = await conn.execute(runs.HEAD_OF_THREAD_SQL, (thread_id,))
         inflight = await cur.fetchall()
         if inflight:
@@ -128,6 +140,7 @@ async def submit(
             kwargs=kwargs,
             metadata=body.metadata,
             strategy=strategy,
+            idempotency_key=idempotency_key,
         )
     attempt = await svc.worker.try_start(row["run_id"], thread_id)
     return row, attempt

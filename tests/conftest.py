@@ -11,7 +11,7 @@ from service.db import Pool, make_pool
 from service.settings import Settings
 from tests.support import postgres
 
-pytest_plugins = ["tests.support.fixtures"]
+pytest_plugins = ["tests.support.fixtures", "tests.cluster.pytest_plugin"]
 
 
 @pytest.fixture(scope="session")

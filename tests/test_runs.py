@@ -155,3 +155,39 @@ async def test_copy_and_time_travel(client: httpx.AsyncClient) -> None:
     assert "Turn 2." in r.json()["messages"][-1]["content"]
     r = await client.post(f"/threads/{copy['thread_id']}/runs/wait", json=say("in the copy"))
     assert "Turn 3." in r.json()["messages"][-1]["content"]
+
+
+async def test_idempotency_key_makes_retries_safe(client: httpx.AsyncClient) -> None:
+    tid = (await client.post("/threads", json={})).json()["thread_id"]
+    headers = {"Idempotency-Key": "turn-1"}
+    first = (await client.post(f"/threads/{tid}/runs", json=say("once"), headers=headers)).json()
+    again = (await client.post(f"/threads/{tid}/runs", json=say("once"), headers=headers)).json()
+    assert again["run_id"] == first["run_id"]
+    joined = await client.get(f"/threads/{tid}/runs/{first['run_id']}/join")
+    assert "Turn 1." in joined.json()["messages"][-1]["content"]
+    other = await client.post(f"/threads/{tid}/runs/wait", json=say("twice"))
+    assert "Turn 2." in other.json()["messages"][-1]["content"]
+    runs = (await client.get(f"/threads/{tid}/runs")).json()
+    assert len(runs) == 2
+    bad = await client.post(f"/threads/{tid}/runs", json=say("x"), headers={"Idempotency-Key": " "})
+    assert bad.status_code == 422
+
+
+async def test_events_of_a_run_that_never_executed(client: httpx.AsyncClient) -> None:
+    """A queued run cancelled before it started still ends its stream (end event)."""
+    from service import events
+
+    tid = (await client.post("/threads", json={})).json()["thread_id"]
+    slow = (await client.post(f"/threads/{tid}/runs", json=say("look up slowly 30"))).json()
+    queued = (await client.post(f"/threads/{tid}/runs", json=say("later"))).json()
+    assert queued["status"] == "pending"
+    r = await client.post(f"/threads/{tid}/runs/{queued['run_id']}/cancel?wait=1")
+    assert r.json()["status"] == "interrupted"
+    pool = client._transport.app.state.services.pool  # type: ignore[attr-defined]
+    async with pool.connection() as conn:
+        stream = await events.read_after(conn, uuid.UUID(queued["run_id"]), 0)
+    assert [(e.seq, e.event) for e in stream] == [(1, "end")]
+    await client.post(f"/threads/{tid}/runs/{slow['run_id']}/cancel?wait=1&action=rollback")
+    assert (await client.get(f"/threads/{tid}/runs/{slow['run_id']}")).status_code == 404
+    state = (await client.get(f"/threads/{tid}/state")).json()
+    assert state["values"] in ({}, None) or state["values"].get("messages") in (None, [])

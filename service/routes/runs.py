@@ -47,7 +47,9 @@ def _sse(
     async def stream() -> AsyncIterator[ServerSentEvent]:
         finished = False
         try:
-            async for event in events.follow(svc.pool, svc.hub, run_id, after, HEARTBEAT_SECONDS):
+            async for event in events.follow(
+                svc.pool, svc.hub, run_id, after, HEARTBEAT_SECONDS, svc.stopping
+            ):
                 if event is None:
                     continue
                 base = event.event.split("|", 1)[0]
@@ -85,6 +87,19 @@ def _modes_filter(raw: str | None) -> set[str] | None:
     return {EVENT_OF_MODE.get(str(m), str(m)) for m in items}
 
 
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY:
+        raise Problem(422, "Idempotency-Key must be 1-255 characters", kind="invalid-input")
+    return key
+
+
 def _last_event_id(request: Request) -> int:
     raw = request.headers.get("last-event-id", "").strip()
     if not raw:
@@ -101,7 +116,7 @@ async def create_run(request: Request) -> Response:
     thread_id = uuid_param(request, "thread_id")
     body = await parse(request, RunCreate, empty_ok=False)
     svc = services(request)
-    row, _ = await submit(svc, who, thread_id, body)
+    row, _ = await submit(svc, who, thread_id, body, _idempotency_key(request))
     run_path, _ = _paths(thread_id, row["run_id"])
     return serialize.JSON(serialize.run(row), headers={"Content-Location": run_path})
 
@@ -112,7 +127,7 @@ async def stream_run(request: Request) -> Response:
     thread_id = uuid_param(request, "thread_id")
     body = await parse(request, RunCreate, empty_ok=False)
     svc = services(request)
-    row, _ = await submit(svc, who, thread_id, body)
+    row, _ = await submit(svc, who, thread_id, body, _idempotency_key(request))
     run_path, stream_path = _paths(thread_id, row["run_id"])
     return _sse(
         svc,
@@ -124,13 +139,23 @@ async def stream_run(request: Request) -> Response:
     )
 
 
-async def _keepalive_then(body: asyncio.Task[Any]) -> AsyncIterator[bytes]:
-    # Proxies drop idle connections; the Agent Server sends newlines while a run is waited on.
-    while True:
-        done, _ = await asyncio.wait({body}, timeout=KEEPALIVE_SECONDS)
-        if done:
-            break
-        yield b"\n"
+async def _keepalive_then(body: asyncio.Task[Any], stopping: asyncio.Event) -> AsyncIterator[bytes]:
+    """Newlines while waiting (proxies drop idle connections), then the JSON body.
+
+    A draining replica ends the body early instead; clients then follow ``Location`` to the join
+    endpoint on another replica, as the SDK does for a cut body.
+    """
+    stop = asyncio.create_task(stopping.wait())
+    try:
+        while True:
+            done, _ = await asyncio.wait({body, stop}, timeout=KEEPALIVE_SECONDS)
+            if body in done:
+                break
+            if stop in done:
+                return
+            yield b"\n"
+    finally:
+        stop.cancel()
     yield _dumps(body.result()).encode()
 
 
@@ -140,7 +165,7 @@ async def wait_run(request: Request) -> Response:
     thread_id = uuid_param(request, "thread_id")
     body = await parse(request, RunCreate, empty_ok=False)
     svc = services(request)
-    row, attempt = await submit(svc, who, thread_id, body)
+    row, attempt = await submit(svc, who, thread_id, body, _idempotency_key(request))
     run_path, _ = _paths(thread_id, row["run_id"])
     headers = {"Location": f"{run_path}/join", "Content-Location": run_path}
     result = asyncio.create_task(result_of(svc, row, attempt))
@@ -152,7 +177,7 @@ async def wait_run(request: Request) -> Response:
             raise
         return serialize.JSON(value, headers=headers)
     return StreamingResponse(
-        _keepalive_then(result), media_type="application/json", headers=headers
+        _keepalive_then(result, svc.stopping), media_type="application/json", headers=headers
     )
 
 
@@ -186,7 +211,7 @@ async def join_run(request: Request) -> Response:
         except asyncio.CancelledError:
             await asyncio.shield(_cancel(svc, [run_id], "interrupt"))
             raise
-    return StreamingResponse(_keepalive_then(task), media_type="application/json")
+    return StreamingResponse(_keepalive_then(task, svc.stopping), media_type="application/json")
 
 
 async def join_stream(request: Request) -> Response:

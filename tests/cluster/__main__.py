@@ -1,0 +1,124 @@
+"""Command line: `python -m tests.cluster build|up|down|env|pin`.
+
+Machine-readable results go to stdout (binary paths, `export` lines for `eval`);
+progress and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+
+from tests.cluster import build, controlplane
+from tests.cluster.errors import ClusterError
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _err(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _exports(state: dict[str, object]) -> list[str]:
+    kubeconfig = shlex.quote(str(state["kubeconfig"]))
+    bin_dir = shlex.quote(str(state["bin_dir"]))
+    return [f"export KUBECONFIG={kubeconfig}", f'export PATH={bin_dir}:"$PATH"']
+
+
+def cmd_build(_: argparse.Namespace) -> int:
+    binaries = build.ensure_binaries(progress=_err)
+    for name, path in binaries.all().items():
+        _out(f"{name}={path}")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    state_dir = controlplane.detached_state_dir()
+    state = controlplane.read_detached_state(state_dir)
+    if state is None:
+        # Whatever is there belongs to a cluster that died or an `up` that was cut short.
+        controlplane.stop_detached(state_dir)
+        binaries = build.ensure_binaries(progress=_err)
+        _err("starting etcd and kube-apiserver ...")
+        plane = controlplane.ControlPlane.start(
+            binaries, state_dir=state_dir, detached=True, timeout=args.timeout
+        )
+        controlplane.write_detached_state(plane)
+        state = controlplane.read_detached_state(state_dir)
+        if state is None:
+            controlplane.stop_detached(state_dir)
+            raise ClusterError("the control plane exited right after starting")
+        _err(f"control plane ready at {state['server']} (state in {state_dir})")
+    else:
+        _err(f"control plane already running at {state['server']}")
+    _err(f"kubectl and helm are in {state['bin_dir']}; stop it with `python -m tests.cluster down`")
+    _out(_exports(state)[0])
+    return 0
+
+
+def cmd_down(_: argparse.Namespace) -> int:
+    state_dir = controlplane.detached_state_dir()
+    if controlplane.stop_detached(state_dir):
+        _err("control plane stopped and its state removed")
+    else:
+        _err("no control plane was running")
+    return 0
+
+
+def cmd_env(_: argparse.Namespace) -> int:
+    state = controlplane.read_detached_state(controlplane.detached_state_dir())
+    if state is None:
+        _err("no control plane is running; start one with `python -m tests.cluster up`")
+        return 1
+    for line in _exports(state):
+        _out(line)
+    return 0
+
+
+def cmd_pin(_: argparse.Namespace) -> int:
+    build.pin(progress=_err)
+    _err(f"regenerated the wrapper modules under {build.GO_DIR}; commit go.mod and go.sum")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.cluster",
+        description="Build and run a local Kubernetes control plane for the tests.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("build", help="build and cache the binaries, print their paths")
+    up = sub.add_parser("up", help="start a detached control plane, print `export KUBECONFIG=`")
+    up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for /readyz")
+    sub.add_parser("down", help="stop the detached control plane and remove its state")
+    sub.add_parser("env", help="print export lines for the running detached control plane")
+    sub.add_parser("pin", help="regenerate go/*/go.mod and go.sum from the versions in build.py")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # One line per readiness poll would drown the progress messages.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    handlers = {
+        "build": cmd_build,
+        "up": cmd_up,
+        "down": cmd_down,
+        "env": cmd_env,
+        "pin": cmd_pin,
+    }
+    try:
+        return handlers[args.command](args)
+    except ClusterError as exc:
+        _err(f"error: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""No run is lost when replicas die or restart under load."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tests.support.load import Conversation, Fleet, new_conversations, run_load
+from tests.support.processes import ServiceProcess
+
+pytestmark = pytest.mark.slow
+
+Replicas = Callable[..., ServiceProcess]
+
+
+def _turns(turns: int, slow: float) -> Callable[[int], list[str]]:
+    """Turns of conversation i; every other turn waits in slow_lookup, so runs overlap kills."""
+
+    def make(i: int) -> list[str]:
+        return [
+            f"conversation {i} turn {t}" + (f" look up slowly {slow}" if (i + t) % 2 else "")
+            for t in range(1, turns + 1)
+        ]
+
+    return make
+
+
+def _check(fleet: Fleet, conversations: list[Conversation]) -> None:
+    base = fleet.urls()[0]
+    for convo in conversations:
+        runs = httpx.get(f"{base}/threads/{convo.thread_id}/runs?limit=100").json()
+        assert sorted(r["run_id"] for r in runs) == sorted(convo.run_ids)
+        assert {r["status"] for r in runs} == {"success"}, runs
+        messages = httpx.get(f"{base}/threads/{convo.thread_id}/state").json()["values"]["messages"]
+        humans = [m["content"] for m in messages if m["type"] == "human"]
+        assert humans == convo.texts
+        replies = [m for m in messages if m["type"] == "ai" and not m.get("tool_calls")]
+        assert len(replies) == len(convo.texts)
+        for turn, reply in enumerate(replies, start=1):
+            assert f"Turn {turn}." in reply["content"]
+
+
+def test_sigkill_twice_under_load_loses_nothing(replicas: Replicas) -> None:
+    env = {"THREADKEEPER_LEASE_SECONDS": "3", "THREADKEEPER_LOG_LEVEL": "debug"}
+    a = replicas("a", **env).start()
+    b = replicas("b", **env).start(migrate=False)
+    c = replicas("c", **env).start(migrate=False)
+    fleet = Fleet([a, b, c])
+    conversations = new_conversations(fleet, 30, _turns(5, 1.5))
+    failures: list[BaseException] = []
+
+    def chaos() -> None:
+        try:
+            for _ in range(2):
+                _wait_for_runs_on(c, minimum=1)
+                c.kill()
+                time.sleep(1.0)  # let its leases age a little before it returns
+                c.start(migrate=False)
+        except BaseException as exc:  # surfaced after the load
+            failures.append(exc)
+
+    killer = threading.Thread(target=chaos)
+    killer.start()
+    try:
+        run_load(fleet, conversations, workers=30)
+    finally:
+        killer.join()
+    assert not failures, failures
+    _check(fleet, conversations)
+
+    # Each task whose writes were saved ran once: a finished node never ran again.
+    saved = Counter()
+    for replica in (a, b, c):
+        for line in replica.logs().splitlines():
+            if '"task_writes_saved"' in line:
+                event = json.loads(line)
+                saved[(event["thread_id"], event["task_id"])] += 1
+    assert saved
+    assert [k for k, n in saved.items() if n > 1] == []
+    resumed = sum(r.logs().count('"run_resuming"') for r in (a, b))
+    assert resumed > 0, "the kills never hit a running run"
+
+
+def test_rolling_restart_under_load_fails_no_run(replicas: Replicas) -> None:
+    env = {"THREADKEEPER_LEASE_SECONDS": "3", "THREADKEEPER_DRAIN_SECONDS": "1"}
+    a = replicas("a", **env).start()
+    b = replicas("b", **env).start(migrate=False)
+    c = replicas("c", **env).start(migrate=False)
+    fleet = Fleet([a, b, c])
+    conversations = new_conversations(fleet, 15, _turns(8, 3))
+    failures: list[BaseException] = []
+    codes: list[int | None] = []
+
+    def roll() -> None:
+        try:
+            for replica in (a, b, c):
+                _wait_for_runs_on(replica, minimum=1)
+                codes.append(replica.terminate(timeout=60))
+                replica.start(migrate=False)
+        except BaseException as exc:
+            failures.append(exc)
+
+    roller = threading.Thread(target=roll)
+    roller.start()
+    try:
+        run_load(fleet, conversations, workers=15)
+    finally:
+        roller.join()
+    assert not failures, failures
+    # uvicorn re-raises the signal after its graceful shutdown, hence -SIGTERM.
+    assert codes == [-15, -15, -15]
+    for replica in (a, b, c):
+        assert replica.logs().count('"service_stopped"') == 1
+    _check(fleet, conversations)
+
+
+def test_sigterm_hands_back_an_unfinished_run(replicas: Replicas) -> None:
+    env = {"THREADKEEPER_DRAIN_SECONDS": "0.5"}
+    a = replicas("a", **env).start()
+    b = replicas("b", **env).start(migrate=False)
+    tid = httpx.post(f"{b.url}/threads", json={}).json()["thread_id"]
+    run = httpx.post(
+        f"{a.url}/threads/{tid}/runs",
+        json={
+            "assistant_id": "agent",
+            "input": {"messages": [{"role": "user", "content": "look up slowly 8"}]},
+        },
+    ).json()
+    _wait_for_runs_on(a, minimum=1)
+    a.terminate(timeout=60)
+    assert '"run_handed_back"' in a.logs()
+    joined = httpx.get(f"{b.url}/threads/{tid}/runs/{run['run_id']}/join", timeout=60)
+    assert "looked up slowly for 8s" in joined.text
+    done = httpx.get(f"{b.url}/threads/{tid}/runs/{run['run_id']}").json()
+    assert done["status"] == "success"
+    assert done["replica"] == "b"
+
+
+def _wait_for_runs_on(replica: ServiceProcess, minimum: int, timeout: float = 60) -> None:
+    """Until the replica executes at least ``minimum`` runs (read from its metrics-free logs)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            text = httpx.get(f"{replica.url}/metrics", timeout=5).text
+        except httpx.TransportError:
+            text = ""
+        for line in text.splitlines():
+            if (
+                line.startswith("threadkeeper_runs_in_flight ")
+                and float(line.split()[1]) >= minimum
+            ):
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{replica.name} never ran {minimum} runs at once")
