@@ -93,7 +93,9 @@ def test_rolling_restart_under_load_fails_no_run(replicas: Replicas) -> None:
     b = replicas("b", **env).start(migrate=False)
     c = replicas("c", **env).start(migrate=False)
     fleet = Fleet([a, b, c])
-    conversations = new_conversations(fleet, 15, _turns(8, 3))
+    conversations = new_conversations(fleet, 12, _turns(3, 2))
+    for i, convo in enumerate(conversations):
+        convo.more = lambda t, i=i: _turns(t, 2)(i)[-1]
     failures: list[BaseException] = []
     codes: list[int | None] = []
 
@@ -109,7 +111,8 @@ def test_rolling_restart_under_load_fails_no_run(replicas: Replicas) -> None:
     roller = threading.Thread(target=roll)
     roller.start()
     try:
-        run_load(fleet, conversations, workers=15)
+        # Conversations keep talking until every replica has been restarted.
+        run_load(fleet, conversations, workers=12, keep_going=roller.is_alive)
     finally:
         roller.join()
     assert not failures, failures

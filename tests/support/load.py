@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,6 +27,8 @@ class Conversation:
     texts: list[str]
     run_ids: list[str] = field(default_factory=list)
     replies: list[str] = field(default_factory=list)
+    # Where the scripted turns run out, more are made while the test wants load.
+    more: Callable[[int], str] | None = None
 
 
 class Fleet:
@@ -80,8 +82,18 @@ def _join(convo: Conversation, run_id: str, url: str) -> httpx.Response:
     return r
 
 
-def talk(fleet: Fleet, convo: Conversation) -> None:
-    for text in convo.texts:
+def _turns(convo: Conversation, keep_going: Callable[[], bool]) -> Iterator[str]:
+    yield from list(convo.texts)
+    turn = len(convo.texts)
+    while convo.more is not None and keep_going():
+        turn += 1
+        text = convo.more(turn)
+        convo.texts.append(text)
+        yield text
+
+
+def talk(fleet: Fleet, convo: Conversation, keep_going: Callable[[], bool]) -> None:
+    for text in _turns(convo, keep_going):
         body = {
             "assistant_id": "agent",
             "input": {"messages": [{"role": "user", "content": text}]},
@@ -97,9 +109,14 @@ def talk(fleet: Fleet, convo: Conversation) -> None:
         convo.replies.append(joined.json()["messages"][-1]["content"])
 
 
-def run_load(fleet: Fleet, conversations: list[Conversation], workers: int) -> None:
+def run_load(
+    fleet: Fleet,
+    conversations: list[Conversation],
+    workers: int,
+    keep_going: Callable[[], bool] = lambda: False,
+) -> None:
     with ThreadPoolExecutor(workers) as pool:
-        for future in [pool.submit(talk, fleet, c) for c in conversations]:
+        for future in [pool.submit(talk, fleet, c, keep_going) for c in conversations]:
             future.result()
 
 

@@ -13,8 +13,10 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import httpx
 
@@ -32,6 +34,22 @@ def free_port() -> int:
 def _die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+# PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, so every child is
+# forked from this one long-lived thread (tests restart replicas from their own threads).
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawner")
+
+
+def spawn(args: list[str], env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    return _SPAWNER.submit(
+        subprocess.Popen,
+        args,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_die_with_parent,
+    ).result()
 
 
 class ServiceProcess:
@@ -61,9 +79,7 @@ class ServiceProcess:
         if not migrate:
             args.append("--no-migrate")
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            args, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
-        )
+        self.proc = spawn(args, env, log)
         log.close()
         if wait:
             self.wait_ready()
