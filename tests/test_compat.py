@@ -42,7 +42,7 @@ async def test_sdk_runs_api_across_replicas(replicas: Callable[..., ServiceProce
     assert "looked up slowly for 0.5s" in final["messages"][-1]["content"]
     got = await on_b.runs.get(tid, run["run_id"])
     assert got["status"] == "success"
-    assert [r["run_id"] for r in await on_b.runs.list(tid)][0] == run["run_id"]
+    assert next(r["run_id"] for r in await on_b.runs.list(tid)) == run["run_id"]
 
     slow = await on_a.runs.create(tid, "agent", input=_say("look up slowly 60"))
     await on_b.runs.cancel(tid, slow["run_id"], wait=True)

@@ -1,0 +1,445 @@
+"""One prune run of a RetentionPolicy against one database.
+
+A run holds a session advisory lock (one pruner per database), then works thread by thread, each
+in its own short transaction (``reaper.guard``): archived threads, idle threads, history depth,
+orphans, in that order, until the policy's ``batchSize`` threads have been changed or
+``maxDuration`` has passed. A dry run goes through exactly the same statements and rolls each
+thread's transaction back, so what it reports is what a real run would delete.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import aclosing, suppress
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TypeVar
+from uuid import UUID
+
+import psycopg
+import structlog
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
+
+from reaper import candidates, deletion, guard, history
+from reaper.delta import DEFAULT_REDUCERS, Reducer, Snapshotter
+from reaper.ids import cutoff_id
+from reaper.policy import RetentionPolicy
+from reaper.summary import (
+    Outcome,
+    PruneSummary,
+    Reason,
+    ResumeCursor,
+    RowCounts,
+    Tally,
+    ThreadsDeleted,
+)
+
+log = structlog.get_logger(__name__)
+
+# Fixed for every threadkeeper reaper: "tkreaper" in ASCII. Advisory locks are per database.
+ADVISORY_LOCK_KEY = 0x746B_7265_6170_6572
+TRY_LOCK_SQL = "SELECT pg_try_advisory_lock(%s) AS locked"
+UNLOCK_SQL = "SELECT pg_advisory_unlock(%s)"
+NOW_SQL = "SELECT now() AS now"
+# The caller's connection gets its own statement_timeout back afterwards.
+GET_SESSION_TIMEOUT_SQL = "SELECT current_setting('statement_timeout') AS value"
+SET_SESSION_TIMEOUT_SQL = "SELECT set_config('statement_timeout', %s, false)"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Cutoffs:
+    """Every age limit of the policy, resolved against one clock reading."""
+
+    now: datetime
+    idle_before: datetime | None
+    archived_before: datetime | None
+    checkpoint_id_before: str | None
+    orphan_id_before: str | None
+
+    @classmethod
+    def of(cls, policy: RetentionPolicy, now: datetime) -> Cutoffs:
+        spec = policy.spec
+
+        def before(delta: timedelta | None) -> datetime | None:
+            return None if delta is None else now - delta
+
+        checkpoint_age = spec.checkpoints.max_age_delta if spec.checkpoints else None
+        checkpoint_moment = before(checkpoint_age)
+        orphan_moment = before(spec.orphans.older_than_delta) if spec.orphans else None
+        return cls(
+            now=now,
+            idle_before=before(spec.threads.max_idle_delta) if spec.threads else None,
+            archived_before=before(spec.threads.archived_for_delta) if spec.threads else None,
+            checkpoint_id_before=cutoff_id(checkpoint_moment) if checkpoint_moment else None,
+            orphan_id_before=cutoff_id(orphan_moment) if orphan_moment else None,
+        )
+
+
+class _BudgetSpent(Exception):
+    """The run reached batchSize or maxDuration."""
+
+
+class _Run:
+    def __init__(
+        self,
+        conn: AsyncConnection[DictRow],
+        policy: RetentionPolicy,
+        *,
+        dry_run: bool,
+        cutoffs: Cutoffs,
+        resume: ResumeCursor,
+        reducers: Mapping[str, Reducer],
+        serde: SerializerProtocol | None,
+    ) -> None:
+        self.conn = conn
+        self.policy = policy
+        self.limits = policy.spec.limits
+        self.statement_timeout = self.limits.statement_timeout_delta
+        self.dry_run = dry_run
+        self.cutoffs = cutoffs
+        self.resume = resume
+        self.snapshotter = Snapshotter(conn, reducers, serde)
+        self.tally = Tally()
+        self.started = time.monotonic()
+        self.deadline = self.started + self.limits.max_duration_delta.total_seconds()
+        self.stopped_by: str | None = None
+        self.pending_due = 0
+        # Threads this run deleted. A dry run must not prune their history afterwards (they
+        # still exist, rolled back), or it would report more than a real run deletes.
+        self.deleted: set[str] = set()
+
+    # -- budget
+
+    def _check_budget(self) -> None:
+        if self.tally.acted_on >= self.limits.batch_size:
+            self.stopped_by = f"batch size {self.limits.batch_size} reached"
+            raise _BudgetSpent
+        if time.monotonic() >= self.deadline:
+            self.stopped_by = f"max duration {self.limits.max_duration} reached"
+            raise _BudgetSpent
+
+    # -- one thread
+
+    async def _in_transaction(
+        self,
+        subject: str,
+        work: Callable[[AsyncConnection[DictRow]], Awaitable[RowCounts | None]],
+    ) -> RowCounts | None:
+        """Run ``work`` in the thread's transaction; None when skipped, failed or not due."""
+        try:
+            async with guard.thread_transaction(
+                self.conn,
+                lock_timeout=self.limits.lock_timeout_delta,
+                statement_timeout=self.limits.statement_timeout_delta,
+                rollback=self.dry_run,
+            ) as conn:
+                return await work(conn)
+        except guard.SkipThread as skip:
+            self.tally.skipped.add(subject)
+            log.info("thread_skipped", thread_id=subject, reason=skip.reason.value)
+        except psycopg.OperationalError:
+            raise
+        except Exception:
+            # One unreadable thread must not stop the others; the run reports Failed.
+            self.tally.failed.add(subject)
+            log.exception("thread_failed", thread_id=subject)
+        return None
+
+    async def _delete_thread(self, thread_id: UUID, reason: Reason, lock_sql: str) -> None:
+        before = self.cutoffs.idle_before if reason is Reason.IDLE else self.cutoffs.archived_before
+
+        async def work(conn: AsyncConnection[DictRow]) -> RowCounts | None:
+            params = {"thread_id": thread_id, "before": before}
+            if not await guard.lock_thread(conn, lock_sql, params):
+                return None  # spoke, got unarchived or was deleted since it was listed
+            await guard.refuse_live_runs(conn, thread_id)
+            return await deletion.delete_thread(conn, thread_id)
+
+        counts = await self._in_transaction(str(thread_id), work)
+        if counts is not None and counts.threads:
+            self.tally.rows.add(counts)
+            self.tally.deleted_by_reason[reason] += 1
+            self.deleted.add(str(thread_id))
+            log.info("thread_deleted", thread_id=str(thread_id), reason=reason.value)
+
+    async def _prune_history(self, thread_id: str) -> None:
+        rules = self.policy.spec.checkpoints
+        assert rules is not None
+
+        async def work(conn: AsyncConnection[DictRow]) -> RowCounts | None:
+            as_uuid = UUID(thread_id)
+            if not await guard.lock_thread(conn, candidates.LOCK_ANY_SQL, {"thread_id": as_uuid}):
+                return None
+            await guard.refuse_live_runs(conn, as_uuid)
+            await guard.fence_stale_runs(conn, as_uuid)
+            return await history.prune_history(
+                conn,
+                thread_id,
+                keep_last=rules.keep_last,
+                cutoff_id=self.cutoffs.checkpoint_id_before,
+                snapshotter=self.snapshotter,
+            )
+
+        counts = await self._in_transaction(thread_id, work)
+        if counts is not None and counts.any_deleted:
+            self.tally.rows.add(counts)
+            self.tally.pruned += 1
+            log.info(
+                "thread_pruned",
+                thread_id=thread_id,
+                checkpoints=counts.checkpoints,
+                snapshots=counts.snapshots,
+            )
+
+    async def _delete_orphan(self, thread_id: str) -> None:
+        cutoff = self.cutoffs.orphan_id_before
+        assert cutoff is not None
+
+        async def work(conn: AsyncConnection[DictRow]) -> RowCounts | None:
+            return await deletion.delete_orphan(
+                conn, thread_id, candidates.as_uuid(thread_id), cutoff
+            )
+
+        counts = await self._in_transaction(thread_id, work)
+        if counts is not None and counts.any_deleted:
+            self.tally.rows.add(counts)
+            self.tally.deleted_by_reason[Reason.ORPHAN] += 1
+            log.info("orphan_deleted", thread_id=thread_id)
+
+    # -- the rules
+
+    async def _each(self, source: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+        async with aclosing(source) as items:
+            async for item in items:
+                self._check_budget()
+                yield item
+
+    async def delete_archived(self) -> None:
+        if self.cutoffs.archived_before is None:
+            return
+        source = candidates.archived_threads(
+            self.conn, self.cutoffs.archived_before, self.limits.batch_size
+        )
+        async for thread_id in self._each(source):
+            await self._delete_thread(thread_id, Reason.ARCHIVED, candidates.LOCK_ARCHIVED_SQL)
+
+    async def delete_idle(self) -> None:
+        if self.cutoffs.idle_before is None:
+            return
+        source = candidates.idle_threads(
+            self.conn, self.cutoffs.idle_before, self.limits.batch_size
+        )
+        async for thread_id in self._each(source):
+            await self._delete_thread(thread_id, Reason.IDLE, candidates.LOCK_IDLE_SQL)
+
+    async def prune_histories(self) -> None:
+        rules = self.policy.spec.checkpoints
+        if rules is None:
+            return
+        pages = candidates.history_pages(
+            self.conn,
+            after=self.resume.history_after,
+            page=self.limits.batch_size,
+            keep_last=rules.keep_last,
+            cutoff_id=self.cutoffs.checkpoint_id_before,
+        )
+        async with aclosing(pages) as sweep:
+            async for page in sweep:
+                due = [t for t in page.due if t not in self.deleted]
+                for index, thread_id in enumerate(due):
+                    try:
+                        self._check_budget()
+                    except _BudgetSpent:
+                        self.pending_due += len(due) - index
+                        raise
+                    await self._prune_history(thread_id)
+                    self.resume = self.resume.model_copy(update={"history_after": thread_id})
+                self.resume = self.resume.model_copy(update={"history_after": page.last})
+        self.resume = self.resume.model_copy(update={"history_after": None})
+
+    async def delete_orphans(self) -> None:
+        cutoff = self.cutoffs.orphan_id_before
+        if cutoff is None:
+            return
+        pages = candidates.orphan_pages(
+            self.conn,
+            after=self.resume.orphans_after,
+            page=self.limits.batch_size,
+            cutoff_id=cutoff,
+        )
+        async with aclosing(pages) as sweep:
+            async for page in sweep:
+                for index, thread_id in enumerate(page.due):
+                    try:
+                        self._check_budget()
+                    except _BudgetSpent:
+                        self.pending_due += len(page.due) - index
+                        raise
+                    await self._delete_orphan(thread_id)
+                    self.resume = self.resume.model_copy(update={"orphans_after": thread_id})
+                self.resume = self.resume.model_copy(update={"orphans_after": page.last})
+        self.resume = self.resume.model_copy(update={"orphans_after": None})
+
+    async def execute(self) -> None:
+        try:
+            await self.delete_archived()
+            await self.delete_idle()
+            await self.prune_histories()
+            await self.delete_orphans()
+        except _BudgetSpent:
+            pass
+
+    async def backlog(self) -> int:
+        remaining = await candidates.deletion_backlog(
+            self.conn, self.cutoffs.idle_before, self.cutoffs.archived_before
+        )
+        if self.dry_run:
+            # Nothing was deleted, so the ones this run would have deleted still count.
+            by_reason = self.tally.deleted_by_reason
+            remaining -= by_reason[Reason.IDLE] + by_reason[Reason.ARCHIVED]
+        return max(remaining, 0) + self.pending_due
+
+
+@dataclass(frozen=True)
+class _Start:
+    dry_run: bool
+    at: datetime
+    monotonic: float
+
+
+def _summary(
+    policy: RetentionPolicy,
+    start: _Start,
+    *,
+    outcome: Outcome,
+    message: str,
+    tally: Tally | None = None,
+    backlog: int = 0,
+    resume: ResumeCursor | None = None,
+) -> PruneSummary:
+    tally = tally or Tally()
+    return PruneSummary(
+        policy=policy.metadata.name,
+        namespace=policy.metadata.namespace,
+        dry_run=start.dry_run,
+        outcome=outcome,
+        message=message,
+        started_at=start.at,
+        duration_seconds=round(time.monotonic() - start.monotonic, 3),
+        threads_deleted=ThreadsDeleted(
+            idle=tally.deleted_by_reason[Reason.IDLE],
+            archived=tally.deleted_by_reason[Reason.ARCHIVED],
+            orphan=tally.deleted_by_reason[Reason.ORPHAN],
+        ),
+        threads_pruned=tally.pruned,
+        threads_skipped=len(tally.skipped),
+        threads_failed=len(tally.failed),
+        checkpoints_deleted=tally.rows.checkpoints,
+        blobs_deleted=tally.rows.blobs,
+        writes_deleted=tally.rows.writes,
+        runs_deleted=tally.rows.runs,
+        snapshots_written=tally.rows.snapshots,
+        backlog=backlog,
+        resume=resume or ResumeCursor(),
+    )
+
+
+def _message(run: _Run) -> str:
+    tally = run.tally
+    verb = "would delete" if run.dry_run else "deleted"
+    parts = [
+        f"{verb} {sum(tally.deleted_by_reason.values())} threads and "
+        f"{tally.rows.checkpoints} checkpoints ({tally.pruned} threads pruned)"
+    ]
+    if tally.skipped:
+        parts.append(f"{len(tally.skipped)} threads skipped (busy)")
+    if tally.failed:
+        parts.append(f"{len(tally.failed)} threads failed, see the reaper log")
+    if run.stopped_by:
+        parts.append(f"stopped early: {run.stopped_by}; the next run continues")
+    return "; ".join(parts)
+
+
+async def prune(
+    conn: AsyncConnection[DictRow],
+    policy: RetentionPolicy,
+    *,
+    dry_run: bool | None = None,
+    now: datetime | None = None,
+    resume: ResumeCursor | None = None,
+    reducers: Mapping[str, Reducer] = DEFAULT_REDUCERS,
+    serde: SerializerProtocol | None = None,
+) -> PruneSummary:
+    """Apply ``policy`` once on ``conn`` (an autocommit connection with dict rows).
+
+    ``dry_run`` overrides ``spec.dryRun``. ``now`` replaces the database clock for every age
+    (leases are always judged by the database clock). ``resume`` continues the sweeps of a
+    previous run (its ``summary.resume``). ``reducers`` name the reducer of each DeltaChannel;
+    ``serde`` must match the service's checkpoint serializer.
+    """
+    started = time.monotonic()
+    cur = await conn.execute(NOW_SQL)
+    row = await cur.fetchone()
+    assert row is not None
+    db_now: datetime = row["now"]
+    dry = policy.spec.dry_run if dry_run is None else dry_run
+    start = _Start(dry, db_now, started)
+
+    if policy.spec.suspend:
+        return _summary(policy, start, outcome=Outcome.SKIPPED, message="policy is suspended")
+    cur = await conn.execute(TRY_LOCK_SQL, (ADVISORY_LOCK_KEY,))
+    row = await cur.fetchone()
+    if row is None or not row["locked"]:
+        return _summary(
+            policy,
+            start,
+            outcome=Outcome.SKIPPED,
+            message="locked: another prune is running on this database",
+        )
+    run = _Run(
+        conn,
+        policy,
+        dry_run=dry,
+        cutoffs=Cutoffs.of(policy, now or db_now),
+        resume=resume or ResumeCursor(),
+        reducers=reducers,
+        serde=serde,
+    )
+    broken: str | None = None
+    backlog = 0
+    cur = await conn.execute(GET_SESSION_TIMEOUT_SQL)
+    row = await cur.fetchone()
+    previous_timeout = row["value"] if row else "0"
+    try:
+        # Also bounds the candidate queries, which run outside the per-thread transactions.
+        timeout = guard.milliseconds(run.statement_timeout)
+        await conn.execute(SET_SESSION_TIMEOUT_SQL, (timeout,))
+        await run.execute()
+        backlog = await run.backlog()
+    except psycopg.OperationalError as exc:
+        # Lost connection or a candidate query over statementTimeout: report what was done.
+        broken = str(exc).strip()
+        log.error("prune_interrupted", error=broken)
+    finally:
+        with suppress(psycopg.Error):
+            await conn.execute(SET_SESSION_TIMEOUT_SQL, (previous_timeout,))
+            await conn.execute(UNLOCK_SQL, (ADVISORY_LOCK_KEY,))
+    message = _message(run)
+    if broken:
+        message = f"interrupted: {broken}; {message}"
+    summary = _summary(
+        policy,
+        start,
+        outcome=Outcome.FAILED if run.tally.failed or broken else Outcome.SUCCEEDED,
+        message=message,
+        tally=run.tally,
+        backlog=backlog,
+        resume=run.resume,
+    )
+    log.info("prune_finished", **summary.to_json())
+    return summary

@@ -1,0 +1,112 @@
+"""Prometheus metrics of the reaper, registered on a registry the caller owns.
+
+Every series carries ``namespace`` and ``policy`` (the RetentionPolicy it belongs to), never a
+database URL or secret. Deletion counters only count what was really deleted: a dry run adds to
+``threadkeeper_prune_runs_total`` and the duration histogram, nothing else.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from reaper.stats import DatabaseStats
+from reaper.summary import Outcome, PruneSummary
+
+LABELS = ("namespace", "policy")
+
+# Runs take milliseconds on a quiet database and up to maxDuration (5m by default) on a backlog.
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class ReaperMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.table_bytes = Gauge(
+            "threadkeeper_checkpoint_table_bytes",
+            "On-disk size of a table incl. TOAST and indexes (pg_total_relation_size).",
+            [*LABELS, "table"],
+            registry=registry,
+        )
+        self.table_rows = Gauge(
+            "threadkeeper_checkpoint_table_rows_estimate",
+            "Planner estimate of a table's rows (pg_class.reltuples).",
+            [*LABELS, "table"],
+            registry=registry,
+        )
+        self.threads = Gauge(
+            "threadkeeper_threads",
+            "Threads by state: active, archived, idle_expired (past maxIdle, not yet deleted).",
+            [*LABELS, "state"],
+            registry=registry,
+        )
+        self.deleted_rows = Counter(
+            "threadkeeper_prune_deleted_rows",
+            "Rows deleted by the reaper, by table.",
+            [*LABELS, "table"],
+            registry=registry,
+        )
+        self.threads_deleted = Counter(
+            "threadkeeper_prune_threads_deleted",
+            "Threads deleted by the reaper, by reason: idle, archived, orphan.",
+            [*LABELS, "reason"],
+            registry=registry,
+        )
+        self.runs = Counter(
+            "threadkeeper_prune_runs",
+            "Prune runs by outcome (Succeeded, Failed, Skipped).",
+            [*LABELS, "outcome"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "threadkeeper_prune_duration_seconds",
+            "Wall time of prune runs that ran (not the skipped ones).",
+            LABELS,
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            "threadkeeper_prune_last_success_timestamp_seconds",
+            "Unix time at which the last successful prune run started.",
+            LABELS,
+            registry=registry,
+        )
+        self.backlog = Gauge(
+            "threadkeeper_prune_backlog_threads",
+            "Threads eligible for deletion or pruning that the last run left for later.",
+            LABELS,
+            registry=registry,
+        )
+
+    def observe_run(self, summary: PruneSummary) -> None:
+        key = {"namespace": summary.namespace, "policy": summary.policy}
+        self.runs.labels(**key, outcome=summary.outcome.value).inc()
+        if summary.outcome is Outcome.SKIPPED:
+            return
+        self.duration.labels(**key).observe(summary.duration_seconds)
+        self.backlog.labels(**key).set(summary.backlog)
+        if summary.outcome is Outcome.SUCCEEDED:
+            self.last_success.labels(**key).set(summary.started_at.timestamp())
+        if summary.dry_run:
+            return
+        for table, rows in (
+            ("checkpoints", summary.checkpoints_deleted),
+            ("checkpoint_blobs", summary.blobs_deleted),
+            ("checkpoint_writes", summary.writes_deleted),
+            ("runs", summary.runs_deleted),
+            # Orphans never had a threads row.
+            ("threads", summary.threads_deleted.idle + summary.threads_deleted.archived),
+        ):
+            self.deleted_rows.labels(**key, table=table).inc(rows)
+        for reason, count in (
+            ("idle", summary.threads_deleted.idle),
+            ("archived", summary.threads_deleted.archived),
+            ("orphan", summary.threads_deleted.orphan),
+        ):
+            self.threads_deleted.labels(**key, reason=reason).inc(count)
+
+    def observe_stats(self, stats: DatabaseStats, *, namespace: str, policy: str) -> None:
+        key = {"namespace": namespace, "policy": policy}
+        for table, values in stats.tables.items():
+            self.table_bytes.labels(**key, table=table).set(values.bytes)
+            self.table_rows.labels(**key, table=table).set(values.rows_estimate)
+        for state, count in stats.threads.items():
+            self.threads.labels(**key, state=state).set(count)

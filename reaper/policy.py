@@ -1,0 +1,191 @@
+"""The RetentionPolicy: one custom resource, also readable from a plain YAML file.
+
+Field names, defaults and bounds mirror ``deploy/crds/retentionpolicies.threadkeeper.dev.yaml``;
+a test compares the two so the operator (which gets defaults from the API server) and the CLI
+(which gets them from here) prune by the same policy.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+from reaper.durations import parse_duration
+
+GROUP = "threadkeeper.dev"
+VERSION = "v1alpha1"
+KIND = "RetentionPolicy"
+API_VERSION = f"{GROUP}/{VERSION}"
+PLURAL = "retentionpolicies"
+
+
+def _check_duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+Duration = Annotated[str, AfterValidator(_check_duration)]
+
+
+class PolicyError(ValueError):
+    """A policy document that cannot be applied; the message names every bad field."""
+
+
+class _Model(BaseModel):
+    # Unknown keys are refused: a typo such as "maxIdel" would otherwise silently disable a rule.
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class SecretKeyRef(_Model):
+    name: str = Field(min_length=1)
+    key: str = Field(default="url", min_length=1)
+
+
+class DatabaseSpec(_Model):
+    secret_ref: SecretKeyRef
+
+
+class ScheduleSpec(_Model):
+    interval: Duration = "10m"
+
+
+class ThreadRules(_Model):
+    """Whole-thread deletion: threads nobody spoke in for ``max_idle``, or archived long ago."""
+
+    max_idle: Duration | None = None
+    archived_for: Duration | None = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ThreadRules:
+        if self.max_idle is None and self.archived_for is None:
+            raise ValueError("set maxIdle, archivedFor or both (or leave threads out)")
+        return self
+
+    @property
+    def max_idle_delta(self) -> timedelta | None:
+        return parse_duration(self.max_idle) if self.max_idle else None
+
+    @property
+    def archived_for_delta(self) -> timedelta | None:
+        return parse_duration(self.archived_for) if self.archived_for else None
+
+
+class CheckpointRules(_Model):
+    """History depth of live threads, per checkpoint namespace."""
+
+    keep_last: int = Field(default=1, ge=1, le=1_000_000)
+    max_age: Duration | None = None
+
+    @property
+    def max_age_delta(self) -> timedelta | None:
+        return parse_duration(self.max_age) if self.max_age else None
+
+
+class OrphanRules(_Model):
+    """Checkpoint data of thread ids that have no ``threads`` row."""
+
+    older_than: Duration
+
+    @property
+    def older_than_delta(self) -> timedelta:
+        return parse_duration(self.older_than)
+
+
+class Limits(_Model):
+    batch_size: int = Field(default=500, ge=1, le=100_000)
+    max_duration: Duration = "5m"
+    lock_timeout: Duration = "2s"
+    statement_timeout: Duration = "30s"
+
+    @property
+    def max_duration_delta(self) -> timedelta:
+        return parse_duration(self.max_duration)
+
+    @property
+    def lock_timeout_delta(self) -> timedelta:
+        return parse_duration(self.lock_timeout)
+
+    @property
+    def statement_timeout_delta(self) -> timedelta:
+        return parse_duration(self.statement_timeout)
+
+
+class RetentionPolicySpec(_Model):
+    database: DatabaseSpec
+    schedule: ScheduleSpec = ScheduleSpec()
+    threads: ThreadRules | None = None
+    checkpoints: CheckpointRules | None = None
+    orphans: OrphanRules | None = None
+    limits: Limits = Limits()
+    dry_run: bool = False
+    suspend: bool = False
+
+    @model_validator(mode="after")
+    def _some_rule(self) -> RetentionPolicySpec:
+        if self.threads is None and self.checkpoints is None and self.orphans is None:
+            raise ValueError("set at least one of threads, checkpoints, orphans")
+        return self
+
+
+class ObjectMeta(BaseModel):
+    # Manifests exported from a cluster carry uid, resourceVersion, labels... keep them.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(min_length=1)
+    namespace: str = "default"
+
+
+class RetentionPolicy(_Model):
+    api_version: Literal["threadkeeper.dev/v1alpha1"]
+    kind: Literal["RetentionPolicy"]
+    metadata: ObjectMeta
+    spec: RetentionPolicySpec
+    # Present in manifests read back from a cluster; the engine never uses it.
+    status: dict[str, Any] | None = None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"]) or "(document)"
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {message}")
+    return "invalid RetentionPolicy:\n  " + "\n  ".join(lines)
+
+
+def parse_policy(document: Any) -> RetentionPolicy:
+    """Validate one decoded manifest; PolicyError lists every problem with its path."""
+    if not isinstance(document, dict):
+        raise PolicyError("a RetentionPolicy manifest must be a YAML mapping")
+    try:
+        return RetentionPolicy.model_validate(document)
+    except ValidationError as exc:
+        raise PolicyError(_describe(exc)) from None
+
+
+def load_policy(path: Path) -> RetentionPolicy:
+    """Read and validate a manifest file holding exactly one RetentionPolicy."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy file {path}: {exc.strerror or exc}") from None
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"policy file {path} is not valid YAML: {exc}") from None
+    if len(documents) != 1:
+        raise PolicyError(
+            f"policy file {path} must hold exactly one RetentionPolicy, found {len(documents)}"
+        )
+    return parse_policy(documents[0])

@@ -1,0 +1,110 @@
+"""How big the checkpoint store is, from the catalog, and how many threads are in each state.
+
+Nothing here counts the rows of a big table: sizes are ``pg_total_relation_size`` (heap, TOAST
+and indexes) and row counts are the planner's estimate (``reltuples``, or the statistics
+collector's ``n_live_tup`` before the first ANALYZE). Thread states are counted over index
+ranges with a cap, so the cost is bounded however large ``threads`` grows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
+
+TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes", "threads", "runs")
+
+TABLE_SIZES_SQL = """
+SELECT c.relname AS name,
+       pg_total_relation_size(c.oid) AS bytes,
+       CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint
+            ELSE coalesce(s.n_live_tup, 0) END AS rows_estimate
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE c.relkind IN ('r', 'p')
+  AND c.relname = ANY(%s)
+  AND n.nspname = ANY(current_schemas(false))
+"""
+
+# Index ranges only (threads_archived_idx, threads_idle_idx); each count stops at the cap.
+THREAD_STATES_SQL = """
+SELECT
+    (SELECT count(*) FROM (SELECT 1 FROM threads
+        WHERE archived_at IS NOT NULL LIMIT %(cap)s) AS a) AS archived,
+    (SELECT count(*) FROM (SELECT 1 FROM threads
+        WHERE archived_at IS NULL AND last_message_at < %(idle)s LIMIT %(cap)s) AS i)
+  + (SELECT count(*) FROM (SELECT 1 FROM threads
+        WHERE archived_at IS NULL AND last_message_at IS NULL AND created_at < %(idle)s
+        LIMIT %(cap)s) AS s) AS idle_expired,
+    (SELECT count(*) FROM (SELECT 1 FROM threads
+        WHERE archived_at IS NULL AND (%(idle)s::timestamptz IS NULL
+                                       OR last_message_at >= %(idle)s::timestamptz)
+        LIMIT %(cap)s) AS l)
+  + (SELECT count(*) FROM (SELECT 1 FROM threads
+        WHERE archived_at IS NULL AND last_message_at IS NULL
+          AND %(idle)s::timestamptz IS NOT NULL AND created_at >= %(idle)s::timestamptz
+        LIMIT %(cap)s) AS n) AS active
+"""
+STATE_COUNT_CAP = 1_000_000
+
+NOW_SQL = "SELECT now() AS now"
+
+
+@dataclass(frozen=True)
+class TableStats:
+    bytes: int
+    rows_estimate: int
+
+
+@dataclass(frozen=True)
+class DatabaseStats:
+    tables: dict[str, TableStats]
+    # active / archived / idle_expired; idle_expired is 0 when no maxIdle is known.
+    threads: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tables": {
+                name: {"bytes": t.bytes, "rowsEstimate": t.rows_estimate}
+                for name, t in self.tables.items()
+            },
+            "threads": {
+                "active": self.threads["active"],
+                "archived": self.threads["archived"],
+                "idleExpired": self.threads["idle_expired"],
+            },
+        }
+
+
+async def table_stats(conn: AsyncConnection[DictRow]) -> dict[str, TableStats]:
+    cur = await conn.execute(TABLE_SIZES_SQL, (list(TABLES),))
+    found = {
+        row["name"]: TableStats(int(row["bytes"]), max(int(row["rows_estimate"]), 0))
+        for row in await cur.fetchall()
+    }
+    return {name: found[name] for name in TABLES if name in found}
+
+
+async def thread_states(
+    conn: AsyncConnection[DictRow], max_idle: timedelta | None = None
+) -> dict[str, int]:
+    idle_before = None
+    if max_idle is not None:
+        cur = await conn.execute(NOW_SQL)
+        row = await cur.fetchone()
+        assert row is not None
+        idle_before = row["now"] - max_idle
+    cur = await conn.execute(THREAD_STATES_SQL, {"idle": idle_before, "cap": STATE_COUNT_CAP})
+    row = await cur.fetchone()
+    assert row is not None
+    return {k: int(row[k]) for k in ("active", "archived", "idle_expired")}
+
+
+async def collect(
+    conn: AsyncConnection[DictRow], *, max_idle: timedelta | None = None
+) -> DatabaseStats:
+    return DatabaseStats(await table_stats(conn), await thread_states(conn, max_idle))
