@@ -85,6 +85,9 @@ MIGRATIONS: tuple[str, ...] = (
         ADD COLUMN idempotency_key text;
     CREATE UNIQUE INDEX runs_idempotency_idx ON runs (thread_id, idempotency_key)
         WHERE idempotency_key IS NOT NULL;
+    -- "idle since" for threads that never got a message (the reaper ages them by created_at)
+    CREATE INDEX threads_never_spoke_idx ON threads (created_at)
+        WHERE archived_at IS NULL AND last_message_at IS NULL;
     CREATE TABLE run_events (
         run_id     uuid NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
         seq        bigint NOT NULL,
