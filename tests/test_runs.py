@@ -191,3 +191,28 @@ async def test_events_of_a_run_that_never_executed(client: httpx.AsyncClient) ->
     assert (await client.get(f"/threads/{tid}/runs/{slow['run_id']}")).status_code == 404
     state = (await client.get(f"/threads/{tid}/state")).json()
     assert state["values"] in ({}, None) or state["values"].get("messages") in (None, [])
+
+
+async def test_a_failing_run_reports_its_error(client: httpx.AsyncClient) -> None:
+    tid = (await client.post("/threads", json={})).json()["thread_id"]
+    body = {**say("what is 1+1"), "config": {"recursion_limit": 1}}
+    r = await client.post(f"/threads/{tid}/runs/wait", json=body)
+    assert r.status_code == 200
+    error = r.json()["__error__"]
+    assert error["error"] == "GraphRecursionError"
+    runs = (await client.get(f"/threads/{tid}/runs")).json()
+    assert runs[0]["status"] == "error"
+    assert runs[0]["error"]["error"] == "GraphRecursionError"
+    assert (await client.get(f"/threads/{tid}")).json()["status"] == "error"
+    # The thread stays usable.
+    ok = await client.post(f"/threads/{tid}/runs/wait", json=say("again"))
+    assert "__error__" not in ok.json()
+
+
+async def test_bad_model_configuration_is_a_clear_error() -> None:
+    import pytest
+
+    from service.agent.models import ModelConfigError, make_model
+
+    with pytest.raises(ModelConfigError, match="provider:model"):
+        make_model("gpt-4o")

@@ -160,3 +160,29 @@ def test_cancel_from_another_replica(replicas: Replicas) -> None:
     assert httpx.get(f"{a.url}/threads/{tid}").json()["status"] == "interrupted"
     nothing = httpx.post(f"{b.url}/runs/cancel", json={"thread_id": tid})
     assert nothing.status_code == 404
+
+
+def test_errors_heartbeats_and_cancel_on_disconnect(replicas: Replicas) -> None:
+    a = replicas("a").start()
+    tid = httpx.post(f"{a.url}/threads", json={}).json()["thread_id"]
+    failing = _body("what is 2+2", config={"recursion_limit": 1})
+    _, got = _stream(a.url, tid, failing)
+    assert [e.event for e in got][-2:] == ["error", "end"]
+    assert got[-2].data["error"] == "GraphRecursionError"
+
+    with httpx.stream(
+        "POST", f"{a.url}/threads/{tid}/runs/stream", json=_body("look up slowly 6"), timeout=60
+    ) as r:
+        raw = r.read().decode()
+    assert ": heartbeat\r\n" in raw
+
+    body = _body("look up slowly 60", stream_mode=["custom"], on_disconnect="cancel")
+    with httpx.stream("POST", f"{a.url}/threads/{tid}/runs/stream", json=body, timeout=60) as r:
+        run_path = r.headers["content-location"]
+        for event in events(r):
+            if event.event == "custom":
+                break  # hang up while the run waits in its tool
+    deadline = time.monotonic() + 20
+    while httpx.get(f"{a.url}{run_path}").json()["status"] != "interrupted":
+        assert time.monotonic() < deadline, "disconnect did not cancel the run"
+        time.sleep(0.05)
