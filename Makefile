@@ -37,6 +37,7 @@ cluster-down: sync
 	$(UV) run python -m tests.cluster down
 
 test: sync cluster-build
+	bash deploy/tools/ensure-tools.sh
 	$(UV) run pytest $(PYTEST_ARGS)
 
 fmt: sync

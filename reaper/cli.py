@@ -104,8 +104,67 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_run(_: argparse.Namespace) -> int:
-    raise UsageError("operator not built yet")
+def _configure_stdlib_logging() -> None:
+    # kopf logs through the standard library: render those records as the same JSON lines.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.JSONRenderer(),
+            ],
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.processors.format_exc_info,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("THREADKEEPER_LOG_LEVEL", "info").upper())
+    # "Timer 'schedule' succeeded." on every tick, and every probe request: noise at info.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """Run the operator until SIGTERM/SIGINT (kopf handles the signals)."""
+    # Imported here: kopf and the engine (LangGraph) are heavy and only this command needs them.
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from reaper.operator import Connection, default_namespace, run_operator
+
+    kubeconfig = Path(args.kubeconfig) if args.kubeconfig else None
+    namespaces = list(args.namespace or [])
+    if not namespaces:
+        fallback = os.environ.get("POD_NAMESPACE") or default_namespace(kubeconfig)
+        if not fallback:
+            raise UsageError(
+                "no namespace: pass --namespace, set POD_NAMESPACE, or use a kubeconfig "
+                "context with a namespace"
+            )
+        namespaces = [fallback]
+    if args.tick_interval <= 0:
+        raise UsageError("--tick-interval must be positive")
+    _configure_stdlib_logging()
+    registry = CollectorRegistry()
+    server, thread = start_http_server(args.metrics_port, registry=registry)
+    try:
+        asyncio.run(
+            run_operator(
+                namespaces=namespaces,
+                connection=Connection(kubeconfig),
+                registry=registry,
+                liveness_port=args.liveness_port or None,
+                tick_interval=args.tick_interval,
+            )
+        )
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+    return EXIT_OK
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -129,7 +188,29 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--database-url", metavar="URL", help="default: $DATABASE_URL")
     show.set_defaults(handler=_cmd_stats)
 
-    run = commands.add_parser("run", help="run the Kubernetes operator")
+    run = commands.add_parser(
+        "run",
+        help="run the Kubernetes operator for the RetentionPolicies of some namespaces",
+        description="Namespaces: --namespace (repeatable), else $POD_NAMESPACE, else the "
+        "in-cluster ServiceAccount's namespace, else the kubeconfig context's namespace.",
+    )
+    run.add_argument(
+        "--namespace", action="append", metavar="NS", help="watch this namespace (repeatable)"
+    )
+    run.add_argument("--metrics-port", type=int, default=9090, help="/metrics port (9090)")
+    run.add_argument(
+        "--liveness-port", type=int, default=8080, help="/healthz port (8080); 0 disables it"
+    )
+    run.add_argument(
+        "--kubeconfig", metavar="PATH", help="default: in-cluster ServiceAccount, else $KUBECONFIG"
+    )
+    run.add_argument(
+        "--tick-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how often each policy is checked for being due (10)",
+    )
     run.set_defaults(handler=_cmd_run)
     return parser
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,16 +17,22 @@ pytest_plugins = ["tests.support.fixtures", "tests.cluster.pytest_plugin"]
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server() -> Iterator[str]:
     """URL of a running Postgres server with the migrated template database."""
     external = postgres.external_url()
     if external:
         postgres.create_template(external)
         yield external
         return
-    with postgres.embedded_server(Path(tmp_path_factory.mktemp("pg"))) as url:
-        postgres.create_template(url)
-        yield url
+    # Not under pytest's basetemp: a concurrent pytest session prunes old basetemps, and would
+    # delete a live data directory with them.
+    root = Path(tempfile.mkdtemp(prefix="threadkeeper-pg-"))
+    try:
+        with postgres.embedded_server(root) as url:
+            postgres.create_template(url)
+            yield url
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

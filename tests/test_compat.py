@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import pytest
@@ -45,6 +46,10 @@ async def test_sdk_runs_api_across_replicas(replicas: Callable[..., ServiceProce
     assert next(r["run_id"] for r in await on_b.runs.list(tid)) == run["run_id"]
 
     slow = await on_a.runs.create(tid, "agent", input=_say("look up slowly 60"))
+    # Cancel once the turn is under way, so its message is in the thread (interrupt keeps it).
+    async with asyncio.timeout(30):
+        while (await on_b.threads.get_state(tid))["next"] != ["act"]:  # noqa: ASYNC110 - remote state
+            await asyncio.sleep(0.05)
     await on_b.runs.cancel(tid, slow["run_id"], wait=True)
     assert (await on_a.runs.get(tid, slow["run_id"]))["status"] == "interrupted"
     waited = await on_b.runs.wait(tid, "agent", input=_say("after the cancel"))

@@ -23,7 +23,7 @@ def _talk(base: str, tid: str, text: str) -> httpx.Response:
 
 
 def test_503_while_down_then_recovers_without_restart(tmp_path: Path) -> None:
-    db = RestartableServer(tmp_path)
+    db = RestartableServer()
     service = ServiceProcess(db.url, tmp_path, "outage", THREADKEEPER_POOL_TIMEOUT="2")
     try:
         service.start()

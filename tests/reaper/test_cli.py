@@ -157,7 +157,10 @@ async def test_an_unreachable_database_exits_1_without_leaking_the_password(
         assert "s3cret-pw" not in result.stderr + result.stdout
 
 
-async def test_run_is_not_built_yet() -> None:
-    result = await reaper("run")
+async def test_run_needs_a_namespace(tmp_path: Path) -> None:
+    # No --namespace, no POD_NAMESPACE, no kubeconfig context: a usage error, before any
+    # connection attempt. (The operator itself is tested in test_operator.py.)
+    env = {"HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none"), "POD_NAMESPACE": ""}
+    result = await reaper("run", env=env)
     assert result.code == 2
-    assert "operator not built yet" in result.stderr
+    assert "no namespace" in result.stderr

@@ -1,14 +1,16 @@
 """The CRD on a real API server: structural schema, defaults, CEL rules, columns, status.
 
-Runs on the local control plane of tests/cluster when its binaries are already built (it never
-starts a build: ``python -m tests.cluster build``); skipped otherwise.
+Runs on the session's ``kube`` API server (tests/cluster); that fixture fails with a clear
+message when no cluster can be had, so these tests never skip silently. Objects go into a
+namespace of this module's own.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import yaml
 
 from reaper.policy import parse_policy
 from reaper.summary import Outcome, PruneSummary, ThreadsDeleted
-from tests.cluster import ControlPlane, cached_binaries
+from tests.cluster.controlplane import Cluster
 from tests.reaper.support import policy_document
 
 pytestmark = pytest.mark.cluster
@@ -25,23 +27,19 @@ pytestmark = pytest.mark.cluster
 CRD = Path(__file__).parents[2] / "deploy" / "crds" / "retentionpolicies.threadkeeper.dev.yaml"
 
 
-@pytest.fixture(scope="module")
-def plane() -> Iterator[ControlPlane]:
-    binaries = cached_binaries()
-    if binaries is None:
-        pytest.skip("no cached control plane binaries (python -m tests.cluster build)")
-    started = ControlPlane.start(binaries)
-    try:
-        yield started
-    finally:
-        started.stop()
+@dataclass(frozen=True)
+class Target:
+    cluster: Cluster
+    namespace: str
 
 
 def kubectl(
-    plane: ControlPlane, *args: str, stdin: str | None = None
+    target: Cluster | Target, *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
+    cluster = target.cluster if isinstance(target, Target) else target
+    scope = ["--namespace", target.namespace] if isinstance(target, Target) else []
     return subprocess.run(
-        [str(plane.kubectl), "--kubeconfig", str(plane.kubeconfig), *args],
+        [str(cluster.kubectl), "--kubeconfig", str(cluster.kubeconfig), *scope, *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -51,27 +49,30 @@ def kubectl(
 
 
 @pytest.fixture(scope="module")
-def crd(plane: ControlPlane) -> ControlPlane:
-    applied = kubectl(plane, "apply", "-f", str(CRD))
+def crd(kube: Cluster) -> Target:
+    applied = kubectl(kube, "apply", "-f", str(CRD))
     assert applied.returncode == 0, applied.stderr
     ready = kubectl(
-        plane,
+        kube,
         "wait",
         "--for=condition=Established",
         "crd/retentionpolicies.threadkeeper.dev",
         "--timeout=60s",
     )
     assert ready.returncode == 0, ready.stderr
-    return plane
+    namespace = f"crd-{uuid.uuid4().hex[:10]}"
+    created = kubectl(kube, "create", "namespace", namespace)
+    assert created.returncode == 0, created.stderr
+    return Target(kube, namespace)
 
 
 def _manifest(name: str, **spec: Any) -> str:
     document = policy_document(**spec)
-    document["metadata"] = {"name": name, "namespace": "default"}
+    document["metadata"] = {"name": name}
     return yaml.safe_dump(document)
 
 
-def test_the_api_server_defaults_like_the_model(crd: ControlPlane) -> None:
+def test_the_api_server_defaults_like_the_model(crd: Target) -> None:
     created = kubectl(crd, "create", "-f", "-", stdin=_manifest("minimal", checkpoints={}))
     assert created.returncode == 0, created.stderr
     got = kubectl(crd, "get", "rp", "minimal", "-o", "json")
@@ -99,14 +100,14 @@ def test_the_api_server_defaults_like_the_model(crd: ControlPlane) -> None:
     ],
 )
 def test_the_api_server_refuses_bad_policies(
-    crd: ControlPlane, spec: dict[str, Any], message: str
+    crd: Target, spec: dict[str, Any], message: str
 ) -> None:
     created = kubectl(crd, "create", "--dry-run=server", "-f", "-", stdin=_manifest("bad", **spec))
     assert created.returncode != 0
     assert message in created.stderr
 
 
-def test_columns_and_status(crd: ControlPlane) -> None:
+def test_columns_and_status(crd: Target) -> None:
     created = kubectl(
         crd, "create", "-f", "-", stdin=_manifest("columns", threads={"maxIdle": "30d"})
     )

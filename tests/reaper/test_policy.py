@@ -215,6 +215,7 @@ def test_crd_shape() -> None:
         "lastRunTime",
         "lastSuccessTime",
         "nextRunTime",
+        "lastRunNowHandled",
         "lastRun",
         "tables",
         "conditions",

@@ -7,6 +7,8 @@ database cloned from a migrated template, so tests never see each other's rows.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,8 +81,10 @@ def external_url() -> str | None:
 class RestartableServer:
     """A private server a test may stop and start while clients are connected."""
 
-    def __init__(self, root: Path) -> None:
-        self.server = get_server(root / "pgdata", cleanup_mode="delete")
+    def __init__(self) -> None:
+        # Outside pytest's basetemp, which concurrent sessions prune.
+        self.root = Path(tempfile.mkdtemp(prefix="threadkeeper-pg-"))
+        self.server = get_server(self.root / "pgdata", cleanup_mode="delete")
         self.url: str = self.server.get_uri()
 
     def stop(self) -> None:
@@ -99,3 +103,4 @@ class RestartableServer:
 
     def cleanup(self) -> None:
         self.server.cleanup()
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,67 @@
+"""skaffold.yaml against skaffold's own v4beta14 JSON schema, and its references."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.chart import support
+
+SKAFFOLD = support.REPO / "skaffold.yaml"
+
+
+def test_skaffold_matches_the_schema(skaffold_schema: Path) -> None:
+    check = Path(sys.executable).parent / "check-jsonschema"
+    out = support.run([check, "--schemafile", skaffold_schema, SKAFFOLD], check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_skaffold_schema_rejects_a_typo(skaffold_schema: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "skaffold.yaml"
+    bad.write_text(SKAFFOLD.read_text().replace("chartPath:", "chartPth:"))
+    check = Path(sys.executable).parent / "check-jsonschema"
+    out = support.run([check, "--schemafile", skaffold_schema, bad], check=False)
+    assert out.returncode != 0 and "chartPth" in out.stdout
+
+
+def test_skaffold_wiring() -> None:
+    config = yaml.safe_load(SKAFFOLD.read_text())
+    assert config["apiVersion"] == "skaffold/v4beta14"
+    (artifact,) = config["build"]["artifacts"]
+    name = artifact["image"]
+    assert (support.REPO / artifact["docker"]["dockerfile"]).is_file()
+    (release,) = config["deploy"]["helm"]["releases"]
+    assert (support.REPO / release["chartPath"] / "Chart.yaml").is_file()
+    key = name.replace("-", "_").replace(".", "_").replace("/", "_")
+    assert release["setValueTemplates"] == {
+        "image.repository": f"{{{{.IMAGE_REPO_{key}}}}}",
+        "image.tag": f"{{{{.IMAGE_TAG_{key}}}}}",
+    }
+    for values in release["valuesFiles"]:
+        assert (support.REPO / values).is_file(), values
+    (forward,) = config["portForward"]
+    assert forward["resourceName"] == release["name"] and forward["port"] == 8000
+    dev = next(p for p in config["profiles"] if p["name"] == "dev")
+    for raw in dev["manifests"]["rawYaml"]:
+        assert (support.REPO / raw).is_file(), raw
+    (patch,) = dev["patches"]
+    assert (support.REPO / patch["value"]).is_file()
+
+
+def test_skaffold_values_render(helm: support.Helm) -> None:
+    """Both values files skaffold deploys with are valid chart values."""
+    for values in ("deploy/values/cluster.yaml", "deploy/dev/values.yaml"):
+        docs = helm.render(None, f"--values={support.REPO / values}")
+        deployment = support.find(docs, "Deployment", "tk-threadkeeper")
+        env = support.env_of(support.containers(deployment)[0])
+        secret = env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"]
+        assert secret in ("threadkeeper-database", "threadkeeper-dev-database")
+    dev_secret = next(
+        d
+        for d in yaml.safe_load_all((support.REPO / "deploy/dev/postgres.yaml").read_text())
+        if d["kind"] == "Secret"
+    )
+    assert dev_secret["metadata"]["name"] == "threadkeeper-dev-database"
+    assert dev_secret["stringData"]["url"].startswith("postgresql://")
