@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import psycopg
 import psycopg_pool
@@ -18,7 +18,7 @@ from service.agent.graph import compile_graph
 from service.agent.models import make_model
 from service.auth import Authenticator
 from service.db import connect, make_pool
-from service.embedded import start_embedded
+from service.embedded import embedded_postgres
 from service.executor import Executor
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -72,8 +72,14 @@ def begin_drain(app: Starlette) -> None:
         log.info("draining", replica=services.settings.replica)
 
 
-def database_url(settings: Settings) -> str:
-    return settings.database_url or start_embedded(settings.data_dir)
+@contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """DATABASE_URL, or the URL of the embedded server for as long as the context lasts."""
+    if settings.database_url:
+        yield settings.database_url
+    else:
+        with embedded_postgres(settings.data_dir) as url:
+            yield url
 
 
 def create_app(settings: Settings, *, run_migrations: bool = True) -> Starlette:
@@ -81,7 +87,12 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        url = database_url(settings)
+        with database_url(settings) as url:
+            async with _serve(app, url):
+                yield
+
+    @asynccontextmanager
+    async def _serve(app: Starlette, url: str) -> AsyncIterator[None]:
         if run_migrations:
             conn = await connect(url)
             try:

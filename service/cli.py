@@ -37,8 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _migrate(settings: Settings) -> int:
-    conn = await connect(database_url(settings))
+async def _migrate(url: str) -> int:
+    conn = await connect(url)
     try:
         return await migrate(conn)
     finally:
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
     if args.command == "migrate":
         try:
-            applied = asyncio.run(_migrate(settings))
+            with database_url(settings) as url:
+                applied = asyncio.run(_migrate(url))
         except psycopg.Error as exc:
             log.error("migrate_failed", error=str(exc))
             return 1
