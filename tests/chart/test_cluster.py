@@ -483,3 +483,76 @@ def test_crd_fixture_matches(cluster_crds: Cluster) -> None:
         served = client.ApiextensionsV1Api(api).read_custom_resource_definition(CRD)
     assert served.spec.group == source["spec"]["group"]
     assert [v.name for v in served.spec.versions] == [v["name"] for v in source["spec"]["versions"]]
+
+
+def test_the_reaper_prunes_as_the_charts_service_account(
+    helm: Helm, kube: Cluster, namespace: str, database_url: str, tmp_path: Path
+) -> None:
+    """The operator, outside the cluster, with the token of the ServiceAccount the chart made.
+
+    Whatever the chart's Role lacks, this run would hit as a 403; it must complete a prune.
+    """
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO threads (thread_id, owner, last_message_at) "
+            "VALUES (gen_random_uuid(), 'old', now() - interval '90 days')"
+        )
+    values = {
+        "database.url": database_url,
+        "retention.interval": "1h",
+        "crds.create": _prepare_crd(kube),
+    }
+    with JobCompleter(kube, namespace).running():
+        helm(
+            "install",
+            support.RELEASE,
+            support.CHART,
+            f"--namespace={namespace}",
+            "--timeout=60s",
+            *support.set_args(values),
+            cluster=kube,
+        )
+    kubeconfig = kube.as_service_account(namespace, REAPER, method="token")
+    log_path = tmp_path / "reaper.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "POD_NAMESPACE")}
+    with log_path.open("wb") as log:
+        reaper = subprocess.Popen(
+            [sys.executable, "-m", "reaper.cli", "run", "--namespace", namespace,
+             "--kubeconfig", str(kubeconfig), "--metrics-port", "0", "--liveness-port", "0",
+             "--tick-interval", "0.5"],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    try:
+        with kube.api_client() as api:
+            custom = _custom(api)
+            deadline = time.monotonic() + 90
+            last_run: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                policies = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+                items = policies["items"]
+                last_run = (items[0].get("status") or {}).get("lastRun") or {} if items else {}
+                if last_run:
+                    break
+                assert reaper.poll() is None, log_path.read_text()[-4000:]
+                time.sleep(0.2)
+        assert last_run.get("outcome") == "Succeeded", (last_run, log_path.read_text()[-4000:])
+        assert last_run["threadsDeleted"]["total"] >= 1
+        with psycopg.connect(database_url) as conn:
+            left = conn.execute("SELECT count(*) FROM threads WHERE owner = 'old'").fetchone()
+        assert left == (0,)
+        assert "forbidden" not in log_path.read_text().lower()
+    finally:
+        reaper.terminate()
+        try:
+            reaper.wait(15)
+        except subprocess.TimeoutExpired:
+            reaper.kill()
+        helm("uninstall", support.RELEASE, f"--namespace={namespace}", "--no-hooks",
+             cluster=kube, check=False)  # fmt: skip
