@@ -48,10 +48,13 @@ VALUES (%(run_id)s, %(thread_id)s, %(assistant_id)s, 'pending', %(input)s, %(kwa
 RETURNING {COLUMNS_SQL}
 """
 
-# Oldest first; expired leases are candidates too, to be resumed by whoever claims them.
+# Oldest first; expired leases are candidates too, to be resumed by whoever claims them. A new
+# run is left to the replica that received it for a moment (it claims right after inserting),
+# so the request's replica executes it whenever it has room and streams need no hop.
 CANDIDATES_SQL = """
 SELECT run_id, thread_id FROM runs
-WHERE status = 'pending' OR (status = 'running' AND lease_expires_at <= now())
+WHERE (status = 'pending' AND updated_at < now() - interval '250 milliseconds')
+   OR (status = 'running' AND lease_expires_at <= now())
 ORDER BY created_at
 LIMIT %s
 """
