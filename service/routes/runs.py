@@ -148,7 +148,9 @@ async def _keepalive_then(body: asyncio.Task[Any], stopping: asyncio.Event) -> A
     stop = asyncio.create_task(stopping.wait())
     try:
         while True:
-            done, _ = await asyncio.wait({body, stop}, timeout=KEEPALIVE_SECONDS)
+            done, _ = await asyncio.wait(
+                {body, stop}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            )
             if body in done:
                 break
             if stop in done:
