@@ -12,6 +12,7 @@ help:
 	@echo "make lint         ruff + mypy"
 	@echo "make cluster-up   start a local kube-apiserver + etcd; prints the KUBECONFIG line"
 	@echo "make cluster-down stop it"
+	@echo "make bench        the benchmarks against their baselines (QUICK=1: a 3-minute smoke run)"
 
 uv:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check 'uv>=0.8'
@@ -39,6 +40,11 @@ cluster-down: sync
 test: sync cluster-build
 	bash deploy/tools/ensure-tools.sh
 	$(UV) run pytest $(PYTEST_ARGS)
+
+# The bench group adds `langgraph dev` (baseline c); `make test` syncs it away again.
+bench: uv
+	$(UV) sync --locked --group bench
+	$(UV) run --locked --group bench python -m tests.perf $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 fmt: sync
 	$(UV) run ruff check --fix .

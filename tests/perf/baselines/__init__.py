@@ -1,0 +1,1 @@
+"""Baselines the benchmarks compare against, written the way their users write them."""

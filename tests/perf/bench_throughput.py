@@ -1,0 +1,55 @@
+"""Benchmark 1: end-to-end turn throughput over HTTP, one replica, offline model.
+
+Ours (``runs/wait``, with runs, leases, fenced writes and thread rows) against (a) the tutorial
+wiring (``/chat``) and (c) ``langgraph dev`` (``runs/wait``, in memory), driven by the same
+client, interleaved repetition by repetition.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+from tests.perf import clients, servers
+from tests.perf.harness import Bench, Row, compare, interleave
+
+NAME = "1. turn throughput, HTTP, 1 replica"
+
+
+async def run(bench: Bench) -> list[Row]:
+    count = bench.size(32, 8)
+    turns = bench.size(10, 3)
+    with ExitStack() as stack:
+        ours_db = stack.enter_context(bench.database())
+        tutorial_db = stack.enter_context(bench.database(migrated=False))
+        ours = stack.enter_context(servers.ours(ours_db, bench.work).start())
+        tutorial = stack.enter_context(servers.tutorial(tutorial_db, bench.work))
+        contenders = {
+            "ours": clients.throughput(clients.AgentServer(ours.url), count, turns),
+            "tutorial": clients.throughput(clients.Tutorial(tutorial.url), count, turns),
+        }
+        if servers.langgraph_dev_available():
+            dev = stack.enter_context(servers.langgraph_dev(bench.work))
+            contenders["langgraph dev"] = clients.throughput(
+                clients.AgentServer(dev.url), count, turns
+            )
+        # One untimed round: imports, pools and caches warm up before anything counts.
+        for measure in contenders.values():
+            await measure(-1)
+        samples = await interleave(bench.repetitions, contenders)
+
+    details = {"conversations": count, "turns": turns}
+    rows = [
+        compare(
+            NAME, "throughput", "turns/s", samples["ours"], "(a) tutorial", samples["tutorial"],
+            goal=">= 1.5x (a)", goal_check=lambda r: r >= 1.5, details=details,
+        )
+    ]  # fmt: skip
+    if "langgraph dev" in samples:
+        rows.append(
+            compare(
+                NAME, "throughput", "turns/s", samples["ours"], "(c) langgraph dev",
+                samples["langgraph dev"], goal=">= 2x (c)", goal_check=lambda r: r >= 2.0,
+                details=details,
+            )
+        )  # fmt: skip
+    return rows

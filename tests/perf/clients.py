@@ -1,0 +1,116 @@
+"""Clients that drive conversations against each server, the way their users call them.
+
+Ours and ``langgraph dev`` speak the Agent Server API (create a thread, then ``runs/wait`` per
+turn); the tutorial app has its ``/chat`` route. Every turn waits for the graph to finish, so
+each one is durable (ours, tutorial) or complete in memory (langgraph dev) when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import httpx
+
+TURN_TIMEOUT = 300.0
+
+
+class TurnFailed(RuntimeError):
+    pass
+
+
+def client(concurrency: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency)
+    return httpx.AsyncClient(limits=limits, timeout=TURN_TIMEOUT)
+
+
+def _check(r: httpx.Response) -> httpx.Response:
+    if r.status_code != 200:
+        raise TurnFailed(f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text[:300]}")
+    return r
+
+
+@dataclass(frozen=True)
+class AgentServer:
+    """Ours or ``langgraph dev``: threads and ``runs/wait``."""
+
+    url: str
+
+    async def new_thread(self, http: httpx.AsyncClient) -> str:
+        r = _check(await http.post(f"{self.url}/threads", json={}))
+        thread_id: str = r.json()["thread_id"]
+        return thread_id
+
+    async def turn(self, http: httpx.AsyncClient, thread_id: str, text: str) -> str:
+        body = {
+            "assistant_id": "agent",
+            "input": {"messages": [{"role": "user", "content": text}]},
+        }
+        r = _check(await http.post(f"{self.url}/threads/{thread_id}/runs/wait", json=body))
+        reply: str = r.json()["messages"][-1]["content"]
+        return reply
+
+
+@dataclass(frozen=True)
+class Tutorial:
+    """Baseline (a): the client picks the thread id and posts to ``/chat``."""
+
+    url: str
+
+    async def new_thread(self, http: httpx.AsyncClient) -> str:
+        return str(uuid.uuid4())
+
+    async def turn(self, http: httpx.AsyncClient, thread_id: str, text: str) -> str:
+        r = _check(
+            await http.post(f"{self.url}/chat", json={"thread_id": thread_id, "message": text})
+        )
+        reply: str = r.json()["reply"]
+        return reply
+
+
+Server = AgentServer | Tutorial
+
+
+def say(conversation: int, turn: int) -> str:
+    return f"conversation {conversation} turn {turn}: tell me something about the weather"
+
+
+async def conversations(
+    server: Server,
+    *,
+    count: int,
+    turns: int,
+    text: Callable[[int, int], str] = say,
+    on_turn: Callable[[float], None] | None = None,
+) -> float:
+    """Run ``count`` concurrent conversations of ``turns`` turns; return turns per second.
+
+    Threads are created before the clock starts; ``on_turn`` gets each turn's latency.
+    """
+    async with client(count) as http:
+        threads = await asyncio.gather(*(server.new_thread(http) for _ in range(count)))
+
+        async def talk(index: int, thread_id: str) -> None:
+            for turn in range(1, turns + 1):
+                began = time.perf_counter()
+                reply = await server.turn(http, thread_id, text(index, turn))
+                if on_turn is not None:
+                    on_turn(time.perf_counter() - began)
+                if f"Turn {turn}." not in reply:
+                    raise TurnFailed(f"thread {thread_id} lost its memory: {reply[:200]!r}")
+
+        began = time.perf_counter()
+        await asyncio.gather(*(talk(i, t) for i, t in enumerate(threads)))
+        return count * turns / (time.perf_counter() - began)
+
+
+def throughput(server: Server, count: int, turns: int) -> Callable[[int], Awaitable[float]]:
+    """A contender for ``harness.interleave``: fresh conversations each repetition."""
+
+    async def measure(rep: int) -> float:
+        return await conversations(server, count=count, turns=turns)
+
+    return measure
