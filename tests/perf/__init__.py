@@ -1,1 +1,1 @@
-"""Benchmarks: ``make bench`` (``python -m tests.perf``). Not collected by pytest except test_*.py."""
+"""Benchmarks: ``make bench`` runs ``python -m tests.perf``; pytest collects only test_*.py."""

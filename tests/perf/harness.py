@@ -248,8 +248,14 @@ def render(info: dict[str, Any], rows: list[Row], failures: dict[str, str]) -> s
         base = f"{r.baseline_name}: {_stat(r.baseline)}" if r.baseline_name else "-"
         met = "" if r.goal_met is None else (" ok" if r.goal_met else " MISSED")
         table.append(
-            (r.benchmark, f"{r.metric} ({r.unit})", _stat(r.ours), base, _stat(r.ratio),
-             f"{r.goal}{met}")
+            (
+                r.benchmark,
+                f"{r.metric} ({r.unit})",
+                _stat(r.ours),
+                base,
+                _stat(r.ratio),
+                f"{r.goal}{met}",
+            )
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:

@@ -2,7 +2,7 @@
 
 * ``ours``: ``threadkeeper-service serve`` (tests.support.processes.ServiceProcess).
 * ``tutorial``: baseline (a), the article's wiring (tests/perf/baselines/tutorial.py) under uvicorn.
-* ``langgraph_dev``: baseline (c), ``langgraph dev`` (in-memory Agent Server) serving the same graph.
+* ``langgraph_dev``: baseline (c), ``langgraph dev`` (in-memory Agent Server), the same graph.
 """
 
 from __future__ import annotations
@@ -82,9 +82,7 @@ class HttpProcess:
 
 def ours(database_url: str, log_dir: Path, name: str = "ours", **env: str) -> ServiceProcess:
     """A replica of ours, not yet started. Logs at warning: the baselines log nothing per turn."""
-    return ServiceProcess(
-        database_url, log_dir, name, THREADKEEPER_LOG_LEVEL="warning", **env
-    )
+    return ServiceProcess(database_url, log_dir, name, THREADKEEPER_LOG_LEVEL="warning", **env)
 
 
 def tutorial(database_url: str, log_dir: Path, latency_ms: int = 0) -> HttpProcess:
