@@ -27,6 +27,14 @@ from tests.support import postgres
 
 MODULES = {
     "1": "tests.perf.bench_throughput",
+    "2": "tests.perf.bench_write_path",
+    "3": "tests.perf.bench_concurrency",
+    "4": "tests.perf.bench_storage",
+    "5": "tests.perf.bench_scaling",
+    "6": "tests.perf.bench_prune",
+    "7": "tests.perf.bench_metrics",
+    "8": "tests.perf.bench_streaming",
+    "9": "tests.perf.bench_failover",
 }
 RESULTS = Path(__file__).parent / "results" / "bench-results.json"
 
