@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -21,6 +22,22 @@ CONNECTION_KWARGS: dict[str, Any] = {
 }
 
 
+# A connection back in the pool for less than this was working moments ago; checking it on every
+# borrow would add a round trip to each of the dozen borrows a turn makes.
+CHECK_IDLE_SECONDS = 1.0
+
+
+async def _stamp_returned(conn: AsyncConnection[DictRow]) -> None:
+    conn.info_returned_at = time.monotonic()  # type: ignore[attr-defined]
+
+
+async def _check_if_idle(conn: AsyncConnection[DictRow]) -> None:
+    """Check a connection that sat idle (the server may have gone away meanwhile)."""
+    returned = getattr(conn, "info_returned_at", None)
+    if returned is None or time.monotonic() - returned >= CHECK_IDLE_SECONDS:
+        await AsyncConnectionPool.check_connection(conn)
+
+
 def make_pool(url: str, settings: Settings) -> Pool:
     """Build (not open) the pool; the caller opens it in the app lifespan."""
     return AsyncConnectionPool(
@@ -32,7 +49,8 @@ def make_pool(url: str, settings: Settings) -> Pool:
         max_lifetime=settings.pool_max_lifetime,
         kwargs=CONNECTION_KWARGS,
         connection_class=AsyncConnection[DictRow],
-        check=AsyncConnectionPool.check_connection,
+        check=_check_if_idle,
+        reset=_stamp_returned,
         open=False,
         name="threadkeeper",
     )

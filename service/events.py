@@ -33,17 +33,24 @@ READ_PAGE = 500
 MAX_SEQ_SQL = "SELECT coalesce(max(seq), 0) AS seq FROM run_events WHERE run_id = %s"
 
 # Inserted only while the attempt holds its lease (same rule as checkpoint writes).
+# One statement (autocommit makes it one transaction, so one round trip): the fenced insert,
+# and the notification only if some row went in.
 INSERT_SQL = """
-INSERT INTO run_events (run_id, seq, event, data)
-SELECT %(run_id)s, e.seq, e.event, e.data
-FROM jsonb_to_recordset(%(events)s::jsonb) AS e(seq bigint, event text, data jsonb)
-WHERE EXISTS (
-    SELECT 1 FROM runs
-    WHERE run_id = %(run_id)s AND attempt = %(attempt)s AND status = 'running'
-      AND lease_expires_at > clock_timestamp()
-    FOR SHARE
+WITH inserted AS (
+    INSERT INTO run_events (run_id, seq, event, data)
+    SELECT %(run_id)s, e.seq, e.event, e.data
+    FROM jsonb_to_recordset(%(events)s::jsonb) AS e(seq bigint, event text, data jsonb)
+    WHERE EXISTS (
+        SELECT 1 FROM runs
+        WHERE run_id = %(run_id)s AND attempt = %(attempt)s AND status = 'running'
+          AND lease_expires_at > clock_timestamp()
+        FOR SHARE
+    )
+    ON CONFLICT (run_id, seq) DO NOTHING
+    RETURNING 1
 )
-ON CONFLICT (run_id, seq) DO NOTHING
+SELECT pg_notify(%(channel)s, %(payload)s)::text AS notified
+WHERE EXISTS (SELECT 1 FROM inserted)
 """
 
 READ_SQL = """
@@ -97,10 +104,15 @@ class EventWriter:
 
     @classmethod
     async def open(cls, pool: Pool, run_id: UUID, attempt: int) -> EventWriter:
-        async with pool.connection() as conn:
-            cur = await conn.execute(MAX_SEQ_SQL, (run_id,))
-            row = await cur.fetchone()
-        writer = cls(pool, run_id, attempt, int(row["seq"]) if row else 0)
+        start = 0
+        if attempt > 1:
+            # A first attempt has no events before it: only endings append events to a run
+            # that never ran, and an ended run is never claimed.
+            async with pool.connection() as conn:
+                cur = await conn.execute(MAX_SEQ_SQL, (run_id,))
+                row = await cur.fetchone()
+            start = int(row["seq"]) if row else 0
+        writer = cls(pool, run_id, attempt, start)
         writer._task = asyncio.create_task(writer._flusher(), name=f"events-{run_id}")
         return writer
 
@@ -135,16 +147,17 @@ class EventWriter:
                 return
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn:
             await conn.execute(
                 INSERT_SQL,
                 {
                     "run_id": self.run_id,
                     "attempt": self.attempt,
                     "events": json.dumps(batch, ensure_ascii=False),
+                    "channel": EVENTS_CHANNEL,
+                    "payload": str(self.run_id),
                 },
             )
-            await conn.execute(NOTIFY_SQL, (EVENTS_CHANNEL, str(self.run_id)))
 
 
 async def append(

@@ -192,8 +192,13 @@ class Executor:
         writer.emit("metadata", {"run_id": str(run_id), "attempt": number})
         keeper = asyncio.create_task(self._keep_lease(attempt))
         last_values: Any = None
+        last_checkpoint: Any = None
         try:
-            lg_modes: list[Any] = sorted({STREAM_MODES[m][0] for m in modes} | {"values"})
+            # "checkpoints" tells, at no cost, where the run ended and what comes next; asking
+            # the saver afterwards would read the whole state (delta history and all) again.
+            lg_modes: list[Any] = sorted(
+                {STREAM_MODES[m][0] for m in modes} | {"values", "checkpoints"}
+            )
             wanted = {STREAM_MODES[m][0]: STREAM_MODES[m][1] for m in modes}
             async for ns, mode, chunk in graph.astream(
                 await self._input(run),
@@ -206,6 +211,8 @@ class Executor:
             ):
                 if mode == "values" and not ns:
                     last_values = chunk
+                elif mode == "checkpoints" and not ns:
+                    last_checkpoint = chunk
                 if mode in wanted and (subgraphs or not ns):
                     name = wanted[mode] + "".join(f"|{part}" for part in ns)
                     writer.emit(name, list(chunk) if mode == "messages" else chunk)
@@ -230,15 +237,25 @@ class Executor:
             return RunOutcome("error", None, error)
         finally:
             keeper.cancel()
-        snapshot = await self.reader.aget_state(thread_config(thread_id))
-        status = "interrupted" if snapshot.next else "success"
+        if last_checkpoint is None:
+            # Nothing stepped (no checkpoint was streamed): the thread's state is the answer.
+            snapshot = await self.reader.aget_state(thread_config(thread_id))
+            last_checkpoint = {
+                "config": snapshot.config,
+                "next": snapshot.next,
+                "values": snapshot.values,
+            }
+        waiting = bool(last_checkpoint["next"])
+        status = "interrupted" if waiting else "success"
         writer.emit("end", None)
         await writer.close()
-        checkpoint_id = (snapshot.config or {}).get("configurable", {}).get("checkpoint_id")
-        await self._finish(
-            run, status, "interrupted" if snapshot.next else "idle", None, checkpoint_id
+        checkpoint_id = (
+            (last_checkpoint["config"] or {}).get("configurable", {}).get("checkpoint_id")
         )
-        return RunOutcome(status, last_values if last_values is not None else snapshot.values)
+        await self._finish(run, status, "interrupted" if waiting else "idle", None, checkpoint_id)
+        return RunOutcome(
+            status, last_values if last_values is not None else last_checkpoint["values"]
+        )
 
     async def _stopped(
         self, attempt: Attempt, writer: events.EventWriter, reason: str
@@ -281,7 +298,6 @@ class Executor:
                 conn,
                 run_id=run["run_id"],
                 attempt=run["attempt"],
-                thread_id=run["thread_id"],
                 status="interrupted",
                 thread_status="idle",
                 spoke=False,
@@ -301,7 +317,6 @@ class Executor:
                 conn,
                 run_id=run["run_id"],
                 attempt=run["attempt"],
-                thread_id=run["thread_id"],
                 status=status,
                 thread_status=thread_status,
                 error=error,

@@ -40,12 +40,32 @@ UNFINISHED_SQL = """
 SELECT run_id FROM runs WHERE thread_id = %s AND status IN ('pending', 'running')
 """
 
+# Queue a run in one statement: the run row, the thread marked busy (and titled, if it has no
+# title yet), and, for a run left pending, the wake-up for every replica's workers. With a
+# replica given, the run is claimed by it on the spot (attempt 1, leased): the caller holds the
+# thread lock and found no unfinished run, which is everything a claim checks.
 INSERT_SQL = f"""
-INSERT INTO runs (run_id, thread_id, assistant_id, status, input, kwargs, metadata,
-                  multitask_strategy, idempotency_key)
-VALUES (%(run_id)s, %(thread_id)s, %(assistant_id)s, 'pending', %(input)s, %(kwargs)s,
-        %(metadata)s, %(strategy)s, %(key)s)
-RETURNING {COLUMNS_SQL}
+WITH run AS (
+    INSERT INTO runs (run_id, thread_id, assistant_id, status, input, kwargs, metadata,
+                      multitask_strategy, idempotency_key,
+                      attempt, lease_holder, lease_expires_at, started_at)
+    SELECT %(run_id)s, %(thread_id)s, %(assistant_id)s,
+           CASE WHEN claimed THEN 'running' ELSE 'pending' END,
+           %(input)s, %(kwargs)s, %(metadata)s, %(strategy)s, %(key)s,
+           CASE WHEN claimed THEN 1 ELSE 0 END,
+           %(replica)s,
+           CASE WHEN claimed THEN now() + make_interval(secs => %(lease)s) END,
+           CASE WHEN claimed THEN now() END
+    FROM (SELECT %(replica)s::text IS NOT NULL AS claimed) AS c
+    RETURNING {COLUMNS_SQL}
+), thread AS (
+    UPDATE threads SET status = 'busy', updated_at = now(), title = coalesce(title, %(title)s)
+    WHERE thread_id = %(thread_id)s
+)
+SELECT run.*,
+       CASE WHEN run.status = 'pending'
+            THEN pg_notify(%(channel)s, 'new:' || run.run_id)::text END AS notified
+FROM run
 """
 
 # Oldest first; expired leases are candidates too, to be resumed by whoever claims them. A new
@@ -71,14 +91,18 @@ ORDER BY created_at, run_id
 """
 
 CLAIM_SQL = f"""
-UPDATE runs SET status = 'running', attempt = attempt + 1, lease_holder = %(replica)s,
-    lease_expires_at = now() + make_interval(secs => %(lease)s),
-    started_at = coalesce(started_at, now()), updated_at = now()
-WHERE run_id = %(run_id)s
-RETURNING {COLUMNS_SQL}
+WITH run AS (
+    UPDATE runs SET status = 'running', attempt = attempt + 1, lease_holder = %(replica)s,
+        lease_expires_at = now() + make_interval(secs => %(lease)s),
+        started_at = coalesce(started_at, now()), updated_at = now()
+    WHERE run_id = %(run_id)s
+    RETURNING {COLUMNS_SQL}
+), thread AS (
+    UPDATE threads SET status = 'busy', updated_at = now()
+    WHERE thread_id = (SELECT thread_id FROM run)
+)
+SELECT * FROM run
 """
-
-MARK_THREAD_BUSY_SQL = "UPDATE threads SET status = 'busy', updated_at = now() WHERE thread_id = %s"
 
 HEARTBEAT_SQL = """
 UPDATE runs SET lease_expires_at = now() + make_interval(secs => %s), updated_at = now()
@@ -86,11 +110,20 @@ WHERE run_id = %s AND attempt = %s AND status = 'running' AND lease_expires_at >
 RETURNING cancel_action
 """
 
+# The attempt's outcome, the thread's new status and the notification, in one statement (one
+# round trip); nothing changes, and nobody is told, if the attempt no longer owns the run.
 FINISH_SQL = f"""
-UPDATE runs SET status = %(status)s, error = %(error)s, checkpoint_id = %(checkpoint_id)s,
-    updated_at = now(), ended_at = now(), lease_expires_at = NULL
-WHERE run_id = %(run_id)s AND attempt = %(attempt)s AND status = 'running'
-RETURNING {COLUMNS_SQL}
+WITH done AS (
+    UPDATE runs SET status = %(status)s, error = %(error)s, checkpoint_id = %(checkpoint_id)s,
+        updated_at = now(), ended_at = now(), lease_expires_at = NULL
+    WHERE run_id = %(run_id)s AND attempt = %(attempt)s AND status = 'running'
+    RETURNING {COLUMNS_SQL}
+), thread AS (
+    UPDATE threads SET status = %(thread_status)s, updated_at = now(),
+        last_message_at = CASE WHEN %(spoke)s THEN now() ELSE last_message_at END
+    WHERE thread_id = (SELECT thread_id FROM done)
+)
+SELECT done.*, pg_notify(%(channel)s, %(payload)s)::text AS notified FROM done
 """
 
 # Ends a run that is not executing anywhere (queued, or its replica died).
@@ -202,8 +235,11 @@ async def insert(
     metadata: dict[str, Any],
     strategy: str,
     idempotency_key: str | None = None,
+    title: str | None = None,
+    claim_for: tuple[str, float] | None = None,
 ) -> DictRow:
-    """Queue a run (``pending``) and wake the replicas' workers."""
+    """Queue a run, or with ``claim_for=(replica, lease_seconds)`` queue it already claimed."""
+    replica, lease = claim_for if claim_for is not None else (None, 0.0)
     cur = await conn.execute(
         INSERT_SQL,
         {
@@ -215,12 +251,14 @@ async def insert(
             "metadata": Jsonb(metadata),
             "strategy": strategy,
             "key": idempotency_key,
+            "title": title,
+            "replica": replica,
+            "lease": lease,
+            "channel": RUNS_CHANNEL,
         },
     )
     row = await cur.fetchone()
     assert row is not None
-    await conn.execute(MARK_THREAD_BUSY_SQL, (thread_id,))
-    await notify(conn, "new", run_id)
     return row
 
 
@@ -258,7 +296,6 @@ async def claim(
     )
     row = await cur.fetchone()
     assert row is not None
-    await conn.execute(MARK_THREAD_BUSY_SQL, (row["thread_id"],))
     return row
 
 
@@ -278,36 +315,31 @@ async def finish(
     *,
     run_id: UUID,
     attempt: int,
-    thread_id: UUID,
     status: str,
     thread_status: str,
     error: dict[str, Any] | None = None,
     checkpoint_id: str | None = None,
     spoke: bool = True,
 ) -> DictRow | None:
-    """Record the outcome of an attempt and the thread's new status, in one transaction.
+    """Record the outcome of an attempt and the thread's new status, atomically.
 
     None when the attempt no longer owned the run (nothing is changed then).
     """
-    async with conn.transaction():
-        cur = await conn.execute(
-            FINISH_SQL,
-            {
-                "status": status,
-                "error": Jsonb(error) if error else None,
-                "checkpoint_id": checkpoint_id,
-                "run_id": run_id,
-                "attempt": attempt,
-            },
-        )
-        row = await cur.fetchone()
-        if row is not None:
-            await conn.execute(
-                FINISH_THREAD_SQL,
-                {"status": thread_status, "spoke": spoke, "thread_id": thread_id},
-            )
-            await notify(conn, "done", run_id)
-        return row
+    cur = await conn.execute(
+        FINISH_SQL,
+        {
+            "status": status,
+            "error": Jsonb(error) if error else None,
+            "checkpoint_id": checkpoint_id,
+            "run_id": run_id,
+            "attempt": attempt,
+            "thread_status": thread_status,
+            "spoke": spoke,
+            "channel": RUNS_CHANNEL,
+            "payload": f"done:{run_id}",
+        },
+    )
+    return await cur.fetchone()
 
 
 async def end_idle(

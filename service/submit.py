@@ -111,39 +111,48 @@ async def submit(
     resolve_assistant(body.assistant_id)
     check_stream_modes(body)
     strategy = body.multitask_strategy or DEFAULT_STRATEGY
-    async with svc.pool.connection() as conn, conn.transaction():
-        await _ensure_locked_thread(conn, owner, thread_id, body.if_not_exists == "create")
-        if idempotency_key is not None:
-            existing = await runs.by_idempotency_key(conn, thread_id, idempotency_key)
-            if existing is not None:
-                return existing, None
-        cur = await conn.execute(runs.HEAD_OF_THREAD_SQL, (thread_id,))
-        inflight = await cur.fetchall()
-        if inflight:
-            if strategy == "reject":
-                raise Problem(409, BUSY_DETAIL, kind="thread-busy")
-            if strategy in ("interrupt", "rollback"):
-                await cancel_runs(conn, inflight, strategy)
-        text = first_user_text(body.input)
-        title = threads.derive_title(text) if text else None
-        if title:
-            await threads.set_title_if_empty(conn, thread_id, title)
-        kwargs = body.model_dump(
-            exclude={"input", "metadata", "assistant_id"}, exclude_none=True, mode="json"
-        )
-        row = await runs.insert(
-            conn,
-            run_id=uuid.uuid4(),
-            thread_id=thread_id,
-            assistant_id=body.assistant_id,
-            input=body.input,
-            kwargs=kwargs,
-            metadata=body.metadata,
-            strategy=strategy,
-            idempotency_key=idempotency_key,
-        )
-    attempt = await svc.worker.try_start(row["run_id"], thread_id)
-    return row, attempt
+    reserved = False
+    try:
+        async with svc.pool.connection() as conn, conn.transaction():
+            await _ensure_locked_thread(conn, owner, thread_id, body.if_not_exists == "create")
+            if idempotency_key is not None:
+                existing = await runs.by_idempotency_key(conn, thread_id, idempotency_key)
+                if existing is not None:
+                    return existing, None
+            cur = await conn.execute(runs.HEAD_OF_THREAD_SQL, (thread_id,))
+            inflight = await cur.fetchall()
+            if inflight:
+                if strategy == "reject":
+                    raise Problem(409, BUSY_DETAIL, kind="thread-busy")
+                if strategy in ("interrupt", "rollback"):
+                    await cancel_runs(conn, inflight, strategy)
+            else:
+                # The new run heads its thread: claim it here and now if this replica has room.
+                reserved = svc.worker.reserve()
+            text = first_user_text(body.input)
+            row = await runs.insert(
+                conn,
+                run_id=uuid.uuid4(),
+                thread_id=thread_id,
+                assistant_id=body.assistant_id,
+                input=body.input,
+                kwargs=body.model_dump(
+                    exclude={"input", "metadata", "assistant_id"}, exclude_none=True, mode="json"
+                ),
+                metadata=body.metadata,
+                strategy=strategy,
+                idempotency_key=idempotency_key,
+                title=threads.derive_title(text) if text else None,
+                claim_for=svc.worker.claim_terms() if reserved else None,
+            )
+    except BaseException:
+        if reserved:
+            svc.worker.release()
+        raise
+    if reserved:
+        return row, svc.worker.start_reserved(row)
+    # Queued behind another run, or no room here: a worker (this replica's or another's) takes it.
+    return row, None
 
 
 async def wait_for_end(svc: Services, run_id: UUID, attempt: Attempt | None) -> DictRow | None:

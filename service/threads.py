@@ -97,11 +97,6 @@ COPY_CHECKPOINTS_SQL = (
     """,
 )
 
-SET_TITLE_IF_EMPTY_SQL = """
-UPDATE threads SET title = %s, updated_at = now()
-WHERE thread_id = %s AND title IS NULL
-"""
-
 
 @dataclass(frozen=True)
 class ThreadFilter:
@@ -184,10 +179,6 @@ async def update(
         },
     )
     return await cur.fetchone()
-
-
-async def set_title_if_empty(conn: AsyncConnection[DictRow], thread_id: UUID, title: str) -> None:
-    await conn.execute(SET_TITLE_IF_EMPTY_SQL, (title, thread_id))
 
 
 async def delete_locked(conn: AsyncConnection[DictRow], thread_id: UUID) -> None:

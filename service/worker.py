@@ -49,11 +49,30 @@ class Worker:
         self.poll_seconds = poll_seconds
         self.event_retention_seconds = event_retention_seconds
         self.claiming = True
+        # Slots promised to runs being claimed inside a submitting transaction.
+        self.reserved = 0
         self._task: asyncio.Task[None] | None = None
 
     @property
     def free(self) -> int:
-        return self.capacity - self.executor.busy if self.claiming else 0
+        return self.capacity - self.executor.busy - self.reserved if self.claiming else 0
+
+    def reserve(self) -> bool:
+        """Hold a slot for a run about to be claimed where it is queued (see submit)."""
+        if self.free <= 0:
+            return False
+        self.reserved += 1
+        return True
+
+    def release(self) -> None:
+        self.reserved -= 1
+
+    def claim_terms(self) -> tuple[str, float]:
+        return self.executor.replica, self.lease_seconds
+
+    def start_reserved(self, row: DictRow) -> Attempt:
+        self.release()
+        return self.executor.start(row)
 
     async def start(self) -> None:
         if self.capacity > 0:

@@ -53,6 +53,8 @@ def test_sigkill_twice_under_load_loses_nothing(replicas: Replicas) -> None:
     c = replicas("c", **env).start(migrate=False)
     fleet = Fleet([a, b, c])
     conversations = new_conversations(fleet, 30, _turns(5, 1.5))
+    for i, convo in enumerate(conversations):
+        convo.more = lambda t, i=i: _turns(t, 1.5)(i)[-1]
     failures: list[BaseException] = []
 
     def chaos() -> None:
@@ -68,7 +70,8 @@ def test_sigkill_twice_under_load_loses_nothing(replicas: Replicas) -> None:
     killer = threading.Thread(target=chaos)
     killer.start()
     try:
-        run_load(fleet, conversations, workers=30)
+        # Conversations keep talking until both kills have landed on a busy replica.
+        run_load(fleet, conversations, workers=30, keep_going=killer.is_alive)
     finally:
         killer.join()
     assert not failures, failures
