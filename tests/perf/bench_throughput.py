@@ -21,7 +21,10 @@ async def run(bench: Bench) -> list[Row]:
     with ExitStack() as stack:
         ours_db = stack.enter_context(bench.database())
         tutorial_db = stack.enter_context(bench.database(migrated=False))
-        ours = stack.enter_context(servers.ours(ours_db, bench.work).start())
+        # As many executor slots as conversations, so no run waits in the queue for one.
+        ours = stack.enter_context(
+            servers.ours(ours_db, bench.work, THREADKEEPER_WORKERS=str(count)).start()
+        )
         tutorial = stack.enter_context(servers.tutorial(tutorial_db, bench.work))
         contenders = {
             "ours": clients.throughput(clients.AgentServer(ours.url), count, turns),

@@ -71,7 +71,25 @@ class Tutorial:
         return reply
 
 
-Server = AgentServer | Tutorial
+@dataclass
+class Balanced:
+    """Several replicas behind a round-robin balancer: each request may land on another one."""
+
+    urls: list[str]
+    _next: int = 0
+
+    def _pick(self) -> AgentServer:
+        self._next += 1
+        return AgentServer(self.urls[self._next % len(self.urls)])
+
+    async def new_thread(self, http: httpx.AsyncClient) -> str:
+        return await self._pick().new_thread(http)
+
+    async def turn(self, http: httpx.AsyncClient, thread_id: str, text: str) -> str:
+        return await self._pick().turn(http, thread_id, text)
+
+
+Server = AgentServer | Tutorial | Balanced
 
 
 def say(conversation: int, turn: int) -> str:

@@ -1,0 +1,81 @@
+"""Benchmark 3: concurrency with a realistic model latency.
+
+The offline model answers after 200 ms per call; 100 conversations talk at once. A turn without
+tools makes two model calls (plan, then reply), so the ideal wall time, with every call
+overlapping, is ``calls x 200 ms / concurrency`` = ``turns x 2 x 200 ms``. Ours runs with as many
+executor slots as conversations; (a), the tutorial wiring, funnels every checkpoint read and write
+through the one connection of its single saver.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
+
+from tests.perf import clients, servers
+from tests.perf.harness import Bench, Row, alone, compare, interleave
+
+NAME = "3. 100 conversations, 200 ms model"
+LATENCY_MS = 200
+CALLS_PER_TURN = 2
+
+
+def _wall(server: clients.Server, count: int, turns: int) -> Callable[[int], Awaitable[float]]:
+    async def measure(rep: int) -> float:
+        began = time.perf_counter()
+        await clients.conversations(server, count=count, turns=turns)
+        return time.perf_counter() - began
+
+    return measure
+
+
+async def run(bench: Bench) -> list[Row]:
+    count = bench.size(100, 30)
+    turns = bench.size(3, 1)
+    ideal = count * turns * CALLS_PER_TURN * LATENCY_MS / 1000 / count
+    latency = str(LATENCY_MS)
+    with ExitStack() as stack:
+        ours_db = stack.enter_context(bench.database())
+        tutorial_db = stack.enter_context(bench.database(migrated=False))
+        ours = stack.enter_context(
+            servers.ours(
+                ours_db,
+                bench.work,
+                THREADKEEPER_WORKERS=str(count),
+                THREADKEEPER_OFFLINE_LATENCY_MS=latency,
+            ).start()
+        )
+        tutorial = stack.enter_context(servers.tutorial(tutorial_db, bench.work, LATENCY_MS))
+        contenders = {
+            "ours": _wall(clients.AgentServer(ours.url), count, turns),
+            "tutorial": _wall(clients.Tutorial(tutorial.url), count, turns),
+        }
+        samples = await interleave(bench.repetitions, contenders)
+
+    details = {
+        "conversations": count,
+        "turns": turns,
+        "ideal_seconds": ideal,
+        "tutorial_x_ideal": sorted(s / ideal for s in samples["tutorial"]),
+    }
+    return [
+        alone(
+            NAME,
+            "wall / ideal",
+            "x",
+            [s / ideal for s in samples["ours"]],
+            goal="<= 1.3x ideal",
+            goal_check=lambda r: r <= 1.3,
+            details=details,
+        ),
+        compare(
+            NAME,
+            "wall time",
+            "s",
+            samples["ours"],
+            "(a) tutorial",
+            samples["tutorial"],
+            details=details,
+        ),
+    ]
