@@ -131,12 +131,20 @@ class EventWriter:
                 await self._task
 
     async def _flusher(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_write = -FLUSH_SECONDS
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             if not self._closed:
-                # A few milliseconds gathers a token burst into one statement.
-                await asyncio.sleep(FLUSH_SECONDS)
+                # Events emitted in the same tick join the batch. A token burst gathers for
+                # what is left of the flush interval since the previous write, which caps a run
+                # at one statement per interval without delaying an event that comes alone.
+                await asyncio.sleep(0)
+                remaining = FLUSH_SECONDS - (loop.time() - last_write)
+                if remaining > 0:
+                    await asyncio.sleep(remaining)
+            last_write = loop.time()
             batch, self._buffer = self._buffer, []
             if batch:
                 try:
@@ -190,10 +198,13 @@ async def follow(
         wakeup = hub.arm(*keys)
         try:
             async with pool.connection() as conn:
+                # Status first: an ending writes its events before its status, so a final
+                # status seen here means the read below has every event. Read the other way
+                # round, a run that ended between the two reads looked finished with its last
+                # events (``end`` among them) never read, and the stream closed without them.
+                cur = await conn.execute(RUN_STATUS_SQL, (run_id,))
+                row = await cur.fetchone()
                 events = await read_after(conn, run_id, after)
-                if not events:
-                    cur = await conn.execute(RUN_STATUS_SQL, (run_id,))
-                    row = await cur.fetchone()
             for event in events:
                 after = event.seq
                 yield event
