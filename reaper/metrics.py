@@ -34,7 +34,8 @@ class ReaperMetrics:
         )
         self.threads = Gauge(
             "threadkeeper_threads",
-            "Threads by state: active, archived, idle_expired (past maxIdle, not yet deleted).",
+            "Threads by state: active, archived, idle_expired (past maxIdle, not yet deleted); "
+            "active is exact up to 1000, then from the planner's row estimate.",
             [*LABELS, "state"],
             registry=registry,
         )
