@@ -138,3 +138,43 @@ async def test_delete_waits_for_an_in_flight_fenced_write(pool: Pool) -> None:
             with pytest.raises(Exception, match="lock timeout"):
                 await other.execute("DELETE FROM runs WHERE run_id = %s", (run_id,))
         await other.execute("DELETE FROM runs WHERE run_id = %s", (run_id,))
+
+
+WAITING_ON_LOCK_SQL = """
+SELECT count(*) AS n FROM pg_stat_activity
+WHERE datname = current_database() AND wait_event_type = 'Lock'
+"""
+
+
+async def test_write_waits_for_a_takeover_in_flight_then_refuses(pool: Pool) -> None:
+    """The one-statement fenced write share-locks the run row: while another replica's takeover
+    of the run is uncommitted the write waits, and once it commits the write writes nothing."""
+    thread_id = uuid.uuid4()
+    async with pool.connection() as conn:
+        run_id = await _insert_run(conn, thread_id, 60)
+    saver = FencedPostgresSaver(pool, Fence(run_id, 1))
+    config: Any = {
+        "configurable": {
+            "thread_id": str(thread_id),
+            "checkpoint_ns": "",
+            "checkpoint_id": "1ef00000-0000-6000-8000-000000000000",
+        }
+    }
+    async with pool.connection() as other, pool.connection() as watcher:
+        async with other.transaction():
+            await other.execute(
+                "UPDATE runs SET attempt = 2, lease_holder = 'r2' WHERE run_id = %s", (run_id,)
+            )
+            write = asyncio.create_task(saver.aput_writes(config, [("messages", ["hi"])], "t1"))
+            async with asyncio.timeout(30):
+                while True:
+                    cur = await watcher.execute(WAITING_ON_LOCK_SQL)
+                    row = await cur.fetchone()
+                    if row is not None and row["n"] >= 1:
+                        break
+                    assert not write.done(), "the write did not wait for the takeover"
+                    await asyncio.sleep(0.02)
+            assert not write.done()
+        with pytest.raises(LeaseLostError):
+            await write
+    assert await _rows(pool, thread_id) == 0
