@@ -92,18 +92,24 @@ class Event:
 class EventWriter:
     """Numbers and persists the events of one run attempt, in small batches."""
 
-    def __init__(self, pool: Pool, run_id: UUID, attempt: int, start_seq: int) -> None:
+    def __init__(
+        self, pool: Pool, run_id: UUID, attempt: int, start_seq: int, *, live: bool = True
+    ) -> None:
         self.pool = pool
         self.run_id = run_id
         self.attempt = attempt
         self.seq = start_seq
+        # Not live: nobody follows the run as it goes, so everything is written when it ends.
+        self.live = live
         self._buffer: list[dict[str, Any]] = []
         self._wakeup = asyncio.Event()
         self._closed = False
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, pool: Pool, run_id: UUID, attempt: int) -> EventWriter:
+    async def open(
+        cls, pool: Pool, run_id: UUID, attempt: int, *, live: bool = True
+    ) -> EventWriter:
         start = 0
         if attempt > 1:
             # A first attempt has no events before it: only endings append events to a run
@@ -112,14 +118,14 @@ class EventWriter:
                 cur = await conn.execute(MAX_SEQ_SQL, (run_id,))
                 row = await cur.fetchone()
             start = int(row["seq"]) if row else 0
-        writer = cls(pool, run_id, attempt, start)
+        writer = cls(pool, run_id, attempt, start, live=live)
         writer._task = asyncio.create_task(writer._flusher(), name=f"events-{run_id}")
         return writer
 
     def emit(self, event: str, data: Any) -> None:
         self.seq += 1
         self._buffer.append({"seq": self.seq, "event": event, "data": jsonable(data)})
-        if len(self._buffer) >= MAX_BATCH or len(self._buffer) == 1:
+        if len(self._buffer) >= MAX_BATCH or (self.live and len(self._buffer) == 1):
             self._wakeup.set()
 
     async def close(self) -> None:

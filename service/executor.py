@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -42,6 +43,11 @@ STREAM_MODES: dict[str, tuple[str, str]] = {
     "checkpoints": ("checkpoints", "checkpoints"),
 }
 DEFAULT_STREAM_MODES = ["values"]
+# Set in the kwargs of a run queued by ``/runs/wait`` without ``stream_mode``: its caller wants
+# the end state, and nobody follows the run step by step, so its stream records the final
+# values once instead of the whole state after every step (which grows with the conversation),
+# and writes its events in one statement when it ends.
+VALUES_AT_END = "values_at_end"
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,8 @@ class Executor:
             update={"checkpointer": FencedPostgresSaver(pool)}
         )
         self.attempts: dict[UUID, Attempt] = {}
+        # Called whenever an attempt ends here and its slot is free again (see Worker).
+        self.on_slot_freed: Callable[[], None] = lambda: None
 
     @property
     def busy(self) -> int:
@@ -172,6 +180,7 @@ class Executor:
             finally:
                 self.attempts.pop(run["run_id"], None)
                 attempt.done.set()
+                self.on_slot_freed()
             self.metrics.runs.labels(outcome=outcome.status).inc()
             self.metrics.run_seconds.observe(time.monotonic() - started)
             log.info(
@@ -188,7 +197,8 @@ class Executor:
         graph = self.graph.copy(
             update={"checkpointer": FencedPostgresSaver(self.pool, Fence(run_id, number))}
         )
-        writer = await events.EventWriter.open(self.pool, run_id, number)
+        values_at_end = bool(kwargs.get(VALUES_AT_END))
+        writer = await events.EventWriter.open(self.pool, run_id, number, live=not values_at_end)
         writer.emit("metadata", {"run_id": str(run_id), "attempt": number})
         keeper = asyncio.create_task(self._keep_lease(attempt))
         last_values: Any = None
@@ -200,6 +210,8 @@ class Executor:
                 {STREAM_MODES[m][0] for m in modes} | {"values", "checkpoints"}
             )
             wanted = {STREAM_MODES[m][0]: STREAM_MODES[m][1] for m in modes}
+            if values_at_end:
+                wanted.pop("values", None)
             async for ns, mode, chunk in graph.astream(
                 await self._input(run),
                 self._config(run),
@@ -247,6 +259,10 @@ class Executor:
             }
         waiting = bool(last_checkpoint["next"])
         status = "interrupted" if waiting else "success"
+        if values_at_end:
+            writer.emit(
+                "values", last_values if last_values is not None else last_checkpoint["values"]
+            )
         writer.emit("end", None)
         await writer.close()
         checkpoint_id = (

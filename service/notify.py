@@ -21,8 +21,11 @@ log = structlog.get_logger(__name__)
 RUNS_CHANNEL = "threadkeeper_runs"
 EVENTS_CHANNEL = "threadkeeper_events"
 CHANNELS = (RUNS_CHANNEL, EVENTS_CHANNEL)
-# Waiting on this key wakes on any run notification (new, done, cancel).
+# Waiting on this key wakes when there may be a run to claim: one was queued or handed back
+# ("new"), or one ended with another queued behind it ("next"). A run that ended with nothing
+# behind it ("done") or a cancel request ("cancel") wakes only the waiters of that run.
 ANY_RUN = "run:*"
+CLAIMABLE = ("new", "next")
 
 NOTIFY_SQL = "SELECT pg_notify(%s, %s)"
 
@@ -87,9 +90,10 @@ class Hub:
         if channel == EVENTS_CHANNEL:
             self.wake(events_key(payload))
         else:
-            _, _, run_id = payload.partition(":")
+            what, _, run_id = payload.partition(":")
             self.wake(run_key(run_id))
-            self.wake(ANY_RUN)
+            if what in CLAIMABLE:
+                self.wake(ANY_RUN)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="notify-listener")

@@ -7,6 +7,7 @@ a thread executes at any moment across replicas, and queued runs execute in orde
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -68,6 +69,48 @@ SELECT run.*,
 FROM run
 """
 
+# The common case of INSERT_SQL in one statement: the owner's thread is locked and has no
+# unfinished run, so the new run heads it (and is claimed on the spot with a replica given).
+# Returns no row when that is not so, or cannot be told, and the caller takes the long way.
+# A plain read in the statement sees its snapshot, while FOR UPDATE returns the newest row
+# version (after waiting for a holder of the lock): every writer that queues, claims or ends a
+# run updates the thread row, so an unchanged xmin proves the snapshot's view of the thread's
+# runs is still the truth, and the lock keeps it so until commit.
+INSERT_IF_IDLE_SQL = f"""
+WITH locked AS (
+    SELECT thread_id, xmin AS version FROM threads
+    WHERE thread_id = %(thread_id)s AND owner = %(owner)s
+    FOR UPDATE
+), idle AS (
+    SELECT locked.thread_id FROM locked
+    WHERE locked.version = (SELECT xmin FROM threads WHERE thread_id = %(thread_id)s)
+      AND NOT EXISTS (
+          SELECT 1 FROM runs
+          WHERE thread_id = %(thread_id)s AND status IN ('pending', 'running')
+      )
+), run AS (
+    INSERT INTO runs (run_id, thread_id, assistant_id, status, input, kwargs, metadata,
+                      multitask_strategy, idempotency_key,
+                      attempt, lease_holder, lease_expires_at, started_at)
+    SELECT %(run_id)s, idle.thread_id, %(assistant_id)s,
+           CASE WHEN claimed THEN 'running' ELSE 'pending' END,
+           %(input)s, %(kwargs)s, %(metadata)s, %(strategy)s, %(key)s,
+           CASE WHEN claimed THEN 1 ELSE 0 END,
+           %(replica)s,
+           CASE WHEN claimed THEN now() + make_interval(secs => %(lease)s) END,
+           CASE WHEN claimed THEN now() END
+    FROM idle, (SELECT %(replica)s::text IS NOT NULL AS claimed) AS c
+    RETURNING {COLUMNS_SQL}
+), thread AS (
+    UPDATE threads SET status = 'busy', updated_at = now(), title = coalesce(title, %(title)s)
+    WHERE thread_id = (SELECT thread_id FROM run)
+)
+SELECT run.*,
+       CASE WHEN run.status = 'pending'
+            THEN pg_notify(%(channel)s, 'new:' || run.run_id)::text END AS notified
+FROM run
+"""
+
 # Oldest first; expired leases are candidates too, to be resumed by whoever claims them. A new
 # run is left to the replica that received it for a moment (it claims right after inserting),
 # so the request's replica executes it whenever it has room and streams need no hop.
@@ -112,6 +155,8 @@ RETURNING cancel_action
 
 # The attempt's outcome, the thread's new status and the notification, in one statement (one
 # round trip); nothing changes, and nobody is told, if the attempt no longer owns the run.
+# "next:" when a queued run of the thread may start now, so only then every replica's workers
+# look for work; "done:" wakes just those waiting for this run.
 FINISH_SQL = f"""
 WITH done AS (
     UPDATE runs SET status = %(status)s, error = %(error)s, checkpoint_id = %(checkpoint_id)s,
@@ -123,7 +168,16 @@ WITH done AS (
         last_message_at = CASE WHEN %(spoke)s THEN now() ELSE last_message_at END
     WHERE thread_id = (SELECT thread_id FROM done)
 )
-SELECT done.*, pg_notify(%(channel)s, %(payload)s)::text AS notified FROM done
+SELECT done.*,
+       pg_notify(
+           %(channel)s,
+           CASE WHEN EXISTS (
+               SELECT 1 FROM runs AS queued
+               WHERE queued.thread_id = done.thread_id AND queued.status = 'pending'
+                 AND queued.run_id <> done.run_id
+           ) THEN 'next:' ELSE 'done:' END || done.run_id
+       )::text AS notified
+FROM done
 """
 
 # Ends a run that is not executing anywhere (queued, or its replica died).
@@ -224,42 +278,58 @@ async def unfinished_run_ids(conn: AsyncConnection[DictRow], thread_id: UUID) ->
     return [row["run_id"] for row in await cur.fetchall()]
 
 
-async def insert(
-    conn: AsyncConnection[DictRow],
-    *,
-    run_id: UUID,
-    thread_id: UUID,
-    assistant_id: str,
-    input: Any,
-    kwargs: dict[str, Any],
-    metadata: dict[str, Any],
-    strategy: str,
-    idempotency_key: str | None = None,
-    title: str | None = None,
-    claim_for: tuple[str, float] | None = None,
-) -> DictRow:
-    """Queue a run, or with ``claim_for=(replica, lease_seconds)`` queue it already claimed."""
-    replica, lease = claim_for if claim_for is not None else (None, 0.0)
-    cur = await conn.execute(
-        INSERT_SQL,
-        {
-            "run_id": run_id,
-            "thread_id": thread_id,
-            "assistant_id": assistant_id,
-            "input": Jsonb(input),
-            "kwargs": Jsonb(kwargs),
-            "metadata": Jsonb(metadata),
-            "strategy": strategy,
-            "key": idempotency_key,
-            "title": title,
+@dataclass(frozen=True)
+class NewRun:
+    """What queueing a run writes: the run row's contents and the thread's title, if new."""
+
+    run_id: UUID
+    thread_id: UUID
+    assistant_id: str
+    input: Any
+    kwargs: dict[str, Any]
+    metadata: dict[str, Any]
+    strategy: str
+    idempotency_key: str | None = None
+    title: str | None = None
+
+    def params(self, claim_for: tuple[str, float] | None) -> dict[str, Any]:
+        replica, lease = claim_for if claim_for is not None else (None, 0.0)
+        return {
+            "run_id": self.run_id,
+            "thread_id": self.thread_id,
+            "assistant_id": self.assistant_id,
+            "input": Jsonb(self.input),
+            "kwargs": Jsonb(self.kwargs),
+            "metadata": Jsonb(self.metadata),
+            "strategy": self.strategy,
+            "key": self.idempotency_key,
+            "title": self.title,
             "replica": replica,
             "lease": lease,
             "channel": RUNS_CHANNEL,
-        },
-    )
+        }
+
+
+async def insert(
+    conn: AsyncConnection[DictRow], new: NewRun, claim_for: tuple[str, float] | None = None
+) -> DictRow:
+    """Queue a run (caller holds the thread lock), with ``claim_for=(replica, lease_seconds)``
+    already claimed."""
+    cur = await conn.execute(INSERT_SQL, new.params(claim_for))
     row = await cur.fetchone()
     assert row is not None
     return row
+
+
+async def insert_if_idle(
+    conn: AsyncConnection[DictRow],
+    new: NewRun,
+    owner: str,
+    claim_for: tuple[str, float] | None = None,
+) -> DictRow | None:
+    """Queue a run in one statement if it heads its owner's thread; None: take the long way."""
+    cur = await conn.execute(INSERT_IF_IDLE_SQL, {**new.params(claim_for), "owner": owner})
+    return await cur.fetchone()
 
 
 async def by_idempotency_key(
@@ -336,7 +406,6 @@ async def finish(
             "thread_status": thread_status,
             "spoke": spoke,
             "channel": RUNS_CHANNEL,
-            "payload": f"done:{run_id}",
         },
     )
     return await cur.fetchone()
@@ -361,7 +430,8 @@ async def end_idle(
             FINISH_THREAD_SQL,
             {"status": thread_status, "spoke": False, "thread_id": row["thread_id"]},
         )
-        await notify(conn, "done", run_id)
+        # A run behind it may start now (rare path: always wake the workers).
+        await notify(conn, "next", run_id)
     return row
 
 

@@ -15,7 +15,13 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
 from service import events, runs, threads
-from service.executor import STREAM_MODES, Attempt, RunOutcome, thread_config
+from service.executor import (
+    STREAM_MODES,
+    VALUES_AT_END,
+    Attempt,
+    RunOutcome,
+    thread_config,
+)
 from service.notify import run_key
 from service.problems import Problem, not_found
 from service.routes.assistants import resolve_assistant
@@ -102,15 +108,38 @@ async def submit(
     thread_id: UUID,
     body: RunCreate,
     idempotency_key: str | None = None,
+    *,
+    waited: bool = False,
 ) -> tuple[DictRow, Attempt | None]:
     """Queue the run under the thread lock, applying the multitask strategy; start it if we can.
 
     With an idempotency key, a retry of a submission whose response was lost returns the run
-    the first attempt created instead of queueing the turn twice.
+    the first attempt created instead of queueing the turn twice. ``waited``: the caller waits
+    for the end state (``/runs/wait``).
     """
     resolve_assistant(body.assistant_id)
     check_stream_modes(body)
-    strategy = body.multitask_strategy or DEFAULT_STRATEGY
+    text = first_user_text(body.input)
+    kwargs = body.model_dump(
+        exclude={"input", "metadata", "assistant_id"}, exclude_none=True, mode="json"
+    )
+    if waited and body.stream_mode is None:
+        kwargs[VALUES_AT_END] = True
+    new = runs.NewRun(
+        run_id=uuid.uuid4(),
+        thread_id=thread_id,
+        assistant_id=body.assistant_id,
+        input=body.input,
+        kwargs=kwargs,
+        metadata=body.metadata,
+        strategy=body.multitask_strategy or DEFAULT_STRATEGY,
+        idempotency_key=idempotency_key,
+        title=threads.derive_title(text) if text else None,
+    )
+    if idempotency_key is None:
+        fast = await _submit_if_idle(svc, owner, new)
+        if fast is not None:
+            return fast
     reserved = False
     try:
         async with svc.pool.connection() as conn, conn.transaction():
@@ -122,28 +151,15 @@ async def submit(
             cur = await conn.execute(runs.HEAD_OF_THREAD_SQL, (thread_id,))
             inflight = await cur.fetchall()
             if inflight:
-                if strategy == "reject":
+                if new.strategy == "reject":
                     raise Problem(409, BUSY_DETAIL, kind="thread-busy")
-                if strategy in ("interrupt", "rollback"):
-                    await cancel_runs(conn, inflight, strategy)
+                if new.strategy in ("interrupt", "rollback"):
+                    await cancel_runs(conn, inflight, new.strategy)
             else:
                 # The new run heads its thread: claim it here and now if this replica has room.
                 reserved = svc.worker.reserve()
-            text = first_user_text(body.input)
             row = await runs.insert(
-                conn,
-                run_id=uuid.uuid4(),
-                thread_id=thread_id,
-                assistant_id=body.assistant_id,
-                input=body.input,
-                kwargs=body.model_dump(
-                    exclude={"input", "metadata", "assistant_id"}, exclude_none=True, mode="json"
-                ),
-                metadata=body.metadata,
-                strategy=strategy,
-                idempotency_key=idempotency_key,
-                title=threads.derive_title(text) if text else None,
-                claim_for=svc.worker.claim_terms() if reserved else None,
+                conn, new, claim_for=svc.worker.claim_terms() if reserved else None
             )
     except BaseException:
         if reserved:
@@ -152,6 +168,30 @@ async def submit(
     if reserved:
         return row, svc.worker.start_reserved(row)
     # Queued behind another run, or no room here: a worker (this replica's or another's) takes it.
+    return row, None
+
+
+async def _submit_if_idle(
+    svc: Services, owner: str, new: runs.NewRun
+) -> tuple[DictRow, Attempt | None] | None:
+    """The usual turn, in one round trip: the owner's idle thread gets the run, claimed here if
+    this replica has room. None when the thread is missing, busy or just changed."""
+    reserved = svc.worker.reserve()
+    try:
+        async with svc.pool.connection() as conn:
+            row = await runs.insert_if_idle(
+                conn, new, owner, claim_for=svc.worker.claim_terms() if reserved else None
+            )
+    except BaseException:
+        if reserved:
+            svc.worker.release()
+        raise
+    if row is None:
+        if reserved:
+            svc.worker.release()
+        return None
+    if reserved:
+        return row, svc.worker.start_reserved(row)
     return row, None
 
 

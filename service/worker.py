@@ -51,6 +51,10 @@ class Worker:
         self.claiming = True
         # Slots promised to runs being claimed inside a submitting transaction.
         self.reserved = 0
+        # Set when this replica was full while there may have been work for it: a slot freed
+        # here then wakes the loop (other replicas' run endings do not, unless a run waits).
+        self.starved = False
+        executor.on_slot_freed = self._slot_freed
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -78,6 +82,11 @@ class Worker:
         if self.capacity > 0:
             self._task = asyncio.create_task(self._loop(), name="run-worker")
 
+    def _slot_freed(self) -> None:
+        if self.starved and self.free > 0:
+            self.starved = False
+            self.hub.wake(ANY_RUN)
+
     def stop_claiming(self) -> None:
         self.claiming = False
 
@@ -104,6 +113,8 @@ class Worker:
             try:
                 if self.free > 0:
                     await self._claim_some()
+                else:
+                    self.starved = True
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + SWEEP_EVERY
                     await events.sweep(self.pool, self.event_retention_seconds)
@@ -121,6 +132,7 @@ class Worker:
             found = await runs.candidates(conn, limit=max(self.free * 4, 8))
         for candidate in found:
             if self.free <= 0:
+                self.starved = True
                 return
             row = await self._claim(candidate["run_id"], candidate["thread_id"])
             if row is not None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from uuid import UUID
 
+import httpx
 import pytest
 
+from service import events
 from service.routes import runs as runs_routes
 
 
@@ -58,3 +61,40 @@ async def test_a_draining_replica_cuts_the_body(monkeypatch: pytest.MonkeyPatch)
     async with asyncio.timeout(30):
         assert await body == []
     never.cancel()
+
+
+async def _recorded(client: httpx.AsyncClient, run_id: str) -> list[events.Event]:
+    pool = client._transport.app.state.services.pool  # type: ignore[attr-defined]
+    async with pool.connection() as conn:
+        return await events.read_after(conn, UUID(run_id), 0)
+
+
+async def _wait_turn(client: httpx.AsyncClient, tid: str, **extra: object) -> tuple[str, object]:
+    body = {"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": "hi"}]}}
+    r = await client.post(f"/threads/{tid}/runs/wait", json={**body, **extra})
+    assert r.status_code == 200, r.text
+    run_id = r.headers["content-location"].rsplit("/", 1)[-1]
+    return run_id, r.json()
+
+
+async def test_a_waited_run_records_its_final_values_once(client: httpx.AsyncClient) -> None:
+    """Nobody follows a ``runs/wait`` run step by step: its stream keeps the end state once,
+    not the whole (growing) state after every step; a joiner still sees how it ended."""
+    tid = (await client.post("/threads", json={})).json()["thread_id"]
+    run_id, body = await _wait_turn(client, tid)
+    recorded = await _recorded(client, run_id)
+    assert [e.event for e in recorded] == ["metadata", "values", "end"]
+    assert recorded[1].data == body
+    assert "Turn 1." in recorded[1].data["messages"][-1]["content"]
+
+
+async def test_a_waited_run_that_asks_for_values_records_every_step(
+    client: httpx.AsyncClient,
+) -> None:
+    tid = (await client.post("/threads", json={})).json()["thread_id"]
+    run_id, body = await _wait_turn(client, tid, stream_mode=["values"])
+    values = [e.data for e in await _recorded(client, run_id) if e.event == "values"]
+    # One state per step: the earlier ones do not have the reply yet.
+    assert len(values) >= 2
+    assert values[-1] == body
+    assert all("Turn 1." not in str(v) for v in values[:-1])

@@ -45,7 +45,7 @@ async def chat(request: Request) -> Response:
         input={"messages": [{"role": "user", "content": body.message}]},
         multitask_strategy="reject",
     )
-    run, attempt = await submit(svc, who, thread_id, run_body)
+    run, attempt = await submit(svc, who, thread_id, run_body, waited=True)
     # Shielded: a client hanging up must not cancel the run it started.
     result = await asyncio.shield(result_of(svc, run, attempt))
     if isinstance(result, dict) and "__error__" in result:

@@ -167,7 +167,7 @@ async def wait_run(request: Request) -> Response:
     thread_id = uuid_param(request, "thread_id")
     body = await parse(request, RunCreate, empty_ok=False)
     svc = services(request)
-    row, attempt = await submit(svc, who, thread_id, body, _idempotency_key(request))
+    row, attempt = await submit(svc, who, thread_id, body, _idempotency_key(request), waited=True)
     run_path, _ = _paths(thread_id, row["run_id"])
     headers = {"Location": f"{run_path}/join", "Content-Location": run_path}
     result = asyncio.create_task(result_of(svc, row, attempt))

@@ -101,13 +101,15 @@ async def _claimed_runs(pool: Pool, count: int, turns: int) -> tuple[list[str], 
                 run_id = uuid.uuid4()
                 await runs.insert(
                     conn,
-                    run_id=run_id,
-                    thread_id=thread_id,
-                    assistant_id="agent",
-                    input=None,
-                    kwargs={},
-                    metadata={},
-                    strategy="enqueue",
+                    runs.NewRun(
+                        run_id=run_id,
+                        thread_id=thread_id,
+                        assistant_id="agent",
+                        input=None,
+                        kwargs={},
+                        metadata={},
+                        strategy="enqueue",
+                    ),
                 )
                 row = await runs.claim(conn, run_id, REPLICA, LEASE_SECONDS)
                 mine.append(Fence(run_id, row["attempt"]))

@@ -244,9 +244,7 @@ class Operator:
                 self.process.wait(timeout=10)
 
     def forbidden(self) -> list[str]:
-        return [
-            line for line in self.log().splitlines() if "403" in line or "forbidden" in line.lower()
-        ]
+        return [line for line in self.log().splitlines() if FORBIDDEN.search(line)]
 
 
 @pytest.fixture

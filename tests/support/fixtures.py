@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +16,10 @@ from service.settings import Settings
 from tests.support.processes import ServiceProcess
 
 AppFactory = Callable[..., Starlette]
+
+# Shutdown drains nothing in these tests (no run outlives its test), so it takes well under a
+# second; a hang fails here with every task's stack rather than at pytest's 300 s timeout.
+SHUTDOWN_TIMEOUT = 30.0
 
 
 @pytest.fixture
@@ -57,7 +63,20 @@ class app_client:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.client.aclose()
-        await self._lifespan.__aexit__(None, None, None)
+        try:
+            async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+                await self._lifespan.__aexit__(None, None, None)
+        except TimeoutError:
+            raise AssertionError(
+                f"the app did not shut down within {SHUTDOWN_TIMEOUT}s; tasks:\n{task_stacks()}"
+            ) from None
+
+
+def task_stacks() -> str:
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(file=out)
+    return out.getvalue()
 
 
 @pytest.fixture
