@@ -16,11 +16,18 @@ Three differences from the stock ``AsyncPostgresSaver``, all keeping LangGraph's
   BEGIN/COMMIT and costs one round trip. Rows are serialized on the event loop instead of in a
   worker thread: a DeltaChannel keeps each write to the step's new messages, and the thread hop
   cost more than the work it moved.
+* Task writes ride with the next checkpoint. A fenced saver holds a task's writes for up to
+  ``WRITE_BEHIND_SECONDS``; in a step of one task the step's checkpoint comes well within that
+  and both go in one statement, so they are also durable together (LangGraph only asks that a
+  checkpoint never be durable before the writes that produced it). Otherwise, and before any
+  read, they are written on their own. A crash inside that window re-runs the task on resume,
+  as a crash before its writes were sent always did.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -36,6 +43,7 @@ from langgraph.checkpoint.base import (
     Checkpoint,
     CheckpointMetadata,
     CheckpointTuple,
+    DeltaChannelHistory,
     get_serializable_checkpoint_metadata,
 )
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
@@ -82,13 +90,38 @@ WRITE_ROW = (
 )
 
 
+# How long a fenced saver may hold task writes for the next checkpoint to take along.
+WRITE_BEHIND_SECONDS = 0.02
+
+# Held task writes, by call: (number of rows, upsert).
+WritesShape = tuple[tuple[int, bool], ...]
+
+
+def _writes_cte(name: str, count: int, upsert: bool, fenced: bool) -> str:
+    rows = ", ".join([WRITE_ROW] * count)
+    conflict = (
+        "DO UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob"
+        if upsert
+        else "DO NOTHING"
+    )
+    return f"""{name} AS (
+    INSERT INTO checkpoint_writes ({WRITE_COLUMNS})
+    SELECT w.* FROM {"fence, " if fenced else ""}(VALUES {rows}) AS w({WRITE_COLUMNS})
+    ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) {conflict}
+)"""
+
+
 @lru_cache(maxsize=64)
-def put_sql(blobs: int, fenced: bool) -> bytes:
-    """``aput`` as one statement: [fence,] the channel blobs, then the checkpoint row.
+def put_sql(blobs: int, fenced: bool, writes: WritesShape = ()) -> bytes:
+    """``aput`` as one statement: [fence,] held task writes, the channel blobs, then the
+    checkpoint row.
 
     Bytes: psycopg caches a query's conversion by its text, and need not encode it each call.
     """
     ctes = [FENCE_CTE] if fenced else []
+    ctes.extend(
+        _writes_cte(f"writes{i}", count, upsert, fenced) for i, (count, upsert) in enumerate(writes)
+    )
     if blobs:
         rows = ", ".join([BLOB_ROW] * blobs)
         ctes.append(
@@ -107,18 +140,14 @@ DO UPDATE SET checkpoint = EXCLUDED.checkpoint, metadata = EXCLUDED.metadata""".
 
 
 @lru_cache(maxsize=64)
-def writes_sql(count: int, upsert: bool, fenced: bool) -> bytes:
-    """``aput_writes`` as one statement: [fence,] then ``count`` rows with distinct keys."""
-    rows = ", ".join([WRITE_ROW] * count)
-    conflict = (
-        "DO UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob"
-        if upsert
-        else "DO NOTHING"
+def writes_sql(writes: WritesShape, fenced: bool) -> bytes:
+    """Task writes as one statement: [fence,] then each call's rows (keys all distinct)."""
+    ctes = [FENCE_CTE] if fenced else []
+    ctes.extend(
+        _writes_cte(f"writes{i}", count, upsert, fenced) for i, (count, upsert) in enumerate(writes)
     )
-    return f"""{f"WITH {FENCE_CTE}" if fenced else ""}
-INSERT INTO checkpoint_writes ({WRITE_COLUMNS})
-SELECT w.* FROM {"fence, " if fenced else ""}(VALUES {rows}) AS w({WRITE_COLUMNS})
-ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) {conflict}""".encode()
+    # Every data-modifying CTE runs to completion; the statement itself returns nothing.
+    return ("WITH " + ",\n".join(ctes) + "\nSELECT 1 WHERE false").encode()
 
 
 log = structlog.get_logger(__name__)
@@ -136,6 +165,31 @@ class Fence:
     attempt: int
 
 
+@dataclass(frozen=True)
+class HeldWrites:
+    """One ``aput_writes`` call's rows, serialized, waiting for a statement to carry them."""
+
+    task_id: str
+    task_path: str
+    rows: list[tuple[str, str, str, str, str, int, str, str, bytes]]
+    upsert: bool
+
+    def keys(self) -> set[tuple[str, str, str, int]]:
+        return {(row[1], row[2], row[3], row[5]) for row in self.rows}
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _saved(batches: Sequence[HeldWrites]) -> None:
+    # Audit trail of completed tasks: a task id saved twice would mean a node that had
+    # finished ran again (the failover tests count these).
+    for batch in batches:
+        log.debug("task_writes_saved", task_id=batch.task_id, task_path=batch.task_path)
+
+
 class FencedPostgresSaver(AsyncPostgresSaver):
     """``AsyncPostgresSaver`` on a pool, without the global lock, optionally fenced."""
 
@@ -143,6 +197,12 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         super().__init__(pool)
         self.pool = pool
         self.fence = fence
+        # Task writes held for the next checkpoint (fenced savers only), their row keys, and
+        # the write-behind of them that may be under way.
+        self._held: list[HeldWrites] = []
+        self._held_keys: set[tuple[str, str, str, int]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._writing: asyncio.Task[None] | None = None
 
     async def aput(
         self,
@@ -167,7 +227,13 @@ class FencedPostgresSaver(AsyncPostgresSaver):
                 blob_values[k] = values.pop(k)
         blob_versions = {k: v for k, v in new_versions.items() if k in blob_values}
         blobs = self._dump_blobs(thread_id, checkpoint_ns, blob_values, blob_versions)
+        # A write-behind already under way must commit before this checkpoint can.
+        await self._written()
+        held = self._take_held()
         params: list[Any] = self._fence_params()
+        for batch in held:
+            for row in batch.rows:
+                params.extend(row)
         for blob in blobs:
             params.extend(blob)
         params.extend(
@@ -180,7 +246,9 @@ class FencedPostgresSaver(AsyncPostgresSaver):
                 Jsonb(get_serializable_checkpoint_metadata(config, metadata)),
             )
         )
-        await self._execute(put_sql(len(blobs), self.fence is not None), params)
+        shape = tuple((len(b.rows), b.upsert) for b in held)
+        await self._execute(put_sql(len(blobs), self.fence is not None, shape), params)
+        _saved(held)
         return {
             "configurable": {
                 "thread_id": thread_id,
@@ -205,23 +273,107 @@ class FencedPostgresSaver(AsyncPostgresSaver):
             task_path,
             writes,
         )
-        upsert = all(w[0] in WRITES_IDX_MAP for w in writes)
-        if len({row[5] for row in rows}) == len(rows) > 0:
-            params: list[Any] = self._fence_params()
-            for row in rows:
-                params.extend(row)
-            await self._execute(writes_sql(len(rows), upsert, self.fence is not None), params)
-        elif rows:
+        if not rows:
+            return
+        batch = HeldWrites(task_id, task_path, rows, all(w[0] in WRITES_IDX_MAP for w in writes))
+        keys = batch.keys()
+        if len(keys) < len(rows):
             # Two writes to one special channel share an index: one statement could not upsert
             # both, so they go row by row as the stock saver sends them (the last one wins).
+            await self.flush()
             query = (
-                self.UPSERT_CHECKPOINT_WRITES_SQL if upsert else self.INSERT_CHECKPOINT_WRITES_SQL
+                self.UPSERT_CHECKPOINT_WRITES_SQL
+                if batch.upsert
+                else self.INSERT_CHECKPOINT_WRITES_SQL
             )
             async with self._cursor(pipeline=True) as cur:
                 await cur.executemany(query, rows)
-        # Audit trail of completed tasks: a task id saved twice would mean a node that had
-        # finished ran again (the failover tests count these).
-        log.debug("task_writes_saved", task_id=task_id, task_path=task_path)
+            _saved([batch])
+            return
+        if self.fence is None:
+            await self._write_now([batch])
+            return
+        if keys & self._held_keys:
+            # A row already held is written again: one statement cannot touch it twice.
+            await self.flush()
+        self._held.append(batch)
+        self._held_keys |= keys
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(WRITE_BEHIND_SECONDS, self._write_behind)
+
+    async def flush(self) -> None:
+        """Write the held task writes now (the executor calls this when a run stops)."""
+        await self._written()
+        held = self._take_held()
+        if held:
+            await self._write_now(held)
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        await self.flush()
+        return await super().aget_tuple(config)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        await self.flush()
+        async for item in super().alist(config, filter=filter, before=before, limit=limit):
+            yield item
+
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        await self.flush()
+        return await super().aget_delta_channel_history(config=config, channels=channels)
+
+    def _write_behind(self) -> None:
+        self._timer = None
+        if self._held:
+            task = asyncio.create_task(self._write_after(self._writing, self._take_held()))
+            # Whoever writes next awaits it and gets its failure; if the attempt stops first,
+            # the failure (its lease was lost) has nobody left to tell.
+            task.add_done_callback(_retrieved)
+            self._writing = task
+
+    async def _write_after(
+        self, previous: asyncio.Task[None] | None, batches: list[HeldWrites]
+    ) -> None:
+        if previous is not None:
+            await previous
+        await self._write_now(batches)
+
+    async def _written(self) -> None:
+        """Wait for a write-behind under way; its failure (a lost lease) is this caller's."""
+        task = self._writing
+        if task is None:
+            return
+        try:
+            await task
+        finally:
+            if self._writing is task:
+                self._writing = None
+
+    def _take_held(self) -> list[HeldWrites]:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        held, self._held = self._held, []
+        self._held_keys = set()
+        return held
+
+    async def _write_now(self, batches: list[HeldWrites]) -> None:
+        params: list[Any] = self._fence_params()
+        for batch in batches:
+            for row in batch.rows:
+                params.extend(row)
+        shape = tuple((len(b.rows), b.upsert) for b in batches)
+        await self._execute(writes_sql(shape, self.fence is not None), params)
+        _saved(batches)
 
     async def _load_checkpoint_tuple(self, value: DictRow) -> CheckpointTuple:
         # The stock method minus its thread hop for the pending writes.

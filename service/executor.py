@@ -80,6 +80,14 @@ def thread_config(thread_id: UUID, checkpoint_id: str | None = None) -> Runnable
     return {"configurable": configurable}
 
 
+async def _keep_held_writes(saver: FencedPostgresSaver) -> None:
+    """Save what finished tasks wrote before the run stopped, if the lease still allows it."""
+    try:
+        await saver.flush()
+    except (LeaseLostError, psycopg.Error) as exc:
+        log.warning("task_writes_not_saved", error=str(exc))
+
+
 class Executor:
     def __init__(
         self,
@@ -194,9 +202,8 @@ class Executor:
         kwargs = run["kwargs"]
         modes = requested_modes(kwargs)
         subgraphs = bool(kwargs.get("stream_subgraphs"))
-        graph = self.graph.copy(
-            update={"checkpointer": FencedPostgresSaver(self.pool, Fence(run_id, number))}
-        )
+        saver = FencedPostgresSaver(self.pool, Fence(run_id, number))
+        graph = self.graph.copy(update={"checkpointer": saver})
         values_at_end = bool(kwargs.get(VALUES_AT_END))
         writer = await events.EventWriter.open(self.pool, run_id, number, live=not values_at_end)
         writer.emit("metadata", {"run_id": str(run_id), "attempt": number})
@@ -228,6 +235,8 @@ class Executor:
                 if mode in wanted and (subgraphs or not ns):
                     name = wanted[mode] + "".join(f"|{part}" for part in ns)
                     writer.emit(name, list(chunk) if mode == "messages" else chunk)
+            # Writes no checkpoint took along (an interrupt inside a node, say).
+            await saver.flush()
         except asyncio.CancelledError:
             reason = attempt.stop_reason
             if reason is None:
@@ -236,12 +245,15 @@ class Executor:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
+            if reason != "lease_lost":
+                await _keep_held_writes(saver)
             return await self._stopped(attempt, writer, reason)
         except LeaseLostError:
             return await self._stopped(attempt, writer, "lease_lost")
         except Exception as exc:
             error = {"error": type(exc).__name__, "message": str(exc)}
             log.warning("run_failed", exc_info=exc)
+            await _keep_held_writes(saver)
             writer.emit("error", error)
             writer.emit("end", None)
             await writer.close()

@@ -9,11 +9,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
 
+from service import checkpointer
 from service.agent.graph import build_graph
 from service.agent.offline import OfflineChatModel
 from service.checkpointer import Fence, FencedPostgresSaver, LeaseLostError
@@ -165,7 +167,7 @@ async def test_write_waits_for_a_takeover_in_flight_then_refuses(pool: Pool) -> 
             await other.execute(
                 "UPDATE runs SET attempt = 2, lease_holder = 'r2' WHERE run_id = %s", (run_id,)
             )
-            write = asyncio.create_task(saver.aput_writes(config, [("messages", ["hi"])], "t1"))
+            write = asyncio.create_task(_write_now(saver, config, [("messages", ["hi"])]))
             async with asyncio.timeout(30):
                 while True:
                     cur = await watcher.execute(WAITING_ON_LOCK_SQL)
@@ -178,3 +180,143 @@ async def test_write_waits_for_a_takeover_in_flight_then_refuses(pool: Pool) -> 
         with pytest.raises(LeaseLostError):
             await write
     assert await _rows(pool, thread_id) == 0
+
+
+async def _write_now(saver: FencedPostgresSaver, config: Any, writes: list[Any]) -> None:
+    await saver.aput_writes(config, writes, "t1")
+    await saver.flush()
+
+
+def _config(thread_id: uuid.UUID, checkpoint_id: str | None = None) -> Any:
+    configurable = {"thread_id": str(thread_id), "checkpoint_ns": ""}
+    if checkpoint_id:
+        configurable["checkpoint_id"] = checkpoint_id
+    return {"configurable": configurable}
+
+
+async def _table_rows(pool: Pool, table: str, thread_id: uuid.UUID) -> list[DictRow]:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            f"SELECT * FROM {table} WHERE thread_id = %s ORDER BY 1, 2, 3",
+            (str(thread_id),),
+        )
+        return await cur.fetchall()
+
+
+class StatementCounter:
+    """Counts the statements connections send, less the pool's empty liveness checks."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        self.queries: list[Any] = []
+        original = AsyncConnection.execute
+
+        async def counted(conn: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            if query:
+                self.count += 1
+                self.queries.append(query)
+            return await original(conn, query, *args, **kwargs)
+
+        monkeypatch.setattr(AsyncConnection, "execute", counted)
+
+
+@pytest.fixture
+def held_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes wait for the next checkpoint however long it takes (no write-behind timer)."""
+    monkeypatch.setattr(checkpointer, "WRITE_BEHIND_SECONDS", 3600.0)
+
+
+async def _first_checkpoint(saver: FencedPostgresSaver, thread_id: uuid.UUID) -> Any:
+    checkpoint = empty_checkpoint()
+    return await saver.aput(_config(thread_id), checkpoint, {"step": -1}, {})
+
+
+@pytest.mark.usefixtures("held_writes")
+async def test_task_writes_go_with_the_next_checkpoint_in_one_statement(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    thread_id = uuid.uuid4()
+    async with pool.connection() as conn:
+        run_id = await _insert_run(conn, thread_id, 60)
+    saver = FencedPostgresSaver(pool, Fence(run_id, 1))
+    first = await _first_checkpoint(saver, thread_id)
+    counter = StatementCounter(monkeypatch)
+    await saver.aput_writes(first, [("messages", ["hi"]), ("route", "act")], "task-a")
+    assert counter.count == 0
+    assert await _table_rows(pool, "checkpoint_writes", thread_id) == []
+    before = counter.count
+    await saver.aput(first, empty_checkpoint(), {"step": 0}, {})
+    assert counter.count - before == 1, counter.queries[before:]
+    writes = await _table_rows(pool, "checkpoint_writes", thread_id)
+    assert [(w["task_id"], w["idx"], w["channel"]) for w in writes] == [
+        ("task-a", 0, "messages"),
+        ("task-a", 1, "route"),
+    ]
+    assert len(await _table_rows(pool, "checkpoints", thread_id)) == 2
+
+
+@pytest.mark.usefixtures("held_writes")
+async def test_held_writes_are_written_before_a_read_and_on_flush(pool: Pool) -> None:
+    thread_id = uuid.uuid4()
+    async with pool.connection() as conn:
+        run_id = await _insert_run(conn, thread_id, 60)
+    saver = FencedPostgresSaver(pool, Fence(run_id, 1))
+    first = await _first_checkpoint(saver, thread_id)
+    await saver.aput_writes(first, [("messages", ["read me"])], "task-a")
+    read = await saver.aget_tuple(_config(thread_id))
+    assert read is not None
+    assert [w[0] for w in read.pending_writes or []] == ["task-a"]
+    await saver.aput_writes(first, [("messages", ["flush me"])], "task-b")
+    await saver.flush()
+    tasks = [w["task_id"] for w in await _table_rows(pool, "checkpoint_writes", thread_id)]
+    assert sorted(tasks) == ["task-a", "task-b"]
+
+
+@pytest.mark.usefixtures("held_writes")
+async def test_a_held_row_written_again_keeps_the_last_value(pool: Pool) -> None:
+    """One statement cannot upsert a row twice: the first value is written before the second
+    is held, and the second wins, as with the stock saver."""
+    thread_id = uuid.uuid4()
+    async with pool.connection() as conn:
+        run_id = await _insert_run(conn, thread_id, 60)
+    saver = FencedPostgresSaver(pool, Fence(run_id, 1))
+    first = await _first_checkpoint(saver, thread_id)
+    await saver.aput_writes(first, [("__error__", "first")], "task-a")
+    await saver.aput_writes(first, [("__error__", "second")], "task-a")
+    await saver.aput(first, empty_checkpoint(), {"step": 0}, {})
+    writes = await _table_rows(pool, "checkpoint_writes", thread_id)
+    assert len(writes) == 1
+    assert saver.serde.loads_typed((writes[0]["type"], writes[0]["blob"])) == "second"
+
+
+async def test_writes_go_on_their_own_when_no_checkpoint_follows(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpointer, "WRITE_BEHIND_SECONDS", 0.0)
+    thread_id = uuid.uuid4()
+    async with pool.connection() as conn:
+        run_id = await _insert_run(conn, thread_id, 60)
+    saver = FencedPostgresSaver(pool, Fence(run_id, 1))
+    first = await _first_checkpoint(saver, thread_id)
+    await saver.aput_writes(first, [("messages", ["alone"])], "task-a")
+    async with asyncio.timeout(30):
+        while not await _table_rows(pool, "checkpoint_writes", thread_id):  # noqa: ASYNC110 - rows in the database
+            await asyncio.sleep(0.01)
+
+
+async def test_a_write_behind_refused_by_the_fence_fails_the_next_checkpoint(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpointer, "WRITE_BEHIND_SECONDS", 0.0)
+    thread_id = uuid.uuid4()
+    async with pool.connection() as conn:
+        run_id = await _insert_run(conn, thread_id, 60)
+    saver = FencedPostgresSaver(pool, Fence(run_id, 1))
+    first = await _first_checkpoint(saver, thread_id)
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE runs SET attempt = 2 WHERE run_id = %s", (run_id,))
+    await saver.aput_writes(first, [("messages", ["too late"])], "task-a")
+    with pytest.raises(LeaseLostError):
+        await saver.aput(first, empty_checkpoint(), {"step": 0}, {})
+    assert await _table_rows(pool, "checkpoint_writes", thread_id) == []
+    assert len(await _table_rows(pool, "checkpoints", thread_id)) == 1
