@@ -41,12 +41,15 @@ UNFINISHED_SQL = """
 SELECT run_id FROM runs WHERE thread_id = %s AND status IN ('pending', 'running')
 """
 
-# Queue a run in one statement: the run row, the thread marked busy (and titled, if it has no
-# title yet), and, for a run left pending, the wake-up for every replica's workers. With a
-# replica given, the run is claimed by it on the spot (attempt 1, leased): the caller holds the
-# thread lock and found no unfinished run, which is everything a claim checks.
-INSERT_SQL = f"""
-WITH run AS (
+
+def _queue_run_sql(guard: str | None = None) -> str:
+    """The run row (claimed when a replica is given), the thread marked busy (and titled, if
+    it has no title yet), and, for a run left pending, the wake-up for every replica's workers.
+
+    ``guard``: CTEs ending in one named ``idle``; the run is queued only if it has a row.
+    """
+    return f"""
+WITH {guard + "," if guard else ""} run AS (
     INSERT INTO runs (run_id, thread_id, assistant_id, status, input, kwargs, metadata,
                       multitask_strategy, idempotency_key,
                       attempt, lease_holder, lease_expires_at, started_at)
@@ -57,49 +60,7 @@ WITH run AS (
            %(replica)s,
            CASE WHEN claimed THEN now() + make_interval(secs => %(lease)s) END,
            CASE WHEN claimed THEN now() END
-    FROM (SELECT %(replica)s::text IS NOT NULL AS claimed) AS c
-    RETURNING {COLUMNS_SQL}
-), thread AS (
-    UPDATE threads SET status = 'busy', updated_at = now(), title = coalesce(title, %(title)s)
-    WHERE thread_id = %(thread_id)s
-)
-SELECT run.*,
-       CASE WHEN run.status = 'pending'
-            THEN pg_notify(%(channel)s, 'new:' || run.run_id)::text END AS notified
-FROM run
-"""
-
-# The common case of INSERT_SQL in one statement: the owner's thread is locked and has no
-# unfinished run, so the new run heads it (and is claimed on the spot with a replica given).
-# Returns no row when that is not so, or cannot be told, and the caller takes the long way.
-# A plain read in the statement sees its snapshot, while FOR UPDATE returns the newest row
-# version (after waiting for a holder of the lock): every writer that queues, claims or ends a
-# run updates the thread row, so an unchanged xmin proves the snapshot's view of the thread's
-# runs is still the truth, and the lock keeps it so until commit.
-INSERT_IF_IDLE_SQL = f"""
-WITH locked AS (
-    SELECT thread_id, xmin AS version FROM threads
-    WHERE thread_id = %(thread_id)s AND owner = %(owner)s
-    FOR UPDATE
-), idle AS (
-    SELECT locked.thread_id FROM locked
-    WHERE locked.version = (SELECT xmin FROM threads WHERE thread_id = %(thread_id)s)
-      AND NOT EXISTS (
-          SELECT 1 FROM runs
-          WHERE thread_id = %(thread_id)s AND status IN ('pending', 'running')
-      )
-), run AS (
-    INSERT INTO runs (run_id, thread_id, assistant_id, status, input, kwargs, metadata,
-                      multitask_strategy, idempotency_key,
-                      attempt, lease_holder, lease_expires_at, started_at)
-    SELECT %(run_id)s, idle.thread_id, %(assistant_id)s,
-           CASE WHEN claimed THEN 'running' ELSE 'pending' END,
-           %(input)s, %(kwargs)s, %(metadata)s, %(strategy)s, %(key)s,
-           CASE WHEN claimed THEN 1 ELSE 0 END,
-           %(replica)s,
-           CASE WHEN claimed THEN now() + make_interval(secs => %(lease)s) END,
-           CASE WHEN claimed THEN now() END
-    FROM idle, (SELECT %(replica)s::text IS NOT NULL AS claimed) AS c
+    FROM {"idle, " if guard else ""}(SELECT %(replica)s::text IS NOT NULL AS claimed) AS c
     RETURNING {COLUMNS_SQL}
 ), thread AS (
     UPDATE threads SET status = 'busy', updated_at = now(), title = coalesce(title, %(title)s)
@@ -110,6 +71,34 @@ SELECT run.*,
             THEN pg_notify(%(channel)s, 'new:' || run.run_id)::text END AS notified
 FROM run
 """
+
+
+# Queue a run in one statement. With a replica given, the run is claimed by it on the spot
+# (attempt 1, leased): the caller holds the thread lock and found no unfinished run, which is
+# everything a claim checks.
+INSERT_SQL = _queue_run_sql()
+
+# The common case of INSERT_SQL in one statement: the owner's thread is locked and has no
+# unfinished run, so the new run heads it (and is claimed on the spot with a replica given).
+# Returns no row when that is not so, or cannot be told, and the caller takes the long way.
+# A plain read in the statement sees its snapshot, while FOR UPDATE returns the newest row
+# version (after waiting for a holder of the lock): every writer that queues, claims or ends a
+# run updates the thread row, so an unchanged xmin proves the snapshot's view of the thread's
+# runs is still the truth, and the lock keeps it so until commit.
+INSERT_IF_IDLE_SQL = _queue_run_sql(
+    """locked AS (
+    SELECT thread_id, xmin AS version FROM threads
+    WHERE thread_id = %(thread_id)s AND owner = %(owner)s
+    FOR UPDATE
+), idle AS (
+    SELECT locked.thread_id FROM locked
+    WHERE locked.version = (SELECT xmin FROM threads WHERE thread_id = %(thread_id)s)
+      AND NOT EXISTS (
+          SELECT 1 FROM runs
+          WHERE thread_id = %(thread_id)s AND status IN ('pending', 'running')
+      )
+)"""
+)
 
 # Oldest first; expired leases are candidates too, to be resumed by whoever claims them. A new
 # run is left to the replica that received it for a moment (it claims right after inserting),

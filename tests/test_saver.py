@@ -226,20 +226,21 @@ def held_writes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(checkpointer, "WRITE_BEHIND_SECONDS", 3600.0)
 
 
-async def _first_checkpoint(saver: FencedPostgresSaver, thread_id: uuid.UUID) -> Any:
-    checkpoint = empty_checkpoint()
-    return await saver.aput(_config(thread_id), checkpoint, {"step": -1}, {})
+async def _fenced_run(pool: Pool) -> tuple[uuid.UUID, uuid.UUID, FencedPostgresSaver, Any]:
+    """A thread with a live run, its fenced saver, and the config of a first checkpoint."""
+    thread_id = uuid.uuid4()
+    async with pool.connection() as conn:
+        run_id = await _insert_run(conn, thread_id, 60)
+    saver = FencedPostgresSaver(pool, Fence(run_id, 1))
+    first = await saver.aput(_config(thread_id), empty_checkpoint(), {"step": -1}, {})
+    return thread_id, run_id, saver, first
 
 
 @pytest.mark.usefixtures("held_writes")
 async def test_task_writes_go_with_the_next_checkpoint_in_one_statement(
     pool: Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    thread_id = uuid.uuid4()
-    async with pool.connection() as conn:
-        run_id = await _insert_run(conn, thread_id, 60)
-    saver = FencedPostgresSaver(pool, Fence(run_id, 1))
-    first = await _first_checkpoint(saver, thread_id)
+    thread_id, _run_id, saver, first = await _fenced_run(pool)
     counter = StatementCounter(monkeypatch)
     await saver.aput_writes(first, [("messages", ["hi"]), ("route", "act")], "task-a")
     assert counter.count == 0
@@ -257,11 +258,7 @@ async def test_task_writes_go_with_the_next_checkpoint_in_one_statement(
 
 @pytest.mark.usefixtures("held_writes")
 async def test_held_writes_are_written_before_a_read_and_on_flush(pool: Pool) -> None:
-    thread_id = uuid.uuid4()
-    async with pool.connection() as conn:
-        run_id = await _insert_run(conn, thread_id, 60)
-    saver = FencedPostgresSaver(pool, Fence(run_id, 1))
-    first = await _first_checkpoint(saver, thread_id)
+    thread_id, _run_id, saver, first = await _fenced_run(pool)
     await saver.aput_writes(first, [("messages", ["read me"])], "task-a")
     read = await saver.aget_tuple(_config(thread_id))
     assert read is not None
@@ -276,11 +273,7 @@ async def test_held_writes_are_written_before_a_read_and_on_flush(pool: Pool) ->
 async def test_a_held_row_written_again_keeps_the_last_value(pool: Pool) -> None:
     """One statement cannot upsert a row twice: the first value is written before the second
     is held, and the second wins, as with the stock saver."""
-    thread_id = uuid.uuid4()
-    async with pool.connection() as conn:
-        run_id = await _insert_run(conn, thread_id, 60)
-    saver = FencedPostgresSaver(pool, Fence(run_id, 1))
-    first = await _first_checkpoint(saver, thread_id)
+    thread_id, _run_id, saver, first = await _fenced_run(pool)
     await saver.aput_writes(first, [("__error__", "first")], "task-a")
     await saver.aput_writes(first, [("__error__", "second")], "task-a")
     await saver.aput(first, empty_checkpoint(), {"step": 0}, {})
@@ -293,14 +286,11 @@ async def test_writes_go_on_their_own_when_no_checkpoint_follows(
     pool: Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(checkpointer, "WRITE_BEHIND_SECONDS", 0.0)
-    thread_id = uuid.uuid4()
-    async with pool.connection() as conn:
-        run_id = await _insert_run(conn, thread_id, 60)
-    saver = FencedPostgresSaver(pool, Fence(run_id, 1))
-    first = await _first_checkpoint(saver, thread_id)
+    thread_id, _run_id, saver, first = await _fenced_run(pool)
     await saver.aput_writes(first, [("messages", ["alone"])], "task-a")
     async with asyncio.timeout(30):
-        while not await _table_rows(pool, "checkpoint_writes", thread_id):  # noqa: ASYNC110 - rows in the database
+        # Polls the database: there is no event to wait on in another connection's commit.
+        while not await _table_rows(pool, "checkpoint_writes", thread_id):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
 
@@ -308,11 +298,7 @@ async def test_a_write_behind_refused_by_the_fence_fails_the_next_checkpoint(
     pool: Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(checkpointer, "WRITE_BEHIND_SECONDS", 0.0)
-    thread_id = uuid.uuid4()
-    async with pool.connection() as conn:
-        run_id = await _insert_run(conn, thread_id, 60)
-    saver = FencedPostgresSaver(pool, Fence(run_id, 1))
-    first = await _first_checkpoint(saver, thread_id)
+    thread_id, run_id, saver, first = await _fenced_run(pool)
     async with pool.connection() as conn:
         await conn.execute("UPDATE runs SET attempt = 2 WHERE run_id = %s", (run_id,))
     await saver.aput_writes(first, [("messages", ["too late"])], "task-a")
