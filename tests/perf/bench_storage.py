@@ -17,9 +17,10 @@ Measured after turns 10, 100 and 500 (quick: 5, 20, 40), in LangGraph's three ch
   tuples with their compressed or TOASTed values, without page and index overhead.
 
 Our service also keeps the run queue (``runs``, with each run's input) and the stream events
-(``run_events``, which holds every streamed "values" event, i.e. the whole state after each
-step, until ``THREADKEEPER_EVENT_RETENTION_SECONDS`` passes). They are not checkpoint storage and
-are left out of the figures with goals; one informational row adds them at the last mark.
+(``run_events``, until ``THREADKEEPER_EVENT_RETENTION_SECONDS`` passes; a ``runs/wait`` without
+``stream_mode`` records its final state there once, a streamed run every step's). They are not
+checkpoint storage and are left out of the figures with goals; one informational row adds them
+at the last mark.
 
 Message text is the UTF-8 length of every message in the thread's final state (user messages
 and replies). Storage is deterministic, so each contender has one conversation and every figure
