@@ -53,6 +53,16 @@ SELECT pg_notify(%(channel)s, %(payload)s)::text AS notified
 WHERE EXISTS (SELECT 1 FROM inserted)
 """
 
+# An attempt's last events, inserted by the statement that ends the run (runs.FINISH_SQL, whose
+# ``done`` CTE holds the run row only if the attempt still owned it): the ending's events and its
+# final status commit together, and nothing is added for an attempt that lost the run.
+ENDING_CTE = """ending AS (
+    INSERT INTO run_events (run_id, seq, event, data)
+    SELECT done.run_id, e.seq, e.event, e.data
+    FROM done, jsonb_to_recordset(%(events)s::jsonb) AS e(seq bigint, event text, data jsonb)
+    ON CONFLICT (run_id, seq) DO NOTHING
+)"""
+
 READ_SQL = """
 SELECT seq, event, data FROM run_events
 WHERE run_id = %s AND seq > %s
@@ -104,6 +114,7 @@ class EventWriter:
         self._buffer: list[dict[str, Any]] = []
         self._wakeup = asyncio.Event()
         self._closed = False
+        self._handing_over = False
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -136,12 +147,22 @@ class EventWriter:
             with contextlib.suppress(Exception):
                 await self._task
 
+    async def hand_over(self) -> str:
+        """Stop without writing what is still buffered; return it for the statement that ends
+        the run (see ENDING_CTE). Writes under way finish first, so events commit in order."""
+        self._handing_over = True
+        await self.close()
+        rest, self._buffer = self._buffer, []
+        return json.dumps(rest, ensure_ascii=False)
+
     async def _flusher(self) -> None:
         loop = asyncio.get_running_loop()
         last_write = -FLUSH_SECONDS
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            if self._handing_over:
+                return
             if not self._closed:
                 # Events emitted in the same tick join the batch. A token burst gathers for
                 # what is left of the flush interval since the previous write, which caps a run

@@ -256,8 +256,7 @@ class Executor:
             await _keep_held_writes(saver)
             writer.emit("error", error)
             writer.emit("end", None)
-            await writer.close()
-            await self._finish(run, "error", "error", error, None)
+            await self._finish(run, "error", "error", error, None, await writer.hand_over())
             return RunOutcome("error", None, error)
         finally:
             keeper.cancel()
@@ -276,11 +275,17 @@ class Executor:
                 "values", last_values if last_values is not None else last_checkpoint["values"]
             )
         writer.emit("end", None)
-        await writer.close()
         checkpoint_id = (
             (last_checkpoint["config"] or {}).get("configurable", {}).get("checkpoint_id")
         )
-        await self._finish(run, status, "interrupted" if waiting else "idle", None, checkpoint_id)
+        await self._finish(
+            run,
+            status,
+            "interrupted" if waiting else "idle",
+            None,
+            checkpoint_id,
+            await writer.hand_over(),
+        )
         return RunOutcome(
             status, last_values if last_values is not None else last_checkpoint["values"]
         )
@@ -339,6 +344,7 @@ class Executor:
         thread_status: str,
         error: dict[str, Any] | None,
         checkpoint_id: str | None,
+        events: str = "[]",
     ) -> None:
         async with self.pool.connection() as conn:
             row = await runs.finish(
@@ -349,6 +355,7 @@ class Executor:
                 thread_status=thread_status,
                 error=error,
                 checkpoint_id=checkpoint_id,
+                events=events,
             )
         if row is None:
             log.warning("run_finish_lost", status=status)

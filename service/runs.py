@@ -15,7 +15,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-from service.notify import NOTIFY_SQL, RUNS_CHANNEL
+from service.events import ENDING_CTE
+from service.notify import EVENTS_CHANNEL, NOTIFY_SQL, RUNS_CHANNEL
 
 ACTIVE_STATUSES = ("pending", "running")
 # LangGraph's (private) name of the input pseudo-task; part of the on-disk format.
@@ -145,7 +146,8 @@ RETURNING cancel_action
 # The attempt's outcome, the thread's new status and the notification, in one statement (one
 # round trip); nothing changes, and nobody is told, if the attempt no longer owns the run.
 # "next:" when a queued run of the thread may start now, so only then every replica's workers
-# look for work; "done:" wakes just those waiting for this run.
+# look for work; "done:" wakes just those waiting for this run. The attempt's last events go in
+# with it (events.ENDING_CTE), and their followers are told too.
 FINISH_SQL = f"""
 WITH done AS (
     UPDATE runs SET status = %(status)s, error = %(error)s, checkpoint_id = %(checkpoint_id)s,
@@ -156,8 +158,9 @@ WITH done AS (
     UPDATE threads SET status = %(thread_status)s, updated_at = now(),
         last_message_at = CASE WHEN %(spoke)s THEN now() ELSE last_message_at END
     WHERE thread_id = (SELECT thread_id FROM done)
-)
+), {ENDING_CTE}
 SELECT done.*,
+       pg_notify(%(events_channel)s, done.run_id::text)::text AS events_notified,
        pg_notify(
            %(channel)s,
            CASE WHEN EXISTS (
@@ -379,8 +382,10 @@ async def finish(
     error: dict[str, Any] | None = None,
     checkpoint_id: str | None = None,
     spoke: bool = True,
+    events: str = "[]",
 ) -> DictRow | None:
-    """Record the outcome of an attempt and the thread's new status, atomically.
+    """Record the outcome of an attempt, its last ``events`` (a JSON list, see
+    ``EventWriter.hand_over``) and the thread's new status, atomically.
 
     None when the attempt no longer owned the run (nothing is changed then).
     """
@@ -395,6 +400,8 @@ async def finish(
             "thread_status": thread_status,
             "spoke": spoke,
             "channel": RUNS_CHANNEL,
+            "events": events,
+            "events_channel": EVENTS_CHANNEL,
         },
     )
     return await cur.fetchone()
