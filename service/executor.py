@@ -43,11 +43,12 @@ STREAM_MODES: dict[str, tuple[str, str]] = {
     "checkpoints": ("checkpoints", "checkpoints"),
 }
 DEFAULT_STREAM_MODES = ["values"]
-# Set in the kwargs of a run queued by ``/runs/wait`` without ``stream_mode``: its caller wants
-# the end state, and nobody follows the run step by step, so its stream records the final
-# values once instead of the whole state after every step (which grows with the conversation),
-# and writes its events in one statement when it ends.
-VALUES_AT_END = "values_at_end"
+# Set in the kwargs of a run queued by ``/runs/wait`` without ``stream_mode``. Its caller wants
+# the end state, which the response carries (and ``/join`` reads from the checkpoint), and
+# nobody follows it step by step: its stream records only ``metadata`` and ``end`` (or
+# ``error``), in the statement that ends the run. One state per step, or even per run, would
+# grow with the conversation, and stream events are kept for an hour.
+WAIT_ONLY = "wait_only"
 
 
 @dataclass(frozen=True)
@@ -204,8 +205,8 @@ class Executor:
         subgraphs = bool(kwargs.get("stream_subgraphs"))
         saver = FencedPostgresSaver(self.pool, Fence(run_id, number))
         graph = self.graph.copy(update={"checkpointer": saver})
-        values_at_end = bool(kwargs.get(VALUES_AT_END))
-        writer = await events.EventWriter.open(self.pool, run_id, number, live=not values_at_end)
+        wait_only = bool(kwargs.get(WAIT_ONLY))
+        writer = await events.EventWriter.open(self.pool, run_id, number, live=not wait_only)
         writer.emit("metadata", {"run_id": str(run_id), "attempt": number})
         keeper = asyncio.create_task(self._keep_lease(attempt))
         last_values: Any = None
@@ -217,7 +218,7 @@ class Executor:
                 {STREAM_MODES[m][0] for m in modes} | {"values", "checkpoints"}
             )
             wanted = {STREAM_MODES[m][0]: STREAM_MODES[m][1] for m in modes}
-            if values_at_end:
+            if wait_only:
                 wanted.pop("values", None)
             async for ns, mode, chunk in graph.astream(
                 await self._input(run),
@@ -270,10 +271,6 @@ class Executor:
             }
         waiting = bool(last_checkpoint["next"])
         status = "interrupted" if waiting else "success"
-        if values_at_end:
-            writer.emit(
-                "values", last_values if last_values is not None else last_checkpoint["values"]
-            )
         writer.emit("end", None)
         checkpoint_id = (
             (last_checkpoint["config"] or {}).get("configurable", {}).get("checkpoint_id")

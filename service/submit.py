@@ -17,7 +17,7 @@ from psycopg.rows import DictRow
 from service import events, runs, threads
 from service.executor import (
     STREAM_MODES,
-    VALUES_AT_END,
+    WAIT_ONLY,
     Attempt,
     RunOutcome,
     thread_config,
@@ -124,7 +124,7 @@ async def submit(
         exclude={"input", "metadata", "assistant_id"}, exclude_none=True, mode="json"
     )
     if waited and body.stream_mode is None:
-        kwargs[VALUES_AT_END] = True
+        kwargs[WAIT_ONLY] = True
     new = runs.NewRun(
         run_id=uuid.uuid4(),
         thread_id=thread_id,

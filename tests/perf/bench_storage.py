@@ -18,7 +18,8 @@ Measured after turns 10, 100 and 500 (quick: 5, 20, 40), in LangGraph's three ch
 
 Our service also keeps the run queue (``runs``, with each run's input) and the stream events
 (``run_events``, until ``THREADKEEPER_EVENT_RETENTION_SECONDS`` passes; a ``runs/wait`` without
-``stream_mode`` records its final state there once, a streamed run every step's). They are not
+``stream_mode`` records only its ``metadata`` and ``end`` there, a streamed run every step's
+state). They are not
 checkpoint storage and are left out of the figures with goals; one informational row adds them
 at the last mark.
 
