@@ -14,12 +14,18 @@ from service.settings import Settings
 Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
 
 # autocommit + dict_row are what the LangGraph saver needs; prepare_threshold=None keeps
-# server-side prepared statements off so PgBouncer in transaction mode works.
+# server-side prepared statements off, for one-off connections and PgBouncer in transaction
+# mode (see Settings.prepared_statements).
 CONNECTION_KWARGS: dict[str, Any] = {
     "autocommit": True,
     "row_factory": dict_row,
     "prepare_threshold": None,
 }
+
+
+def connection_kwargs(settings: Settings) -> dict[str, Any]:
+    """The pool's connections: prepared on first use (0), as LangGraph's docs configure it."""
+    return {**CONNECTION_KWARGS, "prepare_threshold": 0 if settings.prepared_statements else None}
 
 
 # A connection back in the pool for less than this was working moments ago; checking it on every
@@ -47,7 +53,7 @@ def make_pool(url: str, settings: Settings) -> Pool:
         timeout=settings.pool_timeout,
         max_idle=settings.pool_max_idle,
         max_lifetime=settings.pool_max_lifetime,
-        kwargs=CONNECTION_KWARGS,
+        kwargs=connection_kwargs(settings),
         connection_class=AsyncConnection[DictRow],
         check=_check_if_idle,
         reset=_stamp_returned,

@@ -19,7 +19,8 @@ from service import checkpointer
 from service.agent.graph import build_graph
 from service.agent.offline import OfflineChatModel
 from service.checkpointer import Fence, FencedPostgresSaver, LeaseLostError
-from service.db import CONNECTION_KWARGS, Pool
+from service.db import CONNECTION_KWARGS, Pool, make_pool
+from service.settings import Settings
 
 HELLO = {"messages": [{"role": "user", "content": "what is 3*3"}]}
 
@@ -306,3 +307,25 @@ async def test_a_write_behind_refused_by_the_fence_fails_the_next_checkpoint(
         await saver.aput(first, empty_checkpoint(), {"step": 0}, {})
     assert await _table_rows(pool, "checkpoint_writes", thread_id) == []
     assert len(await _table_rows(pool, "checkpoints", thread_id)) == 1
+
+
+PREPARED_SQL = "SELECT count(*) AS n FROM pg_prepared_statements WHERE statement LIKE %s"
+
+
+@pytest.mark.parametrize("prepared", [True, False])
+async def test_the_pool_prepares_statements_unless_told_not_to(
+    database_url: str, prepared: bool
+) -> None:
+    """Prepared statements spare Postgres a plan per call; PgBouncer setups turn them off."""
+    settings = Settings(database_url=database_url, prepared_statements=prepared)
+    pool = make_pool(database_url, settings)
+    await pool.open(wait=True)
+    try:
+        async with pool.connection() as conn:
+            await conn.execute("SELECT 1 AS threadkeeper_probe")
+            cur = await conn.execute(PREPARED_SQL, ("%threadkeeper_probe%",))
+            row = await cur.fetchone()
+    finally:
+        await pool.close()
+    assert row is not None
+    assert (row["n"] > 0) is prepared

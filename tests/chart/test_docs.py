@@ -104,4 +104,9 @@ def test_readme_leads_with_deployment() -> None:
 def test_values_yaml_parses_as_documented_example() -> None:
     """values.yaml's own defaults plus the one required value render."""
     values = yaml.safe_load((support.CHART / "values.yaml").read_text())
-    assert values["database"] == {"existingSecret": "", "existingSecretKey": "url", "url": ""}
+    assert values["database"] == {
+        "existingSecret": "",
+        "existingSecretKey": "url",
+        "url": "",
+        "preparedStatements": True,
+    }

@@ -149,6 +149,7 @@ def test_service_environment(helm: Helm) -> None:
     assert values["THREADKEEPER_WORKERS"] == "2"
     assert values["THREADKEEPER_POOL_MIN_SIZE"] == "3"
     assert values["THREADKEEPER_POOL_MAX_SIZE"] == "12"
+    assert values["THREADKEEPER_PREPARED_STATEMENTS"] == "true"
     assert values["THREADKEEPER_LOG_FORMAT"] == "json"
     assert env["THREADKEEPER_REPLICA"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["DATABASE_URL"]["valueFrom"] == {
@@ -156,6 +157,12 @@ def test_service_environment(helm: Helm) -> None:
     }
     assert "THREADKEEPER_AUTH_HEADER" not in env
     assert not any(name.startswith("THREADKEEPER_JWT") for name in env)
+
+
+def test_prepared_statements_can_be_turned_off_for_pgbouncer(helm: Helm) -> None:
+    docs = helm.render({**BASE, "database.preparedStatements": False})
+    env = support.env_of(support.containers(find(docs, "Deployment", SERVICE))[0])
+    assert env["THREADKEEPER_PREPARED_STATEMENTS"]["value"] == "false"
 
 
 def _all_strings(node: Any) -> list[str]:

@@ -246,6 +246,8 @@ seccompProfile:
   value: {{ .Values.service.pool.minSize | quote }}
 - name: THREADKEEPER_POOL_MAX_SIZE
   value: {{ .Values.service.pool.maxSize | quote }}
+- name: THREADKEEPER_PREPARED_STATEMENTS
+  value: {{ .Values.database.preparedStatements | quote }}
 - name: THREADKEEPER_LOG_FORMAT
   value: {{ .Values.service.logFormat | quote }}
 - name: THREADKEEPER_REPLICA
