@@ -11,7 +11,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from service.agent.graph import compile_graph
@@ -31,6 +31,10 @@ from service.settings import Settings
 from service.worker import Worker
 
 log = structlog.get_logger(__name__)
+
+# nginx's code for "the client closed the connection before the response": nobody reads it,
+# but access logs and metrics then tell a hang-up apart from a server error.
+CLIENT_CLOSED_REQUEST = 499
 
 
 async def _problem(request: Request, exc: Exception) -> Response:
@@ -55,6 +59,11 @@ async def _database_down(request: Request, exc: Exception) -> Response:
             headers={"Retry-After": "2"},
         )
     )
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    log.info("client_disconnected", method=request.method, path=request.url.path)
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -165,6 +174,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> Starlette:
             HTTPException: _http_error,
             psycopg.OperationalError: _database_down,
             psycopg_pool.PoolTimeout: _database_down,
+            ClientDisconnect: _client_gone,
             Exception: _unexpected,
         },
         lifespan=lifespan,

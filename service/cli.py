@@ -12,6 +12,7 @@ import psycopg
 import structlog
 import uvicorn
 from pydantic import ValidationError
+from starlette.applications import Starlette
 
 from service.app import begin_drain, create_app, database_url
 from service.db import connect
@@ -22,6 +23,10 @@ from service.settings import Settings
 log = structlog.get_logger("service.cli")
 
 GRACEFUL_SHUTDOWN_SECONDS = 25
+# Longer than any client's or load balancer's idle timeout (httpx 5 s, AWS ALB 60 s): with
+# uvicorn's default of 5 s the server and an httpx pool close the same idle connection at the
+# same moment, and the request the client just sent on it fails with a ReadError.
+KEEP_ALIVE_SECONDS = 75
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,16 +68,21 @@ def main(argv: list[str] | None = None) -> int:
         log.info("migrate_done", applied=applied)
         return 0
     app = create_app(settings, run_migrations=not args.no_migrate)
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        proxy_headers=True,
-    )
+    config = server_config(app, args.host, args.port)
     DrainingServer(config, on_exit=lambda: begin_drain(app)).run()
     return 0
+
+
+def server_config(app: Starlette, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        proxy_headers=True,
+    )
 
 
 class DrainingServer(uvicorn.Server):

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+import structlog.testing
 
 from service.app import create_app
 from service.settings import Settings
@@ -117,3 +118,50 @@ async def test_metrics_use_route_templates(client: httpx.AsyncClient) -> None:
     assert tid not in text
     assert "threadkeeper_db_pool_in_use" in text
     assert "threadkeeper_http_request_duration_seconds_bucket" in text
+
+
+async def test_client_hanging_up_mid_body_is_not_an_error(
+    settings_for: Callable[..., Settings],
+) -> None:
+    """A client that disconnects while sending its body gets 499, not a logged 500, and no thread.
+
+    Driven at the ASGI level: httpx cannot hang up half-way through a body it is sending.
+    """
+    app = create_app(settings_for(), run_migrations=False)
+    async with app_client(app) as client:
+        before = await _snapshot(client)
+        incoming = [
+            {"type": "http.request", "body": b'{"metadata": {"k": ', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+        sent: list[dict[str, object]] = []
+
+        async def receive() -> dict[str, object]:
+            return incoming.pop(0)
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/threads",
+            "raw_path": b"/threads",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"host", b"threadkeeper.test")],
+            "client": ("127.0.0.1", 50000),
+            "server": ("threadkeeper.test", 80),
+            "state": {},
+        }
+        with structlog.testing.capture_logs() as logs:
+            await app(scope, receive, send)
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        assert start["status"] == 499
+        events = [entry["event"] for entry in logs]
+        assert "client_disconnected" in events
+        assert "unhandled_error" not in events
+        assert await _snapshot(client) == before
