@@ -5,10 +5,15 @@ tools makes two model calls (plan, then reply), so the ideal wall time, with eve
 overlapping, is ``calls x 200 ms / concurrency`` = ``turns x 2 x 200 ms``. Ours runs with as many
 executor slots as conversations; (a), the tutorial wiring, funnels every checkpoint read and write
 through the one connection of its single saver.
+
+The client's own CPU per turn is recorded beside the figures: on a small machine the benchmark
+shares the cores with both servers, and a client that costs as much as the service would skew
+the ratio.
 """
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
@@ -21,11 +26,23 @@ LATENCY_MS = 200
 CALLS_PER_TURN = 2
 
 
-def _wall(server: clients.Server, count: int, turns: int) -> Callable[[int], Awaitable[float]]:
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _wall(
+    server: clients.Server, count: int, turns: int, client_cpu_ms: list[float]
+) -> Callable[[int], Awaitable[float]]:
+    """Wall seconds of one repetition; the client's CPU per turn goes to ``client_cpu_ms``."""
+
     async def measure(rep: int) -> float:
+        cpu = _cpu_seconds()
         began = time.perf_counter()
         await clients.conversations(server, count=count, turns=turns)
-        return time.perf_counter() - began
+        wall = time.perf_counter() - began
+        client_cpu_ms.append((_cpu_seconds() - cpu) * 1000 / (count * turns))
+        return wall
 
     return measure
 
@@ -47,9 +64,12 @@ async def run(bench: Bench) -> list[Row]:
             ).start()
         )
         tutorial = stack.enter_context(servers.tutorial(tutorial_db, bench.work, LATENCY_MS))
+        client_cpu_ms: dict[str, list[float]] = {"ours": [], "tutorial": []}
         contenders = {
-            "ours": _wall(clients.AgentServer(ours.url), count, turns),
-            "tutorial": _wall(clients.Tutorial(tutorial.url), count, turns),
+            "ours": _wall(clients.AgentServer(ours.url), count, turns, client_cpu_ms["ours"]),
+            "tutorial": _wall(
+                clients.Tutorial(tutorial.url), count, turns, client_cpu_ms["tutorial"]
+            ),
         }
         samples = await interleave(bench.repetitions, contenders)
 
@@ -58,6 +78,7 @@ async def run(bench: Bench) -> list[Row]:
         "turns": turns,
         "ideal_seconds": ideal,
         "tutorial_x_ideal": sorted(s / ideal for s in samples["tutorial"]),
+        "client_cpu_ms_per_turn": {k: sorted(v) for k, v in client_cpu_ms.items()},
     }
     return [
         alone(

@@ -97,8 +97,8 @@ class Load:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Load]:
-        async with clients.client(self.conversations) as http:
-            tasks = [asyncio.create_task(self._guarded(i, http)) for i in range(self.conversations)]
+        async with clients.callers(self.conversations) as https:
+            tasks = [asyncio.create_task(self._guarded(i, http)) for i, http in enumerate(https)]
             try:
                 yield self
             finally:

@@ -124,7 +124,7 @@ async def ours_conversation(
     measured: dict[int, dict[str, int]] = {}
     text: dict[int, int] = {}
     rng = random.Random(SEED)
-    async with clients.client(1) as http:
+    async with clients.client() as http:
         thread_id = await server.new_thread(http)
         for turn in range(1, marks[-1] + 1):
             body = {
@@ -149,7 +149,7 @@ async def tutorial_conversation(
     server = clients.Tutorial(url)
     measured: dict[int, dict[str, int]] = {}
     rng = random.Random(SEED)
-    async with clients.client(1) as http:
+    async with clients.client() as http:
         thread_id = await server.new_thread(http)
         for turn in range(1, marks[-1] + 1):
             reply = await server.turn(http, thread_id, message(rng, turn))

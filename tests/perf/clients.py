@@ -1,5 +1,10 @@
 """Clients that drive conversations against each server, the way their users call them.
 
+Each conversation has a client of its own, as each user of a service has: one shared httpx pool
+of 100 connections costs the benchmark more CPU per turn than the service spends serving it
+(httpcore matches every queued request against every connection), and on a 2-core machine that
+CPU comes out of the servers' share.
+
 Ours and ``langgraph dev`` speak the Agent Server API (create a thread, then ``runs/wait`` per
 turn); the tutorial app has its ``/chat`` route. Every turn waits for the graph to finish, so
 each one is durable (ours, tutorial) or complete in memory (langgraph dev) when it returns.
@@ -8,9 +13,11 @@ each one is durable (ours, tutorial) or complete in memory (langgraph dev) when 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -22,9 +29,21 @@ class TurnFailed(RuntimeError):
     pass
 
 
-def client(concurrency: int) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency)
-    return httpx.AsyncClient(limits=limits, timeout=TURN_TIMEOUT)
+# Building a TLS context loads the CA bundle (milliseconds each); the servers are plain HTTP,
+# but httpx builds one per client unless it is given one.
+_TLS = ssl.create_default_context()
+
+
+def client() -> httpx.AsyncClient:
+    """One caller's client: one request at a time, over a kept-alive connection."""
+    return httpx.AsyncClient(timeout=TURN_TIMEOUT, verify=_TLS)
+
+
+@asynccontextmanager
+async def callers(count: int) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """A client per caller, closed together."""
+    async with AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(client()) for _ in range(count)]
 
 
 def _check(r: httpx.Response) -> httpx.Response:
@@ -108,10 +127,11 @@ async def conversations(
 
     Threads are created before the clock starts; ``on_turn`` gets each turn's latency.
     """
-    async with client(count) as http:
-        threads = await asyncio.gather(*(server.new_thread(http) for _ in range(count)))
+    async with callers(count) as https:
+        threads = await asyncio.gather(*(server.new_thread(http) for http in https))
 
         async def talk(index: int, thread_id: str) -> None:
+            http = https[index]
             for turn in range(1, turns + 1):
                 began = time.perf_counter()
                 reply = await server.turn(http, thread_id, text(index, turn))
