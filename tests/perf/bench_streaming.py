@@ -30,12 +30,12 @@ until every stream of the chain is open on a and b, and is then cancelled with
 ``action=rollback``. The offline model is paced with ``THREADKEEPER_OFFLINE_LATENCY_MS`` per
 call; each measured run asks for the calculator: two plan calls, a tool call, a streamed reply.
 
-A stream that closes without its ``end`` event is a bug (``events.follow`` reads the events and
-then the run's status in two snapshots: when the last batch and the final status both commit
-between the two reads, it sees "no new events, run ended" and returns). The client here then
-rejoins with ``Last-Event-ID`` so the figures can go on; ``streams_cut_before_end`` counts it,
-and events received after a rejoin are not timed. (The SDK would not rejoin: it asks for the
-run's status, sees it ended, and ends the stream without the missing events.)
+A stream must not close without its ``end`` event: ``events.follow`` reads the run's status
+before its events, so an ending seen there has every event already. Should a stream be cut all
+the same, the client rejoins with ``Last-Event-ID`` so the figures can go on;
+``streams_cut_before_end`` counts it (it should stay 0), and events received after a rejoin are
+not timed. (The SDK would not rejoin: it asks for the run's status, sees it ended, and ends the
+stream without the missing events.)
 
 ``load_average`` in the details is the host's (1, 5, 15 minute) load before and after: the
 figures are tail latencies on a small machine and move with its neighbours.
