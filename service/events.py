@@ -4,6 +4,15 @@
 (``seq``, the SSE ``id``), so ``Last-Event-ID`` resumes exactly after the last event a client
 saw. Writes are batched for a few milliseconds (token streams produce many small events) and
 fenced like checkpoint writes, so a replica that lost its run cannot add to its stream.
+
+A batch commits without waiting for the WAL flush (``synchronous_commit`` off for that
+transaction only): a follower hears of it at commit, so the disk's fsync time, and its tail
+under load, stays off every event's path. The cost: a Postgres crash (not a replica crash) may
+lose the events committed in the last fraction of a second. Those are always a suffix of the
+run's stream, because every later synchronous commit (a checkpoint, the run's ending) flushes
+the WAL before it, so what they described is either redone (the step had no checkpoint yet) or
+in the checkpoint. Each attempt numbers its events from its own base, above anything an earlier
+attempt can have numbered, so a client that saw a lost event still gets every later one.
 """
 
 from __future__ import annotations
@@ -30,11 +39,15 @@ FLUSH_SECONDS = 0.01
 MAX_BATCH = 256
 READ_PAGE = 500
 
-MAX_SEQ_SQL = "SELECT coalesce(max(seq), 0) AS seq FROM run_events WHERE run_id = %s"
+# Attempt n numbers its events from (n - 1) * ATTEMPT_SEQ_SPAN + 1: no attempt makes 2**32
+# events, and the numbers need no read of what an earlier attempt left (nor trust in it).
+ATTEMPT_SEQ_SPAN = 2**32
 
 # Inserted only while the attempt holds its lease (same rule as checkpoint writes).
 # One statement (autocommit makes it one transaction, so one round trip): the fenced insert,
-# and the notification only if some row went in.
+# and the notification only if some row went in. set_config(..., true) lasts until the end of
+# this transaction: its commit does not wait for the flush, and the pooled connection's later
+# transactions commit synchronously as before.
 INSERT_SQL = """
 WITH inserted AS (
     INSERT INTO run_events (run_id, seq, event, data)
@@ -49,7 +62,8 @@ WITH inserted AS (
     ON CONFLICT (run_id, seq) DO NOTHING
     RETURNING 1
 )
-SELECT pg_notify(%(channel)s, %(payload)s)::text AS notified
+SELECT pg_notify(%(channel)s, %(payload)s)::text AS notified,
+       set_config('synchronous_commit', 'off', true) AS commit_mode
 WHERE EXISTS (SELECT 1 FROM inserted)
 """
 
@@ -73,10 +87,15 @@ LIMIT %s
 RUN_STATUS_SQL = "SELECT status FROM runs WHERE run_id = %s"
 TERMINAL = ("success", "error", "timeout", "interrupted")
 
-APPEND_SQL = """
+# Numbered after every event stored and after every number the run's attempts may have used
+# (as if by its next attempt), so an ending appended after a lost suffix is never skipped.
+APPEND_SQL = f"""
 INSERT INTO run_events (run_id, seq, event, data)
 SELECT %(run_id)s,
-       (SELECT coalesce(max(seq), 0) FROM run_events WHERE run_id = %(run_id)s) + e.ord,
+       greatest(
+           (SELECT coalesce(max(seq), 0) FROM run_events WHERE run_id = %(run_id)s),
+           (SELECT attempt::bigint * {ATTEMPT_SEQ_SPAN} FROM runs WHERE run_id = %(run_id)s)
+       ) + e.ord,
        e.event, e.data
 FROM ROWS FROM (jsonb_to_recordset(%(events)s::jsonb) AS (event text, data jsonb))
      WITH ORDINALITY AS e(event, data, ord)
@@ -97,6 +116,11 @@ class Event:
     seq: int
     event: str
     data: Any
+
+
+def first_seq(attempt: int) -> int:
+    """The number of an attempt's first event (a first attempt's stream starts at 1)."""
+    return (attempt - 1) * ATTEMPT_SEQ_SPAN + 1
 
 
 class EventWriter:
@@ -121,15 +145,7 @@ class EventWriter:
     async def open(
         cls, pool: Pool, run_id: UUID, attempt: int, *, live: bool = True
     ) -> EventWriter:
-        start = 0
-        if attempt > 1:
-            # A first attempt has no events before it: only endings append events to a run
-            # that never ran, and an ended run is never claimed.
-            async with pool.connection() as conn:
-                cur = await conn.execute(MAX_SEQ_SQL, (run_id,))
-                row = await cur.fetchone()
-            start = int(row["seq"]) if row else 0
-        writer = cls(pool, run_id, attempt, start, live=live)
+        writer = cls(pool, run_id, attempt, first_seq(attempt) - 1, live=live)
         writer._task = asyncio.create_task(writer._flusher(), name=f"events-{run_id}")
         return writer
 

@@ -3,30 +3,10 @@
 from __future__ import annotations
 
 import json
-import uuid
-from uuid import UUID
 
-from psycopg import AsyncConnection
-from psycopg.rows import DictRow
-
-from service import events, runs, threads
+from service import events, runs
 from service.db import Pool
-
-
-async def _running_run(conn: AsyncConnection[DictRow]) -> tuple[UUID, UUID]:
-    thread_id = uuid.uuid4()
-    await threads.insert(conn, thread_id=thread_id, owner="alice", metadata={})
-    new = runs.NewRun(
-        run_id=uuid.uuid4(),
-        thread_id=thread_id,
-        assistant_id="agent",
-        input=None,
-        kwargs={},
-        metadata={},
-        strategy="enqueue",
-    )
-    await runs.insert(conn, new, claim_for=("ending-test", 30.0))
-    return thread_id, new.run_id
+from tests.support.runs import running_run
 
 
 def _ending(first_seq: int) -> str:
@@ -40,7 +20,7 @@ def _ending(first_seq: int) -> str:
 
 async def test_the_ending_goes_in_with_the_final_status(pool: Pool) -> None:
     async with pool.connection() as conn:
-        _, run_id = await _running_run(conn)
+        _, run_id = await running_run(conn, replica="ending-test")
         row = await runs.finish(
             conn,
             run_id=run_id,
@@ -56,7 +36,7 @@ async def test_the_ending_goes_in_with_the_final_status(pool: Pool) -> None:
 
 async def test_an_attempt_that_lost_the_run_adds_no_ending(pool: Pool) -> None:
     async with pool.connection() as conn:
-        _, run_id = await _running_run(conn)
+        _, run_id = await running_run(conn, replica="ending-test")
         # Another replica took the run over (attempt 2): the first attempt's ending is refused.
         await conn.execute("UPDATE runs SET attempt = 2 WHERE run_id = %s", (run_id,))
         row = await runs.finish(
@@ -75,7 +55,7 @@ async def test_an_attempt_that_lost_the_run_adds_no_ending(pool: Pool) -> None:
 
 async def test_a_quiet_writer_hands_over_everything(pool: Pool) -> None:
     async with pool.connection() as conn:
-        _, run_id = await _running_run(conn)
+        _, run_id = await running_run(conn, replica="ending-test")
     writer = await events.EventWriter.open(pool, run_id, 1, live=False)
     for name in ("metadata", "values", "end"):
         writer.emit(name, None)
@@ -89,7 +69,7 @@ async def test_a_live_writer_hands_over_only_what_it_has_not_written(pool: Pool)
     """However the hand-over meets a flush in flight, every event is either written (before
     the hand-over returns) or handed over, never both and never neither."""
     async with pool.connection() as conn:
-        _, run_id = await _running_run(conn)
+        _, run_id = await running_run(conn, replica="ending-test")
     writer = await events.EventWriter.open(pool, run_id, 1)
     for name in ("metadata", "updates", "updates", "end"):
         writer.emit(name, None)

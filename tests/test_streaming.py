@@ -8,6 +8,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from service.events import first_seq
 from tests.support.processes import ServiceProcess
 from tests.support.sse import Event, events
 
@@ -128,10 +129,16 @@ def test_stream_survives_the_executing_replica_dying(replicas: Replicas) -> None
         "GET", f"{b.url}{stream_path}", headers={"Last-Event-ID": str(seen[-1].id)}, timeout=60
     ) as r:
         rest = list(events(r))
-    assert rest[0].id == seen[-1].id + 1
+    # Each attempt's events without a gap, in order; the second numbers from its own base.
+    ids = [e.id for e in seen + rest]
+    first, second = [i for i in ids if i < first_seq(2)], [i for i in ids if i >= first_seq(2)]
+    assert first + second == ids
+    assert first == list(range(1, len(first) + 1))
+    assert second == list(range(first_seq(2), first_seq(2) + len(second)))
     assert rest[-1].event == "end"
     restarted = [e for e in rest if e.event == "metadata"]
     assert restarted and restarted[0].data["attempt"] == 2
+    assert restarted[0].id == first_seq(2)
     assert any(e.event == "updates" and "reply" in e.data for e in rest)
     assert time.monotonic() - killed_at < 2 + 3 + 15
     run = httpx.get(f"{b.url}{stream_path.removesuffix('/stream')}").json()
