@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             bench = harness.Bench(server_url=server_url, work=root, quick=args.quick)
             info = harness.machine(server_url)
             for key in keys:
+                if not harness.settle(server_url):
+                    log.warning("checkpoint_refused", hint="the role lacks pg_checkpoint")
                 try:
                     rows.extend(asyncio.run(run_one(key, bench)))
                 except Exception as exc:

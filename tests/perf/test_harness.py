@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import conninfo
 
 from tests.perf import harness
 
@@ -70,3 +73,26 @@ def test_table_and_json_carry_every_row(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert [r["benchmark"] for r in data["rows"]] == ["1. x", "9. y"]
     assert data["rows"][0]["ratio"]["median"] == 2.0 and data["quick"] is True
+
+
+# pg_control is rewritten by the checkpoint itself, before CHECKPOINT returns.
+LAST_CHECKPOINT_SQL = "SELECT checkpoint_lsn FROM pg_control_checkpoint()"
+
+
+def test_settle_checkpoints_the_server(pg_server: str) -> None:
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        before = conn.execute(LAST_CHECKPOINT_SQL).fetchone()
+        assert harness.settle(pg_server) is True
+        after = conn.execute(LAST_CHECKPOINT_SQL).fetchone()
+    assert before is not None and after is not None and after[0] != before[0]
+
+
+def test_settle_without_the_privilege_says_so(pg_server: str) -> None:
+    role = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        try:
+            url = conninfo.make_conninfo(pg_server, user=role, dbname="postgres")
+            assert harness.settle(url) is False
+        finally:
+            conn.execute(f"DROP ROLE {role}")
