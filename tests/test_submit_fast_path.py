@@ -13,21 +13,13 @@ from uuid import UUID
 
 from service import runs, threads
 from service.db import Pool
+from tests.support import runs as support_runs
 
 REPLICA = ("fast-path-test", 30.0)
 
 
 def new_run(thread_id: UUID) -> runs.NewRun:
-    return runs.NewRun(
-        run_id=uuid.uuid4(),
-        thread_id=thread_id,
-        assistant_id="agent",
-        input={"messages": []},
-        kwargs={},
-        metadata={},
-        strategy="enqueue",
-        title="first words",
-    )
+    return support_runs.new_run(thread_id, input={"messages": []}, title="first words")
 
 
 async def make_thread(pool: Pool, owner: str = "alice") -> UUID:

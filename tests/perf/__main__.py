@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib
 import logging
 import shutil
@@ -83,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             for key in keys:
                 if not harness.settle(server_url):
                     log.warning("checkpoint_refused", hint="the role lacks pg_checkpoint")
+                # What earlier benchmarks left on the heap would make every later collection
+                # longer, pausing this process's clients mid-measurement.
+                gc.collect()
+                gc.freeze()
                 try:
                     rows.extend(asyncio.run(run_one(key, bench)))
                 except Exception as exc:

@@ -50,6 +50,7 @@ from service.db import Pool, make_pool
 from service.settings import Settings
 from tests.perf import clients
 from tests.perf.harness import Bench, Row, compare, interleave
+from tests.support.runs import new_run
 
 NAME = "2. checkpoint write path, in-process"
 REPLICA = "bench-write-path"
@@ -98,21 +99,10 @@ async def _claimed_runs(pool: Pool, count: int, turns: int) -> tuple[list[str], 
             await threads.insert(conn, thread_id=thread_id, owner="bench", metadata={})
             mine: list[Fence] = []
             for _ in range(turns):
-                run_id = uuid.uuid4()
-                await runs.insert(
-                    conn,
-                    runs.NewRun(
-                        run_id=run_id,
-                        thread_id=thread_id,
-                        assistant_id="agent",
-                        input=None,
-                        kwargs={},
-                        metadata={},
-                        strategy="enqueue",
-                    ),
-                )
-                row = await runs.claim(conn, run_id, REPLICA, LEASE_SECONDS)
-                mine.append(Fence(run_id, row["attempt"]))
+                run = new_run(thread_id)
+                await runs.insert(conn, run)
+                row = await runs.claim(conn, run.run_id, REPLICA, LEASE_SECONDS)
+                mine.append(Fence(run.run_id, row["attempt"]))
             fences.append(mine)
     return [str(t) for t in thread_ids], fences
 

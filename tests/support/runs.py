@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 from uuid import UUID
 
 from psycopg import AsyncConnection
@@ -21,14 +22,21 @@ async def running_run(
     """A new thread and a run of it claimed by ``replica`` (attempt 1, live lease)."""
     thread_id = uuid.uuid4()
     await threads.insert(conn, thread_id=thread_id, owner=owner, metadata={})
-    new = runs.NewRun(
-        run_id=uuid.uuid4(),
-        thread_id=thread_id,
-        assistant_id="agent",
-        input=None,
-        kwargs={},
-        metadata={},
-        strategy="enqueue",
-    )
+    new = new_run(thread_id)
     await runs.insert(conn, new, claim_for=(replica, lease_seconds))
     return thread_id, new.run_id
+
+
+def new_run(thread_id: UUID, **fields: Any) -> runs.NewRun:
+    """A run of the agent with no input; ``fields`` override any of ``NewRun``'s."""
+    values: dict[str, Any] = {
+        "run_id": uuid.uuid4(),
+        "thread_id": thread_id,
+        "assistant_id": "agent",
+        "input": None,
+        "kwargs": {},
+        "metadata": {},
+        "strategy": "enqueue",
+    }
+    values.update(fields)
+    return runs.NewRun(**values)
