@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+
 import httpx
 import pytest
+from starlette.applications import Starlette
 
 from service.app import create_app
-from service.cli import main, server_config
+from service.cli import DrainingServer, main, server_config
 from service.settings import Settings
 
 
@@ -35,3 +39,20 @@ def test_migrate_against_an_unreachable_database_exits_1(
     monkeypatch.setenv("DATABASE_URL", f"postgresql://nobody@127.0.0.1:{unused_tcp_port}/none")
     monkeypatch.setenv("THREADKEEPER_LOG_FORMAT", "console")
     assert main(["migrate"]) == 1
+
+
+async def test_serving_freezes_what_start_up_built() -> None:
+    """Once the app has started, what start-up built is out of the collector's reach, so a
+    full collection under load does not walk the modules and the compiled graph again."""
+    server = DrainingServer(server_config(Starlette(), "127.0.0.1", 0), on_exit=lambda: None)
+    gc.unfreeze()
+    serving = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(30):
+            while not server.started:  # noqa: ASYNC110 (uvicorn has a flag, not an event)
+                await asyncio.sleep(0.01)
+        assert gc.get_freeze_count() > 0
+    finally:
+        server.should_exit = True
+        await serving
+        gc.unfreeze()
