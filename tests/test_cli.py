@@ -9,9 +9,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from service.app import create_app
 from service.cli import DrainingServer, main, server_config
-from service.settings import Settings
 
 
 def test_server_outlives_client_keep_alive() -> None:
@@ -20,7 +18,7 @@ def test_server_outlives_client_keep_alive() -> None:
     When both give up at the same moment, the request a client sends on the connection just
     as the server closes it fails with a ReadError: seen at 100 concurrent conversations.
     """
-    config = server_config(create_app(Settings(), run_migrations=False), "127.0.0.1", 0)
+    config = server_config(Starlette(), "127.0.0.1", 0)
     assert config.timeout_keep_alive > httpx.Limits().keepalive_expiry  # type: ignore[operator]
     assert config.timeout_keep_alive >= 60  # behind a load balancer with a 60 s idle timeout
 

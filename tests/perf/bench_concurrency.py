@@ -64,12 +64,14 @@ async def run(bench: Bench) -> list[Row]:
             ).start()
         )
         tutorial = stack.enter_context(servers.tutorial(tutorial_db, bench.work, LATENCY_MS))
-        client_cpu_ms: dict[str, list[float]] = {"ours": [], "tutorial": []}
+        targets: dict[str, clients.Server] = {
+            "ours": clients.AgentServer(ours.url),
+            "tutorial": clients.Tutorial(tutorial.url),
+        }
+        client_cpu_ms: dict[str, list[float]] = {name: [] for name in targets}
         contenders = {
-            "ours": _wall(clients.AgentServer(ours.url), count, turns, client_cpu_ms["ours"]),
-            "tutorial": _wall(
-                clients.Tutorial(tutorial.url), count, turns, client_cpu_ms["tutorial"]
-            ),
+            name: _wall(target, count, turns, client_cpu_ms[name])
+            for name, target in targets.items()
         }
         samples = await interleave(bench.repetitions, contenders)
 

@@ -130,8 +130,7 @@ async def conversations(
     async with callers(count) as https:
         threads = await asyncio.gather(*(server.new_thread(http) for http in https))
 
-        async def talk(index: int, thread_id: str) -> None:
-            http = https[index]
+        async def talk(index: int, thread_id: str, http: httpx.AsyncClient) -> None:
             for turn in range(1, turns + 1):
                 began = time.perf_counter()
                 reply = await server.turn(http, thread_id, text(index, turn))
@@ -141,7 +140,8 @@ async def conversations(
                     raise TurnFailed(f"thread {thread_id} lost its memory: {reply[:200]!r}")
 
         began = time.perf_counter()
-        await asyncio.gather(*(talk(i, t) for i, t in enumerate(threads)))
+        pairs = enumerate(zip(threads, https, strict=True))
+        await asyncio.gather(*(talk(i, thread_id, http) for i, (thread_id, http) in pairs))
         return count * turns / (time.perf_counter() - began)
 
 

@@ -195,8 +195,8 @@ def _git_commit() -> str:
 
 def settle(server_url: str) -> bool:
     """Write out the dirty pages a previous benchmark left (benchmarks 6 and 7 seed a million
-    rows), so the next one does not pay for them in its commits' fsyncs. False when the role
-    may not CHECKPOINT (an external server); the figures are then less isolated."""
+    rows), so the background writer is not still busy with them during the next one. False
+    when the role may not CHECKPOINT (an external server); the figures are then less isolated."""
     try:
         with psycopg.connect(server_url, autocommit=True) as conn:
             conn.execute("CHECKPOINT")
