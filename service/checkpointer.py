@@ -16,6 +16,10 @@ Three differences from the stock ``AsyncPostgresSaver``, all keeping LangGraph's
   BEGIN/COMMIT and costs one round trip. Rows are serialized on the event loop instead of in a
   worker thread: a DeltaChannel keeps each write to the step's new messages, and the thread hop
   cost more than the work it moved.
+* One read at run start. Given the graph's ``DeltaChannel`` names, ``aget_tuple`` reads the
+  checkpoint and those channels' histories in one statement (``service.checkpoint_load``) and
+  hands the histories to the ``aget_delta_channel_history`` call LangGraph makes next; the stock
+  saver sends three statements for the two calls.
 * Task writes ride with the next checkpoint. A fenced saver holds a task's writes for up to
   ``WRITE_BEHIND_SECONDS``; in a step of one task the step's checkpoint comes well within that
   and both go in one statement, so they are also durable together (LangGraph only asks that a
@@ -37,6 +41,7 @@ from uuid import UUID
 import psycopg
 import structlog
 from langchain_core.runnables import RunnableConfig
+from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
     ChannelVersions,
@@ -44,6 +49,7 @@ from langgraph.checkpoint.base import (
     CheckpointMetadata,
     CheckpointTuple,
     DeltaChannelHistory,
+    get_checkpoint_id,
     get_serializable_checkpoint_metadata,
 )
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
@@ -52,6 +58,7 @@ from psycopg import AsyncCursor
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
+from service import checkpoint_load
 from service.db import Pool
 
 # FOR SHARE: concurrent writes of one attempt pass together, while a lease takeover or a delete
@@ -92,6 +99,10 @@ WRITE_ROW = (
 
 # How long a fenced saver may hold task writes for the next checkpoint to take along.
 WRITE_BEHIND_SECONDS = 0.02
+
+# Histories read along with a checkpoint and not yet asked for, at most (a shared reader saver
+# may have several loads under way; one never asked for is dropped, oldest first).
+MAX_PRELOADED = 32
 
 # Held task writes, by call: (number of rows, upsert).
 WritesShape = tuple[tuple[int, bool], ...]
@@ -190,13 +201,30 @@ def _saved(batches: Sequence[HeldWrites]) -> None:
         log.debug("task_writes_saved", task_id=batch.task_id, task_path=batch.task_path)
 
 
-class FencedPostgresSaver(AsyncPostgresSaver):
-    """``AsyncPostgresSaver`` on a pool, without the global lock, optionally fenced."""
+def history_channels(graph: Any) -> tuple[str, ...]:
+    """The ``DeltaChannel`` names of a compiled graph: what a saver should read at load."""
+    return tuple(sorted(k for k, v in graph.channels.items() if isinstance(v, DeltaChannel)))
 
-    def __init__(self, pool: Pool, fence: Fence | None = None) -> None:
+
+# (thread_id, checkpoint_ns, checkpoint_id) -> the channels replayed and their histories.
+Preloaded = dict[tuple[str, str, str], tuple[frozenset[str], dict[str, DeltaChannelHistory]]]
+
+
+class FencedPostgresSaver(AsyncPostgresSaver):
+    """``AsyncPostgresSaver`` on a pool, without the global lock, optionally fenced.
+
+    ``history``: the graph's ``DeltaChannel`` names (``history_channels``), read along with each
+    checkpoint; without them the saver reads histories as the stock saver does.
+    """
+
+    def __init__(
+        self, pool: Pool, fence: Fence | None = None, *, history: Sequence[str] = ()
+    ) -> None:
         super().__init__(pool)
         self.pool = pool
         self.fence = fence
+        self.history = list(history)
+        self._preloaded: Preloaded = {}
         # Task writes held for the next checkpoint (fenced savers only), their row keys, and
         # the write-behind of them that may be under way.
         self._held: list[HeldWrites] = []
@@ -311,7 +339,32 @@ class FencedPostgresSaver(AsyncPostgresSaver):
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         await self.flush()
-        return await super().aget_tuple(config)
+        if not self.history:
+            return await super().aget_tuple(config)
+        configurable = config["configurable"]
+        thread_id = configurable["thread_id"]
+        checkpoint_ns = configurable.get("checkpoint_ns", "")
+        checkpoint_id = get_checkpoint_id(config)
+        params = {
+            "thread_id": thread_id,
+            "checkpoint_ns": checkpoint_ns,
+            "checkpoint_id": checkpoint_id,
+            "channels": self.history,
+        }
+        async with self._cursor() as cur:
+            await cur.execute(checkpoint_load.load_sql(bool(checkpoint_id)), params)
+            target, walks = checkpoint_load.split(await cur.fetchall())
+        if target is None:
+            return None
+        if target["checkpoint"]["v"] < 4 and target["parent_checkpoint_id"]:
+            # Pending sends of an old checkpoint need migrating, which the stock read does.
+            return await super().aget_tuple(config)
+        loaded = await self._load_checkpoint_tuple(
+            {**target, "thread_id": thread_id, "checkpoint_ns": checkpoint_ns}
+        )
+        if walks.channels:
+            self._preload(thread_id, checkpoint_ns, target["checkpoint_id"], walks)
+        return loaded
 
     async def alist(
         self,
@@ -329,7 +382,33 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
         await self.flush()
+        configurable = config["configurable"]
+        key = (
+            configurable["thread_id"],
+            configurable.get("checkpoint_ns", ""),
+            get_checkpoint_id(config) or "",
+        )
+        preloaded = self._preloaded.pop(key, None)
+        if preloaded is not None and preloaded[0] == frozenset(channels):
+            return {ch: preloaded[1][ch] for ch in channels}
         return await super().aget_delta_channel_history(config=config, channels=channels)
+
+    def _preload(
+        self, thread_id: str, checkpoint_ns: str, checkpoint_id: str, walks: checkpoint_load.Walks
+    ) -> None:
+        histories = self._build_delta_channels_writes_history(
+            channels=walks.channels,
+            chain_by_ch=walks.chain_by_ch,
+            seed_ver_by_ch=walks.seed_ver_by_ch,
+            seed_inline_by_ch=walks.seed_inline_by_ch,
+            stage2_rows=cast(Any, walks.stage2_rows),
+        )
+        self._preloaded[(thread_id, checkpoint_ns, checkpoint_id)] = (
+            frozenset(walks.channels),
+            histories,
+        )
+        if len(self._preloaded) > MAX_PRELOADED:
+            del self._preloaded[next(iter(self._preloaded))]
 
     def _write_behind(self) -> None:
         self._timer = None

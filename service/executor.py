@@ -22,7 +22,7 @@ from langgraph.types import Command
 from psycopg.rows import DictRow
 
 from service import events, runs
-from service.checkpointer import Fence, FencedPostgresSaver, LeaseLostError
+from service.checkpointer import Fence, FencedPostgresSaver, LeaseLostError, history_channels
 from service.db import Pool
 from service.metrics import Metrics
 from service.notify import Hub, run_key
@@ -106,9 +106,10 @@ class Executor:
         self.metrics = metrics
         self.replica = replica
         self.lease_seconds = lease_seconds
+        self.history = history_channels(graph)
         # Reads and lock-protected state updates need no fence.
         self.reader: CompiledStateGraph[Any] = graph.copy(
-            update={"checkpointer": FencedPostgresSaver(pool)}
+            update={"checkpointer": FencedPostgresSaver(pool, history=self.history)}
         )
         self.attempts: dict[UUID, Attempt] = {}
         # Called whenever an attempt ends here and its slot is free again (see Worker).
@@ -203,7 +204,7 @@ class Executor:
         kwargs = run["kwargs"]
         modes = requested_modes(kwargs)
         subgraphs = bool(kwargs.get("stream_subgraphs"))
-        saver = FencedPostgresSaver(self.pool, Fence(run_id, number))
+        saver = FencedPostgresSaver(self.pool, Fence(run_id, number), history=self.history)
         graph = self.graph.copy(update={"checkpointer": saver})
         wait_only = bool(kwargs.get(WAIT_ONLY))
         writer = await events.EventWriter.open(self.pool, run_id, number, live=not wait_only)

@@ -12,11 +12,12 @@ Contenders, interleaved repetition by repetition:
 * ours, fenced: what the service's executor does for a run. Each turn is a real ``runs`` row,
   queued and claimed with the service's own SQL (``service.runs.insert`` then ``claim``, live
   lease) before the clock starts; the turn copies the compiled graph with a
-  ``FencedPostgresSaver(pool, Fence(run_id, 1))`` (as ``Executor._attempt`` does), so every
-  checkpoint and write is committed in a transaction that checked the lease. The pool is the
-  service's (``service.db.make_pool`` with default ``Settings``: at most 20 connections).
-* ours, unfenced: one ``FencedPostgresSaver(pool)`` without a fence on the same kind of pool
-  (the saver the service reads state with); shows what the fence costs.
+  ``FencedPostgresSaver(pool, Fence(run_id, 1), history=...)`` (as ``Executor._attempt`` does),
+  so every checkpoint and write is committed in a transaction that checked the lease, and a
+  turn's first read brings the messages history along. The pool is the service's
+  (``service.db.make_pool`` with default ``Settings``: at most 20 connections).
+* ours, unfenced: one ``FencedPostgresSaver(pool, history=...)`` without a fence on the same
+  kind of pool (the saver the service reads state with); shows what the fence costs.
 * stock: one ``AsyncPostgresSaver.from_conn_string(url)``, as the tutorial wires it: a single
   connection (server-side prepared statements on, ``prepare_threshold=0``) behind the saver's
   ``asyncio.Lock``, on a database of its own (``setup()`` run first).
@@ -45,7 +46,7 @@ from langgraph.graph.state import CompiledStateGraph
 from service import runs, threads
 from service.agent.graph import build_graph
 from service.agent.offline import OfflineChatModel
-from service.checkpointer import Fence, FencedPostgresSaver
+from service.checkpointer import Fence, FencedPostgresSaver, history_channels
 from service.db import Pool, make_pool
 from service.settings import Settings
 from tests.perf import clients
@@ -110,11 +111,13 @@ async def _claimed_runs(pool: Pool, count: int, turns: int) -> tuple[list[str], 
 def fenced(graph: Graph, pool: Pool, count: int, turns: int) -> Callable[[int], Awaitable[float]]:
     """Ours as the executor runs it: a fenced saver per turn, on claimed runs rows."""
 
+    history = history_channels(graph)
+
     async def measure(rep: int) -> float:
         thread_ids, fences = await _claimed_runs(pool, count, turns)
 
         def graph_for(index: int, turn: int) -> Graph:
-            saver = FencedPostgresSaver(pool, fences[index][turn - 1])
+            saver = FencedPostgresSaver(pool, fences[index][turn - 1], history=history)
             return graph.copy(update={"checkpointer": saver})
 
         return await conversations(thread_ids, turns, graph_for)
@@ -143,7 +146,7 @@ async def run(bench: Bench) -> list[Row]:
         stock_saver = await stack.enter_async_context(AsyncPostgresSaver.from_conn_string(stock_db))
         await stock_saver.setup()
         savers: dict[str, BaseCheckpointSaver[Any]] = {
-            "ours unfenced": FencedPostgresSaver(pool),
+            "ours unfenced": FencedPostgresSaver(pool, history=history_channels(builder.compile())),
             "stock": stock_saver,
             "memory": InMemorySaver(),
         }

@@ -1,0 +1,172 @@
+"""Loading a checkpoint together with the history its ``DeltaChannel`` values are rebuilt from.
+
+Starting a run, LangGraph reads the thread's latest checkpoint (``aget_tuple``) and then, for
+each ``DeltaChannel`` the checkpoint stores no value for, the writes since that channel's last
+snapshot (``aget_delta_channel_history``). The stock Postgres saver answers with three
+statements: the checkpoint, a page of ancestors to walk, and the writes and seed found on the
+walk. Here one statement returns all three, read from one snapshot of LangGraph's own tables:
+the ancestor walk is a recursive CTE that follows ``parent_checkpoint_id`` and stops at a
+checkpoint holding a value for the channel (a snapshot blob or an inline primitive), as the
+stock walk does.
+
+The result has one row per part, told apart by ``_kind``: ``t`` the checkpoint (the stock
+``SELECT_SQL`` columns), ``c`` one per channel to replay (its chain of checkpoint ids, nearest
+first, and its seed), ``w`` the channel's writes on the chain and ``b`` its seed blob. The ``w``
+and ``b`` rows have the columns of the stock stage-2 rows, so the stock code assembles the
+history from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from psycopg.rows import DictRow
+
+# The value a channel has at checkpoint ``c``: a snapshot blob, else an inline primitive (JSON
+# null counts as none, as in the stock walk).
+_SEED_COLUMNS = """
+    SELECT c.checkpoint -> 'channel_versions' ->> w.channel AS version,
+           EXISTS (
+               SELECT 1 FROM checkpoint_blobs AS b
+               WHERE b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns
+                 AND b.channel = w.channel
+                 AND b.version = c.checkpoint -> 'channel_versions' ->> w.channel
+                 AND b.type <> 'empty'
+           ) AS has_blob,
+           nullif(c.checkpoint -> 'channel_values' -> w.channel, 'null'::jsonb) AS inline
+"""
+
+# Placeholders for the columns a row kind does not use.
+_NULLS_T = (
+    "NULL::text AS channel, NULL::text[] AS chain, NULL::text AS version, NULL::jsonb AS inline"
+)
+_NULLS_W = (
+    "NULL::text AS type, NULL::bytea AS blob, NULL::text AS task_id, NULL::text AS task_path, "
+    "NULL::int AS idx"
+)
+_NULLS_CP = (
+    "NULL::text AS checkpoint_id, NULL::text AS parent_checkpoint_id, NULL::jsonb AS checkpoint, "
+    "NULL::jsonb AS metadata, NULL::bytea[] AS channel_values, NULL::bytea[] AS pending_writes"
+)
+
+LOAD_TEMPLATE = f"""
+WITH RECURSIVE target AS (
+    SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata
+    FROM checkpoints
+    WHERE thread_id = %(thread_id)s AND checkpoint_ns = %(checkpoint_ns)s {{by_id}}
+    ORDER BY checkpoint_id DESC
+    LIMIT 1
+),
+-- The delta channels the target has a version of but stores no value for.
+replay AS (
+    SELECT ch.channel
+    FROM target AS t, unnest(%(channels)s::text[]) AS ch(channel)
+    WHERE (t.checkpoint -> 'channel_versions') ? ch.channel
+      AND NOT ((t.checkpoint -> 'channel_values') ? ch.channel)
+      AND NOT EXISTS (
+          SELECT 1 FROM checkpoint_blobs AS b
+          WHERE b.thread_id = t.thread_id AND b.checkpoint_ns = t.checkpoint_ns
+            AND b.channel = ch.channel
+            AND b.version = t.checkpoint -> 'channel_versions' ->> ch.channel
+            AND b.type <> 'empty'
+      )
+),
+-- Depth 0 is the target itself; the walk goes up while no value is found. Ancestors have
+-- smaller ids (uuid6), which the stock walk relies on too and which bounds this one.
+walk AS (
+    SELECT r.channel, t.checkpoint_id, t.parent_checkpoint_id, 0 AS depth,
+           NULL::text AS version, false AS has_blob, NULL::jsonb AS inline
+    FROM replay AS r, target AS t
+  UNION ALL
+    SELECT w.channel, c.checkpoint_id, c.parent_checkpoint_id, w.depth + 1,
+           s.version, s.has_blob, s.inline
+    FROM walk AS w
+    JOIN checkpoints AS c
+      ON c.thread_id = %(thread_id)s AND c.checkpoint_ns = %(checkpoint_ns)s
+     AND c.checkpoint_id = w.parent_checkpoint_id AND c.checkpoint_id < w.checkpoint_id
+    CROSS JOIN LATERAL ({_SEED_COLUMNS}) AS s
+    WHERE NOT w.has_blob AND w.inline IS NULL
+)
+SELECT 't'::text AS _kind, t.checkpoint_id, t.parent_checkpoint_id, t.checkpoint, t.metadata,
+    (
+        SELECT array_agg(array[bl.channel::bytea, bl.type::bytea, bl.blob])
+        FROM jsonb_each_text(t.checkpoint -> 'channel_versions') AS v
+        JOIN checkpoint_blobs AS bl
+          ON bl.thread_id = t.thread_id AND bl.checkpoint_ns = t.checkpoint_ns
+         AND bl.channel = v.key AND bl.version = v.value
+    ) AS channel_values,
+    (
+        SELECT array_agg(array[cw.task_id::text::bytea, cw.channel::bytea, cw.type::bytea,
+                               cw.blob, convert_to(cw.task_path, 'UTF8'), cw.idx::text::bytea])
+        FROM checkpoint_writes AS cw
+        WHERE cw.thread_id = t.thread_id AND cw.checkpoint_ns = t.checkpoint_ns
+          AND cw.checkpoint_id = t.checkpoint_id
+    ) AS pending_writes,
+    {_NULLS_T}, {_NULLS_W}
+FROM target AS t
+UNION ALL
+SELECT 'c', {_NULLS_CP}, w.channel,
+    array_agg(w.checkpoint_id ORDER BY w.depth) FILTER (WHERE w.depth > 0),
+    max(w.version) FILTER (WHERE w.has_blob OR w.inline IS NOT NULL),
+    (array_agg(w.inline) FILTER (WHERE NOT w.has_blob AND w.inline IS NOT NULL))[1],
+    {_NULLS_W}
+FROM walk AS w
+GROUP BY w.channel
+UNION ALL
+SELECT 'w', cw.checkpoint_id, NULL, NULL, NULL, NULL, NULL, cw.channel, NULL, NULL, NULL,
+    cw.type, cw.blob, cw.task_id, cw.task_path, cw.idx
+FROM walk AS w
+JOIN checkpoint_writes AS cw
+  ON cw.thread_id = %(thread_id)s AND cw.checkpoint_ns = %(checkpoint_ns)s
+ AND cw.checkpoint_id = w.checkpoint_id AND cw.channel = w.channel
+WHERE w.depth > 0
+UNION ALL
+SELECT 'b', NULL, NULL, NULL, NULL, NULL, NULL, b.channel, NULL, b.version, NULL,
+    b.type, b.blob, NULL, NULL, NULL
+FROM walk AS w
+JOIN checkpoint_blobs AS b
+  ON b.thread_id = %(thread_id)s AND b.checkpoint_ns = %(checkpoint_ns)s
+ AND b.channel = w.channel AND b.version = w.version
+WHERE w.has_blob
+"""
+
+
+@lru_cache(maxsize=2)
+def load_sql(by_id: bool) -> bytes:
+    """The statement for a given checkpoint id, or for the thread's latest checkpoint."""
+    by_id_clause = "AND checkpoint_id = %(checkpoint_id)s" if by_id else ""
+    return LOAD_TEMPLATE.format(by_id=by_id_clause).encode()
+
+
+@dataclass(frozen=True)
+class Walks:
+    """What the ancestor walks found, in the shapes the stock history assembly takes."""
+
+    channels: list[str]
+    chain_by_ch: dict[str, list[str]]
+    seed_ver_by_ch: dict[str, str | None]
+    seed_inline_by_ch: dict[str, Any]
+    stage2_rows: list[Mapping[str, Any]]
+
+
+def split(rows: Sequence[DictRow]) -> tuple[DictRow | None, Walks]:
+    """The checkpoint row (None if there is none) and the walks, from one result."""
+    target: DictRow | None = None
+    walks = Walks([], {}, {}, {}, [])
+    for row in rows:
+        kind = row["_kind"]
+        if kind == "t":
+            target = row
+        elif kind == "c":
+            channel = row["channel"]
+            walks.channels.append(channel)
+            walks.chain_by_ch[channel] = row["chain"] or []
+            walks.seed_ver_by_ch[channel] = row["version"]
+            if row["inline"] is not None:
+                walks.seed_inline_by_ch[channel] = row["inline"]
+        else:
+            walks.stage2_rows.append(row)
+    return target, walks
