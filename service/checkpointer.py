@@ -1,6 +1,6 @@
 """The checkpoint saver the service runs graphs with.
 
-Three differences from the stock ``AsyncPostgresSaver``, all keeping LangGraph's table layout:
+How it differs from the stock ``AsyncPostgresSaver``, always keeping LangGraph's table layout:
 
 * No instance-wide ``asyncio.Lock``. The stock saver takes one around every database call even
   on a pool (langgraph#7259), so one replica would use one connection at a time. Here each call
