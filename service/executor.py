@@ -18,7 +18,7 @@ import psycopg
 import structlog
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
-from langgraph.types import Command
+from langgraph.types import Command, Durability
 from psycopg.rows import DictRow
 
 from service import events, runs
@@ -50,6 +50,11 @@ DEFAULT_STREAM_MODES = ["values"]
 # grow with the conversation, and stream events are kept for an hour.
 WAIT_ONLY = "wait_only"
 
+# LangGraph's own server defaults to "async", which writes a step's checkpoint while the next
+# step runs. "sync" commits each checkpoint before the next step starts, so a replica that dies
+# mid-run costs its successor at most the step in progress; both leave the finished turn durable.
+DEFAULT_DURABILITY: Durability = "sync"
+
 
 @dataclass(frozen=True)
 class RunOutcome:
@@ -72,6 +77,17 @@ class Attempt:
 def requested_modes(kwargs: dict[str, Any]) -> list[str]:
     mode = kwargs.get("stream_mode") or DEFAULT_STREAM_MODES
     return [mode] if isinstance(mode, str) else list(mode)
+
+
+def run_durability(kwargs: dict[str, Any]) -> Durability:
+    """The run's ``durability``; the deprecated ``checkpoint_during`` maps as LangGraph maps it."""
+    chosen: Durability | None = kwargs.get("durability")
+    if chosen is not None:
+        return chosen
+    during = kwargs.get("checkpoint_during")
+    if during is not None:
+        return "async" if during else "exit"
+    return DEFAULT_DURABILITY
 
 
 def thread_config(thread_id: UUID, checkpoint_id: str | None = None) -> RunnableConfig:
@@ -226,7 +242,7 @@ class Executor:
                 self._config(run),
                 stream_mode=lg_modes,
                 subgraphs=True,
-                durability="sync",
+                durability=run_durability(kwargs),
                 interrupt_before=kwargs.get("interrupt_before"),
                 interrupt_after=kwargs.get("interrupt_after"),
             ):

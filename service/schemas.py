@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MultitaskStrategy = Literal["reject", "enqueue", "interrupt", "rollback"]
 ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
@@ -142,6 +142,13 @@ class RunCreate(Body):
         if value:
             raise ValueError("delayed runs are not supported")
         return value
+
+    @model_validator(mode="after")
+    def _one_durability(self) -> RunCreate:
+        # LangGraph refuses the pair too; which one wins would be a guess.
+        if self.durability is not None and self.checkpoint_during is not None:
+            raise ValueError("give durability or the deprecated checkpoint_during, not both")
+        return self
 
 
 class Chat(Body):

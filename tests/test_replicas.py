@@ -126,6 +126,37 @@ def test_run_of_a_killed_replica_is_resumed_by_another(replicas: Replicas) -> No
     assert [m["type"] for m in messages] == ["human", "ai", "tool", "ai"]
 
 
+def test_a_killed_run_that_checkpoints_only_at_exit_starts_again_from_its_input(
+    replicas: Replicas,
+) -> None:
+    """With ``durability: exit`` the dead attempt wrote no checkpoint: the next one runs the
+    turn from its input, and the thread gets the turn once."""
+    env = {"THREADKEEPER_LEASE_SECONDS": "2"}
+    a = replicas("a", **env).start()
+    b = replicas("b", **env).start(migrate=False)
+    tid = httpx.post(f"{a.url}/threads", json={}).json()["thread_id"]
+    last_reply(talk(a.url, tid, "hello, remember the word zebra"))
+    body = {
+        "assistant_id": "agent",
+        "input": {"messages": [{"role": "user", "content": "look up slowly 3"}]},
+        "durability": "exit",
+        "stream_mode": ["updates"],
+    }
+    run_id = httpx.post(f"{a.url}/threads/{tid}/runs", json=body).json()["run_id"]
+    # Followed from b: the plan step's update means the attempt on a sits in the tool.
+    with httpx.stream("GET", f"{b.url}/threads/{tid}/runs/{run_id}/stream", timeout=30) as s:
+        planned = any(line.startswith("data:") and '"plan"' in line for line in s.iter_lines())
+    assert planned
+    assert _state(b.url, tid)["next"] == [], "a checkpoint was written before the run ended"
+    a.kill()
+    joined = httpx.get(f"{b.url}/threads/{tid}/runs/{run_id}/join", timeout=60)
+    assert "looked up slowly for 3s" in joined.text
+    run = httpx.get(f"{b.url}/threads/{tid}/runs/{run_id}").json()
+    assert (run["status"], run["attempt"], run["replica"]) == ("success", 2, "b")
+    messages = _state(b.url, tid)["values"]["messages"]
+    assert [m["type"] for m in messages] == ["human", "ai", "human", "ai", "tool", "ai"]
+
+
 def test_six_replicas_start_together_on_an_empty_database(
     empty_database_url: str, tmp_path: object
 ) -> None:
