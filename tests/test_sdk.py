@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -93,3 +94,21 @@ async def test_sdk_threads_state_history_and_runs(
     assert "Turn 1." in created["messages"][-1]["content"]
     assistants = await client.assistants.search()
     assert assistants[0]["graph_id"] == "agent"
+
+
+async def test_sdk_runs_choose_their_durability(replicas: Callable[..., ServiceProcess]) -> None:
+    """``runs.wait(..., durability="exit")`` reaches the graph: one checkpoint per turn (and the
+    first turn's stub parent) where the default writes one per step."""
+    server = replicas("sdk-durability").start()
+    client = get_client(url=server.url)
+    histories: dict[str, list[Any]] = {}
+    for durability in ("sync", "exit"):
+        tid = (await client.threads.create())["thread_id"]
+        for text in ("the secret is 4711", "what is the secret?"):
+            result = await client.runs.wait(tid, "agent", input=_say(text), durability=durability)
+        assert "4711" in result["messages"][-1]["content"]
+        histories[durability] = await client.threads.get_history(tid, limit=100)
+    runs_at_exit = [h["metadata"]["run_id"] for h in histories["exit"]]
+    assert len(set(runs_at_exit)) == 2
+    assert len(runs_at_exit) == 3
+    assert len(histories["sync"]) > len(histories["exit"])
