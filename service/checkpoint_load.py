@@ -138,7 +138,10 @@ WHERE w.has_blob
 def load_sql(by_id: bool) -> bytes:
     """The statement for a given checkpoint id, or for the thread's latest checkpoint."""
     by_id_clause = "AND checkpoint_id = %(checkpoint_id)s" if by_id else ""
-    return LOAD_TEMPLATE.format(by_id=by_id_clause).encode()
+    # Sent without comments and indentation: psycopg caches how it parsed a query only for
+    # queries of up to 4096 bytes; a longer one is parsed again on every load.
+    lines = (line.strip() for line in LOAD_TEMPLATE.format(by_id=by_id_clause).splitlines())
+    return "\n".join(line for line in lines if line and not line.startswith("--")).encode()
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,6 @@ def connection_kwargs(settings: Settings) -> dict[str, Any]:
 CHECK_IDLE_SECONDS = 1.0
 
 
-async def _stamp_returned(conn: AsyncConnection[DictRow]) -> None:
-    conn.info_returned_at = time.monotonic()  # type: ignore[attr-defined]
-
-
 async def _check_if_idle(conn: AsyncConnection[DictRow]) -> None:
     """Check a connection that sat idle (the server may have gone away meanwhile)."""
     returned = getattr(conn, "info_returned_at", None)
@@ -44,9 +40,21 @@ async def _check_if_idle(conn: AsyncConnection[DictRow]) -> None:
         await AsyncConnectionPool.check_connection(conn)
 
 
+class ServicePool(AsyncConnectionPool[AsyncConnection[DictRow]]):
+    """The pool, stamping each connection as it comes back, for ``_check_if_idle``.
+
+    The stamp is taken here, not by a ``reset`` callback: with one configured, psycopg_pool
+    hands every returned connection to a worker task, a task switch on each of a turn's borrows.
+    """
+
+    async def putconn(self, conn: AsyncConnection[DictRow]) -> None:
+        conn.info_returned_at = time.monotonic()  # type: ignore[attr-defined]
+        await super().putconn(conn)
+
+
 def make_pool(url: str, settings: Settings) -> Pool:
     """Build (not open) the pool; the caller opens it in the app lifespan."""
-    return AsyncConnectionPool(
+    return ServicePool(
         url,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
@@ -56,7 +64,6 @@ def make_pool(url: str, settings: Settings) -> Pool:
         kwargs=connection_kwargs(settings),
         connection_class=AsyncConnection[DictRow],
         check=_check_if_idle,
-        reset=_stamp_returned,
         open=False,
         name="threadkeeper",
     )

@@ -17,8 +17,10 @@ import pytest
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import CheckpointTuple
 from langgraph.types import Durability
+from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
 from psycopg_pool import AsyncConnectionPool
 
+from service import checkpoint_load
 from service.agent.graph import build_graph
 from service.agent.offline import OfflineChatModel
 from service.checkpointer import FencedPostgresSaver, history_channels
@@ -208,3 +210,9 @@ async def test_a_history_asked_for_other_channels_is_read_the_stock_way(
         )
         assert dict(got) == dict(expected)
         assert not ours._preloaded
+
+
+@pytest.mark.parametrize("by_id", [False, True])
+def test_the_load_statement_is_short_enough_for_psycopg_to_keep_its_parse(by_id: bool) -> None:
+    statement = checkpoint_load.load_sql(by_id)
+    assert len(statement) <= MAX_CACHED_STATEMENT_LENGTH

@@ -1,0 +1,68 @@
+"""The service's connection pool: borrowed connections are checked only after sitting idle."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from service import db
+from service.db import Pool, make_pool
+from service.settings import Settings
+
+
+@pytest.fixture
+async def one_connection(database_url: str) -> AsyncIterator[Pool]:
+    settings = Settings(database_url=database_url, pool_min_size=1, pool_max_size=1)
+    pool = make_pool(database_url, settings)
+    await pool.open(wait=True)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+def checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The backend pid of every connection the pool checked (the real check still runs)."""
+    seen: list[int] = []
+    real = AsyncConnectionPool.check_connection
+
+    async def counting(conn: Any) -> None:
+        seen.append(conn.info.backend_pid)
+        await real(conn)
+
+    monkeypatch.setattr(AsyncConnectionPool, "check_connection", staticmethod(counting))
+    return seen
+
+
+async def _backend_pid(pool: Pool) -> int:
+    async with pool.connection() as conn:
+        return conn.info.backend_pid
+
+
+async def test_a_connection_back_moments_ago_is_lent_without_a_check(
+    one_connection: Pool, checks: list[int]
+) -> None:
+    first = await _backend_pid(one_connection)
+    checks.clear()  # the first borrow of a new connection is checked: it was never returned
+    assert await _backend_pid(one_connection) == first
+    assert await _backend_pid(one_connection) == first
+    assert checks == []
+
+
+async def test_a_connection_whose_server_went_away_while_idle_is_replaced(
+    one_connection: Pool, checks: list[int], database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await _backend_pid(one_connection)
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
+        await admin.execute("SELECT pg_terminate_backend(%s)", (first,))
+    # Every connection counts as idle now, as one back from a long pause would.
+    monkeypatch.setattr(db, "CHECK_IDLE_SECONDS", 0.0)
+    checks.clear()
+    second = await _backend_pid(one_connection)
+    assert second != first
+    assert checks[0] == first  # the dead one was checked, found broken, and not lent
