@@ -9,10 +9,10 @@ How it differs from the stock ``AsyncPostgresSaver``, always keeping LangGraph's
   checks, with a row lock, that this attempt still holds a live lease on the run. A replica that
   lost its lease (paused, partitioned, or its run was deleted) fails that check and can never
   interleave with its successor or resurrect a deleted thread (langgraph#7206).
-* One statement per write. A turn makes about seven writes (``aput``, ``aput_writes``); the stock
-  saver sends each as a pipeline of statements, and a fence around them would add a transaction
-  and a round trip of its own. Here a write is a single statement (the lease check as a CTE, then
-  the same inserts with the same ``ON CONFLICT`` rules as LangGraph's), so it is atomic without
+* One statement per batch. The stock saver sends each ``aput`` and ``aput_writes`` as a pipeline
+  of statements, and a fence around them would add a transaction and a round trip of its own.
+  Here what is written at once is a single statement (the lease check as a CTE, then the same
+  inserts with the same ``ON CONFLICT`` rules as LangGraph's), so it is atomic without
   BEGIN/COMMIT and costs one round trip. Rows are serialized on the event loop instead of in a
   worker thread: a DeltaChannel keeps each write to the step's new messages, and the thread hop
   cost more than the work it moved.
@@ -20,12 +20,16 @@ How it differs from the stock ``AsyncPostgresSaver``, always keeping LangGraph's
   checkpoint and those channels' histories in one statement (``service.checkpoint_load``) and
   hands the histories to the ``aget_delta_channel_history`` call LangGraph makes next; the stock
   saver sends three statements for the two calls.
-* Task writes ride with the next checkpoint. A fenced saver holds a task's writes for up to
-  ``WRITE_BEHIND_SECONDS``; in a step of one task the step's checkpoint comes well within that
-  and both go in one statement, so they are also durable together (LangGraph only asks that a
-  checkpoint never be durable before the writes that produced it). Otherwise, and before any
-  read, they are written on their own. A crash inside that window re-runs the task on resume,
-  as a crash before its writes were sent always did.
+* Writes are held and go out together (fenced savers). Checkpoints and task writes are held,
+  in the order LangGraph hands them over, for up to ``WRITE_BEHIND_SECONDS`` from the first one
+  held, then written in one statement; a read (``aget_tuple``, ``alist``) and ``flush`` write
+  them first, and the executor flushes when a run ends or stops, before the run's ending is
+  recorded. What is durable is therefore always a prefix of the run: a checkpoint is never
+  durable before the writes that produced it, as LangGraph asks, nor before its parent. Steps
+  of a fast graph share a statement (and a commit); a slow step, such as a model call, finds
+  its predecessors already written. A crash inside the window loses the held steps; the next
+  attempt re-runs them, as it re-runs a step the crash interrupted, and a finished task stays
+  re-runnable for at most the window. A refusal by the fence surfaces at the next call.
 """
 
 from __future__ import annotations
@@ -97,19 +101,20 @@ WRITE_ROW = (
 )
 
 
-# How long a fenced saver may hold task writes for the next checkpoint to take along. On a busy
-# event loop the step's checkpoint comes tens of milliseconds after the task's writes (p99 about
-# 50 ms with 32 conversations on one loop, benchmark 2); at 20 ms, a tenth of a turn's writes
-# missed it and cost a statement of their own. What it bounds is how long a finished task whose
-# step-mates still run may stay re-runnable by a crash.
+# How long a fenced saver may hold rows before writing them. It bounds what a crash can cost:
+# steps finished in the last window run again on resume. On a busy event loop one step follows
+# another tens of milliseconds apart (p99 about 50 ms with 32 conversations on one loop,
+# benchmark 2), so a window this long lets a fast graph's steps share a statement.
 WRITE_BEHIND_SECONDS = 0.1
 
 # Histories read along with a checkpoint and not yet asked for, at most (a shared reader saver
 # may have several loads under way; one never asked for is dropped, oldest first).
 MAX_PRELOADED = 32
 
-# Held task writes, by call: (number of rows, upsert).
-WritesShape = tuple[tuple[int, bool], ...]
+# What one statement carries, in order: ("w", rows, upsert) for one ``aput_writes`` call's
+# rows, ("c", blobs) for one checkpoint with its channel blobs.
+Segment = tuple[str, int, bool]
+Shape = tuple[Segment, ...]
 
 
 def _writes_cte(name: str, count: int, upsert: bool, fenced: bool) -> str:
@@ -126,41 +131,40 @@ def _writes_cte(name: str, count: int, upsert: bool, fenced: bool) -> str:
 )"""
 
 
-@lru_cache(maxsize=64)
-def put_sql(blobs: int, fenced: bool, writes: WritesShape = ()) -> bytes:
-    """``aput`` as one statement: [fence,] held task writes, the channel blobs, then the
-    checkpoint row.
-
-    Bytes: psycopg caches a query's conversion by its text, and need not encode it each call.
-    """
-    ctes = [FENCE_CTE] if fenced else []
-    ctes.extend(
-        _writes_cte(f"writes{i}", count, upsert, fenced) for i, (count, upsert) in enumerate(writes)
-    )
-    if blobs:
-        rows = ", ".join([BLOB_ROW] * blobs)
-        ctes.append(
-            f"""blobs AS (
+def _blobs_cte(name: str, count: int, fenced: bool) -> str:
+    rows = ", ".join([BLOB_ROW] * count)
+    return f"""{name} AS (
     INSERT INTO checkpoint_blobs ({BLOB_COLUMNS})
     SELECT b.* FROM {"fence, " if fenced else ""}(VALUES {rows}) AS b({BLOB_COLUMNS})
     ON CONFLICT (thread_id, checkpoint_ns, channel, version) DO NOTHING
 )"""
-        )
-    with_ = "WITH " + ",\n".join(ctes) + "\n" if ctes else ""
-    return f"""{with_}INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id,
-                         parent_checkpoint_id, checkpoint, metadata)
-SELECT %s, %s, %s, %s, %s, %s{" FROM fence" if fenced else ""}
-ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id)
-DO UPDATE SET checkpoint = EXCLUDED.checkpoint, metadata = EXCLUDED.metadata""".encode()
 
 
-@lru_cache(maxsize=64)
-def writes_sql(writes: WritesShape, fenced: bool) -> bytes:
-    """Task writes as one statement: [fence,] then each call's rows (keys all distinct)."""
+def _checkpoint_cte(name: str, fenced: bool) -> str:
+    return f"""{name} AS (
+    INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id,
+                             parent_checkpoint_id, checkpoint, metadata)
+    SELECT %s, %s, %s, %s, %s, %s{" FROM fence" if fenced else ""}
+    ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id)
+    DO UPDATE SET checkpoint = EXCLUDED.checkpoint, metadata = EXCLUDED.metadata
+)"""
+
+
+@lru_cache(maxsize=256)
+def batch_sql(shape: Shape, fenced: bool) -> bytes:
+    """Held rows as one statement: [fence,] then each segment's inserts, with the same columns
+    and ``ON CONFLICT`` rules as LangGraph's. The keys of one statement are all distinct.
+
+    Bytes: psycopg caches a query's conversion by its text, and need not encode it each call.
+    """
     ctes = [FENCE_CTE] if fenced else []
-    ctes.extend(
-        _writes_cte(f"writes{i}", count, upsert, fenced) for i, (count, upsert) in enumerate(writes)
-    )
+    for i, (kind, count, upsert) in enumerate(shape):
+        if kind == "w":
+            ctes.append(_writes_cte(f"writes{i}", count, upsert, fenced))
+            continue
+        if count:
+            ctes.append(_blobs_cte(f"blobs{i}", count, fenced))
+        ctes.append(_checkpoint_cte(f"checkpoint{i}", fenced))
     # Every data-modifying CTE runs to completion; the statement itself returns nothing.
     return ("WITH " + ",\n".join(ctes) + "\nSELECT 1 WHERE false").encode()
 
@@ -180,17 +184,47 @@ class Fence:
     attempt: int
 
 
+WriteRow = tuple[str, str, str, str, str, int, str, str, bytes]
+BlobRow = tuple[str, str, str, str, str, bytes | None]
+
+
 @dataclass(frozen=True)
 class HeldWrites:
     """One ``aput_writes`` call's rows, serialized, waiting for a statement to carry them."""
 
     task_id: str
     task_path: str
-    rows: list[tuple[str, str, str, str, str, int, str, str, bytes]]
+    rows: list[WriteRow]
     upsert: bool
 
     def keys(self) -> set[tuple[str, str, str, int]]:
         return {(row[1], row[2], row[3], row[5]) for row in self.rows}
+
+    def segment(self) -> Segment:
+        return ("w", len(self.rows), self.upsert)
+
+    def params(self) -> list[Any]:
+        return [value for row in self.rows for value in row]
+
+
+@dataclass(frozen=True)
+class HeldCheckpoint:
+    """One ``aput``'s rows, serialized: its channel blobs, then the checkpoint row."""
+
+    blobs: list[BlobRow]
+    row: tuple[str, str, str, str | None, Jsonb, Jsonb]
+
+    def key(self) -> tuple[str, str, str]:
+        return (self.row[0], self.row[1], self.row[2])
+
+    def segment(self) -> Segment:
+        return ("c", len(self.blobs), False)
+
+    def params(self) -> list[Any]:
+        return [value for blob in self.blobs for value in blob] + list(self.row)
+
+
+Held = HeldWrites | HeldCheckpoint
 
 
 def _retrieved(task: asyncio.Task[None]) -> None:
@@ -198,11 +232,12 @@ def _retrieved(task: asyncio.Task[None]) -> None:
         task.exception()
 
 
-def _saved(batches: Sequence[HeldWrites]) -> None:
+def _saved(items: Sequence[Held]) -> None:
     # Audit trail of completed tasks: a task id saved twice would mean a node that had
     # finished ran again (the failover tests count these).
-    for batch in batches:
-        log.debug("task_writes_saved", task_id=batch.task_id, task_path=batch.task_path)
+    for item in items:
+        if isinstance(item, HeldWrites):
+            log.debug("task_writes_saved", task_id=item.task_id, task_path=item.task_path)
 
 
 def history_channels(graph: Any) -> tuple[str, ...]:
@@ -229,10 +264,12 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         self.fence = fence
         self.history = list(history)
         self._preloaded: Preloaded = {}
-        # Task writes held for the next checkpoint (fenced savers only), their row keys, and
-        # the write-behind of them that may be under way.
-        self._held: list[HeldWrites] = []
+        # Rows held for one statement to carry (fenced savers only), in the order LangGraph
+        # handed them over; the keys of the held task writes and checkpoints; and the
+        # write-behind of earlier ones that may be under way.
+        self._held: list[Held] = []
         self._held_keys: set[tuple[str, str, str, int]] = set()
+        self._held_checkpoints: set[tuple[str, str, str]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._writing: asyncio.Task[None] | None = None
 
@@ -258,17 +295,8 @@ class FencedPostgresSaver(AsyncPostgresSaver):
             elif v is not None and not isinstance(v, (str, int, float, bool)):
                 blob_values[k] = values.pop(k)
         blob_versions = {k: v for k, v in new_versions.items() if k in blob_values}
-        blobs = self._dump_blobs(thread_id, checkpoint_ns, blob_values, blob_versions)
-        # A write-behind already under way must commit before this checkpoint can.
-        await self._written()
-        held = self._take_held()
-        params: list[Any] = self._fence_params()
-        for batch in held:
-            for row in batch.rows:
-                params.extend(row)
-        for blob in blobs:
-            params.extend(blob)
-        params.extend(
+        held = HeldCheckpoint(
+            self._dump_blobs(thread_id, checkpoint_ns, blob_values, blob_versions),
             (
                 thread_id,
                 checkpoint_ns,
@@ -276,11 +304,17 @@ class FencedPostgresSaver(AsyncPostgresSaver):
                 configurable.get("checkpoint_id"),
                 Jsonb(copy),
                 Jsonb(get_serializable_checkpoint_metadata(config, metadata)),
-            )
+            ),
         )
-        shape = tuple((len(b.rows), b.upsert) for b in held)
-        await self._execute(put_sql(len(blobs), self.fence is not None, shape), params)
-        _saved(held)
+        if self.fence is None:
+            await self._write_now([held])
+        else:
+            await self._refused()
+            if held.key() in self._held_checkpoints:
+                # Put again (an interrupted step's re-put): one statement cannot write it twice.
+                await self.flush()
+            self._hold(held)
+            self._held_checkpoints.add(held.key())
         return {
             "configurable": {
                 "thread_id": thread_id,
@@ -325,11 +359,15 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         if self.fence is None:
             await self._write_now([batch])
             return
+        await self._refused()
         if keys & self._held_keys:
             # A row already held is written again: one statement cannot touch it twice.
             await self.flush()
-        self._held.append(batch)
+        self._hold(batch)
         self._held_keys |= keys
+
+    def _hold(self, item: Held) -> None:
+        self._held.append(item)
         if self._timer is None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(WRITE_BEHIND_SECONDS, self._write_behind)
@@ -423,12 +461,15 @@ class FencedPostgresSaver(AsyncPostgresSaver):
             task.add_done_callback(_retrieved)
             self._writing = task
 
-    async def _write_after(
-        self, previous: asyncio.Task[None] | None, batches: list[HeldWrites]
-    ) -> None:
+    async def _write_after(self, previous: asyncio.Task[None] | None, items: list[Held]) -> None:
         if previous is not None:
             await previous
-        await self._write_now(batches)
+        await self._write_now(items)
+
+    async def _refused(self) -> None:
+        """Raise the failure (a lost lease) of a write-behind that has already ended."""
+        if self._writing is not None and self._writing.done():
+            await self._written()
 
     async def _written(self) -> None:
         """Wait for a write-behind under way; its failure (a lost lease) is this caller's."""
@@ -441,22 +482,22 @@ class FencedPostgresSaver(AsyncPostgresSaver):
             if self._writing is task:
                 self._writing = None
 
-    def _take_held(self) -> list[HeldWrites]:
+    def _take_held(self) -> list[Held]:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         held, self._held = self._held, []
         self._held_keys = set()
+        self._held_checkpoints = set()
         return held
 
-    async def _write_now(self, batches: list[HeldWrites]) -> None:
+    async def _write_now(self, items: list[Held]) -> None:
         params: list[Any] = self._fence_params()
-        for batch in batches:
-            for row in batch.rows:
-                params.extend(row)
-        shape = tuple((len(b.rows), b.upsert) for b in batches)
-        await self._execute(writes_sql(shape, self.fence is not None), params)
-        _saved(batches)
+        for item in items:
+            params.extend(item.params())
+        shape = tuple(item.segment() for item in items)
+        await self._execute(batch_sql(shape, self.fence is not None), params)
+        _saved(items)
 
     async def _load_checkpoint_tuple(self, value: DictRow) -> CheckpointTuple:
         # The stock method minus its thread hop for the pending writes.

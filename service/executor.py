@@ -50,9 +50,10 @@ DEFAULT_STREAM_MODES = ["values"]
 # grow with the conversation, and stream events are kept for an hour.
 WAIT_ONLY = "wait_only"
 
-# LangGraph's own server defaults to "async", which writes a step's checkpoint while the next
-# step runs. "sync" commits each checkpoint before the next step starts, so a replica that dies
-# mid-run costs its successor at most the step in progress; both leave the finished turn durable.
+# LangGraph's own server defaults to "async", which hands a step's checkpoint to the saver while
+# the next step runs; "sync" hands it over first. The fenced saver holds what it is handed for at
+# most its write-behind window either way, so here both make each step durable within that
+# window and the turn before its ending is recorded; "exit" hands over one checkpoint, at the end.
 DEFAULT_DURABILITY: Durability = "sync"
 
 
@@ -98,7 +99,7 @@ def thread_config(thread_id: UUID, checkpoint_id: str | None = None) -> Runnable
 
 
 async def _keep_held_writes(saver: FencedPostgresSaver) -> None:
-    """Save what finished tasks wrote before the run stopped, if the lease still allows it."""
+    """Save what the saver still holds (finished steps, task writes), if the lease allows it."""
     try:
         await saver.flush()
     except (LeaseLostError, psycopg.Error) as exc:

@@ -99,33 +99,36 @@ async def _rows(pool: Pool, thread_id: uuid.UUID) -> int:
         return int(row["n"])
 
 
+async def _turn(pool: Pool, fence: Fence, config: Any) -> None:
+    """One turn as the executor runs it: the graph on a fenced saver, then the saver's flush."""
+    saver = FencedPostgresSaver(pool, fence)
+    await build_graph(OfflineChatModel()).compile(checkpointer=saver).ainvoke(HELLO, config)
+    await saver.flush()
+
+
 async def test_fenced_writes_need_a_live_lease(pool: Pool) -> None:
     thread_id = uuid.uuid4()
     async with pool.connection() as conn:
         live = await _insert_run(conn, thread_id, 60)
     config = {"configurable": {"thread_id": str(thread_id)}}
-    graph = build_graph(OfflineChatModel())
-    holder = graph.compile(checkpointer=FencedPostgresSaver(pool, Fence(live, 1)))
-    await holder.ainvoke(HELLO, config)
+    await _turn(pool, Fence(live, 1), config)
     written = await _rows(pool, thread_id)
     assert written > 0
 
     # The same run under a stale attempt number, an expired lease, or a deleted run row:
-    stale_attempt = graph.compile(checkpointer=FencedPostgresSaver(pool, Fence(live, 2)))
     with pytest.raises(LeaseLostError):
-        await stale_attempt.ainvoke(HELLO, config)
+        await _turn(pool, Fence(live, 2), config)
     async with pool.connection() as conn:
         await conn.execute(
             "UPDATE runs SET lease_expires_at = now() - interval '1 second' WHERE run_id = %s",
             (live,),
         )
-    expired = graph.compile(checkpointer=FencedPostgresSaver(pool, Fence(live, 1)))
     with pytest.raises(LeaseLostError):
-        await expired.ainvoke(HELLO, config)
+        await _turn(pool, Fence(live, 1), config)
     async with pool.connection() as conn:
         await conn.execute("DELETE FROM runs WHERE run_id = %s", (live,))
     with pytest.raises(LeaseLostError):
-        await expired.ainvoke(HELLO, config)
+        await _turn(pool, Fence(live, 1), config)
     assert await _rows(pool, thread_id) == written
 
 
@@ -223,7 +226,7 @@ class StatementCounter:
 
 @pytest.fixture
 def held_writes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Writes wait for the next checkpoint however long it takes (no write-behind timer)."""
+    """Rows wait for a read or a flush however long it takes (no write-behind timer)."""
     monkeypatch.setattr(checkpointer, "WRITE_BEHIND_SECONDS", 3600.0)
 
 
@@ -234,27 +237,51 @@ async def _fenced_run(pool: Pool) -> tuple[uuid.UUID, uuid.UUID, FencedPostgresS
         run_id = await _insert_run(conn, thread_id, 60)
     saver = FencedPostgresSaver(pool, Fence(run_id, 1))
     first = await saver.aput(_config(thread_id), empty_checkpoint(), {"step": -1}, {})
+    await saver.flush()
     return thread_id, run_id, saver, first
 
 
 @pytest.mark.usefixtures("held_writes")
-async def test_task_writes_go_with_the_next_checkpoint_in_one_statement(
+async def test_task_writes_and_checkpoints_go_together_in_one_statement(
     pool: Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     thread_id, _run_id, saver, first = await _fenced_run(pool)
     counter = StatementCounter(monkeypatch)
     await saver.aput_writes(first, [("messages", ["hi"]), ("route", "act")], "task-a")
+    second = await saver.aput(first, empty_checkpoint(), {"step": 0}, {})
+    await saver.aput_writes(second, [("messages", ["again"])], "task-b")
+    await saver.aput(second, empty_checkpoint(), {"step": 1}, {})
     assert counter.count == 0
     assert await _table_rows(pool, "checkpoint_writes", thread_id) == []
+    assert len(await _table_rows(pool, "checkpoints", thread_id)) == 1
     before = counter.count
-    await saver.aput(first, empty_checkpoint(), {"step": 0}, {})
+    await saver.flush()
     assert counter.count - before == 1, counter.queries[before:]
     writes = await _table_rows(pool, "checkpoint_writes", thread_id)
-    assert [(w["task_id"], w["idx"], w["channel"]) for w in writes] == [
+    assert sorted((w["task_id"], w["idx"], w["channel"]) for w in writes) == [
         ("task-a", 0, "messages"),
         ("task-a", 1, "route"),
+        ("task-b", 0, "messages"),
     ]
-    assert len(await _table_rows(pool, "checkpoints", thread_id)) == 2
+    rows = await _table_rows(pool, "checkpoints", thread_id)
+    assert len(rows) == 3
+    parents = {r["checkpoint_id"]: r["parent_checkpoint_id"] for r in rows}
+    second_id, first_id = (c["configurable"]["checkpoint_id"] for c in (second, first))
+    assert parents[second_id] == first_id
+
+
+@pytest.mark.usefixtures("held_writes")
+async def test_a_checkpoint_put_again_while_held_keeps_the_last_version(pool: Pool) -> None:
+    """One statement cannot upsert a row twice: the first version goes out first."""
+    thread_id, _run_id, saver, first = await _fenced_run(pool)
+    checkpoint = empty_checkpoint()
+    await saver.aput(first, checkpoint, {"step": 0, "source": "loop"}, {})
+    await saver.aput(first, checkpoint, {"step": 0, "source": "update"}, {})
+    await saver.flush()
+    rows = await _table_rows(pool, "checkpoints", thread_id)
+    again = [r for r in rows if r["checkpoint_id"] == checkpoint["id"]]
+    assert len(again) == 1
+    assert again[0]["metadata"]["source"] == "update"
 
 
 @pytest.mark.usefixtures("held_writes")
@@ -278,6 +305,7 @@ async def test_a_held_row_written_again_keeps_the_last_value(pool: Pool) -> None
     await saver.aput_writes(first, [("__error__", "first")], "task-a")
     await saver.aput_writes(first, [("__error__", "second")], "task-a")
     await saver.aput(first, empty_checkpoint(), {"step": 0}, {})
+    await saver.flush()
     writes = await _table_rows(pool, "checkpoint_writes", thread_id)
     assert len(writes) == 1
     assert saver.serde.loads_typed((writes[0]["type"], writes[0]["blob"])) == "second"
@@ -295,14 +323,18 @@ async def test_writes_go_on_their_own_when_no_checkpoint_follows(
             await asyncio.sleep(0.01)
 
 
-async def test_a_write_behind_refused_by_the_fence_fails_the_next_checkpoint(
-    pool: Pool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(checkpointer, "WRITE_BEHIND_SECONDS", 0.0)
+@pytest.mark.usefixtures("held_writes")
+async def test_a_write_behind_refused_by_the_fence_fails_the_next_checkpoint(pool: Pool) -> None:
     thread_id, run_id, saver, first = await _fenced_run(pool)
     async with pool.connection() as conn:
         await conn.execute("UPDATE runs SET attempt = 2 WHERE run_id = %s", (run_id,))
     await saver.aput_writes(first, [("messages", ["too late"])], "task-a")
+    saver._write_behind()  # what the timer calls when the window ends
+    refused = saver._writing
+    assert refused is not None
+    async with asyncio.timeout(30):
+        await asyncio.wait([refused])
+    assert isinstance(refused.exception(), LeaseLostError)
     with pytest.raises(LeaseLostError):
         await saver.aput(first, empty_checkpoint(), {"step": 0}, {})
     assert await _table_rows(pool, "checkpoint_writes", thread_id) == []

@@ -2,7 +2,7 @@
 
 ``N`` concurrent conversations (``asyncio.gather``) of ``T`` turns each; a turn is one
 ``graph.ainvoke`` of one user message with ``durability="sync"`` (what the service runs with:
-every checkpoint and task write is stored before the next step starts). The graph is the
+LangGraph hands every checkpoint to the saver before the next step starts). The graph is the
 service's own, ``build_graph(OfflineChatModel())`` (plan/act/reply, messages in a
 ``DeltaChannel``), for every contender: only the checkpointer differs, so "same graph" holds.
 Figure: turns per second over the whole batch, fresh threads in every repetition.
@@ -13,9 +13,11 @@ Contenders, interleaved repetition by repetition:
   queued and claimed with the service's own SQL (``service.runs.insert`` then ``claim``, live
   lease) before the clock starts; the turn copies the compiled graph with a
   ``FencedPostgresSaver(pool, Fence(run_id, 1), history=...)`` (as ``Executor._attempt`` does),
-  so every checkpoint and write is committed in a transaction that checked the lease, and a
-  turn's first read brings the messages history along. The pool is the service's
-  (``service.db.make_pool`` with default ``Settings``: at most 20 connections).
+  so every checkpoint and write is committed in a transaction that checked the lease, held
+  writes go out together within the saver's write-behind window, the turn ends with the saver's
+  flush (as a run does), and a turn's first read brings the messages history along. The pool
+  is the service's (``service.db.make_pool`` with default ``Settings``: at most 20
+  connections).
 * ours, unfenced: one ``FencedPostgresSaver(pool, history=...)`` without a fence on the same
   kind of pool (the saver the service reads state with); shows what the fence costs.
 * stock: one ``AsyncPostgresSaver.from_conn_string(url)``, as the tutorial wires it: a single
@@ -58,8 +60,9 @@ REPLICA = "bench-write-path"
 LEASE_SECONDS = 600.0
 
 Graph = CompiledStateGraph[Any]
-# Gives the graph to run for (conversation, turn); ours builds a fenced copy per turn.
-GraphFor = Callable[[int, int], Graph]
+# Gives the graph to run for (conversation, turn) and what to await when its turn has ended; ours
+# builds a fenced copy per turn and flushes its saver, as the executor does when a run ends.
+GraphFor = Callable[[int, int], tuple[Graph, Callable[[], Awaitable[None]] | None]]
 
 
 async def conversations(threads_: list[str], turns: int, graph_for: GraphFor) -> float:
@@ -69,9 +72,12 @@ async def conversations(threads_: list[str], turns: int, graph_for: GraphFor) ->
         config: Any = {"configurable": {"thread_id": thread_id}}
         for turn in range(1, turns + 1):
             text = f"conversation {index} turn {turn}: tell me something about the weather"
-            out = await graph_for(index, turn).ainvoke(
+            graph, ended = graph_for(index, turn)
+            out = await graph.ainvoke(
                 {"messages": [{"role": "user", "content": text}]}, config, durability="sync"
             )
+            if ended is not None:
+                await ended()
             reply = str(out["messages"][-1].content)
             if f"Turn {turn}." not in reply:
                 raise clients.TurnFailed(f"thread {thread_id} lost its memory: {reply[:200]!r}")
@@ -86,7 +92,7 @@ def shared(graph: Graph, count: int, turns: int) -> Callable[[int], Awaitable[fl
 
     async def measure(rep: int) -> float:
         thread_ids = [str(uuid.uuid4()) for _ in range(count)]
-        return await conversations(thread_ids, turns, lambda i, t: graph)
+        return await conversations(thread_ids, turns, lambda i, t: (graph, None))
 
     return measure
 
@@ -116,9 +122,9 @@ def fenced(graph: Graph, pool: Pool, count: int, turns: int) -> Callable[[int], 
     async def measure(rep: int) -> float:
         thread_ids, fences = await _claimed_runs(pool, count, turns)
 
-        def graph_for(index: int, turn: int) -> Graph:
+        def graph_for(index: int, turn: int) -> tuple[Graph, Callable[[], Awaitable[None]]]:
             saver = FencedPostgresSaver(pool, fences[index][turn - 1], history=history)
-            return graph.copy(update={"checkpointer": saver})
+            return graph.copy(update={"checkpointer": saver}), saver.flush
 
         return await conversations(thread_ids, turns, graph_for)
 
