@@ -23,11 +23,12 @@ How it differs from the stock ``AsyncPostgresSaver``, always keeping LangGraph's
 * Writes are held and go out together (fenced savers). Checkpoints and task writes are held,
   in the order LangGraph hands them over, for up to ``WRITE_BEHIND_SECONDS`` from the first one
   held, then written in one statement; a read (``aget_tuple``, ``alist``) and ``flush`` write
-  them first, and the executor flushes when a run ends or stops, before the run's ending is
-  recorded. What is durable is therefore always a prefix of the run: a checkpoint is never
-  durable before the writes that produced it, as LangGraph asks, nor before its parent. Steps
-  of a fast graph share a statement (and a commit); a slow step, such as a model call, finds
-  its predecessors already written. A crash inside the window loses the held steps; the next
+  them first. When a run ends the executor takes them (``take_batch``) into the statement that
+  records the ending, and flushes them when a run stops otherwise. What is durable is
+  therefore always a prefix of the run: a checkpoint is never durable before the writes that
+  produced it, as LangGraph asks, nor before its parent. Steps of a fast graph share a
+  statement (and a commit); a slow step, such as a model call, finds its predecessors already
+  written. A crash inside the window loses the held steps; the next
   attempt re-runs them, as it re-runs a step the crash interrupted, and a finished task stays
   re-runnable for at most the window. A refusal by the fence surfaces at the next call.
 """
@@ -152,11 +153,18 @@ def _checkpoint_cte(name: str, fenced: bool) -> str:
 
 @lru_cache(maxsize=256)
 def batch_sql(shape: Shape, fenced: bool) -> bytes:
-    """Held rows as one statement: [fence,] then each segment's inserts, with the same columns
-    and ``ON CONFLICT`` rules as LangGraph's. The keys of one statement are all distinct.
+    """Held rows as one statement (see ``batch_ctes``) that returns nothing.
 
     Bytes: psycopg caches a query's conversion by its text, and need not encode it each call.
     """
+    return (f"WITH {batch_ctes(shape, fenced)}\nSELECT 1 WHERE false").encode()
+
+
+@lru_cache(maxsize=256)
+def batch_ctes(shape: Shape, fenced: bool) -> str:
+    """Held rows as CTEs: [fence,] then each segment's inserts, with the same columns and
+    ``ON CONFLICT`` rules as LangGraph's. The keys of one statement are all distinct, and every
+    data-modifying CTE runs to completion whether or not the statement reads it."""
     ctes = [FENCE_CTE] if fenced else []
     for i, (kind, count, upsert) in enumerate(shape):
         if kind == "w":
@@ -165,8 +173,7 @@ def batch_sql(shape: Shape, fenced: bool) -> bytes:
         if count:
             ctes.append(_blobs_cte(f"blobs{i}", count, fenced))
         ctes.append(_checkpoint_cte(f"checkpoint{i}", fenced))
-    # Every data-modifying CTE runs to completion; the statement itself returns nothing.
-    return ("WITH " + ",\n".join(ctes) + "\nSELECT 1 WHERE false").encode()
+    return ",\n".join(ctes)
 
 
 log = structlog.get_logger(__name__)
@@ -174,6 +181,11 @@ log = structlog.get_logger(__name__)
 
 class LeaseLostError(RuntimeError):
     """This run attempt no longer owns its run; it must stop without writing."""
+
+
+def refused_by_fence(exc: BaseException) -> bool:
+    """Whether a statement failed because its fence found the lease gone."""
+    return isinstance(exc, psycopg.errors.InvalidTextRepresentation) and LEASE_LOST in str(exc)
 
 
 @dataclass(frozen=True)
@@ -225,6 +237,19 @@ class HeldCheckpoint:
 
 
 Held = HeldWrites | HeldCheckpoint
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Held rows for another statement to carry: CTEs to put first, with their (positional)
+    parameters. ``saved`` once that statement has committed."""
+
+    ctes: str
+    params: list[Any]
+    items: list[Held]
+
+    def saved(self) -> None:
+        _saved(self.items)
 
 
 def _retrieved(task: asyncio.Task[None]) -> None:
@@ -378,6 +403,19 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         held = self._take_held()
         if held:
             await self._write_now(held)
+
+    async def take_batch(self) -> Batch | None:
+        """Hand the held rows to the caller's own statement (the run's ending) instead of
+        writing them; None if nothing is held. A write-behind under way commits first."""
+        await self._written()
+        items = self._take_held()
+        if not items:
+            return None
+        params: list[Any] = self._fence_params()
+        for item in items:
+            params.extend(item.params())
+        shape = tuple(item.segment() for item in items)
+        return Batch(batch_ctes(shape, self.fence is not None), params, items)
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         await self.flush()
@@ -534,7 +572,7 @@ class FencedPostgresSaver(AsyncPostgresSaver):
             try:
                 await conn.execute(query, params, binary=True)
             except psycopg.errors.InvalidTextRepresentation as exc:
-                if self.fence is not None and LEASE_LOST in str(exc):
+                if self.fence is not None and refused_by_fence(exc):
                     raise self._lost() from None
                 raise
 

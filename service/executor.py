@@ -22,7 +22,14 @@ from langgraph.types import Command, Durability
 from psycopg.rows import DictRow
 
 from service import events, runs
-from service.checkpointer import Fence, FencedPostgresSaver, LeaseLostError, history_channels
+from service.checkpointer import (
+    Batch,
+    Fence,
+    FencedPostgresSaver,
+    LeaseLostError,
+    history_channels,
+    refused_by_fence,
+)
 from service.db import Pool
 from service.metrics import Metrics
 from service.notify import Hub, run_key
@@ -49,6 +56,7 @@ DEFAULT_STREAM_MODES = ["values"]
 # ``error``), in the statement that ends the run. One state per step, or even per run, would
 # grow with the conversation, and stream events are kept for an hour.
 WAIT_ONLY = "wait_only"
+LEASE_LOST_ERROR = {"error": "LeaseLost", "message": "this replica lost the run"}
 
 # LangGraph's own server defaults to "async", which hands a step's checkpoint to the saver while
 # the next step runs; "sync" hands it over first. The fenced saver holds what it is handed for at
@@ -254,8 +262,10 @@ class Executor:
                 if mode in wanted and (subgraphs or not ns):
                     name = wanted[mode] + "".join(f"|{part}" for part in ns)
                     writer.emit(name, list(chunk) if mode == "messages" else chunk)
-            # Writes no checkpoint took along (an interrupt inside a node, say).
-            await saver.flush()
+            if last_checkpoint is None:
+                await saver.flush()  # the state read below must see all of it
+            # What the saver still holds commits with the run's ending, in one statement.
+            held = await saver.take_batch()
         except asyncio.CancelledError:
             reason = attempt.stop_reason
             if reason is None:
@@ -293,14 +303,23 @@ class Executor:
         checkpoint_id = (
             (last_checkpoint["config"] or {}).get("configurable", {}).get("checkpoint_id")
         )
-        await self._finish(
-            run,
-            status,
-            "interrupted" if waiting else "idle",
-            None,
-            checkpoint_id,
-            await writer.hand_over(),
-        )
+        events_left = await writer.hand_over()
+        try:
+            await self._finish(
+                run,
+                status,
+                "interrupted" if waiting else "idle",
+                None,
+                checkpoint_id,
+                events_left,
+                held,
+            )
+        except psycopg.Error as exc:
+            if not refused_by_fence(exc):
+                raise
+            # The run is another attempt's now (or gone): nothing of this one was recorded.
+            log.info("run_stopping", reason="lease_lost")
+            return RunOutcome("error", None, LEASE_LOST_ERROR)
         return RunOutcome(
             status, last_values if last_values is not None else last_checkpoint["values"]
         )
@@ -309,7 +328,7 @@ class Executor:
         self, attempt: Attempt, writer: events.EventWriter, reason: str
     ) -> RunOutcome:
         run = attempt.run
-        lost = {"error": "LeaseLost", "message": "this replica lost the run"}
+        lost = LEASE_LOST_ERROR
         if reason == "lease_lost":
             await writer.close()
             return RunOutcome("error", None, lost)
@@ -360,6 +379,7 @@ class Executor:
         error: dict[str, Any] | None,
         checkpoint_id: str | None,
         events: str = "[]",
+        held: Batch | None = None,
     ) -> None:
         async with self.pool.connection() as conn:
             row = await runs.finish(
@@ -371,7 +391,10 @@ class Executor:
                 error=error,
                 checkpoint_id=checkpoint_id,
                 events=events,
+                before=(held.ctes, held.params) if held is not None else None,
             )
+        if held is not None:
+            held.saved()
         if row is None:
             log.warning("run_finish_lost", status=status)
 

@@ -7,7 +7,9 @@ a thread executes at any moment across replicas, and queued runs execute in orde
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -148,11 +150,12 @@ RETURNING cancel_action
 # "next:" when a queued run of the thread may start now, so only then every replica's workers
 # look for work; "done:" wakes just those waiting for this run. The attempt's last events go in
 # with it (events.ENDING_CTE), and their followers are told too.
+FINISH_OWNED = "WHERE run_id = %(run_id)s AND attempt = %(attempt)s AND status = 'running'"
 FINISH_SQL = f"""
 WITH done AS (
     UPDATE runs SET status = %(status)s, error = %(error)s, checkpoint_id = %(checkpoint_id)s,
         updated_at = now(), ended_at = now(), lease_expires_at = NULL
-    WHERE run_id = %(run_id)s AND attempt = %(attempt)s AND status = 'running'
+    {FINISH_OWNED}
     RETURNING {COLUMNS_SQL}
 ), thread AS (
     UPDATE threads SET status = %(thread_status)s, updated_at = now(),
@@ -171,6 +174,25 @@ SELECT done.*,
        )::text AS notified
 FROM done
 """
+
+NAMED_PARAMETER = re.compile(r"%\((\w+)\)s")
+
+
+@lru_cache(maxsize=64)
+def finish_after_sql(ctes: str) -> tuple[bytes, tuple[str, ...]]:
+    """FINISH_SQL behind other CTEs (a saver's held rows, see ``Batch``), so the run's last
+    checkpoints commit with its ending. Those CTEs take positional parameters, and psycopg does
+    not mix the two styles: FINISH_SQL's names become positions, returned in order."""
+    finish = FINISH_SQL
+    if ctes.startswith("fence AS"):
+        # The run row is share-locked by the fence and updated by ``done``: unless ``done``
+        # reads the fence, Postgres may update first, and the fence then finds no live run.
+        assert finish.count(FINISH_OWNED) == 1
+        finish = finish.replace(FINISH_OWNED, f"{FINISH_OWNED} AND EXISTS (SELECT 1 FROM fence)")
+    names = tuple(NAMED_PARAMETER.findall(finish))
+    body = NAMED_PARAMETER.sub("%s", finish).replace("WITH ", f"WITH {ctes},\n", 1)
+    return body.encode(), names
+
 
 # Ends a run that is not executing anywhere (queued, or its replica died).
 END_IDLE_SQL = f"""
@@ -383,27 +405,31 @@ async def finish(
     checkpoint_id: str | None = None,
     spoke: bool = True,
     events: str = "[]",
+    before: tuple[str, list[Any]] | None = None,
 ) -> DictRow | None:
     """Record the outcome of an attempt, its last ``events`` (a JSON list, see
-    ``EventWriter.hand_over``) and the thread's new status, atomically.
+    ``EventWriter.hand_over``) and the thread's new status, atomically; with ``before`` (CTEs
+    and their positional parameters), in the same statement as those.
 
     None when the attempt no longer owned the run (nothing is changed then).
     """
-    cur = await conn.execute(
-        FINISH_SQL,
-        {
-            "status": status,
-            "error": Jsonb(error) if error else None,
-            "checkpoint_id": checkpoint_id,
-            "run_id": run_id,
-            "attempt": attempt,
-            "thread_status": thread_status,
-            "spoke": spoke,
-            "channel": RUNS_CHANNEL,
-            "events": events,
-            "events_channel": EVENTS_CHANNEL,
-        },
-    )
+    params = {
+        "status": status,
+        "error": Jsonb(error) if error else None,
+        "checkpoint_id": checkpoint_id,
+        "run_id": run_id,
+        "attempt": attempt,
+        "thread_status": thread_status,
+        "spoke": spoke,
+        "channel": RUNS_CHANNEL,
+        "events": events,
+        "events_channel": EVENTS_CHANNEL,
+    }
+    if before is None:
+        cur = await conn.execute(FINISH_SQL, params)
+    else:
+        query, names = finish_after_sql(before[0])
+        cur = await conn.execute(query, [*before[1], *(params[name] for name in names)])
     return await cur.fetchone()
 
 

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import Any
+from uuid import UUID
 
-from service import events, runs
+import httpx
+import psycopg
+import pytest
+from langgraph.checkpoint.base import empty_checkpoint
+
+from service import checkpointer, events, runs
+from service.checkpointer import Batch, Fence, FencedPostgresSaver
 from service.db import Pool
 from tests.support.runs import running_run
 
@@ -80,3 +88,124 @@ async def test_a_live_writer_hands_over_only_what_it_has_not_written(pool: Pool)
     assert not set(written) & set(rest)
     # What is handed over comes after everything written: the ending commits last.
     assert written + rest == [1, 2, 3, 4]
+
+
+async def _held_turn(pool: Pool, thread_id: UUID, run_id: UUID) -> Batch:
+    """Two checkpoints and a task's writes, held by the run's fenced saver, handed over."""
+    saver = FencedPostgresSaver(pool, Fence(run_id, 1))
+    config: Any = {"configurable": {"thread_id": str(thread_id), "checkpoint_ns": ""}}
+    first = await saver.aput(config, empty_checkpoint(), {"step": -1}, {})
+    await saver.aput_writes(first, [("messages", ["hello"])], "task-a")
+    await saver.aput(first, empty_checkpoint(), {"step": 0}, {})
+    batch = await saver.take_batch()
+    assert batch is not None
+    assert await saver.take_batch() is None  # handed over: the saver holds nothing more
+    return batch
+
+
+async def _checkpoint_rows(conn: Any, thread_id: UUID) -> int:
+    cur = await conn.execute(
+        "SELECT (SELECT count(*) FROM checkpoints WHERE thread_id = %(t)s)"
+        " + (SELECT count(*) FROM checkpoint_writes WHERE thread_id = %(t)s) AS n",
+        {"t": str(thread_id)},
+    )
+    row = await cur.fetchone()
+    return int(row["n"])
+
+
+async def test_held_checkpoints_commit_with_the_ending(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpointer, "WRITE_BEHIND_SECONDS", 3600.0)
+    async with pool.connection() as conn:
+        thread_id, run_id = await running_run(conn, replica="ending-test")
+    batch = await _held_turn(pool, thread_id, run_id)
+    async with pool.connection() as conn:
+        assert await _checkpoint_rows(conn, thread_id) == 0
+        row = await runs.finish(
+            conn,
+            run_id=run_id,
+            attempt=1,
+            status="success",
+            thread_status="idle",
+            events=_ending(2),
+            before=(batch.ctes, batch.params),
+        )
+        assert row is not None and row["status"] == "success"
+        assert await _checkpoint_rows(conn, thread_id) == 3
+        recorded = await events.read_after(conn, run_id, 0)
+    assert [e.event for e in recorded] == ["values", "end"]
+
+
+async def test_an_ending_refused_by_the_fence_commits_nothing(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpointer, "WRITE_BEHIND_SECONDS", 3600.0)
+    async with pool.connection() as conn:
+        thread_id, run_id = await running_run(conn, replica="ending-test")
+    batch = await _held_turn(pool, thread_id, run_id)
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE runs SET attempt = 2 WHERE run_id = %s", (run_id,))
+        with pytest.raises(psycopg.Error) as refused:
+            await runs.finish(
+                conn,
+                run_id=run_id,
+                attempt=1,
+                status="success",
+                thread_status="idle",
+                events=_ending(1),
+                before=(batch.ctes, batch.params),
+            )
+        assert checkpointer.refused_by_fence(refused.value)
+        assert await _checkpoint_rows(conn, thread_id) == 0
+        assert await events.read_after(conn, run_id, 0) == []
+        got = await runs.get_by_id(conn, run_id)
+    assert got is not None and got["status"] == "running"
+
+
+class ThreadStatements:
+    """Records the statements sent with a thread's id among their parameters, so the replica's
+    own housekeeping (sweeps, lease renewals) is left out of the count."""
+
+    def __init__(self, thread_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sent: list[str] = []
+        original = psycopg.AsyncCursor.execute
+
+        async def recorded(cur: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            values = params.values() if isinstance(params, dict) else params or ()
+            if any(str(value) == thread_id for value in values):
+                text = query.decode() if isinstance(query, bytes) else str(query)
+                self.sent.append(" ".join(text.split()))
+            return await original(cur, query, params, **kwargs)
+
+        monkeypatch.setattr(psycopg.AsyncCursor, "execute", recorded)
+
+
+def turn(text: str) -> dict[str, Any]:
+    return {"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": text}]}}
+
+
+async def test_a_quick_turn_of_a_known_thread_costs_three_statements(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queue-and-claim, the one-statement load, and the ending carrying the turn's checkpoints:
+    the offline model's turn is quicker than the saver's holding window, so nothing is written
+    on its own."""
+    tid = (await client.post("/threads", json={})).json()["thread_id"]
+    for text in ("hello", "again"):
+        r = await client.post(f"/threads/{tid}/runs/wait", json=turn(text))
+        assert r.status_code == 200, r.text
+    statements = ThreadStatements(tid, monkeypatch)
+    r = await client.post(f"/threads/{tid}/runs/wait", json=turn("once more"))
+    assert r.status_code == 200, r.text
+    claim, load, ending = statements.sent
+    assert "FROM threads" in claim and "INSERT INTO runs" in claim
+    assert load.startswith("WITH RECURSIVE") and "FROM checkpoints" in load
+    assert ending.startswith("WITH fence AS")
+    assert "INSERT INTO checkpoints" in ending and "UPDATE runs SET status" in ending
+    state = (await client.get(f"/threads/{tid}/state")).json()
+    assert [m["content"] for m in state["values"]["messages"] if m["type"] == "human"] == [
+        "hello",
+        "again",
+        "once more",
+    ]
