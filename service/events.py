@@ -165,7 +165,8 @@ class EventWriter:
 
     async def hand_over(self) -> str:
         """Stop without writing what is still buffered; return it for the statement that ends
-        the run (see ENDING_CTE). Writes under way finish first, so events commit in order."""
+        the run (see ENDING_CTE). Writes under way finish first, so events commit in order;
+        none starts after this is called, so ``end`` never commits before the ending."""
         self._handing_over = True
         await self.close()
         rest, self._buffer = self._buffer, []
@@ -183,10 +184,18 @@ class EventWriter:
                 # Events emitted in the same tick join the batch. A token burst gathers for
                 # what is left of the flush interval since the previous write, which caps a run
                 # at one statement per interval without delaying an event that comes alone.
+                # A full batch, a close or a hand-over cuts the gathering short.
                 await asyncio.sleep(0)
                 remaining = FLUSH_SECONDS - (loop.time() - last_write)
-                if remaining > 0:
-                    await asyncio.sleep(remaining)
+                if remaining > 0 and not self._wakeup.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(remaining):
+                            await self._wakeup.wait()
+                if self._handing_over:
+                    # What gathered, the run's ``end`` among it, goes in the ending: written
+                    # here it would tell followers the run is over before its last
+                    # checkpoints and status commit.
+                    return
             last_write = loop.time()
             batch, self._buffer = self._buffer, []
             if batch:

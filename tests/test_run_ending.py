@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 from uuid import UUID
@@ -88,6 +89,38 @@ async def test_a_live_writer_hands_over_only_what_it_has_not_written(pool: Pool)
     assert not set(written) & set(rest)
     # What is handed over comes after everything written: the ending commits last.
     assert written + rest == [1, 2, 3, 4]
+
+
+async def test_an_end_gathering_for_the_next_write_is_handed_over_not_written(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Followers take ``end`` to mean the run is over and its state readable, so it must
+    commit with the ending. A live writer that has written once gathers the next events for
+    the rest of the flush interval; a hand-over then must take them, not let the flusher write
+    them (the run's last checkpoints would commit after the ``end`` they precede)."""
+    monkeypatch.setattr(events, "FLUSH_SECONDS", 3600.0)
+    async with pool.connection() as conn:
+        _, run_id = await running_run(conn, replica="ending-test")
+    writer = await events.EventWriter.open(pool, run_id, 1)
+    wrote = asyncio.Event()
+    write = writer._write
+
+    async def recorded(batch: list[dict[str, Any]]) -> None:
+        await write(batch)
+        wrote.set()
+
+    monkeypatch.setattr(writer, "_write", recorded)
+    writer.emit("metadata", None)
+    await wrote.wait()
+    writer.emit("values", None)
+    for _ in range(3):  # the flusher wakes, then settles into the gathering wait
+        await asyncio.sleep(0)
+    writer.emit("end", None)
+    async with asyncio.timeout(5):
+        rest = [(e["seq"], e["event"]) for e in json.loads(await writer.hand_over())]
+    assert rest == [(2, "values"), (3, "end")]
+    async with pool.connection() as conn:
+        assert [e.seq for e in await events.read_after(conn, run_id, 0)] == [1]
 
 
 async def _held_turn(pool: Pool, thread_id: UUID, run_id: UUID) -> Batch:
