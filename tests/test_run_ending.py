@@ -27,17 +27,25 @@ def _ending(first_seq: int) -> str:
     )
 
 
+async def _finish_with(
+    conn: Any, run_id: UUID, batch: Batch | None = None, first_seq: int = 1
+) -> Any:
+    """Attempt 1 of ``run_id`` ends in success, with two events and, given, held rows."""
+    return await runs.finish(
+        conn,
+        run_id=run_id,
+        attempt=1,
+        status="success",
+        thread_status="idle",
+        events=_ending(first_seq),
+        before=(batch.ctes, batch.params) if batch is not None else None,
+    )
+
+
 async def test_the_ending_goes_in_with_the_final_status(pool: Pool) -> None:
     async with pool.connection() as conn:
         _, run_id = await running_run(conn, replica="ending-test")
-        row = await runs.finish(
-            conn,
-            run_id=run_id,
-            attempt=1,
-            status="success",
-            thread_status="idle",
-            events=_ending(2),
-        )
+        row = await _finish_with(conn, run_id, first_seq=2)
         assert row is not None and row["status"] == "success"
         recorded = await events.read_after(conn, run_id, 0)
     assert [(e.seq, e.event) for e in recorded] == [(2, "values"), (3, "end")]
@@ -48,14 +56,7 @@ async def test_an_attempt_that_lost_the_run_adds_no_ending(pool: Pool) -> None:
         _, run_id = await running_run(conn, replica="ending-test")
         # Another replica took the run over (attempt 2): the first attempt's ending is refused.
         await conn.execute("UPDATE runs SET attempt = 2 WHERE run_id = %s", (run_id,))
-        row = await runs.finish(
-            conn,
-            run_id=run_id,
-            attempt=1,
-            status="success",
-            thread_status="idle",
-            events=_ending(1),
-        )
+        row = await _finish_with(conn, run_id)
         assert row is None
         assert await events.read_after(conn, run_id, 0) == []
         got = await runs.get_by_id(conn, run_id)
@@ -123,8 +124,11 @@ async def test_an_end_gathering_for_the_next_write_is_handed_over_not_written(
         assert [e.seq for e in await events.read_after(conn, run_id, 0)] == [1]
 
 
-async def _held_turn(pool: Pool, thread_id: UUID, run_id: UUID) -> Batch:
-    """Two checkpoints and a task's writes, held by the run's fenced saver, handed over."""
+async def _held_turn(pool: Pool) -> tuple[UUID, UUID, Batch]:
+    """A running run whose fenced saver holds two checkpoints and a task's writes, handed over.
+    The holding window is made long enough that nothing is written on its own."""
+    async with pool.connection() as conn:
+        thread_id, run_id = await running_run(conn, replica="ending-test")
     saver = FencedPostgresSaver(pool, Fence(run_id, 1))
     config: Any = {"configurable": {"thread_id": str(thread_id), "checkpoint_ns": ""}}
     first = await saver.aput(config, empty_checkpoint(), {"step": -1}, {})
@@ -133,7 +137,7 @@ async def _held_turn(pool: Pool, thread_id: UUID, run_id: UUID) -> Batch:
     batch = await saver.take_batch()
     assert batch is not None
     assert await saver.take_batch() is None  # handed over: the saver holds nothing more
-    return batch
+    return thread_id, run_id, batch
 
 
 async def _checkpoint_rows(conn: Any, thread_id: UUID) -> int:
@@ -146,49 +150,25 @@ async def _checkpoint_rows(conn: Any, thread_id: UUID) -> int:
     return int(row["n"])
 
 
-async def test_held_checkpoints_commit_with_the_ending(
-    pool: Pool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(checkpointer, "WRITE_BEHIND_SECONDS", 3600.0)
-    async with pool.connection() as conn:
-        thread_id, run_id = await running_run(conn, replica="ending-test")
-    batch = await _held_turn(pool, thread_id, run_id)
+@pytest.mark.usefixtures("held_writes")
+async def test_held_checkpoints_commit_with_the_ending(pool: Pool) -> None:
+    thread_id, run_id, batch = await _held_turn(pool)
     async with pool.connection() as conn:
         assert await _checkpoint_rows(conn, thread_id) == 0
-        row = await runs.finish(
-            conn,
-            run_id=run_id,
-            attempt=1,
-            status="success",
-            thread_status="idle",
-            events=_ending(2),
-            before=(batch.ctes, batch.params),
-        )
+        row = await _finish_with(conn, run_id, batch)
         assert row is not None and row["status"] == "success"
         assert await _checkpoint_rows(conn, thread_id) == 3
         recorded = await events.read_after(conn, run_id, 0)
     assert [e.event for e in recorded] == ["values", "end"]
 
 
-async def test_an_ending_refused_by_the_fence_commits_nothing(
-    pool: Pool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(checkpointer, "WRITE_BEHIND_SECONDS", 3600.0)
-    async with pool.connection() as conn:
-        thread_id, run_id = await running_run(conn, replica="ending-test")
-    batch = await _held_turn(pool, thread_id, run_id)
+@pytest.mark.usefixtures("held_writes")
+async def test_an_ending_refused_by_the_fence_commits_nothing(pool: Pool) -> None:
+    thread_id, run_id, batch = await _held_turn(pool)
     async with pool.connection() as conn:
         await conn.execute("UPDATE runs SET attempt = 2 WHERE run_id = %s", (run_id,))
         with pytest.raises(psycopg.Error) as refused:
-            await runs.finish(
-                conn,
-                run_id=run_id,
-                attempt=1,
-                status="success",
-                thread_status="idle",
-                events=_ending(1),
-                before=(batch.ctes, batch.params),
-            )
+            await _finish_with(conn, run_id, batch)
         assert checkpointer.refused_by_fence(refused.value)
         assert await _checkpoint_rows(conn, thread_id) == 0
         assert await events.read_after(conn, run_id, 0) == []

@@ -224,12 +224,6 @@ class StatementCounter:
         monkeypatch.setattr(AsyncConnection, "execute", counted)
 
 
-@pytest.fixture
-def held_writes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rows wait for a read or a flush however long it takes (no write-behind timer)."""
-    monkeypatch.setattr(checkpointer, "WRITE_BEHIND_SECONDS", 3600.0)
-
-
 async def _fenced_run(pool: Pool) -> tuple[uuid.UUID, uuid.UUID, FencedPostgresSaver, Any]:
     """A thread with a live run, its fenced saver, and the config of a first checkpoint."""
     thread_id = uuid.uuid4()

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+from service import checkpointer
 from service.app import create_app
 from service.settings import Settings
 from tests.support.processes import ServiceProcess
@@ -35,6 +36,13 @@ def settings_for(database_url: str) -> Callable[..., Settings]:
         return Settings(**values)  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture
+def held_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fenced saver's rows wait for a read, a flush or a hand-over however long it takes (no
+    write-behind timer), so a test decides when they are written."""
+    monkeypatch.setattr(checkpointer, "WRITE_BEHIND_SECONDS", 3600.0)
 
 
 @pytest.fixture
