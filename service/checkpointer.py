@@ -241,12 +241,18 @@ Held = HeldWrites | HeldCheckpoint
 
 @dataclass(frozen=True)
 class Batch:
-    """Held rows for another statement to carry: CTEs to put first, with their (positional)
-    parameters. ``saved`` once that statement has committed."""
+    """Held rows as one statement's worth: their shape, whether a fence guards them, and the
+    (positional) parameters. ``saved`` once a statement carrying them has committed."""
 
-    ctes: str
+    shape: Shape
+    fenced: bool
     params: list[Any]
     items: list[Held]
+
+    @property
+    def ctes(self) -> str:
+        """The rows as CTEs, for another statement (the run's ending) to put first."""
+        return batch_ctes(self.shape, self.fenced)
 
     def saved(self) -> None:
         _saved(self.items)
@@ -409,13 +415,7 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         writing them; None if nothing is held. A write-behind under way commits first."""
         await self._written()
         items = self._take_held()
-        if not items:
-            return None
-        params: list[Any] = self._fence_params()
-        for item in items:
-            params.extend(item.params())
-        shape = tuple(item.segment() for item in items)
-        return Batch(batch_ctes(shape, self.fence is not None), params, items)
+        return self._batch(items) if items else None
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         await self.flush()
@@ -530,12 +530,16 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         return held
 
     async def _write_now(self, items: list[Held]) -> None:
+        batch = self._batch(items)
+        await self._execute(batch_sql(batch.shape, batch.fenced), batch.params)
+        batch.saved()
+
+    def _batch(self, items: list[Held]) -> Batch:
         params: list[Any] = self._fence_params()
         for item in items:
             params.extend(item.params())
         shape = tuple(item.segment() for item in items)
-        await self._execute(batch_sql(shape, self.fence is not None), params)
-        _saved(items)
+        return Batch(shape, self.fence is not None, params, items)
 
     async def _load_checkpoint_tuple(self, value: DictRow) -> CheckpointTuple:
         # The stock method minus its thread hop for the pending writes.

@@ -187,7 +187,7 @@ class EventWriter:
                 # A full batch, a close or a hand-over cuts the gathering short.
                 await asyncio.sleep(0)
                 remaining = FLUSH_SECONDS - (loop.time() - last_write)
-                if remaining > 0 and not self._wakeup.is_set():
+                if remaining > 0:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(remaining):
                             await self._wakeup.wait()

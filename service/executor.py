@@ -319,7 +319,7 @@ class Executor:
                 raise
             # The run is another attempt's now (or gone): nothing of this one was recorded.
             log.info("run_stopping", reason="lease_lost")
-            return RunOutcome("error", None, LEASE_LOST_ERROR)
+            return await self._stopped(attempt, writer, "lease_lost")
         return RunOutcome(
             status, last_values if last_values is not None else last_checkpoint["values"]
         )
@@ -328,10 +328,9 @@ class Executor:
         self, attempt: Attempt, writer: events.EventWriter, reason: str
     ) -> RunOutcome:
         run = attempt.run
-        lost = LEASE_LOST_ERROR
         if reason == "lease_lost":
             await writer.close()
-            return RunOutcome("error", None, lost)
+            return RunOutcome("error", None, LEASE_LOST_ERROR)
         if reason == "drain":
             await writer.close()
             async with self.pool.connection() as conn:
@@ -391,7 +390,7 @@ class Executor:
                 error=error,
                 checkpoint_id=checkpoint_id,
                 events=events,
-                before=(held.ctes, held.params) if held is not None else None,
+                before=held,
             )
         if held is not None:
             held.saved()

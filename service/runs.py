@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid5
 
 from psycopg import AsyncConnection
@@ -19,6 +19,9 @@ from psycopg.types.json import Jsonb
 
 from service.events import ENDING_CTE
 from service.notify import EVENTS_CHANNEL, NOTIFY_SQL, RUNS_CHANNEL
+
+if TYPE_CHECKING:
+    from service.checkpointer import Batch
 
 ACTIVE_STATUSES = ("pending", "running")
 # LangGraph's (private) name of the input pseudo-task; part of the on-disk format.
@@ -175,20 +178,22 @@ SELECT done.*,
 FROM done
 """
 
+# FINISH_SQL behind a fenced batch of held rows (see ``finish_after_sql``). The run row is
+# share-locked by the fence and updated by ``done``: unless ``done`` reads the fence, Postgres
+# may update first, and the fence then finds no live run.
+FINISH_FENCED_SQL = FINISH_SQL.replace(
+    FINISH_OWNED, f"{FINISH_OWNED} AND EXISTS (SELECT 1 FROM fence)", 1
+)
+
 NAMED_PARAMETER = re.compile(r"%\((\w+)\)s")
 
 
 @lru_cache(maxsize=64)
-def finish_after_sql(ctes: str) -> tuple[bytes, tuple[str, ...]]:
-    """FINISH_SQL behind other CTEs (a saver's held rows, see ``Batch``), so the run's last
-    checkpoints commit with its ending. Those CTEs take positional parameters, and psycopg does
-    not mix the two styles: FINISH_SQL's names become positions, returned in order."""
-    finish = FINISH_SQL
-    if ctes.startswith("fence AS"):
-        # The run row is share-locked by the fence and updated by ``done``: unless ``done``
-        # reads the fence, Postgres may update first, and the fence then finds no live run.
-        assert finish.count(FINISH_OWNED) == 1
-        finish = finish.replace(FINISH_OWNED, f"{FINISH_OWNED} AND EXISTS (SELECT 1 FROM fence)")
+def finish_after_sql(ctes: str, fenced: bool) -> tuple[bytes, tuple[str, ...]]:
+    """The ending behind other CTEs (a saver's held rows, see ``Batch``), so the run's last
+    checkpoints commit with it. Those CTEs take positional parameters, and psycopg does not mix
+    the two styles: the ending's names become positions, returned in order."""
+    finish = FINISH_FENCED_SQL if fenced else FINISH_SQL
     names = tuple(NAMED_PARAMETER.findall(finish))
     body = NAMED_PARAMETER.sub("%s", finish).replace("WITH ", f"WITH {ctes},\n", 1)
     return body.encode(), names
@@ -405,11 +410,11 @@ async def finish(
     checkpoint_id: str | None = None,
     spoke: bool = True,
     events: str = "[]",
-    before: tuple[str, list[Any]] | None = None,
+    before: Batch | None = None,
 ) -> DictRow | None:
     """Record the outcome of an attempt, its last ``events`` (a JSON list, see
-    ``EventWriter.hand_over``) and the thread's new status, atomically; with ``before`` (CTEs
-    and their positional parameters), in the same statement as those.
+    ``EventWriter.hand_over``) and the thread's new status, atomically; with ``before`` (a
+    saver's held rows), in the same statement as those.
 
     None when the attempt no longer owned the run (nothing is changed then).
     """
@@ -428,8 +433,8 @@ async def finish(
     if before is None:
         cur = await conn.execute(FINISH_SQL, params)
     else:
-        query, names = finish_after_sql(before[0])
-        cur = await conn.execute(query, [*before[1], *(params[name] for name in names)])
+        query, names = finish_after_sql(before.ctes, before.fenced)
+        cur = await conn.execute(query, [*before.params, *(params[name] for name in names)])
     return await cur.fetchone()
 
 

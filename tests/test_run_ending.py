@@ -16,6 +16,7 @@ from service import checkpointer, events, runs
 from service.checkpointer import Batch, Fence, FencedPostgresSaver
 from service.db import Pool
 from tests.support.runs import running_run
+from tests.support.statements import Statements, naming
 
 
 def _ending(first_seq: int) -> str:
@@ -38,7 +39,7 @@ async def _finish_with(
         status="success",
         thread_status="idle",
         events=_ending(first_seq),
-        before=(batch.ctes, batch.params) if batch is not None else None,
+        before=batch,
     )
 
 
@@ -176,24 +177,6 @@ async def test_an_ending_refused_by_the_fence_commits_nothing(pool: Pool) -> Non
     assert got is not None and got["status"] == "running"
 
 
-class ThreadStatements:
-    """Records the statements sent with a thread's id among their parameters, so the replica's
-    own housekeeping (sweeps, lease renewals) is left out of the count."""
-
-    def __init__(self, thread_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.sent: list[str] = []
-        original = psycopg.AsyncCursor.execute
-
-        async def recorded(cur: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
-            values = params.values() if isinstance(params, dict) else params or ()
-            if any(str(value) == thread_id for value in values):
-                text = query.decode() if isinstance(query, bytes) else str(query)
-                self.sent.append(" ".join(text.split()))
-            return await original(cur, query, params, **kwargs)
-
-        monkeypatch.setattr(psycopg.AsyncCursor, "execute", recorded)
-
-
 def turn(text: str) -> dict[str, Any]:
     return {"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": text}]}}
 
@@ -208,7 +191,7 @@ async def test_a_quick_turn_of_a_known_thread_costs_three_statements(
     for text in ("hello", "again"):
         r = await client.post(f"/threads/{tid}/runs/wait", json=turn(text))
         assert r.status_code == 200, r.text
-    statements = ThreadStatements(tid, monkeypatch)
+    statements = Statements(monkeypatch, keep=naming(tid))
     r = await client.post(f"/threads/{tid}/runs/wait", json=turn("once more"))
     assert r.status_code == 200, r.text
     claim, load, ending = statements.sent

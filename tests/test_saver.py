@@ -21,6 +21,7 @@ from service.agent.offline import OfflineChatModel
 from service.checkpointer import Fence, FencedPostgresSaver, LeaseLostError
 from service.db import CONNECTION_KWARGS, Pool, make_pool
 from service.settings import Settings
+from tests.support.statements import Statements
 
 HELLO = {"messages": [{"role": "user", "content": "what is 3*3"}]}
 
@@ -207,23 +208,6 @@ async def _table_rows(pool: Pool, table: str, thread_id: uuid.UUID) -> list[Dict
         return await cur.fetchall()
 
 
-class StatementCounter:
-    """Counts the statements connections send, less the pool's empty liveness checks."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.count = 0
-        self.queries: list[Any] = []
-        original = AsyncConnection.execute
-
-        async def counted(conn: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-            if query:
-                self.count += 1
-                self.queries.append(query)
-            return await original(conn, query, *args, **kwargs)
-
-        monkeypatch.setattr(AsyncConnection, "execute", counted)
-
-
 async def _fenced_run(pool: Pool) -> tuple[uuid.UUID, uuid.UUID, FencedPostgresSaver, Any]:
     """A thread with a live run, its fenced saver, and the config of a first checkpoint."""
     thread_id = uuid.uuid4()
@@ -240,17 +224,17 @@ async def test_task_writes_and_checkpoints_go_together_in_one_statement(
     pool: Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     thread_id, _run_id, saver, first = await _fenced_run(pool)
-    counter = StatementCounter(monkeypatch)
+    statements = Statements(monkeypatch)
     await saver.aput_writes(first, [("messages", ["hi"]), ("route", "act")], "task-a")
     second = await saver.aput(first, empty_checkpoint(), {"step": 0}, {})
     await saver.aput_writes(second, [("messages", ["again"])], "task-b")
     await saver.aput(second, empty_checkpoint(), {"step": 1}, {})
-    assert counter.count == 0
+    assert statements.sent == []
     assert await _table_rows(pool, "checkpoint_writes", thread_id) == []
     assert len(await _table_rows(pool, "checkpoints", thread_id)) == 1
-    before = counter.count
+    before = len(statements.sent)
     await saver.flush()
-    assert counter.count - before == 1, counter.queries[before:]
+    assert len(statements.sent) - before == 1, statements.sent[before:]
     writes = await _table_rows(pool, "checkpoint_writes", thread_id)
     assert sorted((w["task_id"], w["idx"], w["channel"]) for w in writes) == [
         ("task-a", 0, "messages"),
