@@ -7,8 +7,10 @@ from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import set_json_dumps
 from psycopg_pool import AsyncConnectionPool
 
+from service.serialize import db_dumps
 from service.settings import Settings
 
 Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
@@ -31,6 +33,12 @@ def connection_kwargs(settings: Settings) -> dict[str, Any]:
 # A connection back in the pool for less than this was working moments ago; checking it on every
 # borrow would add a round trip to each of the dozen borrows a turn makes.
 CHECK_IDLE_SECONDS = 1.0
+
+
+async def _configure(conn: AsyncConnection[DictRow]) -> None:
+    # Checkpoints and run rows are Jsonb parameters on every write; orjson encodes them
+    # several times faster than json.dumps.
+    set_json_dumps(db_dumps, conn)
 
 
 async def _check_if_idle(conn: AsyncConnection[DictRow]) -> None:
@@ -63,6 +71,7 @@ def make_pool(url: str, settings: Settings) -> Pool:
         max_lifetime=settings.pool_max_lifetime,
         kwargs=connection_kwargs(settings),
         connection_class=AsyncConnection[DictRow],
+        configure=_configure,
         check=_check_if_idle,
         open=False,
         name="threadkeeper",
@@ -71,4 +80,6 @@ def make_pool(url: str, settings: Settings) -> Pool:
 
 async def connect(url: str) -> AsyncConnection[DictRow]:
     """A single connection for one-off work such as migrations."""
-    return await AsyncConnection.connect(url, **CONNECTION_KWARGS)
+    conn = await AsyncConnection.connect(url, **CONNECTION_KWARGS)
+    await _configure(conn)
+    return conn

@@ -19,19 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import orjson
 import structlog
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
 from service.db import Pool
 from service.notify import EVENTS_CHANNEL, NOTIFY_SQL, Hub, events_key, run_key
-from service.serialize import jsonable
+from service.serialize import dumps
 
 log = structlog.get_logger(__name__)
 
@@ -151,7 +151,9 @@ class EventWriter:
 
     def emit(self, event: str, data: Any) -> None:
         self.seq += 1
-        self._buffer.append({"seq": self.seq, "event": event, "data": jsonable(data)})
+        # Encoded now: the graph may change the object after emitting it.
+        encoded = orjson.Fragment(dumps(data))
+        self._buffer.append({"seq": self.seq, "event": event, "data": encoded})
         if len(self._buffer) >= MAX_BATCH or (self.live and len(self._buffer) == 1):
             self._wakeup.set()
 
@@ -170,7 +172,7 @@ class EventWriter:
         self._handing_over = True
         await self.close()
         rest, self._buffer = self._buffer, []
-        return json.dumps(rest, ensure_ascii=False)
+        return orjson.dumps(rest).decode()
 
     async def _flusher(self) -> None:
         loop = asyncio.get_running_loop()
@@ -213,7 +215,7 @@ class EventWriter:
                 {
                     "run_id": self.run_id,
                     "attempt": self.attempt,
-                    "events": json.dumps(batch, ensure_ascii=False),
+                    "events": orjson.dumps(batch).decode(),
                     "channel": EVENTS_CHANNEL,
                     "payload": str(self.run_id),
                 },
@@ -224,10 +226,8 @@ async def append(
     conn: AsyncConnection[DictRow], run_id: UUID, items: list[tuple[str, Any]]
 ) -> None:
     """Append events for a run no attempt is executing (the caller holds the thread lock)."""
-    payload = [{"event": e, "data": jsonable(d)} for e, d in items]
-    await conn.execute(
-        APPEND_SQL, {"run_id": run_id, "events": json.dumps(payload, ensure_ascii=False)}
-    )
+    payload = [{"event": e, "data": orjson.Fragment(dumps(d))} for e, d in items]
+    await conn.execute(APPEND_SQL, {"run_id": run_id, "events": orjson.dumps(payload).decode()})
     await conn.execute(NOTIFY_SQL, (EVENTS_CHANNEL, str(run_id)))
 
 

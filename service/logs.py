@@ -23,6 +23,8 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
     ]
     structlog.configure(
         processors=[
+            # First, so an event below the level costs a level check, not the whole chain.
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.processors.format_exc_info,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,

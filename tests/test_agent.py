@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.memory import InMemorySaver
 
+from service.agent.graph import build_graph
 from service.agent.offline import OfflineChatModel, compose_reply, plan_tool_calls
 from service.agent.tools import TOOLS, calculator, evaluate
 from service.submit import first_user_text
@@ -78,3 +85,34 @@ def test_first_user_text_shapes() -> None:
     assert first_user_text({"messages": [{"type": "human", "content": [{"text": "c"}]}]}) == "c"
     assert first_user_text({"messages": [{"role": "assistant", "content": "x"}]}) is None
     assert first_user_text(None) is None
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """The loop's default executor, counting what is handed to a thread."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.submitted = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_a_turn_without_tools_stays_on_the_event_loop() -> None:
+    """LangGraph runs a sync node or router on a thread; every step of a plain turn is async."""
+    graph = build_graph(OfflineChatModel()).compile(checkpointer=InMemorySaver())
+    loop = asyncio.get_running_loop()
+    counting = CountingExecutor()
+    loop.set_default_executor(counting)
+    try:
+        config: RunnableConfig = {"configurable": {"thread_id": "plain"}}
+        result = await graph.ainvoke({"messages": [HumanMessage("hello there")]}, config)
+        assert result["messages"][-1].content.startswith("Turn 1.")
+        assert counting.submitted == 0
+        # The counter counts: a tool turn runs the sync calculator on a thread.
+        await graph.ainvoke({"messages": [HumanMessage("what is 12*7?")]}, config)
+        assert counting.submitted > 0
+    finally:
+        loop.set_default_executor(ThreadPoolExecutor())
+        counting.shutdown(wait=False)

@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from service import db
@@ -66,3 +67,31 @@ async def test_a_connection_whose_server_went_away_while_idle_is_replaced(
     second = await _backend_pid(one_connection)
     assert second != first
     assert checks[0] == first  # the dead one was checked, found broken, and not lent
+
+
+async def test_jsonb_parameters_go_through_the_service_encoder(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pool connections encode ``Jsonb`` with ``serialize.db_dumps`` (orjson, with a fallback
+    for what it refuses), and the value comes back unchanged."""
+    encoded: list[object] = []
+    real = db.db_dumps
+
+    def recording(value: object) -> bytes:
+        encoded.append(value)
+        return real(value)
+
+    monkeypatch.setattr(db, "db_dumps", recording)
+    value = {"text": "héllo ✓", "big": 2**70, "nested": [1, 2.5, None, {"k": True}]}
+    pool = make_pool(
+        database_url, Settings(database_url=database_url, pool_min_size=1, pool_max_size=1)
+    )
+    await pool.open(wait=True)
+    try:
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT %s::jsonb AS v", (Jsonb(value),))
+            row = await cur.fetchone()
+    finally:
+        await pool.close()
+    assert row is not None and row["v"] == value
+    assert encoded == [value]

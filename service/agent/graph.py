@@ -53,7 +53,8 @@ def build_graph(
         answer = await model.ainvoke(state["messages"], config)
         return {"messages": [answer]}
 
-    def route(state: Any) -> Literal["act", "reply"]:
+    # Async on purpose: LangGraph runs a sync router on a thread pool, a thread hop every step.
+    async def route(state: Any) -> Literal["act", "reply"]:
         last = state["messages"][-1] if state["messages"] else None
         return "act" if isinstance(last, AIMessage) and last.tool_calls else "reply"
 

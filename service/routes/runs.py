@@ -33,7 +33,7 @@ def _paths(thread_id: UUID, run_id: UUID) -> tuple[str, str]:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(serialize.jsonable(value), ensure_ascii=False, separators=(",", ":"))
+    return serialize.dumps(value).decode()
 
 
 def _sse(
@@ -158,7 +158,7 @@ async def _keepalive_then(body: asyncio.Task[Any], stopping: asyncio.Event) -> A
             yield b"\n"
     finally:
         stop.cancel()
-    yield _dumps(body.result()).encode()
+    yield serialize.dumps(body.result())
 
 
 async def wait_run(request: Request) -> Response:

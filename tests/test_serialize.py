@@ -1,0 +1,57 @@
+"""JSON encoding: orjson's output must be what the plain ``jsonable`` + ``json`` path gives."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langgraph.types import Interrupt
+
+from service.serialize import db_dumps, dumps, jsonable
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    label: str
+
+
+class Opaque:
+    def __str__(self) -> str:
+        return "opaque!"
+
+
+CALL = {"name": "weather", "args": {"city": "Oslo"}, "id": "c1", "type": "tool_call"}
+VALUES: list[Any] = [
+    {"messages": [HumanMessage("hi é ✓", id="1"), AIMessage("", tool_calls=[CALL])]},
+    [ToolMessage("12 C", tool_call_id="c1"), Interrupt(value={"ask": "ok?"}, id="i1")],
+    {"when": datetime(2026, 12, 3, 14, 0, 5, 123456, tzinfo=UTC), "naive": datetime(2026, 1, 2)},
+    {"id": UUID("12345678-1234-5678-1234-567812345678"), "colour": Colour.RED},
+    {"point": Point(1, "a"), "tags": ("a", "b"), "raw": b"bytes \xff", "set": {3}},
+    {1: "int key", "nested": {"deep": [None, True, 1.5, -3]}, "opaque": Opaque()},
+    {"big": 2**70, "small": 1},
+    {(1, 2): "a key orjson cannot name"},
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=range(len(VALUES)))
+def test_dumps_decodes_to_what_jsonable_gives(value: Any) -> None:
+    encoded = dumps(value)
+    assert json.loads(encoded) == json.loads(json.dumps(jsonable(value)))
+    assert b"\\u00e9" not in encoded  # non-ASCII text stays readable
+
+
+def test_db_dumps_is_strict_and_keeps_big_integers() -> None:
+    assert json.loads(db_dumps({"v": 4, "ids": {"2": 2**70}})) == {"v": 4, "ids": {"2": 2**70}}
+    with pytest.raises(TypeError):
+        db_dumps({"not json": Opaque()})
