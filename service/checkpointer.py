@@ -59,12 +59,12 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
-from psycopg import AsyncCursor
+from psycopg import AsyncCursor, AsyncRawCursor
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
 from service import checkpoint_load
-from service.db import Pool
+from service.db import Pool, numbered
 
 # FOR SHARE: concurrent writes of one attempt pass together, while a lease takeover or a delete
 # (both UPDATE/DELETE the row) waits for an in-flight write to commit, and vice versa.
@@ -153,11 +153,9 @@ def _checkpoint_cte(name: str, fenced: bool) -> str:
 
 @lru_cache(maxsize=256)
 def batch_sql(shape: Shape, fenced: bool) -> bytes:
-    """Held rows as one statement (see ``batch_ctes``) that returns nothing.
-
-    Bytes: psycopg caches a query's conversion by its text, and need not encode it each call.
-    """
-    return (f"WITH {batch_ctes(shape, fenced)}\nSELECT 1 WHERE false").encode()
+    """Held rows as one statement (see ``batch_ctes``) that returns nothing, numbered for a
+    raw cursor (see ``db.numbered``): a batch has tens of parameters."""
+    return numbered(f"WITH {batch_ctes(shape, fenced)}\nSELECT 1 WHERE false")
 
 
 @lru_cache(maxsize=256)
@@ -574,7 +572,7 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         """One write statement in its own (implicit) transaction."""
         async with self.pool.connection() as conn:
             try:
-                await conn.execute(query, params, binary=True)
+                await AsyncRawCursor(conn).execute(query, params, binary=True)
             except psycopg.errors.InvalidTextRepresentation as exc:
                 if self.fence is not None and refused_by_fence(exc):
                     raise self._lost() from None

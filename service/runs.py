@@ -13,10 +13,11 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid5
 
-from psycopg import AsyncConnection
-from psycopg.rows import DictRow
+from psycopg import AsyncConnection, AsyncRawCursor
+from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
+from service.db import numbered
 from service.events import ENDING_CTE
 from service.notify import EVENTS_CHANNEL, NOTIFY_SQL, RUNS_CHANNEL
 
@@ -192,11 +193,12 @@ NAMED_PARAMETER = re.compile(r"%\((\w+)\)s")
 def finish_after_sql(ctes: str, fenced: bool) -> tuple[bytes, tuple[str, ...]]:
     """The ending behind other CTEs (a saver's held rows, see ``Batch``), so the run's last
     checkpoints commit with it. Those CTEs take positional parameters, and psycopg does not mix
-    the two styles: the ending's names become positions, returned in order."""
+    the two styles: the ending's names become positions, returned in order, and the whole is
+    numbered for a raw cursor (see ``db.numbered``)."""
     finish = FINISH_FENCED_SQL if fenced else FINISH_SQL
     names = tuple(NAMED_PARAMETER.findall(finish))
     body = NAMED_PARAMETER.sub("%s", finish).replace("WITH ", f"WITH {ctes},\n", 1)
-    return body.encode(), names
+    return numbered(body), names
 
 
 # Ends a run that is not executing anywhere (queued, or its replica died).
@@ -434,7 +436,8 @@ async def finish(
         cur = await conn.execute(FINISH_SQL, params)
     else:
         query, names = finish_after_sql(before.ctes, before.fenced)
-        cur = await conn.execute(query, [*before.params, *(params[name] for name in names)])
+        cur = AsyncRawCursor(conn, row_factory=dict_row)
+        await cur.execute(query, [*before.params, *(params[name] for name in names)])
     return await cur.fetchone()
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -95,3 +96,17 @@ async def test_jsonb_parameters_go_through_the_service_encoder(
         await pool.close()
     assert row is not None and row["v"] == value
     assert encoded == [value]
+
+
+def test_numbered_turns_placeholders_into_positions() -> None:
+    assert db.numbered("SELECT %s, '100%%', %s") == b"SELECT $1, '100%', $2"
+    with pytest.raises(ValueError, match="only %s placeholders"):
+        db.numbered("SELECT %(name)s")
+
+
+async def test_a_numbered_statement_runs_on_a_raw_cursor(pool: Pool) -> None:
+    query = db.numbered("SELECT %s::int AS a, %s::text AS b, '5%%' AS c")
+    async with pool.connection() as conn:
+        cur = psycopg.AsyncRawCursor(conn, row_factory=dict_row)
+        await cur.execute(query, [7, "x"])
+        assert await cur.fetchone() == {"a": 7, "b": "x", "c": "5%"}

@@ -100,3 +100,31 @@ async def test_a_waited_run_that_asks_for_values_records_every_step(
     assert len(values) >= 2
     assert values[-1] == body
     assert all("Turn 1." not in str(v) for v in values[:-1])
+
+
+async def test_a_quick_run_answers_with_a_plain_body(client: httpx.AsyncClient) -> None:
+    """No stream for a run that ends at once: the answer has a length, as any JSON reply."""
+    tid = (await client.post("/threads", json={})).json()["thread_id"]
+    body = {"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": "hi"}]}}
+    r = await client.post(f"/threads/{tid}/runs/wait", json=body)
+    assert r.status_code == 200, r.text
+    assert int(r.headers["content-length"]) == len(r.content)
+    assert r.headers["content-type"] == "application/json"
+    assert r.content.startswith(b"{") and "Turn 1." in r.json()["messages"][-1]["content"]
+    assert r.headers["location"].endswith("/join")
+
+
+async def test_a_slow_run_streams_keepalives_then_its_body(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runs_routes, "QUICK_ANSWER_SECONDS", 0.01)
+    monkeypatch.setattr(runs_routes, "KEEPALIVE_SECONDS", 0.05)
+    tid = (await client.post("/threads", json={})).json()["thread_id"]
+    ask = {"role": "user", "content": "please look up slowly 0.5"}
+    r = await client.post(
+        f"/threads/{tid}/runs/wait", json={"assistant_id": "agent", "input": {"messages": [ask]}}
+    )
+    assert r.status_code == 200, r.text
+    assert "content-length" not in r.headers
+    assert r.content.startswith(b"\n")
+    assert "looked up slowly" in str(r.json()["messages"])

@@ -23,6 +23,9 @@ from service.submit import cancel_runs, final_body, result_of, submit, wait_for_
 
 HEARTBEAT_SECONDS = 5.0
 KEEPALIVE_SECONDS = 5.0
+# A waited run that ends within this gets a plain JSON answer (with a length, in one write);
+# a longer one gets its headers now and keepalive newlines until its body.
+QUICK_ANSWER_SECONDS = 1.0
 RUN_STATUSES = {"pending", "running", "success", "error", "timeout", "interrupted"}
 CANCEL_ACTIONS = {"interrupt", "rollback"}
 
@@ -178,6 +181,9 @@ async def wait_run(request: Request) -> Response:
             await asyncio.shield(_cancel(svc, [row["run_id"]], "interrupt"))
             raise
         return serialize.JSON(value, headers=headers)
+    done, _ = await asyncio.wait({result}, timeout=QUICK_ANSWER_SECONDS)
+    if done:
+        return serialize.JSON(result.result(), headers=headers)
     return StreamingResponse(
         _keepalive_then(result, svc.stopping), media_type="application/json", headers=headers
     )
