@@ -246,20 +246,23 @@ class Executor:
             wanted = {STREAM_MODES[m][0]: STREAM_MODES[m][1] for m in modes}
             if wait_only:
                 wanted.pop("values", None)
-            async for ns, mode, chunk in graph.astream(
+            # Subgraph streaming only when asked for: LangGraph then streams each step through
+            # a waiter task of its own, about a tenth more CPU for the graph's steps.
+            async for item in graph.astream(
                 await self._input(run),
                 self._config(run),
                 stream_mode=lg_modes,
-                subgraphs=True,
+                subgraphs=subgraphs,
                 durability=run_durability(kwargs),
                 interrupt_before=kwargs.get("interrupt_before"),
                 interrupt_after=kwargs.get("interrupt_after"),
             ):
+                ns, mode, chunk = item if subgraphs else ((), *item)
                 if mode == "values" and not ns:
                     last_values = chunk
                 elif mode == "checkpoints" and not ns:
                     last_checkpoint = chunk
-                if mode in wanted and (subgraphs or not ns):
+                if mode in wanted:
                     name = wanted[mode] + "".join(f"|{part}" for part in ns)
                     writer.emit(name, list(chunk) if mode == "messages" else chunk)
             if last_checkpoint is None:
