@@ -2,25 +2,22 @@
 
 The executor is driven directly, on a real pool, with a one-node graph whose node lets another
 replica take the run over (as a lease expiry and a re-claim would) while the saver still holds
-every checkpoint of the attempt. The notification hub is not started: nothing here waits for
-a notification, and lease renewal would come only after ten seconds.
+every checkpoint of the attempt (see ``tests.support.runs.executor``).
 """
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, TypedDict
 
 import pytest
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 
-from service import runs, threads
+from service import runs
 from service.db import Pool
-from service.executor import LEASE_LOST_ERROR, Executor
-from service.metrics import Metrics
-from service.notify import Hub
-from tests.support.runs import new_run
+from service.executor import LEASE_LOST_ERROR
+from tests.support.runs import claimed
+from tests.support.runs import executor as executor_for
 
 REPLICA = "executor-ending-test"
 TAKE_OVER_SQL = "UPDATE runs SET attempt = attempt + 1, lease_holder = 'other' WHERE run_id = %s"
@@ -55,22 +52,9 @@ async def _rows(pool: Pool, sql: str, key: Any) -> int:
 
 @pytest.mark.usefixtures("held_writes")
 async def test_a_run_taken_over_before_its_ending_records_nothing(pool: Pool) -> None:
-    thread_id = uuid.uuid4()
-    new = new_run(thread_id, input={"n": 0})
-    async with pool.connection() as conn:
-        await threads.insert(conn, thread_id=thread_id, owner="alice", metadata={})
-        await runs.insert(conn, new, claim_for=(REPLICA, 30.0))
-        claimed = await runs.get_by_id(conn, new.run_id)
-    assert claimed is not None and claimed["status"] == "running"
-    executor = Executor(
-        pool=pool,
-        hub=Hub("postgresql://unused"),
-        graph=taking_over_graph(pool),
-        metrics=Metrics(),
-        replica=REPLICA,
-        lease_seconds=30.0,
-    )
-    attempt = executor.start(claimed)
+    run = await claimed(pool, REPLICA, input={"n": 0})
+    executor = executor_for(pool, taking_over_graph(pool), REPLICA)
+    attempt = executor.start(run)
     assert attempt.task is not None
     outcome = await attempt.task
     assert (outcome.status, outcome.error) == ("error", LEASE_LOST_ERROR)
@@ -78,7 +62,9 @@ async def test_a_run_taken_over_before_its_ending_records_nothing(pool: Pool) ->
     # The held checkpoints were refused with the ending: the successor starts from the input.
     assert (
         await _rows(
-            pool, "SELECT count(*) AS n FROM checkpoints WHERE thread_id = %s", str(thread_id)
+            pool,
+            "SELECT count(*) AS n FROM checkpoints WHERE thread_id = %s",
+            str(run["thread_id"]),
         )
         == 0
     )
@@ -86,11 +72,11 @@ async def test_a_run_taken_over_before_its_ending_records_nothing(pool: Pool) ->
         await _rows(
             pool,
             "SELECT count(*) AS n FROM run_events WHERE run_id = %s AND event = 'end'",
-            new.run_id,
+            run["run_id"],
         )
         == 0
     )
     async with pool.connection() as conn:
-        after = await runs.get_by_id(conn, new.run_id)
+        after = await runs.get_by_id(conn, run["run_id"])
     assert after is not None
     assert (after["status"], after["attempt"], after["lease_holder"]) == ("running", 2, "other")

@@ -1,23 +1,20 @@
 """``stream_subgraphs``: a subgraph's events reach the run's stream only when asked for.
 
 The executor is driven directly, on a real pool, with a graph whose one node is a compiled
-subgraph. The notification hub is not started: nothing here waits for a notification.
+subgraph.
 """
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, TypedDict
 
 import pytest
 from langgraph.graph import END, START, StateGraph
 
-from service import events, runs, threads
+from service import events
 from service.db import Pool
-from service.executor import Executor
-from service.metrics import Metrics
-from service.notify import Hub
-from tests.support.runs import new_run
+from tests.support.runs import claimed
+from tests.support.runs import executor as executor_for
 
 REPLICA = "executor-subgraphs-test"
 
@@ -42,26 +39,13 @@ def nested_graph() -> Any:
 
 
 async def _run(pool: Pool, kwargs: dict[str, Any]) -> tuple[Any, list[events.Event]]:
-    thread_id = uuid.uuid4()
-    new = new_run(thread_id, input={"n": 0}, kwargs=kwargs)
-    async with pool.connection() as conn:
-        await threads.insert(conn, thread_id=thread_id, owner="alice", metadata={})
-        await runs.insert(conn, new, claim_for=(REPLICA, 30.0))
-        claimed = await runs.get_by_id(conn, new.run_id)
-    assert claimed is not None
-    executor = Executor(
-        pool=pool,
-        hub=Hub("postgresql://unused"),
-        graph=nested_graph(),
-        metrics=Metrics(),
-        replica=REPLICA,
-        lease_seconds=30.0,
-    )
-    attempt = executor.start(claimed)
+    run = await claimed(pool, REPLICA, input={"n": 0}, kwargs=kwargs)
+    executor = executor_for(pool, nested_graph(), REPLICA)
+    attempt = executor.start(run)
     assert attempt.task is not None
     outcome = await attempt.task
     async with pool.connection() as conn:
-        recorded = await events.read_after(conn, new.run_id, 0)
+        recorded = await events.read_after(conn, run["run_id"], 0)
     return outcome, recorded
 
 

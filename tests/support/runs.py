@@ -10,6 +10,10 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
 from service import runs, threads
+from service.db import Pool
+from service.executor import Executor
+from service.metrics import Metrics
+from service.notify import Hub
 
 
 async def running_run(
@@ -40,3 +44,28 @@ def new_run(thread_id: UUID, **fields: Any) -> runs.NewRun:
     }
     values.update(fields)
     return runs.NewRun(**values)
+
+
+async def claimed(pool: Pool, replica: str, **fields: Any) -> DictRow:
+    """A new thread and a run of it (``new_run(**fields)``) claimed by ``replica``."""
+    thread_id = uuid.uuid4()
+    new = new_run(thread_id, **fields)
+    async with pool.connection() as conn:
+        await threads.insert(conn, thread_id=thread_id, owner="alice", metadata={})
+        await runs.insert(conn, new, claim_for=(replica, 30.0))
+        row = await runs.get_by_id(conn, new.run_id)
+    assert row is not None and row["status"] == "running"
+    return row
+
+
+def executor(pool: Pool, graph: Any, replica: str) -> Executor:
+    """An executor of ``graph`` driven by the test itself: its notification hub is never started
+    (nothing waits for a notification) and a lease renewal would come only after ten seconds."""
+    return Executor(
+        pool=pool,
+        hub=Hub("postgresql://unused"),
+        graph=graph,
+        metrics=Metrics(),
+        replica=replica,
+        lease_seconds=30.0,
+    )
