@@ -508,15 +508,17 @@ class FencedPostgresSaver(AsyncPostgresSaver):
             await self._written()
 
     async def _written(self) -> None:
-        """Wait for a write-behind under way; its failure (a lost lease) is this caller's."""
-        task = self._writing
-        if task is None:
-            return
-        try:
-            await task
-        finally:
-            if self._writing is task:
-                self._writing = None
+        """Wait until no write-behind is under way; a failure (a lost lease) is this caller's.
+
+        The window may end while this waits, and the write-behind it starts then (behind the
+        one awaited) carries rows the caller counts on being written: it is awaited too.
+        """
+        while (task := self._writing) is not None:
+            try:
+                await task
+            finally:
+                if self._writing is task:
+                    self._writing = None
 
     def _take_held(self) -> list[Held]:
         if self._timer is not None:

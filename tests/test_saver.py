@@ -319,6 +319,47 @@ async def test_a_write_behind_refused_by_the_fence_fails_the_next_checkpoint(poo
     assert len(await _table_rows(pool, "checkpoints", thread_id)) == 1
 
 
+@pytest.mark.usefixtures("held_writes")
+async def test_the_batch_waits_for_a_write_behind_that_starts_while_it_waits(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the ending waited for the write-behind under way, not for the one the timer
+    started meanwhile with the run's last checkpoint. The ending then committed first, pointing
+    at a checkpoint not yet written, and the late write, refused by the fence of a finished run,
+    never came (a join answered ``{}``: test_resilience in CI)."""
+    thread_id, _run_id, saver, first = await _fenced_run(pool)
+    gate, entered = asyncio.Event(), asyncio.Event()
+    real_execute, real_written = saver._execute, saver._written
+    calls = 0
+
+    async def held_back(query: bytes, params: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await gate.wait()
+        await real_execute(query, params)
+
+    async def waiting() -> None:
+        entered.set()
+        await real_written()
+
+    monkeypatch.setattr(saver, "_execute", held_back)
+    monkeypatch.setattr(saver, "_written", waiting)
+    second = await saver.aput(first, empty_checkpoint(), {"step": 0}, {})
+    saver._write_behind()  # the window ends: the first write-behind starts and is held back
+    last = await saver.aput(second, empty_checkpoint(), {"step": 1}, {})
+    taking = asyncio.create_task(saver.take_batch())
+    async with asyncio.timeout(30):
+        await entered.wait()  # the ending waits for the write-behind under way
+    saver._write_behind()  # meanwhile the window ends again, with the last checkpoint
+    gate.set()
+    async with asyncio.timeout(30):
+        batch = await taking
+    committed = {r["checkpoint_id"] for r in await _table_rows(pool, "checkpoints", thread_id)}
+    in_batch = {i.params()[2] for i in batch.items} if batch is not None else set()
+    assert last["configurable"]["checkpoint_id"] in committed | in_batch
+
+
 PREPARED_SQL = "SELECT count(*) AS n FROM pg_prepared_statements WHERE statement LIKE %s"
 
 

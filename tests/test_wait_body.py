@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from service import events
+from service.problems import Problem
 from service.routes import runs as runs_routes
 
 
@@ -128,3 +129,20 @@ async def test_a_slow_run_streams_keepalives_then_its_body(
     assert "content-length" not in r.headers
     assert r.content.startswith(b"\n")
     assert "looked up slowly" in str(r.json()["messages"])
+
+
+async def test_a_wait_that_fails_at_once_is_a_problem_response(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the body starts, a failure to produce it is an error response, not a cut body."""
+
+    async def failing(*args: object) -> object:
+        raise Problem(503, "the database is away", kind="unavailable")
+
+    monkeypatch.setattr(runs_routes, "result_of", failing)
+    tid = (await client.post("/threads", json={})).json()["thread_id"]
+    body = {"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": "hi"}]}}
+    r = await client.post(f"/threads/{tid}/runs/wait", json=body)
+    assert r.status_code == 503
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["detail"] == "the database is away"

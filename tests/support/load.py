@@ -106,6 +106,7 @@ def talk(fleet: Fleet, convo: Conversation, keep_going: Callable[[], bool]) -> N
         convo.run_ids.append(run_id)
         joined = fleet.call(partial(_join, convo, run_id))
         assert joined.status_code == 200, joined.text
+        assert "messages" in joined.json(), (convo.thread_id, run_id, joined.text)
         convo.replies.append(joined.json()["messages"][-1]["content"])
 
 
