@@ -24,25 +24,11 @@ def jsonable(value: Any) -> Any:
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [jsonable(v) for v in value]
-    if isinstance(value, BaseModel):
-        return jsonable(value.model_dump())
-    if isinstance(value, Interrupt):
-        return {"value": jsonable(value.value), "id": value.id}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return jsonable(dataclasses.asdict(value))
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, UUID):
-        return str(value)
-    if isinstance(value, Enum):
-        return jsonable(value.value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
+    return jsonable(_plain(value))
 
 
-def _default(value: Any) -> Any:
-    """What orjson does not encode itself, as ``jsonable`` would turn it."""
+def _plain(value: Any) -> Any:
+    """One step toward JSON for a value it has no type for; orjson's ``default`` hook too."""
     if isinstance(value, BaseModel):
         return value.model_dump()
     if isinstance(value, Interrupt):
@@ -51,6 +37,12 @@ def _default(value: Any) -> Any:
         return dataclasses.asdict(value)
     if isinstance(value, set | frozenset):
         return list(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return str(value)
@@ -59,9 +51,9 @@ def _default(value: Any) -> Any:
 def dumps(value: Any) -> bytes:
     """``value`` as compact UTF-8 JSON, converted as ``jsonable`` does, at orjson's speed."""
     try:
-        # Dataclasses pass through to _default: an Interrupt shows its value and id only.
+        # Dataclasses pass through to _plain: an Interrupt shows its value and id only.
         options = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
-        return orjson.dumps(value, default=_default, option=options)
+        return orjson.dumps(value, default=_plain, option=options)
     except orjson.JSONEncodeError:
         # What orjson refuses (integers beyond 64 bits, keys it cannot name, deep nesting).
         return json.dumps(jsonable(value), ensure_ascii=False, separators=(",", ":")).encode()

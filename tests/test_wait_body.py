@@ -64,6 +64,9 @@ async def test_a_draining_replica_cuts_the_body(monkeypatch: pytest.MonkeyPatch)
     never.cancel()
 
 
+HI = {"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": "hi"}]}}
+
+
 async def _recorded(client: httpx.AsyncClient, run_id: str) -> list[events.Event]:
     pool = client._transport.app.state.services.pool  # type: ignore[attr-defined]
     async with pool.connection() as conn:
@@ -71,8 +74,7 @@ async def _recorded(client: httpx.AsyncClient, run_id: str) -> list[events.Event
 
 
 async def _wait_turn(client: httpx.AsyncClient, tid: str, **extra: object) -> tuple[str, object]:
-    body = {"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": "hi"}]}}
-    r = await client.post(f"/threads/{tid}/runs/wait", json={**body, **extra})
+    r = await client.post(f"/threads/{tid}/runs/wait", json={**HI, **extra})
     assert r.status_code == 200, r.text
     run_id = r.headers["content-location"].rsplit("/", 1)[-1]
     return run_id, r.json()
@@ -106,8 +108,7 @@ async def test_a_waited_run_that_asks_for_values_records_every_step(
 async def test_a_quick_run_answers_with_a_plain_body(client: httpx.AsyncClient) -> None:
     """No stream for a run that ends at once: the answer has a length, as any JSON reply."""
     tid = (await client.post("/threads", json={})).json()["thread_id"]
-    body = {"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": "hi"}]}}
-    r = await client.post(f"/threads/{tid}/runs/wait", json=body)
+    r = await client.post(f"/threads/{tid}/runs/wait", json=HI)
     assert r.status_code == 200, r.text
     assert int(r.headers["content-length"]) == len(r.content)
     assert r.headers["content-type"] == "application/json"
@@ -141,8 +142,7 @@ async def test_a_wait_that_fails_at_once_is_a_problem_response(
 
     monkeypatch.setattr(runs_routes, "result_of", failing)
     tid = (await client.post("/threads", json={})).json()["thread_id"]
-    body = {"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": "hi"}]}}
-    r = await client.post(f"/threads/{tid}/runs/wait", json=body)
+    r = await client.post(f"/threads/{tid}/runs/wait", json=HI)
     assert r.status_code == 503
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.json()["detail"] == "the database is away"

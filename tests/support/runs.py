@@ -22,11 +22,13 @@ async def running_run(
     owner: str = "alice",
     replica: str = "test-replica",
     lease_seconds: float = 30.0,
+    **fields: Any,
 ) -> tuple[UUID, UUID]:
-    """A new thread and a run of it claimed by ``replica`` (attempt 1, live lease)."""
+    """A new thread and a run of it (``new_run(**fields)``) claimed by ``replica`` (attempt 1,
+    live lease)."""
     thread_id = uuid.uuid4()
     await threads.insert(conn, thread_id=thread_id, owner=owner, metadata={})
-    new = new_run(thread_id)
+    new = new_run(thread_id, **fields)
     await runs.insert(conn, new, claim_for=(replica, lease_seconds))
     return thread_id, new.run_id
 
@@ -47,13 +49,10 @@ def new_run(thread_id: UUID, **fields: Any) -> runs.NewRun:
 
 
 async def claimed(pool: Pool, replica: str, **fields: Any) -> DictRow:
-    """A new thread and a run of it (``new_run(**fields)``) claimed by ``replica``."""
-    thread_id = uuid.uuid4()
-    new = new_run(thread_id, **fields)
+    """``running_run``'s run, read back as the row an executor starts from."""
     async with pool.connection() as conn:
-        await threads.insert(conn, thread_id=thread_id, owner="alice", metadata={})
-        await runs.insert(conn, new, claim_for=(replica, 30.0))
-        row = await runs.get_by_id(conn, new.run_id)
+        _, run_id = await running_run(conn, replica=replica, **fields)
+        row = await runs.get_by_id(conn, run_id)
     assert row is not None and row["status"] == "running"
     return row
 
