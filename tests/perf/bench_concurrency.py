@@ -13,14 +13,16 @@ the ideal the graph itself gets on this machine. Every turn costs CPU (LangGraph
 ours), and with 100 conversations in step those costs queue behind each other on the cores, so
 where (b) is far from the ideal, no server of the graph can be close to it.
 
-The client's own CPU per turn (thread creation included) is recorded beside the figures: on a
+Beside the figures, from ``/proc``, each repetition's CPU seconds: the client's per turn (on a
 small machine the benchmark shares the cores with both servers, and a client that costs as much
-as the service would skew the ratio.
+as the service would skew the ratio), the server process's own over the ideal (one event loop
+cannot finish sooner than its CPU seconds), and the machine's busy seconds over the cores and the
+ideal (nothing finishes sooner). Where those floors exceed the goal, the host cannot meet it.
 """
 
 from __future__ import annotations
 
-import resource
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
@@ -30,7 +32,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from service.agent.graph import build_graph
 from service.agent.offline import OfflineChatModel
 from tests.perf import bench_write_path as write_path
-from tests.perf import clients, servers
+from tests.perf import clients, cpu, servers
 from tests.perf.harness import Bench, Row, alone, compare, interleave
 
 NAME = "3. 100 conversations, 200 ms model"
@@ -38,36 +40,43 @@ LATENCY_MS = 200
 CALLS_PER_TURN = 2
 
 
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _wall(
-    server: clients.Server, count: int, turns: int, client_cpu_ms: list[float]
+def _over_http(
+    server: clients.Server, count: int, turns: int, meter: cpu.Meter
 ) -> Callable[[int], Awaitable[float]]:
-    """Wall seconds of one repetition; the client's CPU per turn goes to ``client_cpu_ms``."""
+    """Wall seconds of one repetition over HTTP; ``meter`` runs while the clock does."""
+
+    per_second = clients.throughput(server, count, turns, meter)
 
     async def measure(rep: int) -> float:
-        cpu = _cpu_seconds()
-        per_second = await clients.conversations(server, count=count, turns=turns)
-        client_cpu_ms.append((_cpu_seconds() - cpu) * 1000 / (count * turns))
-        return count * turns / per_second
+        return count * turns / await per_second(rep)
 
     return measure
 
 
-def _in_memory(count: int, turns: int) -> Callable[[int], Awaitable[float]]:
+def _in_memory(count: int, turns: int, meter: cpu.Meter) -> Callable[[int], Awaitable[float]]:
     """(b): wall seconds of the same conversations on the graph itself, ``InMemorySaver``."""
     model = OfflineChatModel(latency_seconds=LATENCY_MS / 1000)
     graph = build_graph(model).compile(checkpointer=InMemorySaver())
 
     async def measure(rep: int) -> float:
         thread_ids = [str(uuid.uuid4()) for _ in range(count)]
+        meter.start()
         per_second = await write_path.conversations(thread_ids, turns, lambda i, t: (graph, None))
+        meter.stop()
         return count * turns / per_second
 
     return measure
+
+
+def _floors(spent: list[cpu.Snapshot], turns: int, ideal: float) -> dict[str, list[float]]:
+    cores = os.cpu_count() or 1
+    floors = {
+        "client_cpu_ms_per_turn": [s.processes["client"] * 1000 / turns for s in spent],
+        "machine_cpu_per_core_x_ideal": [s.machine / cores / ideal for s in spent],
+    }
+    if any("server" in s.processes for s in spent):
+        floors["server_cpu_x_ideal"] = [s.processes["server"] / ideal for s in spent]
+    return floors
 
 
 async def run(bench: Bench) -> list[Row]:
@@ -87,16 +96,19 @@ async def run(bench: Bench) -> list[Row]:
             ).start()
         )
         tutorial = stack.enter_context(servers.tutorial(tutorial_db, bench.work, LATENCY_MS))
-        targets: dict[str, clients.Server] = {
-            "ours": clients.AgentServer(ours.url),
-            "tutorial": clients.Tutorial(tutorial.url),
-        }
-        client_cpu_ms: dict[str, list[float]] = {name: [] for name in targets}
+        client = {"client": os.getpid()}
+        spent: dict[str, list[cpu.Snapshot]] = {"ours": [], "tutorial": [], "memory": []}
         contenders = {
-            name: _wall(target, count, turns, client_cpu_ms[name])
-            for name, target in targets.items()
-        }
-        contenders["memory"] = _in_memory(count, turns)
+            "ours": _over_http(
+                clients.AgentServer(ours.url), count, turns,
+                cpu.Meter(client | {"server": ours.pid}, spent["ours"]),
+            ),
+            "tutorial": _over_http(
+                clients.Tutorial(tutorial.url), count, turns,
+                cpu.Meter(client | {"server": tutorial.pid}, spent["tutorial"]),
+            ),
+            "memory": _in_memory(count, turns, cpu.Meter(client, spent["memory"])),
+        }  # fmt: skip
         samples = await interleave(bench.repetitions, contenders)
 
     details = {
@@ -105,9 +117,9 @@ async def run(bench: Bench) -> list[Row]:
         "ideal_seconds": ideal,
         "tutorial_x_ideal": sorted(s / ideal for s in samples["tutorial"]),
         "in_memory_x_ideal": sorted(s / ideal for s in samples["memory"]),
-        "client_cpu_ms_per_turn": {k: sorted(v) for k, v in client_cpu_ms.items()},
+        "cpu": {name: _floors(s, count * turns, ideal) for name, s in spent.items()},
     }
-    return [
+    rows = [
         alone(
             NAME,
             "wall / ideal",
@@ -143,3 +155,25 @@ async def run(bench: Bench) -> list[Row]:
             details=details,
         ),
     ]
+    # Without /proc there are no floors to show.
+    ours_floors = _floors(spent["ours"], count * turns, ideal)
+    if spent["ours"]:
+        rows.append(
+            alone(
+                NAME,
+                "ours, CPU floor: the service process's CPU seconds / ideal (info)",
+                "x",
+                ours_floors["server_cpu_x_ideal"],
+                details=details,
+            )
+        )
+        rows.append(
+            alone(
+                NAME,
+                "ours, CPU floor: the machine's busy seconds / cores / ideal (info)",
+                "x",
+                ours_floors["machine_cpu_per_core_x_ideal"],
+                details=details,
+            )
+        )
+    return rows

@@ -7,9 +7,10 @@ client, interleaved repetition by repetition.
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 
-from tests.perf import clients, servers
+from tests.perf import clients, cpu, servers
 from tests.perf.harness import Bench, Row, compare, interleave
 
 NAME = "1. turn throughput, HTTP, 1 replica"
@@ -26,21 +27,42 @@ async def run(bench: Bench) -> list[Row]:
             servers.ours(ours_db, bench.work, THREADKEEPER_WORKERS=str(count)).start()
         )
         tutorial = stack.enter_context(servers.tutorial(tutorial_db, bench.work))
-        contenders = {
-            "ours": clients.throughput(clients.AgentServer(ours.url), count, turns),
-            "tutorial": clients.throughput(clients.Tutorial(tutorial.url), count, turns),
+        processes: dict[str, tuple[clients.Server, int]] = {
+            "ours": (clients.AgentServer(ours.url), ours.pid),
+            "tutorial": (clients.Tutorial(tutorial.url), tutorial.pid),
         }
         if servers.langgraph_dev_available():
             dev = stack.enter_context(servers.langgraph_dev(bench.work))
-            contenders["langgraph dev"] = clients.throughput(
-                clients.AgentServer(dev.url), count, turns
+            processes["langgraph dev"] = (clients.AgentServer(dev.url), dev.pid)
+        spent: dict[str, list[cpu.Snapshot]] = {name: [] for name in processes}
+        contenders = {
+            name: clients.throughput(
+                server, count, turns,
+                cpu.Meter({"client": os.getpid(), "server": pid}, spent[name]),
             )
+            for name, (server, pid) in processes.items()
+        }  # fmt: skip
         # One untimed round: imports, pools and caches warm up before anything counts.
         for measure in contenders.values():
             await measure(-1)
+        for snapshots in spent.values():
+            snapshots.clear()
         samples = await interleave(bench.repetitions, contenders)
 
-    details = {"conversations": count, "turns": turns}
+    total = count * turns
+    details = {
+        "conversations": count,
+        "turns": turns,
+        # From /proc, per repetition: each server's CPU a turn, and the client's.
+        "server_cpu_ms_per_turn": {
+            name: sorted(s.processes["server"] * 1000 / total for s in snapshots)
+            for name, snapshots in spent.items()
+        },
+        "client_cpu_ms_per_turn": {
+            name: sorted(s.processes["client"] * 1000 / total for s in snapshots)
+            for name, snapshots in spent.items()
+        },
+    }
     rows = [
         compare(
             NAME, "throughput", "turns/s", samples["ours"], "(a) tutorial", samples["tutorial"],

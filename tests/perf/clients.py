@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from tests.perf import cpu
+
 TURN_TIMEOUT = 300.0
 
 
@@ -122,10 +124,12 @@ async def conversations(
     turns: int,
     text: Callable[[int, int], str] = say,
     on_turn: Callable[[float], None] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> float:
     """Run ``count`` concurrent conversations of ``turns`` turns; return turns per second.
 
-    Threads are created before the clock starts; ``on_turn`` gets each turn's latency.
+    Threads are created before the clock starts (``on_start`` is called as it does);
+    ``on_turn`` gets each turn's latency.
     """
     async with callers(count) as https:
         threads = await asyncio.gather(*(server.new_thread(http) for http in https))
@@ -139,16 +143,26 @@ async def conversations(
                 if f"Turn {turn}." not in reply:
                     raise TurnFailed(f"thread {thread_id} lost its memory: {reply[:200]!r}")
 
+        if on_start is not None:
+            on_start()
         began = time.perf_counter()
         pairs = enumerate(zip(threads, https, strict=True))
         await asyncio.gather(*(talk(i, thread_id, http) for i, (thread_id, http) in pairs))
         return count * turns / (time.perf_counter() - began)
 
 
-def throughput(server: Server, count: int, turns: int) -> Callable[[int], Awaitable[float]]:
-    """A contender for ``harness.interleave``: fresh conversations each repetition."""
+def throughput(
+    server: Server, count: int, turns: int, meter: cpu.Meter | None = None
+) -> Callable[[int], Awaitable[float]]:
+    """A contender for ``harness.interleave``: fresh conversations each repetition; ``meter``,
+    if given, runs while the clock does."""
 
     async def measure(rep: int) -> float:
-        return await conversations(server, count=count, turns=turns)
+        per_second = await conversations(
+            server, count=count, turns=turns, on_start=meter.start if meter else None
+        )
+        if meter:
+            meter.stop()
+        return per_second
 
     return measure

@@ -41,6 +41,12 @@ class HttpProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self.proc.pid
+
     def start(self) -> HttpProcess:
         with self.log_path.open("ab") as log:
             self.proc = spawn(self.args, {**os.environ, **self.env}, log)

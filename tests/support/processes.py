@@ -67,6 +67,12 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self.proc.pid
+
     def start(self, *, migrate: bool = True, wait: bool = True) -> ServiceProcess:
         env = {
             **os.environ,
