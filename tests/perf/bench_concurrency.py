@@ -6,7 +6,9 @@ overlapping, is ``calls x 200 ms / concurrency`` = ``turns x 2 x 200 ms``. The w
 the first turn to the last reply; creating the threads (a request each for ours, none for the
 tutorial, whose client picks the ids) comes before it. Ours runs with as many executor slots as
 conversations; (a), the tutorial wiring, funnels every checkpoint read and write through the one
-connection of its single saver.
+connection of its single saver. Ours also runs as two replicas on the same database, requests
+balanced round-robin (info): one replica is one event loop, so it alone cannot use a second core.
+The second replica stays up, idle, while the first is measured alone.
 
 (b) is the same graph and model with ``InMemorySaver``, in this process, no HTTP: how close to
 the ideal the graph itself gets on this machine. Every turn costs CPU (LangGraph's own, then
@@ -15,9 +17,10 @@ where (b) is far from the ideal, no server of the graph can be close to it.
 
 Beside the figures, from ``/proc``, each repetition's CPU seconds: the client's per turn (on a
 small machine the benchmark shares the cores with both servers, and a client that costs as much
-as the service would skew the ratio), the server process's own over the ideal (one event loop
-cannot finish sooner than its CPU seconds), and the machine's busy seconds over the cores and the
-ideal (nothing finishes sooner). Where those floors exceed the goal, the host cannot meet it.
+as the service would skew the ratio), the busiest server process's own over the ideal (one event
+loop cannot finish sooner than its CPU seconds), and the machine's busy seconds (anything running
+on it counts) over the cores and the ideal (nothing finishes sooner). Where a floor exceeds the
+goal, that configuration cannot meet it on this host.
 """
 
 from __future__ import annotations
@@ -68,15 +71,18 @@ def _in_memory(count: int, turns: int, meter: cpu.Meter) -> Callable[[int], Awai
     return measure
 
 
+def _busiest_server(snapshot: cpu.Snapshot) -> float:
+    """CPU seconds of the busiest server process (each is one event loop), 0 if none."""
+    return max((s for name, s in snapshot.processes.items() if name != "client"), default=0.0)
+
+
 def _floors(spent: list[cpu.Snapshot], turns: int, ideal: float) -> dict[str, list[float]]:
     cores = os.cpu_count() or 1
-    floors = {
+    return {
         "client_cpu_ms_per_turn": [s.processes["client"] * 1000 / turns for s in spent],
+        "server_cpu_x_ideal": [_busiest_server(s) / ideal for s in spent],
         "machine_cpu_per_core_x_ideal": [s.machine / cores / ideal for s in spent],
     }
-    if any("server" in s.processes for s in spent):
-        floors["server_cpu_x_ideal"] = [s.processes["server"] / ideal for s in spent]
-    return floors
 
 
 async def run(bench: Bench) -> list[Row]:
@@ -87,21 +93,31 @@ async def run(bench: Bench) -> list[Row]:
     with ExitStack() as stack:
         ours_db = stack.enter_context(bench.database())
         tutorial_db = stack.enter_context(bench.database(migrated=False))
-        ours = stack.enter_context(
-            servers.ours(
-                ours_db,
-                bench.work,
-                THREADKEEPER_WORKERS=str(count),
-                THREADKEEPER_OFFLINE_LATENCY_MS=latency,
-            ).start()
+        ours, second = (
+            stack.enter_context(
+                servers.ours(
+                    ours_db,
+                    bench.work,
+                    name,
+                    THREADKEEPER_WORKERS=str(count),
+                    THREADKEEPER_OFFLINE_LATENCY_MS=latency,
+                ).start()
+            )
+            for name in ("ours", "ours-2")
         )
         tutorial = stack.enter_context(servers.tutorial(tutorial_db, bench.work, LATENCY_MS))
         client = {"client": os.getpid()}
-        spent: dict[str, list[cpu.Snapshot]] = {"ours": [], "tutorial": [], "memory": []}
+        spent: dict[str, list[cpu.Snapshot]] = {
+            name: [] for name in ("ours", "ours, 2 replicas", "tutorial", "memory")
+        }
         contenders = {
             "ours": _over_http(
                 clients.AgentServer(ours.url), count, turns,
                 cpu.Meter(client | {"server": ours.pid}, spent["ours"]),
+            ),
+            "ours, 2 replicas": _over_http(
+                clients.Balanced([ours.url, second.url]), count, turns,
+                cpu.Meter(client | {"r1": ours.pid, "r2": second.pid}, spent["ours, 2 replicas"]),
             ),
             "tutorial": _over_http(
                 clients.Tutorial(tutorial.url), count, turns,
@@ -117,7 +133,8 @@ async def run(bench: Bench) -> list[Row]:
         "ideal_seconds": ideal,
         "tutorial_x_ideal": sorted(s / ideal for s in samples["tutorial"]),
         "in_memory_x_ideal": sorted(s / ideal for s in samples["memory"]),
-        "cpu": {name: _floors(s, count * turns, ideal) for name, s in spent.items()},
+        "two_replicas_x_ideal": sorted(s / ideal for s in samples["ours, 2 replicas"]),
+        "cpu": {name: _floors(s, count * turns, ideal) for name, s in spent.items() if s},
     }
     rows = [
         alone(
@@ -140,6 +157,13 @@ async def run(bench: Bench) -> list[Row]:
         ),
         alone(
             NAME,
+            "ours, 2 replicas (round-robin), wall / ideal (info)",
+            "x",
+            [s / ideal for s in samples["ours, 2 replicas"]],
+            details=details,
+        ),
+        alone(
+            NAME,
             "(b) InMemorySaver in-process, wall / ideal (info)",
             "x",
             [s / ideal for s in samples["memory"]],
@@ -156,24 +180,25 @@ async def run(bench: Bench) -> list[Row]:
         ),
     ]
     # Without /proc there are no floors to show.
-    ours_floors = _floors(spent["ours"], count * turns, ideal)
-    if spent["ours"]:
-        rows.append(
-            alone(
-                NAME,
-                "ours, CPU floor: the service process's CPU seconds / ideal (info)",
-                "x",
-                ours_floors["server_cpu_x_ideal"],
-                details=details,
+    floors = {name: _floors(spent[name], count * turns, ideal) for name in spent if spent[name]}
+    for name in ("ours", "ours, 2 replicas"):
+        if name in floors:
+            rows.append(
+                alone(
+                    NAME,
+                    f"{name}, CPU floor: the busiest service process's CPU seconds / ideal (info)",
+                    "x",
+                    floors[name]["server_cpu_x_ideal"],
+                    details=details,
+                )
             )
-        )
-        rows.append(
-            alone(
-                NAME,
-                "ours, CPU floor: the machine's busy seconds / cores / ideal (info)",
-                "x",
-                ours_floors["machine_cpu_per_core_x_ideal"],
-                details=details,
+            rows.append(
+                alone(
+                    NAME,
+                    f"{name}, CPU floor: the machine's busy seconds / cores / ideal (info)",
+                    "x",
+                    floors[name]["machine_cpu_per_core_x_ideal"],
+                    details=details,
+                )
             )
-        )
     return rows
