@@ -75,15 +75,18 @@ class Meter:
     def __init__(self, pids: Mapping[str, int], spent: list[Snapshot]) -> None:
         self.pids = dict(pids)
         self.spent = spent
+        self._started = False
         self._began: Snapshot | None = None
 
     def start(self) -> None:
+        self._started = True
         self._began = Snapshot.take(self.pids)
 
     def stop(self) -> None:
-        if self._began is None:
+        if not self._started:
             raise RuntimeError("the meter was not started")
         ended = Snapshot.take(self.pids)
-        if ended is not None:
+        if self._began is not None and ended is not None:
             self.spent.append(ended.since(self._began))
+        self._started = False
         self._began = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +73,17 @@ def test_a_meter_must_be_started_and_measures_each_interval_alone() -> None:
     assert len(spent) == 2
     # The second interval burnt nothing on purpose: it does not carry the first one's seconds.
     assert spent[1].processes["me"] < spent[0].processes["me"]
+
+
+def test_without_proc_a_meter_measures_nothing_and_does_not_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Simulated, as this host has a /proc: PROC points at an empty folder (macOS has none)."""
+    monkeypatch.setattr(cpu, "PROC", tmp_path)
+    spent: list[cpu.Snapshot] = []
+    meter = cpu.Meter({"me": os.getpid()}, spent)
+    meter.start()
+    meter.stop()
+    assert spent == []
+    with pytest.raises(RuntimeError):
+        meter.stop()
