@@ -23,6 +23,22 @@ def test_server_outlives_client_keep_alive() -> None:
     assert config.timeout_keep_alive >= 60  # behind a load balancer with a 60 s idle timeout
 
 
+def test_serves_on_the_c_event_loop_and_http_parser() -> None:
+    """uvloop and httptools are dependencies, not extras: uvicorn picks them by itself only
+    when they are installed, and the image served on asyncio and h11 while only the benchmarks
+    had them."""
+    config = server_config(Starlette(), "127.0.0.1", 0)
+    config.load()
+    assert config.http_protocol_class.__name__ == "HttpToolsProtocol"
+    loop_factory = config.get_loop_factory()
+    assert loop_factory is not None
+    loop = loop_factory()
+    try:
+        assert type(loop).__module__.split(".")[0] == "uvloop"
+    finally:
+        loop.close()
+
+
 def test_invalid_configuration_exits_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
