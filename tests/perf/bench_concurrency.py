@@ -131,74 +131,42 @@ async def run(bench: Bench) -> list[Row]:
         "conversations": count,
         "turns": turns,
         "ideal_seconds": ideal,
-        "tutorial_x_ideal": sorted(s / ideal for s in samples["tutorial"]),
-        "in_memory_x_ideal": sorted(s / ideal for s in samples["memory"]),
-        "two_replicas_x_ideal": sorted(s / ideal for s in samples["ours, 2 replicas"]),
+        "x_ideal": {name: sorted(s / ideal for s in walls) for name, walls in samples.items()},
         "cpu": {name: _floors(s, count * turns, ideal) for name, s in spent.items() if s},
     }
+    x_ideal = {name: [s / ideal for s in walls] for name, walls in samples.items()}
+
+    def info(metric: str, ratios: list[float]) -> Row:
+        return alone(NAME, f"{metric} (info)", "x", ratios, details=details)
+
     rows = [
         alone(
-            NAME,
-            "wall / ideal",
-            "x",
-            [s / ideal for s in samples["ours"]],
-            goal="<= 1.3x ideal",
-            goal_check=lambda r: r <= 1.3,
-            details=details,
+            NAME, "wall / ideal", "x", x_ideal["ours"],
+            goal="<= 1.3x ideal", goal_check=lambda r: r <= 1.3, details=details,
         ),
         compare(
-            NAME,
-            "wall time",
-            "s",
-            samples["ours"],
-            "(a) tutorial",
-            samples["tutorial"],
+            NAME, "wall time", "s", samples["ours"], "(a) tutorial", samples["tutorial"],
             details=details,
         ),
-        alone(
-            NAME,
-            "ours, 2 replicas (round-robin), wall / ideal (info)",
-            "x",
-            [s / ideal for s in samples["ours, 2 replicas"]],
-            details=details,
-        ),
-        alone(
-            NAME,
-            "(b) InMemorySaver in-process, wall / ideal (info)",
-            "x",
-            [s / ideal for s in samples["memory"]],
-            details=details,
-        ),
+        info("ours, 2 replicas (round-robin), wall / ideal", x_ideal["ours, 2 replicas"]),
+        info("(b) InMemorySaver in-process, wall / ideal", x_ideal["memory"]),
         compare(
-            NAME,
-            "wall time vs the graph alone (info)",
-            "s",
-            samples["ours"],
-            "(b) InMemorySaver",
-            samples["memory"],
-            details=details,
+            NAME, "wall time vs the graph alone (info)", "s", samples["ours"],
+            "(b) InMemorySaver", samples["memory"], details=details,
         ),
-    ]
+    ]  # fmt: skip
     # Without /proc there are no floors to show.
-    floors = {name: _floors(spent[name], count * turns, ideal) for name in spent if spent[name]}
     for name in ("ours", "ours, 2 replicas"):
-        if name in floors:
-            rows.append(
-                alone(
-                    NAME,
-                    f"{name}, CPU floor: the busiest service process's CPU seconds / ideal (info)",
-                    "x",
-                    floors[name]["server_cpu_x_ideal"],
-                    details=details,
-                )
-            )
-            rows.append(
-                alone(
-                    NAME,
-                    f"{name}, CPU floor: the machine's busy seconds / cores / ideal (info)",
-                    "x",
-                    floors[name]["machine_cpu_per_core_x_ideal"],
-                    details=details,
-                )
-            )
+        if spent[name]:
+            floors = _floors(spent[name], count * turns, ideal)
+            rows += [
+                info(
+                    f"{name}, CPU floor: the busiest service process's CPU seconds / ideal",
+                    floors["server_cpu_x_ideal"],
+                ),
+                info(
+                    f"{name}, CPU floor: the machine's busy seconds / cores / ideal",
+                    floors["machine_cpu_per_core_x_ideal"],
+                ),
+            ]
     return rows
