@@ -127,14 +127,16 @@ async def run(bench: Bench) -> list[Row]:
         }  # fmt: skip
         samples = await interleave(bench.repetitions, contenders)
 
+    x_ideal = {name: [s / ideal for s in walls] for name, walls in samples.items()}
+    # Without /proc there are no floors to show.
+    floors = {name: _floors(s, count * turns, ideal) for name, s in spent.items() if s}
     details = {
         "conversations": count,
         "turns": turns,
         "ideal_seconds": ideal,
-        "x_ideal": {name: sorted(s / ideal for s in walls) for name, walls in samples.items()},
-        "cpu": {name: _floors(s, count * turns, ideal) for name, s in spent.items() if s},
+        "x_ideal": {name: sorted(ratios) for name, ratios in x_ideal.items()},
+        "cpu": floors,
     }
-    x_ideal = {name: [s / ideal for s in walls] for name, walls in samples.items()}
 
     def info(metric: str, ratios: list[float]) -> Row:
         return alone(NAME, f"{metric} (info)", "x", ratios, details=details)
@@ -155,18 +157,16 @@ async def run(bench: Bench) -> list[Row]:
             "(b) InMemorySaver", samples["memory"], details=details,
         ),
     ]  # fmt: skip
-    # Without /proc there are no floors to show.
     for name in ("ours", "ours, 2 replicas"):
-        if spent[name]:
-            floors = _floors(spent[name], count * turns, ideal)
+        if name in floors:
             rows += [
                 info(
                     f"{name}, CPU floor: the busiest service process's CPU seconds / ideal",
-                    floors["server_cpu_x_ideal"],
+                    floors[name]["server_cpu_x_ideal"],
                 ),
                 info(
                     f"{name}, CPU floor: the machine's busy seconds / cores / ideal",
-                    floors["machine_cpu_per_core_x_ideal"],
+                    floors[name]["machine_cpu_per_core_x_ideal"],
                 ),
             ]
     return rows

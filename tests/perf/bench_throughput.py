@@ -49,19 +49,18 @@ async def run(bench: Bench) -> list[Row]:
             snapshots.clear()
         samples = await interleave(bench.repetitions, contenders)
 
-    total = count * turns
+    def ms_per_turn(process: str) -> dict[str, list[float]]:
+        return {
+            name: sorted(s.processes[process] * 1000 / (count * turns) for s in snapshots)
+            for name, snapshots in spent.items()
+        }
+
     details = {
         "conversations": count,
         "turns": turns,
         # From /proc, per repetition: each server's CPU a turn, and the client's.
-        "server_cpu_ms_per_turn": {
-            name: sorted(s.processes["server"] * 1000 / total for s in snapshots)
-            for name, snapshots in spent.items()
-        },
-        "client_cpu_ms_per_turn": {
-            name: sorted(s.processes["client"] * 1000 / total for s in snapshots)
-            for name, snapshots in spent.items()
-        },
+        "server_cpu_ms_per_turn": ms_per_turn("server"),
+        "client_cpu_ms_per_turn": ms_per_turn("client"),
     }
     rows = [
         compare(

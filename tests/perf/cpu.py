@@ -52,13 +52,14 @@ class Snapshot:
 
     @classmethod
     def take(cls, pids: Mapping[str, int]) -> Snapshot | None:
-        if not (PROC / "stat").exists():
+        try:
+            machine = machine_busy_ticks((PROC / "stat").read_text()) / TICKS_PER_SECOND
+        except FileNotFoundError:
             return None
         processes = {
             name: process_ticks((PROC / str(pid) / "stat").read_text()) / TICKS_PER_SECOND
             for name, pid in pids.items()
         }
-        machine = machine_busy_ticks((PROC / "stat").read_text()) / TICKS_PER_SECOND
         return cls(processes, machine)
 
     def since(self, earlier: Snapshot) -> Snapshot:
