@@ -21,11 +21,19 @@ as the service would skew the ratio), the busiest server process's own over the 
 loop cannot finish sooner than its CPU seconds), and the machine's busy seconds (anything running
 on it counts) over the cores and the ideal (nothing finishes sooner). Where a floor exceeds the
 goal, that configuration cannot meet it on this host.
+
+The floors are averages; the waits show how the time is spent. Each turn's latency beyond its
+two calls, seen by the client, is what queued: conversations started together reach each turn's
+end together, and one turn's ending, the client's next request and the next turn's start are
+all CPU, with no model call to overlap them, so every turn boundary queues them one behind the
+other. The longest wait is about the number of conversations times that CPU, even where the
+average floors are well under the goal.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
@@ -41,17 +49,21 @@ from tests.perf.harness import Bench, Row, alone, compare, interleave
 NAME = "3. 100 conversations, 200 ms model"
 LATENCY_MS = 200
 CALLS_PER_TURN = 2
+MODEL_SECONDS_PER_TURN = CALLS_PER_TURN * LATENCY_MS / 1000
 
 
 def _over_http(
-    server: clients.Server, count: int, turns: int, meter: cpu.Meter
+    server: clients.Server, count: int, turns: int, meter: cpu.Meter, waits: list[list[float]]
 ) -> Callable[[int], Awaitable[float]]:
-    """Wall seconds of one repetition over HTTP; ``meter`` runs while the clock does."""
-
-    per_second = clients.throughput(server, count, turns, meter)
+    """Wall seconds of one repetition over HTTP; ``meter`` runs while the clock does, and each
+    repetition appends to ``waits`` its turns' milliseconds beyond their model calls."""
 
     async def measure(rep: int) -> float:
-        return count * turns / await per_second(rep)
+        latencies: list[float] = []
+        per_second = clients.throughput(server, count, turns, meter, latencies.append)
+        wall = count * turns / await per_second(rep)
+        waits.append(sorted(1000 * (s - MODEL_SECONDS_PER_TURN) for s in latencies))
+        return wall
 
     return measure
 
@@ -74,6 +86,13 @@ def _in_memory(count: int, turns: int, meter: cpu.Meter) -> Callable[[int], Awai
 def _busiest_server(snapshot: cpu.Snapshot) -> float:
     """CPU seconds of the busiest server process (each is one event loop), 0 if none."""
     return max((s for name, s in snapshot.processes.items() if name != "client"), default=0.0)
+
+
+def _waits(reps: list[list[float]]) -> dict[str, list[float]]:
+    return {
+        "p50": sorted(statistics.median(waits) for waits in reps),
+        "max": sorted(waits[-1] for waits in reps),
+    }
 
 
 def _floors(spent: list[cpu.Snapshot], turns: int, ideal: float) -> dict[str, list[float]]:
@@ -110,18 +129,23 @@ async def run(bench: Bench) -> list[Row]:
         spent: dict[str, list[cpu.Snapshot]] = {
             name: [] for name in ("ours", "ours, 2 replicas", "tutorial", "memory")
         }
+        waits: dict[str, list[list[float]]] = {
+            name: [] for name in ("ours", "ours, 2 replicas", "tutorial")
+        }
         contenders = {
             "ours": _over_http(
                 clients.AgentServer(ours.url), count, turns,
-                cpu.Meter(client | {"server": ours.pid}, spent["ours"]),
+                cpu.Meter(client | {"server": ours.pid}, spent["ours"]), waits["ours"],
             ),
             "ours, 2 replicas": _over_http(
                 clients.Balanced([ours.url, second.url]), count, turns,
                 cpu.Meter(client | {"r1": ours.pid, "r2": second.pid}, spent["ours, 2 replicas"]),
+                waits["ours, 2 replicas"],
             ),
             "tutorial": _over_http(
                 clients.Tutorial(tutorial.url), count, turns,
                 cpu.Meter(client | {"server": tutorial.pid}, spent["tutorial"]),
+                waits["tutorial"],
             ),
             "memory": _in_memory(count, turns, cpu.Meter(client, spent["memory"])),
         }  # fmt: skip
@@ -130,16 +154,19 @@ async def run(bench: Bench) -> list[Row]:
     x_ideal = {name: [s / ideal for s in walls] for name, walls in samples.items()}
     # Without /proc there are no floors to show.
     floors = {name: _floors(s, count * turns, ideal) for name, s in spent.items() if s}
+    wait_stats = {name: _waits(reps) for name, reps in waits.items()}
     details = {
         "conversations": count,
         "turns": turns,
         "ideal_seconds": ideal,
         "x_ideal": {name: sorted(ratios) for name, ratios in x_ideal.items()},
         "cpu": floors,
+        # Per repetition, the median and the longest of the turns' waits beyond their calls.
+        "wait_beyond_model_ms": wait_stats,
     }
 
-    def info(metric: str, ratios: list[float]) -> Row:
-        return alone(NAME, f"{metric} (info)", "x", ratios, details=details)
+    def info(metric: str, values: list[float], unit: str = "x") -> Row:
+        return alone(NAME, f"{metric} (info)", unit, values, details=details)
 
     rows = [
         alone(
@@ -157,6 +184,10 @@ async def run(bench: Bench) -> list[Row]:
             "(b) InMemorySaver", samples["memory"], details=details,
         ),
     ]  # fmt: skip
+    rows += [
+        info(f"ours, a turn's latency beyond its model calls, {stat}", values, "ms")
+        for stat, values in wait_stats["ours"].items()
+    ]
     for name in ("ours", "ours, 2 replicas"):
         if name in floors:
             rows += [

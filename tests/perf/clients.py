@@ -152,14 +152,22 @@ async def conversations(
 
 
 def throughput(
-    server: Server, count: int, turns: int, meter: cpu.Meter | None = None
+    server: Server,
+    count: int,
+    turns: int,
+    meter: cpu.Meter | None = None,
+    on_turn: Callable[[float], None] | None = None,
 ) -> Callable[[int], Awaitable[float]]:
     """A contender for ``harness.interleave``: fresh conversations each repetition; ``meter``,
-    if given, runs while the clock does."""
+    if given, runs while the clock does; ``on_turn`` gets each turn's latency."""
 
     async def measure(rep: int) -> float:
         per_second = await conversations(
-            server, count=count, turns=turns, on_start=meter.start if meter else None
+            server,
+            count=count,
+            turns=turns,
+            on_turn=on_turn,
+            on_start=meter.start if meter else None,
         )
         if meter:
             meter.stop()
