@@ -64,6 +64,13 @@ async def _talk(
         )
 
 
+async def _talked(pool: Pool, builder: Any, turns: int) -> RunnableConfig:
+    """A new thread of ``turns`` turns; the config that reads its latest checkpoint."""
+    thread_id = str(uuid.uuid4())
+    await _talk(pool, builder, thread_id, turns)
+    return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+
+
 def _same_tuple(ours: CheckpointTuple | None, stock: CheckpointTuple | None) -> None:
     assert (ours is None) == (stock is None)
     if ours is None or stock is None:
@@ -134,11 +141,9 @@ async def test_the_latest_checkpoint_and_its_history_cost_one_statement(
 ) -> None:
     builder = build_graph(OfflineChatModel())
     async with counting_pool(database_url) as pool:
-        thread_id = str(uuid.uuid4())
-        await _talk(pool, builder, thread_id, turns=4)
+        latest = await _talked(pool, builder, turns=4)
         ours = FencedPostgresSaver(pool, history=history_channels(builder.compile()))
         stock = FencedPostgresSaver(pool)
-        latest: RunnableConfig = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
 
         before = pool.borrowed
         mine = await ours.aget_tuple(latest)
@@ -162,17 +167,13 @@ async def test_a_branch_replays_its_own_ancestors(database_url: str) -> None:
     """A turn from an older checkpoint forks the thread: the walk follows parent ids, not age."""
     builder = build_graph(OfflineChatModel())
     async with counting_pool(database_url) as pool:
-        thread_id = str(uuid.uuid4())
-        await _talk(pool, builder, thread_id, turns=3)
+        latest = await _talked(pool, builder, turns=3)
         graph = builder.compile(checkpointer=FencedPostgresSaver(pool))
-        history = [
-            s async for s in graph.aget_state_history({"configurable": {"thread_id": thread_id}})
-        ]
+        history = [s async for s in graph.aget_state_history(latest)]
         fork_point = next(s for s in history if s.metadata and s.metadata.get("step") == 3)
         await graph.ainvoke(_say(9), fork_point.config)
         ours = FencedPostgresSaver(pool, history=["messages"])
         stock = FencedPostgresSaver(pool)
-        latest: RunnableConfig = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
         got = await _compare(ours, stock, latest)
         texts = [str(m.content) for _, _, batch in got["messages"]["writes"] for m in batch]
         assert any("turn 9" in t for t in texts)
@@ -195,11 +196,9 @@ async def test_a_history_asked_for_other_channels_is_read_the_stock_way(
     """Only an exact match is served from the preload; anything else reads afresh."""
     builder = build_graph(OfflineChatModel())
     async with counting_pool(database_url) as pool:
-        thread_id = str(uuid.uuid4())
-        await _talk(pool, builder, thread_id, turns=2)
+        latest = await _talked(pool, builder, turns=2)
         ours = FencedPostgresSaver(pool, history=["messages"])
         stock = FencedPostgresSaver(pool)
-        latest: RunnableConfig = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
         mine = await ours.aget_tuple(latest)
         assert mine is not None
         before = pool.borrowed
