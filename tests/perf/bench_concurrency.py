@@ -64,7 +64,7 @@ def _over_http(
         latencies: list[float] = []
         per_second = clients.throughput(server, count, turns, meter, latencies.append)
         wall = count * turns / await per_second(rep)
-        waits.append(sorted(1000 * (s - MODEL_SECONDS_PER_TURN) for s in latencies))
+        waits.append([1000 * (s - MODEL_SECONDS_PER_TURN) for s in latencies])
         return wall
 
     return measure
@@ -93,7 +93,7 @@ def _busiest_server(snapshot: cpu.Snapshot) -> float:
 def _waits(reps: list[list[float]]) -> dict[str, list[float]]:
     return {
         "p50": sorted(statistics.median(waits) for waits in reps),
-        "max": sorted(waits[-1] for waits in reps),
+        "max": sorted(max(waits) for waits in reps),
     }
 
 
@@ -136,12 +136,9 @@ async def run(bench: Bench) -> list[Row]:
         tutorial = stack.enter_context(servers.tutorial(tutorial_db, bench.work, LATENCY_MS))
         client = {"client": os.getpid()}
         long = f"ours, {long_turns} turns"
-        spent: dict[str, list[cpu.Snapshot]] = {
-            name: [] for name in ("ours", "ours, 2 replicas", "tutorial", "memory", long)
-        }
-        waits: dict[str, list[list[float]]] = {
-            name: [] for name in ("ours", "ours, 2 replicas", "tutorial", long)
-        }
+        over_http = ("ours", "ours, 2 replicas", "tutorial", long)
+        spent: dict[str, list[cpu.Snapshot]] = {name: [] for name in (*over_http, "memory")}
+        waits: dict[str, list[list[float]]] = {name: [] for name in over_http}
         contenders = {
             "ours": _over_http(
                 clients.AgentServer(ours.url), count, turns,
