@@ -62,9 +62,11 @@ def _over_http(
     """Wall seconds of one repetition over HTTP; ``meter`` runs while the clock does, and each
     repetition appends to ``waits`` its turns' milliseconds beyond their model calls."""
 
+    latencies: list[float] = []
+    per_second = clients.throughput(server, count, turns, meter, latencies.append)
+
     async def measure(rep: int) -> float:
-        latencies: list[float] = []
-        per_second = clients.throughput(server, count, turns, meter, latencies.append)
+        latencies.clear()
         wall = count * turns / await per_second(rep)
         waits.append([1000 * (s - MODEL_SECONDS_PER_TURN) for s in latencies])
         return wall
