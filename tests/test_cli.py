@@ -9,7 +9,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from service.cli import DrainingServer, main, server_config
+from service.cli import GC_THRESHOLDS, DrainingServer, main, server_config
 
 
 def test_server_outlives_client_keep_alive() -> None:
@@ -55,10 +55,12 @@ def test_migrate_against_an_unreachable_database_exits_1(
     assert main(["migrate"]) == 1
 
 
-async def test_serving_freezes_what_start_up_built() -> None:
+async def test_serving_freezes_what_start_up_built_and_collects_young_objects_rarely() -> None:
     """Once the app has started, what start-up built is out of the collector's reach, so a
-    full collection under load does not walk the modules and the compiled graph again."""
+    full collection under load does not walk the modules and the compiled graph again; and
+    young collections wait for many more new objects than Python's default."""
     server = DrainingServer(server_config(Starlette(), "127.0.0.1", 0), on_exit=lambda: None)
+    thresholds = gc.get_threshold()
     gc.unfreeze()
     serving = asyncio.create_task(server.serve())
     try:
@@ -66,7 +68,10 @@ async def test_serving_freezes_what_start_up_built() -> None:
             while not server.started:  # noqa: ASYNC110 (uvicorn has a flag, not an event)
                 await asyncio.sleep(0.01)
         assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert GC_THRESHOLDS[0] > thresholds[0]
     finally:
         server.should_exit = True
         await serving
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
