@@ -29,11 +29,12 @@ GRACEFUL_SHUTDOWN_SECONDS = 25
 # uvicorn's default of 5 s the server and an httpx pool close the same idle connection at the
 # same moment, and the request the client just sent on it fails with a ReadError.
 KEEP_ALIVE_SECONDS = 75
-# The collector's default (700 net new containers a young collection) fires many times a turn
-# while a hundred turns are in flight, and each young collection promotes what those turns
-# still hold, so the older generations fill with short-lived state and get walked too: a fifth
+# The collector's default (a young collection per 700 net new containers) fires about every
+# second turn while a hundred turns are in flight, and each young collection promotes what those
+# turns still hold, so the older generations fill with short-lived state and get walked too: a fifth
 # of the service's CPU under benchmark 3. Almost all of a turn's objects die by reference
-# count, so young collections this rare still bound the cyclic garbage to a few megabytes.
+# count; what waits for the collector is cyclic garbage, at most this many objects (megabytes).
+# The replica's resident memory under that benchmark did not change.
 GC_THRESHOLDS = (50_000, 10, 10)
 
 
