@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -341,14 +344,35 @@ def test_crd_is_the_deploy_crd(helm: Helm) -> None:
     assert not [d for d in helm.render(SCENARIOS["crds-off"]) if d["kind"].startswith("Custom")]
 
 
-def test_crd_copy_is_byte_identical() -> None:
-    deploy = support.REPO / "deploy/crds/retentionpolicies.threadkeeper.dev.yaml"
-    copy = support.CHART / "files/crds/retentionpolicies.threadkeeper.dev.yaml"
-    assert copy.is_file(), f"the chart must carry a copy of {deploy.name} in {copy.parent}"
-    if deploy.is_file():
-        assert copy.read_bytes() == deploy.read_bytes(), (
-            f"{copy} differs from {deploy}: run `cp {deploy} {copy}`"
-        )
+def _sync_crds() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "sync_crds", support.REPO / "deploy/tools/sync_crds.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_crd_copy_is_generated_from_deploy() -> None:
+    """The chart's CRDs are generated copies of deploy/crds/, the one source to edit."""
+    tool = _sync_crds()
+    assert list(tool.COPIES.glob("*.yaml")), "the chart must carry the CRDs"
+    assert tool.stale() == [], "run `python deploy/tools/sync_crds.py`"
+
+
+def test_crd_sync_finds_and_fixes_stale_copies(tmp_path: Path) -> None:
+    tool = _sync_crds()
+    source, target = tmp_path / "deploy", tmp_path / "chart"
+    source.mkdir()
+    target.mkdir()
+    (source / "a.yaml").write_text("kind: A\n")
+    (target / "a.yaml").write_text("kind: old\n")
+    (target / "gone.yaml").write_text("kind: Gone\n")
+    assert sorted(p.name for p in tool.stale(source, target)) == ["a.yaml", "gone.yaml"]
+    tool.write(source, target)
+    assert tool.stale(source, target) == []
+    assert (target / "a.yaml").read_text() == "kind: A\n"
 
 
 def test_retention_policy(helm: Helm) -> None:
@@ -492,3 +516,16 @@ def test_template_refuses(helm: Helm, values: dict[str, Any], message: str) -> N
     proc = helm.template(values, check=False)
     assert proc.returncode != 0
     assert message in proc.stderr
+
+
+def test_template_reports_every_problem_at_once(helm: Helm) -> None:
+    """A values file with several broken rules names all of them in one failed render."""
+    values = {"service.pool.minSize": 30, "alerts.tableBytesWarning": 10**12}
+    proc = helm.template(values, check=False)
+    assert proc.returncode != 0
+    for message in (
+        "set database.existingSecret",
+        "service.pool.minSize must not exceed",
+        "tableBytesWarning must not exceed",
+    ):
+        assert message in proc.stderr
