@@ -27,6 +27,7 @@ lint: sync
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
 	$(UV) run mypy
+	$(UV) run mypy --strict examples/refund-agent/src/refund_agent
 
 cluster-build: sync
 	$(UV) run python -m tests.cluster build
