@@ -26,6 +26,7 @@ def cut(scope: Scope) -> None:
     where a body that ended normally would read as the whole answer.
     """
     scope[CUT] = True
+    log.info("response_cut", path=scope.get("path"))
 
 
 class CutMiddleware:

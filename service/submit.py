@@ -286,9 +286,10 @@ async def until_closing(svc: Services, result: asyncio.Task[Any], headers: dict[
         await asyncio.wait({result, closing}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         closing.cancel()
-        if not result.done():
+        ended = result.done()
+        if not ended:
             result.cancel()
-    if not result.cancelled():
+    if ended:
         return result.result()
     raise Problem(
         503,

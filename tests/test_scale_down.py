@@ -112,7 +112,7 @@ async def test_a_draining_replica_answers_waits_streams_and_chats_with_the_runs_
     # uvicorn re-raises the signal after its graceful shutdown, hence -SIGTERM.
     assert code == -signal.SIGTERM
     _handed_over(a, b, len(calls) + 1)
-    assert "ASGI callable returned without completing response" not in a.logs()
+    assert '"response_cut"' not in a.logs()
 
 
 async def test_a_replica_that_must_exit_first_cuts_its_calls_and_they_resume_elsewhere(
@@ -142,7 +142,9 @@ async def test_a_replica_that_must_exit_first_cuts_its_calls_and_they_resume_els
             assert float(chatted.headers["retry-after"]) > 0
             async with httpx.AsyncClient(base_url=front.url, timeout=CALLS_TIMEOUT) as http:
                 joined = await http.get(chatted.headers["location"])
-            replies = [*await asyncio.gather(*calls), _reply(joined.json())]
+            # The SDK says so when it follows Location after a broken response.
+            with pytest.warns(UserWarning, match="attempting reconnect"):
+                replies = [*await asyncio.gather(*calls), _reply(joined.json())]
         for reply in replies:
             assert f"looked up slowly for {seconds}s" in reply and "Turn 1." in reply
         code = await asyncio.to_thread(a.terminate, 60)
@@ -150,3 +152,4 @@ async def test_a_replica_that_must_exit_first_cuts_its_calls_and_they_resume_els
     _handed_over(a, b, 3)
     # Cut by the service before uvicorn's own deadline, which would have cancelled them.
     assert "timeout graceful shutdown exceeded" not in a.logs()
+    assert a.logs().count('"response_cut"') == 2  # the wait and the stream
