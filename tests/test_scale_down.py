@@ -135,15 +135,15 @@ async def test_a_replica_that_must_exit_first_cuts_its_calls_and_they_resume_els
         await asyncio.to_thread(a.wait_for_runs, 3)
         assert a.proc is not None
         a.proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(CALLS_TIMEOUT):
-            chatted = await chat
-            assert chatted.status_code == 503, chatted.text
-            assert chatted.headers["content-type"] == "application/problem+json"
-            assert float(chatted.headers["retry-after"]) > 0
-            async with httpx.AsyncClient(base_url=front.url, timeout=CALLS_TIMEOUT) as http:
-                joined = await http.get(chatted.headers["location"])
-            # The SDK says so when it follows Location after a broken response.
-            with pytest.warns(UserWarning, match="attempting reconnect"):
+        # The SDK says so when it follows Location after a broken response.
+        with pytest.warns(UserWarning, match="attempting reconnect"):
+            async with asyncio.timeout(CALLS_TIMEOUT):
+                chatted = await chat
+                assert chatted.status_code == 503, chatted.text
+                assert chatted.headers["content-type"] == "application/problem+json"
+                assert float(chatted.headers["retry-after"]) > 0
+                async with httpx.AsyncClient(base_url=front.url, timeout=CALLS_TIMEOUT) as http:
+                    joined = await http.get(chatted.headers["location"])
                 replies = [*await asyncio.gather(*calls), _reply(joined.json())]
         for reply in replies:
             assert f"looked up slowly for {seconds}s" in reply and "Turn 1." in reply
