@@ -277,15 +277,17 @@ async def result_of(svc: Services, run: DictRow, attempt: Attempt | None) -> Any
             await asyncio.sleep(OUTAGE_RETRY_SECONDS)
 
 
-async def until_closing(svc: Services, result: asyncio.Task[Any], headers: dict[str, str]) -> Any:
+async def until_closing(
+    closing: asyncio.Event, result: asyncio.Task[Any], headers: dict[str, str]
+) -> Any:
     """``result``'s value, for an answer that is sent only once known (no body streamed
     before it). A replica that stops serving first answers 503 with ``Retry-After`` and
     ``headers`` (a ``Location`` where the answer will be): the run goes on elsewhere."""
-    closing = asyncio.create_task(svc.closing.wait())
+    stop = asyncio.create_task(closing.wait())
     try:
-        await asyncio.wait({result, closing}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({result, stop}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        closing.cancel()
+        stop.cancel()
         ended = result.done()
         if not ended:
             result.cancel()

@@ -49,7 +49,7 @@ async def chat(request: Request) -> Response:
     # A client hanging up ends the wait, not the run it started.
     join = f"/threads/{thread_id}/runs/{run['run_id']}/join"
     result = await until_closing(
-        svc, asyncio.create_task(result_of(svc, run, attempt)), {"Location": join}
+        svc.closing, asyncio.create_task(result_of(svc, run, attempt)), {"Location": join}
     )
     if isinstance(result, dict) and "__error__" in result:
         raise Problem(502, f"the agent failed: {result['__error__']['message']}", kind="run-failed")

@@ -204,7 +204,7 @@ async def _answer_or_cancel(
     """The run's final body; a client hanging up cancels the run. A replica that stops
     serving first answers 503 (``Location``: where the answer will be): the run goes on."""
     try:
-        value = await until_closing(svc, result, headers)
+        value = await until_closing(svc.closing, result, headers)
     except asyncio.CancelledError:
         await asyncio.shield(_cancel(svc, [run_id], "interrupt"))
         raise
