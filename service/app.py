@@ -37,7 +37,7 @@ log = structlog.get_logger(__name__)
 # but access logs and metrics then tell a hang-up apart from a server error.
 CLIENT_CLOSED_REQUEST = 499
 # uvicorn's graceful shutdown: after a SIGTERM, open requests get this long to end.
-SHUTDOWN_SECONDS = 25.0
+SHUTDOWN_SECONDS = 25
 # Requests still open this long before that deadline are cut by the service itself: a cut
 # connection tells clients to resume elsewhere, where a cancelled request would be a 500.
 CUT_MARGIN_SECONDS = 1.0

@@ -88,7 +88,7 @@ def server_config(app: Starlette, host: str, port: int) -> uvicorn.Config:
         host=host,
         port=port,
         log_config=None,
-        timeout_graceful_shutdown=int(SHUTDOWN_SECONDS),
+        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         proxy_headers=True,
     )
