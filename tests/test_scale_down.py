@@ -20,7 +20,7 @@ from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
 from service.app import CUT_MARGIN_SECONDS, SHUTDOWN_SECONDS
-from tests.support.balancer import Balancer
+from tests.support.balancer import front as balanced
 from tests.support.processes import ServiceProcess
 
 pytestmark = pytest.mark.slow
@@ -90,7 +90,7 @@ async def test_a_draining_replica_answers_waits_streams_and_chats_with_the_runs_
     a = replicas("a", **DRAIN).start()
     b = replicas("b").start(migrate=False)
     text = "please look up slowly 3"
-    with Balancer([a.port, b.port]) as front:
+    with balanced([a.port, b.port]) as front:
         client = get_client(url=front.url)
         calls = [
             *(asyncio.create_task(_wait(client, text)) for _ in range(4)),
@@ -125,7 +125,7 @@ async def test_a_replica_that_must_exit_first_cuts_its_calls_and_they_resume_els
     seconds = int(SHUTDOWN_SECONDS) + 5
     assert seconds > SHUTDOWN_SECONDS - CUT_MARGIN_SECONDS
     text = f"please look up slowly {seconds}"
-    with Balancer([a.port, b.port]) as front:
+    with balanced([a.port, b.port]) as front:
         client = get_client(url=front.url)
         calls = [
             asyncio.create_task(_wait(client, text)),

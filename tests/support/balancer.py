@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Sequence
-from types import TracebackType
+from collections.abc import Iterator, Sequence
 
 from tests.support.processes import free_port
 
@@ -32,18 +31,12 @@ class Balancer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> Balancer:
+    def start(self) -> None:
         self._thread.start()
         if not self._ready.wait(10):
             raise TimeoutError("the balancer did not start")
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
         if self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
@@ -86,6 +79,17 @@ class Balancer:
             with contextlib.suppress(OSError):
                 return await asyncio.open_connection("127.0.0.1", port)
         return None
+
+
+@contextlib.contextmanager
+def front(ports: Sequence[int]) -> Iterator[Balancer]:
+    """A started balancer over ``ports``, stopped afterwards."""
+    balancer = Balancer(ports)
+    balancer.start()
+    try:
+        yield balancer
+    finally:
+        balancer.stop()
 
 
 async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
