@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
@@ -21,7 +22,7 @@ from service.db import connect, make_pool
 from service.embedded import embedded_postgres
 from service.executor import Executor
 from service.metrics import Metrics
-from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from service.middleware import BodyLimitMiddleware, CutMiddleware, RequestContextMiddleware
 from service.migrations import migrate
 from service.notify import Hub
 from service.problems import Problem, problem_response
@@ -35,6 +36,11 @@ log = structlog.get_logger(__name__)
 # nginx's code for "the client closed the connection before the response": nobody reads it,
 # but access logs and metrics then tell a hang-up apart from a server error.
 CLIENT_CLOSED_REQUEST = 499
+# uvicorn's graceful shutdown: after a SIGTERM, open requests get this long to end.
+SHUTDOWN_SECONDS = 25
+# Requests still open this long before that deadline are cut by the service itself: a cut
+# connection tells clients to resume elsewhere, where a cancelled request would be a 500.
+CUT_MARGIN_SECONDS = 1.0
 
 
 async def _problem(request: Request, exc: Exception) -> Response:
@@ -72,13 +78,23 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 def begin_drain(app: Starlette) -> None:
-    """Stop taking work: readiness fails and this replica claims no more runs."""
+    """Stop taking work: readiness fails, this replica claims no more runs, and those it
+    executes get ``drain_seconds`` to end before they are handed back to the queue.
+
+    Requests waiting for runs stay open meanwhile and follow their runs wherever they go on,
+    until ``SHUTDOWN_SECONDS`` minus ``CUT_MARGIN_SECONDS`` after this: then they are cut.
+    """
     services: Services | None = getattr(app.state, "services", None)
-    if services is not None and not services.draining:
-        services.draining = True
-        services.stopping.set()
-        services.worker.stop_claiming()
-        log.info("draining", replica=services.settings.replica)
+    if services is None or services.draining:
+        return
+    services.draining = True
+    services.worker.stop_claiming()
+    services.drained = asyncio.create_task(
+        services.worker.stop(services.settings.drain_seconds), name="drain"
+    )
+    closing = services.closing
+    asyncio.get_running_loop().call_later(SHUTDOWN_SECONDS - CUT_MARGIN_SECONDS, closing.set)
+    log.info("draining", replica=services.settings.replica)
 
 
 @contextmanager
@@ -151,7 +167,9 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> Starlette:
             yield
         finally:
             begin_drain(app)
-            await worker.stop(settings.drain_seconds)
+            services.closing.set()
+            if services.drained is not None:
+                await services.drained
             await hub.stop()
             await pool.close()
             log.info("service_stopped", replica=settings.replica)
@@ -166,6 +184,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> Starlette:
             *chat.routes,
         ],
         middleware=[
+            Middleware(CutMiddleware),
             Middleware(RequestContextMiddleware, metrics=metrics, replica=settings.replica),
             Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes),
         ],

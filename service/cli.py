@@ -14,9 +14,10 @@ import psycopg
 import structlog
 import uvicorn
 from pydantic import ValidationError
+from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 
-from service.app import begin_drain, create_app, database_url
+from service.app import SHUTDOWN_SECONDS, begin_drain, create_app, database_url
 from service.db import connect
 from service.logs import configure_logging
 from service.migrations import migrate
@@ -24,7 +25,6 @@ from service.settings import Settings
 
 log = structlog.get_logger("service.cli")
 
-GRACEFUL_SHUTDOWN_SECONDS = 25
 # Longer than any client's or load balancer's idle timeout (httpx 5 s, AWS ALB 60 s): with
 # uvicorn's default of 5 s the server and an httpx pool close the same idle connection at the
 # same moment, and the request the client just sent on it fails with a ReadError.
@@ -88,23 +88,29 @@ def server_config(app: Starlette, host: str, port: int) -> uvicorn.Config:
         host=host,
         port=port,
         log_config=None,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         proxy_headers=True,
     )
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn, plus: the first SIGTERM/SIGINT makes the replica unready and stop claiming.
+    """uvicorn, plus: the first SIGTERM/SIGINT starts the replica's drain (see begin_drain).
 
-    uvicorn then lets open requests finish; the lifespan hands back runs it cannot finish.
+    uvicorn then lets open requests end: streams and waits follow their runs, wherever those
+    go on, until the drain cuts them. sse-starlette's own reaction to the signal, ending every
+    stream at once without its ``end`` event, is switched off.
     """
 
     def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
         super().__init__(config)
         self._on_exit = on_exit
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # What AppStatus.disable_automatic_graceful_drain() does (it is not typed).
+        AppStatus.enable_automatic_graceful_drain = False
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
         # What start-up built (modules, the compiled graph, the pool) lives as long as the
         # process: out of the collector's reach, full collections stay short under load.
@@ -113,7 +119,9 @@ class DrainingServer(uvicorn.Server):
         gc.set_threshold(*GC_THRESHOLDS)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._on_exit()
+        # A signal handler interrupts the event loop anywhere: the drain starts as a callback.
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._on_exit)
         super().handle_exit(sig, frame)
 
 

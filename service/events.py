@@ -25,6 +25,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
+import psycopg
 import structlog
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
@@ -86,6 +87,8 @@ LIMIT %s
 
 RUN_STATUS_SQL = "SELECT status FROM runs WHERE run_id = %s"
 TERMINAL = ("success", "error", "timeout", "interrupted")
+# A run's status while the database cannot be asked: not known to have ended.
+UNKNOWN = "unknown"
 
 # Numbered after every event stored and after every number the run's attempts may have used
 # (as if by its next attempt), so an ending appended after a lost suffix is never skipped.
@@ -237,26 +240,25 @@ async def read_after(conn: AsyncConnection[DictRow], run_id: UUID, after: int) -
 
 
 async def follow(
-    pool: Pool, hub: Hub, run_id: UUID, after: int, heartbeat: float, stop: asyncio.Event
+    pool: Pool, hub: Hub, run_id: UUID, after: int, heartbeat: float, closing: asyncio.Event
 ) -> AsyncIterator[Event | None]:
     """Events of the run after ``after`` until its ``end`` event; ``None`` means heartbeat.
 
     Works on any replica: it reads the table and sleeps until a notification (or the heartbeat
-    interval) says to look again. It ends early when ``stop`` is set (the replica is draining);
+    interval) says to look again. A database outage is waited out (with heartbeats): the run
+    goes on, or is resumed, once the database is back. It ends early, without ``end``, only when
+    ``closing`` is set (the replica stops serving); the caller then cuts the connection, and
     the client resumes elsewhere with ``Last-Event-ID``.
     """
     keys = (events_key(run_id), run_key(run_id))
-    while True:
+    while not closing.is_set():
         wakeup = hub.arm(*keys)
         try:
-            async with pool.connection() as conn:
-                # Status first: an ending writes its events before its status, so a final
-                # status seen here means the read below has every event. Read the other way
-                # round, a run that ended between the two reads looked finished with its last
-                # events (``end`` among them) never read, and the stream closed without them.
-                cur = await conn.execute(RUN_STATUS_SQL, (run_id,))
-                row = await cur.fetchone()
-                events = await read_after(conn, run_id, after)
+            try:
+                status, events = await _look(pool, run_id, after)
+            except psycopg.OperationalError as exc:
+                log.warning("follow_database_unavailable", run_id=str(run_id), error=str(exc))
+                status, events = UNKNOWN, []
             for event in events:
                 after = event.seq
                 yield event
@@ -264,13 +266,11 @@ async def follow(
                     return
             if events:
                 continue
-            if row is None or row["status"] in TERMINAL:
+            if status is None or status in TERMINAL:
                 # Deleted, or ended: every ending writes its events before its status, so
                 # nothing more will come.
                 return
-            if stop.is_set():
-                return
-            waits = [asyncio.ensure_future(wakeup.wait()), asyncio.ensure_future(stop.wait())]
+            waits = [asyncio.ensure_future(wakeup.wait()), asyncio.ensure_future(closing.wait())]
             done, pending = await asyncio.wait(
                 waits, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED
             )
@@ -280,6 +280,18 @@ async def follow(
                 yield None
         finally:
             hub.disarm(wakeup, *keys)
+
+
+async def _look(pool: Pool, run_id: UUID, after: int) -> tuple[str | None, list[Event]]:
+    """The run's status (None: deleted) and its events after ``after``."""
+    async with pool.connection() as conn:
+        # Status first: an ending writes its events before its status, so a final status seen
+        # here means the read below has every event. Read the other way round, a run that
+        # ended between the two reads looked finished with its last events (``end`` among
+        # them) never read, and the stream closed without them.
+        cur = await conn.execute(RUN_STATUS_SQL, (run_id,))
+        row = await cur.fetchone()
+        return (None if row is None else row["status"]), await read_after(conn, run_id, after)
 
 
 async def sweep(pool: Pool, retention_seconds: float) -> int:

@@ -70,6 +70,9 @@ class RunOutcome:
     status: str
     values: Any
     error: dict[str, Any] | None = None
+    # Whether this attempt recorded the run's ending: otherwise (lease lost, handed back) the
+    # run goes on elsewhere, and its end is what the run's row says when it ends.
+    ended: bool = True
 
 
 @dataclass
@@ -288,8 +291,8 @@ class Executor:
             await _keep_held_writes(saver)
             writer.emit("error", error)
             writer.emit("end", None)
-            await self._finish(run, "error", "error", error, None, await writer.hand_over())
-            return RunOutcome("error", None, error)
+            ended = await self._finish(run, "error", "error", error, None, await writer.hand_over())
+            return RunOutcome("error", None, error, ended=ended)
         finally:
             keeper.cancel()
         if last_checkpoint is None:
@@ -308,7 +311,7 @@ class Executor:
         )
         events_left = await writer.hand_over()
         try:
-            await self._finish(
+            ended = await self._finish(
                 run,
                 status,
                 "interrupted" if waiting else "idle",
@@ -324,7 +327,9 @@ class Executor:
             log.info("run_stopping", reason="lease_lost")
             return await self._stopped(attempt, writer, "lease_lost")
         return RunOutcome(
-            status, last_values if last_values is not None else last_checkpoint["values"]
+            status,
+            last_values if last_values is not None else last_checkpoint["values"],
+            ended=ended,
         )
 
     async def _stopped(
@@ -333,13 +338,15 @@ class Executor:
         run = attempt.run
         if reason == "lease_lost":
             await writer.close()
-            return RunOutcome("error", None, LEASE_LOST_ERROR)
+            return RunOutcome("error", None, LEASE_LOST_ERROR, ended=False)
         if reason == "drain":
             await writer.close()
             async with self.pool.connection() as conn:
                 await runs.hand_back(conn, run["run_id"], run["attempt"])
             log.info("run_handed_back")
-            return RunOutcome("pending", None, {"error": "Drained", "message": "handed back"})
+            return RunOutcome(
+                "pending", None, {"error": "Drained", "message": "handed back"}, ended=False
+            )
         writer.emit("end", None)
         await writer.close()
         snapshot = await self.reader.aget_state(thread_config(run["thread_id"]))
@@ -382,7 +389,8 @@ class Executor:
         checkpoint_id: str | None,
         events: str = "[]",
         held: Batch | None = None,
-    ) -> None:
+    ) -> bool:
+        """Record the run's ending; False when the attempt no longer owned the run."""
         async with self.pool.connection() as conn:
             row = await runs.finish(
                 conn,
@@ -399,6 +407,7 @@ class Executor:
             held.saved()
         if row is None:
             log.warning("run_finish_lost", status=status)
+        return row is not None
 
     async def _keep_lease(self, attempt: Attempt) -> None:
         """Renew the lease every third of its length, and at once when a cancel is announced."""

@@ -1,4 +1,4 @@
-"""ASGI middleware: request ids and logging, metrics, and the body size limit."""
+"""ASGI middleware: request ids and logging, metrics, the body size limit, cut responses."""
 
 from __future__ import annotations
 
@@ -13,6 +13,44 @@ from service.metrics import Metrics
 from service.problems import Problem, problem_response
 
 log = structlog.get_logger("service.access")
+
+# Set in a request's scope by ``cut``: its response must end as a broken connection.
+CUT = "threadkeeper.cut"
+
+
+def cut(scope: Scope) -> None:
+    """End this request's streamed response as a broken connection, not a complete body.
+
+    For a response that can no longer be completed truthfully (the replica stops serving
+    before the run it follows ended): a client then sees a transport error and reconnects,
+    where a body that ended normally would read as the whole answer.
+    """
+    scope[CUT] = True
+    log.info("response_cut", path=scope.get("path"))
+
+
+class CutMiddleware:
+    """Withholds the last chunk of a response ``cut`` was called for.
+
+    uvicorn then closes the connection without the chunked body's terminator, which every
+    HTTP client reports as an incomplete response.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_unless_cut(message: Message) -> None:
+            last = message["type"] == "http.response.body" and not message.get("more_body")
+            if last and scope.get(CUT):
+                return
+            await send(message)
+
+        await self.app(scope, receive, send_unless_cut)
 
 
 class BodyLimitMiddleware:

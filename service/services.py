@@ -28,5 +28,8 @@ class Services:
     auth: Authenticator
     metrics: Metrics
     draining: bool = field(default=False)
-    # Set with ``draining``: long polls end early so their clients reconnect elsewhere.
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when the replica stops serving, shortly before it exits: responses still open (a
+    # wait or stream following a run) are cut, and their clients reconnect elsewhere.
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+    # While draining: the worker handing back (or finishing) this replica's runs.
+    drained: asyncio.Task[None] | None = None

@@ -11,6 +11,8 @@ import uuid
 from typing import Any
 from uuid import UUID
 
+import psycopg
+import structlog
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
@@ -28,12 +30,17 @@ from service.routes.assistants import resolve_assistant
 from service.schemas import RunCreate
 from service.services import Services
 
+log = structlog.get_logger(__name__)
+
 BUSY_DETAIL = (
     "Thread is already running a task. Wait for it to finish or choose a different "
     "multitask strategy."
 )
 DEFAULT_STRATEGY = "enqueue"
 WAIT_POLL_SECONDS = 5.0
+# A waiter keeps following its run through a database outage (the run goes on, or is resumed,
+# once the database is back) and looks again this often.
+OUTAGE_RETRY_SECONDS = 0.5
 
 
 def first_user_text(graph_input: Any) -> str | None:
@@ -195,11 +202,27 @@ async def _submit_if_idle(
     return row, None
 
 
+async def settled(attempt: Attempt) -> RunOutcome | None:
+    """Wait for an attempt executing here; its outcome, or None if it failed or was cancelled
+    (the run's row then says what became of the run). The wait does not cancel the attempt."""
+    task = attempt.task
+    if task is None:
+        return None
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise  # the waiter was cancelled, not the attempt
+        return None
+    except Exception as exc:
+        log.warning("attempt_failed", run_id=str(attempt.run["run_id"]), error=repr(exc))
+        return None
+
+
 async def wait_for_end(svc: Services, run_id: UUID, attempt: Attempt | None) -> DictRow | None:
     """Block until the run ends on whichever replica executes it; None if it was deleted."""
-    if attempt is not None and attempt.task is not None:
-        # Shielded: a caller going away must not cancel the run.
-        await asyncio.shield(attempt.task)
+    if attempt is not None:
+        await settled(attempt)
     while True:
         wakeup = svc.hub.arm(run_key(run_id))
         try:
@@ -209,8 +232,8 @@ async def wait_for_end(svc: Services, run_id: UUID, attempt: Attempt | None) -> 
                 return row
             # A handed-back or resumed run may land here again: help if we have room.
             local = await svc.worker.try_start(run_id, row["thread_id"])
-            if local is not None and local.task is not None:
-                await asyncio.shield(local.task)
+            if local is not None:
+                await settled(local)
                 continue
             try:
                 async with asyncio.timeout(WAIT_POLL_SECONDS):
@@ -237,12 +260,45 @@ async def final_body(svc: Services, row: DictRow | None) -> Any:
 
 
 async def result_of(svc: Services, run: DictRow, attempt: Attempt | None) -> Any:
-    """The final body of a run started (maybe here) by this request."""
-    if attempt is not None and attempt.task is not None:
-        outcome = await asyncio.shield(attempt.task)
-        if outcome.status in ("success", "error"):
+    """The final body of a run started (maybe here) by this request, whichever attempt ends it.
+
+    The database may go away meanwhile: the run then goes on (or is resumed) once it is back,
+    and so does the wait.
+    """
+    if attempt is not None:
+        outcome = await settled(attempt)
+        if outcome is not None and outcome.ended and outcome.status in ("success", "error"):
             return outcome_body(outcome)
-    return await final_body(svc, await wait_for_end(svc, run["run_id"], attempt))
+    while True:
+        try:
+            return await final_body(svc, await wait_for_end(svc, run["run_id"], None))
+        except psycopg.OperationalError as exc:
+            log.warning("wait_database_unavailable", run_id=str(run["run_id"]), error=str(exc))
+            await asyncio.sleep(OUTAGE_RETRY_SECONDS)
+
+
+async def until_closing(
+    closing: asyncio.Event, result: asyncio.Task[Any], headers: dict[str, str]
+) -> Any:
+    """``result``'s value, for an answer that is sent only once known (no body streamed
+    before it). A replica that stops serving first answers 503 with ``Retry-After`` and
+    ``headers`` (a ``Location`` where the answer will be): the run goes on elsewhere."""
+    stop = asyncio.create_task(closing.wait())
+    try:
+        await asyncio.wait({result, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        ended = result.done()
+        if not ended:
+            result.cancel()
+    if ended:
+        return result.result()
+    raise Problem(
+        503,
+        "this replica stopped before the run ended; the run goes on elsewhere",
+        kind="replica-stopping",
+        headers={"Retry-After": "1", **headers},
+    )
 
 
 def outcome_body(outcome: RunOutcome) -> Any:

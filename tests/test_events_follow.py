@@ -55,26 +55,35 @@ async def _nothing() -> None:
     return None
 
 
+async def _run(url: str, status: str, events_sql: str) -> uuid.UUID:
+    """A run in ``status`` with the events ``events_sql`` lists as ``(%s, seq, event, data)``."""
+    run_id, thread_id = uuid.uuid4(), uuid.uuid4()
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as w:
+        await w.execute(
+            "INSERT INTO threads (thread_id, owner) VALUES (%s, 'someone')", (thread_id,)
+        )
+        await w.execute(
+            "INSERT INTO runs (run_id, thread_id, assistant_id, status)"
+            " VALUES (%s, %s, 'agent', %s)",
+            (run_id, thread_id, status),
+        )
+        if events_sql:
+            rows = events_sql.count("%s")
+            await w.execute(
+                f"INSERT INTO run_events (run_id, seq, event, data) VALUES {events_sql}",
+                (run_id,) * rows,
+            )
+    return run_id
+
+
 async def test_run_ending_between_the_two_reads_loses_no_event(database_url: str) -> None:
     """Regression: follow() read events, then the status; a run whose last batch and final
     status committed between the two looked finished, and the stream closed without ``end``.
 
     The database and connections are real; only the pool is wrapped, to land that commit at the
     exact point between the two reads (whichever read comes second)."""
-    run_id, thread_id = uuid.uuid4(), uuid.uuid4()
+    run_id = await _run(database_url, "running", "(%s, 1, 'metadata', '{}')")
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as w:
-        await w.execute(
-            "INSERT INTO threads (thread_id, owner) VALUES (%s, 'someone')", (thread_id,)
-        )
-        await w.execute(
-            "INSERT INTO runs (run_id, thread_id, assistant_id, status)"
-            " VALUES (%s, %s, 'agent', 'running')",
-            (run_id, thread_id),
-        )
-        await w.execute(
-            "INSERT INTO run_events (run_id, seq, event, data) VALUES (%s, 1, 'metadata', '{}')",
-            (run_id,),
-        )
 
         async def the_run_ends() -> None:
             # As the executor ends a run: its last events first, then its status.
@@ -90,3 +99,59 @@ async def test_run_ending_between_the_two_reads_loses_no_event(database_url: str
         async with asyncio.timeout(30):
             got = [e.event async for e in stream if e is not None]
     assert got == ["values", "end"]
+
+
+class _OutagePool:
+    """Stands in for the psycopg pool: its first borrow fails as in a database outage (the pool
+    raises ``PoolTimeout``, an ``OperationalError``), later ones get real connections."""
+
+    def __init__(self, url: str, *, outage: bool = True) -> None:
+        self.url = url
+        self.outage = outage
+        self.borrowed = 0
+        self.released = asyncio.Event()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        self.borrowed += 1
+        if self.outage and self.borrowed == 1:
+            raise psycopg.OperationalError("couldn't get a connection after 1.00 sec")
+        conn = await psycopg.AsyncConnection.connect(
+            self.url, autocommit=True, row_factory=dict_row
+        )
+        try:
+            yield conn
+        finally:
+            await conn.close()
+            self.released.set()
+
+
+async def test_a_follower_waits_out_a_database_outage(database_url: str) -> None:
+    """Regression: an outage ended the stream with an error while the run went on; the
+    follower now keeps going (heartbeats) and still delivers the run's events to ``end``."""
+    run_id = await _run(
+        database_url, "success", "(%s, 1, 'metadata', '{}'), (%s, 2, 'end', 'null')"
+    )
+    pool: Any = _OutagePool(database_url)
+    stream = events.follow(pool, Hub(database_url), run_id, 0, 0.01, asyncio.Event())
+    async with asyncio.timeout(30):
+        got = [e if e is None else e.event async for e in stream]
+    assert got == [None, "metadata", "end"]
+    assert pool.borrowed == 2
+
+
+async def test_a_follower_stops_without_end_when_the_replica_closes(database_url: str) -> None:
+    """The caller cuts the connection then (see routes.runs._sse): no ``end`` is made up."""
+    run_id = await _run(database_url, "running", "")
+    closing = asyncio.Event()
+    pool: Any = _OutagePool(database_url, outage=False)
+    stream = events.follow(pool, Hub(database_url), run_id, 0, 3600.0, closing)
+    following = asyncio.create_task(_collect(stream))
+    async with asyncio.timeout(30):
+        await pool.released.wait()  # it looked once, and now waits for news
+        closing.set()
+        assert await following == []
+
+
+async def _collect(stream: AsyncIterator[events.Event | None]) -> list[events.Event | None]:
+    return [e async for e in stream]

@@ -60,7 +60,7 @@ def test_sigkill_twice_under_load_loses_nothing(replicas: Replicas) -> None:
     def chaos() -> None:
         try:
             for _ in range(2):
-                _wait_for_runs_on(c, minimum=1)
+                c.wait_for_runs(1)
                 c.kill()
                 time.sleep(1.0)  # let its leases age a little before it returns
                 c.start(migrate=False)
@@ -105,7 +105,7 @@ def test_rolling_restart_under_load_fails_no_run(replicas: Replicas) -> None:
     def roll() -> None:
         try:
             for replica in (a, b, c):
-                _wait_for_runs_on(replica, minimum=1)
+                replica.wait_for_runs(1)
                 codes.append(replica.terminate(timeout=60))
                 replica.start(migrate=False)
         except BaseException as exc:
@@ -138,7 +138,7 @@ def test_sigterm_hands_back_an_unfinished_run(replicas: Replicas) -> None:
             "input": {"messages": [{"role": "user", "content": "look up slowly 8"}]},
         },
     ).json()
-    _wait_for_runs_on(a, minimum=1)
+    a.wait_for_runs(1)
     a.terminate(timeout=60)
     assert '"run_handed_back"' in a.logs()
     joined = httpx.get(f"{b.url}/threads/{tid}/runs/{run['run_id']}/join", timeout=60)
@@ -146,21 +146,3 @@ def test_sigterm_hands_back_an_unfinished_run(replicas: Replicas) -> None:
     done = httpx.get(f"{b.url}/threads/{tid}/runs/{run['run_id']}").json()
     assert done["status"] == "success"
     assert done["replica"] == "b"
-
-
-def _wait_for_runs_on(replica: ServiceProcess, minimum: int, timeout: float = 60) -> None:
-    """Until the replica executes at least ``minimum`` runs (read from its metrics-free logs)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            text = httpx.get(f"{replica.url}/metrics", timeout=5).text
-        except httpx.TransportError:
-            text = ""
-        for line in text.splitlines():
-            if (
-                line.startswith("threadkeeper_runs_in_flight ")
-                and float(line.split()[1]) >= minimum
-            ):
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"{replica.name} never ran {minimum} runs at once")

@@ -9,12 +9,16 @@ import httpx
 import pytest
 
 from service import events
+from service.middleware import CUT
 from service.problems import Problem
 from service.routes import runs as runs_routes
 
 
-async def _body(result: asyncio.Task[object], stopping: asyncio.Event) -> list[bytes]:
-    return [chunk async for chunk in runs_routes._keepalive_then(result, stopping)]
+async def _body(
+    result: asyncio.Task[object], closing: asyncio.Event, scope: dict[str, object] | None = None
+) -> list[bytes]:
+    stream = runs_routes._keepalive_then(result, closing, {} if scope is None else scope)
+    return [chunk async for chunk in stream]
 
 
 async def test_body_is_sent_as_soon_as_the_run_ends(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,7 +49,7 @@ async def test_keepalives_while_waiting_then_the_body(monkeypatch: pytest.Monkey
         return {"n": 1}
 
     result = asyncio.create_task(run())
-    stream = runs_routes._keepalive_then(result, asyncio.Event())
+    stream = runs_routes._keepalive_then(result, asyncio.Event(), {})
     assert await anext(stream) == b"\n"
     gate.set()
     rest = [chunk async for chunk in stream]
@@ -53,15 +57,22 @@ async def test_keepalives_while_waiting_then_the_body(monkeypatch: pytest.Monkey
     assert set(rest[:-1]) <= {b"\n"}
 
 
-async def test_a_draining_replica_cuts_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_replica_that_stops_serving_cuts_the_body(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No body at all rather than a complete-looking one: the response is marked cut (its
+    connection then breaks, see CutMiddleware), and the wait it followed is let go."""
     monkeypatch.setattr(runs_routes, "KEEPALIVE_SECONDS", 3600.0)
     never = asyncio.create_task(asyncio.Event().wait())
-    stopping = asyncio.Event()
-    body = asyncio.create_task(_body(never, stopping))
-    stopping.set()
+    closing = asyncio.Event()
+    scope: dict[str, object] = {}
+    body = asyncio.create_task(_body(never, closing, scope))
+    closing.set()
     async with asyncio.timeout(30):
         assert await body == []
-    never.cancel()
+    assert scope.get(CUT) is True
+    with pytest.raises(asyncio.CancelledError):
+        await never
 
 
 HI = {"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": "hi"}]}}

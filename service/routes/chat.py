@@ -15,7 +15,7 @@ from service.agent.graph import GRAPH_ID
 from service.http import owner, parse, services
 from service.problems import Problem
 from service.schemas import Chat, RunCreate
-from service.submit import result_of, submit
+from service.submit import result_of, submit, until_closing
 
 
 def _is_ai(message: object) -> bool:
@@ -46,8 +46,11 @@ async def chat(request: Request) -> Response:
         multitask_strategy="reject",
     )
     run, attempt = await submit(svc, who, thread_id, run_body, waited=True)
-    # Shielded: a client hanging up must not cancel the run it started.
-    result = await asyncio.shield(result_of(svc, run, attempt))
+    # A client hanging up ends the wait, not the run it started.
+    join = f"/threads/{thread_id}/runs/{run['run_id']}/join"
+    result = await until_closing(
+        svc.closing, asyncio.create_task(result_of(svc, run, attempt)), {"Location": join}
+    )
     if isinstance(result, dict) and "__error__" in result:
         raise Problem(502, f"the agent failed: {result['__error__']['message']}", kind="run-failed")
     messages = (result or {}).get("messages", [])

@@ -13,13 +13,15 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Scope
 
 from service import events, runs, serialize, threads
 from service.http import int_query, owner, parse, services, uuid_param
+from service.middleware import cut
 from service.problems import Problem, not_found
 from service.schemas import MAX_PAGE, CancelMany, RunCreate
 from service.services import Services
-from service.submit import cancel_runs, final_body, result_of, submit, wait_for_end
+from service.submit import cancel_runs, result_of, submit, until_closing, wait_for_end
 
 HEARTBEAT_SECONDS = 5.0
 KEEPALIVE_SECONDS = 5.0
@@ -40,18 +42,20 @@ def _dumps(value: Any) -> str:
 
 
 def _sse(
-    svc: Services,
+    request: Request,
     run_id: UUID,
     after: int,
     modes: set[str] | None,
     headers: dict[str, str],
     on_disconnect_cancel: bool,
 ) -> EventSourceResponse:
+    svc = services(request)
+
     async def stream() -> AsyncIterator[ServerSentEvent]:
         finished = False
         try:
             async for event in events.follow(
-                svc.pool, svc.hub, run_id, after, HEARTBEAT_SECONDS, svc.stopping
+                svc.pool, svc.hub, run_id, after, HEARTBEAT_SECONDS, svc.closing
             ):
                 if event is None:
                     continue
@@ -61,8 +65,11 @@ def _sse(
                 yield ServerSentEvent(data=_dumps(event.data), event=event.event, id=str(event.seq))
                 if event.event == "end":
                     finished = True
+            if not finished and svc.closing.is_set():
+                # Not the end of the run: the client rejoins elsewhere with Last-Event-ID.
+                cut(request.scope)
         finally:
-            if on_disconnect_cancel and not finished:
+            if on_disconnect_cancel and not finished and not svc.closing.is_set():
                 await asyncio.shield(_cancel(svc, [run_id], "interrupt"))
 
     return EventSourceResponse(
@@ -133,7 +140,7 @@ async def stream_run(request: Request) -> Response:
     row, _ = await submit(svc, who, thread_id, body, _idempotency_key(request))
     run_path, stream_path = _paths(thread_id, row["run_id"])
     return _sse(
-        svc,
+        request,
         row["run_id"],
         0,
         None,
@@ -142,13 +149,16 @@ async def stream_run(request: Request) -> Response:
     )
 
 
-async def _keepalive_then(body: asyncio.Task[Any], stopping: asyncio.Event) -> AsyncIterator[bytes]:
+async def _keepalive_then(
+    body: asyncio.Task[Any], closing: asyncio.Event, scope: Scope
+) -> AsyncIterator[bytes]:
     """Newlines while waiting (proxies drop idle connections), then the JSON body.
 
-    A draining replica ends the body early instead; clients then follow ``Location`` to the join
-    endpoint on another replica, as the SDK does for a cut body.
+    A replica that stops serving before the body is known cuts the connection instead: the
+    client then sees a broken response and follows ``Location`` to the join endpoint on another
+    replica, as the SDK does. The wait itself never ends the run.
     """
-    stop = asyncio.create_task(stopping.wait())
+    stop = asyncio.create_task(closing.wait())
     try:
         while True:
             done, _ = await asyncio.wait(
@@ -157,10 +167,12 @@ async def _keepalive_then(body: asyncio.Task[Any], stopping: asyncio.Event) -> A
             if body in done:
                 break
             if stop in done:
+                cut(scope)
                 return
             yield b"\n"
     finally:
         stop.cancel()
+        body.cancel()
     yield serialize.dumps(body.result())
 
 
@@ -175,18 +187,28 @@ async def wait_run(request: Request) -> Response:
     headers = {"Location": f"{run_path}/join", "Content-Location": run_path}
     result = asyncio.create_task(result_of(svc, row, attempt))
     if body.on_disconnect == "cancel":
-        try:
-            value = await asyncio.shield(result)
-        except asyncio.CancelledError:
-            await asyncio.shield(_cancel(svc, [row["run_id"]], "interrupt"))
-            raise
-        return serialize.JSON(value, headers=headers)
+        return await _answer_or_cancel(svc, row["run_id"], result, headers)
     done, _ = await asyncio.wait({result}, timeout=QUICK_ANSWER_SECONDS)
     if done:
         return serialize.JSON(result.result(), headers=headers)
     return StreamingResponse(
-        _keepalive_then(result, svc.stopping), media_type="application/json", headers=headers
+        _keepalive_then(result, svc.closing, request.scope),
+        media_type="application/json",
+        headers=headers,
     )
+
+
+async def _answer_or_cancel(
+    svc: Services, run_id: UUID, result: asyncio.Task[Any], headers: dict[str, str]
+) -> Response:
+    """The run's final body; a client hanging up cancels the run. A replica that stops
+    serving first answers 503 (``Location``: where the answer will be): the run goes on."""
+    try:
+        value = await until_closing(svc.closing, result, headers)
+    except asyncio.CancelledError:
+        await asyncio.shield(_cancel(svc, [run_id], "interrupt"))
+        raise
+    return serialize.JSON(value, headers=headers)
 
 
 async def _owned_run(request: Request) -> tuple[UUID, UUID, DictRow]:
@@ -206,20 +228,14 @@ def _flag(request: Request, name: str) -> bool:
 
 async def join_run(request: Request) -> Response:
     """Wait for a run (executing anywhere) and return its final values."""
-    _, run_id, _ = await _owned_run(request)
+    _, _, row = await _owned_run(request)
     svc = services(request)
-
-    async def joined() -> Any:
-        return await final_body(svc, await wait_for_end(svc, run_id, None))
-
-    task = asyncio.create_task(joined())
+    task = asyncio.create_task(result_of(svc, row, None))
     if _flag(request, "cancel_on_disconnect"):
-        try:
-            return serialize.JSON(await asyncio.shield(task))
-        except asyncio.CancelledError:
-            await asyncio.shield(_cancel(svc, [run_id], "interrupt"))
-            raise
-    return StreamingResponse(_keepalive_then(task, svc.stopping), media_type="application/json")
+        return await _answer_or_cancel(svc, row["run_id"], task, {"Location": request.url.path})
+    return StreamingResponse(
+        _keepalive_then(task, svc.closing, request.scope), media_type="application/json"
+    )
 
 
 async def join_stream(request: Request) -> Response:
@@ -229,7 +245,7 @@ async def join_stream(request: Request) -> Response:
     modes = _modes_filter(request.query_params.get("stream_mode"))
     run_path, stream_path = _paths(thread_id, run_id)
     return _sse(
-        services(request),
+        request,
         run_id,
         after,
         modes,

@@ -122,6 +122,23 @@ class ServiceProcess:
                 self.proc.wait(10)
         return self.proc.returncode
 
+    def wait_for_runs(self, minimum: int, timeout: float = 60) -> None:
+        """Until the replica executes at least ``minimum`` runs at once (read from /metrics)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                text = httpx.get(f"{self.url}/metrics", timeout=5).text
+            except httpx.TransportError:
+                text = ""
+            for line in text.splitlines():
+                if (
+                    line.startswith("threadkeeper_runs_in_flight ")
+                    and float(line.split()[1]) >= minimum
+                ):
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.name} never ran {minimum} runs at once")
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
