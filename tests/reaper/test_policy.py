@@ -240,7 +240,7 @@ def test_crd_defaults_and_required_fields_match_the_model() -> None:
 
 
 def _closed_rule(properties: dict[str, Any]) -> str:
-    return "self.size() == " + " + ".join(f"(has(self.{k}) ? 1 : 0)" for k in properties)
+    return "dyn(self).size() == " + " + ".join(f"(has(self.{k}) ? 1 : 0)" for k in properties)
 
 
 def _objects_and_durations(
