@@ -169,7 +169,9 @@ class _Run:
         except guard.SkipThread as skip:
             self.tally.skipped.add(subject)
             log.info("thread_skipped", thread_id=subject, reason=skip.reason.value)
-        except (psycopg.OperationalError, *FATAL_ERRORS):
+        except psycopg.OperationalError:
+            raise
+        except FATAL_ERRORS:
             raise
         except Exception:
             # One unreadable thread must not stop the others; the run reports Failed.
