@@ -21,7 +21,7 @@ How it works
 - Status ``conditions``: ``Ready`` (True after a successful run; False with the failure's
   reason) and ``Stalled`` (True while the spec, the Secret or the database stops the policy:
   ``InvalidSpec``, ``SecretNotFound``, ``SecretKeyMissing``, ``SecretForbidden``,
-  ``DatabaseUnreachable``, ``InternalError``; retried after at most 30 s).
+  ``DatabaseUnreachable``, ``InvalidDatabaseURL``, ``InternalError``; retried after at most 30 s).
 - Every failure, whether the run could not start (Stalled), was cut by its timeout or reported
   Failed threads, counts in ``threadkeeper_prune_runs_total{outcome="Failed"}``.
 - Kubernetes Events: ``Pruned`` / ``DryRun`` / ``PruneSkipped`` (Normal) per run,
@@ -68,7 +68,7 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
 from reaper import schedule, stats
-from reaper.db import DatabaseUnavailable, connect
+from reaper.db import DatabaseUnavailable, InvalidDatabaseUrl, connect
 from reaper.durations import parse_duration
 from reaper.engine import prune
 from reaper.metrics import ReaperMetrics
@@ -262,6 +262,8 @@ async def _attempt(
         conn = await connect(url)
     except DatabaseUnavailable as exc:
         raise Stalled("DatabaseUnreachable", f"cannot connect to the database: {exc}") from None
+    except InvalidDatabaseUrl as exc:
+        raise Stalled("InvalidDatabaseURL", f"Secret {ref.name} key {ref.key!r}: {exc}") from None
     tables: dict[str, Any] | None = None
     try:
         try:
@@ -382,7 +384,14 @@ async def _refresh_stats(
                 )
         finally:
             await conn.close()
-    except (PolicyError, Stalled, DatabaseUnavailable, psycopg.Error, TimeoutError) as exc:
+    except (
+        PolicyError,
+        Stalled,
+        DatabaseUnavailable,
+        InvalidDatabaseUrl,
+        psycopg.Error,
+        TimeoutError,
+    ) as exc:
         # The next run reports these through the conditions; sizes can wait.
         log.info("stats_refresh_failed", namespace=namespace, policy=name, error=type(exc).__name__)
         return None
