@@ -219,6 +219,11 @@ async def join_run(request: Request) -> Response:
         except asyncio.CancelledError:
             await asyncio.shield(_cancel(svc, [run_id], "interrupt"))
             raise
+    # A run that has ended answers before any keep-alive is sent, so an answer that is a problem
+    # (its state was pruned) keeps its own status instead of a 200 that breaks off.
+    done, _ = await asyncio.wait({task}, timeout=QUICK_ANSWER_SECONDS)
+    if done:
+        return serialize.JSON(task.result())
     return StreamingResponse(_keepalive_then(task, svc.stopping), media_type="application/json")
 
 
