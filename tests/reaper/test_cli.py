@@ -234,3 +234,11 @@ async def test_stats_of_a_database_without_threadkeepers_tables_exits_1_in_one_l
     result = await reaper("stats", "--database-url", empty_database_url)
     assert result.code == 1
     assert 'relation "threads" does not exist' in _one_line_error(result)
+
+
+async def test_a_duration_beyond_100_years_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    policy_file = write_policy(tmp_path, threads={"maxIdle": "999999d"})
+    result = await reaper("prune", "--policy", policy_file, "--database-url", "postgresql:///x")
+    assert result.code == 2
+    assert "Traceback" not in result.stderr and "OverflowError" not in result.stderr
+    assert "spec.threads.maxIdle: '999999d' is too long" in result.stderr
