@@ -36,13 +36,14 @@ def parse_duration(text: str) -> timedelta:
             f"{text!r} is not a duration: use <n><unit> with n >= 1 and unit one of "
             "s (seconds), m (minutes), h (hours), d (days), w (weeks), e.g. 30d"
         )
-    value = timedelta(seconds=int(text[:-1]) * UNIT_SECONDS[match.group(1)])
-    if value > MAX_DURATION:
+    # Checked on the integer: a timedelta of 999999999w would raise OverflowError first.
+    seconds = int(text[:-1]) * UNIT_SECONDS[match.group(1)]
+    if seconds > MAX_DURATION_SECONDS:
         raise DurationError(
             f"{text!r} is too long: durations are at most 100 years "
             f"({MAX_COUNT['d']}d, {MAX_COUNT['w']}w)"
         )
-    return value
+    return timedelta(seconds=seconds)
 
 
 def format_duration(value: timedelta) -> str:

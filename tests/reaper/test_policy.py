@@ -103,6 +103,7 @@ def test_durations_are_at_most_100_years(unit: str) -> None:
         {"checkpoints": {"keepLast": 2, "maxAge": "99999w"}},
         {"orphans": {"olderThan": "99999w"}},
         {"threads": {"maxIdle": "999999d"}},
+        {"threads": {"maxIdle": "999999999w"}},
         {"threads": {"archivedFor": "5218w"}},
         {"checkpoints": {}, "schedule": {"interval": "999999999m"}},
         {"checkpoints": {}, "limits": {"maxDuration": "36526d"}},
