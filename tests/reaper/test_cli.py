@@ -18,7 +18,7 @@ from langgraph.graph.state import CompiledStateGraph
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from tests.reaper.support import add_thread, chat, policy_document, rows_of
+from tests.reaper.support import add_thread, chat, idle_conversations, policy_document, rows_of
 
 DAY = timedelta(days=1)
 SCRIPT = Path(sys.executable).parent / "threadkeeper-reaper"
@@ -209,9 +209,7 @@ async def test_a_read_only_role_gets_one_summary_not_a_traceback_per_thread(
     graph: CompiledStateGraph,  # type: ignore[type-arg]
     read_only_url: str,
 ) -> None:
-    threads = [await add_thread(conn, spoke=40 * DAY) for _ in range(3)]
-    for thread_id in threads:
-        await chat(graph, thread_id, "hello")
+    threads = await idle_conversations(conn, graph)
     policy_file = write_policy(tmp_path, threads={"maxIdle": "30d"})
 
     result = await reaper("prune", "--policy", policy_file, "--database-url", read_only_url)

@@ -13,7 +13,14 @@ from psycopg.rows import DictRow
 from reaper.db import connect
 from reaper.engine import prune
 from reaper.summary import Outcome
-from tests.reaper.support import add_thread, chat, checkpoint_ids, policy, rows_of
+from tests.reaper.support import (
+    add_thread,
+    chat,
+    checkpoint_ids,
+    idle_conversations,
+    policy,
+    rows_of,
+)
 
 DAY = timedelta(days=1)
 # A clock whose 100-year cutoff lies before the UUID epoch (1582-10-15): the cutoff id would
@@ -84,9 +91,7 @@ async def test_a_read_only_role_fails_the_run_once_with_the_reason(
     graph: CompiledStateGraph,  # type: ignore[type-arg]
     read_only_url: str,
 ) -> None:
-    threads = [await add_thread(conn, spoke=40 * DAY) for _ in range(3)]
-    for thread_id in threads:
-        await chat(graph, thread_id, "hello")
+    threads = await idle_conversations(conn, graph)
     reader = await connect(read_only_url)
     try:
         summary = await prune(reader, policy(threads={"maxIdle": "30d"}))

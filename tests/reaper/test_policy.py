@@ -258,14 +258,16 @@ def _objects_and_durations(
             yield "duration", f"{path}.{alias}", prop
 
 
+def _crd_parts(wanted: str) -> list[tuple[str, dict[str, Any]]]:
+    """The spec's objects or durations, each with its path and CRD schema."""
+    spec = _spec_schema()["properties"]["spec"]
+    parts = _objects_and_durations(RetentionPolicySpec, spec, "spec")
+    return [(path, schema) for kind, path, schema in parts if kind == wanted]
+
+
 def test_the_crd_keeps_unknown_fields_to_refuse_them() -> None:
     """Pruning would silently drop a typo; kept, the CEL rule of its object refuses it."""
-    spec = _spec_schema()["properties"]["spec"]
-    objects = [
-        (path, schema)
-        for kind, path, schema in _objects_and_durations(RetentionPolicySpec, spec, "spec")
-        if kind == "object"
-    ]
+    objects = _crd_parts("object")
     assert len(objects) == 8
     for path, schema in objects:
         assert schema.get("x-kubernetes-preserve-unknown-fields") is True, path
@@ -274,12 +276,7 @@ def test_the_crd_keeps_unknown_fields_to_refuse_them() -> None:
 
 
 def test_every_crd_duration_is_bounded_like_the_model() -> None:
-    spec = _spec_schema()["properties"]["spec"]
-    durations = [
-        (path, schema)
-        for kind, path, schema in _objects_and_durations(RetentionPolicySpec, spec, "spec")
-        if kind == "duration"
-    ]
+    durations = _crd_parts("duration")
     assert len(durations) == 8
     for path, schema in durations:
         (rule,) = schema["x-kubernetes-validations"]
