@@ -247,8 +247,9 @@ async def _stats_after_run(
 
 async def _attempt(
     ctx: OperatorContext, body: kopf.Body, uid: str, namespace: str, memory: _Memory
-) -> tuple[RetentionPolicy, PruneSummary | None, dict[str, Any] | None]:
-    """Parse, read the Secret, connect and prune: Stalled for what stops the policy."""
+) -> tuple[PruneSummary | None, dict[str, Any] | None]:
+    """Parse, read the Secret, connect, prune and measure: the summary (None: timed out) and
+    the table sizes; Stalled for what stops the policy."""
     try:
         policy = parse_policy(_document(body))
     except PolicyError as exc:
@@ -278,7 +279,7 @@ async def _attempt(
         raise Stalled("DatabaseUnreachable", f"the database connection broke: {exc}") from None
     finally:
         await conn.close()
-    return policy, summary, tables
+    return summary, tables
 
 
 async def _run(
@@ -302,7 +303,7 @@ async def _run(
         patch["lastRunNowHandled"] = decision.run_now_token
     try:
         try:
-            _, summary, tables = await _attempt(ctx, body, uid, namespace, memory)
+            summary, tables = await _attempt(ctx, body, uid, namespace, memory)
         except Stalled:
             raise
         except Exception as exc:

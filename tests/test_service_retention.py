@@ -1,8 +1,9 @@
-"""``/join`` of a run whose final checkpoint a history prune deleted: a problem, never ``{}``."""
+"""The service and the reaper on one database: what a prune leaves the API to answer."""
 
 from __future__ import annotations
 
 import httpx
+import psycopg
 
 from reaper.db import connect
 from reaper.engine import prune
@@ -46,3 +47,37 @@ async def test_joining_a_run_whose_state_was_pruned_says_so(
     assert latest.status_code == 200
     assert latest.json() == before
     assert "Turn 3." in latest.json()["messages"][-1]["content"]
+
+
+async def test_a_message_on_an_archived_thread_keeps_it_from_archived_for(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    """Archived long ago, used today: the service stamps the message, the reaper keeps it."""
+    used = (await client.post("/threads", json={})).json()["thread_id"]
+    unused = (await client.post("/threads", json={})).json()["thread_id"]
+    for tid in (used, unused):
+        r = await client.post(f"/threads/{tid}/runs/wait", json=say("hello"))
+        assert r.status_code == 200, r.text
+        archived = await client.patch(f"/threads/{tid}", json={"archived": True})
+        assert archived.status_code == 200, archived.text
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE threads SET archived_at = now() - interval '20 days',"
+            " last_message_at = now() - interval '20 days'"
+            " WHERE thread_id = ANY(%s::uuid[])",
+            ([used, unused],),
+        )
+    r = await client.post(f"/threads/{used}/runs/wait", json=say("still here"))
+    assert "Turn 2." in r.json()["messages"][-1]["content"]
+    thread = (await client.get(f"/threads/{used}")).json()
+    assert thread["archived_at"] is not None
+
+    reaper = await connect(database_url)
+    try:
+        summary = await prune(reaper, policy(threads={"archivedFor": "7d"}))
+    finally:
+        await reaper.close()
+
+    assert summary.threads_deleted.archived == 1
+    assert (await client.get(f"/threads/{used}")).status_code == 200
+    assert (await client.get(f"/threads/{unused}")).status_code == 404
