@@ -50,10 +50,14 @@ WHERE thread_id = %(thread_id)s AND archived_at IS NULL
 FOR UPDATE
 """
 
-# -- archived threads: archived longer than archivedFor.
+# -- archived threads: archived, and neither archived nor spoken in, for archivedFor. A message
+# on an archived thread (a run finishing there) restarts the count, so a thread still in use is
+# never deleted for having been archived long ago. The index range stays on archived_at; the
+# last_message_at test only filters it.
 ARCHIVED_PAGE_SQL = """
 SELECT thread_id, archived_at AS position FROM threads
 WHERE archived_at IS NOT NULL AND archived_at < %(before)s
+  AND (last_message_at IS NULL OR last_message_at < %(before)s)
   AND (%(after_at)s::timestamptz IS NULL
        OR (archived_at, thread_id) > (%(after_at)s::timestamptz, %(after_id)s::uuid))
 ORDER BY archived_at, thread_id
@@ -63,6 +67,7 @@ LIMIT %(page)s
 LOCK_ARCHIVED_SQL = """
 SELECT thread_id FROM threads
 WHERE thread_id = %(thread_id)s AND archived_at IS NOT NULL AND archived_at < %(before)s
+  AND (last_message_at IS NULL OR last_message_at < %(before)s)
 FOR UPDATE
 """
 
@@ -148,7 +153,9 @@ SELECT
         WHERE archived_at IS NULL AND last_message_at IS NULL AND created_at < %(idle)s
         LIMIT %(cap)s) AS b)
   + (SELECT count(*) FROM (SELECT 1 FROM threads
-        WHERE archived_at IS NOT NULL AND archived_at < %(archived)s LIMIT %(cap)s) AS c)
+        WHERE archived_at IS NOT NULL AND archived_at < %(archived)s
+          AND (last_message_at IS NULL OR last_message_at < %(archived)s)
+        LIMIT %(cap)s) AS c)
     AS backlog
 """
 BACKLOG_CAP = 100_000

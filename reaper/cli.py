@@ -21,7 +21,7 @@ import psycopg
 import structlog
 
 from reaper import stats
-from reaper.db import DatabaseUnavailable, connect
+from reaper.db import DatabaseUnavailable, InvalidDatabaseUrl, connect
 from reaper.policy import PolicyError, RetentionPolicy, load_policy
 from reaper.summary import Outcome, PruneSummary
 
@@ -221,11 +221,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)
-    except UsageError as exc:
+    except (UsageError, InvalidDatabaseUrl) as exc:
         sys.stderr.write(f"threadkeeper-reaper: error: {exc}\n")
         return EXIT_USAGE
     except DatabaseUnavailable as exc:
         sys.stderr.write(f"threadkeeper-reaper: error: cannot use the database: {exc}\n")
+        return EXIT_FAILED
+    except psycopg.Error as exc:
+        # The database answered but refused (no such table, no privilege): one line, not a trace.
+        reason = str(exc).strip().splitlines()[0]
+        sys.stderr.write(f"threadkeeper-reaper: error: the database refused: {reason}\n")
         return EXIT_FAILED
     return code
 

@@ -20,6 +20,10 @@ class DatabaseUnavailable(RuntimeError):
     """The database could not be reached, or the connection broke during the run."""
 
 
+class InvalidDatabaseUrl(ValueError):
+    """The URL is not a connection string (or one of its parameters has a bad value)."""
+
+
 async def connect(url: str) -> AsyncConnection[DictRow]:
     try:
         return await AsyncConnection.connect(
@@ -31,3 +35,7 @@ async def connect(url: str) -> AsyncConnection[DictRow]:
         )
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(str(exc).strip()) from None
+    except psycopg.ProgrammingError as exc:
+        # libpq quotes the string it could not parse, password included: never repeat it.
+        reason = str(exc).strip().replace(url, "<the URL>")
+        raise InvalidDatabaseUrl(f"not a valid database URL: {reason}") from None

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing, suppress
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 from uuid import UUID
 
@@ -50,6 +50,28 @@ SET_SESSION_TIMEOUT_SQL = "SELECT set_config('statement_timeout', %s, false)"
 
 T = TypeVar("T")
 
+# Errors every other thread would hit too: the role may not read or delete, or the database has
+# no (or not threadkeeper's) tables. They end the run at once, reported as its failure, instead
+# of failing each thread in turn.
+FATAL_ERRORS: tuple[type[psycopg.Error], ...] = (
+    psycopg.errors.InsufficientPrivilege,
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedColumn,
+)
+# When an age limit reaches back further than a datetime can: nothing is that old.
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def _fatal_message(exc: psycopg.Error) -> str:
+    detail = str(exc).strip().splitlines()[0]
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return (
+            f"permission denied: {detail}; the reaper's database role needs SELECT, UPDATE "
+            "and DELETE on threads and runs, SELECT and DELETE on the checkpoint tables and "
+            "INSERT on checkpoint_blobs"
+        )
+    return f"not a threadkeeper database: {detail}; run the service's migrations first"
+
 
 @dataclass(frozen=True)
 class Cutoffs:
@@ -66,7 +88,12 @@ class Cutoffs:
         spec = policy.spec
 
         def before(delta: timedelta | None) -> datetime | None:
-            return None if delta is None else now - delta
+            if delta is None:
+                return None
+            try:
+                return now - delta
+            except OverflowError:
+                return _EARLIEST
 
         checkpoint_age = spec.checkpoints.max_age_delta if spec.checkpoints else None
         checkpoint_moment = before(checkpoint_age)
@@ -143,6 +170,8 @@ class _Run:
             self.tally.skipped.add(subject)
             log.info("thread_skipped", thread_id=subject, reason=skip.reason.value)
         except psycopg.OperationalError:
+            raise
+        except FATAL_ERRORS:
             raise
         except Exception:
             # One unreadable thread must not stop the others; the run reports Failed.
@@ -425,6 +454,9 @@ async def prune(
         # Lost connection or a candidate query over statementTimeout: report what was done.
         broken = str(exc).strip()
         log.error("prune_interrupted", error=broken)
+    except FATAL_ERRORS as exc:
+        broken = _fatal_message(exc)
+        log.error("prune_refused", error=broken)
     finally:
         with suppress(psycopg.Error):
             await conn.execute(SET_SESSION_TIMEOUT_SQL, (previous_timeout,))

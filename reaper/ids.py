@@ -20,15 +20,21 @@ _V6_ID = re.compile(V6_ID_PATTERN)
 # 100-ns intervals between the UUID epoch (1582-10-15) and the Unix epoch.
 _UUID_EPOCH_OFFSET = 0x01B21DD213814000
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The 60-bit timestamp field: a moment outside it has no id of its own.
+_MAX_TICKS = (1 << 60) - 1
 
 
 def cutoff_id(moment: datetime) -> str:
-    """The smallest v6 id of ``moment``: every id created earlier sorts below it."""
+    """The smallest v6 id of ``moment``: every id created earlier sorts below it.
+
+    Saturates instead of wrapping: a moment before the UUID epoch gives the smallest v6 id (no
+    checkpoint is older), one past the last representable tick the largest.
+    """
     if moment.tzinfo is None:
         raise ValueError("cutoff_id needs an aware datetime")
     delta = moment - _UNIX_EPOCH
     micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    ticks = micros * 10 + _UUID_EPOCH_OFFSET
+    ticks = min(max(micros * 10 + _UUID_EPOCH_OFFSET, 0), _MAX_TICKS)
     value = ((ticks >> 12) & 0xFFFF_FFFF_FFFF) << 80
     value |= (0x6000 | (ticks & 0x0FFF)) << 64
     value |= 0x8000 << 48  # RFC 4122 variant; clock sequence and node all zero

@@ -3,6 +3,11 @@
 Every series carries ``namespace`` and ``policy`` (the RetentionPolicy it belongs to), never a
 database URL or secret. Deletion counters only count what was really deleted: a dry run adds to
 ``threadkeeper_prune_runs_total`` and the duration histogram, nothing else.
+
+A policy's series exist from the moment the operator sees it, so both alerts cover a policy that
+never succeeds: ``last_success`` starts at its last recorded success (``status.lastSuccessTime``)
+or, if it never had one, its creation time, and every outcome of ``runs_total`` starts at 0 so
+the first failure is an increase. They disappear with the policy.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 class ReaperMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self._known: set[tuple[str, str]] = set()
         self.table_bytes = Gauge(
             "threadkeeper_checkpoint_table_bytes",
             "On-disk size of a table incl. TOAST and indexes (pg_total_relation_size).",
@@ -76,6 +82,40 @@ class ReaperMetrics:
             LABELS,
             registry=registry,
         )
+
+    def _series(self) -> tuple[Counter | Gauge | Histogram, ...]:
+        return (
+            self.table_bytes,
+            self.table_rows,
+            self.threads,
+            self.deleted_rows,
+            self.threads_deleted,
+            self.runs,
+            self.duration,
+            self.last_success,
+            self.backlog,
+        )
+
+    def policy_seen(self, *, namespace: str, policy: str, succeeded_at: float) -> None:
+        """Start the series of a policy (once): ``succeeded_at`` is its last known success."""
+        key = (namespace, policy)
+        if key in self._known:
+            return
+        self._known.add(key)
+        labels = {"namespace": namespace, "policy": policy}
+        for outcome in Outcome:
+            self.runs.labels(**labels, outcome=outcome.value)
+        self.last_success.labels(**labels).set(succeeded_at)
+
+    def policy_gone(self, *, namespace: str, policy: str) -> None:
+        """Drop every series of a deleted policy, so no alert fires for it."""
+        self._known.discard((namespace, policy))
+        for metric in self._series():
+            metric.remove_by_labels({"namespace": namespace, "policy": policy})
+
+    def observe_failure(self, *, namespace: str, policy: str) -> None:
+        """A run that could not start or finish (Secret, database, timeout): a Failed run."""
+        self.runs.labels(namespace=namespace, policy=policy, outcome=Outcome.FAILED.value).inc()
 
     def observe_run(self, summary: PruneSummary) -> None:
         key = {"namespace": summary.namespace, "policy": summary.policy}

@@ -21,7 +21,9 @@ How it works
 - Status ``conditions``: ``Ready`` (True after a successful run; False with the failure's
   reason) and ``Stalled`` (True while the spec, the Secret or the database stops the policy:
   ``InvalidSpec``, ``SecretNotFound``, ``SecretKeyMissing``, ``SecretForbidden``,
-  ``DatabaseUnreachable``; retried after at most 30 s).
+  ``DatabaseUnreachable``, ``InvalidDatabaseURL``, ``InternalError``; retried after at most 30 s).
+- Every failure, whether the run could not start (Stalled), was cut by its timeout or reported
+  Failed threads, counts in ``threadkeeper_prune_runs_total{outcome="Failed"}``.
 - Kubernetes Events: ``Pruned`` / ``DryRun`` / ``PruneSkipped`` (Normal) per run,
   ``PruneFailed`` and the Stalled reasons (Warning) when they start.
 
@@ -33,8 +35,9 @@ leaves them, and their namespace, stuck on kopf's finalizer. kopf marks every ti
 a finalizer (``requires_finalizer=True`` in ``kopf/on.py``, not configurable), so
 ``_no_finalizers`` re-registers the spawning handlers without that mark, and there are no
 ``on.delete`` handlers. Without a finalizer kopf does not stop the timer of a deleted object by
-itself (it only does on a deletionTimestamp), so an ``on.event`` spy tracks live policies and a
-tick of a deleted one raises ``PermanentError``, which ends that timer for good. No kopf
+itself (it only does on a deletionTimestamp), so an ``on.event`` spy tracks live policies and
+the timer's ``when`` filter, which kopf re-checks on every event, stops the timer of a deleted
+one. The spy also drops the deleted policy's metric series. No kopf
 progress annotations are written either: there are no on.create/update handlers.
 
 RBAC (namespaced Role; the same rules are in ``deploy/rbac/reaper-role-rules.yaml``):
@@ -65,11 +68,20 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
 from reaper import schedule, stats
-from reaper.db import DatabaseUnavailable, connect
+from reaper.db import DatabaseUnavailable, InvalidDatabaseUrl, connect
 from reaper.durations import parse_duration
 from reaper.engine import prune
 from reaper.metrics import ReaperMetrics
-from reaper.policy import API_VERSION, GROUP, KIND, PLURAL, VERSION, PolicyError, parse_policy
+from reaper.policy import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    PolicyError,
+    RetentionPolicy,
+    parse_policy,
+)
 from reaper.probe import Heartbeat
 from reaper.summary import Outcome, PruneSummary, ResumeCursor
 
@@ -166,6 +178,17 @@ def _document(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _last_success(body: Mapping[str, Any]) -> float:
+    """When the policy last succeeded: ``status.lastSuccessTime``, else its creation."""
+    status = body.get("status") or {}
+    meta = body.get("metadata") or {}
+    for value in (status.get("lastSuccessTime"), meta.get("creationTimestamp")):
+        moment = schedule.parse_time(value)
+        if moment is not None:
+            return moment.timestamp()
+    return 0.0
+
+
 def _interval(spec: Mapping[str, Any]) -> timedelta:
     try:
         return parse_duration(str((spec.get("schedule") or {}).get("interval", "10m")))
@@ -206,6 +229,59 @@ async def _collect_stats(
     return tables
 
 
+async def _stats_after_run(
+    ctx: OperatorContext, conn: Any, policy: RetentionPolicy, namespace: str, name: str
+) -> dict[str, Any] | None:
+    """Table sizes after a run; None when the database refuses (the run reported why)."""
+    threads = policy.spec.threads
+    try:
+        return await _collect_stats(
+            ctx, conn, namespace, name, threads.max_idle_delta if threads else None
+        )
+    except psycopg.OperationalError:
+        raise
+    except psycopg.Error as exc:
+        log.info("stats_failed", namespace=namespace, policy=name, error=type(exc).__name__)
+        return None
+
+
+async def _attempt(
+    ctx: OperatorContext, body: kopf.Body, uid: str, namespace: str, memory: _Memory
+) -> tuple[PruneSummary | None, dict[str, Any] | None]:
+    """Parse, read the Secret, connect, prune and measure: the summary (None: timed out) and
+    the table sizes; Stalled for what stops the policy."""
+    try:
+        policy = parse_policy(_document(body))
+    except PolicyError as exc:
+        raise Stalled("InvalidSpec", str(exc)) from None
+    name = policy.metadata.name
+    ref = policy.spec.database.secret_ref
+    url = await ctx.secrets.read(namespace, ref.name, ref.key)
+    budget = policy.spec.limits.max_duration_delta + RUN_GRACE
+    ctx.heartbeat.run_started(uid, budget.total_seconds())
+    try:
+        conn = await connect(url)
+    except DatabaseUnavailable as exc:
+        raise Stalled("DatabaseUnreachable", f"cannot connect to the database: {exc}") from None
+    except InvalidDatabaseUrl as exc:
+        raise Stalled("InvalidDatabaseURL", f"Secret {ref.name} key {ref.key!r}: {exc}") from None
+    tables: dict[str, Any] | None = None
+    try:
+        try:
+            async with asyncio.timeout(budget.total_seconds()):
+                summary = await prune(conn, policy, resume=memory.resume)
+        except TimeoutError:
+            summary = None
+        if summary is not None and summary.outcome is not Outcome.SKIPPED:
+            tables = await _stats_after_run(ctx, conn, policy, namespace, name)
+            memory.stats_at = ctx.clock()
+    except psycopg.OperationalError as exc:
+        raise Stalled("DatabaseUnreachable", f"the database connection broke: {exc}") from None
+    finally:
+        await conn.close()
+    return summary, tables
+
+
 async def _run(
     ctx: OperatorContext,
     *,
@@ -227,33 +303,15 @@ async def _run(
         patch["lastRunNowHandled"] = decision.run_now_token
     try:
         try:
-            policy = parse_policy(_document(body))
-        except PolicyError as exc:
-            raise Stalled("InvalidSpec", str(exc)) from None
-        ref = policy.spec.database.secret_ref
-        url = await ctx.secrets.read(namespace, ref.name, ref.key)
-        budget = policy.spec.limits.max_duration_delta + RUN_GRACE
-        ctx.heartbeat.run_started(uid, budget.total_seconds())
-        try:
-            conn = await connect(url)
-        except DatabaseUnavailable as exc:
-            raise Stalled("DatabaseUnreachable", f"cannot connect to the database: {exc}") from None
-        try:
-            try:
-                async with asyncio.timeout(budget.total_seconds()):
-                    summary = await prune(conn, policy, resume=memory.resume)
-            except TimeoutError:
-                summary = None
-            threads = policy.spec.threads
-            if summary is not None and summary.outcome is not Outcome.SKIPPED:
-                patch["tables"] = await _collect_stats(
-                    ctx, conn, namespace, name, threads.max_idle_delta if threads else None
-                )
-                memory.stats_at = ctx.clock()
-        except psycopg.OperationalError as exc:
-            raise Stalled("DatabaseUnreachable", f"the database connection broke: {exc}") from None
-        finally:
-            await conn.close()
+            summary, tables = await _attempt(ctx, body, uid, namespace, memory)
+        except Stalled:
+            raise
+        except Exception as exc:
+            # Whatever else goes wrong must still reach the status, the Events and the metrics.
+            log.exception("prune_crashed", namespace=namespace, policy=name)
+            raise Stalled("InternalError", f"{type(exc).__name__}: {exc}") from None
+        if tables is not None:
+            patch["tables"] = tables
     except Stalled as stalled:
         log.warning(
             "policy_stalled",
@@ -262,6 +320,7 @@ async def _run(
             reason=stalled.reason,
             message=stalled.message,
         )
+        ctx.metrics.observe_failure(namespace=namespace, policy=name)
         updates = _stalled_conditions(stalled.reason, stalled.message, generation)
         if schedule.condition_changed(conditions, updates[1]):
             kopf.warn(body, reason=stalled.reason, message=stalled.message)
@@ -272,6 +331,7 @@ async def _run(
     if summary is None:
         message = f"the run exceeded maxDuration plus {RUN_GRACE.seconds}s and was cancelled"
         log.error("prune_timed_out", namespace=namespace, policy=name)
+        ctx.metrics.observe_failure(namespace=namespace, policy=name)
         kopf.warn(body, reason="PruneFailed", message=message)
         updates = [
             schedule.condition("Ready", False, "PruneTimedOut", message, generation=generation)
@@ -325,7 +385,14 @@ async def _refresh_stats(
                 )
         finally:
             await conn.close()
-    except (PolicyError, Stalled, DatabaseUnavailable, psycopg.Error, TimeoutError) as exc:
+    except (
+        PolicyError,
+        Stalled,
+        DatabaseUnavailable,
+        InvalidDatabaseUrl,
+        psycopg.Error,
+        TimeoutError,
+    ) as exc:
         # The next run reports these through the conditions; sizes can wait.
         log.info("stats_refresh_failed", namespace=namespace, policy=name, error=type(exc).__name__)
         return None
@@ -347,17 +414,30 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
     resource = (GROUP, VERSION, PLURAL)
 
     @kopf.on.event(*resource, registry=registry)
-    def track(type: str, uid: str, namespace: str | None, name: str, **_: Any) -> None:
+    def track(
+        type: str, body: kopf.Body, uid: str, namespace: str | None, name: str, **_: Any
+    ) -> None:
+        assert namespace is not None  # a namespaced resource
         if type == "DELETED":
             ctx.live.discard(uid)
             ctx.memory.pop(uid, None)
             ctx.heartbeat.gone(uid)
+            ctx.metrics.policy_gone(namespace=namespace, policy=name)
             log.info("policy_deleted", namespace=namespace, policy=name)
         else:
             ctx.live.add(uid)
             ctx.heartbeat.seen(uid, f"{namespace}/{name}")
+            ctx.metrics.policy_seen(
+                namespace=namespace, policy=name, succeeded_at=_last_success(body)
+            )
 
-    @kopf.timer(*resource, id="schedule", interval=ctx.tick_interval, registry=registry)
+    def alive(uid: str, **_: Any) -> bool:
+        # kopf re-matches a timer's filter on every event, after the on.event spy above: on the
+        # DELETED event this stops the timer (it would only do so by itself on a
+        # deletionTimestamp, which needs the finalizer this operator refuses to set).
+        return uid in ctx.live
+
+    @kopf.timer(*resource, id="schedule", interval=ctx.tick_interval, when=alive, registry=registry)
     async def tick(
         body: kopf.Body,
         meta: kopf.Meta,
@@ -370,8 +450,9 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
     ) -> None:
         assert namespace is not None  # a namespaced resource
         if uid not in ctx.live:
-            # Deleted (no finalizer held it): end this timer for good.
-            raise kopf.PermanentError("the policy was deleted")
+            # Deleted between the filter's check and this tick: nothing to do, ever again.
+            log.info("tick_after_deletion", namespace=namespace, policy=name)
+            return
         ctx.heartbeat.ticked(uid)
         memory = ctx.memory.setdefault(uid, _Memory())
         current = {**dict(status), **memory.written}

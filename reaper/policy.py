@@ -180,6 +180,10 @@ def load_policy(path: Path) -> RetentionPolicy:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError(f"cannot read policy file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise PolicyError(
+            f"policy file {path} is not UTF-8 text (byte {exc.start}: {exc.reason})"
+        ) from None
     try:
         documents = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:

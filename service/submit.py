@@ -244,6 +244,18 @@ async def wait_for_end(svc: Services, run_id: UUID, attempt: Attempt | None) -> 
             svc.hub.disarm(wakeup, run_key(run_id))
 
 
+def pruned(row: DictRow) -> Problem:
+    """The run ended, but the checkpoint it ended on was deleted by a history prune."""
+    return Problem(
+        410,
+        f"run {row['run_id']} ended ({row['status']}), but the state it ended with was pruned "
+        "by the retention policy; the thread's current state is at "
+        f"/threads/{row['thread_id']}/state",
+        kind="state-pruned",
+        extra={"run_id": str(row["run_id"]), "run_status": row["status"]},
+    )
+
+
 async def final_body(svc: Services, row: DictRow | None) -> Any:
     """The ``/runs/wait`` and ``/join`` body: final values, or ``__error__``."""
     if row is None:
@@ -252,6 +264,8 @@ async def final_body(svc: Services, row: DictRow | None) -> Any:
         return {"__error__": row["error"]}
     config = thread_config(row["thread_id"], row["checkpoint_id"])
     snapshot = await svc.executor.reader.aget_state(config)
+    if row["checkpoint_id"] is not None and snapshot.metadata is None:
+        raise pruned(row)
     values = snapshot.values
     interrupts = [i for task in snapshot.tasks for i in task.interrupts]
     if interrupts and isinstance(values, dict):

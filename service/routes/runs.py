@@ -233,6 +233,11 @@ async def join_run(request: Request) -> Response:
     task = asyncio.create_task(result_of(svc, row, None))
     if _flag(request, "cancel_on_disconnect"):
         return await _answer_or_cancel(svc, row["run_id"], task, {"Location": request.url.path})
+    # A run that has ended answers before any keep-alive is sent, so an answer that is a problem
+    # (its state was pruned) keeps its own status instead of a 200 that breaks off.
+    done, _ = await asyncio.wait({task}, timeout=QUICK_ANSWER_SECONDS)
+    if done:
+        return serialize.JSON(task.result())
     return StreamingResponse(
         _keepalive_then(task, svc.closing, request.scope), media_type="application/json"
     )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 
+import psycopg
 import pytest
 from langgraph.graph.state import CompiledStateGraph
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, conninfo
 from psycopg.rows import DictRow
 
 from reaper.db import connect
@@ -30,3 +32,20 @@ async def conn(database_url: str) -> AsyncIterator[AsyncConnection[DictRow]]:
 async def graph(pool: Pool) -> CompiledStateGraph:  # type: ignore[type-arg]
     """The service's agent graph (messages is a DeltaChannel) checkpointing into the test DB."""
     return build_graph(OfflineChatModel()).compile(checkpointer=FencedPostgresSaver(pool))
+
+
+@pytest.fixture
+def read_only_url(pg_server: str, database_url: str) -> Iterator[str]:
+    """The test database through a role that may read every table but change none."""
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        yield conninfo.make_conninfo(database_url, user=role)
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+        with psycopg.connect(pg_server, autocommit=True) as admin:
+            admin.execute(f"DROP ROLE {role}")

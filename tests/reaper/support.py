@@ -64,6 +64,18 @@ async def add_thread(
     return thread_id
 
 
+async def idle_conversations(
+    conn: AsyncConnection[DictRow],
+    graph: CompiledStateGraph,  # type: ignore[type-arg]
+    count: int = 3,
+) -> list[str]:
+    """Threads nobody spoke in for 40 days, each with one turn of checkpoints."""
+    threads = [await add_thread(conn, spoke=timedelta(days=40)) for _ in range(count)]
+    for thread_id in threads:
+        await chat(graph, thread_id, "hello")
+    return threads
+
+
 async def db_now(conn: AsyncConnection[DictRow]) -> datetime:
     cur = await conn.execute("SELECT now() AS now")
     row = await cur.fetchone()

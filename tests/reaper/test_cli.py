@@ -12,12 +12,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from langgraph.graph.state import CompiledStateGraph
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from tests.reaper.support import add_thread, chat, policy_document, rows_of
+from tests.reaper.support import add_thread, chat, idle_conversations, policy_document, rows_of
 
 DAY = timedelta(days=1)
 SCRIPT = Path(sys.executable).parent / "threadkeeper-reaper"
@@ -164,3 +165,78 @@ async def test_run_needs_a_namespace(tmp_path: Path) -> None:
     result = await reaper("run", env=env)
     assert result.code == 2
     assert "no namespace" in result.stderr
+
+
+def _one_line_error(result: Result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("threadkeeper-reaper: error: ")
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+async def test_a_policy_file_that_is_not_utf8_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    text = yaml.safe_dump(policy_document(checkpoints={}, dryRun=True)) + "# caf\xe9\n"
+    path.write_bytes(text.encode("latin-1"))
+    result = await reaper("prune", "--policy", str(path), "--database-url", "postgresql:///x")
+    assert result.code == 2
+    assert "is not UTF-8 text" in _one_line_error(result)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("not a url", 'missing "=" after "not"'),
+        ("postgresql://reaper:s3cret-pw@127.0.0.1/x?connect_timeout=abc", "connect_timeout"),
+        ("postgresql://reaper:s3cret-pw@[::1/x", "IPv6 host address"),
+    ],
+)
+async def test_a_malformed_database_url_exits_2_in_one_line(
+    tmp_path: Path, url: str, reason: str
+) -> None:
+    for args in (("prune", "--policy", write_policy(tmp_path, checkpoints={})), ("stats",)):
+        result = await reaper(*args, "--database-url", url)
+        assert result.code == 2, result.stderr
+        line = _one_line_error(result)
+        assert "not a valid database URL" in line and reason in line
+        assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+async def test_a_read_only_role_gets_one_summary_not_a_traceback_per_thread(
+    tmp_path: Path,
+    conn: AsyncConnection[DictRow],
+    graph: CompiledStateGraph,  # type: ignore[type-arg]
+    read_only_url: str,
+) -> None:
+    threads = await idle_conversations(conn, graph)
+    policy_file = write_policy(tmp_path, threads={"maxIdle": "30d"})
+
+    result = await reaper("prune", "--policy", policy_file, "--database-url", read_only_url)
+
+    assert result.code == 1
+    summary = result.json()
+    assert summary["outcome"] == "Failed"
+    assert summary["message"].startswith("interrupted: permission denied")
+    assert summary["threadsFailed"] == 0
+    assert "Traceback" not in result.stderr
+    errors = [json.loads(line) for line in result.stderr.splitlines()]
+    assert [e["event"] for e in errors if e["level"] == "error"] == ["prune_refused"]
+    for thread_id in threads:
+        assert (await rows_of(conn, thread_id))["threads"] == 1
+
+
+async def test_stats_of_a_database_without_threadkeepers_tables_exits_1_in_one_line(
+    empty_database_url: str,
+) -> None:
+    result = await reaper("stats", "--database-url", empty_database_url)
+    assert result.code == 1
+    assert 'relation "threads" does not exist' in _one_line_error(result)
+
+
+async def test_a_duration_beyond_100_years_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    policy_file = write_policy(tmp_path, threads={"maxIdle": "999999d"})
+    result = await reaper("prune", "--policy", policy_file, "--database-url", "postgresql:///x")
+    assert result.code == 2
+    assert "Traceback" not in result.stderr and "OverflowError" not in result.stderr
+    assert "spec.threads.maxIdle: '999999d' is too long" in result.stderr

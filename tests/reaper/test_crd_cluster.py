@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from reaper.policy import parse_policy
+from reaper.durations import MAX_COUNT
+from reaper.policy import PolicyError, parse_policy
 from reaper.summary import Outcome, PruneSummary, ThreadsDeleted
 from tests.cluster.controlplane import Cluster
 from tests.reaper.support import policy_document
@@ -105,6 +106,134 @@ def test_the_api_server_refuses_bad_policies(
     created = kubectl(crd, "create", "--dry-run=server", "-f", "-", stdin=_manifest("bad", **spec))
     assert created.returncode != 0
     assert message in created.stderr
+
+
+TYPO = {"checkpoints": {"keepLast": 5, "maxAgee": "30d"}}
+UNKNOWN = "unknown field: allowed are keepLast, maxAge"
+
+
+def _stored(crd: Target, name: str) -> dict[str, Any] | None:
+    got = kubectl(crd, "get", "rp", name, "-o", "json", "--ignore-not-found")
+    assert got.returncode == 0, got.stderr
+    return json.loads(got.stdout) if got.stdout.strip() else None
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        ("apply", "--validate=false"),
+        ("apply", "--validate=warn"),
+        ("apply", "--validate=ignore"),
+        ("create", "--validate=false"),
+    ],
+    ids=" ".join,
+)
+def test_a_typo_is_refused_whatever_kubectl_validates(crd: Target, how: tuple[str, str]) -> None:
+    name = f"typo-{how[0]}-{how[1].rpartition('=')[2]}"
+    created = kubectl(crd, *how, "-f", "-", stdin=_manifest(name, **TYPO))
+    assert created.returncode != 0, created.stdout
+    assert UNKNOWN in created.stderr
+    assert _stored(crd, name) is None
+
+
+def test_a_typo_is_refused_in_a_raw_api_post(crd: Target) -> None:
+    """No client-side validation at all, and no fieldValidation parameter."""
+    document = policy_document(**TYPO)
+    document["metadata"] = {"name": "typo-raw", "namespace": crd.namespace}
+    path = f"/apis/threadkeeper.dev/v1alpha1/namespaces/{crd.namespace}/retentionpolicies"
+    posted = kubectl(crd.cluster, "create", "--raw", path, "-f", "-", stdin=json.dumps(document))
+    assert posted.returncode != 0, posted.stdout
+    assert UNKNOWN in posted.stderr
+    assert _stored(crd, "typo-raw") is None
+
+
+def test_a_typo_is_refused_through_the_python_client(crd: Target) -> None:
+    from kubernetes.client import CustomObjectsApi
+    from kubernetes.client.exceptions import ApiException
+
+    document = policy_document(**TYPO)
+    document["metadata"] = {"name": "typo-python"}
+    with crd.cluster.api_client() as client, pytest.raises(ApiException) as refused:
+        CustomObjectsApi(client).create_namespaced_custom_object(
+            "threadkeeper.dev", "v1alpha1", crd.namespace, "retentionpolicies", document
+        )
+    assert refused.value.status == 422
+    assert UNKNOWN in str(refused.value.body)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"checkpoints": {}, "extra": True},
+        {"threads": {"maxIdle": "1d", "maxidle": "2d"}},
+        {"orphans": {"olderThan": "1d", "newerThan": "1d"}},
+        {"checkpoints": {}, "limits": {"batchsize": 5}},
+        {"checkpoints": {}, "schedule": {"every": "1h"}},
+        {"checkpoints": {}, "database": {"secretRef": {"name": "db", "keys": "url"}}},
+        {"checkpoints": {}, "database": {"secretRef": {"name": "db"}, "url": "postgres://"}},
+    ],
+)
+def test_unknown_fields_are_refused_at_every_level(crd: Target, spec: dict[str, Any]) -> None:
+    created = kubectl(
+        crd,
+        "apply",
+        "--validate=false",
+        "--dry-run=server",
+        "-f",
+        "-",
+        stdin=_manifest("unknown", **spec),
+    )
+    assert created.returncode != 0
+    assert "unknown field: allowed are" in created.stderr
+    with pytest.raises(PolicyError, match="Extra inputs are not permitted"):
+        parse_policy(policy_document(**spec))
+
+
+DURATIONS = [
+    ("schedule", "interval"),
+    ("threads", "maxIdle"),
+    ("threads", "archivedFor"),
+    ("checkpoints", "maxAge"),
+    ("orphans", "olderThan"),
+    ("limits", "maxDuration"),
+    ("limits", "lockTimeout"),
+    ("limits", "statementTimeout"),
+]
+
+
+def _with_duration(section: str, field: str, value: str) -> dict[str, Any]:
+    return {"checkpoints": {}, section: {field: value}}
+
+
+@pytest.mark.parametrize(("section", "field"), DURATIONS)
+def test_durations_beyond_100_years_are_refused(crd: Target, section: str, field: str) -> None:
+    too_long = _with_duration(section, field, "99999w")
+    created = kubectl(
+        crd, "create", "--dry-run=server", "-f", "-", stdin=_manifest("long", **too_long)
+    )
+    assert created.returncode != 0
+    assert f"spec.{section}.{field}" in created.stderr
+    assert "at most 100 years" in created.stderr
+
+
+@pytest.mark.parametrize("unit", sorted(MAX_COUNT))
+def test_the_api_server_and_the_parser_agree_on_the_longest_duration(
+    crd: Target, unit: str
+) -> None:
+    """Both accept the longest duration of each unit and refuse one unit more."""
+    for count in (MAX_COUNT[unit], MAX_COUNT[unit] + 1):
+        value = f"{count}{unit}"
+        spec = _with_duration("threads", "maxIdle", value)
+        created = kubectl(
+            crd, "create", "--dry-run=server", "-f", "-", stdin=_manifest("edge", **spec)
+        )
+        try:
+            parse_policy(policy_document(**spec))
+            parsed = True
+        except PolicyError:
+            parsed = False
+        assert (created.returncode == 0) == parsed, (value, created.stderr)
+        assert parsed == (count == MAX_COUNT[unit] and count < 10**9), value
 
 
 def test_columns_and_status(crd: Target) -> None:

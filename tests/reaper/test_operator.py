@@ -487,6 +487,101 @@ def test_a_missing_secret_stalls_the_policy_until_it_exists(
     assert operator.forbidden() == []
 
 
+def _failed_runs(operator: Operator, ns: Namespace, name: str) -> float | None:
+    labels = {"namespace": ns.name, "policy": name, "outcome": "Failed"}
+    return metric(operator.metrics(), "threadkeeper_prune_runs_total", **labels)
+
+
+@pytest.mark.cluster
+def test_a_policy_that_never_succeeded_is_covered_by_both_alerts(
+    namespace: Namespace, start_operator: Callable[[Namespace], Operator]
+) -> None:
+    """ThreadkeeperReaperStalled needs a last-success series, ThreadkeeperPruneFailing an
+    increasing Failed counter: both exist for a policy whose Secret never appeared."""
+    ns = namespace
+    created = ns.create_policy("never", schedule={"interval": "2s"}, checkpoints={"keepLast": 2})
+    operator = start_operator(ns)
+    eventually(lambda: (_failed_runs(operator, ns, "never") or 0) >= 2, what="failed runs")
+    labels = {"namespace": ns.name, "policy": "never"}
+    text = operator.metrics()
+    since = schedule.parse_time(created["metadata"]["creationTimestamp"])
+    assert since is not None
+    last_success = "threadkeeper_prune_last_success_timestamp_seconds"
+    assert metric(text, last_success, **labels) == since.timestamp()
+    assert metric(text, "threadkeeper_prune_runs_total", **labels, outcome="Succeeded") == 0
+
+
+FAILURES = {
+    # The URL's database, the reason and message in the Ready condition, whether Stalled.
+    "no-tables": ("empty_database_url", "PruneFailed", "not a threadkeeper database", False),
+    "read-only": ("read_only_url", "PruneFailed", "permission denied", False),
+    "down": (None, "DatabaseUnreachable", "cannot connect to the database", True),
+}
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("failure", sorted(FAILURES))
+def test_each_failure_ends_in_a_condition_an_event_and_a_metric(
+    namespace: Namespace,
+    start_operator: Callable[[Namespace], Operator],
+    request: pytest.FixtureRequest,
+    failure: str,
+) -> None:
+    ns = namespace
+    fixture, reason, message, stalls = FAILURES[failure]
+    if fixture is None:
+        url = f"postgresql://nobody@127.0.0.1:{free_port()}/none?connect_timeout=2"
+    else:
+        url = request.getfixturevalue(fixture)
+    if failure == "read-only":
+        plant_idle_thread(ns.database_url)
+    ns.create_secret(url)
+    ns.create_policy("failing", schedule={"interval": "2s"}, threads={"maxIdle": "1h"})
+    operator = start_operator(ns)
+
+    ready = eventually(
+        lambda: (c := ns.condition("failing", "Ready")) and c["status"] == "False" and c,
+        what=f"Ready=False\n{operator.log()[-3000:]}",
+    )
+    assert ready["reason"] == reason
+    assert message in ready["message"]
+    stalled = ns.condition("failing", "Stalled")
+    assert stalled is not None and stalled["status"] == ("True" if stalls else "False")
+    eventually(
+        lambda: [e for e in ns.events("failing") if e[:2] == ("Warning", reason)],
+        what=f"a Warning {reason} event: {ns.events('failing')}",
+    )
+    eventually(lambda: (_failed_runs(operator, ns, "failing") or 0) >= 1, what="a Failed run")
+    assert "Traceback" not in operator.log()
+    assert operator.forbidden() == []
+
+
+@pytest.mark.cluster
+def test_a_deleted_policy_stops_ticking_and_loses_its_series(
+    namespace: Namespace, start_operator: Callable[[Namespace], Operator]
+) -> None:
+    ns = namespace
+    ns.create_secret()
+    ns.create_policy("doomed", schedule={"interval": "1s"}, checkpoints={"keepLast": 1})
+    operator = start_operator(ns)
+    last_success = "threadkeeper_prune_last_success_timestamp_seconds"
+    doomed = {"namespace": ns.name, "policy": "doomed"}
+    eventually(lambda: ns.get("doomed").get("status", {}).get("lastSuccessTime"), what="a run")
+    assert metric(operator.metrics(), last_success, **doomed)
+    ns.custom.delete_namespaced_custom_object(GROUP, VERSION, ns.name, PLURAL, "doomed")
+
+    eventually(lambda: 'policy="doomed"' not in operator.metrics(), what="the series to disappear")
+    # Another policy's runs mark time: the deleted one's timer would have ticked meanwhile.
+    ns.create_policy("after", schedule={"interval": "1s"}, checkpoints={"keepLast": 1})
+    first = eventually(lambda: ns.get("after").get("status", {}).get("lastRunTime"), what="a run")
+    eventually(lambda: ns.get("after")["status"]["lastRunTime"] != first, what="a second run")
+    log = operator.log()
+    assert "tick_after_deletion" not in log
+    assert "the policy was deleted" not in log
+    assert 'policy="doomed"' not in operator.metrics()
+    assert operator.healthz() == 200
+
+
 @pytest.mark.cluster
 def test_no_finalizer_so_deletion_never_waits_for_the_operator(
     namespace: Namespace, start_operator: Callable[[Namespace], Operator]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import re
 import types
 import typing
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,9 +17,17 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from reaper.durations import DURATION_PATTERN, DurationError, format_duration, parse_duration
+from reaper.durations import (
+    DURATION_PATTERN,
+    MAX_COUNT,
+    MAX_DURATION,
+    DurationError,
+    format_duration,
+    parse_duration,
+)
 from reaper.ids import cutoff_id, id_time
 from reaper.policy import (
     PLURAL,
@@ -77,6 +88,42 @@ def test_bad_durations(text: str) -> None:
         parse_duration(text)
 
 
+# Nine digits of seconds (the pattern's limit) stay below 100 years; every other unit reaches it.
+@pytest.mark.parametrize("unit", [u for u in sorted(MAX_COUNT) if MAX_COUNT[u] < 10**9])
+def test_durations_are_at_most_100_years(unit: str) -> None:
+    longest = parse_duration(f"{MAX_COUNT[unit]}{unit}")
+    assert longest <= MAX_DURATION == timedelta(days=36525)
+    with pytest.raises(DurationError, match="at most 100 years"):
+        parse_duration(f"{MAX_COUNT[unit] + 1}{unit}")
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        {"checkpoints": {"keepLast": 2, "maxAge": "99999w"}},
+        {"orphans": {"olderThan": "99999w"}},
+        {"threads": {"maxIdle": "999999d"}},
+        {"threads": {"maxIdle": "999999999w"}},
+        {"threads": {"archivedFor": "5218w"}},
+        {"checkpoints": {}, "schedule": {"interval": "999999999m"}},
+        {"checkpoints": {}, "limits": {"maxDuration": "36526d"}},
+    ],
+)
+def test_the_parser_refuses_durations_beyond_100_years(rules: dict[str, Any]) -> None:
+    with pytest.raises(PolicyError, match="at most 100 years"):
+        parse_policy(policy_document(**rules))
+
+
+def test_cutoff_ids_saturate_instead_of_wrapping() -> None:
+    oldest = cutoff_id(datetime(1, 1, 1, tzinfo=UTC))
+    assert oldest == cutoff_id(datetime(1582, 10, 15, tzinfo=UTC))
+    assert oldest == "00000000-0000-6000-8000-000000000000"
+    # Every real id sorts at or above it, so "older than the cutoff" selects nothing.
+    assert oldest <= cutoff_id(datetime(1582, 10, 15, 0, 0, 1, tzinfo=UTC))
+    newest = cutoff_id(datetime(9999, 12, 31, tzinfo=UTC))
+    assert newest > cutoff_id(datetime(5000, 1, 1, tzinfo=UTC))
+
+
 @given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2200, 1, 1)))
 def test_cutoff_ids_order_like_time(moment: datetime) -> None:
     moment = moment.replace(tzinfo=UTC)
@@ -103,6 +150,12 @@ def test_the_documented_example_parses() -> None:
         ({"threads": {"maxIdle": "30 days"}}, "spec.threads.maxIdle: '30 days' is not a duration"),
         ({"orphans": {}}, "spec.orphans.olderThan: Field required"),
         ({"checkpoints": {"keeplast": 3}}, "spec.checkpoints.keeplast: Extra inputs"),
+        ({"checkpoints": {"keepLast": 5, "maxAgee": "30d"}}, "spec.checkpoints.maxAgee: Extra"),
+        ({"threads": {"maxIdle": "1d", "archivedfor": "1d"}}, "spec.threads.archivedfor: Extra"),
+        ({"orphans": {"olderThan": "1d", "x": 1}}, "spec.orphans.x: Extra"),
+        ({"checkpoints": {}, "limits": {"batchsize": 5}}, "spec.limits.batchsize: Extra"),
+        ({"checkpoints": {}, "schedule": {"every": "1d"}}, "spec.schedule.every: Extra"),
+        ({"checkpoints": {}, "dryrun": True}, "spec.dryrun: Extra"),
         ({"checkpoints": {}, "limits": {"batchSize": 0}}, "spec.limits.batchSize"),
     ],
 )
@@ -152,6 +205,12 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _is_duration(field: FieldInfo) -> bool:
+    # reaper.policy.Duration: its validator sits in the annotation (optional fields) or in the
+    # field's metadata (required ones).
+    return "_check_duration" in repr(field.annotation) + repr(field.metadata)
+
+
 def _compare(model: type[BaseModel], schema: dict[str, Any], path: str) -> None:
     properties: dict[str, Any] = schema["properties"]
     aliases = {field.alias or name: field for name, field in model.model_fields.items()}
@@ -173,12 +232,58 @@ def _compare(model: type[BaseModel], schema: dict[str, Any], path: str) -> None:
             assert field.default is PydanticUndefined, f"{where} is required in the CRD only"
         if nested is not None:
             _compare(nested, prop, where)
-        elif prop.get("type") == "string" and "Duration" in repr(field.annotation):
+        elif _is_duration(field):
             assert prop["pattern"] == DURATION_PATTERN, where
 
 
 def test_crd_defaults_and_required_fields_match_the_model() -> None:
     _compare(RetentionPolicySpec, _spec_schema()["properties"]["spec"], "spec")
+
+
+def _closed_rule(properties: dict[str, Any]) -> str:
+    return "dyn(self).size() == " + " + ".join(f"(has(self.{k}) ? 1 : 0)" for k in properties)
+
+
+def _objects_and_durations(
+    model: type[BaseModel], schema: dict[str, Any], path: str
+) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    yield "object", path, schema
+    for name, field in model.model_fields.items():
+        alias = field.alias or name
+        prop = schema["properties"][alias]
+        nested = _model_of(field.annotation)
+        if nested is not None:
+            yield from _objects_and_durations(nested, prop, f"{path}.{alias}")
+        elif _is_duration(field):
+            yield "duration", f"{path}.{alias}", prop
+
+
+def _crd_parts(wanted: str) -> list[tuple[str, dict[str, Any]]]:
+    """The spec's objects or durations, each with its path and CRD schema."""
+    spec = _spec_schema()["properties"]["spec"]
+    parts = _objects_and_durations(RetentionPolicySpec, spec, "spec")
+    return [(path, schema) for kind, path, schema in parts if kind == wanted]
+
+
+def test_the_crd_keeps_unknown_fields_to_refuse_them() -> None:
+    """Pruning would silently drop a typo; kept, the CEL rule of its object refuses it."""
+    objects = _crd_parts("object")
+    assert len(objects) == 8
+    for path, schema in objects:
+        assert schema.get("x-kubernetes-preserve-unknown-fields") is True, path
+        rules = [r["rule"] for r in schema["x-kubernetes-validations"]]
+        assert _closed_rule(schema["properties"]) in rules, path
+
+
+def test_every_crd_duration_is_bounded_like_the_model() -> None:
+    durations = _crd_parts("duration")
+    assert len(durations) == 8
+    for path, schema in durations:
+        (rule,) = schema["x-kubernetes-validations"]
+        table = re.search(r"\{(.*?)\}", rule["rule"])
+        assert table is not None, path
+        assert ast.literal_eval("{" + table.group(1) + "}") == MAX_COUNT, path
+        assert "100 years" in rule["message"]
 
 
 def test_crd_bounds_match_the_model() -> None:
@@ -208,7 +313,7 @@ def test_crd_shape() -> None:
     assert columns == ["Ready", "Interval", "Last run", "Deleted", "Suspended", "Age"]
     spec = _spec_schema()["properties"]["spec"]
     rules = [r["rule"] for r in spec["x-kubernetes-validations"]]
-    assert rules == ["has(self.threads) || has(self.checkpoints) || has(self.orphans)"]
+    assert rules[1:] == ["has(self.threads) || has(self.checkpoints) || has(self.orphans)"]
     status = _spec_schema()["properties"]["status"]["properties"]
     assert set(status) == {
         "observedGeneration",

@@ -327,7 +327,7 @@ async def test_dry_run_reports_exactly_what_the_real_run_deletes(
 ) -> None:
     parent = compiled("parent", pool)
     await _deep_thread(conn, graph, spoke=40 * DAY)  # idle
-    await _deep_thread(conn, graph, spoke=DAY, archived=10 * DAY)  # archived
+    await _deep_thread(conn, graph, spoke=12 * DAY, archived=10 * DAY)  # archived
     await _deep_thread(conn, graph)  # history
     busy = await _deep_thread(conn, graph, spoke=40 * DAY)
     await add_run(conn, busy, "running", lease=MINUTE)
