@@ -15,6 +15,8 @@ MultitaskStrategy = Literal["reject", "enqueue", "interrupt", "rollback"]
 ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
 RunStatus = Literal["pending", "running", "success", "error", "timeout", "interrupted"]
 MAX_PAGE = 1000
+# Far beyond any real page, well inside Postgres's bigint OFFSET.
+MAX_OFFSET = 10**9
 
 
 class Body(BaseModel):
@@ -60,7 +62,7 @@ class ThreadSearch(Body):
     status: ThreadStatus | None = None
     archived: bool | None = False
     limit: int = Field(default=10, ge=1, le=MAX_PAGE)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     sort_by: Literal["created_at", "updated_at", "last_message_at", "thread_id"] = "created_at"
     sort_order: Literal["asc", "desc"] = "desc"
     select: list[str] | None = None
@@ -83,23 +85,32 @@ class ThreadCount(Body):
     _no_values = ThreadSearch._no_values
 
 
+class CheckpointConfig(Body):
+    """Which checkpoint of a thread, as the SDK and RemoteGraph name one."""
+
+    thread_id: UUID | None = None
+    checkpoint_ns: str = ""
+    checkpoint_id: UUID | None = None
+    checkpoint_map: dict[str, Any] | None = None
+
+
 class StateUpdate(Body):
-    values: Any = None
+    values: dict[str, Any] | list[dict[str, Any]] | None = None
     as_node: str | None = None
-    checkpoint: dict[str, Any] | None = None
-    checkpoint_id: str | None = None
+    checkpoint: CheckpointConfig | None = None
+    checkpoint_id: UUID | None = None
 
 
 class StateAtCheckpoint(Body):
-    checkpoint: dict[str, Any]
+    checkpoint: CheckpointConfig
     subgraphs: bool = False
 
 
 class HistoryQuery(Body):
     limit: int = Field(default=10, ge=1, le=MAX_PAGE)
-    before: dict[str, Any] | str | None = None
+    before: CheckpointConfig | UUID | None = None
     metadata: dict[str, Any] | None = None
-    checkpoint: dict[str, Any] | None = None
+    checkpoint: CheckpointConfig | None = None
 
 
 class RunCreate(Body):
@@ -109,8 +120,8 @@ class RunCreate(Body):
     config: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
-    checkpoint: dict[str, Any] | None = None
-    checkpoint_id: str | None = None
+    checkpoint: CheckpointConfig | None = None
+    checkpoint_id: UUID | None = None
     interrupt_before: list[str] | Literal["*"] | None = None
     interrupt_after: list[str] | Literal["*"] | None = None
     multitask_strategy: MultitaskStrategy | None = None
@@ -123,7 +134,9 @@ class RunCreate(Body):
     durability: Literal["sync", "async", "exit"] | None = None
     checkpoint_during: bool | None = None
     on_disconnect: Literal["cancel", "continue"] | None = None
-    on_completion: Literal["delete", "keep"] | None = None
+    # The Agent Server deletes a stateless run's temporary thread on "delete"; this service has
+    # only threads the caller created, which a run never deletes.
+    on_completion: Literal["keep"] | None = None
     webhook: str | None = None
     after_seconds: float | None = None
     strict_resume: bool | None = None
@@ -134,6 +147,16 @@ class RunCreate(Body):
     def _no_webhook(cls, value: str | None) -> str | None:
         if value:
             raise ValueError("webhooks are not supported")
+        return value
+
+    @field_validator("on_completion", mode="before")
+    @classmethod
+    def _keep_only(cls, value: Any) -> Any:
+        if value == "delete":
+            raise ValueError(
+                "on_completion 'delete' applies to stateless runs (POST /runs), which this "
+                "service does not offer; a thread's runs always keep their thread"
+            )
         return value
 
     @field_validator("after_seconds")

@@ -15,9 +15,19 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from service import events, runs, serialize, threads
-from service.http import int_query, owner, parse, services, uuid_param
+from service.http import (
+    MEDIA_JSON,
+    MEDIA_SSE,
+    accepts,
+    bool_query,
+    int_query,
+    owner,
+    responds,
+    services,
+    uuid_param,
+)
 from service.problems import Problem, not_found
-from service.schemas import MAX_PAGE, CancelMany, RunCreate
+from service.schemas import MAX_OFFSET, MAX_PAGE, CancelMany, RunCreate
 from service.services import Services
 from service.submit import cancel_runs, final_body, result_of, submit, wait_for_end
 
@@ -113,22 +123,23 @@ def _last_event_id(request: Request) -> int:
         raise Problem(422, "Last-Event-ID must be an integer", kind="invalid-input") from exc
 
 
-async def create_run(request: Request) -> Response:
+@accepts(RunCreate, required=True)
+async def create_run(request: Request, body: RunCreate) -> Response:
     """Queue a background run and return it at once."""
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
-    body = await parse(request, RunCreate, empty_ok=False)
     svc = services(request)
     row, _ = await submit(svc, who, thread_id, body, _idempotency_key(request))
     run_path, _ = _paths(thread_id, row["run_id"])
     return serialize.JSON(serialize.run(row), headers={"Content-Location": run_path})
 
 
-async def stream_run(request: Request) -> Response:
+@responds({200: ("The run's events", MEDIA_SSE)})
+@accepts(RunCreate, required=True)
+async def stream_run(request: Request, body: RunCreate) -> Response:
     """Start a run and stream its events (Agent Server SSE format, with a final ``end``)."""
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
-    body = await parse(request, RunCreate, empty_ok=False)
     svc = services(request)
     row, _ = await submit(svc, who, thread_id, body, _idempotency_key(request))
     run_path, stream_path = _paths(thread_id, row["run_id"])
@@ -164,11 +175,11 @@ async def _keepalive_then(body: asyncio.Task[Any], stopping: asyncio.Event) -> A
     yield serialize.dumps(body.result())
 
 
-async def wait_run(request: Request) -> Response:
+@accepts(RunCreate, required=True)
+async def wait_run(request: Request, body: RunCreate) -> Response:
     """Run to completion and return the final values."""
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
-    body = await parse(request, RunCreate, empty_ok=False)
     svc = services(request)
     row, attempt = await submit(svc, who, thread_id, body, _idempotency_key(request), waited=True)
     run_path, _ = _paths(thread_id, row["run_id"])
@@ -200,10 +211,6 @@ async def _owned_run(request: Request) -> tuple[UUID, UUID, DictRow]:
     return thread_id, run_id, row
 
 
-def _flag(request: Request, name: str) -> bool:
-    return request.query_params.get(name, "").lower() in ("1", "true", "yes")
-
-
 async def join_run(request: Request) -> Response:
     """Wait for a run (executing anywhere) and return its final values."""
     _, run_id, _ = await _owned_run(request)
@@ -213,7 +220,7 @@ async def join_run(request: Request) -> Response:
         return await final_body(svc, await wait_for_end(svc, run_id, None))
 
     task = asyncio.create_task(joined())
-    if _flag(request, "cancel_on_disconnect"):
+    if bool_query(request, "cancel_on_disconnect"):
         try:
             return serialize.JSON(await asyncio.shield(task))
         except asyncio.CancelledError:
@@ -222,6 +229,7 @@ async def join_run(request: Request) -> Response:
     return StreamingResponse(_keepalive_then(task, svc.stopping), media_type="application/json")
 
 
+@responds({200: ("The run's events", MEDIA_SSE)})
 async def join_stream(request: Request) -> Response:
     """Rejoin a run's stream from any replica; ``Last-Event-ID`` resumes right after it."""
     thread_id, run_id, _ = await _owned_run(request)
@@ -234,7 +242,7 @@ async def join_stream(request: Request) -> Response:
         after,
         modes,
         {"Location": stream_path, "Content-Location": run_path},
-        _flag(request, "cancel_on_disconnect"),
+        bool_query(request, "cancel_on_disconnect"),
     )
 
 
@@ -263,12 +271,19 @@ def _action(request: Request) -> str:
     return action
 
 
+@responds(
+    {
+        200: ("The ended run (wait=1)", MEDIA_JSON),
+        202: ("Cancellation requested", None),
+        204: ("The run was rolled back (wait=1)", None),
+    }
+)
 async def cancel_run(request: Request) -> Response:
     _, run_id, _ = await _owned_run(request)
     action = _action(request)
     svc = services(request)
     await _cancel(svc, [run_id], action)
-    if not _flag(request, "wait"):
+    if not bool_query(request, "wait"):
         return Response(status_code=202)
     row = await wait_for_end(svc, run_id, None)
     if row is None:
@@ -276,10 +291,11 @@ async def cancel_run(request: Request) -> Response:
     return serialize.JSON(serialize.run(row))
 
 
-async def cancel_many(request: Request) -> Response:
+@responds({204: ("Cancellation requested", None)})
+@accepts(CancelMany, required=True)
+async def cancel_many(request: Request, body: CancelMany) -> Response:
     who = owner(request)
     action = _action(request)
-    body = await parse(request, CancelMany, empty_ok=False)
     if body.status is None and body.thread_id is None:
         raise Problem(422, "give thread_id (and run_ids) or status", kind="invalid-input")
     statuses: list[str] = ["pending", "running"] if body.status in (None, "all") else [body.status]
@@ -294,6 +310,7 @@ async def cancel_many(request: Request) -> Response:
     return Response(status_code=204)
 
 
+@responds({204: ("Deleted", None)})
 async def delete_run(request: Request) -> Response:
     _, run_id, row = await _owned_run(request)
     if row["status"] in runs.ACTIVE_STATUSES:
@@ -307,7 +324,7 @@ async def list_runs(request: Request) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
     limit = int_query(request, "limit", 10, lo=1, hi=MAX_PAGE)
-    offset = int_query(request, "offset", 0, lo=0, hi=10**9)
+    offset = int_query(request, "offset", 0, lo=0, hi=MAX_OFFSET)
     status = request.query_params.get("status") or None
     if status is not None and status not in RUN_STATUSES:
         raise Problem(422, f"unknown run status {status!r}", kind="invalid-input")
