@@ -14,16 +14,16 @@ from service.http import Declared, declared
 from service.problems import PROBLEM_MEDIA_TYPE
 from service.routes.assistants import ASSISTANT_ID
 
-UUID_SCHEMA = {"type": "string", "format": "uuid"}
+UUID_SCHEMA: dict[str, Any] = {"type": "string", "format": "uuid"}
 # Path parameters by name; ``uuid_param`` refuses anything else for these with a 422.
-PATH_PARAMETERS: dict[str, dict[str, str]] = {
+PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "thread_id": UUID_SCHEMA,
     "run_id": UUID_SCHEMA,
     "checkpoint_id": UUID_SCHEMA,
     # The one assistant, by graph name or id (``resolve_assistant``).
     "assistant_id": {"type": "string", "enum": [GRAPH_ID, str(ASSISTANT_ID)]},
 }
-STRING_SCHEMA = {"type": "string"}
+STRING_SCHEMA: dict[str, Any] = {"type": "string"}
 
 PROBLEM_SCHEMA = {
     "type": "object",
