@@ -1,7 +1,7 @@
 """Request bodies of the HTTP API, validated strictly: unknown fields are errors.
 
-Field names follow the LangGraph Agent Server so the official SDK works unchanged; keys the SDK
-always sends are accepted even where this service ignores them.
+Field names follow the LangGraph Agent Server so the official SDK works unchanged. Every field is
+honoured; where this service cannot honour a value, it refuses it and says why, never drops it.
 """
 
 from __future__ import annotations
@@ -126,7 +126,8 @@ class RunCreate(Body):
     interrupt_after: list[str] | Literal["*"] | None = None
     multitask_strategy: MultitaskStrategy | None = None
     if_not_exists: Literal["create", "reject"] | None = None
-    # Sent by the SDK; streaming options matter only to streamed runs.
+    # Sent by the SDK; streaming options matter only to streamed runs. Every stream here is
+    # resumable (its events are kept in Postgres), so stream_resumable is honoured either way.
     stream_mode: str | list[str] | None = None
     stream_subgraphs: bool | None = None
     stream_resumable: bool | None = None
@@ -157,6 +158,29 @@ class RunCreate(Body):
                 "on_completion 'delete' applies to stateless runs (POST /runs), which this "
                 "service does not offer; a thread's runs always keep their thread"
             )
+        return value
+
+    @field_validator("feedback_keys")
+    @classmethod
+    def _no_feedback(cls, value: list[str] | None) -> list[str] | None:
+        if value:
+            raise ValueError("LangSmith feedback is not supported")
+        return value
+
+    @field_validator("strict_resume")
+    @classmethod
+    def _no_strict_resume(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError(
+                "strict_resume is not supported (a resume is checked as LangGraph does)"
+            )
+        return value
+
+    @field_validator("langsmith_tracer")
+    @classmethod
+    def _no_tracer(cls, value: Any) -> Any:
+        if value is not None:
+            raise ValueError("LangSmith tracing is not supported")
         return value
 
     @field_validator("after_seconds")

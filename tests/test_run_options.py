@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -77,3 +78,45 @@ async def test_on_completion(client: httpx.AsyncClient) -> None:
     assert "stateless" in refused.json()["detail"]
     assert (await client.get(f"/threads/{tid}")).status_code == 200
     assert len((await client.get(f"/threads/{tid}/runs")).json()) == 1
+
+
+async def test_options_this_service_cannot_honour_are_refused(client: httpx.AsyncClient) -> None:
+    tid = (await client.post("/threads", json={})).json()["thread_id"]
+    run = {"assistant_id": "agent", "input": HELLO}
+    refusals = [
+        ({"feedback_keys": ["score"]}, "feedback"),
+        ({"strict_resume": True}, "strict_resume"),
+        ({"langsmith_tracer": {"project_name": "p"}}, "tracing"),
+    ]
+    for option, reason in refusals:
+        r = await client.post(f"/threads/{tid}/runs", json={**run, **option})
+        assert r.status_code == 422, (option, r.text)
+        assert reason in r.json()["detail"], (option, r.text)
+    # What they mean when off is what happens anyway.
+    off = {"feedback_keys": [], "strict_resume": False, "langsmith_tracer": None}
+    r = await client.post(f"/threads/{tid}/runs/wait", json={**run, **off})
+    assert r.status_code == 200, r.text
+    assert len((await client.get(f"/threads/{tid}/runs")).json()) == 1
+
+
+async def test_a_run_from_an_unknown_checkpoint_is_404(client: httpx.AsyncClient) -> None:
+    """Starting from a checkpoint the thread lacks would start from nothing: refused, not run."""
+    tid = (await client.post("/threads", json={})).json()["thread_id"]
+    first = await client.post(
+        f"/threads/{tid}/runs/wait", json={"assistant_id": "agent", "input": HELLO}
+    )
+    assert first.status_code == 200
+    state = (await client.get(f"/threads/{tid}/state")).json()
+    unknown = str(uuid.uuid4())
+    run = {"assistant_id": "agent", "input": HELLO}
+    for start in ({"checkpoint_id": unknown}, {"checkpoint": {"checkpoint_id": unknown}}):
+        for path in ("runs", "runs/wait", "runs/stream"):
+            r = await client.post(f"/threads/{tid}/{path}", json={**run, **start})
+            assert r.status_code == 404, (path, start, r.text)
+            assert unknown in r.json()["detail"]
+    assert len((await client.get(f"/threads/{tid}/runs")).json()) == 1
+    assert (await client.get(f"/threads/{tid}/state")).json() == state
+    # A checkpoint the thread has is a fork point, as before.
+    known = {"checkpoint_id": state["checkpoint"]["checkpoint_id"]}
+    r = await client.post(f"/threads/{tid}/runs/wait", json={**run, **known})
+    assert r.status_code == 200, r.text

@@ -6,7 +6,6 @@ from uuid import UUID
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.errors import InvalidUpdateError
-from langgraph.types import StateSnapshot
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -22,7 +21,7 @@ from service.schemas import (
     StateAtCheckpoint,
     StateUpdate,
 )
-from service.submit import BUSY_DETAIL
+from service.submit import BUSY_DETAIL, state_at
 
 
 async def _require_thread(request: Request, thread_id: UUID, who: str) -> None:
@@ -40,18 +39,9 @@ def _config_from(thread_id: UUID, checkpoint: CheckpointConfig | None) -> Runnab
     return config
 
 
-async def _snapshot(request: Request, config: RunnableConfig, subgraphs: bool) -> StateSnapshot:
-    """The state at ``config``; 404 when it names a checkpoint the thread does not have."""
-    snapshot = await services(request).executor.reader.aget_state(config, subgraphs=subgraphs)
-    wanted = config["configurable"].get("checkpoint_id")
-    # LangGraph answers an unknown checkpoint with an empty snapshot that has no timestamp.
-    if wanted and snapshot.created_at is None:
-        raise not_found("Checkpoint", wanted)
-    return snapshot
-
-
 async def _state(request: Request, config: RunnableConfig, subgraphs: bool) -> Response:
-    return serialize.JSON(serialize.state(await _snapshot(request, config, subgraphs)))
+    snapshot = await state_at(services(request), config, subgraphs=subgraphs)
+    return serialize.JSON(serialize.state(snapshot))
 
 
 async def get_state(request: Request) -> Response:
@@ -95,7 +85,7 @@ async def update_state(request: Request, body: StateUpdate) -> Response:
         if await runs.active_run_ids(conn, thread_id):
             raise Problem(409, BUSY_DETAIL, kind="thread-busy")
         if checkpoint.checkpoint_id is not None:
-            await _snapshot(request, config, subgraphs=False)
+            await state_at(services(request), config, subgraphs=False)
         try:
             new_config = await svc.executor.reader.aupdate_state(
                 config, body.values, as_node=body.as_node
@@ -126,7 +116,7 @@ async def _history(request: Request, thread_id: UUID, query: HistoryQuery) -> Re
         before = _config_from(thread_id, query.before)
     if before is not None:
         # Older than a checkpoint the thread does not have would be a guess, not an answer.
-        await _snapshot(request, before, subgraphs=False)
+        await state_at(services(request), before, subgraphs=False)
     reader = services(request).executor.reader
     states = [
         serialize.state(s)
