@@ -171,9 +171,7 @@ class RunCreate(Body):
     @classmethod
     def _no_strict_resume(cls, value: bool | None) -> bool | None:
         if value:
-            raise ValueError(
-                "strict_resume is not supported (a resume is checked as LangGraph does)"
-            )
+            raise ValueError("strict_resume is not supported")
         return value
 
     @field_validator("langsmith_tracer")
