@@ -15,6 +15,8 @@ from service.problems import Problem
 
 # Deeper than any real message or metadata; far below where recursive encoders give up.
 MAX_DEPTH = 100
+# What msgpack (the checkpoint serializer) and orjson can hold: signed or unsigned 64 bits.
+MIN_INT, MAX_INT = -(2**63), 2**64 - 1
 # Postgres text and jsonb cannot hold NUL; a lone surrogate has no UTF-8 encoding at all.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
@@ -22,7 +24,9 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 def decode(raw: bytes) -> Any:
     """The body's JSON value; a ``Problem`` says what is wrong with one that is refused."""
     try:
-        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+        value = json.loads(
+            raw, parse_constant=_no_constant, parse_float=_finite, parse_int=_in_range
+        )
     except ValueError as exc:  # also bad UTF-8, and integers too long to convert
         raise Problem(400, f"malformed JSON: {exc}", kind="malformed-json") from exc
     except RecursionError as exc:
@@ -82,6 +86,13 @@ def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise Problem(400, f"malformed JSON: {text} is out of range", kind="malformed-json")
+    return value
+
+
+def _in_range(text: str) -> int:
+    value = int(text)
+    if not MIN_INT <= value <= MAX_INT:
+        raise Problem(422, f"{text} does not fit in 64 bits", kind="invalid-input")
     return value
 
 

@@ -77,12 +77,14 @@ def check_stream_modes(body: RunCreate) -> None:
 async def state_at(
     svc: Services, config: RunnableConfig, *, subgraphs: bool = False
 ) -> StateSnapshot:
-    """The thread's state at ``config``; 404 when it names a checkpoint the thread lacks."""
+    """The thread's state at ``config``; 404 when it names a checkpoint (or a subgraph's
+    namespace) the thread lacks. The latest state of a thread without one is empty, not 404."""
     snapshot = await svc.executor.reader.aget_state(config, subgraphs=subgraphs)
-    wanted = config["configurable"].get("checkpoint_id")
+    conf = config["configurable"]
+    wanted = [conf[key] for key in ("checkpoint_ns", "checkpoint_id") if conf.get(key)]
     # LangGraph answers an unknown checkpoint with an empty snapshot that has no timestamp.
     if wanted and snapshot.created_at is None:
-        raise not_found("Checkpoint", wanted)
+        raise not_found("Checkpoint", " ".join(wanted))
     return snapshot
 
 

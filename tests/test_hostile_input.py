@@ -55,6 +55,8 @@ BODY_CASES: list[tuple[str, str, int, str]] = [
     ("/threads", '{"metadata": {"k": -Infinity}}', 400, "Infinity"),
     ("/threads", '{"metadata": {"k": 1e400}}', 400, "1e400"),
     ("/threads", '{"metadata": {"k": ' + "9" * 5000 + "}}", 400, "digits"),
+    ("/threads", '{"metadata": {"k": 18446744073709551616}}', 422, "64 bits"),
+    ("/threads", '{"metadata": {"k": -9223372036854775809}}', 422, "64 bits"),
     ("/threads", '{"metadata": {"k": ' + DEEP + "}}", 422, "deep"),
     ("/threads", '{"metadata": {"k": ' + "[" * 5000 + "]" * 5000 + "}}", 422, "deep"),
     ("/threads/search", '{"metadata": {"k": "a\\u0000"}}', 422, "NUL"),
@@ -96,6 +98,18 @@ async def test_hostile_run_and_state_input_is_refused(client: httpx.AsyncClient)
         (state, '{"values": {"messages": [{"role": "nobody"}]}}', 422, "cannot update"),
         (state, '{"values": [1, 2, 3]}', 422, "values"),
         (state, '{"values": "text"}', 422, "values"),
+        (
+            f"/threads/{tid}/runs/wait",
+            '{"assistant_id": "agent", "input": {"n": 1e999}}',
+            400,
+            "1e999",
+        ),
+        (
+            f"/threads/{tid}/runs",
+            '{"assistant_id": "agent", "input": {"n": 20000000000000000000000}}',
+            422,
+            "64",
+        ),
         (f"/threads/{tid}/history", '{"before": "a\\u0000"}', 422, "before"),
         (f"/threads/{tid}/history", '{"metadata": {"k": "a\\u0000"}}', 422, "NUL"),
     ]
@@ -124,6 +138,10 @@ async def test_unknown_checkpoints_are_404(client: httpx.AsyncClient) -> None:
         _assert_problem(await client.post(f"/threads/{tid}/state", json=body), 404, unknown)
     r = await client.post(f"/threads/{tid}/history", json={"before": unknown})
     _assert_problem(r, 404, unknown)
+    r = await client.post(
+        f"/threads/{tid}/state/checkpoint", json={"checkpoint": {"checkpoint_ns": "nowhere"}}
+    )
+    _assert_problem(r, 404, "nowhere")
     assert await _everything(client, tid) == before
 
 
