@@ -9,7 +9,14 @@ from __future__ import annotations
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 MultitaskStrategy = Literal["reject", "enqueue", "interrupt", "rollback"]
 ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
@@ -113,6 +120,17 @@ class HistoryQuery(Body):
     checkpoint: CheckpointConfig | None = None
 
 
+# Agent Server run options this service cannot honour: a value asking for one is refused, with
+# this reason, rather than dropped. Their empty values mean what happens anyway.
+UNSUPPORTED_RUN_OPTIONS = {
+    "webhook": "webhooks are not supported",
+    "after_seconds": "delayed runs are not supported",
+    "feedback_keys": "LangSmith feedback is not supported",
+    "strict_resume": "strict_resume is not supported",
+    "langsmith_tracer": "LangSmith tracing is not supported",
+}
+
+
 class RunCreate(Body):
     assistant_id: str
     input: Any = None
@@ -143,11 +161,11 @@ class RunCreate(Body):
     strict_resume: bool | None = None
     langsmith_tracer: Any = None
 
-    @field_validator("webhook")
+    @field_validator(*UNSUPPORTED_RUN_OPTIONS)
     @classmethod
-    def _no_webhook(cls, value: str | None) -> str | None:
+    def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
         if value:
-            raise ValueError("webhooks are not supported")
+            raise ValueError(UNSUPPORTED_RUN_OPTIONS[str(info.field_name)])
         return value
 
     @field_validator("on_completion", mode="before")
@@ -158,34 +176,6 @@ class RunCreate(Body):
                 "on_completion 'delete' applies to stateless runs (POST /runs), which this "
                 "service does not offer; a thread's runs always keep their thread"
             )
-        return value
-
-    @field_validator("feedback_keys")
-    @classmethod
-    def _no_feedback(cls, value: list[str] | None) -> list[str] | None:
-        if value:
-            raise ValueError("LangSmith feedback is not supported")
-        return value
-
-    @field_validator("strict_resume")
-    @classmethod
-    def _no_strict_resume(cls, value: bool | None) -> bool | None:
-        if value:
-            raise ValueError("strict_resume is not supported")
-        return value
-
-    @field_validator("langsmith_tracer")
-    @classmethod
-    def _no_tracer(cls, value: Any) -> Any:
-        if value is not None:
-            raise ValueError("LangSmith tracing is not supported")
-        return value
-
-    @field_validator("after_seconds")
-    @classmethod
-    def _no_delay(cls, value: float | None) -> float | None:
-        if value:
-            raise ValueError("delayed runs are not supported")
         return value
 
     @model_validator(mode="after")

@@ -87,13 +87,20 @@ async def test_options_this_service_cannot_honour_are_refused(client: httpx.Asyn
         ({"feedback_keys": ["score"]}, "feedback"),
         ({"strict_resume": True}, "strict_resume"),
         ({"langsmith_tracer": {"project_name": "p"}}, "tracing"),
+        ({"webhook": "http://127.0.0.1:9/hook"}, "webhooks"),
+        ({"after_seconds": 5}, "delayed"),
     ]
     for option, reason in refusals:
         r = await client.post(f"/threads/{tid}/runs", json={**run, **option})
         assert r.status_code == 422, (option, r.text)
         assert reason in r.json()["detail"], (option, r.text)
     # What they mean when off is what happens anyway.
-    off = {"feedback_keys": [], "strict_resume": False, "langsmith_tracer": None}
+    off = {
+        "feedback_keys": [],
+        "strict_resume": False,
+        "langsmith_tracer": None,
+        "after_seconds": 0,
+    }
     r = await client.post(f"/threads/{tid}/runs/wait", json={**run, **off})
     assert r.status_code == 200, r.text
     assert len((await client.get(f"/threads/{tid}/runs")).json()) == 1
