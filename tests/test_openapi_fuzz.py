@@ -22,7 +22,7 @@ from tests.support import postgres
 from tests.support.processes import ServiceProcess
 
 SEED = 20261206
-MAX_EXAMPLES = 12
+MAX_EXAMPLES = 10
 # Every check that compares a response with the spec. Left out: positive_data_acceptance (a
 # schema describes shapes, and the service rightly refuses some well-shaped requests: a busy
 # thread, a node the graph lacks, text that is no message) and the stateful resource checks.
