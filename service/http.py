@@ -1,7 +1,8 @@
 """Small helpers every route module uses: parsing, identity, parameters and what a route declares.
 
 A route's request body is declared once, with ``accepts``: the same declaration parses the body
-and documents it in ``/openapi.json``; so do ``responds`` for its answers.
+and documents it in ``/openapi.json``; so do ``queries`` for its query parameters and
+``responds`` for its answers.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from starlette.routing import Match, Route
 
 from service import jsonbody
 from service.problems import Problem, invalid
+from service.query import QueryParam
 from service.services import Services
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -37,6 +39,7 @@ class Declared:
 
     body: type[BaseModel] | None = None
     body_required: bool = False
+    query: tuple[QueryParam[Any], ...] = ()
     # Status -> (description, media type or None for no content).
     responses: Mapping[int, tuple[str, str | None]] = field(
         default_factory=lambda: {200: ("OK", MEDIA_JSON)}
@@ -84,6 +87,24 @@ def accepts(
     return wrap
 
 
+def queries(*params: QueryParam[Any]) -> Callable[[Endpoint], Endpoint]:
+    """The query parameters the route reads (each with ``param.of(request)``), all checked before
+    the handler runs, so a bad one is a 422 whatever else the request names."""
+
+    def wrap(handler: Endpoint) -> Endpoint:
+        @functools.wraps(handler)
+        async def endpoint(request: Request) -> Response:
+            owner(request)
+            for param in params:
+                param.of(request)
+            return await handler(request)
+
+        endpoint.declared = dataclasses.replace(declared(handler), query=params)  # type: ignore[attr-defined]
+        return endpoint
+
+    return wrap
+
+
 def responds(responses: Mapping[int, tuple[str, str | None]]) -> Callable[[EndpointT], EndpointT]:
     """Document the route's answers (status -> description, media type or None); replaces 200."""
 
@@ -113,40 +134,14 @@ async def parse(request: Request, model: type[ModelT], *, empty_ok: bool = True)
 
 
 def uuid_param(request: Request, name: str) -> UUID:
-    parsed = _uuid(request.path_params[name], name)
+    value = request.path_params[name]
+    try:
+        parsed = UUID(value)
+    except ValueError as exc:
+        raise Problem(422, f"{name} must be a UUID, got {value!r}", kind="invalid-input") from exc
     if name in ("thread_id", "run_id"):
         structlog.contextvars.bind_contextvars(**{name: str(parsed)})
     return parsed
-
-
-def uuid_query(request: Request, name: str) -> UUID | None:
-    raw = request.query_params.get(name)
-    return None if raw is None else _uuid(raw, name)
-
-
-def _uuid(value: str, name: str) -> UUID:
-    try:
-        return UUID(value)
-    except ValueError as exc:
-        raise Problem(422, f"{name} must be a UUID, got {value!r}", kind="invalid-input") from exc
-
-
-def int_query(request: Request, name: str, default: int, *, lo: int, hi: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise Problem(422, f"{name} must be an integer", kind="invalid-input") from exc
-    if not lo <= value <= hi:
-        raise Problem(422, f"{name} must be between {lo} and {hi}", kind="invalid-input")
-    return value
-
-
-def bool_query(request: Request, name: str) -> bool:
-    """A flag in the query string, as the SDK sends them (``true``/``1``); absent means false."""
-    return request.query_params.get(name, "").lower() in ("1", "true", "yes")
 
 
 def allowed_methods(request: Request) -> str:

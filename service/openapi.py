@@ -72,6 +72,10 @@ def _operation(route: Route, method: str, components: dict[str, Any]) -> dict[st
                 "schema": PATH_PARAMETERS.get(p, STRING_SCHEMA),
             }
             for p in route.param_convertors
+        ]
+        + [
+            {"name": q.name, "in": "query", "required": False, "schema": q.schema()}
+            for q in spec.query
         ],
         "responses": {**_responses(spec), "default": PROBLEM_RESPONSE},
     }

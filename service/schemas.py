@@ -1,4 +1,5 @@
-"""Request bodies of the HTTP API, validated strictly: unknown fields are errors.
+"""Request bodies of the HTTP API, validated strictly (unknown fields are errors), and the paging
+parameters several routes share.
 
 Field names follow the LangGraph Agent Server so the official SDK works unchanged. Every field is
 honoured; where this service cannot honour a value, it refuses it and says why, never drops it.
@@ -18,12 +19,16 @@ from pydantic import (
     model_validator,
 )
 
+from service.query import IntParam
+
 MultitaskStrategy = Literal["reject", "enqueue", "interrupt", "rollback"]
 ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
 RunStatus = Literal["pending", "running", "success", "error", "timeout", "interrupted"]
 MAX_PAGE = 1000
 # Far beyond any real page, well inside Postgres's bigint OFFSET.
 MAX_OFFSET = 10**9
+LIMIT = IntParam("limit", 10, lo=1, hi=MAX_PAGE)
+OFFSET = IntParam("offset", 0, lo=0, hi=MAX_OFFSET)
 
 
 class Body(BaseModel):

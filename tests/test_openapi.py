@@ -89,3 +89,29 @@ async def test_the_declared_body_is_the_one_parsed(client: httpx.AsyncClient) ->
             refused = [e["loc"] for e in r.json()["errors"]]
             assert ["not_a_field_of_it"] in refused, (method, path, r.text)
     assert declared == WITH_BODY
+
+
+async def test_query_parameters_are_declared_and_enforced(client: httpx.AsyncClient) -> None:
+    """A query parameter is in the document as it is parsed: a value the document rules out is a
+    422 naming the parameter."""
+    spec = await _spec(client)
+    tid = (await client.post("/threads", json={})).json()["thread_id"]
+    checked = 0
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            for param in op["parameters"]:
+                free_text = param["schema"]["type"] == "string" and not (
+                    {"enum", "format"} & set(param["schema"])
+                )
+                if param["in"] != "query" or free_text:
+                    continue
+                url = re.sub(
+                    r"\{(\w+)\}", lambda m: tid if m[1] == "thread_id" else str(uuid.uuid4()), path
+                )
+                r = await client.request(method, url, params={param["name"]: "nonsense"})
+                assert r.status_code == 422, (method, path, param, r.text)
+                assert param["name"] in r.json()["detail"]
+                checked += 1
+    runs = spec["paths"]["/threads/{thread_id}/runs"]["get"]["parameters"]
+    assert {p["name"] for p in runs if p["in"] == "query"} == {"limit", "offset", "status"}
+    assert checked

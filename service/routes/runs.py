@@ -19,15 +19,15 @@ from service.http import (
     MEDIA_JSON,
     MEDIA_SSE,
     accepts,
-    bool_query,
-    int_query,
     owner,
+    queries,
     responds,
     services,
     uuid_param,
 )
 from service.problems import Problem, not_found
-from service.schemas import MAX_OFFSET, MAX_PAGE, CancelMany, RunCreate
+from service.query import ChoiceParam, FlagParam, TextParam
+from service.schemas import LIMIT, OFFSET, CancelMany, RunCreate
 from service.services import Services
 from service.submit import cancel_runs, final_body, result_of, submit, wait_for_end
 
@@ -36,8 +36,12 @@ KEEPALIVE_SECONDS = 5.0
 # A waited run that ends within this gets a plain JSON answer (with a length, in one write);
 # a longer one gets its headers now and keepalive newlines until its body.
 QUICK_ANSWER_SECONDS = 1.0
-RUN_STATUSES = {"pending", "running", "success", "error", "timeout", "interrupted"}
-CANCEL_ACTIONS = {"interrupt", "rollback"}
+RUN_STATUSES = ("pending", "running", "success", "error", "timeout", "interrupted")
+STATUS = ChoiceParam("status", RUN_STATUSES)
+ACTION = ChoiceParam("action", ("interrupt", "rollback"), default="interrupt")
+WAIT = FlagParam("wait")
+CANCEL_ON_DISCONNECT = FlagParam("cancel_on_disconnect")
+STREAM_MODE = TextParam("stream_mode", "a stream mode, or a JSON list of them; all when absent")
 
 
 def _paths(thread_id: UUID, run_id: UUID) -> tuple[str, str]:
@@ -211,6 +215,7 @@ async def _owned_run(request: Request) -> tuple[UUID, UUID, DictRow]:
     return thread_id, run_id, row
 
 
+@queries(CANCEL_ON_DISCONNECT)
 async def join_run(request: Request) -> Response:
     """Wait for a run (executing anywhere) and return its final values."""
     _, run_id, _ = await _owned_run(request)
@@ -220,7 +225,7 @@ async def join_run(request: Request) -> Response:
         return await final_body(svc, await wait_for_end(svc, run_id, None))
 
     task = asyncio.create_task(joined())
-    if bool_query(request, "cancel_on_disconnect"):
+    if CANCEL_ON_DISCONNECT.of(request):
         try:
             return serialize.JSON(await asyncio.shield(task))
         except asyncio.CancelledError:
@@ -230,11 +235,12 @@ async def join_run(request: Request) -> Response:
 
 
 @responds({200: ("The run's events", MEDIA_SSE)})
+@queries(STREAM_MODE, CANCEL_ON_DISCONNECT)
 async def join_stream(request: Request) -> Response:
     """Rejoin a run's stream from any replica; ``Last-Event-ID`` resumes right after it."""
     thread_id, run_id, _ = await _owned_run(request)
     after = _last_event_id(request)
-    modes = _modes_filter(request.query_params.get("stream_mode"))
+    modes = _modes_filter(STREAM_MODE.of(request))
     run_path, stream_path = _paths(thread_id, run_id)
     return _sse(
         services(request),
@@ -242,7 +248,7 @@ async def join_stream(request: Request) -> Response:
         after,
         modes,
         {"Location": stream_path, "Content-Location": run_path},
-        bool_query(request, "cancel_on_disconnect"),
+        CANCEL_ON_DISCONNECT.of(request),
     )
 
 
@@ -264,13 +270,6 @@ async def _cancel(svc: Services, run_ids: list[UUID], action: str) -> list[DictR
     return stopped
 
 
-def _action(request: Request) -> str:
-    action = request.query_params.get("action", "interrupt")
-    if action not in CANCEL_ACTIONS:
-        raise Problem(422, "action must be 'interrupt' or 'rollback'", kind="invalid-input")
-    return action
-
-
 @responds(
     {
         200: ("The ended run (wait=1)", MEDIA_JSON),
@@ -278,12 +277,13 @@ def _action(request: Request) -> str:
         204: ("The run was rolled back (wait=1)", None),
     }
 )
+@queries(ACTION, WAIT)
 async def cancel_run(request: Request) -> Response:
     _, run_id, _ = await _owned_run(request)
-    action = _action(request)
+    action = ACTION.of(request)
     svc = services(request)
     await _cancel(svc, [run_id], action)
-    if not bool_query(request, "wait"):
+    if not WAIT.of(request):
         return Response(status_code=202)
     row = await wait_for_end(svc, run_id, None)
     if row is None:
@@ -292,10 +292,11 @@ async def cancel_run(request: Request) -> Response:
 
 
 @responds({204: ("Cancellation requested", None)})
+@queries(ACTION)
 @accepts(CancelMany, required=True)
 async def cancel_many(request: Request, body: CancelMany) -> Response:
     who = owner(request)
-    action = _action(request)
+    action = ACTION.of(request)
     if body.status is None and body.thread_id is None:
         raise Problem(422, "give thread_id (and run_ids) or status", kind="invalid-input")
     statuses: list[str] = ["pending", "running"] if body.status in (None, "all") else [body.status]
@@ -320,14 +321,12 @@ async def delete_run(request: Request) -> Response:
     return Response(status_code=204)
 
 
+@queries(LIMIT, OFFSET, STATUS)
 async def list_runs(request: Request) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
-    limit = int_query(request, "limit", 10, lo=1, hi=MAX_PAGE)
-    offset = int_query(request, "offset", 0, lo=0, hi=MAX_OFFSET)
-    status = request.query_params.get("status") or None
-    if status is not None and status not in RUN_STATUSES:
-        raise Problem(422, f"unknown run status {status!r}", kind="invalid-input")
+    limit, offset = LIMIT.of(request), OFFSET.of(request)
+    status = STATUS.of(request) or None
     async with services(request).pool.connection() as conn:
         if await threads.get(conn, thread_id, who) is None:
             raise not_found("Thread", thread_id)

@@ -12,16 +12,20 @@ from starlette.routing import Route
 
 from service import runs, serialize, threads
 from service.executor import thread_config
-from service.http import accepts, bool_query, int_query, owner, services, uuid_param, uuid_query
+from service.http import accepts, owner, queries, services, uuid_param
 from service.problems import Problem, not_found
+from service.query import FlagParam, UuidParam
 from service.schemas import (
-    MAX_PAGE,
+    LIMIT,
     CheckpointConfig,
     HistoryQuery,
     StateAtCheckpoint,
     StateUpdate,
 )
 from service.submit import BUSY_DETAIL, state_at
+
+SUBGRAPHS = FlagParam("subgraphs")
+BEFORE = UuidParam("before")
 
 
 async def _require_thread(request: Request, thread_id: UUID, who: str) -> None:
@@ -44,21 +48,23 @@ async def _state(request: Request, config: RunnableConfig, subgraphs: bool) -> R
     return serialize.JSON(serialize.state(snapshot))
 
 
+@queries(SUBGRAPHS)
 async def get_state(request: Request) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
     await _require_thread(request, thread_id, who)
-    subgraphs = bool_query(request, "subgraphs")
+    subgraphs = SUBGRAPHS.of(request)
     return await _state(request, thread_config(thread_id), subgraphs)
 
 
+@queries(SUBGRAPHS)
 async def get_state_at(request: Request) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
     checkpoint_id = uuid_param(request, "checkpoint_id")
     await _require_thread(request, thread_id, who)
     config = thread_config(thread_id, str(checkpoint_id))
-    return await _state(request, config, bool_query(request, "subgraphs"))
+    return await _state(request, config, SUBGRAPHS.of(request))
 
 
 @accepts(StateAtCheckpoint, required=True)
@@ -130,13 +136,11 @@ async def _history(request: Request, thread_id: UUID, query: HistoryQuery) -> Re
     return serialize.JSON(states)
 
 
+@queries(LIMIT, BEFORE)
 async def get_history(request: Request) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
-    query = HistoryQuery(
-        limit=int_query(request, "limit", 10, lo=1, hi=MAX_PAGE),
-        before=uuid_query(request, "before"),
-    )
+    query = HistoryQuery(limit=LIMIT.of(request), before=BEFORE.of(request))
     await _require_thread(request, thread_id, who)
     return await _history(request, thread_id, query)
 
