@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from http import HTTPStatus
 
 import psycopg
 import psycopg_pool
@@ -21,6 +22,7 @@ from service.auth import Authenticator
 from service.db import connect, make_pool
 from service.embedded import embedded_postgres
 from service.executor import Executor
+from service.http import allowed_methods
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, CutMiddleware, RequestContextMiddleware
 from service.migrations import migrate
@@ -50,9 +52,11 @@ async def _problem(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return problem_response(
-        Problem(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
-    )
+    headers = dict(exc.headers or {})
+    if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
+        # Starlette names the methods of one route; a path is served by several.
+        headers["Allow"] = allowed_methods(request)
+    return problem_response(Problem(exc.status_code, str(exc.detail), headers=headers))
 
 
 async def _database_down(request: Request, exc: Exception) -> Response:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import jwt
 from starlette.requests import HTTPConnection
 
+from service.jsonbody import unstorable
 from service.problems import Problem
 from service.settings import Settings
 
@@ -67,4 +68,7 @@ class Authenticator:
 def _checked(owner: str) -> str:
     if len(owner) > MAX_OWNER_LENGTH:
         raise _unauthorized("identity too long")
+    what = unstorable(owner)
+    if what is not None:
+        raise _unauthorized(f"identity contains {what}")
     return owner

@@ -257,6 +257,7 @@ class Executor:
                 stream_mode=lg_modes,
                 subgraphs=subgraphs,
                 durability=run_durability(kwargs),
+                context=kwargs.get("context"),
                 interrupt_before=kwargs.get("interrupt_before"),
                 interrupt_after=kwargs.get("interrupt_after"),
             ):

@@ -1,19 +1,54 @@
-"""Small helpers every route module uses: parsing, identity and path parameters."""
+"""Small helpers every route module uses: parsing, identity, parameters and what a route declares.
+
+A route's request body is declared once, with ``accepts``: the same declaration parses the body
+and documents it in ``/openapi.json``; so do ``queries`` for its query parameters and
+``responds`` for its answers.
+"""
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import functools
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import UUID
 
 import structlog
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match, Route
 
+from service import jsonbody
 from service.problems import Problem, invalid
+from service.query import QueryParam
 from service.services import Services
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+Endpoint = Callable[[Request], Awaitable[Response]]
+EndpointT = TypeVar("EndpointT", bound=Callable[..., Awaitable[Response]])
+OWNER_SCOPE_KEY = "threadkeeper.owner"
+MEDIA_JSON = "application/json"
+MEDIA_SSE = "text/event-stream"
+
+
+@dataclass(frozen=True)
+class Declared:
+    """What a route takes and answers, for parsing and for the OpenAPI document alike."""
+
+    body: type[BaseModel] | None = None
+    body_required: bool = False
+    query: tuple[QueryParam[Any], ...] = ()
+    # Status -> (description, media type or None for no content).
+    responses: Mapping[int, tuple[str, str | None]] = field(
+        default_factory=lambda: {200: ("OK", MEDIA_JSON)}
+    )
+
+
+def declared(endpoint: Callable[..., Any]) -> Declared:
+    found: Declared = getattr(endpoint, "declared", None) or Declared()
+    return found
 
 
 def services(request: Request) -> Services:
@@ -22,20 +57,70 @@ def services(request: Request) -> Services:
 
 
 def owner(request: Request) -> str:
-    """The caller's identity; raises 401 when authentication fails."""
-    who = services(request).auth.owner(request)
-    structlog.contextvars.bind_contextvars(owner=who)
+    """The caller's identity; raises 401 when authentication fails. Checked once per request."""
+    who: str | None = request.scope.get(OWNER_SCOPE_KEY)
+    if who is None:
+        who = services(request).auth.owner(request)
+        request.scope[OWNER_SCOPE_KEY] = who
+        structlog.contextvars.bind_contextvars(owner=who)
     return who
+
+
+def accepts(
+    model: type[ModelT], *, required: bool = False
+) -> Callable[[Callable[[Request, ModelT], Awaitable[Response]]], Endpoint]:
+    """The route takes a JSON body of ``model``: the handler gets it parsed, as a second argument.
+
+    The caller is authenticated first, so a stranger learns nothing from validation errors.
+    """
+
+    def wrap(handler: Callable[[Request, ModelT], Awaitable[Response]]) -> Endpoint:
+        @functools.wraps(handler)
+        async def endpoint(request: Request) -> Response:
+            owner(request)
+            return await handler(request, await parse(request, model, empty_ok=not required))
+
+        mark = dataclasses.replace(declared(handler), body=model, body_required=required)
+        endpoint.declared = mark  # type: ignore[attr-defined]
+        return endpoint
+
+    return wrap
+
+
+def queries(*params: QueryParam[Any]) -> Callable[[Endpoint], Endpoint]:
+    """The query parameters the route reads (each with ``param.of(request)``), all checked before
+    the handler runs, so a bad one is a 422 whatever else the request names."""
+
+    def wrap(handler: Endpoint) -> Endpoint:
+        @functools.wraps(handler)
+        async def endpoint(request: Request) -> Response:
+            owner(request)
+            for param in params:
+                param.of(request)
+            return await handler(request)
+
+        endpoint.declared = dataclasses.replace(declared(handler), query=params)  # type: ignore[attr-defined]
+        return endpoint
+
+    return wrap
+
+
+def responds(responses: Mapping[int, tuple[str, str | None]]) -> Callable[[EndpointT], EndpointT]:
+    """Document the route's answers (status -> description, media type or None); replaces 200."""
+
+    def mark(endpoint: EndpointT) -> EndpointT:
+        mark = dataclasses.replace(declared(endpoint), responses=dict(responses))
+        endpoint.declared = mark  # type: ignore[attr-defined]
+        return endpoint
+
+    return mark
 
 
 async def parse(request: Request, model: type[ModelT], *, empty_ok: bool = True) -> ModelT:
     raw = await request.body()
     data: Any = {}
     if raw.strip():
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise Problem(400, f"malformed JSON: {exc}", kind="malformed-json") from exc
+        data = jsonbody.decode(raw)
     elif not empty_ok:
         raise Problem(422, "a JSON body is required", kind="invalid-input")
     if data is None:
@@ -59,14 +144,12 @@ def uuid_param(request: Request, name: str) -> UUID:
     return parsed
 
 
-def int_query(request: Request, name: str, default: int, *, lo: int, hi: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise Problem(422, f"{name} must be an integer", kind="invalid-input") from exc
-    if not lo <= value <= hi:
-        raise Problem(422, f"{name} must be between {lo} and {hi}", kind="invalid-input")
-    return value
+def allowed_methods(request: Request) -> str:
+    """Every method some route answers on this request's path, for a 405's ``Allow``."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return ", ".join(sorted(methods))

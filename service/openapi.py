@@ -1,4 +1,4 @@
-"""The OpenAPI document, built from the routes and the pydantic request models."""
+"""The OpenAPI document, built from the routes and what each declares (``service.http``)."""
 
 from __future__ import annotations
 
@@ -6,22 +6,24 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.routing import BaseRoute, Route
 
-from service import schemas
+from service.agent.graph import GRAPH_ID
+from service.http import Declared, declared
+from service.problems import PROBLEM_MEDIA_TYPE
+from service.routes.assistants import ASSISTANT_ID
 
-# Which request model documents which handler's body.
-REQUEST_MODELS: dict[str, type[schemas.Body]] = {
-    "create_thread": schemas.ThreadCreate,
-    "patch_thread": schemas.ThreadPatch,
-    "search_threads": schemas.ThreadSearch,
-    "count_threads": schemas.ThreadCount,
-    "update_state": schemas.StateUpdate,
-    "post_state_checkpoint": schemas.StateAtCheckpoint,
-    "post_history": schemas.HistoryQuery,
-    "wait_run": schemas.RunCreate,
-    "chat": schemas.Chat,
+UUID_SCHEMA: dict[str, Any] = {"type": "string", "format": "uuid"}
+# Path parameters by name; ``uuid_param`` refuses anything else for these with a 422.
+PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "thread_id": UUID_SCHEMA,
+    "run_id": UUID_SCHEMA,
+    "checkpoint_id": UUID_SCHEMA,
+    # The one assistant, by graph name or id (``resolve_assistant``).
+    "assistant_id": {"type": "string", "enum": [GRAPH_ID, str(ASSISTANT_ID)]},
 }
+STRING_SCHEMA: dict[str, Any] = {"type": "string"}
 
 PROBLEM_SCHEMA = {
     "type": "object",
@@ -33,6 +35,10 @@ PROBLEM_SCHEMA = {
     },
     "required": ["type", "title", "status", "detail"],
 }
+PROBLEM_RESPONSE = {
+    "description": "Problem",
+    "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
 
 
 def openapi_document(routes: Sequence[BaseRoute]) -> dict[str, Any]:
@@ -42,40 +48,7 @@ def openapi_document(routes: Sequence[BaseRoute]) -> dict[str, Any]:
         if not isinstance(route, Route) or not route.include_in_schema:
             continue
         for method in sorted((route.methods or set()) - {"HEAD"}):
-            name = route.endpoint.__name__
-            op: dict[str, Any] = {
-                "operationId": f"{name}_{method.lower()}",
-                "summary": (inspect.getdoc(route.endpoint) or name.replace("_", " ")).split("\n")[
-                    0
-                ],
-                "parameters": [
-                    {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                    for p in route.param_convertors
-                ],
-                "responses": {
-                    "200": {"description": "OK"},
-                    "default": {
-                        "description": "Problem",
-                        "content": {
-                            "application/problem+json": {
-                                "schema": {"$ref": "#/components/schemas/Problem"}
-                            }
-                        },
-                    },
-                },
-            }
-            model = REQUEST_MODELS.get(name)
-            if model is not None:
-                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(schema.pop("$defs", {}))
-                components[model.__name__] = schema
-                op["requestBody"] = {
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": f"#/components/schemas/{model.__name__}"}
-                        }
-                    }
-                }
+            op = _operation(route, method, components)
             paths.setdefault(route.path, {})[method.lower()] = op
     return {
         "openapi": "3.1.0",
@@ -83,3 +56,49 @@ def openapi_document(routes: Sequence[BaseRoute]) -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": components},
     }
+
+
+def _operation(route: Route, method: str, components: dict[str, Any]) -> dict[str, Any]:
+    name = route.endpoint.__name__
+    spec = declared(route.endpoint)
+    op: dict[str, Any] = {
+        "operationId": f"{name}_{method.lower()}",
+        "summary": (inspect.getdoc(route.endpoint) or name.replace("_", " ")).split("\n")[0],
+        "parameters": [
+            {
+                "name": p,
+                "in": "path",
+                "required": True,
+                "schema": PATH_PARAMETERS.get(p, STRING_SCHEMA),
+            }
+            for p in route.param_convertors
+        ]
+        + [
+            {"name": q.name, "in": "query", "required": False, "schema": q.schema()}
+            for q in spec.query
+        ],
+        "responses": {**_responses(spec), "default": PROBLEM_RESPONSE},
+    }
+    if spec.body is not None:
+        op["requestBody"] = {
+            "required": spec.body_required,
+            "content": {"application/json": {"schema": _ref(spec.body, components)}},
+        }
+    return op
+
+
+def _responses(spec: Declared) -> dict[str, Any]:
+    answers: dict[str, Any] = {}
+    for status, (description, media_type) in sorted(spec.responses.items()):
+        answer: dict[str, Any] = {"description": description}
+        if media_type is not None:
+            answer["content"] = {media_type: {}}
+        answers[str(status)] = answer
+    return answers
+
+
+def _ref(model: type[BaseModel], components: dict[str, Any]) -> dict[str, str]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(schema.pop("$defs", {}))
+    components[model.__name__] = schema
+    return {"$ref": f"#/components/schemas/{model.__name__}"}

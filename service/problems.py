@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 PROBLEM_TYPE_BASE = "https://threadkeeper.dev/problems/"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
 class Problem(Exception):
@@ -35,7 +36,7 @@ class Problem(Exception):
 
 
 class ProblemResponse(JSONResponse):
-    media_type = "application/problem+json"
+    media_type = PROBLEM_MEDIA_TYPE
 
 
 def problem_response(problem: Problem) -> ProblemResponse:

@@ -1,7 +1,8 @@
-"""Request bodies of the HTTP API, validated strictly: unknown fields are errors.
+"""Request bodies of the HTTP API, validated strictly (unknown fields are errors), and the paging
+parameters several routes share.
 
-Field names follow the LangGraph Agent Server so the official SDK works unchanged; keys the SDK
-always sends are accepted even where this service ignores them.
+Field names follow the LangGraph Agent Server so the official SDK works unchanged. Every field is
+honoured; where this service cannot honour a value, it refuses it and says why, never drops it.
 """
 
 from __future__ import annotations
@@ -9,12 +10,25 @@ from __future__ import annotations
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from service.query import IntParam
 
 MultitaskStrategy = Literal["reject", "enqueue", "interrupt", "rollback"]
 ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
 RunStatus = Literal["pending", "running", "success", "error", "timeout", "interrupted"]
 MAX_PAGE = 1000
+# Far beyond any real page, well inside Postgres's bigint OFFSET.
+MAX_OFFSET = 10**9
+LIMIT = IntParam("limit", 10, lo=1, hi=MAX_PAGE)
+OFFSET = IntParam("offset", 0, lo=0, hi=MAX_OFFSET)
 
 
 class Body(BaseModel):
@@ -60,7 +74,7 @@ class ThreadSearch(Body):
     status: ThreadStatus | None = None
     archived: bool | None = False
     limit: int = Field(default=10, ge=1, le=MAX_PAGE)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     sort_by: Literal["created_at", "updated_at", "last_message_at", "thread_id"] = "created_at"
     sort_order: Literal["asc", "desc"] = "desc"
     select: list[str] | None = None
@@ -83,23 +97,43 @@ class ThreadCount(Body):
     _no_values = ThreadSearch._no_values
 
 
+class CheckpointConfig(Body):
+    """Which checkpoint of a thread, as the SDK and RemoteGraph name one."""
+
+    thread_id: UUID | None = None
+    checkpoint_ns: str = ""
+    checkpoint_id: UUID | None = None
+    checkpoint_map: dict[str, Any] | None = None
+
+
 class StateUpdate(Body):
-    values: Any = None
+    values: dict[str, Any] | list[dict[str, Any]] | None = None
     as_node: str | None = None
-    checkpoint: dict[str, Any] | None = None
-    checkpoint_id: str | None = None
+    checkpoint: CheckpointConfig | None = None
+    checkpoint_id: UUID | None = None
 
 
 class StateAtCheckpoint(Body):
-    checkpoint: dict[str, Any]
+    checkpoint: CheckpointConfig
     subgraphs: bool = False
 
 
 class HistoryQuery(Body):
     limit: int = Field(default=10, ge=1, le=MAX_PAGE)
-    before: dict[str, Any] | str | None = None
+    before: CheckpointConfig | UUID | None = None
     metadata: dict[str, Any] | None = None
-    checkpoint: dict[str, Any] | None = None
+    checkpoint: CheckpointConfig | None = None
+
+
+# Agent Server run options this service cannot honour: a value asking for one is refused, with
+# this reason, rather than dropped. Their empty values mean what happens anyway.
+UNSUPPORTED_RUN_OPTIONS = {
+    "webhook": "webhooks are not supported",
+    "after_seconds": "delayed runs are not supported",
+    "feedback_keys": "LangSmith feedback is not supported",
+    "strict_resume": "strict_resume is not supported",
+    "langsmith_tracer": "LangSmith tracing is not supported",
+}
 
 
 class RunCreate(Body):
@@ -109,13 +143,14 @@ class RunCreate(Body):
     config: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
-    checkpoint: dict[str, Any] | None = None
-    checkpoint_id: str | None = None
+    checkpoint: CheckpointConfig | None = None
+    checkpoint_id: UUID | None = None
     interrupt_before: list[str] | Literal["*"] | None = None
     interrupt_after: list[str] | Literal["*"] | None = None
     multitask_strategy: MultitaskStrategy | None = None
     if_not_exists: Literal["create", "reject"] | None = None
-    # Sent by the SDK; streaming options matter only to streamed runs.
+    # Sent by the SDK; streaming options matter only to streamed runs. Every stream here is
+    # resumable (its events are kept in Postgres), so stream_resumable is honoured either way.
     stream_mode: str | list[str] | None = None
     stream_subgraphs: bool | None = None
     stream_resumable: bool | None = None
@@ -123,24 +158,29 @@ class RunCreate(Body):
     durability: Literal["sync", "async", "exit"] | None = None
     checkpoint_during: bool | None = None
     on_disconnect: Literal["cancel", "continue"] | None = None
-    on_completion: Literal["delete", "keep"] | None = None
+    # The Agent Server deletes a stateless run's temporary thread on "delete"; this service has
+    # only threads the caller created, which a run never deletes.
+    on_completion: Literal["keep"] | None = None
     webhook: str | None = None
     after_seconds: float | None = None
     strict_resume: bool | None = None
     langsmith_tracer: Any = None
 
-    @field_validator("webhook")
+    @field_validator(*UNSUPPORTED_RUN_OPTIONS)
     @classmethod
-    def _no_webhook(cls, value: str | None) -> str | None:
+    def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
         if value:
-            raise ValueError("webhooks are not supported")
+            raise ValueError(UNSUPPORTED_RUN_OPTIONS[str(info.field_name)])
         return value
 
-    @field_validator("after_seconds")
+    @field_validator("on_completion", mode="before")
     @classmethod
-    def _no_delay(cls, value: float | None) -> float | None:
-        if value:
-            raise ValueError("delayed runs are not supported")
+    def _keep_only(cls, value: Any) -> Any:
+        if value == "delete":
+            raise ValueError(
+                "on_completion 'delete' applies to stateless runs (POST /runs), which this "
+                "service does not offer; a thread's runs always keep their thread"
+            )
         return value
 
     @model_validator(mode="after")

@@ -13,6 +13,8 @@ from uuid import UUID
 
 import psycopg
 import structlog
+from langchain_core.runnables import RunnableConfig
+from langgraph.types import StateSnapshot
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
@@ -79,6 +81,27 @@ def check_stream_modes(body: RunCreate) -> None:
             )
 
 
+async def state_at(
+    svc: Services, config: RunnableConfig, *, subgraphs: bool = False
+) -> StateSnapshot:
+    """The thread's state at ``config``; 404 when it names a checkpoint (or a subgraph's
+    namespace) the thread lacks. The latest state of a thread without one is empty, not 404."""
+    snapshot = await svc.executor.reader.aget_state(config, subgraphs=subgraphs)
+    conf = config["configurable"]
+    wanted = [conf[key] for key in ("checkpoint_ns", "checkpoint_id") if conf.get(key)]
+    # LangGraph answers an unknown checkpoint with an empty snapshot that has no timestamp.
+    if wanted and snapshot.created_at is None:
+        raise not_found("Checkpoint", " ".join(wanted))
+    return snapshot
+
+
+async def _check_start(svc: Services, thread_id: UUID, body: RunCreate) -> None:
+    """A run asked to start from a checkpoint starts from one that exists, or not at all."""
+    start = body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
+    if start is not None:
+        await state_at(svc, thread_config(thread_id, str(start)))
+
+
 async def _ensure_locked_thread(
     conn: AsyncConnection[DictRow], owner: str, thread_id: UUID, create: bool
 ) -> None:
@@ -126,6 +149,7 @@ async def submit(
     """
     resolve_assistant(body.assistant_id)
     check_stream_modes(body)
+    await _check_start(svc, thread_id, body)
     text = first_user_text(body.input)
     kwargs = body.model_dump(
         exclude={"input", "metadata", "assistant_id"}, exclude_none=True, mode="json"

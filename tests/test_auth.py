@@ -97,6 +97,9 @@ async def test_jwt_hs256(settings_for: Callable[..., Settings]) -> None:
             _token(secret, "HS256", aud="other", iss="me"),
             _token(secret, "HS256", aud="tk", iss="someone"),
             _token(secret, "HS256", aud="tk", iss="me", exp=int(time.time()) - 60),
+            # An identity Postgres could not store (NUL, a lone surrogate) is nobody's.
+            _token(secret, "HS256", aud="tk", iss="me", sub="da\u0000ve"),
+            _token(secret, "HS256", aud="tk", iss="me", sub="da\ud800ve"),
         ]
         for token in [*bad, "garbage"]:
             r = await client.post(

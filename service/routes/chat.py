@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from service import serialize, threads
 from service.agent.graph import GRAPH_ID
-from service.http import owner, parse, services
+from service.http import accepts, owner, services
 from service.problems import Problem
 from service.schemas import Chat, RunCreate
 from service.submit import result_of, submit, until_closing
@@ -31,9 +31,9 @@ def _text(message: object) -> str:
     return content if isinstance(content, str) else str(content)
 
 
-async def chat(request: Request) -> Response:
+@accepts(Chat, required=True)
+async def chat(request: Request, body: Chat) -> Response:
     who = owner(request)
-    body = await parse(request, Chat, empty_ok=False)
     svc = services(request)
     thread_id = body.thread_id
     if thread_id is None:

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from service.http import services
+from service.http import MEDIA_JSON, responds, services
 from service.migrations import schema_is_current
 from service.openapi import openapi_document
 
@@ -25,6 +25,7 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+@responds({200: ("Ready", MEDIA_JSON), 503: ("Not ready, and why", MEDIA_JSON)})
 async def readyz(request: Request) -> Response:
     """Ready only when the database answers with the schema this code expects."""
     svc = services(request)
@@ -40,6 +41,7 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
+@responds({200: ("Prometheus metrics", CONTENT_TYPE_LATEST.split(";")[0])})
 async def metrics(request: Request) -> Response:
     data = generate_latest(services(request).metrics.registry)
     return Response(data, media_type=CONTENT_TYPE_LATEST)
@@ -49,6 +51,7 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(openapi_document(request.app.routes))
 
 
+@responds({200: ("The API as a page", "text/html")})
 async def docs(request: Request) -> Response:
     doc = openapi_document(request.app.routes)
     rows = "".join(

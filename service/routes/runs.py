@@ -16,10 +16,20 @@ from starlette.routing import Route
 from starlette.types import Scope
 
 from service import events, runs, serialize, threads
-from service.http import int_query, owner, parse, services, uuid_param
+from service.http import (
+    MEDIA_JSON,
+    MEDIA_SSE,
+    accepts,
+    owner,
+    queries,
+    responds,
+    services,
+    uuid_param,
+)
 from service.middleware import cut
 from service.problems import Problem, not_found
-from service.schemas import MAX_PAGE, CancelMany, RunCreate
+from service.query import ChoiceParam, FlagParam, TextParam
+from service.schemas import LIMIT, OFFSET, CancelMany, RunCreate
 from service.services import Services
 from service.submit import cancel_runs, result_of, submit, until_closing, wait_for_end
 
@@ -28,8 +38,12 @@ KEEPALIVE_SECONDS = 5.0
 # A waited run that ends within this gets a plain JSON answer (with a length, in one write);
 # a longer one gets its headers now and keepalive newlines until its body.
 QUICK_ANSWER_SECONDS = 1.0
-RUN_STATUSES = {"pending", "running", "success", "error", "timeout", "interrupted"}
-CANCEL_ACTIONS = {"interrupt", "rollback"}
+RUN_STATUSES = ("pending", "running", "success", "error", "timeout", "interrupted")
+STATUS = ChoiceParam("status", RUN_STATUSES)
+ACTION = ChoiceParam("action", ("interrupt", "rollback"), default="interrupt")
+WAIT = FlagParam("wait")
+CANCEL_ON_DISCONNECT = FlagParam("cancel_on_disconnect")
+STREAM_MODE = TextParam("stream_mode", "a stream mode, or a JSON list of them; all when absent")
 
 
 def _paths(thread_id: UUID, run_id: UUID) -> tuple[str, str]:
@@ -120,22 +134,23 @@ def _last_event_id(request: Request) -> int:
         raise Problem(422, "Last-Event-ID must be an integer", kind="invalid-input") from exc
 
 
-async def create_run(request: Request) -> Response:
+@accepts(RunCreate, required=True)
+async def create_run(request: Request, body: RunCreate) -> Response:
     """Queue a background run and return it at once."""
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
-    body = await parse(request, RunCreate, empty_ok=False)
     svc = services(request)
     row, _ = await submit(svc, who, thread_id, body, _idempotency_key(request))
     run_path, _ = _paths(thread_id, row["run_id"])
     return serialize.JSON(serialize.run(row), headers={"Content-Location": run_path})
 
 
-async def stream_run(request: Request) -> Response:
+@responds({200: ("The run's events", MEDIA_SSE)})
+@accepts(RunCreate, required=True)
+async def stream_run(request: Request, body: RunCreate) -> Response:
     """Start a run and stream its events (Agent Server SSE format, with a final ``end``)."""
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
-    body = await parse(request, RunCreate, empty_ok=False)
     svc = services(request)
     row, _ = await submit(svc, who, thread_id, body, _idempotency_key(request))
     run_path, stream_path = _paths(thread_id, row["run_id"])
@@ -176,11 +191,11 @@ async def _keepalive_then(
     yield serialize.dumps(body.result())
 
 
-async def wait_run(request: Request) -> Response:
+@accepts(RunCreate, required=True)
+async def wait_run(request: Request, body: RunCreate) -> Response:
     """Run to completion and return the final values."""
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
-    body = await parse(request, RunCreate, empty_ok=False)
     svc = services(request)
     row, attempt = await submit(svc, who, thread_id, body, _idempotency_key(request), waited=True)
     run_path, _ = _paths(thread_id, row["run_id"])
@@ -222,16 +237,13 @@ async def _owned_run(request: Request) -> tuple[UUID, UUID, DictRow]:
     return thread_id, run_id, row
 
 
-def _flag(request: Request, name: str) -> bool:
-    return request.query_params.get(name, "").lower() in ("1", "true", "yes")
-
-
+@queries(CANCEL_ON_DISCONNECT)
 async def join_run(request: Request) -> Response:
     """Wait for a run (executing anywhere) and return its final values."""
     _, _, row = await _owned_run(request)
     svc = services(request)
     task = asyncio.create_task(result_of(svc, row, None))
-    if _flag(request, "cancel_on_disconnect"):
+    if CANCEL_ON_DISCONNECT.of(request):
         return await _answer_or_cancel(svc, row["run_id"], task, {"Location": request.url.path})
     # A run that has ended answers before any keep-alive is sent, so an answer that is a problem
     # (its state was pruned) keeps its own status instead of a 200 that breaks off.
@@ -243,11 +255,13 @@ async def join_run(request: Request) -> Response:
     )
 
 
+@responds({200: ("The run's events", MEDIA_SSE)})
+@queries(STREAM_MODE, CANCEL_ON_DISCONNECT)
 async def join_stream(request: Request) -> Response:
     """Rejoin a run's stream from any replica; ``Last-Event-ID`` resumes right after it."""
     thread_id, run_id, _ = await _owned_run(request)
     after = _last_event_id(request)
-    modes = _modes_filter(request.query_params.get("stream_mode"))
+    modes = _modes_filter(STREAM_MODE.of(request))
     run_path, stream_path = _paths(thread_id, run_id)
     return _sse(
         request,
@@ -255,7 +269,7 @@ async def join_stream(request: Request) -> Response:
         after,
         modes,
         {"Location": stream_path, "Content-Location": run_path},
-        _flag(request, "cancel_on_disconnect"),
+        CANCEL_ON_DISCONNECT.of(request),
     )
 
 
@@ -277,19 +291,20 @@ async def _cancel(svc: Services, run_ids: list[UUID], action: str) -> list[DictR
     return stopped
 
 
-def _action(request: Request) -> str:
-    action = request.query_params.get("action", "interrupt")
-    if action not in CANCEL_ACTIONS:
-        raise Problem(422, "action must be 'interrupt' or 'rollback'", kind="invalid-input")
-    return action
-
-
+@responds(
+    {
+        200: ("The ended run (wait=1)", MEDIA_JSON),
+        202: ("Cancellation requested", None),
+        204: ("The run was rolled back (wait=1)", None),
+    }
+)
+@queries(ACTION, WAIT)
 async def cancel_run(request: Request) -> Response:
     _, run_id, _ = await _owned_run(request)
-    action = _action(request)
+    action = ACTION.of(request)
     svc = services(request)
     await _cancel(svc, [run_id], action)
-    if not _flag(request, "wait"):
+    if not WAIT.of(request):
         return Response(status_code=202)
     row = await wait_for_end(svc, run_id, None)
     if row is None:
@@ -297,10 +312,12 @@ async def cancel_run(request: Request) -> Response:
     return serialize.JSON(serialize.run(row))
 
 
-async def cancel_many(request: Request) -> Response:
+@responds({204: ("Cancellation requested", None)})
+@queries(ACTION)
+@accepts(CancelMany, required=True)
+async def cancel_many(request: Request, body: CancelMany) -> Response:
     who = owner(request)
-    action = _action(request)
-    body = await parse(request, CancelMany, empty_ok=False)
+    action = ACTION.of(request)
     if body.status is None and body.thread_id is None:
         raise Problem(422, "give thread_id (and run_ids) or status", kind="invalid-input")
     statuses: list[str] = ["pending", "running"] if body.status in (None, "all") else [body.status]
@@ -315,6 +332,7 @@ async def cancel_many(request: Request) -> Response:
     return Response(status_code=204)
 
 
+@responds({204: ("Deleted", None)})
 async def delete_run(request: Request) -> Response:
     _, run_id, row = await _owned_run(request)
     if row["status"] in runs.ACTIVE_STATUSES:
@@ -324,14 +342,12 @@ async def delete_run(request: Request) -> Response:
     return Response(status_code=204)
 
 
+@queries(LIMIT, OFFSET, STATUS)
 async def list_runs(request: Request) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
-    limit = int_query(request, "limit", 10, lo=1, hi=MAX_PAGE)
-    offset = int_query(request, "offset", 0, lo=0, hi=10**9)
-    status = request.query_params.get("status") or None
-    if status is not None and status not in RUN_STATUSES:
-        raise Problem(422, f"unknown run status {status!r}", kind="invalid-input")
+    limit, offset = LIMIT.of(request), OFFSET.of(request)
+    status = STATUS.of(request) or None
     async with services(request).pool.connection() as conn:
         if await threads.get(conn, thread_id, who) is None:
             raise not_found("Thread", thread_id)

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 from langchain_core.runnables import RunnableConfig
+from langgraph.errors import InvalidUpdateError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from service import runs, serialize, threads
 from service.executor import thread_config
-from service.http import int_query, owner, parse, services, uuid_param
+from service.http import accepts, owner, queries, services, uuid_param
 from service.problems import Problem, not_found
-from service.schemas import MAX_PAGE, HistoryQuery, StateAtCheckpoint, StateUpdate
-from service.submit import BUSY_DETAIL
+from service.query import FlagParam, UuidParam
+from service.schemas import (
+    LIMIT,
+    CheckpointConfig,
+    HistoryQuery,
+    StateAtCheckpoint,
+    StateUpdate,
+)
+from service.submit import BUSY_DETAIL, state_at
+
+SUBGRAPHS = FlagParam("subgraphs")
+BEFORE = UuidParam("before")
 
 
 async def _require_thread(request: Request, thread_id: UUID, who: str) -> None:
@@ -24,56 +34,55 @@ async def _require_thread(request: Request, thread_id: UUID, who: str) -> None:
             raise not_found("Thread", thread_id)
 
 
-def _config_from(thread_id: UUID, checkpoint: dict[str, Any] | None) -> RunnableConfig:
+def _config_from(thread_id: UUID, checkpoint: CheckpointConfig | None) -> RunnableConfig:
     config = thread_config(thread_id)
-    if checkpoint:
-        for key in ("checkpoint_id", "checkpoint_ns"):
-            if checkpoint.get(key) is not None:
-                config["configurable"][key] = checkpoint[key]
+    if checkpoint is not None:
+        if checkpoint.checkpoint_id is not None:
+            config["configurable"]["checkpoint_id"] = str(checkpoint.checkpoint_id)
+        config["configurable"]["checkpoint_ns"] = checkpoint.checkpoint_ns
     return config
 
 
 async def _state(request: Request, config: RunnableConfig, subgraphs: bool) -> Response:
-    snapshot = await services(request).executor.reader.aget_state(config, subgraphs=subgraphs)
-    if snapshot.config is None and config["configurable"].get("checkpoint_id"):
-        raise not_found("Checkpoint", config["configurable"]["checkpoint_id"])
+    snapshot = await state_at(services(request), config, subgraphs=subgraphs)
     return serialize.JSON(serialize.state(snapshot))
 
 
-def _subgraphs(request: Request) -> bool:
-    return request.query_params.get("subgraphs", "false").lower() in ("1", "true", "yes")
-
-
+@queries(SUBGRAPHS)
 async def get_state(request: Request) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
     await _require_thread(request, thread_id, who)
-    return await _state(request, thread_config(thread_id), _subgraphs(request))
+    subgraphs = SUBGRAPHS.of(request)
+    return await _state(request, thread_config(thread_id), subgraphs)
 
 
+@queries(SUBGRAPHS)
 async def get_state_at(request: Request) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
+    checkpoint_id = uuid_param(request, "checkpoint_id")
     await _require_thread(request, thread_id, who)
-    config = thread_config(thread_id, request.path_params["checkpoint_id"])
-    return await _state(request, config, _subgraphs(request))
+    config = thread_config(thread_id, str(checkpoint_id))
+    return await _state(request, config, SUBGRAPHS.of(request))
 
 
-async def post_state_checkpoint(request: Request) -> Response:
+@accepts(StateAtCheckpoint, required=True)
+async def post_state_checkpoint(request: Request, body: StateAtCheckpoint) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
-    body = await parse(request, StateAtCheckpoint, empty_ok=False)
     await _require_thread(request, thread_id, who)
     return await _state(request, _config_from(thread_id, body.checkpoint), body.subgraphs)
 
 
-async def update_state(request: Request) -> Response:
+@accepts(StateUpdate)
+async def update_state(request: Request, body: StateUpdate) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
-    body = await parse(request, StateUpdate)
-    checkpoint = dict(body.checkpoint or {})
+    checkpoint = body.checkpoint or CheckpointConfig()
     if body.checkpoint_id:
-        checkpoint["checkpoint_id"] = body.checkpoint_id
+        checkpoint = checkpoint.model_copy(update={"checkpoint_id": body.checkpoint_id})
+    config = _config_from(thread_id, checkpoint)
     svc = services(request)
     # Holding the thread lock keeps runs (and deletes) out while the update is written.
     async with svc.pool.connection() as conn, conn.transaction():
@@ -81,11 +90,13 @@ async def update_state(request: Request) -> Response:
             raise not_found("Thread", thread_id)
         if await runs.active_run_ids(conn, thread_id):
             raise Problem(409, BUSY_DETAIL, kind="thread-busy")
+        if checkpoint.checkpoint_id is not None:
+            await state_at(services(request), config, subgraphs=False)
         try:
             new_config = await svc.executor.reader.aupdate_state(
-                _config_from(thread_id, checkpoint), body.values, as_node=body.as_node
+                config, body.values, as_node=body.as_node
             )
-        except (ValueError, KeyError) as exc:
+        except (InvalidUpdateError, ValueError, KeyError, TypeError) as exc:
             raise Problem(422, f"cannot update state: {exc}", kind="invalid-input") from exc
         await conn.execute(
             "UPDATE threads SET updated_at = now() WHERE thread_id = %s", (thread_id,)
@@ -105,10 +116,13 @@ async def update_state(request: Request) -> Response:
 
 async def _history(request: Request, thread_id: UUID, query: HistoryQuery) -> Response:
     before: RunnableConfig | None = None
-    if isinstance(query.before, str):
-        before = thread_config(thread_id, query.before)
-    elif isinstance(query.before, dict):
+    if isinstance(query.before, UUID):
+        before = thread_config(thread_id, str(query.before))
+    elif query.before is not None:
         before = _config_from(thread_id, query.before)
+    if before is not None:
+        # Older than a checkpoint the thread does not have would be a guess, not an answer.
+        await state_at(services(request), before, subgraphs=False)
     reader = services(request).executor.reader
     states = [
         serialize.state(s)
@@ -122,21 +136,19 @@ async def _history(request: Request, thread_id: UUID, query: HistoryQuery) -> Re
     return serialize.JSON(states)
 
 
+@queries(LIMIT, BEFORE)
 async def get_history(request: Request) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
-    query = HistoryQuery(
-        limit=int_query(request, "limit", 10, lo=1, hi=MAX_PAGE),
-        before=request.query_params.get("before"),
-    )
+    query = HistoryQuery(limit=LIMIT.of(request), before=BEFORE.of(request))
     await _require_thread(request, thread_id, who)
     return await _history(request, thread_id, query)
 
 
-async def post_history(request: Request) -> Response:
+@accepts(HistoryQuery)
+async def post_history(request: Request, query: HistoryQuery) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
-    query = await parse(request, HistoryQuery)
     await _require_thread(request, thread_id, who)
     return await _history(request, thread_id, query)
 

@@ -10,15 +10,15 @@ from starlette.routing import Route
 
 from service import runs, serialize, threads
 from service.executor import thread_config
-from service.http import owner, parse, services, uuid_param
+from service.http import MEDIA_JSON, accepts, owner, responds, services, uuid_param
 from service.problems import Problem, not_found
 from service.schemas import ThreadCount, ThreadCreate, ThreadPatch, ThreadSearch
 from service.submit import cancel_runs
 
 
-async def create_thread(request: Request) -> Response:
+@accepts(ThreadCreate)
+async def create_thread(request: Request, body: ThreadCreate) -> Response:
     who = owner(request)
-    body = await parse(request, ThreadCreate)
     thread_id = body.thread_id or uuid.uuid4()
     svc = services(request)
     async with svc.pool.connection() as conn:
@@ -56,10 +56,11 @@ def _interrupts(snapshot: object) -> dict[str, list[object]]:
     return found
 
 
-async def patch_thread(request: Request) -> Response:
+@responds({200: ("The thread", MEDIA_JSON), 204: ("Updated (Prefer: return=minimal)", None)})
+@accepts(ThreadPatch)
+async def patch_thread(request: Request, body: ThreadPatch) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
-    body = await parse(request, ThreadPatch)
     async with services(request).pool.connection() as conn:
         row = await threads.update(
             conn,
@@ -77,6 +78,7 @@ async def patch_thread(request: Request) -> Response:
     return serialize.JSON(serialize.thread(row))
 
 
+@responds({204: ("Deleted, with its runs and checkpoints", None)})
 async def delete_thread(request: Request) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
@@ -91,9 +93,9 @@ async def delete_thread(request: Request) -> Response:
     return Response(status_code=204)
 
 
-async def search_threads(request: Request) -> Response:
+@accepts(ThreadSearch)
+async def search_threads(request: Request, body: ThreadSearch) -> Response:
     who = owner(request)
-    body = await parse(request, ThreadSearch)
     flt = threads.ThreadFilter(
         owner=who, ids=body.ids, metadata=body.metadata, status=body.status, archived=body.archived
     )
@@ -115,9 +117,9 @@ async def search_threads(request: Request) -> Response:
     return serialize.JSON(items, headers=headers)
 
 
-async def count_threads(request: Request) -> Response:
+@accepts(ThreadCount)
+async def count_threads(request: Request, body: ThreadCount) -> Response:
     who = owner(request)
-    body = await parse(request, ThreadCount)
     flt = threads.ThreadFilter(
         owner=who, metadata=body.metadata, status=body.status, archived=body.archived
     )
