@@ -77,7 +77,8 @@ def _ended_on(replica: ServiceProcess) -> int:
 
 def _handed_over(a: ServiceProcess, b: ServiceProcess, runs: int) -> None:
     """Every run went from the draining replica to the other one, which ended it."""
-    assert a.logs().count('"run_handed_back"') == runs
+    run_lines = [line for line in a.logs().splitlines() if '"run_' in line]
+    assert a.logs().count('"run_handed_back"') == runs, "\n".join(run_lines[-30:])
     assert _ended_on(a) == 0
     assert _ended_on(b) == runs
 
