@@ -29,7 +29,7 @@ async def running_run(
     thread_id = uuid.uuid4()
     await threads.insert(conn, thread_id=thread_id, owner=owner, metadata={})
     new = new_run(thread_id, **fields)
-    await runs.insert(conn, new, claim_for=(replica, lease_seconds))
+    await runs.insert(conn, new, claim_for=runs.ClaimTerms(replica, lease_seconds))
     return thread_id, new.run_id
 
 
