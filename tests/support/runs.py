@@ -57,14 +57,15 @@ async def claimed(pool: Pool, replica: str, **fields: Any) -> DictRow:
     return row
 
 
-def executor(pool: Pool, graph: Any, replica: str) -> Executor:
+def executor(pool: Pool, graph: Any, replica: str, lease_seconds: float = 30.0) -> Executor:
     """An executor of ``graph`` driven by the test itself: its notification hub is never started
-    (nothing waits for a notification) and a lease renewal would come only after ten seconds."""
+    (nothing waits for a notification), so its keeper renews the lease every third of
+    ``lease_seconds`` (after ten seconds by default)."""
     return Executor(
         pool=pool,
         hub=Hub("postgresql://unused"),
         graph=graph,
         metrics=Metrics(),
         replica=replica,
-        lease_seconds=30.0,
+        lease_seconds=lease_seconds,
     )

@@ -1,0 +1,133 @@
+"""How an attempt ends when its graph raises or the database fails it.
+
+The executor is driven directly on a real pool (see ``tests.support.runs.executor``), with small
+graphs of the test's own; the database failures are real (backends terminated by Postgres).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, TypedDict
+
+import psycopg
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, START, StateGraph
+
+from service import runs
+from service.db import Pool
+from service.executor import DATABASE_FAILED_ERROR
+from tests.support.runs import claimed
+from tests.support.runs import executor as executor_for
+
+REPLICA = "attempt-failures-test"
+
+
+class Counter(TypedDict):
+    n: int
+
+
+def one_node(work: Any) -> Any:
+    builder = StateGraph(Counter)
+    builder.add_node("work", work)
+    builder.add_edge(START, "work")
+    builder.add_edge("work", END)
+    return builder.compile(name="agent")
+
+
+class Refused(Exception):
+    """The graph's own error."""
+
+
+async def test_every_raising_run_ends_with_the_graphs_error(pool: Pool) -> None:
+    """The lease keeper renews every 0.1 s, so many renewals land while runs record their
+    error: none may be cut short (a CancelledError instead of the run's error)."""
+
+    async def work(state: Counter) -> Counter:
+        await asyncio.sleep(0)  # one step on the loop, as a model call would take
+        raise Refused(f"no {state['n']}")
+
+    executor = executor_for(pool, one_node(work), REPLICA, lease_seconds=0.3)
+    rows = [await claimed(pool, REPLICA, input={"n": i}) for i in range(60)]
+    attempts = [executor.start(row) for row in rows]
+    outcomes = await asyncio.gather(
+        *(a.task for a in attempts if a.task is not None), return_exceptions=True
+    )
+    assert [o for o in outcomes if isinstance(o, BaseException)] == []
+    assert [o.error for o in outcomes] == [  # type: ignore[union-attr]
+        {"error": "Refused", "message": f"no {i}"} for i in range(60)
+    ]
+    async with pool.connection() as conn:
+        statuses = [(await runs.get_by_id(conn, r["run_id"]) or {})["status"] for r in rows]
+    assert set(statuses) == {"error"}
+
+
+class WriteKiller:
+    """Holds a run's row lock so that the attempt's next checkpoint write waits for it, then
+    terminates the waiting backend (as a Postgres restart would: AdminShutdown) and lets go."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.killed: list[int] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def hold(self, run_id: str) -> None:
+        conn = await psycopg.AsyncConnection.connect(self.database_url)
+        await conn.execute("BEGIN")
+        await conn.execute("SELECT 1 FROM runs WHERE run_id = %s FOR UPDATE", (run_id,))
+        self.task = asyncio.create_task(self._kill_writer(conn))
+
+    async def _kill_writer(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        try:
+            async with asyncio.timeout(30):
+                while not self.killed:
+                    cur = await conn.execute(KILL_WAITING_WRITE_SQL)
+                    self.killed.extend(row[0] for row in await cur.fetchall())
+                    await asyncio.sleep(0.01)  # poll until the write is waiting
+        finally:
+            await conn.close()
+
+
+# A backend of this database waiting for a lock in a statement writing checkpoints, terminated
+# (OFFSET 0 keeps the planner from terminating before it has filtered).
+KILL_WAITING_WRITE_SQL = """
+SELECT pid, pg_terminate_backend(pid) FROM (
+    SELECT pid FROM pg_stat_activity
+    WHERE datname = current_database() AND pid <> pg_backend_pid()
+      AND wait_event_type = 'Lock' AND query LIKE '%%INSERT INTO checkpoints%%'
+    OFFSET 0
+) AS waiting
+"""
+
+
+async def test_a_database_restart_mid_write_ends_the_attempt_not_the_run(
+    pool: Pool, database_url: str
+) -> None:
+    """Postgres terminates the connection (AdminShutdown) of the first attempt's checkpoint
+    write: the run goes back to the queue, not counted as a failed attempt, and the next
+    attempt finishes it."""
+    killer = WriteKiller(database_url)
+
+    async def work(state: Counter, config: RunnableConfig) -> Counter:
+        if killer.task is None:
+            await killer.hold((config.get("metadata") or {})["run_id"])
+        return {"n": state["n"] + 1}
+
+    executor = executor_for(pool, one_node(work), REPLICA)
+    run = await claimed(pool, REPLICA, input={"n": 0})
+    first = executor.start(run)
+    assert first.task is not None
+    outcome = await first.task
+    assert killer.task is not None
+    await killer.task
+    assert len(killer.killed) == 1
+    assert (outcome.status, outcome.error) == ("pending", DATABASE_FAILED_ERROR)
+    async with pool.connection() as conn:
+        after = await runs.get_by_id(conn, run["run_id"])
+        assert after is not None
+        assert (after["status"], after["failed_attempts"]) == ("pending", 0)
+        again = await runs.claim(conn, run["run_id"], REPLICA, 30.0)
+    assert again is not None and again["attempt"] == 2
+    second = executor.start(again)
+    assert second.task is not None
+    done = await second.task
+    assert (done.status, done.values) == ("success", {"n": 1})
