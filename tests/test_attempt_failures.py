@@ -39,22 +39,22 @@ class Refused(Exception):
 
 
 async def test_every_raising_run_ends_with_the_graphs_error(pool: Pool) -> None:
-    """The lease keeper renews every 0.1 s, so many renewals land while runs record their
+    """The lease keeper renews every 33 ms, so many renewals land while runs record their
     error: none may be cut short (a CancelledError instead of the run's error)."""
 
     async def work(state: Counter) -> Counter:
         await asyncio.sleep(0)  # one step on the loop, as a model call would take
         raise Refused(f"no {state['n']}")
 
-    executor = executor_for(pool, one_node(work), REPLICA, lease_seconds=0.3)
-    rows = [await claimed(pool, REPLICA, input={"n": i}) for i in range(60)]
+    executor = executor_for(pool, one_node(work), REPLICA, lease_seconds=0.1)
+    rows = [await claimed(pool, REPLICA, input={"n": i}) for i in range(100)]
     attempts = [executor.start(row) for row in rows]
     outcomes = await asyncio.gather(
         *(a.task for a in attempts if a.task is not None), return_exceptions=True
     )
     assert [o for o in outcomes if isinstance(o, BaseException)] == []
     assert [o.error for o in outcomes] == [  # type: ignore[union-attr]
-        {"error": "Refused", "message": f"no {i}"} for i in range(60)
+        {"error": "Refused", "message": f"no {i}"} for i in range(100)
     ]
     async with pool.connection() as conn:
         statuses = [(await runs.get_by_id(conn, r["run_id"]) or {})["status"] for r in rows]
