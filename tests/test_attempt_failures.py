@@ -10,12 +10,14 @@ import asyncio
 from typing import Any, TypedDict
 
 import psycopg
+import pytest
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 
 from service import runs
 from service.db import Pool
 from service.executor import DATABASE_FAILED_ERROR
+from service.worker import Worker
 from tests.support.runs import claimed
 from tests.support.runs import executor as executor_for
 
@@ -131,3 +133,62 @@ async def test_a_database_restart_mid_write_ends_the_attempt_not_the_run(
     assert second.task is not None
     done = await second.task
     assert (done.status, done.values) == ("success", {"n": 1})
+
+
+# An attempt whose replica stopped renewing its lease: either before Postgres restarted (the
+# restart may be why) or after it (the database was up: the replica died).
+EXPIRED_SQL = """
+UPDATE runs SET attempt = 2, failed_attempts = %(failed)s,
+    lease_expires_at = now() - interval '1 second',
+    updated_at = pg_postmaster_start_time() + %(renewed)s * interval '1 second'
+WHERE run_id = %(run_id)s
+"""
+
+
+def _worker(executor: Any, max_attempts: int) -> Worker:
+    return Worker(
+        pool=executor.pool,
+        hub=executor.hub,
+        executor=executor,
+        capacity=1,
+        lease_seconds=30.0,
+        max_attempts=max_attempts,
+        poll_seconds=1.0,
+        event_retention_seconds=3600.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("renewed", "failed", "resumed"),
+    [
+        # renewed before the restart: the restart ended the attempt, which does not count
+        (-1, 0, True),
+        # renewed after it: the second failure (the first was counted before) ends the run
+        (1, 1, False),
+    ],
+)
+async def test_only_attempts_lost_while_the_database_was_up_count(
+    pool: Pool, renewed: int, failed: int, resumed: bool
+) -> None:
+    async def work(state: Counter) -> Counter:
+        return {"n": state["n"] + 1}
+
+    executor = executor_for(pool, one_node(work), REPLICA)
+    worker = _worker(executor, max_attempts=2)
+    run = await claimed(pool, REPLICA, input={"n": 0})
+    async with pool.connection() as conn:
+        await conn.execute(
+            EXPIRED_SQL, {"failed": failed, "renewed": renewed, "run_id": run["run_id"]}
+        )
+    attempt = await worker.try_start(run["run_id"], run["thread_id"])
+    if attempt is not None and attempt.task is not None:
+        await attempt.task
+    async with pool.connection() as conn:
+        after = await runs.get_by_id(conn, run["run_id"])
+    assert after is not None
+    if resumed:
+        assert (after["status"], after["attempt"], after["failed_attempts"]) == ("success", 3, 0)
+    else:
+        assert attempt is None
+        assert (after["status"], after["error"]["error"]) == ("error", "LeaseExpired")
+        assert after["error"]["message"].startswith("gave up after 2 failed attempts")
