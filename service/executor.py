@@ -303,7 +303,7 @@ class Executor:
     async def _stream(
         self, run: DictRow, saver: FencedPostgresSaver, writer: events.EventWriter
     ) -> Stepped:
-        """Run the graph, streaming what the client asked for; the attempt's own task."""
+        """Run the graph, streaming what the client asked for (the attempt's graph task)."""
         kwargs = run["kwargs"]
         modes = requested_modes(kwargs)
         subgraphs = bool(kwargs.get("stream_subgraphs"))

@@ -33,13 +33,14 @@ CONVERSATIONS = 30
 TURNS = 8
 ENV = {
     "THREADKEEPER_LEASE_SECONDS": "3",
-    "THREADKEEPER_DRAIN_SECONDS": "3",
+    # Shorter than a slow turn: a drain hands runs back, and its waiting clients must not see it.
+    "THREADKEEPER_DRAIN_SECONDS": "0.5",
     "THREADKEEPER_POOL_TIMEOUT": "2",
     "THREADKEEPER_LOG_LEVEL": "info",
 }
-STEP_SECONDS = 2.0  # one chaos event every this many seconds (after the previous one)
-DRAIN_STEPS = (2, 7)  # the steps that drain a replica instead of killing one
-POSTGRES_STEP = 4  # the step that restarts Postgres
+STEP_SECONDS = 3.0  # one chaos event every this many seconds (after the previous one)
+DRAIN_STEPS = (2, 5)  # the steps that drain a replica instead of killing one
+POSTGRES_STEP = 3  # the step that restarts Postgres
 LAST_STEP = max(*DRAIN_STEPS, POSTGRES_STEP)
 POSTGRES_DOWN_SECONDS = 5.0  # longer than a lease
 # 503s are expected from Postgres going down until every replica has its pool back.
@@ -49,7 +50,10 @@ SETTLE_SECONDS = 60.0
 
 @dataclass
 class Chaos:
-    """Kills, drains and a Postgres restart, one every STEP_SECONDS, until told to stop."""
+    """Kills, drains and a Postgres restart, one every STEP_SECONDS, until told to stop. A
+    replica is started again at once, without waiting for it to be ready (the next event may
+    hit it while it starts); one that exited by itself (it started while Postgres was down) is
+    started again at the next step."""
 
     fleet: Fleet
     db: RestartableServer
@@ -58,25 +62,38 @@ class Chaos:
     failure: list[BaseException] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
+    def note(self, what: str) -> None:
+        self.done.append(f"{what} at {time.monotonic() - self.fleet.started:.0f}s")
+
     def run(self) -> None:
         step = 0
         try:
             # Until the conversations are over, and at least until every scheduled event.
             while not self.stop.wait(STEP_SECONDS) or step < LAST_STEP:
                 step += 1
+                self._revive()
                 victim = random.choice(self.fleet.replicas)
                 if step == POSTGRES_STEP:
                     self._restart_postgres()
                 elif step in DRAIN_STEPS:
                     victim.terminate(timeout=30)
-                    victim.start(migrate=False)
-                    self.done.append(f"drained {victim.name}")
+                    victim.start(migrate=False, wait=False)
+                    self.note(f"drained {victim.name}")
                 else:
                     victim.kill()
-                    victim.start(migrate=False)
-                    self.done.append(f"killed {victim.name}")
+                    victim.start(migrate=False, wait=False)
+                    self.note(f"killed {victim.name}")
+            self._revive()
+            for replica in self.fleet.replicas:
+                replica.wait_ready()
         except BaseException as exc:  # surfaced by the test
             self.failure.append(exc)
+
+    def _revive(self) -> None:
+        for replica in self.fleet.replicas:
+            if replica.proc is None or replica.proc.poll() is not None:
+                replica.start(migrate=False, wait=False)
+                self.note(f"revived {replica.name}")
 
     def _restart_postgres(self) -> None:
         self.outage.append(time.monotonic())
@@ -84,7 +101,7 @@ class Chaos:
         time.sleep(POSTGRES_DOWN_SECONDS)  # the outage itself
         self.db.start()
         self.outage.append(time.monotonic())
-        self.done.append("restarted postgres")
+        self.note("restarted postgres")
 
     def in_outage(self, at: float) -> bool:
         return len(self.outage) == 2 and self.outage[0] <= at <= self.outage[1] + RECOVERY_SECONDS
@@ -100,7 +117,10 @@ def database(tmp_path: Path) -> Any:
 
 
 def test_chaos_loses_duplicates_and_misanswers_nothing(
-    database: RestartableServer, tmp_path: Path, request: pytest.FixtureRequest
+    database: RestartableServer,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     replicas = [ServiceProcess(database.url, tmp_path, name, **ENV) for name in "abc"]
     try:
@@ -119,12 +139,14 @@ def test_chaos_loses_duplicates_and_misanswers_nothing(
         try:
             _talk(fleet, score, conversations)
         finally:
+            chaos.note("conversations over")
             chaos.stop.set()
             chaos_thread.join()
         assert not chaos.failure, chaos.failure
         figures, problems = _verdict(fleet, score, conversations, chaos)
+        figures.update(_from_logs(replicas))
         reporter = request.config.pluginmanager.getplugin("terminalreporter")
-        if reporter is not None:
+        with capsys.disabled():
             reporter.write_line(f"\nchaos: {', '.join(chaos.done)}\nchaos figures: {figures}")
         assert problems == {}, (figures, problems)
     finally:
@@ -214,6 +236,19 @@ def _verdict(
         if items
     }
     return figures, problems
+
+
+# What the replicas did about it, from their logs (all of their lives).
+LOGGED = {
+    "runs resumed": '"run_resuming"',
+    "runs handed back": '"run_handed_back"',
+    "attempts lost to the database": '"run_attempt_lost"',
+}
+
+
+def _from_logs(replicas: list[ServiceProcess]) -> dict[str, int]:
+    logs = [replica.logs() for replica in replicas]
+    return {name: sum(log.count(marker) for log in logs) for name, marker in LOGGED.items()}
 
 
 def _ended_with(final: dict[str, dict[str, Any]], run_path: str | None, told: Any) -> bool:

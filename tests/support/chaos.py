@@ -25,6 +25,10 @@ from tests.support.processes import ServiceProcess
 
 TURN_DEADLINE = 120.0
 REQUEST_TIMEOUT = 30.0
+# A user reads the reply before the next turn: it spreads the conversations over the chaos.
+THINK_SECONDS = 2.0
+# Between a failed try and the next one, which goes to a replica picked at random.
+RETRY_SECONDS = 0.2
 
 
 class Way(Enum):
@@ -80,14 +84,20 @@ class Fleet:
 
     def __init__(self, replicas: Sequence[ServiceProcess]) -> None:
         self.replicas = list(replicas)
+        self.started = time.monotonic()
 
     def url(self) -> str:
         return random.choice(self.replicas).url
 
+    def who(self, r: httpx.Response) -> str:
+        """Which replica answered, and when (seconds into the test), for the record."""
+        names = [p.name for p in self.replicas if p.port == r.url.port]
+        return f"{names[0] if names else r.url.port} at {time.monotonic() - self.started:.0f}s"
+
 
 def turn_text(convo: int, turn: int) -> str:
-    # Every third turn waits in a tool for a second, so kills and drains land mid-run.
-    slow = " look up slowly 1" if (convo + turn) % 3 == 0 else ""
+    # Every other turn waits in a tool, so kills and drains land mid-run.
+    slow = " look up slowly 1.5" if (convo + turn) % 2 == 0 else ""
     return f"conversation {convo} turn {turn}{slow}"
 
 
@@ -106,6 +116,7 @@ class Client:
 
     def converse(self, convo: Conversation, turns: int) -> None:
         for turn in range(1, turns + 1):
+            time.sleep(THINK_SECONDS)
             text = turn_text(convo.index, turn)
             self.score.count("tried")
             reply = self._take_turn(convo, turn, text)
@@ -138,7 +149,7 @@ class Client:
                     return self._join(run_path)
                 return self._stream(base, body, key)
             except (Retry, httpx.TransportError):
-                time.sleep(0.2)  # the next try goes to another replica, picked at random
+                time.sleep(RETRY_SECONDS)
         return None
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -162,13 +173,17 @@ class Client:
         try:
             data = json.loads(r.text)
         except ValueError:
-            self.score.add("wrong_answers", f"{path}: 200 with body {r.text[:80]!r}")
+            self.score.add(
+                "wrong_answers", f"{path}: 200 with body {r.text[:80]!r} ({self.fleet.who(r)})"
+            )
             raise Retry from None
         if not isinstance(data, dict) or not data.get("messages"):
             if isinstance(data, dict) and "__error__" in data:
                 self.score.add("errors_told", (path, r.headers.get("content-location"), data))
             else:
-                self.score.add("wrong_answers", f"{path}: 200 with body {r.text[:80]!r}")
+                self.score.add(
+                    "wrong_answers", f"{path}: 200 with body {r.text[:80]!r} ({self.fleet.who(r)})"
+                )
             raise Retry
         return data
 
@@ -211,9 +226,11 @@ class Client:
             except httpx.TransportError:
                 if run_path is None:
                     raise
+                time.sleep(RETRY_SECONDS)  # that replica is gone; the next try picks another
             if run_path is None:
                 raise Retry
-            self.score.count("stream_rejoins")
+            if method == "POST" or last_id:
+                self.score.count("stream_rejoins")
             method, target = "GET", f"{run_path}/stream"
             kwargs = {"headers": {"Last-Event-ID": str(last_id)}}
 
