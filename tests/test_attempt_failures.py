@@ -16,7 +16,7 @@ from langgraph.graph import END, START, StateGraph
 
 from service import runs
 from service.db import Pool
-from service.executor import DATABASE_FAILED_ERROR
+from service.executor import DATABASE_FAILED_ERROR, WAIT_ONLY
 from service.worker import Worker
 from tests.support.runs import claimed
 from tests.support.runs import executor as executor_for
@@ -65,7 +65,7 @@ async def test_every_raising_run_ends_with_the_graphs_error(pool: Pool) -> None:
 
 class WriteKiller:
     """Holds a run's row lock so that the attempt's next checkpoint write waits for it, then
-    terminates the waiting backend (as a Postgres restart would: AdminShutdown) and lets go."""
+    terminates the waiting backends (as a Postgres restart would: AdminShutdown) and lets go."""
 
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
@@ -82,31 +82,37 @@ class WriteKiller:
         try:
             async with asyncio.timeout(30):
                 while not self.killed:
+                    # The activity view is read once per transaction unless told to read anew.
+                    await conn.execute("SELECT pg_stat_clear_snapshot()")
                     cur = await conn.execute(KILL_WAITING_WRITE_SQL)
                     self.killed.extend(row[0] for row in await cur.fetchall())
-                    await asyncio.sleep(0.01)  # poll until the write is waiting
+                    await asyncio.sleep(0.01)  # poll until the checkpoint write is waiting
         finally:
             await conn.close()
 
 
-# A backend of this database waiting for a lock in a statement writing checkpoints, terminated
-# (OFFSET 0 keeps the planner from terminating before it has filtered).
-KILL_WAITING_WRITE_SQL = """
+# A backend of this database waiting for a lock in a fenced write of checkpoint rows (a held
+# batch, or a run's ending carrying one), terminated. Matched by how they begin, as the activity
+# view keeps only a statement's first kilobyte; OFFSET 0 keeps the planner from terminating
+# before it has filtered.
+KILL_WAITING_WRITE_SQL = r"""
 SELECT pid, pg_terminate_backend(pid) FROM (
     SELECT pid FROM pg_stat_activity
     WHERE datname = current_database() AND pid <> pg_backend_pid()
-      AND wait_event_type = 'Lock' AND query LIKE '%%INSERT INTO checkpoints%%'
+      AND wait_event_type = 'Lock' AND query ~ '^\s*WITH (fence|thread_lock) AS'
     OFFSET 0
 ) AS waiting
 """
 
 
+@pytest.mark.usefixtures("held_writes")
 async def test_a_database_restart_mid_write_ends_the_attempt_not_the_run(
     pool: Pool, database_url: str
 ) -> None:
     """Postgres terminates the connection (AdminShutdown) of the first attempt's checkpoint
     write: the run goes back to the queue, not counted as a failed attempt, and the next
-    attempt finishes it."""
+    attempt finishes it. The saver holds the attempt's checkpoints for its ending and nobody
+    follows its events (a ``/runs/wait`` run), so the ending is the one write to wait."""
     killer = WriteKiller(database_url)
 
     async def work(state: Counter, config: RunnableConfig) -> Counter:
@@ -115,7 +121,7 @@ async def test_a_database_restart_mid_write_ends_the_attempt_not_the_run(
         return {"n": state["n"] + 1}
 
     executor = executor_for(pool, one_node(work), REPLICA)
-    run = await claimed(pool, REPLICA, input={"n": 0})
+    run = await claimed(pool, REPLICA, input={"n": 0}, kwargs={WAIT_ONLY: True})
     first = executor.start(run)
     assert first.task is not None
     outcome = await first.task
