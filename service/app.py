@@ -153,6 +153,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> Starlette:
             max_attempts=settings.max_attempts,
             poll_seconds=settings.poll_seconds,
             event_retention_seconds=settings.event_retention_seconds,
+            owner_cap=settings.owner_cap,
         )
         services = Services(
             settings=settings,

@@ -77,19 +77,24 @@ FOR SHARE
 
 LEASE_LOST = "threadkeeper: lease lost"
 
+
 # The same check as the first part of a write statement: one row if the lease is live, else an
 # error that fails the whole statement, so nothing it inserts is committed. The failing cast
 # depends on count(*), so the planner cannot fold it into an error at plan time. The row lock is
-# held until the statement's (implicit) transaction commits.
-FENCE_CTE = f"""fence AS (
+# held until the statement's (implicit) transaction commits. ``after``: a CTE whose (row) locks
+# are taken before the run row's, as an uncorrelated EXISTS gates the scan of ``runs``.
+def _fence_cte(after: str | None) -> str:
+    gate = f"\n          AND EXISTS (SELECT 1 FROM {after})" if after else ""
+    return f"""fence AS (
     SELECT CASE WHEN count(*) > 0 THEN 1 ELSE ('{LEASE_LOST}, live: ' || count(*))::int END
     FROM (
         SELECT 1 FROM runs
         WHERE run_id = %s AND attempt = %s AND status = 'running'
-          AND lease_expires_at > clock_timestamp()
+          AND lease_expires_at > clock_timestamp(){gate}
         FOR SHARE
     ) AS live
 )"""
+
 
 # LangGraph's columns and conflict rules (BasePostgresSaver.UPSERT_*/INSERT_* statements).
 BLOB_COLUMNS = "thread_id, checkpoint_ns, channel, version, type, blob"
@@ -159,11 +164,12 @@ def batch_sql(shape: Shape, fenced: bool) -> bytes:
 
 
 @lru_cache(maxsize=256)
-def batch_ctes(shape: Shape, fenced: bool) -> str:
+def batch_ctes(shape: Shape, fenced: bool, after: str | None = None) -> str:
     """Held rows as CTEs: [fence,] then each segment's inserts, with the same columns and
     ``ON CONFLICT`` rules as LangGraph's. The keys of one statement are all distinct, and every
-    data-modifying CTE runs to completion whether or not the statement reads it."""
-    ctes = [FENCE_CTE] if fenced else []
+    data-modifying CTE runs to completion whether or not the statement reads it. ``after``: see
+    ``_fence_cte``."""
+    ctes = [_fence_cte(after)] if fenced else []
     for i, (kind, count, upsert) in enumerate(shape):
         if kind == "w":
             ctes.append(_writes_cte(f"writes{i}", count, upsert, fenced))
@@ -247,10 +253,10 @@ class Batch:
     params: list[Any]
     items: list[Held]
 
-    @property
-    def ctes(self) -> str:
-        """The rows as CTEs, for another statement (the run's ending) to put first."""
-        return batch_ctes(self.shape, self.fenced)
+    def ctes_after(self, lock: str) -> str:
+        """The rows as CTEs, for another statement (the run's ending) to put right after its
+        CTE ``lock``, which then takes its locks before the fence takes the run row's."""
+        return batch_ctes(self.shape, self.fenced, lock)
 
     def saved(self) -> None:
         _saved(self.items)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import enum
 import re
 import time
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import set_json_dumps
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from service.serialize import db_dumps
 from service.settings import Settings
@@ -107,3 +109,34 @@ async def connect(url: str) -> AsyncConnection[DictRow]:
     conn = await AsyncConnection.connect(url, **CONNECTION_KWARGS)
     await _configure(conn)
     return conn
+
+
+class Failure(enum.Enum):
+    """What a database error says about the database (see ``classify``)."""
+
+    # The database went away or turned us away: a connection lost or refused (SQLSTATE class
+    # 08, or no SQLSTATE at all: the client saw the socket close), a shutdown or restart
+    # (class 57: admin shutdown, crash shutdown, cannot connect now), no connection in time.
+    UNREACHABLE = "unreachable"
+    # Reachable, but the statement failed for a passing reason of the server's (a deadlock,
+    # a serialization failure, a full disk, a lock timeout): any other ``OperationalError``.
+    TRANSIENT = "transient"
+
+
+UNREACHABLE_SQLSTATE_CLASSES = frozenset({"08", "57"})
+
+
+def classify(exc: BaseException) -> Failure | None:
+    """Whether ``exc`` (or what it was raised from) is the database failing, and how; None for
+    anything else, such as a statement's own error (bad data, a constraint) or a graph's."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, PoolTimeout):
+            return Failure.UNREACHABLE
+        if isinstance(seen, psycopg.OperationalError):
+            state = seen.sqlstate
+            if state is None or state[:2] in UNREACHABLE_SQLSTATE_CLASSES:
+                return Failure.UNREACHABLE
+            return Failure.TRANSIENT
+        seen = seen.__cause__
+    return None

@@ -21,7 +21,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Durability
 from psycopg.rows import DictRow
 
-from service import events, runs
+from service import db, events, runs
 from service.checkpointer import (
     Batch,
     Fence,
@@ -57,6 +57,13 @@ DEFAULT_STREAM_MODES = ["values"]
 # grow with the conversation, and stream events are kept for an hour.
 WAIT_ONLY = "wait_only"
 LEASE_LOST_ERROR = {"error": "LeaseLost", "message": "this replica lost the run"}
+DATABASE_FAILED_ERROR = {
+    "error": "DatabaseUnavailable",
+    "message": "the database failed this attempt; the run is resumed from its last checkpoint",
+}
+# How often an attempt the database failed tries to hand its run back (see Executor._hand_back).
+HAND_BACK_FIRST_DELAY = 0.1
+HAND_BACK_MAX_DELAY = 1.0
 
 # LangGraph's own server defaults to "async", which hands a step's checkpoint to the saver while
 # the next step runs; "sync" hands it over first. The fenced saver holds what it is handed for at
@@ -75,15 +82,46 @@ class RunOutcome:
     ended: bool = True
 
 
+@dataclass(frozen=True)
+class Stepped:
+    """Where a graph that ran to its end left off: the rows its saver still holds, the last
+    values and the last checkpoint streamed (None if it streamed none)."""
+
+    held: Batch | None
+    last_values: Any
+    last_checkpoint: Any
+
+
 @dataclass
 class Attempt:
-    """One claimed run attempt executing on this replica."""
+    """One claimed run attempt executing on this replica.
+
+    ``task`` is the whole attempt; ``graph_task`` only its graph, which is what a stop cancels:
+    the attempt's ending (recording the outcome) runs after it, where no stop can cut it short.
+    """
 
     run: DictRow
     task: asyncio.Task[RunOutcome] | None = None
-    # Why the attempt was stopped from outside: lease_lost, drain, interrupt or rollback.
+    graph_task: asyncio.Task[Stepped] | None = None
+    # Why the graph was stopped from outside: lease_lost, drain, interrupt or rollback.
     stop_reason: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def stop(self, reason: str) -> None:
+        """Stop the graph; too late once it has run to its end (the ending is under way)."""
+        graph = self.graph_task
+        if graph is not None and graph.done():
+            return
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if graph is not None:
+            graph.cancel()
+
+
+def _cancelled_itself() -> bool:
+    """Whether the current task itself is being cancelled (not just something it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def requested_modes(kwargs: dict[str, Any]) -> list[str]:
@@ -162,8 +200,7 @@ class Executor:
         _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
         for attempt in list(self.attempts.values()):
             if attempt.task in pending:
-                attempt.stop_reason = "drain"
-                attempt.task.cancel()
+                attempt.stop("drain")
         await asyncio.gather(*pending, return_exceptions=True)
 
     def _config(self, run: DictRow) -> RunnableConfig:
@@ -228,77 +265,161 @@ class Executor:
 
     async def _attempt(self, attempt: Attempt) -> RunOutcome:
         run = attempt.run
-        run_id, number, thread_id = run["run_id"], run["attempt"], run["thread_id"]
-        kwargs = run["kwargs"]
-        modes = requested_modes(kwargs)
-        subgraphs = bool(kwargs.get("stream_subgraphs"))
+        run_id, number = run["run_id"], run["attempt"]
         saver = FencedPostgresSaver(self.pool, Fence(run_id, number), history=self.history)
-        graph = self.graph.copy(update={"checkpointer": saver})
-        wait_only = bool(kwargs.get(WAIT_ONLY))
+        wait_only = bool(run["kwargs"].get(WAIT_ONLY))
         writer = await events.EventWriter.open(self.pool, run_id, number, live=not wait_only)
         writer.emit("metadata", {"run_id": str(run_id), "attempt": number})
         keeper = asyncio.create_task(self._keep_lease(attempt))
+        attempt.graph_task = asyncio.create_task(
+            self._stream(run, saver, writer), name=f"graph-{run_id}"
+        )
+        if attempt.stop_reason is not None:
+            attempt.graph_task.cancel()  # stopped while it was being set up (a drain)
+        stepped: Stepped | None = None
+        failure: BaseException | None = None
+        try:
+            stepped = await attempt.graph_task
+        except asyncio.CancelledError as exc:
+            if _cancelled_itself():
+                raise
+            failure = exc  # the graph was stopped (see Attempt.stop)
+        except Exception as exc:
+            failure = exc
+        finally:
+            # The keeper ends before the ending starts: once the run is recorded as ended, the
+            # keeper would find the lease gone and stop an attempt that is no longer running.
+            keeper.cancel()
+            await asyncio.wait([keeper])
+        try:
+            if stepped is not None:
+                return await self._succeeded(attempt, writer, stepped)
+            assert failure is not None
+            return await self._ended_by(attempt, writer, saver, failure)
+        except Exception as exc:
+            kind = db.classify(exc)
+            if kind is None:
+                raise
+            # The ending itself met a database failure: nothing of it was recorded.
+            return await self._database_failed(attempt, writer, kind, exc)
+
+    async def _stream(
+        self, run: DictRow, saver: FencedPostgresSaver, writer: events.EventWriter
+    ) -> Stepped:
+        """Run the graph, streaming what the client asked for (the attempt's graph task)."""
+        kwargs = run["kwargs"]
+        modes = requested_modes(kwargs)
+        subgraphs = bool(kwargs.get("stream_subgraphs"))
+        graph = self.graph.copy(update={"checkpointer": saver})
         last_values: Any = None
         last_checkpoint: Any = None
-        try:
-            # "checkpoints" tells, at no cost, where the run ended and what comes next; asking
-            # the saver afterwards would read the whole state (delta history and all) again.
-            lg_modes: list[Any] = sorted(
-                {STREAM_MODES[m][0] for m in modes} | {"values", "checkpoints"}
-            )
-            wanted = {STREAM_MODES[m][0]: STREAM_MODES[m][1] for m in modes}
-            if wait_only:
-                wanted.pop("values", None)
-            # Subgraph streaming only when asked for: LangGraph then streams each step through
-            # a waiter task of its own, about a tenth more CPU for the graph's steps.
-            async for item in graph.astream(
-                await self._input(run),
-                self._config(run),
-                stream_mode=lg_modes,
-                subgraphs=subgraphs,
-                durability=run_durability(kwargs),
-                context=kwargs.get("context"),
-                interrupt_before=kwargs.get("interrupt_before"),
-                interrupt_after=kwargs.get("interrupt_after"),
-            ):
-                ns, mode, chunk = item if subgraphs else ((), *item)
-                if mode == "values" and not ns:
-                    last_values = chunk
-                elif mode == "checkpoints" and not ns:
-                    last_checkpoint = chunk
-                if mode in wanted:
-                    name = wanted[mode] + "".join(f"|{part}" for part in ns)
-                    writer.emit(name, list(chunk) if mode == "messages" else chunk)
-            if last_checkpoint is None:
-                await saver.flush()  # the state read below must see all of it
-            # What the saver still holds commits with the run's ending, in one statement.
-            held = await saver.take_batch()
-        except asyncio.CancelledError:
+        # "checkpoints" tells, at no cost, where the run ended and what comes next; asking
+        # the saver afterwards would read the whole state (delta history and all) again.
+        lg_modes: list[Any] = sorted(
+            {STREAM_MODES[m][0] for m in modes} | {"values", "checkpoints"}
+        )
+        wanted = {STREAM_MODES[m][0]: STREAM_MODES[m][1] for m in modes}
+        if kwargs.get(WAIT_ONLY):
+            wanted.pop("values", None)
+        # Subgraph streaming only when asked for: LangGraph then streams each step through
+        # a waiter task of its own, about a tenth more CPU for the graph's steps.
+        async for item in graph.astream(
+            await self._input(run),
+            self._config(run),
+            stream_mode=lg_modes,
+            subgraphs=subgraphs,
+            durability=run_durability(kwargs),
+            context=kwargs.get("context"),
+            interrupt_before=kwargs.get("interrupt_before"),
+            interrupt_after=kwargs.get("interrupt_after"),
+        ):
+            ns, mode, chunk = item if subgraphs else ((), *item)
+            if mode == "values" and not ns:
+                last_values = chunk
+            elif mode == "checkpoints" and not ns:
+                last_checkpoint = chunk
+            if mode in wanted:
+                name = wanted[mode] + "".join(f"|{part}" for part in ns)
+                writer.emit(name, list(chunk) if mode == "messages" else chunk)
+        if last_checkpoint is None:
+            await saver.flush()  # the state read afterwards must see all of it
+        # What the saver still holds commits with the run's ending, in one statement.
+        return Stepped(await saver.take_batch(), last_values, last_checkpoint)
+
+    async def _ended_by(
+        self,
+        attempt: Attempt,
+        writer: events.EventWriter,
+        saver: FencedPostgresSaver,
+        failure: BaseException,
+    ) -> RunOutcome:
+        """The ending of an attempt whose graph did not finish."""
+        if isinstance(failure, asyncio.CancelledError):
             reason = attempt.stop_reason
-            if reason is None:
-                raise
-            # The cancel was ours (lease, drain or a cancel request): finish the bookkeeping.
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
+            assert reason is not None
             if reason != "lease_lost":
                 await _keep_held_writes(saver)
             return await self._stopped(attempt, writer, reason)
-        except LeaseLostError:
+        if isinstance(failure, LeaseLostError):
             return await self._stopped(attempt, writer, "lease_lost")
-        except Exception as exc:
-            error = {"error": type(exc).__name__, "message": str(exc)}
-            log.warning("run_failed", exc_info=exc)
-            await _keep_held_writes(saver)
-            writer.emit("error", error)
-            writer.emit("end", None)
-            ended = await self._finish(run, "error", "error", error, None, await writer.hand_over())
-            return RunOutcome("error", None, error, ended=ended)
-        finally:
-            keeper.cancel()
+        kind = db.classify(failure)
+        if kind is not None:
+            return await self._database_failed(attempt, writer, kind, failure)
+        # The graph's own error: the run ends with it.
+        run = attempt.run
+        error = {"error": type(failure).__name__, "message": str(failure)}
+        log.warning("run_failed", exc_info=failure)
+        await _keep_held_writes(saver)
+        writer.emit("error", error)
+        writer.emit("end", None)
+        ended = await self._finish(run, "error", "error", error, None, await writer.hand_over())
+        return RunOutcome("error", None, error, ended=ended)
+
+    async def _database_failed(
+        self, attempt: Attempt, writer: events.EventWriter, kind: db.Failure, exc: BaseException
+    ) -> RunOutcome:
+        """The database failed the attempt, not the graph: the run goes back to the queue and
+        a later attempt resumes it from its last checkpoint. Events not yet written are
+        dropped; the next attempt streams its own."""
+        log.warning("run_attempt_lost", failure=kind.value, error=str(exc) or type(exc).__name__)
+        await writer.hand_over()
+        await self._hand_back(attempt.run, counted=kind is db.Failure.TRANSIENT)
+        return RunOutcome("pending", None, DATABASE_FAILED_ERROR, ended=False)
+
+    async def _hand_back(self, run: DictRow, *, counted: bool) -> None:
+        """Hand the run back as soon as the database answers again, for at most a lease: after
+        that the lease has expired and any replica resumes the run anyway."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.lease_seconds
+        delay = HAND_BACK_FIRST_DELAY
+        while True:
+            try:
+                async with self.pool.connection() as conn:
+                    handed = await runs.hand_back(
+                        conn, run["run_id"], run["attempt"], counted=counted
+                    )
+                log.info("run_handed_back", handed=handed, counted=counted)
+                return
+            except Exception as exc:
+                if db.classify(exc) is None:
+                    raise
+                if loop.time() + delay >= give_up_at:
+                    log.warning("run_hand_back_failed", error=str(exc) or type(exc).__name__)
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, HAND_BACK_MAX_DELAY)
+
+    async def _succeeded(
+        self,
+        attempt: Attempt,
+        writer: events.EventWriter,
+        stepped: Stepped,
+    ) -> RunOutcome:
+        run = attempt.run
+        last_checkpoint = stepped.last_checkpoint
         if last_checkpoint is None:
             # Nothing stepped (no checkpoint was streamed): the thread's state is the answer.
-            snapshot = await self.reader.aget_state(thread_config(thread_id))
+            snapshot = await self.reader.aget_state(thread_config(run["thread_id"]))
             last_checkpoint = {
                 "config": snapshot.config,
                 "next": snapshot.next,
@@ -319,7 +440,7 @@ class Executor:
                 None,
                 checkpoint_id,
                 events_left,
-                held,
+                stepped.held,
             )
         except psycopg.Error as exc:
             if not refused_by_fence(exc):
@@ -327,10 +448,9 @@ class Executor:
             # The run is another attempt's now (or gone): nothing of this one was recorded.
             log.info("run_stopping", reason="lease_lost")
             return await self._stopped(attempt, writer, "lease_lost")
+        values = stepped.last_values
         return RunOutcome(
-            status,
-            last_values if last_values is not None else last_checkpoint["values"],
-            ended=ended,
+            status, values if values is not None else last_checkpoint["values"], ended=ended
         )
 
     async def _stopped(
@@ -374,6 +494,7 @@ class Executor:
             await runs.finish(
                 conn,
                 run_id=run["run_id"],
+                thread_id=run["thread_id"],
                 attempt=run["attempt"],
                 status="interrupted",
                 thread_status="idle",
@@ -396,6 +517,7 @@ class Executor:
             row = await runs.finish(
                 conn,
                 run_id=run["run_id"],
+                thread_id=run["thread_id"],
                 attempt=run["attempt"],
                 status=status,
                 thread_status=thread_status,
@@ -424,8 +546,6 @@ class Executor:
                 log.warning("lease_renewal_failed", error=str(exc))
                 continue
             if not alive or cancel:
-                attempt.stop_reason = cancel or "lease_lost"
-                log.info("run_stopping", reason=attempt.stop_reason)
-                if attempt.task is not None:
-                    attempt.task.cancel()
+                log.info("run_stopping", reason=cancel or "lease_lost")
+                attempt.stop(cancel or "lease_lost")
                 return

@@ -98,6 +98,31 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX run_events_created_idx ON run_events (created_at);
     """,
+    # v3: attempts that count toward THREADKEEPER_MAX_ATTEMPTS, and the per-owner cap on
+    # executing runs (THREADKEEPER_MAX_RUNS_PER_OWNER).
+    """
+    ALTER TABLE runs ADD COLUMN failed_attempts integer NOT NULL DEFAULT 0;
+    -- the runs executing now, a few per replica: what the per-owner cap counts
+    CREATE INDEX runs_running_idx ON runs (thread_id) WHERE status = 'running';
+    -- Whether the owner may start one more run, with at most ``cap`` executing at once (0: no
+    -- cap). Claims of one owner queue on an advisory lock, and the count after it sees every
+    -- claim committed before: a VOLATILE function takes a fresh snapshot per statement, where
+    -- the calling statement's own snapshot predates the lock.
+    CREATE FUNCTION threadkeeper_owner_has_room(owner_name text, cap integer)
+    RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+    BEGIN
+        IF cap <= 0 THEN
+            RETURN true;
+        END IF;
+        PERFORM pg_advisory_xact_lock(hashtextextended('threadkeeper owner ' || owner_name, 0));
+        RETURN (
+            SELECT count(*) FROM runs r JOIN threads t USING (thread_id)
+            WHERE t.owner = owner_name AND r.status = 'running'
+              AND r.lease_expires_at > now()
+        ) < cap;
+    END
+    $$;
+    """,
 )
 
 LATEST_VERSION = len(MIGRATIONS)

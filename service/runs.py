@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID, uuid5
 
 from psycopg import AsyncConnection, AsyncRawCursor
@@ -32,7 +32,7 @@ TERMINAL_STATUSES = ("success", "error", "timeout", "interrupted")
 COLUMNS_SQL = """
 run_id, thread_id, assistant_id, status, attempt, lease_holder, lease_expires_at,
 input, kwargs, metadata, multitask_strategy, error, created_at, updated_at, started_at, ended_at,
-cancel_action, checkpoint_id
+cancel_action, checkpoint_id, failed_attempts
 """
 
 # Runs of the thread that still own it: waiting to start, or running under a live lease.
@@ -49,12 +49,22 @@ SELECT run_id FROM runs WHERE thread_id = %s AND status IN ('pending', 'running'
 """
 
 
-def _queue_run_sql(guard: str | None = None) -> str:
-    """The run row (claimed when a replica is given), the thread marked busy (and titled, if
-    it has no title yet), and, for a run left pending, the wake-up for every replica's workers.
+# Whether the owner (SQL naming it) may start one more run under ``%(cap)s`` (migration 3).
+def _owner_has_room_sql(owner: str) -> str:
+    return f"threadkeeper_owner_has_room({owner}, %(cap)s)"
 
-    ``guard``: CTEs ending in one named ``idle``; the run is queued only if it has a row.
+
+def _queue_run_sql(owner: str, guard: str | None = None) -> str:
+    """The run row (claimed when a replica is given and its owner is under the cap), the thread
+    marked busy (and titled, if it has no title yet), and, for a run left pending, the wake-up
+    for every replica's workers.
+
+    ``owner``: SQL naming the thread's owner. ``guard``: CTEs ending in one named ``idle``; the
+    run is queued only if it has a row.
     """
+    claimed = (
+        f"CASE WHEN %(replica)s::text IS NULL THEN false ELSE {_owner_has_room_sql(owner)} END"
+    )
     return f"""
 WITH {guard + "," if guard else ""} run AS (
     INSERT INTO runs (run_id, thread_id, assistant_id, status, input, kwargs, metadata,
@@ -67,7 +77,7 @@ WITH {guard + "," if guard else ""} run AS (
            %(replica)s,
            CASE WHEN claimed THEN now() + make_interval(secs => %(lease)s) END,
            CASE WHEN claimed THEN now() END
-    FROM {"idle, " if guard else ""}(SELECT %(replica)s::text IS NOT NULL AS claimed) AS c
+    FROM {"idle, " if guard else ""}(SELECT {claimed} AS claimed) AS c
     RETURNING {COLUMNS_SQL}
 ), thread AS (
     UPDATE threads SET status = 'busy', updated_at = now(), title = coalesce(title, %(title)s)
@@ -81,9 +91,9 @@ FROM run
 
 
 # Queue a run in one statement. With a replica given, the run is claimed by it on the spot
-# (attempt 1, leased): the caller holds the thread lock and found no unfinished run, which is
-# everything a claim checks.
-INSERT_SQL = _queue_run_sql()
+# (attempt 1, leased) if its owner has room: the caller holds the thread lock and found no
+# unfinished run, which is everything else a claim checks.
+INSERT_SQL = _queue_run_sql("(SELECT owner FROM threads WHERE thread_id = %(thread_id)s)")
 
 # The common case of INSERT_SQL in one statement: the owner's thread is locked and has no
 # unfinished run, so the new run heads it (and is claimed on the spot with a replica given).
@@ -93,6 +103,7 @@ INSERT_SQL = _queue_run_sql()
 # run updates the thread row, so an unchanged xmin proves the snapshot's view of the thread's
 # runs is still the truth, and the lock keeps it so until commit.
 INSERT_IF_IDLE_SQL = _queue_run_sql(
+    "%(owner)s",
     """locked AS (
     SELECT thread_id, xmin AS version FROM threads
     WHERE thread_id = %(thread_id)s AND owner = %(owner)s
@@ -104,37 +115,60 @@ INSERT_IF_IDLE_SQL = _queue_run_sql(
           SELECT 1 FROM runs
           WHERE thread_id = %(thread_id)s AND status IN ('pending', 'running')
       )
-)"""
+)""",
 )
 
 # Oldest first; expired leases are candidates too, to be resumed by whoever claims them. A new
 # run is left to the replica that received it for a moment (it claims right after inserting),
-# so the request's replica executes it whenever it has room and streams need no hop.
+# so the request's replica executes it whenever it has room and streams need no hop. Runs of an
+# owner who has ``cap`` runs executing wait, so other owners' runs are claimed first.
 CANDIDATES_SQL = """
-SELECT run_id, thread_id FROM runs
-WHERE (status = 'pending' AND updated_at < now() - interval '250 milliseconds')
-   OR (status = 'running' AND lease_expires_at <= now())
-ORDER BY created_at
-LIMIT %s
+WITH full_owners AS (
+    SELECT t.owner FROM runs r JOIN threads t USING (thread_id)
+    WHERE %(cap)s > 0 AND r.status = 'running' AND r.lease_expires_at > now()
+    GROUP BY t.owner
+    HAVING count(*) >= %(cap)s
+)
+SELECT r.run_id, r.thread_id FROM runs r
+WHERE ((r.status = 'pending' AND r.updated_at < now() - interval '250 milliseconds')
+       OR (r.status = 'running' AND r.lease_expires_at <= now()))
+  AND NOT EXISTS (
+      SELECT 1 FROM threads t JOIN full_owners USING (owner) WHERE t.thread_id = r.thread_id
+  )
+ORDER BY r.created_at
+LIMIT %(limit)s
 """
 
 LOCK_THREAD_SKIP_SQL = "SELECT 1 FROM threads WHERE thread_id = %s FOR UPDATE SKIP LOCKED"
 
+# The attempts of a run that count toward THREADKEEPER_MAX_ATTEMPTS once it is claimed again (it
+# heads its thread, so no live lease holds it): those counted before, and the attempt whose
+# lease expired unless Postgres restarted since its last renewal. An attempt is counted when
+# its replica died or stopped renewing while the database was up; one that ended because the
+# database went away is not, nor one handed back (drain, database error: status 'pending').
+FAILURES_SQL = """failed_attempts + CASE
+    WHEN status = 'running' AND updated_at >= pg_postmaster_start_time() THEN 1 ELSE 0
+END"""
+
 # Under the thread lock: the run must be the oldest unfinished run of its thread and not held by
 # a live lease (its own or another run's).
 HEAD_OF_THREAD_SQL = f"""
-SELECT {COLUMNS_SQL}, (lease_expires_at IS NOT NULL AND lease_expires_at > now()) AS leased
+SELECT {COLUMNS_SQL}, (lease_expires_at IS NOT NULL AND lease_expires_at > now()) AS leased,
+       {FAILURES_SQL} AS failures
 FROM runs
 WHERE thread_id = %s AND status IN ('pending', 'running')
 ORDER BY created_at, run_id
 """
 
+# No row when the run's owner has no room (see ``_owner_has_room_sql``).
 CLAIM_SQL = f"""
 WITH run AS (
     UPDATE runs SET status = 'running', attempt = attempt + 1, lease_holder = %(replica)s,
         lease_expires_at = now() + make_interval(secs => %(lease)s),
-        started_at = coalesce(started_at, now()), updated_at = now()
+        started_at = coalesce(started_at, now()), updated_at = now(),
+        failed_attempts = {FAILURES_SQL}
     WHERE run_id = %(run_id)s
+      AND {_owner_has_room_sql("(SELECT owner FROM threads WHERE thread_id = runs.thread_id)")}
     RETURNING {COLUMNS_SQL}
 ), thread AS (
     UPDATE threads SET status = 'busy', updated_at = now()
@@ -151,12 +185,21 @@ RETURNING cancel_action
 
 # The attempt's outcome, the thread's new status and the notification, in one statement (one
 # round trip); nothing changes, and nobody is told, if the attempt no longer owns the run.
+# The thread row is locked first, as everything else that locks a thread and its runs does
+# (claims, deletes, cancels): a run row locked first would deadlock with them.
 # "next:" when a queued run of the thread may start now, so only then every replica's workers
 # look for work; "done:" wakes just those waiting for this run. The attempt's last events go in
 # with it (events.ENDING_CTE), and their followers are told too.
-FINISH_OWNED = "WHERE run_id = %(run_id)s AND attempt = %(attempt)s AND status = 'running'"
+THREAD_LOCK = "thread_lock"
+THREAD_LOCK_CTE = f"""{THREAD_LOCK} AS (
+    SELECT thread_id FROM threads WHERE thread_id = %(thread_id)s FOR UPDATE
+)"""
+FINISH_OWNED = (
+    "WHERE run_id = %(run_id)s AND attempt = %(attempt)s AND status = 'running'"
+    f" AND EXISTS (SELECT 1 FROM {THREAD_LOCK})"
+)
 FINISH_SQL = f"""
-WITH done AS (
+WITH {THREAD_LOCK_CTE}, done AS (
     UPDATE runs SET status = %(status)s, error = %(error)s, checkpoint_id = %(checkpoint_id)s,
         updated_at = now(), ended_at = now(), lease_expires_at = NULL
     {FINISH_OWNED}
@@ -190,15 +233,22 @@ NAMED_PARAMETER = re.compile(r"%\((\w+)\)s")
 
 
 @lru_cache(maxsize=64)
-def finish_after_sql(ctes: str, fenced: bool) -> tuple[bytes, tuple[str, ...]]:
-    """The ending behind other CTEs (a saver's held rows, see ``Batch``), so the run's last
-    checkpoints commit with it. Those CTEs take positional parameters, and psycopg does not mix
-    the two styles: the ending's names become positions, returned in order, and the whole is
-    numbered for a raw cursor (see ``db.numbered``)."""
-    finish = FINISH_FENCED_SQL if fenced else FINISH_SQL
-    names = tuple(NAMED_PARAMETER.findall(finish))
-    body = NAMED_PARAMETER.sub("%s", finish).replace("WITH ", f"WITH {ctes},\n", 1)
-    return numbered(body), names
+def finish_after_sql(ctes: str, fenced: bool) -> tuple[bytes, tuple[str, ...], tuple[str, ...]]:
+    """The ending with other CTEs (a saver's held rows, see ``Batch``) right after its thread
+    lock, so the run's last checkpoints commit with it. Those CTEs take positional parameters,
+    and psycopg does not mix the two styles: the ending's names become positions, and the
+    whole is numbered for a raw cursor (see ``db.numbered``). Returns the statement, the names
+    of the parameters before the CTEs' (the lock's) and of those after them."""
+    finish = (FINISH_FENCED_SQL if fenced else FINISH_SQL).lstrip()
+    lock = f"WITH {THREAD_LOCK_CTE},"
+    assert finish.startswith(lock)
+    rest = finish[len(lock) :]
+    body = f"{NAMED_PARAMETER.sub('%s', lock)}\n{ctes},{NAMED_PARAMETER.sub('%s', rest)}"
+    return (
+        numbered(body),
+        tuple(NAMED_PARAMETER.findall(lock)),
+        tuple(NAMED_PARAMETER.findall(rest)),
+    )
 
 
 # Ends a run that is not executing anywhere (queued, or its replica died).
@@ -209,10 +259,11 @@ WHERE run_id = %(run_id)s AND status IN ('pending', 'running')
 RETURNING {COLUMNS_SQL}
 """
 
-# Give an unfinished run back to the queue (graceful drain); its checkpoints stay.
+# Give an unfinished run back to the queue (graceful drain, a database error); its checkpoints
+# stay. Whether the attempt counts toward THREADKEEPER_MAX_ATTEMPTS is the caller's to say.
 HAND_BACK_SQL = """
 UPDATE runs SET status = 'pending', lease_holder = NULL, lease_expires_at = NULL,
-    updated_at = now()
+    updated_at = now(), failed_attempts = failed_attempts + %s
 WHERE run_id = %s AND attempt = %s AND status = 'running'
 RETURNING run_id
 """
@@ -299,6 +350,14 @@ async def unfinished_run_ids(conn: AsyncConnection[DictRow], thread_id: UUID) ->
     return [row["run_id"] for row in await cur.fetchall()]
 
 
+class ClaimTerms(NamedTuple):
+    """How a replica claims a run: its name, the lease it takes, the per-owner cap (0: none)."""
+
+    replica: str
+    lease_seconds: float
+    owner_cap: int = 0
+
+
 @dataclass(frozen=True)
 class NewRun:
     """What queueing a run writes: the run row's contents and the thread's title, if new."""
@@ -313,8 +372,8 @@ class NewRun:
     idempotency_key: str | None = None
     title: str | None = None
 
-    def params(self, claim_for: tuple[str, float] | None) -> dict[str, Any]:
-        replica, lease = claim_for if claim_for is not None else (None, 0.0)
+    def params(self, claim_for: ClaimTerms | None) -> dict[str, Any]:
+        terms = claim_for or ClaimTerms("", 0.0)
         return {
             "run_id": self.run_id,
             "thread_id": self.thread_id,
@@ -325,17 +384,18 @@ class NewRun:
             "strategy": self.strategy,
             "key": self.idempotency_key,
             "title": self.title,
-            "replica": replica,
-            "lease": lease,
+            "replica": terms.replica if claim_for is not None else None,
+            "lease": terms.lease_seconds,
+            "cap": terms.owner_cap,
             "channel": RUNS_CHANNEL,
         }
 
 
 async def insert(
-    conn: AsyncConnection[DictRow], new: NewRun, claim_for: tuple[str, float] | None = None
+    conn: AsyncConnection[DictRow], new: NewRun, claim_for: ClaimTerms | None = None
 ) -> DictRow:
-    """Queue a run (caller holds the thread lock), with ``claim_for=(replica, lease_seconds)``
-    already claimed."""
+    """Queue a run (caller holds the thread lock); with ``claim_for``, claimed on those terms
+    if its owner has room (status ``running``), else left ``pending``."""
     cur = await conn.execute(INSERT_SQL, new.params(claim_for))
     row = await cur.fetchone()
     assert row is not None
@@ -346,7 +406,7 @@ async def insert_if_idle(
     conn: AsyncConnection[DictRow],
     new: NewRun,
     owner: str,
-    claim_for: tuple[str, float] | None = None,
+    claim_for: ClaimTerms | None = None,
 ) -> DictRow | None:
     """Queue a run in one statement if it heads its owner's thread; None: take the long way."""
     cur = await conn.execute(INSERT_IF_IDLE_SQL, {**new.params(claim_for), "owner": owner})
@@ -360,8 +420,11 @@ async def by_idempotency_key(
     return await cur.fetchone()
 
 
-async def candidates(conn: AsyncConnection[DictRow], limit: int) -> list[DictRow]:
-    cur = await conn.execute(CANDIDATES_SQL, (limit,))
+async def candidates(
+    conn: AsyncConnection[DictRow], limit: int, owner_cap: int = 0
+) -> list[DictRow]:
+    """Runs to claim, oldest first, leaving out those of owners with ``owner_cap`` executing."""
+    cur = await conn.execute(CANDIDATES_SQL, {"limit": limit, "cap": owner_cap})
     return await cur.fetchall()
 
 
@@ -380,14 +443,19 @@ async def head_of_thread(conn: AsyncConnection[DictRow], thread_id: UUID) -> Dic
 
 
 async def claim(
-    conn: AsyncConnection[DictRow], run_id: UUID, replica: str, lease_seconds: float
-) -> DictRow:
+    conn: AsyncConnection[DictRow],
+    run_id: UUID,
+    replica: str,
+    lease_seconds: float,
+    owner_cap: int = 0,
+) -> DictRow | None:
+    """Claim the run (caller holds its thread lock, and found it heads the thread); None when
+    its owner already has ``owner_cap`` runs executing."""
     cur = await conn.execute(
-        CLAIM_SQL, {"run_id": run_id, "replica": replica, "lease": lease_seconds}
+        CLAIM_SQL,
+        {"run_id": run_id, "replica": replica, "lease": lease_seconds, "cap": owner_cap},
     )
-    row = await cur.fetchone()
-    assert row is not None
-    return row
+    return await cur.fetchone()
 
 
 async def heartbeat(
@@ -405,6 +473,7 @@ async def finish(
     conn: AsyncConnection[DictRow],
     *,
     run_id: UUID,
+    thread_id: UUID,
     attempt: int,
     status: str,
     thread_status: str,
@@ -425,6 +494,7 @@ async def finish(
         "error": Jsonb(error) if error else None,
         "checkpoint_id": checkpoint_id,
         "run_id": run_id,
+        "thread_id": thread_id,
         "attempt": attempt,
         "thread_status": thread_status,
         "spoke": spoke,
@@ -435,9 +505,16 @@ async def finish(
     if before is None:
         cur = await conn.execute(FINISH_SQL, params)
     else:
-        query, names = finish_after_sql(before.ctes, before.fenced)
+        query, first, rest = finish_after_sql(before.ctes_after(THREAD_LOCK), before.fenced)
         cur = AsyncRawCursor(conn, row_factory=dict_row)
-        await cur.execute(query, [*before.params, *(params[name] for name in names)])
+        await cur.execute(
+            query,
+            [
+                *(params[name] for name in first),
+                *before.params,
+                *(params[name] for name in rest),
+            ],
+        )
     return await cur.fetchone()
 
 
@@ -465,9 +542,13 @@ async def end_idle(
     return row
 
 
-async def hand_back(conn: AsyncConnection[DictRow], run_id: UUID, attempt: int) -> bool:
+async def hand_back(
+    conn: AsyncConnection[DictRow], run_id: UUID, attempt: int, *, counted: bool = False
+) -> bool:
+    """Give the attempt's run back to the queue; ``counted``: the attempt counts toward
+    THREADKEEPER_MAX_ATTEMPTS. False when the attempt no longer owned it."""
     async with conn.transaction():
-        cur = await conn.execute(HAND_BACK_SQL, (run_id, attempt))
+        cur = await conn.execute(HAND_BACK_SQL, (int(counted), run_id, attempt))
         handed = await cur.fetchone() is not None
         if handed:
             await notify(conn, "new", run_id)

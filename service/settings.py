@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=0)
     workers: int = Field(default=10, ge=0)
     max_attempts: int = Field(default=3, ge=1)
+    # Runs of one owner executing at once, across all replicas; 0: no cap. Unset: half the
+    # workers (at least 1) when callers are told apart (auth header or jwt), none with auth=none,
+    # where every caller is the one local owner.
+    max_runs_per_owner: int | None = Field(default=None, ge=0)
     poll_seconds: float = Field(default=1.0, gt=0)
     event_retention_seconds: float = Field(default=3600.0, gt=0)
     drain_seconds: float = Field(default=20.0, ge=0)
@@ -58,6 +62,13 @@ class Settings(BaseSettings):
     replica: str = Field(default_factory=_default_replica)
     log_format: Literal["json", "console"] = "json"
     log_level: str = "info"
+
+    @property
+    def owner_cap(self) -> int:
+        """THREADKEEPER_MAX_RUNS_PER_OWNER, or its default."""
+        if self.max_runs_per_owner is not None:
+            return self.max_runs_per_owner
+        return 0 if self.auth == "none" else max(1, self.workers // 2)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

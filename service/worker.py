@@ -4,7 +4,8 @@ Runs wait in Postgres (``pending``). A replica claims one under the thread's row
 it is the oldest unfinished run of its thread and no live lease holds the thread; a run whose
 lease expired (its replica died) is claimed the same way and resumed from its last checkpoint.
 Replicas learn about new work through NOTIFY and also look every ``poll_seconds``, which is how
-expired leases are found.
+expired leases are found. With a per-owner cap, an owner's runs beyond it wait while other
+owners' runs are claimed, on every replica alike (the count is in Postgres).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Worker:
         max_attempts: int,
         poll_seconds: float,
         event_retention_seconds: float,
+        owner_cap: int = 0,
     ) -> None:
         self.pool = pool
         self.hub = hub
@@ -48,6 +50,7 @@ class Worker:
         self.max_attempts = max_attempts
         self.poll_seconds = poll_seconds
         self.event_retention_seconds = event_retention_seconds
+        self.owner_cap = owner_cap
         self.claiming = True
         # Slots promised to runs being claimed inside a submitting transaction.
         self.reserved = 0
@@ -71,11 +74,15 @@ class Worker:
     def release(self) -> None:
         self.reserved -= 1
 
-    def claim_terms(self) -> tuple[str, float]:
-        return self.executor.replica, self.lease_seconds
+    def claim_terms(self) -> runs.ClaimTerms:
+        return runs.ClaimTerms(self.executor.replica, self.lease_seconds, self.owner_cap)
 
-    def start_reserved(self, row: DictRow) -> Attempt:
+    def start_reserved(self, row: DictRow) -> Attempt | None:
+        """Start a run queued with ``claim_terms``; None if it was left pending (its owner had
+        no room), for a worker to claim later."""
         self.release()
+        if row["status"] != "running":
+            return None
         return self.executor.start(row)
 
     async def start(self) -> None:
@@ -83,7 +90,8 @@ class Worker:
             self._task = asyncio.create_task(self._loop(), name="run-worker")
 
     def _slot_freed(self) -> None:
-        if self.starved and self.free > 0:
+        # With a cap, the owner whose run ended here may have runs waiting for room.
+        if (self.starved or self.owner_cap > 0) and self.free > 0:
             self.starved = False
             self.hub.wake(ANY_RUN)
 
@@ -129,7 +137,9 @@ class Worker:
 
     async def _claim_some(self) -> None:
         async with self.pool.connection() as conn:
-            found = await runs.candidates(conn, limit=max(self.free * 4, 8))
+            found = await runs.candidates(
+                conn, limit=max(self.free * 4, 8), owner_cap=self.owner_cap
+            )
         for candidate in found:
             if self.free <= 0:
                 self.starved = True
@@ -148,24 +158,38 @@ class Worker:
             if head["cancel_action"]:
                 await self._end_cancelled(conn, head)
                 return None
-            if head["status"] == "running" and head["attempt"] >= self.max_attempts:
+            if head["failures"] >= self.max_attempts:
                 await self._give_up(conn, head)
                 return None
-            if head["status"] == "running":
-                log.info("run_resuming", run_id=str(run_id), previous=head["lease_holder"])
-            return await runs.claim(conn, run_id, self.executor.replica, self.lease_seconds)
+            row = await runs.claim(
+                conn, run_id, self.executor.replica, self.lease_seconds, self.owner_cap
+            )
+            if row is not None and head["status"] == "running":
+                log.info(
+                    "run_resuming",
+                    run_id=str(run_id),
+                    previous=head["lease_holder"],
+                    failed_attempts=row["failed_attempts"],
+                )
+            return row
 
     async def _give_up(self, conn: psycopg.AsyncConnection[DictRow], run: DictRow) -> None:
-        error = {
-            "error": "LeaseExpired",
-            "message": (
-                f"gave up after {run['attempt']} attempts: the executing replica "
-                f"({run['lease_holder']}) stopped renewing its lease"
-            ),
-        }
+        if run["status"] == "running":
+            error = {
+                "error": "LeaseExpired",
+                "message": (
+                    f"gave up after {run['failures']} failed attempts: the executing replica "
+                    f"({run['lease_holder']}) stopped renewing its lease"
+                ),
+            }
+        else:
+            error = {
+                "error": "AttemptsExhausted",
+                "message": f"gave up after {run['failures']} failed attempts",
+            }
         await events.append(conn, run["run_id"], [("error", error), ("end", None)])
         await runs.end_idle(conn, run["run_id"], status="error", error=error, thread_status="error")
-        log.warning("run_abandoned", run_id=str(run["run_id"]), attempts=run["attempt"])
+        log.warning("run_abandoned", run_id=str(run["run_id"]), failed_attempts=run["failures"])
 
     async def _end_cancelled(self, conn: psycopg.AsyncConnection[DictRow], run: DictRow) -> None:
         """A run cancelled while queued (or while its replica was dead) ends without running."""

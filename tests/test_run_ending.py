@@ -32,9 +32,12 @@ async def _finish_with(
     conn: Any, run_id: UUID, batch: Batch | None = None, first_seq: int = 1
 ) -> Any:
     """Attempt 1 of ``run_id`` ends in success, with two events and, given, held rows."""
+    run = await runs.get_by_id(conn, run_id)
+    assert run is not None
     return await runs.finish(
         conn,
         run_id=run_id,
+        thread_id=run["thread_id"],
         attempt=1,
         status="success",
         thread_status="idle",
@@ -197,7 +200,8 @@ async def test_a_quick_turn_of_a_known_thread_costs_three_statements(
     claim, load, ending = statements.sent
     assert "FROM threads" in claim and "INSERT INTO runs" in claim
     assert load.startswith("WITH RECURSIVE") and "FROM checkpoints" in load
-    assert ending.startswith("WITH fence AS")
+    # The thread row is locked before the fence locks the run row (see runs.FINISH_SQL).
+    assert ending.startswith("WITH thread_lock AS") and "fence AS" in ending
     assert "INSERT INTO checkpoints" in ending and "UPDATE runs SET status" in ending
     state = (await client.get(f"/threads/{tid}/state")).json()
     assert [m["content"] for m in state["values"]["messages"] if m["type"] == "human"] == [

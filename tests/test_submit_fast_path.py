@@ -15,7 +15,7 @@ from service import runs, threads
 from service.db import Pool
 from tests.support import runs as support_runs
 
-REPLICA = ("fast-path-test", 30.0)
+REPLICA = runs.ClaimTerms("fast-path-test", 30.0)
 
 
 def new_run(thread_id: UUID) -> runs.NewRun:

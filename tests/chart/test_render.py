@@ -160,6 +160,15 @@ def test_service_environment(helm: Helm) -> None:
     }
     assert "THREADKEEPER_AUTH_HEADER" not in env
     assert not any(name.startswith("THREADKEEPER_JWT") for name in env)
+    # Unset: the service's own default (which depends on the auth mode).
+    assert "THREADKEEPER_MAX_RUNS_PER_OWNER" not in env
+
+
+def test_per_owner_cap_of_running_runs(helm: Helm) -> None:
+    for cap in (0, 3):
+        docs = helm.render({**BASE, "service.maxRunsPerOwner": cap})
+        env = support.env_of(support.containers(find(docs, "Deployment", SERVICE))[0])
+        assert env["THREADKEEPER_MAX_RUNS_PER_OWNER"]["value"] == str(cap)
 
 
 def test_prepared_statements_can_be_turned_off_for_pgbouncer(helm: Helm) -> None:

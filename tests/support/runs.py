@@ -29,7 +29,7 @@ async def running_run(
     thread_id = uuid.uuid4()
     await threads.insert(conn, thread_id=thread_id, owner=owner, metadata={})
     new = new_run(thread_id, **fields)
-    await runs.insert(conn, new, claim_for=(replica, lease_seconds))
+    await runs.insert(conn, new, claim_for=runs.ClaimTerms(replica, lease_seconds))
     return thread_id, new.run_id
 
 
@@ -57,14 +57,15 @@ async def claimed(pool: Pool, replica: str, **fields: Any) -> DictRow:
     return row
 
 
-def executor(pool: Pool, graph: Any, replica: str) -> Executor:
+def executor(pool: Pool, graph: Any, replica: str, lease_seconds: float = 30.0) -> Executor:
     """An executor of ``graph`` driven by the test itself: its notification hub is never started
-    (nothing waits for a notification) and a lease renewal would come only after ten seconds."""
+    (nothing waits for a notification), so its keeper renews the lease every third of
+    ``lease_seconds`` (after ten seconds by default)."""
     return Executor(
         pool=pool,
         hub=Hub("postgresql://unused"),
         graph=graph,
         metrics=Metrics(),
         replica=replica,
-        lease_seconds=30.0,
+        lease_seconds=lease_seconds,
     )

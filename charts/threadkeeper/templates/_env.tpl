@@ -57,6 +57,10 @@
   value: {{ .Values.service.leaseSeconds | quote }}
 - name: THREADKEEPER_WORKERS
   value: {{ .Values.service.workers | quote }}
+{{- if not (kindIs "invalid" .Values.service.maxRunsPerOwner) }}
+- name: THREADKEEPER_MAX_RUNS_PER_OWNER
+  value: {{ .Values.service.maxRunsPerOwner | quote }}
+{{- end }}
 - name: THREADKEEPER_POOL_MIN_SIZE
   value: {{ .Values.service.pool.minSize | quote }}
 - name: THREADKEEPER_POOL_MAX_SIZE
