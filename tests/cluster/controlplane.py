@@ -29,6 +29,7 @@ import yaml
 from tests.cluster import pki
 from tests.cluster.build import Binaries, cache_root, cached_binaries
 from tests.cluster.errors import ClusterError
+from tests.cluster.host import NodeNetwork
 from tests.cluster.proc import alive, die_with_parent, free_port, start_time, stop_group
 
 if TYPE_CHECKING:
@@ -331,8 +332,10 @@ class ControlPlane(Cluster):
         state_dir: Path,
         owns_state_dir: bool,
         detached: bool,
+        node_network: NodeNetwork | None = None,
     ) -> None:
         self.binaries = binaries
+        self.node_network = node_network
         self.state_dir = state_dir
         self._owns_state_dir = owns_state_dir
         self.detached = detached
@@ -361,11 +364,14 @@ class ControlPlane(Cluster):
         state_dir: Path | None = None,
         detached: bool = False,
         timeout: float = 90.0,
+        node_network: NodeNetwork | None = None,
     ) -> ControlPlane:
         """Start etcd and kube-apiserver and return once `/readyz` answers ok.
 
         `detached` children outlive this process (for `python -m tests.cluster up`);
-        stop them with `stop_detached(state_dir)`.
+        stop them with `stop_detached(state_dir)`. `node_network` configures the API
+        server for a node (`tests.cluster.node`): its Service range, ServiceAccount
+        admission (a controller-manager makes the `default` accounts) and kubelet access.
         """
         sweep_stale_state()
         owns = state_dir is None
@@ -373,7 +379,13 @@ class ControlPlane(Cluster):
             state_dir = Path(tempfile.mkdtemp(prefix=_STATE_PREFIX))
         else:
             state_dir.mkdir(parents=True, exist_ok=True)
-        plane = cls(binaries=binaries, state_dir=state_dir, owns_state_dir=owns, detached=detached)
+        plane = cls(
+            binaries=binaries,
+            state_dir=state_dir,
+            owns_state_dir=owns,
+            detached=detached,
+            node_network=node_network,
+        )
         if not detached:
             with _live_lock:
                 _live.add(plane)
@@ -433,8 +445,11 @@ class ControlPlane(Cluster):
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ],
-            ip_addresses=["127.0.0.1", "10.0.0.1"],
+            ip_addresses=["127.0.0.1", self._kubernetes_service_ip()],
             server=True,
+        )
+        kubelet_client = self.ca.issue(
+            "kube-apiserver-kubelet-client", organizations=["system:masters"], client=True
         )
         # For the readiness probe, which must not depend on anything but the CA.
         probe = self.ca.issue("threadkeeper-probe", organizations=["system:masters"], client=True)
@@ -445,6 +460,8 @@ class ControlPlane(Cluster):
             "apiserver.key": serving.key_pem,
             "probe.crt": probe.cert_pem,
             "probe.key": probe.key_pem,
+            "kubelet-client.crt": kubelet_client.cert_pem,
+            "kubelet-client.key": kubelet_client.key_pem,
             "sa.pub": signing.public_pem,
             "sa.key": signing.private_pem,
         }.items():
@@ -470,6 +487,26 @@ class ControlPlane(Cluster):
             "--log-level=warn",
         ]
 
+    def _service_cidr(self) -> str:
+        net = self.node_network
+        return net.service_cidr if net is not None else SERVICE_CLUSTER_IP_RANGE
+
+    def _kubernetes_service_ip(self) -> str:
+        net = self.node_network
+        return net.kubernetes_service_ip if net is not None else "10.0.0.1"
+
+    def _admission_args(self) -> list[str]:
+        pki_dir = self.state_dir / "pki"
+        if self.node_network is None:
+            # No controller-manager creates `default` ServiceAccounts, so this admission
+            # plugin would reject every pod.
+            return ["--disable-admission-plugins=ServiceAccount"]
+        return [
+            f"--kubelet-client-certificate={pki_dir / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={pki_dir / 'kubelet-client.key'}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
+
     def _apiserver_args(self) -> list[str]:
         pki_dir = self.state_dir / "pki"
         return [
@@ -484,14 +521,13 @@ class ControlPlane(Cluster):
             f"--tls-private-key-file={pki_dir / 'apiserver.key'}",
             f"--client-ca-file={pki_dir / 'ca.crt'}",
             "--authorization-mode=RBAC",
-            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            f"--service-cluster-ip-range={self._service_cidr()}",
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
             f"--service-account-key-file={pki_dir / 'sa.pub'}",
             f"--service-account-signing-key-file={pki_dir / 'sa.key'}",
-            # No controller-manager creates `default` ServiceAccounts, so this admission
-            # plugin would reject every pod.
-            "--disable-admission-plugins=ServiceAccount",
-            # No kubelet will ever run an endpoint for the `kubernetes` Service.
+            *self._admission_args(),
+            # The `kubernetes` Service's endpoint would be 127.0.0.1, which Endpoints
+            # reject, and no kubelet backs it in the apiserver-only mode.
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
             "--profiling=false",
@@ -599,6 +635,15 @@ class ControlPlane(Cluster):
         self.stop()
 
     # --- identities ----------------------------------------------------------------------
+
+    def write_kubeconfig(self, path: Path, common_name: str, organizations: list[str]) -> Path:
+        """A kubeconfig for a client certificate with this CN and these groups."""
+        cert = self.ca.issue(common_name, organizations=organizations, client=True)
+        user = {
+            "client-certificate-data": _b64(cert.cert_pem),
+            "client-key-data": _b64(cert.key_pem),
+        }
+        return _write_private(path, _kubeconfig_text(self._cluster_entry, user))
 
     def _default_method(self) -> Literal["cert", "token"]:
         return "cert"

@@ -1,0 +1,105 @@
+"""The `node` tier: tests that need a one-node cluster that runs pods (tests.cluster.node).
+
+Node tests are deselected unless the `-m` expression names `node` (`pytest -m node
+tests/cluster`): they need root, change the host's network while they run, and their
+first run builds the node binaries (see README.md for the times).
+
+Fixtures:
+- `node_binaries` (session): the built `NodeBinaries`, built once after collection.
+- `kube_node` (session): a running `NodeCluster`; `kube_node_host_before` is the host's
+  state from just before it started, for the test that checks `stop()` restores it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.cluster import build
+from tests.cluster.build import Binaries, NodeBinaries
+from tests.cluster.errors import ClusterError
+from tests.cluster.host import HostState, host_state
+from tests.cluster.node import NodeCluster
+
+_NODE_BUILD_ERROR = pytest.StashKey[str]()
+# The test that stops the session's node cluster runs after every other node test.
+_LAST = "test_stop_leaves_nothing_behind"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "node: needs a one-node cluster that runs pods (root; `pytest -m node`)"
+    )
+
+
+def _node_selected(config: pytest.Config) -> bool:
+    return "node" in (config.option.markexpr or "")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    node_items = [item for item in items if item.get_closest_marker("node")]
+    if not node_items:
+        return
+    if not _node_selected(config):
+        config.hook.pytest_deselected(items=node_items)
+        items[:] = [item for item in items if not item.get_closest_marker("node")]
+        return
+    items.sort(key=lambda item: item.name == _LAST)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A cold build outlasts any test timeout: do it here, outside every test."""
+    if session.config.option.collectonly:
+        return
+    if not any(item.get_closest_marker("node") for item in session.items):
+        return
+    if build.cached_node_binaries() is not None:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+
+    def progress(message: str) -> None:
+        if reporter is not None:
+            reporter.write_line(f"[tests.cluster] {message}")
+
+    try:
+        build.ensure_binaries(progress=progress)
+        build.ensure_node_binaries(progress=progress)
+    except ClusterError as exc:
+        session.config.stash[_NODE_BUILD_ERROR] = str(exc)
+
+
+@pytest.fixture(scope="session")
+def node_binaries(request: pytest.FixtureRequest) -> NodeBinaries:
+    earlier = request.config.stash.get(_NODE_BUILD_ERROR, None)
+    if earlier is not None:
+        pytest.fail(f"building the node binaries failed:\n{earlier}", pytrace=False)
+    try:
+        return build.ensure_node_binaries()
+    except ClusterError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def kube_node_host_before() -> HostState:
+    return host_state()
+
+
+@pytest.fixture(scope="session")
+def kube_node(
+    cluster_binaries: Binaries,
+    node_binaries: NodeBinaries,
+    kube_node_host_before: HostState,
+) -> Iterator[NodeCluster]:
+    """A node cluster for the session; needs root."""
+    if os.geteuid() != 0:
+        pytest.fail("the node tier needs root (bridges, iptables, mounts)", pytrace=False)
+    try:
+        cluster = NodeCluster.start(cluster_binaries, node_binaries)
+    except ClusterError as exc:
+        pytest.fail(f"the node cluster did not start: {exc}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
