@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -23,7 +24,8 @@ from tests.cluster.host import HostState, NodeNetwork, host_state
 from tests.cluster.node import BUSYBOX_IMAGE, NODE_NAME, NodeCluster, NodePorts, preflight
 
 # Generous for a shared 2-core machine; a healthy node needs a few seconds.
-_WAIT = "120s"
+_WAIT_S = 120
+_WAIT = f"{_WAIT_S}s"
 
 
 def _kubectl(cluster: NodeCluster, *args: str, check: bool = True) -> str:
@@ -82,9 +84,19 @@ def _run_to_completion(cluster: NodeCluster, namespace: str, name: str, script: 
     pod = _pod(name, ["/bin/sh", "-c", script])
     pod["metadata"] = {"name": name, "namespace": namespace}
     _apply(cluster, pod)
-    _kubectl(cluster, "wait", "-n", namespace, f"pod/{name}",
-             "--for=jsonpath={.status.phase}=Succeeded", f"--timeout={_WAIT}")  # fmt: skip
-    return _kubectl(cluster, "logs", "-n", namespace, name)
+    # Either end: a failed pod's logs say more than a timeout would.
+    deadline = time.monotonic() + _WAIT_S
+    while (phase := _phase(cluster, namespace, name)) not in ("Succeeded", "Failed"):
+        assert time.monotonic() < deadline, f"pod {name} still {phase} after {_WAIT_S}s"
+        time.sleep(0.5)
+    logs = _kubectl(cluster, "logs", "-n", namespace, name)
+    assert phase == "Succeeded", f"pod {name} failed; its logs:\n{logs}"
+    return logs
+
+
+def _phase(cluster: NodeCluster, namespace: str, name: str) -> str:
+    return _kubectl(cluster, "get", "pod", name, "-n", namespace,
+                    "-o", "jsonpath={.status.phase}")  # fmt: skip
 
 
 @pytest.mark.node
@@ -96,7 +108,10 @@ def test_the_node_is_ready_on_containerd(kube_node: NodeCluster) -> None:
     assert ready == "True"
     info = status["nodeInfo"]
     assert info["kubeletVersion"] == build.KUBERNETES_VERSION
-    assert info["containerRuntimeVersion"] == f"containerd://{build.CONTAINERD_VERSION}"
+    assert (
+        info["containerRuntimeVersion"]
+        == f"containerd://{build.CONTAINERD_VERSION.removeprefix('v')}"
+    )
     addresses = {a["type"]: a["address"] for a in status["addresses"]}
     assert addresses["InternalIP"] == kube_node.network.gateway
 
@@ -169,7 +184,8 @@ def test_a_service_answers_on_its_cluster_ip_and_its_dns_name(
     domain = kube_node.network.cluster_domain
     fqdn = f"web.{namespace}.svc.{domain}"
     # kube-proxy may program the Service a moment after the rollout: retry inside the pod.
-    fetch = "for i in $(seq 60); do wget -qO- -T 2 http://{0}/ && exit 0; sleep 1; done; exit 1"
+    # (Debian's static busybox wget crashes on its own -T, hence `timeout`.)
+    fetch = "for i in $(seq 60); do timeout 3 wget -qO- http://{0}/ && break; sleep 1; done"
     logs = _run_to_completion(
         kube_node,
         namespace,
