@@ -38,6 +38,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     paths = binaries.all()
     if args.node:
         paths |= build.ensure_node_binaries(progress=_err).all()
+    if args.images:
+        paths |= build.ensure_image_tools(progress=_err).all()
     for name, path in paths.items():
         _out(f"{name}={path}")
     return 0
@@ -135,7 +137,7 @@ def cmd_env(_: argparse.Namespace) -> int:
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
-    build.pin(progress=_err, node=args.node)
+    build.pin(progress=_err, node=args.node, images=args.images)
     _err(f"regenerated the wrapper modules under {build.GO_DIR}; commit go.mod and go.sum")
     return 0
 
@@ -150,6 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     build_cmd.add_argument(
         "--node", action="store_true", help="also the kubelet, containerd, runc, CNI, CoreDNS set"
     )
+    build_cmd.add_argument(
+        "--images", action="store_true", help="also buildkitd, buildctl and a registry"
+    )
     up = sub.add_parser("up", help="start a detached control plane, print `export KUBECONFIG=`")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     up.add_argument(
@@ -161,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("env", help="print export lines for the running detached control plane")
     pin = sub.add_parser("pin", help="regenerate go/*/go.mod and go.sum from build.py's versions")
     pin.add_argument("--node", action="store_true", help="the node set's modules instead")
+    pin.add_argument("--images", action="store_true", help="the image tools' modules instead")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     # One line per readiness poll would drown the progress messages.

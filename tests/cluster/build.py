@@ -45,6 +45,8 @@ CONTAINERD_VERSION = "v2.4.2"
 RUNC_VERSION = "v1.5.3"
 CNI_PLUGINS_VERSION = "v1.10.0"
 COREDNS_VERSION = "v1.15.0"
+BUILDKIT_VERSION = "v0.34.2"
+REGISTRY_VERSION = "v3.1.2"
 # The `go` line of all three releases' go.mod; the wrappers run with GOTOOLCHAIN=local
 # so a build never fetches a toolchain behind the developer's back.
 GO_MINIMUM = (1, 26, 0)
@@ -62,9 +64,12 @@ _RECIPE = "2"
 _NODE_RECIPE = "1"
 _CONTROL_PLANE_MODULES = ("etcd", "helm", "kubernetes")
 _NODE_MODULES = ("cni", "containerd", "coredns", "kubernetes-node", "runc")
+_IMAGE_TOOL_RECIPE = "1"
+_IMAGE_TOOL_MODULES = ("buildkit", "registry")
 # Measured on the 2-core reference machine (see README.md); only used in messages.
 COLD_BUILD_HINT = "13-16 minutes on 2 cores, 4.5 GB of Go caches"
 NODE_COLD_BUILD_HINT = "measuring; expect 20+ minutes on 2 cores"
+IMAGE_TOOL_COLD_BUILD_HINT = "measuring"
 
 Progress = Callable[[str], None]
 
@@ -101,24 +106,47 @@ class Binaries:
 
 
 @dataclass(frozen=True)
-class NodeBinaries:
-    """Paths of one cached, complete set of node binaries."""
+class _StepBinaries:
+    """Paths of one cached, complete set built by a list of steps."""
 
     bin_dir: Path
+
+    @staticmethod
+    def _steps() -> list[_Step]:
+        raise NotImplementedError
+
+    def __getitem__(self, name: str) -> Path:
+        return self.all()[name]
+
+    def all(self) -> dict[str, Path]:
+        return {
+            name: self.bin_dir / step.subdir / name
+            for step in self._steps()
+            for name in step.outputs
+        }
+
+
+@dataclass(frozen=True)
+class NodeBinaries(_StepBinaries):
+    """The kubelet and the rest of a node (`tests.cluster.node`)."""
+
+    @staticmethod
+    def _steps() -> list[_Step]:
+        return _node_steps()
 
     @property
     def cni_dir(self) -> Path:
         """The CNI plugins, apart so the directory holds nothing else for containerd."""
         return self.bin_dir / "cni"
 
-    def __getitem__(self, name: str) -> Path:
-        return self.all()[name]
 
-    def all(self) -> dict[str, Path]:
-        names = [name for step in _node_steps() if not step.subdir for name in step.outputs]
-        found = {name: self.bin_dir / name for name in names}
-        found.update({name: self.cni_dir / name for name in CNI_PLUGINS})
-        return found
+@dataclass(frozen=True)
+class ImageToolBinaries(_StepBinaries):
+    """buildkitd, buildctl and a registry: what building and serving images takes."""
+
+    @staticmethod
+    def _steps() -> list[_Step]:
+        return _image_tool_steps()
 
 
 @dataclass(frozen=True)
@@ -247,6 +275,27 @@ def _node_steps() -> list[_Step]:
     ]
 
 
+def _image_tool_steps() -> list[_Step]:
+    buildkit = "github.com/moby/buildkit"
+    registry = "github.com/distribution/distribution/v3"
+    return [
+        _Step(
+            f"buildkitd, buildctl {BUILDKIT_VERSION}",
+            "buildkit",
+            (f"{buildkit}/cmd/buildkitd", f"{buildkit}/cmd/buildctl"),
+            ("buildkitd", "buildctl"),
+            (f"-X {buildkit}/version.Version={BUILDKIT_VERSION}",),
+        ),
+        _Step(
+            f"registry {REGISTRY_VERSION}",
+            "registry",
+            (f"{registry}/cmd/registry",),
+            ("registry",),
+            (f"-X {registry}/version.version={REGISTRY_VERSION}",),
+        ),
+    ]
+
+
 def cache_root() -> Path:
     """Directory holding every cached binary set, the build lock and `up`'s state."""
     override = os.environ.get(CACHE_ENV)
@@ -282,6 +331,13 @@ def node_cache_key() -> str:
     )
 
 
+def image_tool_cache_key() -> str:
+    """The image tools' directory name under `cache_root()`."""
+    steps = "\0".join(step.fingerprint() for step in _image_tool_steps())
+    digest = _source_digest(f"image{_IMAGE_TOOL_RECIPE}\0{steps}\0", _IMAGE_TOOL_MODULES)
+    return f"image-tools_buildkit-{BUILDKIT_VERSION}_registry-{REGISTRY_VERSION}_{digest}"
+
+
 def _complete(paths: dict[str, Path]) -> bool:
     # A set directory only ever appears by rename, complete; the check guards against
     # someone deleting files by hand.
@@ -297,6 +353,12 @@ def cached_binaries() -> Binaries | None:
 def cached_node_binaries() -> NodeBinaries | None:
     """The cached node set for the current pins, or None; never builds."""
     bins = NodeBinaries(cache_root() / node_cache_key() / "bin")
+    return bins if _complete(bins.all()) else None
+
+
+def cached_image_tools() -> ImageToolBinaries | None:
+    """The cached buildkit and registry for the current pins, or None; never builds."""
+    bins = ImageToolBinaries(cache_root() / image_tool_cache_key() / "bin")
     return bins if _complete(bins.all()) else None
 
 
@@ -513,6 +575,17 @@ def _node_spec() -> _SetSpec:
     )
 
 
+def _image_tool_spec() -> _SetSpec:
+    return _SetSpec(
+        key=image_tool_cache_key(),
+        steps=tuple(_image_tool_steps()),
+        versions={"buildkit": BUILDKIT_VERSION, "registry": REGISTRY_VERSION},
+        go_minimum=NODE_GO_MINIMUM,
+        what="buildkit and the registry",
+        cold_hint=IMAGE_TOOL_COLD_BUILD_HINT,
+    )
+
+
 def _build_set(spec: _SetSpec, cached: Callable[[], object | None], report: Progress) -> None:
     """Build `spec` into `<cache>/<key>` unless `cached()` finds it there meanwhile.
 
@@ -566,6 +639,20 @@ def ensure_binaries(progress: Progress | None = None) -> Binaries:
     result = cached_binaries()
     if result is None:
         raise ClusterError(f"{cache_root() / cache_key()} is incomplete right after building it")
+    return result
+
+
+def ensure_image_tools(progress: Progress | None = None) -> ImageToolBinaries:
+    """Return the cached buildkitd, buildctl and registry, building them first if needed."""
+    found = cached_image_tools()
+    if found:
+        return found
+    _build_set(_image_tool_spec(), cached_image_tools, progress or _stderr_progress)
+    result = cached_image_tools()
+    if result is None:
+        raise ClusterError(
+            f"{cache_root() / image_tool_cache_key()} is incomplete right after building it"
+        )
     return result
 
 
@@ -644,15 +731,37 @@ def _node_gomods(go: Path) -> dict[str, str]:
     }
 
 
-def pin(progress: Progress | None = None, *, node: bool = False) -> None:
+def _image_tool_gomods() -> dict[str, str]:
+    steps = {step.module: step for step in _image_tool_steps()}
+    return {
+        "buildkit": _tool_gomod(
+            "buildkit",
+            "1.26.8",
+            steps["buildkit"].packages,
+            f"github.com/moby/buildkit {BUILDKIT_VERSION}",
+        ),
+        "registry": _tool_gomod(
+            "registry",
+            "1.26.0",
+            steps["registry"].packages,
+            f"github.com/distribution/distribution/v3 {REGISTRY_VERSION}",
+        ),
+    }
+
+
+def pin(progress: Progress | None = None, *, node: bool = False, images: bool = False) -> None:
     """Rewrite go/*/go.mod for the versions above and refresh go.sum with `go mod tidy`.
 
-    `node` regenerates the node set's modules instead of the control plane's.
+    `node` regenerates the node set's modules instead of the control plane's, `images`
+    the image tools' (buildkit, registry).
     """
     report = progress or _stderr_progress
-    if node:
+    if node or images:
         go = _require_go(NODE_GO_MINIMUM)
-        _tidy(go, _node_gomods(go), report)
+        if node:
+            _tidy(go, _node_gomods(go), report)
+        if images:
+            _tidy(go, _image_tool_gomods(), report)
         return
     go = _require_go()
     modules = {

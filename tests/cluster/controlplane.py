@@ -318,7 +318,8 @@ def _stop_recorded(children: Mapping[str, Mapping[str, int]]) -> None:
 
 
 class ControlPlane(Cluster):
-    """etcd and kube-apiserver as child processes, listening on 127.0.0.1 only.
+    """etcd and kube-apiserver as child processes, listening on 127.0.0.1 only (with a
+    `node_network`, the API server listens on the node's bridge address instead).
 
     Start with `ControlPlane.start(binaries)` and end with `stop()` (or use it as a
     context manager). Unless `detached`, the children die with this process even when it
@@ -400,7 +401,7 @@ class ControlPlane(Cluster):
         self._write_pki()
         for attempt in range(3):
             self.etcd_port, self.etcd_peer_port, self.apiserver_port = self._pick_ports()
-            self.server = f"https://127.0.0.1:{self.apiserver_port}"
+            self.server = f"https://{self._bind_address()}:{self.apiserver_port}"
             try:
                 self._launch(timeout)
             except _PortClash as clash:
@@ -445,7 +446,7 @@ class ControlPlane(Cluster):
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ],
-            ip_addresses=["127.0.0.1", self._kubernetes_service_ip()],
+            ip_addresses=sorted({"127.0.0.1", self._bind_address(), self._kubernetes_service_ip()}),
             server=True,
         )
         kubelet_client = self.ca.issue(
@@ -495,13 +496,26 @@ class ControlPlane(Cluster):
         net = self.node_network
         return net.kubernetes_service_ip if net is not None else "10.0.0.1"
 
-    def _admission_args(self) -> list[str]:
+    def _bind_address(self) -> str:
+        # With a node, on the bridge address: pods reach it through the `kubernetes`
+        # Service, and it is as local to the host as loopback.
+        net = self.node_network
+        return net.gateway if net is not None else "127.0.0.1"
+
+    def _node_args(self) -> list[str]:
         pki_dir = self.state_dir / "pki"
         if self.node_network is None:
-            # No controller-manager creates `default` ServiceAccounts, so this admission
-            # plugin would reject every pod.
-            return ["--disable-admission-plugins=ServiceAccount"]
+            return [
+                # No controller-manager creates `default` ServiceAccounts, so this
+                # admission plugin would reject every pod.
+                "--disable-admission-plugins=ServiceAccount",
+                # The `kubernetes` Service's endpoint would be 127.0.0.1, which Endpoints
+                # reject, and no pod could use it.
+                "--endpoint-reconciler-type=none",
+            ]
         return [
+            "--endpoint-reconciler-type=lease",
+            f"--kubelet-certificate-authority={pki_dir / 'ca.crt'}",
             f"--kubelet-client-certificate={pki_dir / 'kubelet-client.crt'}",
             f"--kubelet-client-key={pki_dir / 'kubelet-client.key'}",
             "--kubelet-preferred-address-types=InternalIP",
@@ -512,9 +526,9 @@ class ControlPlane(Cluster):
         return [
             str(self.binaries.kube_apiserver),
             f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-            "--bind-address=127.0.0.1",
+            f"--bind-address={self._bind_address()}",
             # Without it the apiserver looks for a default route to pick an address.
-            "--advertise-address=127.0.0.1",
+            f"--advertise-address={self._bind_address()}",
             f"--secure-port={self.apiserver_port}",
             f"--cert-dir={self.state_dir / 'apiserver-certs'}",
             f"--tls-cert-file={pki_dir / 'apiserver.crt'}",
@@ -525,10 +539,7 @@ class ControlPlane(Cluster):
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
             f"--service-account-key-file={pki_dir / 'sa.pub'}",
             f"--service-account-signing-key-file={pki_dir / 'sa.key'}",
-            *self._admission_args(),
-            # The `kubernetes` Service's endpoint would be 127.0.0.1, which Endpoints
-            # reject, and no kubelet backs it in the apiserver-only mode.
-            "--endpoint-reconciler-type=none",
+            *self._node_args(),
             "--allow-privileged=true",
             "--profiling=false",
         ]

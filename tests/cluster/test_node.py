@@ -68,7 +68,7 @@ def namespace(kube_node: NodeCluster) -> Iterator[str]:
         _kubectl(kube_node, "delete", "namespace", name, "--wait=false", check=False)
 
 
-def _pod(name: str, command: list[str], restart: str = "Never") -> dict[str, object]:
+def _pod(name: str, command: list[str], restart: str = "Never") -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -83,6 +83,12 @@ def _pod(name: str, command: list[str], restart: str = "Never") -> dict[str, obj
 def _run_to_completion(cluster: NodeCluster, namespace: str, name: str, script: str) -> str:
     pod = _pod(name, ["/bin/sh", "-c", script])
     pod["metadata"] = {"name": name, "namespace": namespace}
+    return _run_pod(cluster, pod)
+
+
+def _run_pod(cluster: NodeCluster, pod: dict[str, Any]) -> str:
+    """Apply a pod, wait for it to end and return its logs; it must succeed."""
+    name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
     _apply(cluster, pod)
     # Either end: a failed pod's logs say more than a timeout would.
     deadline = time.monotonic() + _WAIT_S
@@ -133,6 +139,27 @@ def test_a_pod_runs_to_completion_and_its_logs_are_served(
     assert lines[1].startswith(kube_node.network.pod_cidr.rsplit(".", 1)[0] + ".")
     nameservers = [line.split()[1] for line in lines if line.startswith("nameserver")]
     assert nameservers == [kube_node.network.gateway]
+
+
+@pytest.mark.node
+def test_a_pod_reaches_the_api_server_with_its_service_account_token(
+    kube_node: NodeCluster, namespace: str
+) -> None:
+    # kubectl (static, from the host's cache) in the pod uses the in-cluster config: the
+    # `kubernetes` Service, the mounted token and the cluster CA that the controller-
+    # manager publishes. The API server says who the token belongs to.
+    pod = _pod(
+        "in-cluster",
+        ["/host-bin/kubectl", "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"],
+    )
+    pod["metadata"] = {"name": "in-cluster", "namespace": namespace}
+    spec = pod["spec"]
+    spec["volumes"] = [{"name": "bin", "hostPath": {"path": str(kube_node.binaries.bin_dir)}}]
+    spec["containers"][0]["volumeMounts"] = [
+        {"name": "bin", "mountPath": "/host-bin", "readOnly": True}
+    ]
+    logs = _run_pod(kube_node, pod)
+    assert logs == f"system:serviceaccount:{namespace}:default"
 
 
 def _web(namespace: str, token: str) -> list[dict[str, Any]]:
