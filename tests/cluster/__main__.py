@@ -66,6 +66,12 @@ def cmd_up_node(args: argparse.Namespace) -> int:
         state = node.running_node()
         if state is None:
             raise ClusterError("the node cluster exited right after starting")
+    elif not state.get("detached"):
+        owner = state["owner"]["pid"]
+        raise ClusterError(
+            f"a node cluster is already running, owned by process {owner} (a test run); "
+            "only one fits on a machine: wait for that run to end"
+        )
     else:
         _err(f"a node cluster is already running (state in {state['state_dir']})")
     _err(

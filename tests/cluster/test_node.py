@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -22,6 +23,7 @@ from tests.cluster import build, host
 from tests.cluster.errors import ClusterError
 from tests.cluster.host import HostState, NodeNetwork, host_state
 from tests.cluster.node import BUSYBOX_IMAGE, NODE_NAME, NodeCluster, NodePorts, preflight
+from tests.cluster.proc import alive
 
 # Generous for a shared 2-core machine; a healthy node needs a few seconds.
 _WAIT_S = 120
@@ -229,6 +231,30 @@ def test_a_service_answers_on_its_cluster_ip_and_its_dns_name(
     )
     assert logs.count(token) == 2, logs
     assert cluster_ip in logs
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tests.cluster", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.node
+def test_the_command_line_leaves_a_test_runs_node_alone(kube_node: NodeCluster) -> None:
+    up = _cli("up", "--node")
+    assert up.returncode == 1
+    assert "a node cluster is already running" in up.stderr
+    assert up.stdout == ""
+
+    down = _cli("down")
+    assert down.returncode == 0, down.stderr
+    assert "(a test run) is running; leaving it alone" in down.stderr
+    assert _kubectl(kube_node, "get", "node", NODE_NAME, "-o", "name") == f"node/{NODE_NAME}\n"
+    assert all(alive(pid) for pid in kube_node.pids().values())
 
 
 @pytest.mark.node
