@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import platformdirs
 
@@ -72,6 +73,7 @@ NODE_COLD_BUILD_HINT = "measuring; expect 20+ minutes on 2 cores"
 IMAGE_TOOL_COLD_BUILD_HINT = "measuring"
 
 Progress = Callable[[str], None]
+_B = TypeVar("_B")
 
 
 @dataclass(frozen=True)
@@ -630,44 +632,33 @@ def _build_set(spec: _SetSpec, cached: Callable[[], object | None], report: Prog
         report(f"built all binaries in {manifest['total_seconds']:.0f}s")
 
 
+def _ensure(
+    spec: Callable[[], _SetSpec], cached: Callable[[], _B | None], progress: Progress | None
+) -> _B:
+    found = cached()
+    if found is not None:
+        return found
+    wanted = spec()
+    _build_set(wanted, cached, progress or _stderr_progress)
+    result = cached()
+    if result is None:
+        raise ClusterError(f"{cache_root() / wanted.key} is incomplete right after building it")
+    return result
+
+
 def ensure_binaries(progress: Progress | None = None) -> Binaries:
     """Return the cached control-plane binaries, building them first if needed."""
-    found = cached_binaries()
-    if found:
-        return found
-    _build_set(_control_plane_spec(), cached_binaries, progress or _stderr_progress)
-    result = cached_binaries()
-    if result is None:
-        raise ClusterError(f"{cache_root() / cache_key()} is incomplete right after building it")
-    return result
-
-
-def ensure_image_tools(progress: Progress | None = None) -> ImageToolBinaries:
-    """Return the cached buildkitd, buildctl and registry, building them first if needed."""
-    found = cached_image_tools()
-    if found:
-        return found
-    _build_set(_image_tool_spec(), cached_image_tools, progress or _stderr_progress)
-    result = cached_image_tools()
-    if result is None:
-        raise ClusterError(
-            f"{cache_root() / image_tool_cache_key()} is incomplete right after building it"
-        )
-    return result
+    return _ensure(_control_plane_spec, cached_binaries, progress)
 
 
 def ensure_node_binaries(progress: Progress | None = None) -> NodeBinaries:
     """Return the cached node binaries, building them first if needed."""
-    found = cached_node_binaries()
-    if found:
-        return found
-    _build_set(_node_spec(), cached_node_binaries, progress or _stderr_progress)
-    result = cached_node_binaries()
-    if result is None:
-        raise ClusterError(
-            f"{cache_root() / node_cache_key()} is incomplete right after building it"
-        )
-    return result
+    return _ensure(_node_spec, cached_node_binaries, progress)
+
+
+def ensure_image_tools(progress: Progress | None = None) -> ImageToolBinaries:
+    """Return the cached buildkitd, buildctl and registry, building them first if needed."""
+    return _ensure(_image_tool_spec, cached_image_tools, progress)
 
 
 # --- regenerating the wrapper modules after a version bump -------------------------------

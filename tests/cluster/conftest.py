@@ -22,6 +22,7 @@ from tests.cluster.build import Binaries, NodeBinaries
 from tests.cluster.errors import ClusterError
 from tests.cluster.host import HostState, host_state
 from tests.cluster.node import NodeCluster
+from tests.cluster.pytest_plugin import terminal_progress
 
 _NODE_BUILD_ERROR = pytest.StashKey[str]()
 # The test that stops the session's node cluster runs after every other node test.
@@ -57,12 +58,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if build.cached_node_binaries() is not None:
         return
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-
-    def progress(message: str) -> None:
-        if reporter is not None:
-            reporter.write_line(f"[tests.cluster] {message}")
-
+    progress = terminal_progress(session.config)
     try:
         build.ensure_binaries(progress=progress)
         build.ensure_node_binaries(progress=progress)

@@ -674,18 +674,24 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
             f"--node-ip={self.network.gateway}",
         ]
 
-    def _controller_manager_args(self) -> list[str]:
-        pki_dir = self.control_plane.state_dir / "pki"
-        kubeconfig = self._path("kubeconfigs/kube-controller-manager.kubeconfig")
+    def _serving_component_args(self, name: str, port: int) -> list[str]:
+        """What kube-controller-manager and kube-scheduler share: identity and serving."""
+        kubeconfig = self._path(f"kubeconfigs/{name}.kubeconfig")
         return [
-            str(self.node_binaries["kube-controller-manager"]),
+            str(self.node_binaries[name]),
             f"--kubeconfig={kubeconfig}",
             f"--authentication-kubeconfig={kubeconfig}",
             f"--authorization-kubeconfig={kubeconfig}",
             "--bind-address=127.0.0.1",
-            f"--secure-port={self.ports.controller_manager}",
-            f"--cert-dir={self._path('kube-controller-manager-certs')}",
+            f"--secure-port={port}",
+            f"--cert-dir={self._path(f'{name}-certs')}",
             "--leader-elect=false",
+        ]
+
+    def _controller_manager_args(self) -> list[str]:
+        pki_dir = self.control_plane.state_dir / "pki"
+        return [
+            *self._serving_component_args("kube-controller-manager", self.ports.controller_manager),
             f"--service-account-private-key-file={pki_dir / 'sa.key'}",
             f"--root-ca-file={pki_dir / 'ca.crt'}",
             f"--service-cluster-ip-range={self.network.service_cidr}",
@@ -694,17 +700,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
         ]
 
     def _scheduler_args(self) -> list[str]:
-        kubeconfig = self._path("kubeconfigs/kube-scheduler.kubeconfig")
-        return [
-            str(self.node_binaries["kube-scheduler"]),
-            f"--kubeconfig={kubeconfig}",
-            f"--authentication-kubeconfig={kubeconfig}",
-            f"--authorization-kubeconfig={kubeconfig}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={self.ports.scheduler}",
-            f"--cert-dir={self._path('kube-scheduler-certs')}",
-            "--leader-elect=false",
-        ]
+        return self._serving_component_args("kube-scheduler", self.ports.scheduler)
 
     def _proxy_config(self) -> dict[str, Any]:
         net = self.network
