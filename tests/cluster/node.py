@@ -52,6 +52,7 @@ BUSYBOX_IMAGE = ImageRef("threadkeeper.local/busybox", "1")
 CRI_NAMESPACE = "k8s.io"
 # Machine-wide, like the bridge: at most one node cluster at a time.
 REGISTRY = Path("/run/threadkeeper-node.json")
+PROC_FILESYSTEMS = Path("/proc/filesystems")
 # Started in this order, stopped in the reverse one.
 _COMPONENTS = (
     "containerd",
@@ -95,6 +96,7 @@ def preflight(net: NodeNetwork, ports: NodePorts) -> None:
                 f"a node cluster needs `{tool}` on PATH; install it: `apt-get install {package}`"
             )
     _check_cgroups()
+    _check_overlayfs()
     if not Path("/proc/sys/net/bridge/bridge-nf-call-iptables").exists():
         raise ClusterError(
             "the br_netfilter kernel module is not loaded (Services between pods on one "
@@ -114,6 +116,16 @@ def _check_cgroups() -> None:
         raise ClusterError(
             f"cgroup v1 controllers {', '.join(missing)} are not mounted under {root}; "
             "the kubelet needs them (or a cgroup v2 unified hierarchy)"
+        )
+
+
+def _check_overlayfs() -> None:
+    # containerd's default snapshotter; without it every sandbox would fail to start.
+    listed = PROC_FILESYSTEMS.read_text().split()
+    if "overlay" not in listed:
+        raise ClusterError(
+            "the overlay filesystem is not available (containerd's snapshotter needs it): "
+            "`modprobe overlay`"
         )
 
 

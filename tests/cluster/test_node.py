@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster import build, host
+from tests.cluster import build, host, node
 from tests.cluster.errors import ClusterError
 from tests.cluster.host import HostState, NodeNetwork, host_state
 from tests.cluster.node import BUSYBOX_IMAGE, NODE_NAME, NodeCluster, NodePorts, preflight
@@ -345,6 +345,16 @@ def test_missing_cgroup_controllers_are_named(
         (tmp_path / controller / "cgroup.procs").write_text("")
     monkeypatch.setattr(host, "CGROUP_ROOT", tmp_path)
     with pytest.raises(ClusterError, match=r"cgroup v1 controllers pids are not mounted"):
+        preflight(NodeNetwork(), NodePorts())
+
+
+def test_a_kernel_without_overlayfs_is_named(
+    as_root: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    filesystems = tmp_path / "filesystems"
+    filesystems.write_text("nodev\tsysfs\nnodev\ttmpfs\n\text4\n")
+    monkeypatch.setattr(node, "PROC_FILESYSTEMS", filesystems)
+    with pytest.raises(ClusterError, match=r"overlay filesystem is not available.*modprobe"):
         preflight(NodeNetwork(), NodePorts())
 
 
