@@ -70,7 +70,7 @@ _IMAGE_TOOL_MODULES = ("buildkit", "registry")
 # Measured on the 2-core reference machine (see README.md); only used in messages.
 COLD_BUILD_HINT = "13-16 minutes on 2 cores, 4.5 GB of Go caches"
 NODE_COLD_BUILD_HINT = "10-25 minutes on 2 cores, up to 7 GB of Go caches"
-IMAGE_TOOL_COLD_BUILD_HINT = "measuring"
+IMAGE_TOOL_COLD_BUILD_HINT = "5-10 minutes on 2 cores"
 
 Progress = Callable[[str], None]
 _B = TypeVar("_B")
