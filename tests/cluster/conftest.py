@@ -17,10 +17,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster import build
+from tests.cluster import build, rootfs
 from tests.cluster.build import Binaries, NodeBinaries
 from tests.cluster.errors import ClusterError
 from tests.cluster.host import HostState, host_state
+from tests.cluster.image import ImageRef
 from tests.cluster.node import NodeCluster
 from tests.cluster.pytest_plugin import terminal_progress
 
@@ -99,3 +100,14 @@ def kube_node(
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def python_base_image(kube_node: NodeCluster, request: pytest.FixtureRequest) -> ImageRef:
+    """`rootfs.PYTHON_BASE_IMAGE`, made (debootstrap, about a minute) and imported."""
+    try:
+        archive = rootfs.python_base_archive(terminal_progress(request.config))
+    except ClusterError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    kube_node.import_image(archive)
+    return rootfs.PYTHON_BASE_IMAGE

@@ -13,6 +13,7 @@ import json
 import struct
 import subprocess
 import tarfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,27 +104,34 @@ def _blob(tar: tarfile.TarFile, data: bytes) -> str:
     return f"sha256:{digest}"
 
 
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _json(value: object) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
-def busybox_archive(path: Path, ref: ImageRef, entrypoint: tuple[str, ...] = ()) -> Path:
-    """Write an OCI archive of `ref`: busybox and its applets, `entrypoint` as the command."""
-    busybox = find_static_busybox()
-    layer = _layer(busybox)
-    config = {
+def oci_archive(path: Path, ref: ImageRef, layer: Path, config: Mapping[str, object]) -> Path:
+    """Write an OCI archive of `ref` with one uncompressed `layer` and this runtime config.
+
+    `config` is the image config's `config` object (Env, Cmd, WorkingDir, ...).
+    """
+    layer_digest = _file_digest(layer)
+    layer_size = layer.stat().st_size
+    image_config = {
         "architecture": "amd64",
         "os": "linux",
-        "config": {
-            "Env": ["PATH=/bin"],
-            "Cmd": list(entrypoint or ("/bin/sh",)),
-            "WorkingDir": "/",
-        },
-        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(layer).hexdigest()}"]},
+        "config": dict(config),
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]},
     }
     with tarfile.open(path, mode="w") as tar:
-        layer_digest = _blob(tar, layer)
-        config_bytes = _json(config)
+        tar.add(layer, arcname=f"blobs/sha256/{layer_digest}")
+        config_bytes = _json(image_config)
         config_digest = _blob(tar, config_bytes)
         manifest = _json(
             {
@@ -134,7 +142,13 @@ def busybox_archive(path: Path, ref: ImageRef, entrypoint: tuple[str, ...] = ())
                     "digest": config_digest,
                     "size": len(config_bytes),
                 },
-                "layers": [{"mediaType": _LAYER_MEDIA, "digest": layer_digest, "size": len(layer)}],
+                "layers": [
+                    {
+                        "mediaType": _LAYER_MEDIA,
+                        "digest": f"sha256:{layer_digest}",
+                        "size": layer_size,
+                    }
+                ],
             }
         )
         manifest_digest = _blob(tar, manifest)
@@ -162,3 +176,14 @@ def busybox_archive(path: Path, ref: ImageRef, entrypoint: tuple[str, ...] = ())
             info.mode = 0o644
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+def busybox_archive(path: Path, ref: ImageRef, entrypoint: tuple[str, ...] = ()) -> Path:
+    """Write an OCI archive of `ref`: busybox and its applets, `entrypoint` as the command."""
+    layer = path.with_name(path.name + ".layer")
+    layer.write_bytes(_layer(find_static_busybox()))
+    try:
+        config = {"Env": ["PATH=/bin"], "Cmd": list(entrypoint or ("/bin/sh",)), "WorkingDir": "/"}
+        return oci_archive(path, ref, layer, config)
+    finally:
+        layer.unlink(missing_ok=True)

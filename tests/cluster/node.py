@@ -493,7 +493,11 @@ class NodeCluster:
             archive = busybox_archive(
                 images / f"{ref.tag}-{ref.name.rsplit('/', 1)[-1]}.tar", ref, command
             )
-            self.ctr("images", "import", str(archive))
+            self.import_image(archive)
+
+    def import_image(self, archive: Path) -> None:
+        """Make an OCI archive's image available to pods (as a registry pull would)."""
+        self.ctr("images", "import", str(archive))
 
     def pids(self) -> dict[str, int]:
         return {name: proc.pid for name, proc in self._procs.items()}

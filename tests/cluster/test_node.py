@@ -22,6 +22,7 @@ import pytest
 from tests.cluster import build, host, node
 from tests.cluster.errors import ClusterError
 from tests.cluster.host import HostState, NodeNetwork, host_state
+from tests.cluster.image import ImageRef
 from tests.cluster.node import BUSYBOX_IMAGE, NODE_NAME, NodeCluster, NodePorts, preflight
 from tests.cluster.proc import alive
 
@@ -162,6 +163,25 @@ def test_a_pod_reaches_the_api_server_with_its_service_account_token(
     ]
     logs = _run_pod(kube_node, pod)
     assert logs == f"system:serviceaccount:{namespace}:default"
+
+
+@pytest.mark.node
+def test_the_python_base_image_runs_python_3_11_as_uid_10001_read_only(
+    kube_node: NodeCluster, python_base_image: ImageRef, namespace: str
+) -> None:
+    # The chart's pod security: non-root uid 10001, read-only root, no capabilities.
+    script = "import os, sys, ssl; print(sys.version_info[:2], os.getuid(), sys.executable)"
+    pod = _pod("python", ["/usr/local/bin/python", "-c", script])
+    pod["metadata"] = {"name": "python", "namespace": namespace}
+    pod["spec"]["securityContext"] = {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True}
+    container = pod["spec"]["containers"][0]
+    container["image"] = str(python_base_image)
+    container["securityContext"] = {
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert _run_pod(kube_node, pod) == "(3, 11) 10001 /usr/local/bin/python\n"
 
 
 def _web(namespace: str, token: str) -> list[dict[str, Any]]:
