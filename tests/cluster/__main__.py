@@ -54,10 +54,12 @@ def cmd_up_node(args: argparse.Namespace) -> int:
     if state is None:
         binaries = build.ensure_binaries(progress=_err)
         node_binaries = build.ensure_node_binaries(progress=_err)
-        _err("starting the control plane and the node ...")
+        image_tools = build.ensure_image_tools(progress=_err)
+        _err("starting the control plane, the node and the registry ...")
         cluster = node.NodeCluster.start(
             binaries,
             node_binaries,
+            image_tools=image_tools,
             state_dir=node_state_dir(),
             detached=True,
             timeout=args.timeout,

@@ -18,11 +18,11 @@ from collections.abc import Iterator
 import pytest
 
 from tests.cluster import build, rootfs
-from tests.cluster.build import Binaries, NodeBinaries
+from tests.cluster.build import Binaries, ImageToolBinaries, NodeBinaries
 from tests.cluster.errors import ClusterError
 from tests.cluster.host import HostState, host_state
 from tests.cluster.image import ImageRef
-from tests.cluster.node import NodeCluster
+from tests.cluster.node import NodeCluster, NodePorts
 from tests.cluster.pytest_plugin import terminal_progress
 
 _NODE_BUILD_ERROR = pytest.StashKey[str]()
@@ -57,12 +57,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if not any(item.get_closest_marker("node") for item in session.items):
         return
-    if build.cached_node_binaries() is not None:
+    if build.cached_node_binaries() is not None and build.cached_image_tools() is not None:
         return
     progress = terminal_progress(session.config)
     try:
         build.ensure_binaries(progress=progress)
         build.ensure_node_binaries(progress=progress)
+        build.ensure_image_tools(progress=progress)
     except ClusterError as exc:
         session.config.stash[_NODE_BUILD_ERROR] = str(exc)
 
@@ -79,6 +80,17 @@ def node_binaries(request: pytest.FixtureRequest) -> NodeBinaries:
 
 
 @pytest.fixture(scope="session")
+def image_tools(request: pytest.FixtureRequest) -> ImageToolBinaries:
+    earlier = request.config.stash.get(_NODE_BUILD_ERROR, None)
+    if earlier is not None:
+        pytest.fail(f"building the image tools failed:\n{earlier}", pytrace=False)
+    try:
+        return build.ensure_image_tools()
+    except ClusterError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
 def kube_node_host_before() -> HostState:
     return host_state()
 
@@ -87,13 +99,17 @@ def kube_node_host_before() -> HostState:
 def kube_node(
     cluster_binaries: Binaries,
     node_binaries: NodeBinaries,
+    image_tools: ImageToolBinaries,
     kube_node_host_before: HostState,
 ) -> Iterator[NodeCluster]:
-    """A node cluster for the session; needs root."""
+    """A node cluster with a registry, for the session; needs root."""
     if os.geteuid() != 0:
         pytest.fail("the node tier needs root (bridges, iptables, mounts)", pytrace=False)
     try:
-        cluster = NodeCluster.start(cluster_binaries, node_binaries)
+        # Any free registry port: a developer's own registry may hold the default.
+        cluster = NodeCluster.start(
+            cluster_binaries, node_binaries, image_tools=image_tools, ports=NodePorts(registry=0)
+        )
     except ClusterError as exc:
         pytest.fail(f"the node cluster did not start: {exc}", pytrace=False)
     try:
@@ -109,5 +125,5 @@ def python_base_image(kube_node: NodeCluster, request: pytest.FixtureRequest) ->
         archive = rootfs.python_base_archive(terminal_progress(request.config))
     except ClusterError as exc:
         pytest.fail(str(exc), pytrace=False)
-    kube_node.import_image(archive)
+    kube_node.import_image(archive, rootfs.PYTHON_BASE_IMAGE)
     return rootfs.PYTHON_BASE_IMAGE

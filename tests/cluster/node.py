@@ -34,7 +34,7 @@ import httpx
 import yaml
 
 from tests.cluster import host
-from tests.cluster.build import Binaries, NodeBinaries
+from tests.cluster.build import Binaries, ImageToolBinaries, NodeBinaries
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.errors import ClusterError
 from tests.cluster.host import HostSnapshot, NodeNetwork
@@ -47,8 +47,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NODE_NAME = "threadkeeper-node"
-PAUSE_IMAGE = ImageRef("threadkeeper.local/pause", "1")
-BUSYBOX_IMAGE = ImageRef("threadkeeper.local/busybox", "1")
+# The registry name of images made here; containerd maps it to the loopback registry.
+LOCAL_REGISTRY_NAME = "threadkeeper.local"
+PAUSE_IMAGE = ImageRef(f"{LOCAL_REGISTRY_NAME}/pause", "1")
+BUSYBOX_IMAGE = ImageRef(f"{LOCAL_REGISTRY_NAME}/busybox", "1")
 CRI_NAMESPACE = "k8s.io"
 # Machine-wide, like the bridge: at most one node cluster at a time.
 REGISTRY = Path("/run/threadkeeper-node.json")
@@ -61,6 +63,7 @@ _COMPONENTS = (
     "kubelet",
     "kube-proxy",
     "coredns",
+    "registry",
 )
 
 
@@ -76,6 +79,8 @@ class NodePorts:
     proxy_metrics: int = 0
     dns_health: int = 0
     dns_ready: int = 0
+    # Where `docker push localhost:5000/...` habits expect it; only with image tools.
+    registry: int = 5000
 
     def resolved(self) -> NodePorts:
         """Zero means any free port."""
@@ -240,6 +245,7 @@ class NodeCluster:
         *,
         binaries: Binaries,
         node_binaries: NodeBinaries,
+        image_tools: ImageToolBinaries | None,
         state_dir: Path,
         detached: bool,
         network: NodeNetwork,
@@ -247,6 +253,7 @@ class NodeCluster:
     ) -> None:
         self.binaries = binaries
         self.node_binaries = node_binaries
+        self.image_tools = image_tools
         self.state_dir = state_dir
         self.detached = detached
         self.network = network
@@ -305,8 +312,13 @@ class NodeCluster:
         timeout: float = 180.0,
         network: NodeNetwork | None = None,
         ports: NodePorts | None = None,
+        image_tools: ImageToolBinaries | None = None,
     ) -> NodeCluster:
-        """Start everything and return once the node is Ready and DNS answers."""
+        """Start everything and return once the node is Ready and DNS answers.
+
+        With `image_tools`, a registry also listens on 127.0.0.1:`ports.registry`, and
+        containerd pulls from it over plain HTTP (`registry`, `push`).
+        """
         net = network or NodeNetwork()
         wanted = ports or NodePorts()
         running = running_node()
@@ -320,6 +332,8 @@ class NodeCluster:
             log.warning("cleaning up after a node cluster whose owner died")
             teardown_recorded(leftover)
         preflight(net, wanted)
+        if image_tools is not None:
+            _check_port_free("registry", wanted.registry)
         if state_dir is None:
             state_dir = Path(tempfile.mkdtemp(prefix="threadkeeper-node-"))
         else:
@@ -327,6 +341,7 @@ class NodeCluster:
         node = cls(
             binaries=binaries,
             node_binaries=node_binaries,
+            image_tools=image_tools,
             state_dir=state_dir,
             detached=detached,
             network=net,
@@ -380,6 +395,8 @@ class NodeCluster:
         self._write_configs()
         self._spawn("containerd", self._containerd_args(), extra_path=self.node_binaries.bin_dir)
         self._wait("containerd", self._containerd_ready, deadline)
+        if self.image_tools is not None:
+            self._start_registry(deadline)
         self._import_images()
         self._spawn("kube-controller-manager", self._controller_manager_args())
         self._spawn("kube-scheduler", self._scheduler_args())
@@ -403,13 +420,53 @@ class NodeCluster:
         self._wait("kube-scheduler", lambda: True, deadline)
         self._wait("kube-controller-manager", self._default_service_account, deadline)
 
+    # --- the registry --------------------------------------------------------------------
+
+    @property
+    def registry(self) -> str:
+        """`127.0.0.1:PORT`, the registry's host part in image names."""
+        if self.image_tools is None:
+            raise ClusterError("this node cluster was started without image tools: no registry")
+        return f"127.0.0.1:{self.ports.registry}"
+
+    def push(self, local: ImageRef, repository: str) -> ImageRef:
+        """Push a containerd image to the registry as `registry/repository:tag`."""
+        remote = ImageRef(f"{self.registry}/{repository}", local.tag)
+        self.ctr("images", "tag", "--force", str(local), str(remote))
+        self.ctr("images", "push", "--plain-http", str(remote))
+        return remote
+
+    def _start_registry(self, deadline: float) -> None:
+        assert self.image_tools is not None
+        config = {
+            "version": 0.1,
+            "log": {"level": "warn"},
+            "storage": {
+                "filesystem": {"rootdirectory": str(self._path("registry"))},
+                "delete": {"enabled": True},
+            },
+            "http": {"addr": self.registry},
+        }
+        self._path("registry.yaml").write_text(yaml.safe_dump(config))
+        # Its tracing would otherwise try an OTLP collector.
+        env = {"OTEL_TRACES_EXPORTER": "none"}
+        args = [str(self.image_tools["registry"]), "serve", str(self._path("registry.yaml"))]
+        self._spawn("registry", args, extra_env=env)
+        self._wait("registry", self._http_ok(f"http://{self.registry}/v2/"), deadline)
+
     # --- processes -----------------------------------------------------------------------
 
     def _path(self, name: str) -> Path:
         return self.state_dir / name
 
-    def _spawn(self, name: str, args: list[str], extra_path: Path | None = None) -> None:
-        env = dict(os.environ)
+    def _spawn(
+        self,
+        name: str,
+        args: list[str],
+        extra_path: Path | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        env = dict(os.environ) | dict(extra_env or {})
         if extra_path is not None:
             # containerd finds its shim on PATH.
             env["PATH"] = f"{extra_path}{os.pathsep}{env.get('PATH', '')}"
@@ -493,11 +550,19 @@ class NodeCluster:
             archive = busybox_archive(
                 images / f"{ref.tag}-{ref.name.rsplit('/', 1)[-1]}.tar", ref, command
             )
-            self.import_image(archive)
+            self.import_image(archive, ref)
 
-    def import_image(self, archive: Path) -> None:
-        """Make an OCI archive's image available to pods (as a registry pull would)."""
+    def import_image(self, archive: Path, ref: ImageRef) -> None:
+        """Make the OCI archive of `ref` (a `threadkeeper.local/` name) available to pods.
+
+        With a registry, the image is pushed there too, so a pull of it (a policy of
+        Always, or containerd forgetting a name when the same image is pulled under
+        another) finds it instead of failing.
+        """
         self.ctr("images", "import", str(archive))
+        if self.image_tools is not None:
+            hosts = str(self._path("certs.d"))
+            self.ctr("images", "push", "--plain-http", "--hosts-dir", hosts, str(ref))
 
     def pids(self) -> dict[str, int]:
         return {name: proc.pid for name, proc in self._procs.items()}
@@ -554,11 +619,26 @@ class NodeCluster:
         net_d.mkdir(parents=True, exist_ok=True)
         (net_d / "10-threadkeeper.conflist").write_text(json.dumps(self._cni_config(), indent=2))
         self._path("containerd.toml").write_text(self._containerd_config())
+        self._write_registry_hosts()
         self._path("kubelet.yaml").write_text(
             yaml.safe_dump(self._kubelet_config(pki_dir / "ca.crt"))
         )
         self._path("kube-proxy.yaml").write_text(yaml.safe_dump(self._proxy_config()))
         self._path("Corefile").write_text(self._corefile())
+
+    def _write_registry_hosts(self) -> None:
+        """containerd's hosts.toml: the loopback registry, and where local names go."""
+        # Without a registry, `threadkeeper.local` points at a closed loopback port, so
+        # a pull of a local image fails here instead of asking any resolver for the name.
+        url = f"http://{self.registry}" if self.image_tools is not None else "http://127.0.0.1:1"
+        hosts = (
+            f'server = "{url}"\n\n[host."{url}"]\n  capabilities = ["pull", "resolve", "push"]\n'
+        )
+        names = [LOCAL_REGISTRY_NAME] + ([self.registry] if self.image_tools is not None else [])
+        for name in names:
+            directory = self._path(f"certs.d/{name}")
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "hosts.toml").write_text(hosts)
 
     def _cni_config(self) -> dict[str, Any]:
         net = self.network
@@ -628,6 +708,10 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
 
 [plugins."io.containerd.cri.v1.images"]
   snapshotter = "overlayfs"
+
+[plugins."io.containerd.cri.v1.images".registry]
+  # hosts.toml per registry: the loopback one is plain HTTP.
+  config_path = "{self._path("certs.d")}"
 
 [plugins."io.containerd.cri.v1.images".pinned_images]
   sandbox = "{PAUSE_IMAGE}"

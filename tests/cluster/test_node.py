@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.cluster import build, host, node
@@ -182,6 +183,36 @@ def test_the_python_base_image_runs_python_3_11_as_uid_10001_read_only(
         "capabilities": {"drop": ["ALL"]},
     }
     assert _run_pod(kube_node, pod) == "(3, 11) 10001 /usr/local/bin/python\n"
+
+
+@pytest.mark.node
+def test_a_pod_pulls_its_image_from_the_loopback_registry(
+    kube_node: NodeCluster, namespace: str
+) -> None:
+    remote = kube_node.push(BUSYBOX_IMAGE, f"threadkeeper/busybox-{namespace}")
+    catalog = json.loads(_registry_get(f"http://{kube_node.registry}/v2/_catalog"))
+    assert f"threadkeeper/busybox-{namespace}" in catalog["repositories"]
+    token = uuid.uuid4().hex
+    pod = _pod("pulled", ["/bin/sh", "-c", f"echo {token}"])
+    pod["metadata"] = {"name": "pulled", "namespace": namespace}
+    container = pod["spec"]["containers"][0]
+    container["image"] = str(remote)
+    # Always: the kubelet must resolve the tag at the registry, not reuse a local image.
+    container["imagePullPolicy"] = "Always"
+    assert _run_pod(kube_node, pod) == f"{token}\n"
+    status = json.loads(_kubectl(kube_node, "get", "pod", "pulled", "-n", namespace, "-o", "json"))
+    image_id = status["status"]["containerStatuses"][0]["imageID"]
+    assert image_id.startswith(f"{remote.name}@sha256:")
+    # containerd's CRI forgets the local name of an image pulled under another name; the
+    # local name then resolves to the loopback registry instead of failing.
+    again = _run_to_completion(kube_node, namespace, "local-again", f"echo {token}")
+    assert again == f"{token}\n"
+
+
+def _registry_get(url: str) -> str:
+    response = httpx.get(url, timeout=10, trust_env=False)
+    response.raise_for_status()
+    return response.text
 
 
 def _web(namespace: str, token: str) -> list[dict[str, Any]]:
