@@ -136,6 +136,8 @@ def _check_overlayfs() -> None:
 
 def _check_port_free(component: str, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the servers themselves bind: closed connections in TIME_WAIT do not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             # Bound, never listened on: any address holding the port makes this fail.
             sock.bind(("0.0.0.0", port))

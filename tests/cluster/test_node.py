@@ -388,6 +388,21 @@ def test_a_port_in_use_is_named(as_root: None) -> None:
             preflight(NodeNetwork(), NodePorts(kubelet=port))
 
 
+def test_a_port_with_only_closed_connections_is_free(as_root: None) -> None:
+    with socket.socket() as listener:
+        # As Go servers (the registry, the kubelet) bind their listeners.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            # The side that closes first keeps the port in TIME_WAIT.
+            accepted.close()
+            client.recv(1)
+    preflight(NodeNetwork(), NodePorts(kubelet=port))
+
+
 def test_missing_cgroup_controllers_are_named(
     as_root: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
