@@ -196,15 +196,17 @@ def teardown_recorded(data: Mapping[str, Any]) -> None:
     _kill_pods()
     state_dir = Path(data["state_dir"])
     _kill_shims(state_dir)
-    net = NodeNetwork(**data["network"])
-    snapshot = HostSnapshot(**data["snapshot"])
-    host.unmount_under([state_dir])
-    host.restore(net, snapshot)
+    # Before the bridge goes: the API server listens on its address, and shutting down
+    # without it takes the API server its whole 15 s grace period.
     plane = data.get("control_plane", {})
     for name in ("kube-apiserver", "etcd"):
         child = plane.get(name)
         if child is not None and _recorded_alive(child):
             stop_group(child["pid"])
+    net = NodeNetwork(**data["network"])
+    snapshot = HostSnapshot(**data["snapshot"])
+    host.unmount_under([state_dir])
+    host.restore(net, snapshot)
     shutil.rmtree(state_dir, ignore_errors=True)
     REGISTRY.unlink(missing_ok=True)
 
