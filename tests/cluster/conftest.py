@@ -13,7 +13,8 @@ Fixtures:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 
@@ -26,6 +27,7 @@ from tests.cluster.node import NodeCluster, NodePorts
 from tests.cluster.pytest_plugin import terminal_progress
 
 _NODE_BUILD_ERROR = pytest.StashKey[str]()
+_B = TypeVar("_B")
 # The test that stops the session's node cluster runs after every other node test.
 _LAST = "test_stop_leaves_nothing_behind"
 
@@ -68,26 +70,25 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         session.config.stash[_NODE_BUILD_ERROR] = str(exc)
 
 
-@pytest.fixture(scope="session")
-def node_binaries(request: pytest.FixtureRequest) -> NodeBinaries:
-    earlier = request.config.stash.get(_NODE_BUILD_ERROR, None)
+def _built(config: pytest.Config, what: str, ensure: Callable[[], _B]) -> _B:
+    """The set `ensure` returns; a failure (here or after collection) fails the test."""
+    earlier = config.stash.get(_NODE_BUILD_ERROR, None)
     if earlier is not None:
-        pytest.fail(f"building the node binaries failed:\n{earlier}", pytrace=False)
+        pytest.fail(f"building {what} failed:\n{earlier}", pytrace=False)
     try:
-        return build.ensure_node_binaries()
+        return ensure()
     except ClusterError as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def node_binaries(request: pytest.FixtureRequest) -> NodeBinaries:
+    return _built(request.config, "the node binaries", build.ensure_node_binaries)
 
 
 @pytest.fixture(scope="session")
 def image_tools(request: pytest.FixtureRequest) -> ImageToolBinaries:
-    earlier = request.config.stash.get(_NODE_BUILD_ERROR, None)
-    if earlier is not None:
-        pytest.fail(f"building the image tools failed:\n{earlier}", pytrace=False)
-    try:
-        return build.ensure_image_tools()
-    except ClusterError as exc:
-        pytest.fail(str(exc), pytrace=False)
+    return _built(request.config, "the image tools", build.ensure_image_tools)
 
 
 @pytest.fixture(scope="session")
