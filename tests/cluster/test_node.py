@@ -433,9 +433,14 @@ def test_a_range_that_overlaps_a_route_is_refused(as_root: None) -> None:
     # A route of the machine's own, not one of a node cluster running meanwhile.
     bridge = NodeNetwork().bridge
     taken = next(
-        r["dst"]
-        for r in json.loads(routes)
-        if r.get("dst") not in (None, "default") and r.get("dev") != bridge
+        (
+            r["dst"]
+            for r in json.loads(routes)
+            if r.get("dst") not in (None, "default") and r.get("dev") != bridge
+        ),
+        None,
     )
+    if taken is None:
+        pytest.skip("this machine has no route but the default one to overlap")
     with pytest.raises(ClusterError, match=r"overlaps the route"):
         host.check_ranges(NodeNetwork(pod_cidr=taken))
