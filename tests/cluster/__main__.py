@@ -11,8 +11,9 @@ import logging
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from tests.cluster import build, controlplane
+from tests.cluster import build, controlplane, node
 from tests.cluster.errors import ClusterError
 
 
@@ -32,14 +33,60 @@ def _exports(state: dict[str, object]) -> list[str]:
     return [f"export KUBECONFIG={kubeconfig}", f'export PATH={bin_dir}:"$PATH"']
 
 
-def cmd_build(_: argparse.Namespace) -> int:
+def cmd_build(args: argparse.Namespace) -> int:
     binaries = build.ensure_binaries(progress=_err)
-    for name, path in binaries.all().items():
+    paths = binaries.all()
+    if args.node:
+        paths |= build.ensure_node_binaries(progress=_err).all()
+    if args.images:
+        paths |= build.ensure_image_tools(progress=_err).all()
+    for name, path in paths.items():
         _out(f"{name}={path}")
     return 0
 
 
+def node_state_dir() -> Path:
+    return build.cache_root() / "run-node"
+
+
+def cmd_up_node(args: argparse.Namespace) -> int:
+    state = node.running_node()
+    if state is None:
+        binaries = build.ensure_binaries(progress=_err)
+        node_binaries = build.ensure_node_binaries(progress=_err)
+        image_tools = build.ensure_image_tools(progress=_err)
+        _err("starting the control plane, the node and the registry ...")
+        cluster = node.NodeCluster.start(
+            binaries,
+            node_binaries,
+            image_tools=image_tools,
+            state_dir=node_state_dir(),
+            detached=True,
+            timeout=args.timeout,
+        )
+        _err(f"node {node.NODE_NAME} is Ready (state in {cluster.state_dir})")
+        state = node.running_node()
+        if state is None:
+            raise ClusterError("the node cluster exited right after starting")
+    elif not state.get("detached"):
+        owner = state["owner"]["pid"]
+        raise ClusterError(
+            f"a node cluster is already running, owned by process {owner} (a test run); "
+            "only one fits on a machine: wait for that run to end"
+        )
+    else:
+        _err(f"a node cluster is already running (state in {state['state_dir']})")
+    _err(
+        f"kubectl is in {state['bin_dir']}, ctr in {state['node_bin_dir']}; "
+        "stop it with `python -m tests.cluster down`"
+    )
+    _out(_exports(state)[0])
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    if args.node:
+        return cmd_up_node(args)
     state_dir = controlplane.detached_state_dir()
     state = controlplane.read_detached_state(state_dir)
     if state is None:
@@ -63,7 +110,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _down_node() -> None:
+    recorded = node.recorded_node()
+    if recorded is None:
+        return
+    if not recorded.get("detached") and node.running_node() is not None:
+        owner = recorded["owner"]["pid"]
+        _err(f"the node cluster of process {owner} (a test run) is running; leaving it alone")
+        return
+    node.teardown_recorded(recorded)
+    _err("node cluster stopped; its processes, mounts, links, iptables rules are gone")
+
+
 def cmd_down(_: argparse.Namespace) -> int:
+    _down_node()
     state_dir = controlplane.detached_state_dir()
     if controlplane.stop_detached(state_dir):
         _err("control plane stopped and its state removed")
@@ -73,7 +133,9 @@ def cmd_down(_: argparse.Namespace) -> int:
 
 
 def cmd_env(_: argparse.Namespace) -> int:
-    state = controlplane.read_detached_state(controlplane.detached_state_dir())
+    state = node.running_node() or controlplane.read_detached_state(
+        controlplane.detached_state_dir()
+    )
     if state is None:
         _err("no control plane is running; start one with `python -m tests.cluster up`")
         return 1
@@ -82,8 +144,8 @@ def cmd_env(_: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pin(_: argparse.Namespace) -> int:
-    build.pin(progress=_err)
+def cmd_pin(args: argparse.Namespace) -> int:
+    build.pin(progress=_err, node=args.node, images=args.images)
     _err(f"regenerated the wrapper modules under {build.GO_DIR}; commit go.mod and go.sum")
     return 0
 
@@ -94,12 +156,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Build and run a local Kubernetes control plane for the tests.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("build", help="build and cache the binaries, print their paths")
+    build_cmd = sub.add_parser("build", help="build and cache the binaries, print their paths")
+    build_cmd.add_argument(
+        "--node", action="store_true", help="also the kubelet, containerd, runc, CNI, CoreDNS set"
+    )
+    build_cmd.add_argument(
+        "--images", action="store_true", help="also buildkitd, buildctl and a registry"
+    )
     up = sub.add_parser("up", help="start a detached control plane, print `export KUBECONFIG=`")
-    up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for /readyz")
+    up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    up.add_argument(
+        "--node",
+        action="store_true",
+        help="also a node: kubelet on containerd+runc, CNI bridge, kube-proxy, CoreDNS (root)",
+    )
     sub.add_parser("down", help="stop the detached control plane and remove its state")
     sub.add_parser("env", help="print export lines for the running detached control plane")
-    sub.add_parser("pin", help="regenerate go/*/go.mod and go.sum from the versions in build.py")
+    pin = sub.add_parser("pin", help="regenerate go/*/go.mod and go.sum from build.py's versions")
+    pin.add_argument("--node", action="store_true", help="the node set's modules instead")
+    pin.add_argument("--images", action="store_true", help="the image tools' modules instead")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     # One line per readiness poll would drown the progress messages.

@@ -1,9 +1,15 @@
-"""Build pinned etcd, kube-apiserver, kubectl and helm from the Go module proxy, and cache them.
+"""Build pinned Kubernetes binaries from the Go module proxy, and cache them.
 
-The Go sources are three wrapper modules under `go/` (committed with go.sum), because the
+Two sets, each cached under its own key so one never invalidates the other:
+- the control plane (etcd, kube-apiserver, kubectl, helm), what the `cluster` tests need;
+- the node (kubelet, kube-controller-manager, kube-scheduler, kube-proxy, containerd with
+  its runc shim and ctr, runc, the CNI plugins, CoreDNS), what `up --node` adds.
+
+The Go sources are wrapper modules under `go/` (committed with go.sum), because the
 releases' own go.mod files carry `replace` directives that make `go install mod@version`
-fail. The binaries land in `<cache>/<key>/bin`, where the key names the versions and
-hashes the wrapper modules, so changing a pin or a go.sum builds a new set next to the old.
+fail, and because a main package cannot be imported. The binaries land in
+`<cache>/<key>/bin`, where the key names the versions and hashes the set's wrapper
+modules, so changing a pin or a go.sum builds a new set next to the old.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import platformdirs
 
@@ -35,9 +42,17 @@ log = logging.getLogger(__name__)
 KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
 HELM_VERSION = "v3.21.4"
+CONTAINERD_VERSION = "v2.4.2"
+RUNC_VERSION = "v1.5.3"
+CNI_PLUGINS_VERSION = "v1.10.0"
+COREDNS_VERSION = "v1.15.0"
+BUILDKIT_VERSION = "v0.34.2"
+REGISTRY_VERSION = "v3.1.2"
 # The `go` line of all three releases' go.mod; the wrappers run with GOTOOLCHAIN=local
 # so a build never fetches a toolchain behind the developer's back.
 GO_MINIMUM = (1, 26, 0)
+# The node set's highest `go` line: CNI plugins v1.10.0.
+NODE_GO_MINIMUM = (1, 26, 8)
 
 GO_DIR = Path(__file__).resolve().parent / "go"
 CACHE_ENV = "THREADKEEPER_CLUSTER_CACHE"
@@ -47,10 +62,18 @@ _GO_FALLBACKS = (Path("/usr/local/go/bin/go"),)
 # Bump when _go_env() or the go build flags change; the ldflags and packages of
 # _steps() are hashed into the cache key already.
 _RECIPE = "2"
+_NODE_RECIPE = "1"
+_CONTROL_PLANE_MODULES = ("etcd", "helm", "kubernetes")
+_NODE_MODULES = ("cni", "containerd", "coredns", "kubernetes-node", "runc")
+_IMAGE_TOOL_RECIPE = "1"
+_IMAGE_TOOL_MODULES = ("buildkit", "registry")
 # Measured on the 2-core reference machine (see README.md); only used in messages.
 COLD_BUILD_HINT = "13-16 minutes on 2 cores, 4.5 GB of Go caches"
+NODE_COLD_BUILD_HINT = "10-25 minutes on 2 cores, up to 7 GB of Go caches"
+IMAGE_TOOL_COLD_BUILD_HINT = "5-10 minutes on 2 cores"
 
 Progress = Callable[[str], None]
+_B = TypeVar("_B")
 
 
 @dataclass(frozen=True)
@@ -85,12 +108,67 @@ class Binaries:
 
 
 @dataclass(frozen=True)
+class _StepBinaries:
+    """Paths of one cached, complete set built by a list of steps."""
+
+    bin_dir: Path
+
+    @staticmethod
+    def _steps() -> list[_Step]:
+        raise NotImplementedError
+
+    def __getitem__(self, name: str) -> Path:
+        return self.all()[name]
+
+    def all(self) -> dict[str, Path]:
+        return {
+            name: self.bin_dir / step.subdir / name
+            for step in self._steps()
+            for name in step.outputs
+        }
+
+
+@dataclass(frozen=True)
+class NodeBinaries(_StepBinaries):
+    """The kubelet and the rest of a node (`tests.cluster.node`)."""
+
+    @staticmethod
+    def _steps() -> list[_Step]:
+        return _node_steps()
+
+    @property
+    def cni_dir(self) -> Path:
+        """The CNI plugins, apart so the directory holds nothing else for containerd."""
+        return self.bin_dir / "cni"
+
+
+@dataclass(frozen=True)
+class ImageToolBinaries(_StepBinaries):
+    """buildkitd, buildctl and a registry: what building and serving images takes."""
+
+    @staticmethod
+    def _steps() -> list[_Step]:
+        return _image_tool_steps()
+
+
+@dataclass(frozen=True)
 class _Step:
     label: str
     module: str
     packages: tuple[str, ...]
     outputs: tuple[str, ...]
     ldflags: tuple[str, ...]
+    # Outside repr: the control-plane key hashes repr(_steps()), and a new field there
+    # would rebuild a cached set whose recipe did not change. The node key hashes these.
+    cgo: bool = field(default=False, repr=False)
+    tags: tuple[str, ...] = field(default=(), repr=False)
+    subdir: str = field(default="", repr=False)
+
+    def fingerprint(self) -> str:
+        return f"{self!r} cgo={self.cgo} tags={self.tags} subdir={self.subdir!r}"
+
+
+CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 
 
 def _minor(version: str) -> tuple[str, str]:
@@ -98,7 +176,7 @@ def _minor(version: str) -> tuple[str, str]:
     return major, minor
 
 
-def _steps() -> list[_Step]:
+def _kubernetes_ldflags() -> tuple[str, ...]:
     major, minor = _minor(KUBERNETES_VERSION)
     # What upstream's hack/lib/version.sh stamps in, so `/version`, `kubectl version`
     # and helm's `.Capabilities.KubeVersion` report the real release instead of v0.0.0.
@@ -111,6 +189,11 @@ def _steps() -> list[_Step]:
             f"-X {pkg}.gitMinor={minor}",
             f"-X {pkg}.gitTreeState=clean",
         ]
+    return tuple(k8s_ld)
+
+
+def _steps() -> list[_Step]:
+    major, minor = _minor(KUBERNETES_VERSION)
     helm_ld = [
         f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
         "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
@@ -126,7 +209,7 @@ def _steps() -> list[_Step]:
             "kubernetes",
             ("./cmd/kube-apiserver", "./cmd/kubectl"),
             ("kube-apiserver", "kubectl"),
-            tuple(k8s_ld),
+            _kubernetes_ldflags(),
         ),
         _Step(
             f"helm {HELM_VERSION}",
@@ -134,6 +217,83 @@ def _steps() -> list[_Step]:
             ("helm.sh/helm/v3/cmd/helm",),
             ("helm",),
             tuple(helm_ld),
+        ),
+    ]
+
+
+def _node_steps() -> list[_Step]:
+    node_components = ("kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy")
+    cni = "github.com/containernetworking/plugins/plugins"
+    containerd = "github.com/containerd/containerd/v2"
+    return [
+        _Step(
+            f"kubelet, kube-controller-manager, kube-scheduler, kube-proxy {KUBERNETES_VERSION}",
+            "kubernetes-node",
+            tuple(f"./cmd/{name}" for name in node_components),
+            node_components,
+            _kubernetes_ldflags(),
+        ),
+        _Step(
+            f"containerd, containerd-shim-runc-v2, ctr {CONTAINERD_VERSION}",
+            "containerd",
+            tuple(
+                f"{containerd}/cmd/{name}"
+                for name in ("containerd", "containerd-shim-runc-v2", "ctr")
+            ),
+            ("containerd", "containerd-shim-runc-v2", "ctr"),
+            (f"-X {containerd}/version.Version={CONTAINERD_VERSION.lstrip('v')}",),
+        ),
+        # containerd gives every sandbox the RuntimeDefault seccomp profile, which a runc
+        # built without libseccomp refuses; hence cgo and the seccomp tag, as upstream's.
+        _Step(
+            f"runc {RUNC_VERSION}",
+            "runc",
+            ("github.com/opencontainers/runc",),
+            ("runc",),
+            (),
+            cgo=True,
+            tags=("seccomp",),
+        ),
+        _Step(
+            f"CNI plugins {CNI_PLUGINS_VERSION}",
+            "cni",
+            (
+                f"{cni}/main/bridge",
+                f"{cni}/ipam/host-local",
+                f"{cni}/main/loopback",
+                f"{cni}/meta/portmap",
+            ),
+            CNI_PLUGINS,
+            (),
+            subdir="cni",
+        ),
+        _Step(
+            f"coredns {COREDNS_VERSION}",
+            "coredns",
+            ("github.com/coredns/coredns",),
+            ("coredns",),
+            (),
+        ),
+    ]
+
+
+def _image_tool_steps() -> list[_Step]:
+    buildkit = "github.com/moby/buildkit"
+    registry = "github.com/distribution/distribution/v3"
+    return [
+        _Step(
+            f"buildkitd, buildctl {BUILDKIT_VERSION}",
+            "buildkit",
+            (f"{buildkit}/cmd/buildkitd", f"{buildkit}/cmd/buildctl"),
+            ("buildkitd", "buildctl"),
+            (f"-X {buildkit}/version.Version={BUILDKIT_VERSION}",),
+        ),
+        _Step(
+            f"registry {REGISTRY_VERSION}",
+            "registry",
+            (f"{registry}/cmd/registry",),
+            ("registry",),
+            (f"-X {registry}/version.version={REGISTRY_VERSION}",),
         ),
     ]
 
@@ -146,9 +306,11 @@ def cache_root() -> Path:
     return Path(platformdirs.user_cache_dir("threadkeeper")) / "cluster"
 
 
-def _source_digest() -> str:
-    digest = hashlib.sha256(f"{_RECIPE}\0{_steps()!r}\0".encode())
+def _source_digest(recipe: str, modules: Sequence[str]) -> str:
+    digest = hashlib.sha256(recipe.encode())
     for path in sorted(GO_DIR.rglob("*")):
+        if path.relative_to(GO_DIR).parts[0] not in modules:
+            continue
         if path.is_file() and (path.name in ("go.mod", "go.sum") or path.suffix == ".go"):
             digest.update(str(path.relative_to(GO_DIR)).encode() + b"\0")
             digest.update(path.read_bytes() + b"\0")
@@ -156,20 +318,50 @@ def _source_digest() -> str:
 
 
 def cache_key() -> str:
+    """The control-plane set's directory name under `cache_root()`."""
+    digest = _source_digest(f"{_RECIPE}\0{_steps()!r}\0", _CONTROL_PLANE_MODULES)
+    return f"kubernetes-{KUBERNETES_VERSION}_etcd-{ETCD_VERSION}_helm-{HELM_VERSION}_{digest}"
+
+
+def node_cache_key() -> str:
+    """The node set's directory name under `cache_root()`."""
+    steps = "\0".join(step.fingerprint() for step in _node_steps())
+    digest = _source_digest(f"node{_NODE_RECIPE}\0{steps}\0", _NODE_MODULES)
     return (
-        f"kubernetes-{KUBERNETES_VERSION}_etcd-{ETCD_VERSION}_helm-{HELM_VERSION}"
-        f"_{_source_digest()}"
+        f"node_kubernetes-{KUBERNETES_VERSION}_containerd-{CONTAINERD_VERSION}"
+        f"_runc-{RUNC_VERSION}_cni-{CNI_PLUGINS_VERSION}_coredns-{COREDNS_VERSION}_{digest}"
     )
 
 
-def cached_binaries() -> Binaries | None:
-    """The cached set for the current pins, or None; never builds."""
-    bins = Binaries(cache_root() / cache_key() / "bin")
-    # The set directory only ever appears by rename, complete; the check guards against
+def image_tool_cache_key() -> str:
+    """The image tools' directory name under `cache_root()`."""
+    steps = "\0".join(step.fingerprint() for step in _image_tool_steps())
+    digest = _source_digest(f"image{_IMAGE_TOOL_RECIPE}\0{steps}\0", _IMAGE_TOOL_MODULES)
+    return f"image-tools_buildkit-{BUILDKIT_VERSION}_registry-{REGISTRY_VERSION}_{digest}"
+
+
+def _complete(paths: dict[str, Path]) -> bool:
+    # A set directory only ever appears by rename, complete; the check guards against
     # someone deleting files by hand.
-    if all(p.is_file() and os.access(p, os.X_OK) for p in bins.all().values()):
-        return bins
-    return None
+    return all(p.is_file() and os.access(p, os.X_OK) for p in paths.values())
+
+
+def cached_binaries() -> Binaries | None:
+    """The cached control-plane set for the current pins, or None; never builds."""
+    bins = Binaries(cache_root() / cache_key() / "bin")
+    return bins if _complete(bins.all()) else None
+
+
+def cached_node_binaries() -> NodeBinaries | None:
+    """The cached node set for the current pins, or None; never builds."""
+    bins = NodeBinaries(cache_root() / node_cache_key() / "bin")
+    return bins if _complete(bins.all()) else None
+
+
+def cached_image_tools() -> ImageToolBinaries | None:
+    """The cached buildkit and registry for the current pins, or None; never builds."""
+    bins = ImageToolBinaries(cache_root() / image_tool_cache_key() / "bin")
+    return bins if _complete(bins.all()) else None
 
 
 def find_go() -> Path | None:
@@ -186,15 +378,16 @@ def find_go() -> Path | None:
     return None
 
 
-def _go_env() -> dict[str, str]:
+def _go_env(*, cgo: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         GOTOOLCHAIN="local",
         # go.sum is committed: a build must not rewrite it, only verify against it.
         GOFLAGS="-mod=readonly",
         GOWORK="off",
-        # Static binaries like upstream's releases, and no C compiler needed.
-        CGO_ENABLED="0",
+        # Static binaries like upstream's releases, and no C compiler needed, except
+        # where a step links a C library (runc and libseccomp).
+        CGO_ENABLED="1" if cgo else "0",
     )
     return env
 
@@ -216,21 +409,39 @@ def go_version(go: Path) -> tuple[int, int, int]:
     return int(match[1]), int(match[2]), int(match[3] or 0)
 
 
-def _require_go() -> Path:
+def _require_go(
+    minimum: tuple[int, int, int] = GO_MINIMUM, what: str = "kube-apiserver and etcd"
+) -> Path:
     go = find_go()
-    wanted = ".".join(map(str, GO_MINIMUM))
+    wanted = ".".join(map(str, minimum))
     if go is None:
         raise ClusterError(
-            f"Go >= {wanted} is needed to build kube-apiserver and etcd for the tests, "
+            f"Go >= {wanted} is needed to build {what} for the tests, "
             f"and none was found on PATH, in /usr/local/go/bin or in ${GO_ENV}. "
             "Install a Go toolchain, or set KUBECONFIG to use an existing cluster."
         )
     have = go_version(go)
-    if have < GO_MINIMUM:
+    if have < minimum:
         raise ClusterError(
             f"{go} is Go {'.'.join(map(str, have))}, but the pinned releases need Go >= {wanted}."
         )
     return go
+
+
+def _require_cgo_seccomp() -> None:
+    """runc links libseccomp through cgo: a C compiler and the library's headers."""
+    missing = [tool for tool in ("gcc", "pkg-config") if shutil.which(tool) is None]
+    if missing:
+        raise ClusterError(
+            f"building runc needs {' and '.join(missing)} (cgo); "
+            "install them, e.g. `apt-get install gcc pkg-config libseccomp-dev`"
+        )
+    found = subprocess.run(["pkg-config", "--exists", "libseccomp"], check=False)
+    if found.returncode != 0:
+        raise ClusterError(
+            "building runc with seccomp needs libseccomp's headers; "
+            "install them, e.g. `apt-get install libseccomp-dev`"
+        )
 
 
 @contextlib.contextmanager
@@ -249,13 +460,19 @@ def _locked(path: Path, progress: Progress) -> Iterator[None]:
 
 
 def _run_go(
-    go: Path, args: Sequence[str], cwd: Path, label: str, progress: Progress, log_path: Path
+    go: Path,
+    args: Sequence[str],
+    cwd: Path,
+    step: _Step,
+    progress: Progress,
+    log_path: Path,
 ) -> None:
+    label = step.label
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
             [str(go), *args],
             cwd=cwd,
-            env=_go_env(),
+            env=_go_env(cgo=step.cgo),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -284,27 +501,33 @@ def _run_go(
         )
 
 
-def _build_into(go: Path, bin_dir: Path, progress: Progress) -> dict[str, float]:
+def _build_into(
+    go: Path, bin_dir: Path, steps: Sequence[_Step], progress: Progress
+) -> dict[str, float]:
     timings: dict[str, float] = {}
-    for step in _steps():
+    for step in steps:
         progress(f"building {step.label} ...")
         started = time.monotonic()
+        out_dir = bin_dir / step.subdir
+        out_dir.mkdir(exist_ok=True)
         # -buildvcs=false: the wrappers live in this repo, and stamping its commit would
         # make otherwise identical binaries differ from one checkout to the next.
         args = ["build", "-trimpath", "-buildvcs=false"]
+        if step.tags:
+            args += ["-tags", ",".join(step.tags)]
         args += ["-ldflags", " ".join(("-s", "-w", *step.ldflags))]
-        args += ["-o", f"{bin_dir}/", *step.packages]
+        args += ["-o", f"{out_dir}/", *step.packages]
         _run_go(
             go,
             args,
             GO_DIR / step.module,
-            step.label,
+            step,
             progress,
             bin_dir.parent / f"build-{step.module}.log",
         )
         for name in step.outputs:
-            if not (bin_dir / name).is_file():
-                raise ClusterError(f"go build of {step.label} produced no {bin_dir / name}")
+            if not (out_dir / name).is_file():
+                raise ClusterError(f"go build of {step.label} produced no {out_dir / name}")
         timings[step.label] = round(time.monotonic() - started, 1)
         progress(f"built {step.label} in {timings[step.label]:.0f}s")
     return timings
@@ -314,41 +537,86 @@ def _stderr_progress(message: str) -> None:
     log.info("%s", message)
 
 
-def ensure_binaries(progress: Progress | None = None) -> Binaries:
-    """Return the cached binaries, building them first if this key has none yet.
+@dataclass(frozen=True)
+class _SetSpec:
+    """What distinguishes one cached set from another."""
+
+    key: str
+    steps: tuple[_Step, ...]
+    versions: dict[str, str]
+    go_minimum: tuple[int, int, int]
+    what: str
+    cold_hint: str
+
+
+def _control_plane_spec() -> _SetSpec:
+    return _SetSpec(
+        key=cache_key(),
+        steps=tuple(_steps()),
+        versions={"kubernetes": KUBERNETES_VERSION, "etcd": ETCD_VERSION, "helm": HELM_VERSION},
+        go_minimum=GO_MINIMUM,
+        what="kube-apiserver and etcd",
+        cold_hint=COLD_BUILD_HINT,
+    )
+
+
+def _node_spec() -> _SetSpec:
+    return _SetSpec(
+        key=node_cache_key(),
+        steps=tuple(_node_steps()),
+        versions={
+            "kubernetes": KUBERNETES_VERSION,
+            "containerd": CONTAINERD_VERSION,
+            "runc": RUNC_VERSION,
+            "cni-plugins": CNI_PLUGINS_VERSION,
+            "coredns": COREDNS_VERSION,
+        },
+        go_minimum=NODE_GO_MINIMUM,
+        what="the kubelet, containerd, runc and CoreDNS",
+        cold_hint=NODE_COLD_BUILD_HINT,
+    )
+
+
+def _image_tool_spec() -> _SetSpec:
+    return _SetSpec(
+        key=image_tool_cache_key(),
+        steps=tuple(_image_tool_steps()),
+        versions={"buildkit": BUILDKIT_VERSION, "registry": REGISTRY_VERSION},
+        go_minimum=NODE_GO_MINIMUM,
+        what="buildkit and the registry",
+        cold_hint=IMAGE_TOOL_COLD_BUILD_HINT,
+    )
+
+
+def _build_set(spec: _SetSpec, cached: Callable[[], object | None], report: Progress) -> None:
+    """Build `spec` into `<cache>/<key>` unless `cached()` finds it there meanwhile.
 
     Builds run in a temporary sibling directory that is renamed into place only when every
     binary exists, under an exclusive file lock, so an interrupted build leaves nothing
     that looks usable and concurrent builders wait for each other instead of racing.
     """
-    report = progress or _stderr_progress
-    found = cached_binaries()
-    if found:
-        return found
     root = cache_root()
-    key = cache_key()
-    go = _require_go()
+    go = _require_go(spec.go_minimum, spec.what)
+    if any(step.cgo for step in spec.steps):
+        _require_cgo_seccomp()
     with _locked(root / ".build.lock", report):
-        found = cached_binaries()
-        if found:
-            return found
+        if cached() is not None:
+            return
         # Holding the lock means any leftover temp dir belongs to a build that died.
         for stale in root.glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        final = root / key
+        final = root / spec.key
         if final.exists():
             shutil.rmtree(final)
-        report(f"building test cluster binaries into {final} (cold: {COLD_BUILD_HINT})")
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
+        report(f"building test cluster binaries into {final} (cold: {spec.cold_hint})")
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{spec.key}-", dir=root))
         try:
             bin_dir = tmp / "bin"
             bin_dir.mkdir()
             started = time.monotonic()
-            timings = _build_into(go, bin_dir, report)
+            timings = _build_into(go, bin_dir, spec.steps, report)
             manifest = {
-                "kubernetes": KUBERNETES_VERSION,
-                "etcd": ETCD_VERSION,
-                "helm": HELM_VERSION,
+                **spec.versions,
                 "go": ".".join(map(str, go_version(go))),
                 "seconds": timings,
                 "total_seconds": round(time.monotonic() - started, 1),
@@ -362,10 +630,35 @@ def ensure_binaries(progress: Progress | None = None) -> Binaries:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         report(f"built all binaries in {manifest['total_seconds']:.0f}s")
-    result = cached_binaries()
+
+
+def _ensure(
+    spec: Callable[[], _SetSpec], cached: Callable[[], _B | None], progress: Progress | None
+) -> _B:
+    found = cached()
+    if found is not None:
+        return found
+    wanted = spec()
+    _build_set(wanted, cached, progress or _stderr_progress)
+    result = cached()
     if result is None:
-        raise ClusterError(f"{final} is incomplete right after building it")
+        raise ClusterError(f"{cache_root() / wanted.key} is incomplete right after building it")
     return result
+
+
+def ensure_binaries(progress: Progress | None = None) -> Binaries:
+    """Return the cached control-plane binaries, building them first if needed."""
+    return _ensure(_control_plane_spec, cached_binaries, progress)
+
+
+def ensure_node_binaries(progress: Progress | None = None) -> NodeBinaries:
+    """Return the cached node binaries, building them first if needed."""
+    return _ensure(_node_spec, cached_node_binaries, progress)
+
+
+def ensure_image_tools(progress: Progress | None = None) -> ImageToolBinaries:
+    """Return the cached buildkitd, buildctl and registry, building them first if needed."""
+    return _ensure(_image_tool_spec, cached_image_tools, progress)
 
 
 # --- regenerating the wrapper modules after a version bump -------------------------------
@@ -373,7 +666,7 @@ def ensure_binaries(progress: Progress | None = None) -> Binaries:
 _HEADER = "// Generated by `python -m tests.cluster pin`; edit the versions in build.py instead.\n"
 
 
-def _kubernetes_gomod(go: Path) -> str:
+def _kubernetes_gomod(go: Path, module: str) -> str:
     info = subprocess.run(
         [str(go), "mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"],
         cwd=tempfile.gettempdir(),
@@ -392,19 +685,78 @@ def _kubernetes_gomod(go: Path) -> str:
         _HEADER
         + "// k8s.io/kubernetes replaces its staging modules with ./staging paths, and only the\n"
         + "// main module's replaces apply, so they are repeated here with published versions.\n"
-        + "module threadkeeper.test/cluster/kubernetes\n\n"
+        + f"module threadkeeper.test/cluster/{module}\n\n"
         + "go 1.26.0\n\ngodebug default=go1.26\n\n"
         + f"require k8s.io/kubernetes {KUBERNETES_VERSION}\n\n"
         + f"replace (\n{replaces})\n"
     )
 
 
-def pin(progress: Progress | None = None) -> None:
-    """Rewrite go/*/go.mod for the versions above and refresh go.sum with `go mod tidy`."""
+def _tool_gomod(module: str, go_line: str, tools: Sequence[str], require: str) -> str:
+    return (
+        _HEADER
+        + "// A main package cannot be imported: the binaries are built as this module's tools.\n"
+        + f"module threadkeeper.test/cluster/{module}\n\ngo {go_line}\n\n"
+        + "".join(f"tool {tool}\n" for tool in tools)
+        + f"\nrequire {require}\n"
+    )
+
+
+def _node_gomods(go: Path) -> dict[str, str]:
+    steps = {step.module: step for step in _node_steps()}
+
+    def tool(module: str, go_line: str, require: str) -> str:
+        return _tool_gomod(module, go_line, steps[module].packages, require)
+
+    # Each release's own `go` line, which `go mod tidy` insists on.
+    return {
+        "kubernetes-node": _kubernetes_gomod(go, "kubernetes-node"),
+        "containerd": tool(
+            "containerd", "1.26.6", f"github.com/containerd/containerd/v2 {CONTAINERD_VERSION}"
+        ),
+        "runc": tool("runc", "1.26.0", f"github.com/opencontainers/runc {RUNC_VERSION}"),
+        "cni": tool(
+            "cni", "1.26.8", f"github.com/containernetworking/plugins {CNI_PLUGINS_VERSION}"
+        ),
+        "coredns": tool("coredns", "1.26.0", f"github.com/coredns/coredns {COREDNS_VERSION}"),
+    }
+
+
+def _image_tool_gomods() -> dict[str, str]:
+    steps = {step.module: step for step in _image_tool_steps()}
+    return {
+        "buildkit": _tool_gomod(
+            "buildkit",
+            "1.26.8",
+            steps["buildkit"].packages,
+            f"github.com/moby/buildkit {BUILDKIT_VERSION}",
+        ),
+        "registry": _tool_gomod(
+            "registry",
+            "1.26.0",
+            steps["registry"].packages,
+            f"github.com/distribution/distribution/v3 {REGISTRY_VERSION}",
+        ),
+    }
+
+
+def pin(progress: Progress | None = None, *, node: bool = False, images: bool = False) -> None:
+    """Rewrite go/*/go.mod for the versions above and refresh go.sum with `go mod tidy`.
+
+    `node` regenerates the node set's modules instead of the control plane's, `images`
+    the image tools' (buildkit, registry).
+    """
     report = progress or _stderr_progress
+    if node or images:
+        go = _require_go(NODE_GO_MINIMUM)
+        if node:
+            _tidy(go, _node_gomods(go), report)
+        if images:
+            _tidy(go, _image_tool_gomods(), report)
+        return
     go = _require_go()
     modules = {
-        "kubernetes": _kubernetes_gomod(go),
+        "kubernetes": _kubernetes_gomod(go, "kubernetes"),
         "etcd": _HEADER
         + "module threadkeeper.test/cluster/etcd\n\ngo 1.26.0\n\n"
         + f"require go.etcd.io/etcd/server/v3 {ETCD_VERSION}\n",
@@ -414,10 +766,15 @@ def pin(progress: Progress | None = None) -> None:
         + "tool helm.sh/helm/v3/cmd/helm\n\n"
         + f"require helm.sh/helm/v3 {HELM_VERSION}\n",
     }
+    _tidy(go, modules, report)
+
+
+def _tidy(go: Path, modules: dict[str, str], report: Progress) -> None:
     env = _go_env()
     env["GOFLAGS"] = "-mod=mod"
     for name, text in modules.items():
         directory = GO_DIR / name
+        directory.mkdir(exist_ok=True)
         (directory / "go.mod").write_text(text)
         (directory / "go.sum").unlink(missing_ok=True)
         report(f"go mod tidy in {directory}")

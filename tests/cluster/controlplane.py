@@ -29,6 +29,7 @@ import yaml
 from tests.cluster import pki
 from tests.cluster.build import Binaries, cache_root, cached_binaries
 from tests.cluster.errors import ClusterError
+from tests.cluster.host import NodeNetwork
 from tests.cluster.proc import alive, die_with_parent, free_port, start_time, stop_group
 
 if TYPE_CHECKING:
@@ -317,7 +318,8 @@ def _stop_recorded(children: Mapping[str, Mapping[str, int]]) -> None:
 
 
 class ControlPlane(Cluster):
-    """etcd and kube-apiserver as child processes, listening on 127.0.0.1 only.
+    """etcd and kube-apiserver as child processes, listening on 127.0.0.1 only (with a
+    `node_network`, the API server listens on the node's bridge address instead).
 
     Start with `ControlPlane.start(binaries)` and end with `stop()` (or use it as a
     context manager). Unless `detached`, the children die with this process even when it
@@ -331,8 +333,10 @@ class ControlPlane(Cluster):
         state_dir: Path,
         owns_state_dir: bool,
         detached: bool,
+        node_network: NodeNetwork | None = None,
     ) -> None:
         self.binaries = binaries
+        self.node_network = node_network
         self.state_dir = state_dir
         self._owns_state_dir = owns_state_dir
         self.detached = detached
@@ -361,11 +365,14 @@ class ControlPlane(Cluster):
         state_dir: Path | None = None,
         detached: bool = False,
         timeout: float = 90.0,
+        node_network: NodeNetwork | None = None,
     ) -> ControlPlane:
         """Start etcd and kube-apiserver and return once `/readyz` answers ok.
 
         `detached` children outlive this process (for `python -m tests.cluster up`);
-        stop them with `stop_detached(state_dir)`.
+        stop them with `stop_detached(state_dir)`. `node_network` configures the API
+        server for a node (`tests.cluster.node`): its Service range, ServiceAccount
+        admission (a controller-manager makes the `default` accounts) and kubelet access.
         """
         sweep_stale_state()
         owns = state_dir is None
@@ -373,7 +380,13 @@ class ControlPlane(Cluster):
             state_dir = Path(tempfile.mkdtemp(prefix=_STATE_PREFIX))
         else:
             state_dir.mkdir(parents=True, exist_ok=True)
-        plane = cls(binaries=binaries, state_dir=state_dir, owns_state_dir=owns, detached=detached)
+        plane = cls(
+            binaries=binaries,
+            state_dir=state_dir,
+            owns_state_dir=owns,
+            detached=detached,
+            node_network=node_network,
+        )
         if not detached:
             with _live_lock:
                 _live.add(plane)
@@ -388,7 +401,7 @@ class ControlPlane(Cluster):
         self._write_pki()
         for attempt in range(3):
             self.etcd_port, self.etcd_peer_port, self.apiserver_port = self._pick_ports()
-            self.server = f"https://127.0.0.1:{self.apiserver_port}"
+            self.server = f"https://{self._bind_address()}:{self.apiserver_port}"
             try:
                 self._launch(timeout)
             except _PortClash as clash:
@@ -433,8 +446,11 @@ class ControlPlane(Cluster):
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ],
-            ip_addresses=["127.0.0.1", "10.0.0.1"],
+            ip_addresses=sorted({"127.0.0.1", self._bind_address(), self._kubernetes_service_ip()}),
             server=True,
+        )
+        kubelet_client = self.ca.issue(
+            "kube-apiserver-kubelet-client", organizations=["system:masters"], client=True
         )
         # For the readiness probe, which must not depend on anything but the CA.
         probe = self.ca.issue("threadkeeper-probe", organizations=["system:masters"], client=True)
@@ -445,6 +461,8 @@ class ControlPlane(Cluster):
             "apiserver.key": serving.key_pem,
             "probe.crt": probe.cert_pem,
             "probe.key": probe.key_pem,
+            "kubelet-client.crt": kubelet_client.cert_pem,
+            "kubelet-client.key": kubelet_client.key_pem,
             "sa.pub": signing.public_pem,
             "sa.key": signing.private_pem,
         }.items():
@@ -470,29 +488,58 @@ class ControlPlane(Cluster):
             "--log-level=warn",
         ]
 
+    def _service_cidr(self) -> str:
+        net = self.node_network
+        return net.service_cidr if net is not None else SERVICE_CLUSTER_IP_RANGE
+
+    def _kubernetes_service_ip(self) -> str:
+        net = self.node_network
+        return net.kubernetes_service_ip if net is not None else "10.0.0.1"
+
+    def _bind_address(self) -> str:
+        # With a node, on the bridge address: pods reach it through the `kubernetes`
+        # Service, and it is as local to the host as loopback.
+        net = self.node_network
+        return net.gateway if net is not None else "127.0.0.1"
+
+    def _node_args(self) -> list[str]:
+        pki_dir = self.state_dir / "pki"
+        if self.node_network is None:
+            return [
+                # No controller-manager creates `default` ServiceAccounts, so this
+                # admission plugin would reject every pod.
+                "--disable-admission-plugins=ServiceAccount",
+                # The `kubernetes` Service's endpoint would be 127.0.0.1, which Endpoints
+                # reject, and no pod could use it.
+                "--endpoint-reconciler-type=none",
+            ]
+        return [
+            "--endpoint-reconciler-type=lease",
+            f"--kubelet-certificate-authority={pki_dir / 'ca.crt'}",
+            f"--kubelet-client-certificate={pki_dir / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={pki_dir / 'kubelet-client.key'}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
+
     def _apiserver_args(self) -> list[str]:
         pki_dir = self.state_dir / "pki"
         return [
             str(self.binaries.kube_apiserver),
             f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-            "--bind-address=127.0.0.1",
+            f"--bind-address={self._bind_address()}",
             # Without it the apiserver looks for a default route to pick an address.
-            "--advertise-address=127.0.0.1",
+            f"--advertise-address={self._bind_address()}",
             f"--secure-port={self.apiserver_port}",
             f"--cert-dir={self.state_dir / 'apiserver-certs'}",
             f"--tls-cert-file={pki_dir / 'apiserver.crt'}",
             f"--tls-private-key-file={pki_dir / 'apiserver.key'}",
             f"--client-ca-file={pki_dir / 'ca.crt'}",
             "--authorization-mode=RBAC",
-            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            f"--service-cluster-ip-range={self._service_cidr()}",
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
             f"--service-account-key-file={pki_dir / 'sa.pub'}",
             f"--service-account-signing-key-file={pki_dir / 'sa.key'}",
-            # No controller-manager creates `default` ServiceAccounts, so this admission
-            # plugin would reject every pod.
-            "--disable-admission-plugins=ServiceAccount",
-            # No kubelet will ever run an endpoint for the `kubernetes` Service.
-            "--endpoint-reconciler-type=none",
+            *self._node_args(),
             "--allow-privileged=true",
             "--profiling=false",
         ]
@@ -599,6 +646,15 @@ class ControlPlane(Cluster):
         self.stop()
 
     # --- identities ----------------------------------------------------------------------
+
+    def write_kubeconfig(self, path: Path, common_name: str, organizations: list[str]) -> Path:
+        """A kubeconfig for a client certificate with this CN and these groups."""
+        cert = self.ca.issue(common_name, organizations=organizations, client=True)
+        user = {
+            "client-certificate-data": _b64(cert.cert_pem),
+            "client-key-data": _b64(cert.key_pem),
+        }
+        return _write_private(path, _kubeconfig_text(self._cluster_entry, user))
 
     def _default_method(self) -> Literal["cert", "token"]:
         return "cert"

@@ -42,6 +42,17 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def terminal_progress(config: pytest.Config) -> build.Progress:
+    """Build progress as lines in pytest's terminal output."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+
+    def progress(message: str) -> None:
+        if reporter is not None:
+            reporter.write_line(f"[tests.cluster] {message}")
+
+    return progress
+
+
 def _needs_binaries(items: list[pytest.Item]) -> bool:
     external = bool(os.environ.get("KUBECONFIG"))
     for item in items:
@@ -56,14 +67,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if build.cached_binaries() is not None or build.find_go() is None:
         return
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-
-    def progress(message: str) -> None:
-        if reporter is not None:
-            reporter.write_line(f"[tests.cluster] {message}")
-
     try:
-        build.ensure_binaries(progress=progress)
+        build.ensure_binaries(progress=terminal_progress(session.config))
     except ClusterError as exc:
         # Reported by the fixtures, on the tests that need them, instead of aborting
         # the whole session.

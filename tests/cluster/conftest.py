@@ -1,0 +1,130 @@
+"""The `node` tier: tests that need a one-node cluster that runs pods (tests.cluster.node).
+
+Node tests are deselected unless the `-m` expression names `node` (`pytest -m node
+tests/cluster`): they need root, change the host's network while they run, and their
+first run builds the node binaries (see README.md for the times).
+
+Fixtures:
+- `node_binaries` (session): the built `NodeBinaries`, built once after collection.
+- `kube_node` (session): a running `NodeCluster`; `kube_node_host_before` is the host's
+  state from just before it started, for the test that checks `stop()` restores it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import pytest
+
+from tests.cluster import build, rootfs
+from tests.cluster.build import Binaries, ImageToolBinaries, NodeBinaries
+from tests.cluster.errors import ClusterError
+from tests.cluster.host import HostState, host_state
+from tests.cluster.image import ImageRef
+from tests.cluster.node import NodeCluster, NodePorts
+from tests.cluster.pytest_plugin import terminal_progress
+
+_NODE_BUILD_ERROR = pytest.StashKey[str]()
+_B = TypeVar("_B")
+# The test that stops the session's node cluster runs after every other node test.
+_LAST = "test_stop_leaves_nothing_behind"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "node: needs a one-node cluster that runs pods (root; `pytest -m node`)"
+    )
+
+
+def _node_selected(config: pytest.Config) -> bool:
+    return "node" in (config.option.markexpr or "")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    node_items = [item for item in items if item.get_closest_marker("node")]
+    if not node_items:
+        return
+    if not _node_selected(config):
+        config.hook.pytest_deselected(items=node_items)
+        items[:] = [item for item in items if not item.get_closest_marker("node")]
+        return
+    items.sort(key=lambda item: item.name == _LAST)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A cold build outlasts any test timeout: do it here, outside every test."""
+    if session.config.option.collectonly:
+        return
+    if not any(item.get_closest_marker("node") for item in session.items):
+        return
+    if build.cached_node_binaries() is not None and build.cached_image_tools() is not None:
+        return
+    progress = terminal_progress(session.config)
+    try:
+        build.ensure_binaries(progress=progress)
+        build.ensure_node_binaries(progress=progress)
+        build.ensure_image_tools(progress=progress)
+    except ClusterError as exc:
+        session.config.stash[_NODE_BUILD_ERROR] = str(exc)
+
+
+def _built(config: pytest.Config, what: str, ensure: Callable[[], _B]) -> _B:
+    """The set `ensure` returns; a failure (here or after collection) fails the test."""
+    earlier = config.stash.get(_NODE_BUILD_ERROR, None)
+    if earlier is not None:
+        pytest.fail(f"building {what} failed:\n{earlier}", pytrace=False)
+    try:
+        return ensure()
+    except ClusterError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def node_binaries(request: pytest.FixtureRequest) -> NodeBinaries:
+    return _built(request.config, "the node binaries", build.ensure_node_binaries)
+
+
+@pytest.fixture(scope="session")
+def image_tools(request: pytest.FixtureRequest) -> ImageToolBinaries:
+    return _built(request.config, "the image tools", build.ensure_image_tools)
+
+
+@pytest.fixture(scope="session")
+def kube_node_host_before() -> HostState:
+    return host_state()
+
+
+@pytest.fixture(scope="session")
+def kube_node(
+    cluster_binaries: Binaries,
+    node_binaries: NodeBinaries,
+    image_tools: ImageToolBinaries,
+    kube_node_host_before: HostState,
+) -> Iterator[NodeCluster]:
+    """A node cluster with a registry, for the session; needs root."""
+    if os.geteuid() != 0:
+        pytest.fail("the node tier needs root (bridges, iptables, mounts)", pytrace=False)
+    try:
+        # Any free registry port: a developer's own registry may hold the default.
+        cluster = NodeCluster.start(
+            cluster_binaries, node_binaries, image_tools=image_tools, ports=NodePorts(registry=0)
+        )
+    except ClusterError as exc:
+        pytest.fail(f"the node cluster did not start: {exc}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def python_base_image(kube_node: NodeCluster, request: pytest.FixtureRequest) -> ImageRef:
+    """`rootfs.PYTHON_BASE_IMAGE`, made (debootstrap, about a minute) and imported."""
+    try:
+        archive = rootfs.python_base_archive(terminal_progress(request.config))
+    except ClusterError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    kube_node.import_image(archive, rootfs.PYTHON_BASE_IMAGE)
+    return rootfs.PYTHON_BASE_IMAGE
