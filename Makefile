@@ -4,13 +4,15 @@ PYTHON ?= python3
 UV := $(PYTHON) -m uv
 PYTEST_ARGS ?=
 
-.PHONY: help uv sync run test lint fmt cluster-build cluster-up cluster-down bench clean
+.PHONY: help uv sync run test test-node lint fmt cluster-build cluster-up cluster-down bench clean
 
 help:
 	@echo "make run          serve on 127.0.0.1:8000 (embedded Postgres, offline model)"
 	@echo "make test         the whole suite (builds the test control plane if missing)"
 	@echo "make lint         ruff + mypy"
 	@echo "make cluster-up   start a local kube-apiserver + etcd; prints the KUBECONFIG line"
+	@echo "make cluster-up NODE=1  also a node that runs pods (root): kubelet, containerd, CNI, kube-proxy, CoreDNS, registry"
+	@echo "make test-node    the one-node cluster tier (pods, Services, DNS)"
 	@echo "make cluster-down stop it"
 	@echo "make bench        the benchmarks against their baselines (QUICK=1: a 3-minute smoke run)"
 
@@ -30,10 +32,12 @@ lint: sync
 	$(UV) run mypy --strict examples/refund-agent/src/refund_agent
 
 cluster-build: sync
-	$(UV) run python -m tests.cluster build
+	$(if $(NODE),bash tests/cluster/ensure-host-packages.sh)
+	$(UV) run python -m tests.cluster build $(if $(NODE),--node --images)
 
 cluster-up: sync
-	$(UV) run python -m tests.cluster up
+	$(if $(NODE),bash tests/cluster/ensure-host-packages.sh)
+	$(UV) run python -m tests.cluster up $(if $(NODE),--node)
 
 cluster-down: sync
 	$(UV) run python -m tests.cluster down
@@ -41,6 +45,12 @@ cluster-down: sync
 test: sync cluster-build
 	bash deploy/tools/ensure-tools.sh
 	$(UV) run pytest $(PYTEST_ARGS)
+
+# The one-node tier (root; builds kubelet, containerd, runc, CNI, CoreDNS, BuildKit once).
+test-node: sync
+	bash tests/cluster/ensure-host-packages.sh
+	$(UV) run python -m tests.cluster build --node --images
+	$(UV) run pytest -m node tests/cluster $(PYTEST_ARGS)
 
 # The bench group adds `langgraph dev` (baseline c); `make test` syncs it away again.
 bench: uv
