@@ -8,12 +8,24 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from service.db import Pool, make_pool
 from service.settings import Settings
 from tests.support import postgres
 
 pytest_plugins = ["tests.support.fixtures", "tests.cluster.pytest_plugin"]
+
+# In-process tests log through structlog's default console renderer, which draws exceptions with
+# rich when it is installed (schemathesis brings it): every frame with its locals, tens of
+# milliseconds of CPU per logged error, enough to starve a loaded test's event loop. Plain
+# tracebacks, as the service's own console format prints them.
+structlog.configure(
+    processors=[
+        *structlog.get_config()["processors"][:-1],
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
+    ]
+)
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ async def _ended_elsewhere(svc: Services) -> Any:
         ended = await runs.finish(
             conn,
             run_id=row["run_id"],
+            thread_id=row["thread_id"],
             attempt=row["attempt"],
             status="success",
             thread_status="idle",
