@@ -33,12 +33,12 @@ Nothing has to happen when a policy is deleted, so the operator must never block
 otherwise removing the operator before its policies (``helm uninstall``, a namespace deletion)
 leaves them, and their namespace, stuck on kopf's finalizer. kopf marks every timer as needing
 a finalizer (``requires_finalizer=True`` in ``kopf/on.py``, not configurable), so
-``_no_finalizers`` re-registers the spawning handlers without that mark, and there are no
-``on.delete`` handlers. Without a finalizer kopf does not stop the timer of a deleted object by
-itself (it only does on a deletionTimestamp), so an ``on.event`` spy tracks live policies and
-the timer's ``when`` filter, which kopf re-checks on every event, stops the timer of a deleted
-one. The spy also drops the deleted policy's metric series. No kopf
-progress annotations are written either: there are no on.create/update handlers.
+``reaper.compat.drop_finalizer_requirement`` re-registers the spawning handlers without that
+mark, and there are no ``on.delete`` handlers. Without a finalizer kopf does not stop the timer
+of a deleted object by itself (it only does on a deletionTimestamp), so an ``on.event`` spy
+tracks live policies and the timer's ``when`` filter, which kopf re-checks on every event,
+stops the timer of a deleted one. The spy also drops the deleted policy's metric series. No
+kopf progress annotations are written either: there are no on.create/update handlers.
 
 RBAC (namespaced Role; the same rules are in ``deploy/rbac/reaper-role-rules.yaml``):
 retentionpolicies get/list/watch/patch, retentionpolicies/status get/patch, events create
@@ -51,7 +51,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -68,6 +67,7 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
 from reaper import schedule, stats
+from reaper.compat import drop_finalizer_requirement
 from reaper.db import DatabaseUnavailable, InvalidDatabaseUrl, connect
 from reaper.durations import parse_duration
 from reaper.engine import prune
@@ -401,14 +401,6 @@ async def _refresh_stats(
 # -- the handlers --------------------------------------------------------------------------
 
 
-def _no_finalizers(registry: kopf.OperatorRegistry) -> None:
-    """Drop kopf's hard-wired ``requires_finalizer`` from the timers (see the module docs)."""
-    spawning = registry._spawning
-    spawning._handlers[:] = [
-        dataclasses.replace(handler, requires_finalizer=False) for handler in spawning._handlers
-    ]
-
-
 def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     resource = (GROUP, VERSION, PLURAL)
@@ -506,7 +498,7 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
             # PermanentError: no retries, so the probe request fails now (HTTP 500).
             raise kopf.PermanentError(str(exc)) from exc
 
-    _no_finalizers(registry)
+    drop_finalizer_requirement(registry)
     return registry
 
 
