@@ -16,8 +16,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from reaper import compat
+from reaper.context import OperatorContext
+from reaper.handlers import build_registry
+from reaper.kube import SecretReader
 from reaper.metrics import ReaperMetrics
-from reaper.operator import OperatorContext, SecretReader, build_registry
 from reaper.probe import Heartbeat
 
 RESOURCE = ("threadkeeper.dev", "v1alpha1", "retentionpolicies")
