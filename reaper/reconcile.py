@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import kopf
@@ -34,6 +35,20 @@ log = structlog.get_logger(__name__)
 # On top of maxDuration: the engine checks its budget between threads, so the last thread's
 # transaction (bounded by statementTimeout) and the backlog count may run past it.
 RUN_GRACE = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class _Due:
+    """A run about to start, and what each of its endings needs to know."""
+
+    uid: str
+    namespace: str
+    name: str
+    generation: int | None
+    conditions: Sequence[Mapping[str, Any]]
+    decision: schedule.Decision
+    interval: timedelta
+    started: datetime
 
 
 async def _attempt(
@@ -80,80 +95,77 @@ async def _attempt(
 
 
 async def _attempt_or_stall(
-    ctx: OperatorContext, body: kopf.Body, uid: str, namespace: str, name: str, memory: Memory
+    ctx: OperatorContext, body: kopf.Body, due: _Due, memory: Memory
 ) -> tuple[PruneSummary | None, dict[str, Any] | None]:
     """:func:`_attempt`, with anything unexpected turned into Stalled (InternalError)."""
     try:
-        return await _attempt(ctx, body, uid, namespace, memory)
+        return await _attempt(ctx, body, due.uid, due.namespace, memory)
     except Stalled:
         raise
     except Exception as exc:
         # Whatever else goes wrong must still reach the status, the Events and the metrics.
-        log.exception("prune_crashed", namespace=namespace, policy=name)
+        log.exception("prune_crashed", namespace=due.namespace, policy=due.name)
         raise Stalled(StallReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}") from None
 
 
-async def _run(
-    ctx: OperatorContext,
-    *,
-    body: kopf.Body,
-    uid: str,
-    namespace: str,
-    name: str,
-    generation: int | None,
-    conditions: Sequence[Mapping[str, Any]],
-    decision: schedule.Decision,
-) -> dict[str, Any]:
+def _stalled(ctx: OperatorContext, due: _Due, stall: Stalled) -> status.Ending:
+    log.warning(
+        "policy_stalled",
+        namespace=due.namespace,
+        policy=due.name,
+        reason=stall.reason.value,
+        message=stall.message,
+    )
+    ctx.metrics.observe_failure(namespace=due.namespace, policy=due.name)
+    return status.stalled(
+        stall,
+        conditions=due.conditions,
+        generation=due.generation,
+        now=due.started,
+        next_run=schedule.retry_time(due.started, due.interval),
+    )
+
+
+def _timed_out(ctx: OperatorContext, due: _Due) -> status.Ending:
+    log.error("prune_timed_out", namespace=due.namespace, policy=due.name)
+    ctx.metrics.observe_failure(namespace=due.namespace, policy=due.name)
+    finished = ctx.clock()
+    return status.timed_out(
+        conditions=due.conditions,
+        generation=due.generation,
+        grace=RUN_GRACE,
+        started=due.started,
+        finished=finished,
+        next_run=finished + due.interval,
+    )
+
+
+def _ran(ctx: OperatorContext, due: _Due, summary: PruneSummary, memory: Memory) -> status.Ending:
+    ctx.metrics.observe_run(summary)
+    memory.resume = summary.resume
+    finished = ctx.clock()
+    return status.ran(
+        summary,
+        conditions=due.conditions,
+        generation=due.generation,
+        why=due.decision.why,
+        finished=finished,
+        next_run=finished + due.interval,
+    )
+
+
+async def _run(ctx: OperatorContext, body: kopf.Body, due: _Due) -> dict[str, Any]:
     """One prune of the policy; returns the status patch (never raises for expected errors)."""
-    memory = ctx.memory_of(uid)
-    now = ctx.clock()
-    interval = schedule.interval_of(body.get("spec") or {})
-    patch = status.observed(generation, decision.run_now_token)
+    memory = ctx.memory_of(due.uid)
+    patch = status.observed(due.generation, due.decision.run_now_token)
     try:
-        summary, tables = await _attempt_or_stall(ctx, body, uid, namespace, name, memory)
-    except Stalled as stalled:
-        log.warning(
-            "policy_stalled",
-            namespace=namespace,
-            policy=name,
-            reason=stalled.reason.value,
-            message=stalled.message,
-        )
-        ctx.metrics.observe_failure(namespace=namespace, policy=name)
-        ending = status.stalled(
-            stalled,
-            conditions=conditions,
-            generation=generation,
-            now=now,
-            next_run=schedule.retry_time(now, interval),
-        )
+        summary, tables = await _attempt_or_stall(ctx, body, due, memory)
+    except Stalled as stall:
+        ending = _stalled(ctx, due, stall)
     else:
         if tables is not None:
             patch["tables"] = tables
-        if summary is None:
-            log.error("prune_timed_out", namespace=namespace, policy=name)
-            ctx.metrics.observe_failure(namespace=namespace, policy=name)
-            finished = ctx.clock()
-            ending = status.timed_out(
-                conditions=conditions,
-                generation=generation,
-                grace=RUN_GRACE,
-                started=now,
-                finished=finished,
-                next_run=finished + interval,
-            )
-        else:
-            ctx.metrics.observe_run(summary)
-            memory.resume = summary.resume
-            finished = ctx.clock()
-            ending = status.ran(
-                summary,
-                conditions=conditions,
-                generation=generation,
-                why=decision.why,
-                finished=finished,
-                next_run=finished + interval,
-            )
+        ending = _timed_out(ctx, due) if summary is None else _ran(ctx, due, summary, memory)
     kube.post(body, ending.event)
     patch.update(ending.status)
     return patch
@@ -185,27 +197,29 @@ async def tick(
         written = status.suspended(generation)
         memory.written.update(written)
         return written
+    interval = schedule.interval_of(spec)
     decision = schedule.decide(
         now=ctx.clock(),
         generation=generation,
         annotations=meta.get("annotations") or {},
         status=current,
-        interval=schedule.interval_of(spec),
+        interval=interval,
     )
     if decision is None:
         tables = await sizes.between_runs(ctx, body, uid, namespace, name)
         return {} if tables is None else {"tables": tables}
     log.info("prune_due", namespace=namespace, policy=name, why=decision.why.value)
-    written = await _run(
-        ctx,
-        body=body,
+    due = _Due(
         uid=uid,
         namespace=namespace,
         name=name,
         generation=generation,
         conditions=list(current.get("conditions") or []),
         decision=decision,
+        interval=interval,
+        started=ctx.clock(),
     )
+    written = await _run(ctx, body, due)
     memory.remember(written)
     ctx.heartbeat.run_finished(uid, status_patched="lastRunTime" in written)
     return written
