@@ -7,8 +7,8 @@ of the two conditions, and which Event goes with each ending of a run:
 - ``Ready``: True after a successful run (``PruneSucceeded``, ``DryRunCompleted``); False with
   the failure's reason (``PruneFailed``, ``PruneTimedOut``, or a :class:`StallReason`).
 - ``Stalled``: True while the spec, the Secret or the database stops the policy (a
-  :class:`StallReason`), False (``AsExpected``) after a run; a skipped run (another pruner holds
-  the database) changes neither.
+  :class:`StallReason`), False (``AsExpected``) after a run that finished. A timed-out run
+  sets only ``Ready``; a skipped one (another pruner holds the database) only ``Stalled``.
 - Events: ``Pruned`` / ``DryRun`` / ``PruneSkipped`` (Normal) per run, ``PruneFailed`` and the
   Stalled reasons (Warning); a Stalled reason only when it starts.
 
