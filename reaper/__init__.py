@@ -7,5 +7,9 @@ tables (``threads``, ``runs``, LangGraph's ``checkpoints``, ``checkpoint_blobs``
 Modules: ``policy`` (the RetentionPolicy model) and ``durations``; ``engine`` (one prune run) with
 ``candidates`` (what to look at), ``guard`` (per-thread transaction and locks), ``deletion``
 (whole threads, orphans), ``history`` (depth) and ``delta`` (DeltaChannel re-snapshots);
-``stats`` and ``metrics``; ``cli`` (``threadkeeper-reaper``).
+``stats`` and ``metrics``; ``cli`` (``threadkeeper-reaper``). The operator (``cli run``):
+``operator`` (the entry point) with ``handlers`` (kopf registration), ``reconcile`` (one tick of
+one policy), ``schedule`` (when it is due), ``status`` (status fields, conditions, Events),
+``sizes`` (table sizes), ``context`` (per-policy memory, series, heartbeat), ``kube`` (API
+connection, Secret, Events), ``probe`` (liveness) and ``compat`` (kopf internals).
 """

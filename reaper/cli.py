@@ -134,7 +134,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # Imported here: kopf and the engine (LangGraph) are heavy and only this command needs them.
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from reaper.operator import Connection, default_namespace, run_operator
+    from reaper.kube import Connection, default_namespace
+    from reaper.operator import run_operator
 
     kubeconfig = Path(args.kubeconfig) if args.kubeconfig else None
     namespaces = list(args.namespace or [])

@@ -7,6 +7,7 @@ a test compares the two so the operator (which gets defaults from the API server
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -172,6 +173,19 @@ def parse_policy(document: Any) -> RetentionPolicy:
         return RetentionPolicy.model_validate(document)
     except ValidationError as exc:
         raise PolicyError(_describe(exc)) from None
+
+
+def parse_object(body: Mapping[str, Any]) -> RetentionPolicy:
+    """Validate a RetentionPolicy as the API server sends it: its name, namespace and spec."""
+    meta = body.get("metadata", {})
+    return parse_policy(
+        {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
+            "spec": dict(body.get("spec") or {}),
+        }
+    )
 
 
 def load_policy(path: Path) -> RetentionPolicy:

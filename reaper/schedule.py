@@ -1,18 +1,21 @@
-"""When a RetentionPolicy is due, and the status conditions that record how it went.
+"""When a RetentionPolicy is due: its interval, the run-now request, the retry after a stall.
 
 Level-triggered: whether to run is decided from the object alone (spec, generation, the run-now
 annotation, and the status the operator wrote last), so an operator restart, a missed timer
 tick or a spec edit all converge on the same answer. The functions here are pure (the caller
-passes ``now``), which keeps them testable without a cluster.
+passes ``now``), which keeps them testable without a cluster. What the status says after a run
+is ``reaper.status``'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
+
+from reaper.durations import parse_duration
 
 # A user (or `kubectl annotate --overwrite`) sets any new value to request one run now; the
 # operator echoes the value it handled in status.lastRunNowHandled (the Flux
@@ -22,6 +25,9 @@ RUN_NOW_ANNOTATION = "threadkeeper.dev/run-now"
 # After a failure that is not the policy's own doing (Secret missing, database down) retry
 # sooner than a long interval, but not on every tick.
 RETRY_AFTER = timedelta(seconds=30)
+# The CRD validates the interval; this only covers an object the API server let through anyway
+# (the run then stalls on InvalidSpec and retries after RETRY_AFTER).
+FALLBACK_INTERVAL = timedelta(minutes=10)
 
 
 class Why(StrEnum):
@@ -72,57 +78,14 @@ def decide(
     return Decision(Why.SCHEDULED) if now >= next_run else None
 
 
-def condition(
-    type_: str,
-    status: bool | None,
-    reason: str,
-    message: str,
-    *,
-    generation: int | None,
-) -> dict[str, Any]:
-    """A metav1.Condition without its lastTransitionTime (``merge_conditions`` sets it)."""
-    text = "Unknown" if status is None else ("True" if status else "False")
-    result: dict[str, Any] = {
-        "type": type_,
-        "status": text,
-        "reason": reason,
-        # metav1.Condition caps messages at 32768 characters.
-        "message": message[:32768],
-    }
-    if generation is not None:
-        result["observedGeneration"] = generation
-    return result
+def interval_of(spec: Mapping[str, Any]) -> timedelta:
+    """``spec.schedule.interval`` (10m when absent or unreadable)."""
+    try:
+        return parse_duration(str((spec.get("schedule") or {}).get("interval", "10m")))
+    except ValueError:
+        return FALLBACK_INTERVAL
 
 
-def merge_conditions(
-    current: Sequence[Mapping[str, Any]] | None,
-    updates: Sequence[dict[str, Any]],
-    *,
-    now: datetime,
-) -> list[dict[str, Any]]:
-    """The whole new conditions list (a merge patch replaces lists whole).
-
-    lastTransitionTime moves only when a condition's status flips, as the Kubernetes API
-    conventions ask; conditions not in ``updates`` are kept as they are.
-    """
-    by_type = {str(c.get("type")): dict(c) for c in current or ()}
-    for update in updates:
-        previous = by_type.get(update["type"])
-        stamp = format_time(now)
-        if previous is not None and previous.get("status") == update["status"]:
-            stamp = str(previous.get("lastTransitionTime") or stamp)
-        by_type[update["type"]] = {**update, "lastTransitionTime": stamp}
-    return list(by_type.values())
-
-
-def condition_changed(
-    current: Sequence[Mapping[str, Any]] | None, update: Mapping[str, Any]
-) -> bool:
-    """Whether ``update`` differs in status or reason from the stored condition of its type."""
-    for existing in current or ():
-        if existing.get("type") == update["type"]:
-            return bool(
-                existing.get("status") != update["status"]
-                or existing.get("reason") != update["reason"]
-            )
-    return True
+def retry_time(now: datetime, interval: timedelta) -> datetime:
+    """When a stalled policy tries again: after its interval, at most RETRY_AFTER."""
+    return now + min(interval, RETRY_AFTER)

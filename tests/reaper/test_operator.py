@@ -33,8 +33,9 @@ from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, RbacAuthor
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
-from reaper import schedule
-from reaper.operator import Connection, run_operator
+from reaper import schedule, status
+from reaper.kube import Connection
+from reaper.operator import run_operator
 from reaper.probe import Heartbeat, OperatorStalled
 from tests.cluster.controlplane import Cluster
 from tests.reaper.support import INSERT_THREAD_SQL, OWNER
@@ -729,19 +730,19 @@ def test_decide() -> None:
 
 def test_conditions_keep_their_transition_time() -> None:
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    first = schedule.merge_conditions(
-        None, [schedule.condition("Ready", True, "PruneSucceeded", "ok", generation=1)], now=t0
+    first = status.merge_conditions(
+        None, [status.condition("Ready", True, "PruneSucceeded", "ok", generation=1)], now=t0
     )
-    later = schedule.merge_conditions(
+    later = status.merge_conditions(
         first,
-        [schedule.condition("Ready", True, "PruneSucceeded", "ok again", generation=2)],
+        [status.condition("Ready", True, "PruneSucceeded", "ok again", generation=2)],
         now=t0 + timedelta(hours=1),
     )
     assert later[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
     assert later[0]["message"] == "ok again"
-    flipped = schedule.merge_conditions(
+    flipped = status.merge_conditions(
         later,
-        [schedule.condition("Ready", False, "PruneFailed", "no", generation=2)],
+        [status.condition("Ready", False, "PruneFailed", "no", generation=2)],
         now=t0 + timedelta(hours=2),
     )
     assert flipped[0]["lastTransitionTime"] == "2026-01-01T02:00:00Z"
