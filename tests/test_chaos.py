@@ -179,6 +179,8 @@ def _verdict(
     stuck: list[str] = []
     replies: list[str] = []
     final: dict[str, dict[str, Any]] = {}
+    # Per thread, what a failed assertion needs to be understood: its runs and messages.
+    seen: dict[str, Any] = {}
     for convo in conversations:
         runs = settled(base, convo.thread_id, deadline)
         final.update({r["run_id"]: r for r in runs})
@@ -192,6 +194,12 @@ def _verdict(
         duplicated += [t for t, n in counts.items() if n > 1]
         if [t for t in humans if t in convo.acknowledged] != convo.acknowledged:
             out_of_order.append(convo.thread_id)
+        seen[convo.thread_id] = {
+            "runs": [(r["status"], r.get("metadata", {}).get("attempt")) for r in runs],
+            "messages": [
+                (m["type"], str(m["content"])[:40], bool(m.get("tool_calls"))) for m in messages
+            ],
+        }
         answers = [m["content"] for m in messages if m["type"] == "ai" and not m.get("tool_calls")]
         replies += [
             f"{convo.thread_id} reply {n}"
@@ -235,6 +243,15 @@ def _verdict(
         }.items()
         if items
     }
+    troubled = {
+        thread_id
+        for items in problems.values()
+        for item in items
+        for thread_id in seen
+        if isinstance(item, str) and item.startswith(thread_id)
+    }
+    if troubled:
+        problems["threads"] = {t: seen[t] for t in sorted(troubled)}
     return figures, problems
 
 
