@@ -65,13 +65,13 @@ from psycopg.types.json import Jsonb
 
 from service import checkpoint_load
 from service.db import Pool, numbered
+from service.lease import WRITE_FENCE_SQL
 
 # FOR SHARE: concurrent writes of one attempt pass together, while a lease takeover or a delete
 # (both UPDATE/DELETE the row) waits for an in-flight write to commit, and vice versa.
-CHECK_LEASE_SQL = """
+CHECK_LEASE_SQL = f"""
 SELECT 1 FROM runs
-WHERE run_id = %s AND attempt = %s AND status = 'running'
-  AND lease_expires_at > clock_timestamp()
+WHERE run_id = %s AND attempt = %s AND {WRITE_FENCE_SQL}
 FOR SHARE
 """
 
@@ -89,8 +89,7 @@ def _fence_cte(after: str | None) -> str:
     SELECT CASE WHEN count(*) > 0 THEN 1 ELSE ('{LEASE_LOST}, live: ' || count(*))::int END
     FROM (
         SELECT 1 FROM runs
-        WHERE run_id = %s AND attempt = %s AND status = 'running'
-          AND lease_expires_at > clock_timestamp(){gate}
+        WHERE run_id = %s AND attempt = %s AND {WRITE_FENCE_SQL}{gate}
         FOR SHARE
     ) AS live
 )"""

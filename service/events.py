@@ -31,6 +31,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
 from service.db import Pool
+from service.domain import ENDED_RUN_STATUSES
+from service.lease import WRITE_FENCE_SQL
 from service.notify import EVENTS_CHANNEL, NOTIFY_SQL, Hub, events_key, run_key
 from service.serialize import dumps
 
@@ -49,15 +51,14 @@ ATTEMPT_SEQ_SPAN = 2**32
 # and the notification only if some row went in. set_config(..., true) lasts until the end of
 # this transaction: its commit does not wait for the flush, and the pooled connection's later
 # transactions commit synchronously as before.
-INSERT_SQL = """
+INSERT_SQL = f"""
 WITH inserted AS (
     INSERT INTO run_events (run_id, seq, event, data)
     SELECT %(run_id)s, e.seq, e.event, e.data
     FROM jsonb_to_recordset(%(events)s::jsonb) AS e(seq bigint, event text, data jsonb)
     WHERE EXISTS (
         SELECT 1 FROM runs
-        WHERE run_id = %(run_id)s AND attempt = %(attempt)s AND status = 'running'
-          AND lease_expires_at > clock_timestamp()
+        WHERE run_id = %(run_id)s AND attempt = %(attempt)s AND {WRITE_FENCE_SQL}
         FOR SHARE
     )
     ON CONFLICT (run_id, seq) DO NOTHING
@@ -86,7 +87,6 @@ LIMIT %s
 """
 
 RUN_STATUS_SQL = "SELECT status FROM runs WHERE run_id = %s"
-TERMINAL = ("success", "error", "timeout", "interrupted")
 # A run's status while the database cannot be asked: not known to have ended.
 UNKNOWN = "unknown"
 
@@ -266,7 +266,7 @@ async def follow(
                     return
             if events:
                 continue
-            if status is None or status in TERMINAL:
+            if status is None or status in ENDED_RUN_STATUSES:
                 # Deleted, or ended: every ending writes its events before its status, so
                 # nothing more will come.
                 return

@@ -31,6 +31,7 @@ from service.checkpointer import (
     refused_by_fence,
 )
 from service.db import Pool
+from service.domain import RunStatus, StopReason, ThreadStatus
 from service.metrics import Metrics
 from service.notify import Hub, run_key
 
@@ -74,7 +75,7 @@ DEFAULT_DURABILITY: Durability = "sync"
 
 @dataclass(frozen=True)
 class RunOutcome:
-    status: str
+    status: RunStatus
     values: Any
     error: dict[str, Any] | None = None
     # Whether this attempt recorded the run's ending: otherwise (lease lost, handed back) the
@@ -103,11 +104,11 @@ class Attempt:
     run: DictRow
     task: asyncio.Task[RunOutcome] | None = None
     graph_task: asyncio.Task[Stepped] | None = None
-    # Why the graph was stopped from outside: lease_lost, drain, interrupt or rollback.
-    stop_reason: str | None = None
+    # Why the graph was stopped from outside.
+    stop_reason: StopReason | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason) -> None:
         """Stop the graph; too late once it has run to its end (the ending is under way)."""
         graph = self.graph_task
         if graph is not None and graph.done():
@@ -200,7 +201,7 @@ class Executor:
         _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
         for attempt in list(self.attempts.values()):
             if attempt.task in pending:
-                attempt.stop("drain")
+                attempt.stop(StopReason.DRAIN)
         await asyncio.gather(*pending, return_exceptions=True)
 
     def _config(self, run: DictRow) -> RunnableConfig:
@@ -357,11 +358,11 @@ class Executor:
         if isinstance(failure, asyncio.CancelledError):
             reason = attempt.stop_reason
             assert reason is not None
-            if reason != "lease_lost":
+            if reason is not StopReason.LEASE_LOST:
                 await _keep_held_writes(saver)
             return await self._stopped(attempt, writer, reason)
         if isinstance(failure, LeaseLostError):
-            return await self._stopped(attempt, writer, "lease_lost")
+            return await self._stopped(attempt, writer, StopReason.LEASE_LOST)
         kind = db.classify(failure)
         if kind is not None:
             return await self._database_failed(attempt, writer, kind, failure)
@@ -372,8 +373,14 @@ class Executor:
         await _keep_held_writes(saver)
         writer.emit("error", error)
         writer.emit("end", None)
-        ended = await self._finish(run, "error", "error", error, None, await writer.hand_over())
-        return RunOutcome("error", None, error, ended=ended)
+        ended = await self._finish(
+            run,
+            status=RunStatus.ERROR,
+            thread_status=ThreadStatus.ERROR,
+            error=error,
+            events=await writer.hand_over(),
+        )
+        return RunOutcome(RunStatus.ERROR, None, error, ended=ended)
 
     async def _database_failed(
         self, attempt: Attempt, writer: events.EventWriter, kind: db.Failure, exc: BaseException
@@ -384,7 +391,7 @@ class Executor:
         log.warning("run_attempt_lost", failure=kind.value, error=str(exc) or type(exc).__name__)
         await writer.hand_over()
         await self._hand_back(attempt.run, counted=kind is db.Failure.TRANSIENT)
-        return RunOutcome("pending", None, DATABASE_FAILED_ERROR, ended=False)
+        return RunOutcome(RunStatus.PENDING, None, DATABASE_FAILED_ERROR, ended=False)
 
     async def _hand_back(self, run: DictRow, *, counted: bool) -> None:
         """Hand the run back as soon as the database answers again, for at most a lease: after
@@ -426,7 +433,7 @@ class Executor:
                 "values": snapshot.values,
             }
         waiting = bool(last_checkpoint["next"])
-        status = "interrupted" if waiting else "success"
+        status = RunStatus.INTERRUPTED if waiting else RunStatus.SUCCESS
         writer.emit("end", None)
         checkpoint_id = (
             (last_checkpoint["config"] or {}).get("configurable", {}).get("checkpoint_id")
@@ -435,54 +442,52 @@ class Executor:
         try:
             ended = await self._finish(
                 run,
-                status,
-                "interrupted" if waiting else "idle",
-                None,
-                checkpoint_id,
-                events_left,
-                stepped.held,
+                status=status,
+                thread_status=ThreadStatus.INTERRUPTED if waiting else ThreadStatus.IDLE,
+                checkpoint_id=checkpoint_id,
+                events=events_left,
+                held=stepped.held,
             )
         except psycopg.Error as exc:
             if not refused_by_fence(exc):
                 raise
             # The run is another attempt's now (or gone): nothing of this one was recorded.
-            log.info("run_stopping", reason="lease_lost")
-            return await self._stopped(attempt, writer, "lease_lost")
+            log.info("run_stopping", reason=StopReason.LEASE_LOST)
+            return await self._stopped(attempt, writer, StopReason.LEASE_LOST)
         values = stepped.last_values
         return RunOutcome(
             status, values if values is not None else last_checkpoint["values"], ended=ended
         )
 
     async def _stopped(
-        self, attempt: Attempt, writer: events.EventWriter, reason: str
+        self, attempt: Attempt, writer: events.EventWriter, reason: StopReason
     ) -> RunOutcome:
         run = attempt.run
-        if reason == "lease_lost":
+        if reason is StopReason.LEASE_LOST:
             await writer.close()
-            return RunOutcome("error", None, LEASE_LOST_ERROR, ended=False)
-        if reason == "drain":
+            return RunOutcome(RunStatus.ERROR, None, LEASE_LOST_ERROR, ended=False)
+        if reason is StopReason.DRAIN:
             await writer.close()
             async with self.pool.connection() as conn:
                 await runs.hand_back(conn, run["run_id"], run["attempt"])
             log.info("run_handed_back")
             return RunOutcome(
-                "pending", None, {"error": "Drained", "message": "handed back"}, ended=False
+                RunStatus.PENDING, None, {"error": "Drained", "message": "handed back"}, ended=False
             )
         writer.emit("end", None)
         await writer.close()
         snapshot = await self.reader.aget_state(thread_config(run["thread_id"]))
         checkpoint_id = (snapshot.config or {}).get("configurable", {}).get("checkpoint_id")
-        if reason == "rollback":
+        if reason is StopReason.ROLLBACK:
             await self._rollback(run)
         else:
             await self._finish(
                 run,
-                "interrupted",
-                "interrupted" if snapshot.next else "idle",
-                None,
-                checkpoint_id,
+                status=RunStatus.INTERRUPTED,
+                thread_status=ThreadStatus.INTERRUPTED if snapshot.next else ThreadStatus.IDLE,
+                checkpoint_id=checkpoint_id,
             )
-        return RunOutcome("interrupted", snapshot.values)
+        return RunOutcome(RunStatus.INTERRUPTED, snapshot.values)
 
     async def _rollback(self, run: DictRow) -> None:
         """Remove the run and everything it wrote; the thread is as before the run."""
@@ -496,8 +501,8 @@ class Executor:
                 run_id=run["run_id"],
                 thread_id=run["thread_id"],
                 attempt=run["attempt"],
-                status="interrupted",
-                thread_status="idle",
+                status=RunStatus.INTERRUPTED,
+                thread_status=ThreadStatus.IDLE,
                 spoke=False,
             )
             await conn.execute("DELETE FROM runs WHERE run_id = %s", (run["run_id"],))
@@ -505,10 +510,11 @@ class Executor:
     async def _finish(
         self,
         run: DictRow,
-        status: str,
-        thread_status: str,
-        error: dict[str, Any] | None,
-        checkpoint_id: str | None,
+        *,
+        status: RunStatus,
+        thread_status: ThreadStatus,
+        error: dict[str, Any] | None = None,
+        checkpoint_id: str | None = None,
         events: str = "[]",
         held: Batch | None = None,
     ) -> bool:
@@ -546,6 +552,7 @@ class Executor:
                 log.warning("lease_renewal_failed", error=str(exc))
                 continue
             if not alive or cancel:
-                log.info("run_stopping", reason=cancel or "lease_lost")
-                attempt.stop(cancel or "lease_lost")
+                reason = StopReason(cancel) if cancel else StopReason.LEASE_LOST
+                log.info("run_stopping", reason=reason)
+                attempt.stop(reason)
                 return

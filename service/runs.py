@@ -18,16 +18,16 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
 from service.db import numbered
+from service.domain import CancelAction, MultitaskStrategy, RunStatus, ThreadStatus
 from service.events import ENDING_CTE
+from service.lease import busy_sql, live_lease_sql
 from service.notify import EVENTS_CHANNEL, NOTIFY_SQL, RUNS_CHANNEL
 
 if TYPE_CHECKING:
     from service.checkpointer import Batch
 
-ACTIVE_STATUSES = ("pending", "running")
 # LangGraph's (private) name of the input pseudo-task; part of the on-disk format.
 INPUT_TASK = "__input__"
-TERMINAL_STATUSES = ("success", "error", "timeout", "interrupted")
 
 COLUMNS_SQL = """
 run_id, thread_id, assistant_id, status, attempt, lease_holder, lease_expires_at,
@@ -36,10 +36,10 @@ cancel_action, checkpoint_id, failed_attempts
 """
 
 # Runs of the thread that still own it: waiting to start, or running under a live lease.
-ACTIVE_SQL = """
+ACTIVE_SQL = f"""
 SELECT run_id, status FROM runs
 WHERE thread_id = %s
-  AND (status = 'pending' OR (status = 'running' AND lease_expires_at > now()))
+  AND {busy_sql()}
 ORDER BY created_at
 """
 
@@ -122,10 +122,10 @@ INSERT_IF_IDLE_SQL = _queue_run_sql(
 # run is left to the replica that received it for a moment (it claims right after inserting),
 # so the request's replica executes it whenever it has room and streams need no hop. Runs of an
 # owner who has ``cap`` runs executing wait, so other owners' runs are claimed first.
-CANDIDATES_SQL = """
+CANDIDATES_SQL = f"""
 WITH full_owners AS (
     SELECT t.owner FROM runs r JOIN threads t USING (thread_id)
-    WHERE %(cap)s > 0 AND r.status = 'running' AND r.lease_expires_at > now()
+    WHERE %(cap)s > 0 AND {live_lease_sql("r")}
     GROUP BY t.owner
     HAVING count(*) >= %(cap)s
 )
@@ -177,9 +177,9 @@ WITH run AS (
 SELECT * FROM run
 """
 
-HEARTBEAT_SQL = """
+HEARTBEAT_SQL = f"""
 UPDATE runs SET lease_expires_at = now() + make_interval(secs => %s), updated_at = now()
-WHERE run_id = %s AND attempt = %s AND status = 'running' AND lease_expires_at > now()
+WHERE run_id = %s AND attempt = %s AND {live_lease_sql()}
 RETURNING cancel_action
 """
 
@@ -368,7 +368,7 @@ class NewRun:
     input: Any
     kwargs: dict[str, Any]
     metadata: dict[str, Any]
-    strategy: str
+    strategy: MultitaskStrategy
     idempotency_key: str | None = None
     title: str | None = None
 
@@ -437,7 +437,7 @@ async def head_of_thread(conn: AsyncConnection[DictRow], thread_id: UUID) -> Dic
     """The run that may execute next on the thread (caller holds the thread lock)."""
     cur = await conn.execute(HEAD_OF_THREAD_SQL, (thread_id,))
     rows = await cur.fetchall()
-    if any(r["status"] == "running" and r["leased"] for r in rows):
+    if any(r["status"] == RunStatus.RUNNING and r["leased"] for r in rows):
         return None
     return rows[0] if rows else None
 
@@ -460,13 +460,14 @@ async def claim(
 
 async def heartbeat(
     conn: AsyncConnection[DictRow], run_id: UUID, attempt: int, lease_seconds: float
-) -> tuple[bool, str | None]:
+) -> tuple[bool, CancelAction | None]:
     """Renew the lease. Returns (still ours, requested cancel action)."""
     cur = await conn.execute(HEARTBEAT_SQL, (lease_seconds, run_id, attempt))
     row = await cur.fetchone()
     if row is None:
         return False, None
-    return True, row["cancel_action"]
+    action = row["cancel_action"]
+    return True, None if action is None else CancelAction(action)
 
 
 async def finish(
@@ -475,8 +476,8 @@ async def finish(
     run_id: UUID,
     thread_id: UUID,
     attempt: int,
-    status: str,
-    thread_status: str,
+    status: RunStatus,
+    thread_status: ThreadStatus,
     error: dict[str, Any] | None = None,
     checkpoint_id: str | None = None,
     spoke: bool = True,
@@ -522,9 +523,9 @@ async def end_idle(
     conn: AsyncConnection[DictRow],
     run_id: UUID,
     *,
-    status: str,
+    status: RunStatus,
     error: dict[str, Any] | None,
-    thread_status: str,
+    thread_status: ThreadStatus,
 ) -> DictRow | None:
     """End a run no replica executes (caller holds the thread lock)."""
     cur = await conn.execute(
@@ -556,7 +557,7 @@ async def hand_back(
 
 
 async def request_cancel(
-    conn: AsyncConnection[DictRow], run_ids: list[UUID], action: str
+    conn: AsyncConnection[DictRow], run_ids: list[UUID], action: CancelAction
 ) -> list[DictRow]:
     cur = await conn.execute(REQUEST_CANCEL_SQL, {"run_ids": run_ids, "action": action})
     rows = await cur.fetchall()
@@ -581,7 +582,7 @@ async def list_for_thread(
     conn: AsyncConnection[DictRow],
     thread_id: UUID,
     *,
-    status: str | None,
+    status: RunStatus | None,
     limit: int,
     offset: int,
 ) -> list[DictRow]:
@@ -593,7 +594,7 @@ async def owned_active(
     conn: AsyncConnection[DictRow],
     owner: str,
     *,
-    statuses: list[str],
+    statuses: list[RunStatus],
     thread_id: UUID | None = None,
     run_ids: list[UUID] | None = None,
 ) -> list[DictRow]:

@@ -19,6 +19,13 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
 from service import events, runs, threads
+from service.domain import (
+    ACTIVE_RUN_STATUSES,
+    CancelAction,
+    MultitaskStrategy,
+    RunStatus,
+    ThreadStatus,
+)
 from service.executor import (
     STREAM_MODES,
     WAIT_ONLY,
@@ -38,7 +45,7 @@ BUSY_DETAIL = (
     "Thread is already running a task. Wait for it to finish or choose a different "
     "multitask strategy."
 )
-DEFAULT_STRATEGY = "enqueue"
+DEFAULT_STRATEGY = MultitaskStrategy.ENQUEUE
 WAIT_POLL_SECONDS = 5.0
 # A waiter keeps following its run through a database outage (the run goes on, or is resumed,
 # once the database is back) and looks again this often.
@@ -114,19 +121,25 @@ async def _ensure_locked_thread(
     raise not_found("Thread", thread_id)
 
 
-async def cancel_runs(conn: AsyncConnection[DictRow], rows: list[DictRow], action: str) -> None:
+async def cancel_runs(
+    conn: AsyncConnection[DictRow], rows: list[DictRow], action: CancelAction
+) -> None:
     """Stop runs (caller holds their thread lock): queued ones end here, running ones are told."""
-    executing = [r["run_id"] for r in rows if r["status"] == "running" and r["leased"]]
+    executing = [r["run_id"] for r in rows if r["status"] == RunStatus.RUNNING and r["leased"]]
     for row in rows:
         if row["run_id"] in executing:
             continue
         await events.append(conn, row["run_id"], [("end", None)])
-        if action == "rollback":
+        if action is CancelAction.ROLLBACK:
             await runs.rollback_checkpoints(conn, row["thread_id"], row["run_id"])
         await runs.end_idle(
-            conn, row["run_id"], status="interrupted", error=None, thread_status="idle"
+            conn,
+            row["run_id"],
+            status=RunStatus.INTERRUPTED,
+            error=None,
+            thread_status=ThreadStatus.IDLE,
         )
-        if action == "rollback":
+        if action is CancelAction.ROLLBACK:
             await conn.execute("DELETE FROM runs WHERE run_id = %s", (row["run_id"],))
     if executing:
         await runs.request_cancel(conn, executing, action)
@@ -182,10 +195,10 @@ async def submit(
             cur = await conn.execute(runs.HEAD_OF_THREAD_SQL, (thread_id,))
             inflight = await cur.fetchall()
             if inflight:
-                if new.strategy == "reject":
+                if new.strategy is MultitaskStrategy.REJECT:
                     raise Problem(409, BUSY_DETAIL, kind="thread-busy")
-                if new.strategy in ("interrupt", "rollback"):
-                    await cancel_runs(conn, inflight, new.strategy)
+                if new.strategy in (MultitaskStrategy.INTERRUPT, MultitaskStrategy.ROLLBACK):
+                    await cancel_runs(conn, inflight, CancelAction(new.strategy))
             else:
                 # The new run heads its thread: claim it here and now if this replica has room.
                 reserved = svc.worker.reserve()
@@ -252,7 +265,7 @@ async def wait_for_end(svc: Services, run_id: UUID, attempt: Attempt | None) -> 
         try:
             async with svc.pool.connection() as conn:
                 row = await runs.get_by_id(conn, run_id)
-            if row is None or row["status"] not in runs.ACTIVE_STATUSES:
+            if row is None or row["status"] not in ACTIVE_RUN_STATUSES:
                 return row
             # A handed-back or resumed run may land here again: help if we have room.
             local = await svc.worker.try_start(run_id, row["thread_id"])
@@ -284,7 +297,7 @@ async def final_body(svc: Services, row: DictRow | None) -> Any:
     """The ``/runs/wait`` and ``/join`` body: final values, or ``__error__``."""
     if row is None:
         return {"__error__": {"error": "RunDeleted", "message": "the run was rolled back"}}
-    if row["status"] == "error":
+    if row["status"] == RunStatus.ERROR:
         return {"__error__": row["error"]}
     config = thread_config(row["thread_id"], row["checkpoint_id"])
     snapshot = await svc.executor.reader.aget_state(config)
@@ -305,7 +318,11 @@ async def result_of(svc: Services, run: DictRow, attempt: Attempt | None) -> Any
     """
     if attempt is not None:
         outcome = await settled(attempt)
-        if outcome is not None and outcome.ended and outcome.status in ("success", "error"):
+        if (
+            outcome is not None
+            and outcome.ended
+            and outcome.status in (RunStatus.SUCCESS, RunStatus.ERROR)
+        ):
             return outcome_body(outcome)
     while True:
         try:

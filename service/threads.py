@@ -14,18 +14,20 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from service.lease import busy_sql
+
 SortBy = Literal["created_at", "updated_at", "last_message_at", "thread_id"]
 SortOrder = Literal["asc", "desc"]
 TITLE_LIMIT = 80
 
 # The stored status says how the last run ended; "busy" is only true while a run holds a live
 # lease (or waits to be claimed), so a replica that died never leaves a thread busy for ever.
-STATUS_SQL = """
+STATUS_SQL = f"""
 CASE
     WHEN EXISTS (
         SELECT 1 FROM runs r
         WHERE r.thread_id = t.thread_id
-          AND (r.status = 'pending' OR (r.status = 'running' AND r.lease_expires_at > now()))
+          AND {busy_sql("r")}
     ) THEN 'busy'
     WHEN t.status = 'busy' THEN 'interrupted'
     ELSE t.status

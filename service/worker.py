@@ -20,6 +20,7 @@ from psycopg.rows import DictRow
 
 from service import events, runs
 from service.db import Pool
+from service.domain import CancelAction, RunStatus, ThreadStatus
 from service.executor import Attempt, Executor
 from service.notify import ANY_RUN, Hub
 
@@ -81,7 +82,7 @@ class Worker:
         """Start a run queued with ``claim_terms``; None if it was left pending (its owner had
         no room), for a worker to claim later."""
         self.release()
-        if row["status"] != "running":
+        if row["status"] != RunStatus.RUNNING:
             return None
         return self.executor.start(row)
 
@@ -164,7 +165,7 @@ class Worker:
             row = await runs.claim(
                 conn, run_id, self.executor.replica, self.lease_seconds, self.owner_cap
             )
-            if row is not None and head["status"] == "running":
+            if row is not None and head["status"] == RunStatus.RUNNING:
                 log.info(
                     "run_resuming",
                     run_id=str(run_id),
@@ -174,7 +175,7 @@ class Worker:
             return row
 
     async def _give_up(self, conn: psycopg.AsyncConnection[DictRow], run: DictRow) -> None:
-        if run["status"] == "running":
+        if run["status"] == RunStatus.RUNNING:
             error = {
                 "error": "LeaseExpired",
                 "message": (
@@ -188,19 +189,33 @@ class Worker:
                 "message": f"gave up after {run['failures']} failed attempts",
             }
         await events.append(conn, run["run_id"], [("error", error), ("end", None)])
-        await runs.end_idle(conn, run["run_id"], status="error", error=error, thread_status="error")
+        await runs.end_idle(
+            conn,
+            run["run_id"],
+            status=RunStatus.ERROR,
+            error=error,
+            thread_status=ThreadStatus.ERROR,
+        )
         log.warning("run_abandoned", run_id=str(run["run_id"]), failed_attempts=run["failures"])
 
     async def _end_cancelled(self, conn: psycopg.AsyncConnection[DictRow], run: DictRow) -> None:
         """A run cancelled while queued (or while its replica was dead) ends without running."""
         await events.append(conn, run["run_id"], [("end", None)])
-        if run["cancel_action"] == "rollback":
+        if run["cancel_action"] == CancelAction.ROLLBACK:
             await runs.rollback_checkpoints(conn, run["thread_id"], run["run_id"])
             await runs.end_idle(
-                conn, run["run_id"], status="interrupted", error=None, thread_status="idle"
+                conn,
+                run["run_id"],
+                status=RunStatus.INTERRUPTED,
+                error=None,
+                thread_status=ThreadStatus.IDLE,
             )
             await conn.execute("DELETE FROM runs WHERE run_id = %s", (run["run_id"],))
         else:
             await runs.end_idle(
-                conn, run["run_id"], status="interrupted", error=None, thread_status="idle"
+                conn,
+                run["run_id"],
+                status=RunStatus.INTERRUPTED,
+                error=None,
+                thread_status=ThreadStatus.IDLE,
             )

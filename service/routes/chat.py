@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from service import serialize, threads
 from service.agent.graph import GRAPH_ID
+from service.domain import MultitaskStrategy
 from service.http import accepts, owner, services
 from service.problems import Problem
 from service.schemas import Chat, RunCreate
@@ -43,7 +44,7 @@ async def chat(request: Request, body: Chat) -> Response:
     run_body = RunCreate(
         assistant_id=GRAPH_ID,
         input={"messages": [{"role": "user", "content": body.message}]},
-        multitask_strategy="reject",
+        multitask_strategy=MultitaskStrategy.REJECT,
     )
     run, attempt = await submit(svc, who, thread_id, run_body, waited=True)
     # A client hanging up ends the wait, not the run it started.

@@ -9,6 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import runs, serialize, threads
+from service.domain import CancelAction
 from service.executor import thread_config
 from service.http import MEDIA_JSON, accepts, owner, responds, services, uuid_param
 from service.problems import Problem, not_found
@@ -88,7 +89,7 @@ async def delete_thread(request: Request) -> Response:
         # Tell executing replicas to stop; deleting the run rows then fences out any write
         # they still attempt, so nothing of the thread can reappear.
         cur = await conn.execute(runs.HEAD_OF_THREAD_SQL, (thread_id,))
-        await cancel_runs(conn, await cur.fetchall(), "interrupt")
+        await cancel_runs(conn, await cur.fetchall(), CancelAction.INTERRUPT)
         await threads.delete_locked(conn, thread_id)
     return Response(status_code=204)
 
