@@ -21,7 +21,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Durability
 from psycopg.rows import DictRow
 
-from service import db, events, runs
+from service import db, events, lifecycle, runs
 from service.checkpointer import (
     Batch,
     Fence,
@@ -479,7 +479,7 @@ class Executor:
         snapshot = await self.reader.aget_state(thread_config(run["thread_id"]))
         checkpoint_id = (snapshot.config or {}).get("configurable", {}).get("checkpoint_id")
         if reason is StopReason.ROLLBACK:
-            await self._rollback(run)
+            await lifecycle.rollback(self.pool, run)
         else:
             await self._finish(
                 run,
@@ -488,24 +488,6 @@ class Executor:
                 checkpoint_id=checkpoint_id,
             )
         return RunOutcome(RunStatus.INTERRUPTED, snapshot.values)
-
-    async def _rollback(self, run: DictRow) -> None:
-        """Remove the run and everything it wrote; the thread is as before the run."""
-        async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute(
-                "SELECT 1 FROM threads WHERE thread_id = %s FOR UPDATE", (run["thread_id"],)
-            )
-            await runs.rollback_checkpoints(conn, run["thread_id"], run["run_id"])
-            await runs.finish(
-                conn,
-                run_id=run["run_id"],
-                thread_id=run["thread_id"],
-                attempt=run["attempt"],
-                status=RunStatus.INTERRUPTED,
-                thread_status=ThreadStatus.IDLE,
-                spoke=False,
-            )
-            await conn.execute("DELETE FROM runs WHERE run_id = %s", (run["run_id"],))
 
     async def _finish(
         self,

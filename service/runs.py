@@ -306,7 +306,8 @@ WHERE t.owner = %(owner)s AND r.status = ANY(%(statuses)s)
   AND (%(run_ids)s::uuid[] IS NULL OR r.run_id = ANY(%(run_ids)s))
 """
 
-DELETE_SQL = "DELETE FROM runs WHERE run_id = %s AND status NOT IN ('pending', 'running')"
+DELETE_SQL = "DELETE FROM runs WHERE run_id = %s"
+DELETE_FINISHED_SQL = f"{DELETE_SQL} AND status NOT IN ('pending', 'running') RETURNING run_id"
 
 HAS_STARTED_SQL = """
 SELECT 1 FROM checkpoints
@@ -433,10 +434,16 @@ async def lock_thread_or_skip(conn: AsyncConnection[DictRow], thread_id: UUID) -
     return await cur.fetchone() is not None
 
 
+async def unfinished(conn: AsyncConnection[DictRow], thread_id: UUID) -> list[DictRow]:
+    """The thread's unfinished runs, oldest first, with ``leased`` and ``failures`` (caller
+    holds the thread lock)."""
+    cur = await conn.execute(HEAD_OF_THREAD_SQL, (thread_id,))
+    return await cur.fetchall()
+
+
 async def head_of_thread(conn: AsyncConnection[DictRow], thread_id: UUID) -> DictRow | None:
     """The run that may execute next on the thread (caller holds the thread lock)."""
-    cur = await conn.execute(HEAD_OF_THREAD_SQL, (thread_id,))
-    rows = await cur.fetchall()
+    rows = await unfinished(conn, thread_id)
     if any(r["status"] == RunStatus.RUNNING and r["leased"] for r in rows):
         return None
     return rows[0] if rows else None
@@ -606,8 +613,13 @@ async def owned_active(
 
 
 async def delete_finished(conn: AsyncConnection[DictRow], run_id: UUID) -> bool:
-    cur = await conn.execute(DELETE_SQL + " RETURNING run_id", (run_id,))
+    cur = await conn.execute(DELETE_FINISHED_SQL, (run_id,))
     return await cur.fetchone() is not None
+
+
+async def delete(conn: AsyncConnection[DictRow], run_id: UUID) -> None:
+    """Remove the run row whatever its status (a rolled-back run; caller holds the thread lock)."""
+    await conn.execute(DELETE_SQL, (run_id,))
 
 
 async def has_started(conn: AsyncConnection[DictRow], thread_id: UUID, run_id: UUID) -> bool:

@@ -13,18 +13,16 @@ from uuid import UUID
 
 import psycopg
 import structlog
-from langchain_core.runnables import RunnableConfig
-from langgraph.types import StateSnapshot
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from service import events, runs, threads
+from service import lifecycle, runs, state, threads
+from service.catalog import resolve_assistant
 from service.domain import (
     ACTIVE_RUN_STATUSES,
     CancelAction,
     MultitaskStrategy,
     RunStatus,
-    ThreadStatus,
 )
 from service.executor import (
     STREAM_MODES,
@@ -35,7 +33,6 @@ from service.executor import (
 )
 from service.notify import run_key
 from service.problems import Problem, not_found
-from service.routes.assistants import resolve_assistant
 from service.schemas import RunCreate
 from service.services import Services
 
@@ -88,25 +85,11 @@ def check_stream_modes(body: RunCreate) -> None:
             )
 
 
-async def state_at(
-    svc: Services, config: RunnableConfig, *, subgraphs: bool = False
-) -> StateSnapshot:
-    """The thread's state at ``config``; 404 when it names a checkpoint (or a subgraph's
-    namespace) the thread lacks. The latest state of a thread without one is empty, not 404."""
-    snapshot = await svc.executor.reader.aget_state(config, subgraphs=subgraphs)
-    conf = config["configurable"]
-    wanted = [conf[key] for key in ("checkpoint_ns", "checkpoint_id") if conf.get(key)]
-    # LangGraph answers an unknown checkpoint with an empty snapshot that has no timestamp.
-    if wanted and snapshot.created_at is None:
-        raise not_found("Checkpoint", " ".join(wanted))
-    return snapshot
-
-
 async def _check_start(svc: Services, thread_id: UUID, body: RunCreate) -> None:
     """A run asked to start from a checkpoint starts from one that exists, or not at all."""
     start = body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
     if start is not None:
-        await state_at(svc, thread_config(thread_id, str(start)))
+        await state.at(svc, thread_config(thread_id, str(start)))
 
 
 async def _ensure_locked_thread(
@@ -119,30 +102,6 @@ async def _ensure_locked_thread(
         if await threads.lock(conn, thread_id, owner):
             return
     raise not_found("Thread", thread_id)
-
-
-async def cancel_runs(
-    conn: AsyncConnection[DictRow], rows: list[DictRow], action: CancelAction
-) -> None:
-    """Stop runs (caller holds their thread lock): queued ones end here, running ones are told."""
-    executing = [r["run_id"] for r in rows if r["status"] == RunStatus.RUNNING and r["leased"]]
-    for row in rows:
-        if row["run_id"] in executing:
-            continue
-        await events.append(conn, row["run_id"], [("end", None)])
-        if action is CancelAction.ROLLBACK:
-            await runs.rollback_checkpoints(conn, row["thread_id"], row["run_id"])
-        await runs.end_idle(
-            conn,
-            row["run_id"],
-            status=RunStatus.INTERRUPTED,
-            error=None,
-            thread_status=ThreadStatus.IDLE,
-        )
-        if action is CancelAction.ROLLBACK:
-            await conn.execute("DELETE FROM runs WHERE run_id = %s", (row["run_id"],))
-    if executing:
-        await runs.request_cancel(conn, executing, action)
 
 
 async def submit(
@@ -192,13 +151,12 @@ async def submit(
                 existing = await runs.by_idempotency_key(conn, thread_id, idempotency_key)
                 if existing is not None:
                     return existing, None
-            cur = await conn.execute(runs.HEAD_OF_THREAD_SQL, (thread_id,))
-            inflight = await cur.fetchall()
+            inflight = await lifecycle.unfinished(conn, thread_id)
             if inflight:
                 if new.strategy is MultitaskStrategy.REJECT:
                     raise Problem(409, BUSY_DETAIL, kind="thread-busy")
                 if new.strategy in (MultitaskStrategy.INTERRUPT, MultitaskStrategy.ROLLBACK):
-                    await cancel_runs(conn, inflight, CancelAction(new.strategy))
+                    await lifecycle.cancel(conn, inflight, CancelAction(new.strategy))
             else:
                 # The new run heads its thread: claim it here and now if this replica has room.
                 reserved = svc.worker.reserve()
@@ -300,7 +258,7 @@ async def final_body(svc: Services, row: DictRow | None) -> Any:
     if row["status"] == RunStatus.ERROR:
         return {"__error__": row["error"]}
     config = thread_config(row["thread_id"], row["checkpoint_id"])
-    snapshot = await svc.executor.reader.aget_state(config)
+    snapshot = await state.read(svc, config)
     if row["checkpoint_id"] is not None and snapshot.metadata is None:
         raise pruned(row)
     values = snapshot.values

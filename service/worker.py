@@ -18,9 +18,9 @@ import psycopg
 import structlog
 from psycopg.rows import DictRow
 
-from service import events, runs
+from service import events, lifecycle, runs
 from service.db import Pool
-from service.domain import CancelAction, RunStatus, ThreadStatus
+from service.domain import CancelAction, RunStatus
 from service.executor import Attempt, Executor
 from service.notify import ANY_RUN, Hub
 
@@ -157,10 +157,13 @@ class Worker:
             if head is None or head["run_id"] != run_id:
                 return None
             if head["cancel_action"]:
-                await self._end_cancelled(conn, head)
+                await lifecycle.end_idle(conn, head, CancelAction(head["cancel_action"]))
                 return None
             if head["failures"] >= self.max_attempts:
-                await self._give_up(conn, head)
+                await lifecycle.give_up(conn, head)
+                log.warning(
+                    "run_abandoned", run_id=str(head["run_id"]), failed_attempts=head["failures"]
+                )
                 return None
             row = await runs.claim(
                 conn, run_id, self.executor.replica, self.lease_seconds, self.owner_cap
@@ -173,49 +176,3 @@ class Worker:
                     failed_attempts=row["failed_attempts"],
                 )
             return row
-
-    async def _give_up(self, conn: psycopg.AsyncConnection[DictRow], run: DictRow) -> None:
-        if run["status"] == RunStatus.RUNNING:
-            error = {
-                "error": "LeaseExpired",
-                "message": (
-                    f"gave up after {run['failures']} failed attempts: the executing replica "
-                    f"({run['lease_holder']}) stopped renewing its lease"
-                ),
-            }
-        else:
-            error = {
-                "error": "AttemptsExhausted",
-                "message": f"gave up after {run['failures']} failed attempts",
-            }
-        await events.append(conn, run["run_id"], [("error", error), ("end", None)])
-        await runs.end_idle(
-            conn,
-            run["run_id"],
-            status=RunStatus.ERROR,
-            error=error,
-            thread_status=ThreadStatus.ERROR,
-        )
-        log.warning("run_abandoned", run_id=str(run["run_id"]), failed_attempts=run["failures"])
-
-    async def _end_cancelled(self, conn: psycopg.AsyncConnection[DictRow], run: DictRow) -> None:
-        """A run cancelled while queued (or while its replica was dead) ends without running."""
-        await events.append(conn, run["run_id"], [("end", None)])
-        if run["cancel_action"] == CancelAction.ROLLBACK:
-            await runs.rollback_checkpoints(conn, run["thread_id"], run["run_id"])
-            await runs.end_idle(
-                conn,
-                run["run_id"],
-                status=RunStatus.INTERRUPTED,
-                error=None,
-                thread_status=ThreadStatus.IDLE,
-            )
-            await conn.execute("DELETE FROM runs WHERE run_id = %s", (run["run_id"],))
-        else:
-            await runs.end_idle(
-                conn,
-                run["run_id"],
-                status=RunStatus.INTERRUPTED,
-                error=None,
-                thread_status=ThreadStatus.IDLE,
-            )

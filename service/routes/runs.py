@@ -15,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Scope
 
-from service import events, runs, serialize, threads
+from service import events, lifecycle, runs, serialize, threads
 from service.domain import ACTIVE_RUN_STATUSES, CancelAction, RunStatus
 from service.http import (
     MEDIA_JSON,
@@ -32,7 +32,7 @@ from service.problems import Problem, not_found
 from service.query import ChoiceParam, FlagParam, TextParam
 from service.schemas import LIMIT, OFFSET, CancelMany, RunCreate
 from service.services import Services
-from service.submit import cancel_runs, result_of, submit, until_closing, wait_for_end
+from service.submit import result_of, submit, until_closing, wait_for_end
 
 HEARTBEAT_SECONDS = 5.0
 KEEPALIVE_SECONDS = 5.0
@@ -84,7 +84,9 @@ def _sse(
                 cut(request.scope)
         finally:
             if on_disconnect_cancel and not finished and not svc.closing.is_set():
-                await asyncio.shield(_cancel(svc, [run_id], CancelAction.INTERRUPT))
+                await asyncio.shield(
+                    lifecycle.cancel_by_id(svc.pool, [run_id], CancelAction.INTERRUPT)
+                )
 
     return EventSourceResponse(
         stream(),
@@ -221,7 +223,7 @@ async def _answer_or_cancel(
     try:
         value = await until_closing(svc.closing, result, headers)
     except asyncio.CancelledError:
-        await asyncio.shield(_cancel(svc, [run_id], CancelAction.INTERRUPT))
+        await asyncio.shield(lifecycle.cancel_by_id(svc.pool, [run_id], CancelAction.INTERRUPT))
         raise
     return serialize.JSON(value, headers=headers)
 
@@ -273,24 +275,6 @@ async def join_stream(request: Request) -> Response:
     )
 
 
-async def _cancel(svc: Services, run_ids: list[UUID], action: CancelAction) -> list[DictRow]:
-    """Cancel runs wherever they execute; returns those that were still active."""
-    stopped: list[DictRow] = []
-    async with svc.pool.connection() as conn:
-        for run_id in run_ids:
-            async with conn.transaction():
-                row = await runs.get_by_id(conn, run_id)
-                if row is None or row["status"] not in ACTIVE_RUN_STATUSES:
-                    continue
-                await threads.lock_any(conn, row["thread_id"])
-                cur = await conn.execute(runs.HEAD_OF_THREAD_SQL, (row["thread_id"],))
-                mine = [r for r in await cur.fetchall() if r["run_id"] == run_id]
-                if mine:
-                    await cancel_runs(conn, mine, action)
-                    stopped.extend(mine)
-    return stopped
-
-
 @responds(
     {
         200: ("The ended run (wait=1)", MEDIA_JSON),
@@ -303,7 +287,7 @@ async def cancel_run(request: Request) -> Response:
     _, run_id, _ = await _owned_run(request)
     action = CancelAction(ACTION.of(request))
     svc = services(request)
-    await _cancel(svc, [run_id], action)
+    await lifecycle.cancel_by_id(svc.pool, [run_id], action)
     if not WAIT.of(request):
         return Response(status_code=202)
     row = await wait_for_end(svc, run_id, None)
@@ -330,7 +314,7 @@ async def cancel_many(request: Request, body: CancelMany) -> Response:
         )
     if not rows:
         raise Problem(404, "no matching runs to cancel", kind="not-found")
-    await _cancel(svc, [r["run_id"] for r in rows], action)
+    await lifecycle.cancel_by_id(svc.pool, [r["run_id"] for r in rows], action)
     return Response(status_code=204)
 
 
