@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.agent.graph import GRAPH_ID
-from service.problems import not_found
+from service.errors import NotFound
 
 # Stable across replicas and restarts, as the Agent Server's default assistant id is.
 ASSISTANT_ID = uuid.uuid5(uuid.NAMESPACE_URL, "https://threadkeeper.dev/assistants/agent")
@@ -18,7 +18,7 @@ def resolve_assistant(ident: str) -> uuid.UUID:
     """Accept the graph name or the assistant's id; anything else is an unknown assistant."""
     if ident in (GRAPH_ID, str(ASSISTANT_ID)):
         return ASSISTANT_ID
-    raise not_found("Assistant", ident)
+    raise NotFound("Assistant", ident)
 
 
 def assistant() -> dict[str, Any]:

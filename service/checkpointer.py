@@ -75,18 +75,18 @@ WHERE run_id = %s AND attempt = %s AND {WRITE_FENCE_SQL}
 FOR SHARE
 """
 
-LEASE_LOST = "threadkeeper: lease lost"
-
 
 # The same check as the first part of a write statement: one row if the lease is live, else an
-# error that fails the whole statement, so nothing it inserts is committed. The failing cast
-# depends on count(*), so the planner cannot fold it into an error at plan time. The row lock is
+# error that fails the whole statement, so nothing it inserts is committed. The error is a
+# division by the number of live leases found (SQLSTATE 22012, division_by_zero, which nothing
+# else in a fenced statement can raise; plain SQL has no RAISE): a divisor that depends on
+# count(*) cannot be folded into an error at plan time. The row lock is
 # held until the statement's (implicit) transaction commits. ``after``: a CTE whose (row) locks
 # are taken before the run row's, as an uncorrelated EXISTS gates the scan of ``runs``.
 def _fence_cte(after: str | None) -> str:
     gate = f"\n          AND EXISTS (SELECT 1 FROM {after})" if after else ""
     return f"""fence AS (
-    SELECT CASE WHEN count(*) > 0 THEN 1 ELSE ('{LEASE_LOST}, live: ' || count(*))::int END
+    SELECT 1 / count(*) AS live
     FROM (
         SELECT 1 FROM runs
         WHERE run_id = %s AND attempt = %s AND {WRITE_FENCE_SQL}{gate}
@@ -188,7 +188,7 @@ class LeaseLostError(RuntimeError):
 
 def refused_by_fence(exc: BaseException) -> bool:
     """Whether a statement failed because its fence found the lease gone."""
-    return isinstance(exc, psycopg.errors.InvalidTextRepresentation) and LEASE_LOST in str(exc)
+    return isinstance(exc, psycopg.errors.DivisionByZero)
 
 
 @dataclass(frozen=True)
@@ -580,8 +580,8 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         async with self.pool.connection() as conn:
             try:
                 await AsyncRawCursor(conn).execute(query, params, binary=True)
-            except psycopg.errors.InvalidTextRepresentation as exc:
-                if self.fence is not None and refused_by_fence(exc):
+            except psycopg.errors.DivisionByZero:
+                if self.fence is not None:
                     raise self._lost() from None
                 raise
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -130,7 +130,14 @@ class EventWriter:
     """Numbers and persists the events of one run attempt, in small batches."""
 
     def __init__(
-        self, pool: Pool, run_id: UUID, attempt: int, start_seq: int, *, live: bool = True
+        self,
+        pool: Pool,
+        run_id: UUID,
+        attempt: int,
+        start_seq: int,
+        *,
+        live: bool = True,
+        on_unwritten: Callable[[int], None] = lambda count: None,
     ) -> None:
         self.pool = pool
         self.run_id = run_id
@@ -138,6 +145,9 @@ class EventWriter:
         self.seq = start_seq
         # Not live: nobody follows the run as it goes, so everything is written when it ends.
         self.live = live
+        # Told how many events a failed write lost (a metric): followers miss them, and the
+        # stream goes on after the gap.
+        self.on_unwritten = on_unwritten
         self._buffer: list[dict[str, Any]] = []
         self._wakeup = asyncio.Event()
         self._closed = False
@@ -146,9 +156,17 @@ class EventWriter:
 
     @classmethod
     async def open(
-        cls, pool: Pool, run_id: UUID, attempt: int, *, live: bool = True
+        cls,
+        pool: Pool,
+        run_id: UUID,
+        attempt: int,
+        *,
+        live: bool = True,
+        on_unwritten: Callable[[int], None] = lambda count: None,
     ) -> EventWriter:
-        writer = cls(pool, run_id, attempt, first_seq(attempt) - 1, live=live)
+        writer = cls(
+            pool, run_id, attempt, first_seq(attempt) - 1, live=live, on_unwritten=on_unwritten
+        )
         writer._task = asyncio.create_task(writer._flusher(), name=f"events-{run_id}")
         return writer
 
@@ -207,7 +225,13 @@ class EventWriter:
                 try:
                     await self._write(batch)
                 except Exception as exc:
-                    log.warning("events_write_failed", error=str(exc), count=len(batch))
+                    log.warning(
+                        "events_write_failed",
+                        run_id=str(self.run_id),
+                        error=str(exc) or type(exc).__name__,
+                        count=len(batch),
+                    )
+                    self.on_unwritten(len(batch))
             if self._closed and not self._buffer:
                 return
 

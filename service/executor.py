@@ -269,7 +269,13 @@ class Executor:
         run_id, number = run["run_id"], run["attempt"]
         saver = FencedPostgresSaver(self.pool, Fence(run_id, number), history=self.history)
         wait_only = bool(run["kwargs"].get(WAIT_ONLY))
-        writer = await events.EventWriter.open(self.pool, run_id, number, live=not wait_only)
+        writer = await events.EventWriter.open(
+            self.pool,
+            run_id,
+            number,
+            live=not wait_only,
+            on_unwritten=self.metrics.run_events_unwritten.inc,
+        )
         writer.emit("metadata", {"run_id": str(run_id), "attempt": number})
         keeper = asyncio.create_task(self._keep_lease(attempt))
         attempt.graph_task = asyncio.create_task(

@@ -13,8 +13,8 @@ from uuid import UUID
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import StateSnapshot
 
+from service.errors import NotFound
 from service.executor import thread_config
-from service.problems import not_found
 
 if TYPE_CHECKING:
     from service.services import Services
@@ -28,7 +28,7 @@ async def at(svc: Services, config: RunnableConfig, *, subgraphs: bool = False) 
     wanted = [conf[key] for key in ("checkpoint_ns", "checkpoint_id") if conf.get(key)]
     # LangGraph answers an unknown checkpoint with an empty snapshot that has no timestamp.
     if wanted and snapshot.created_at is None:
-        raise not_found("Checkpoint", " ".join(wanted))
+        raise NotFound("Checkpoint", " ".join(wanted))
     return snapshot
 
 

@@ -24,6 +24,7 @@ from service.domain import (
     MultitaskStrategy,
     RunStatus,
 )
+from service.errors import InvalidInput, NotFound, StatePruned, ThreadBusy
 from service.executor import (
     STREAM_MODES,
     WAIT_ONLY,
@@ -32,16 +33,11 @@ from service.executor import (
     thread_config,
 )
 from service.notify import run_key
-from service.problems import Problem, not_found
 from service.schemas import RunCreate
 from service.services import Services
 
 log = structlog.get_logger(__name__)
 
-BUSY_DETAIL = (
-    "Thread is already running a task. Wait for it to finish or choose a different "
-    "multitask strategy."
-)
 DEFAULT_STRATEGY = MultitaskStrategy.ENQUEUE
 WAIT_POLL_SECONDS = 5.0
 # A waiter keeps following its run through a database outage (the run goes on, or is resumed,
@@ -78,11 +74,7 @@ def check_stream_modes(body: RunCreate) -> None:
     for m in [mode] if isinstance(mode, str) else mode:
         if m not in STREAM_MODES:
             supported = ", ".join(sorted(STREAM_MODES))
-            raise Problem(
-                422,
-                f"stream_mode {m!r} is not supported (supported: {supported})",
-                kind="invalid-input",
-            )
+            raise InvalidInput(f"stream_mode {m!r} is not supported (supported: {supported})")
 
 
 async def _check_start(svc: Services, thread_id: UUID, body: RunCreate) -> None:
@@ -101,7 +93,7 @@ async def _ensure_locked_thread(
         await threads.insert(conn, thread_id=thread_id, owner=owner, metadata={})
         if await threads.lock(conn, thread_id, owner):
             return
-    raise not_found("Thread", thread_id)
+    raise NotFound("Thread", thread_id)
 
 
 async def submit(
@@ -154,7 +146,7 @@ async def submit(
             inflight = await lifecycle.unfinished(conn, thread_id)
             if inflight:
                 if new.strategy is MultitaskStrategy.REJECT:
-                    raise Problem(409, BUSY_DETAIL, kind="thread-busy")
+                    raise ThreadBusy()
                 if new.strategy in (MultitaskStrategy.INTERRUPT, MultitaskStrategy.ROLLBACK):
                     await lifecycle.cancel(conn, inflight, CancelAction(new.strategy))
             else:
@@ -239,18 +231,6 @@ async def wait_for_end(svc: Services, run_id: UUID, attempt: Attempt | None) -> 
             svc.hub.disarm(wakeup, run_key(run_id))
 
 
-def pruned(row: DictRow) -> Problem:
-    """The run ended, but the checkpoint it ended on was deleted by a history prune."""
-    return Problem(
-        410,
-        f"run {row['run_id']} ended ({row['status']}), but the state it ended with was pruned "
-        "by the retention policy; the thread's current state is at "
-        f"/threads/{row['thread_id']}/state",
-        kind="state-pruned",
-        extra={"run_id": str(row["run_id"]), "run_status": row["status"]},
-    )
-
-
 async def final_body(svc: Services, row: DictRow | None) -> Any:
     """The ``/runs/wait`` and ``/join`` body: final values, or ``__error__``."""
     if row is None:
@@ -260,7 +240,7 @@ async def final_body(svc: Services, row: DictRow | None) -> Any:
     config = thread_config(row["thread_id"], row["checkpoint_id"])
     snapshot = await state.read(svc, config)
     if row["checkpoint_id"] is not None and snapshot.metadata is None:
-        raise pruned(row)
+        raise StatePruned(row)
     values = snapshot.values
     interrupts = [i for task in snapshot.tasks for i in task.interrupts]
     if interrupts and isinstance(values, dict):
@@ -288,30 +268,6 @@ async def result_of(svc: Services, run: DictRow, attempt: Attempt | None) -> Any
         except psycopg.OperationalError as exc:
             log.warning("wait_database_unavailable", run_id=str(run["run_id"]), error=str(exc))
             await asyncio.sleep(OUTAGE_RETRY_SECONDS)
-
-
-async def until_closing(
-    closing: asyncio.Event, result: asyncio.Task[Any], headers: dict[str, str]
-) -> Any:
-    """``result``'s value, for an answer that is sent only once known (no body streamed
-    before it). A replica that stops serving first answers 503 with ``Retry-After`` and
-    ``headers`` (a ``Location`` where the answer will be): the run goes on elsewhere."""
-    stop = asyncio.create_task(closing.wait())
-    try:
-        await asyncio.wait({result, stop}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stop.cancel()
-        ended = result.done()
-        if not ended:
-            result.cancel()
-    if ended:
-        return result.result()
-    raise Problem(
-        503,
-        "this replica stopped before the run ended; the run goes on elsewhere",
-        kind="replica-stopping",
-        headers={"Retry-After": "1", **headers},
-    )
 
 
 def outcome_body(outcome: RunOutcome) -> Any:

@@ -13,10 +13,10 @@ from starlette.routing import Route
 from service import serialize, threads
 from service.agent.graph import GRAPH_ID
 from service.domain import MultitaskStrategy
-from service.http import accepts, owner, services
+from service.http import accepts, owner, services, until_closing
 from service.problems import Problem
 from service.schemas import Chat, RunCreate
-from service.submit import result_of, submit, until_closing
+from service.submit import result_of, submit
 
 
 def _is_ai(message: object) -> bool:

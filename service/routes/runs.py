@@ -25,6 +25,7 @@ from service.http import (
     queries,
     responds,
     services,
+    until_closing,
     uuid_param,
 )
 from service.middleware import cut
@@ -32,7 +33,7 @@ from service.problems import Problem, not_found
 from service.query import ChoiceParam, FlagParam, TextParam
 from service.schemas import LIMIT, OFFSET, CancelMany, RunCreate
 from service.services import Services
-from service.submit import result_of, submit, until_closing, wait_for_end
+from service.submit import result_of, submit, wait_for_end
 
 HEARTBEAT_SECONDS = 5.0
 KEEPALIVE_SECONDS = 5.0

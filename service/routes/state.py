@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import lifecycle, serialize, state, threads
+from service.errors import ThreadBusy
 from service.executor import thread_config
 from service.http import accepts, owner, queries, services, uuid_param
 from service.problems import Problem, not_found
@@ -22,7 +23,6 @@ from service.schemas import (
     StateAtCheckpoint,
     StateUpdate,
 )
-from service.submit import BUSY_DETAIL
 
 SUBGRAPHS = FlagParam("subgraphs")
 BEFORE = UuidParam("before")
@@ -89,7 +89,7 @@ async def update_state(request: Request, body: StateUpdate) -> Response:
         if not await threads.lock(conn, thread_id, who):
             raise not_found("Thread", thread_id)
         if await lifecycle.is_busy(conn, thread_id):
-            raise Problem(409, BUSY_DETAIL, kind="thread-busy")
+            raise ThreadBusy()
         if checkpoint.checkpoint_id is not None:
             await state.at(services(request), config, subgraphs=False)
         try:
