@@ -58,12 +58,12 @@ from langgraph.checkpoint.base import (
     get_serializable_checkpoint_metadata,
 )
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from psycopg import AsyncCursor, AsyncRawCursor
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
 from service import checkpoint_load
+from service.compat import DeltaSnapshot
 from service.db import Pool, numbered
 from service.lease import WRITE_FENCE_SQL
 
@@ -323,7 +323,7 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         values = copy["channel_values"] = checkpoint["channel_values"].copy()
         blob_values: dict[str, Any] = {}
         for k, v in checkpoint["channel_values"].items():
-            if isinstance(v, _DeltaSnapshot):
+            if isinstance(v, DeltaSnapshot):
                 blob_values[k] = values.pop(k)
                 values[k] = True
             elif v is not None and not isinstance(v, (str, int, float, bool)):
