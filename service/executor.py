@@ -265,39 +265,61 @@ class Executor:
             return outcome
 
     async def _attempt(self, attempt: Attempt) -> RunOutcome:
-        run = attempt.run
+        saver, writer = await self._open(attempt.run)
+        stepped, failure = await self._run_graph(attempt, saver=saver, writer=writer)
+        return await self._end(
+            attempt, saver=saver, writer=writer, stepped=stepped, failure=failure
+        )
+
+    async def _open(self, run: DictRow) -> tuple[FencedPostgresSaver, events.EventWriter]:
+        """The attempt's fenced saver and its event writer, the stream opened."""
         run_id, number = run["run_id"], run["attempt"]
         saver = FencedPostgresSaver(self.pool, Fence(run_id, number), history=self.history)
-        wait_only = bool(run["kwargs"].get(WAIT_ONLY))
         writer = await events.EventWriter.open(
             self.pool,
             run_id,
             number,
-            live=not wait_only,
+            live=not run["kwargs"].get(WAIT_ONLY),
             on_unwritten=self.metrics.run_events_unwritten.inc,
         )
         writer.emit("metadata", {"run_id": str(run_id), "attempt": number})
+        return saver, writer
+
+    async def _run_graph(
+        self, attempt: Attempt, *, saver: FencedPostgresSaver, writer: events.EventWriter
+    ) -> tuple[Stepped | None, BaseException | None]:
+        """Run the graph while a keeper holds the lease; where it left off, or why it did not
+        finish (a stop, a lost lease, the database's or the graph's own error)."""
         keeper = asyncio.create_task(self._keep_lease(attempt))
         attempt.graph_task = asyncio.create_task(
-            self._stream(run, saver, writer), name=f"graph-{run_id}"
+            self._stream(attempt.run, saver, writer), name=f"graph-{attempt.run['run_id']}"
         )
         if attempt.stop_reason is not None:
             attempt.graph_task.cancel()  # stopped while it was being set up (a drain)
-        stepped: Stepped | None = None
-        failure: BaseException | None = None
         try:
-            stepped = await attempt.graph_task
+            return await attempt.graph_task, None
         except asyncio.CancelledError as exc:
             if _cancelled_itself():
                 raise
-            failure = exc  # the graph was stopped (see Attempt.stop)
+            return None, exc  # the graph was stopped (see Attempt.stop)
         except Exception as exc:
-            failure = exc
+            return None, exc
         finally:
             # The keeper ends before the ending starts: once the run is recorded as ended, the
             # keeper would find the lease gone and stop an attempt that is no longer running.
             keeper.cancel()
             await asyncio.wait([keeper])
+
+    async def _end(
+        self,
+        attempt: Attempt,
+        *,
+        saver: FencedPostgresSaver,
+        writer: events.EventWriter,
+        stepped: Stepped | None,
+        failure: BaseException | None,
+    ) -> RunOutcome:
+        """Record how the attempt ended: success or an interrupt, a stop, or a failure."""
         try:
             if stepped is not None:
                 return await self._succeeded(attempt, writer, stepped)
