@@ -6,7 +6,6 @@ Every query takes the owner, so a thread of another owner is indistinguishable f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -248,11 +247,6 @@ async def count(conn: AsyncConnection[DictRow], flt: ThreadFilter) -> int:
     cur = await conn.execute(f"SELECT count(*) AS n FROM threads t WHERE {where}", params)  # type: ignore[arg-type]
     row = await cur.fetchone()
     return int(row["n"]) if row else 0
-
-
-def last_activity(row: DictRow) -> datetime:
-    value: datetime = row["last_message_at"] or row["created_at"]
-    return value
 
 
 LOCK_ANY_SQL = "SELECT 1 FROM threads WHERE thread_id = %s FOR UPDATE"
