@@ -101,7 +101,7 @@ class Attempt:
     the attempt's ending (recording the outcome) runs after it, where no stop can cut it short.
     """
 
-    run: DictRow
+    run: runs.Run
     task: asyncio.Task[RunOutcome] | None = None
     graph_task: asyncio.Task[Stepped] | None = None
     # Why the graph was stopped from outside.
@@ -186,11 +186,12 @@ class Executor:
     def busy(self) -> int:
         return len(self.attempts)
 
-    def start(self, run: DictRow) -> Attempt:
+    def start(self, row: DictRow) -> Attempt:
         """Execute a claimed run in the background; the request that asked for it may go away."""
+        run = runs.Run.of(row)
         attempt = Attempt(run)
-        attempt.task = asyncio.create_task(self._execute(attempt), name=f"run-{run['run_id']}")
-        self.attempts[run["run_id"]] = attempt
+        attempt.task = asyncio.create_task(self._execute(attempt), name=f"run-{run.run_id}")
+        self.attempts[run.run_id] = attempt
         return attempt
 
     async def drain(self, grace_seconds: float) -> None:
@@ -204,8 +205,8 @@ class Executor:
                 attempt.stop(StopReason.DRAIN)
         await asyncio.gather(*pending, return_exceptions=True)
 
-    def _config(self, run: DictRow) -> RunnableConfig:
-        kwargs = run["kwargs"]
+    def _config(self, run: runs.Run) -> RunnableConfig:
+        kwargs = run.kwargs
         user = kwargs.get("config") or {}
         configurable = {
             k: v
@@ -216,51 +217,51 @@ class Executor:
             "checkpoint_id"
         )
         # A resumed attempt continues from the latest checkpoint, not from the fork point.
-        if run["attempt"] > 1:
+        if run.attempt > 1:
             checkpoint_id = None
-        configurable.update(thread_config(run["thread_id"], checkpoint_id)["configurable"])
+        configurable.update(thread_config(run.thread_id, checkpoint_id)["configurable"])
         return {
             "configurable": configurable,
             "metadata": {
-                **(run["metadata"] or {}),
-                "run_id": str(run["run_id"]),
-                "assistant_id": run["assistant_id"],
+                **(run.metadata or {}),
+                "run_id": str(run.run_id),
+                "assistant_id": run.assistant_id,
                 "graph_id": self.graph.name,
             },
             "recursion_limit": min(int(user.get("recursion_limit", 25)), MAX_RECURSION_LIMIT),
             "tags": list(user.get("tags") or []),
         }
 
-    async def _input(self, run: DictRow) -> Any:
-        if run["attempt"] > 1:
+    async def _input(self, run: runs.Run) -> Any:
+        if run.attempt > 1:
             async with self.pool.connection() as conn:
-                if await runs.has_started(conn, run["thread_id"], run["run_id"]):
+                if await runs.has_started(conn, run.thread_id, run.run_id):
                     return None  # resume from the last checkpoint the dead attempt wrote
-        command = run["kwargs"].get("command")
+        command = run.kwargs.get("command")
         if command:
             return Command(
                 resume=command.get("resume"),
                 update=command.get("update"),
                 goto=command.get("goto") or (),
             )
-        return run["input"]
+        return run.input
 
     async def _execute(self, attempt: Attempt) -> RunOutcome:
         run = attempt.run
         with structlog.contextvars.bound_contextvars(
-            run_id=str(run["run_id"]), thread_id=str(run["thread_id"]), replica=self.replica
+            run_id=str(run.run_id), thread_id=str(run.thread_id), replica=self.replica
         ):
             started = time.monotonic()
             try:
                 outcome = await self._attempt(attempt)
             finally:
-                self.attempts.pop(run["run_id"], None)
+                self.attempts.pop(run.run_id, None)
                 attempt.done.set()
                 self.on_slot_freed()
             self.metrics.runs.labels(outcome=outcome.status).inc()
             self.metrics.run_seconds.observe(time.monotonic() - started)
             log.info(
-                "run_finished", status=outcome.status, attempt=run["attempt"], error=outcome.error
+                "run_finished", status=outcome.status, attempt=run.attempt, error=outcome.error
             )
             return outcome
 
@@ -271,15 +272,15 @@ class Executor:
             attempt, saver=saver, writer=writer, stepped=stepped, failure=failure
         )
 
-    async def _open(self, run: DictRow) -> tuple[FencedPostgresSaver, events.EventWriter]:
+    async def _open(self, run: runs.Run) -> tuple[FencedPostgresSaver, events.EventWriter]:
         """The attempt's fenced saver and its event writer, the stream opened."""
-        run_id, number = run["run_id"], run["attempt"]
+        run_id, number = run.run_id, run.attempt
         saver = FencedPostgresSaver(self.pool, Fence(run_id, number), history=self.history)
         writer = await events.EventWriter.open(
             self.pool,
             run_id,
             number,
-            live=not run["kwargs"].get(WAIT_ONLY),
+            live=not run.kwargs.get(WAIT_ONLY),
             on_unwritten=self.metrics.run_events_unwritten.inc,
         )
         writer.emit("metadata", {"run_id": str(run_id), "attempt": number})
@@ -292,7 +293,7 @@ class Executor:
         finish (a stop, a lost lease, the database's or the graph's own error)."""
         keeper = asyncio.create_task(self._keep_lease(attempt))
         attempt.graph_task = asyncio.create_task(
-            self._stream(attempt.run, saver, writer), name=f"graph-{attempt.run['run_id']}"
+            self._stream(attempt.run, saver, writer), name=f"graph-{attempt.run.run_id}"
         )
         if attempt.stop_reason is not None:
             attempt.graph_task.cancel()  # stopped while it was being set up (a drain)
@@ -333,10 +334,10 @@ class Executor:
             return await self._database_failed(attempt, writer, kind, exc)
 
     async def _stream(
-        self, run: DictRow, saver: FencedPostgresSaver, writer: events.EventWriter
+        self, run: runs.Run, saver: FencedPostgresSaver, writer: events.EventWriter
     ) -> Stepped:
         """Run the graph, streaming what the client asked for (the attempt's graph task)."""
-        kwargs = run["kwargs"]
+        kwargs = run.kwargs
         modes = requested_modes(kwargs)
         subgraphs = bool(kwargs.get("stream_subgraphs"))
         graph = self.graph.copy(update={"checkpointer": saver})
@@ -421,7 +422,7 @@ class Executor:
         await self._hand_back(attempt.run, counted=kind is db.Failure.TRANSIENT)
         return RunOutcome(RunStatus.PENDING, None, DATABASE_FAILED_ERROR, ended=False)
 
-    async def _hand_back(self, run: DictRow, *, counted: bool) -> None:
+    async def _hand_back(self, run: runs.Run, *, counted: bool) -> None:
         """Hand the run back as soon as the database answers again, for at most a lease: after
         that the lease has expired and any replica resumes the run anyway."""
         loop = asyncio.get_running_loop()
@@ -430,9 +431,7 @@ class Executor:
         while True:
             try:
                 async with self.pool.connection() as conn:
-                    handed = await runs.hand_back(
-                        conn, run["run_id"], run["attempt"], counted=counted
-                    )
+                    handed = await runs.hand_back(conn, run.run_id, run.attempt, counted=counted)
                 log.info("run_handed_back", handed=handed, counted=counted)
                 return
             except Exception as exc:
@@ -454,7 +453,7 @@ class Executor:
         last_checkpoint = stepped.last_checkpoint
         if last_checkpoint is None:
             # Nothing stepped (no checkpoint was streamed): the thread's state is the answer.
-            snapshot = await self.reader.aget_state(thread_config(run["thread_id"]))
+            snapshot = await self.reader.aget_state(thread_config(run.thread_id))
             last_checkpoint = {
                 "config": snapshot.config,
                 "next": snapshot.next,
@@ -497,14 +496,14 @@ class Executor:
         if reason is StopReason.DRAIN:
             await writer.close()
             async with self.pool.connection() as conn:
-                await runs.hand_back(conn, run["run_id"], run["attempt"])
+                await runs.hand_back(conn, run.run_id, run.attempt)
             log.info("run_handed_back")
             return RunOutcome(
                 RunStatus.PENDING, None, {"error": "Drained", "message": "handed back"}, ended=False
             )
         writer.emit("end", None)
         await writer.close()
-        snapshot = await self.reader.aget_state(thread_config(run["thread_id"]))
+        snapshot = await self.reader.aget_state(thread_config(run.thread_id))
         checkpoint_id = (snapshot.config or {}).get("configurable", {}).get("checkpoint_id")
         if reason is StopReason.ROLLBACK:
             await lifecycle.rollback(self.pool, run)
@@ -519,7 +518,7 @@ class Executor:
 
     async def _finish(
         self,
-        run: DictRow,
+        run: runs.Run,
         *,
         status: RunStatus,
         thread_status: ThreadStatus,
@@ -532,9 +531,9 @@ class Executor:
         async with self.pool.connection() as conn:
             row = await runs.finish(
                 conn,
-                run_id=run["run_id"],
-                thread_id=run["thread_id"],
-                attempt=run["attempt"],
+                run_id=run.run_id,
+                thread_id=run.thread_id,
+                attempt=run.attempt,
                 status=status,
                 thread_status=thread_status,
                 error=error,
@@ -550,7 +549,7 @@ class Executor:
 
     async def _keep_lease(self, attempt: Attempt) -> None:
         """Renew the lease every third of its length, and at once when a cancel is announced."""
-        run_id, number = attempt.run["run_id"], attempt.run["attempt"]
+        run_id, number = attempt.run.run_id, attempt.run.attempt
         interval = self.lease_seconds / 3
         while True:
             await self.hub.wait(interval, run_key(run_id))

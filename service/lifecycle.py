@@ -99,22 +99,22 @@ async def cancel_by_id(pool: Pool, run_ids: list[UUID], action: CancelAction) ->
     return stopped
 
 
-async def rollback(pool: Pool, run: DictRow) -> None:
+async def rollback(pool: Pool, run: runs.Run) -> None:
     """Remove a run this attempt executed and everything it wrote; the thread is as before
     the run."""
     async with pool.connection() as conn, conn.transaction():
-        await threads.lock_any(conn, run["thread_id"])
-        await runs.rollback_checkpoints(conn, run["thread_id"], run["run_id"])
+        await threads.lock_any(conn, run.thread_id)
+        await runs.rollback_checkpoints(conn, run.thread_id, run.run_id)
         await runs.finish(
             conn,
-            run_id=run["run_id"],
-            thread_id=run["thread_id"],
-            attempt=run["attempt"],
+            run_id=run.run_id,
+            thread_id=run.thread_id,
+            attempt=run.attempt,
             status=RunStatus.INTERRUPTED,
             thread_status=ThreadStatus.IDLE,
             spoke=False,
         )
-        await runs.delete(conn, run["run_id"])
+        await runs.delete(conn, run.run_id)
 
 
 async def delete_thread(conn: AsyncConnection[DictRow], thread_id: UUID, owner: str) -> bool:

@@ -8,7 +8,9 @@ a thread executes at any moment across replicas, and queued runs execute in orde
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID, uuid5
@@ -349,6 +351,44 @@ async def active_run_ids(conn: AsyncConnection[DictRow], thread_id: UUID) -> lis
 async def unfinished_run_ids(conn: AsyncConnection[DictRow], thread_id: UUID) -> list[UUID]:
     cur = await conn.execute(UNFINISHED_SQL, (thread_id,))
     return [row["run_id"] for row in await cur.fetchall()]
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run row (``COLUMNS_SQL``), as an executing attempt holds it."""
+
+    run_id: UUID
+    thread_id: UUID
+    assistant_id: str
+    status: RunStatus
+    attempt: int
+    lease_holder: str | None
+    lease_expires_at: datetime | None
+    input: Any
+    kwargs: dict[str, Any]
+    metadata: dict[str, Any] | None
+    multitask_strategy: MultitaskStrategy
+    error: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    cancel_action: CancelAction | None
+    checkpoint_id: str | None
+    failed_attempts: int
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> Run:
+        """The record of a row with the run columns (others, such as ``leased``, are left)."""
+        values = {name: row[name] for name in RUN_FIELDS}
+        values["status"] = RunStatus(row["status"])
+        values["multitask_strategy"] = MultitaskStrategy(row["multitask_strategy"])
+        action = row["cancel_action"]
+        values["cancel_action"] = None if action is None else CancelAction(action)
+        return cls(**values)
+
+
+RUN_FIELDS = tuple(f.name for f in fields(Run))
 
 
 class ClaimTerms(NamedTuple):

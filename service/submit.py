@@ -202,7 +202,7 @@ async def settled(attempt: Attempt) -> RunOutcome | None:
             raise  # the waiter was cancelled, not the attempt
         return None
     except Exception as exc:
-        log.warning("attempt_failed", run_id=str(attempt.run["run_id"]), error=repr(exc))
+        log.warning("attempt_failed", run_id=str(attempt.run.run_id), error=repr(exc))
         return None
 
 

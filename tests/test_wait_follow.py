@@ -44,7 +44,7 @@ def _attempt(row: Any, outcome: Any) -> Attempt:
         assert isinstance(outcome, RunOutcome)
         return outcome
 
-    attempt = Attempt(row)
+    attempt = Attempt(runs.Run.of(row))
     attempt.task = asyncio.create_task(execute())
     return attempt
 
