@@ -27,7 +27,8 @@ from psycopg.rows import DictRow
 SET_LOCK_TIMEOUT_SQL = sql.SQL("SET LOCAL lock_timeout = {}")
 SET_STATEMENT_TIMEOUT_SQL = sql.SQL("SET LOCAL statement_timeout = {}")
 
-# Same liveness rule as the service's STATUS_SQL: waiting to be claimed, or running on a live
+# The service's rule for a busy thread (service.lease.busy_sql; the reaper never imports the
+# service, so a test holds the two the same): waiting to be claimed, or running on a live
 # lease. Checked while holding the thread row lock, so no run can be claimed meanwhile.
 LIVE_RUN_SQL = """
 SELECT EXISTS (

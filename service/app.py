@@ -21,13 +21,14 @@ from service.agent.models import make_model
 from service.auth import Authenticator
 from service.db import connect, make_pool
 from service.embedded import embedded_postgres
+from service.errors import DomainError
 from service.executor import Executor
 from service.http import allowed_methods
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, CutMiddleware, RequestContextMiddleware
 from service.migrations import migrate
 from service.notify import Hub
-from service.problems import Problem, problem_response
+from service.problems import Problem, from_domain, problem_response
 from service.routes import assistants, chat, meta, runs, state, threads
 from service.services import Services
 from service.settings import Settings
@@ -48,6 +49,11 @@ CUT_MARGIN_SECONDS = 1.0
 async def _problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Problem)
     return problem_response(exc)
+
+
+async def _domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    return problem_response(from_domain(exc))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -195,6 +201,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> Starlette:
         ],
         exception_handlers={
             Problem: _problem,
+            DomainError: _domain_error,
             HTTPException: _http_error,
             psycopg.OperationalError: _database_down,
             psycopg_pool.PoolTimeout: _database_down,

@@ -58,39 +58,38 @@ from langgraph.checkpoint.base import (
     get_serializable_checkpoint_metadata,
 )
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from psycopg import AsyncCursor, AsyncRawCursor
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
 from service import checkpoint_load
+from service.compat import DeltaSnapshot
 from service.db import Pool, numbered
+from service.lease import WRITE_FENCE_SQL
 
 # FOR SHARE: concurrent writes of one attempt pass together, while a lease takeover or a delete
 # (both UPDATE/DELETE the row) waits for an in-flight write to commit, and vice versa.
-CHECK_LEASE_SQL = """
+CHECK_LEASE_SQL = f"""
 SELECT 1 FROM runs
-WHERE run_id = %s AND attempt = %s AND status = 'running'
-  AND lease_expires_at > clock_timestamp()
+WHERE run_id = %s AND attempt = %s AND {WRITE_FENCE_SQL}
 FOR SHARE
 """
 
-LEASE_LOST = "threadkeeper: lease lost"
-
 
 # The same check as the first part of a write statement: one row if the lease is live, else an
-# error that fails the whole statement, so nothing it inserts is committed. The failing cast
-# depends on count(*), so the planner cannot fold it into an error at plan time. The row lock is
+# error that fails the whole statement, so nothing it inserts is committed. The error is a
+# division by the number of live leases found (SQLSTATE 22012, division_by_zero, which nothing
+# else in a fenced statement can raise; plain SQL has no RAISE): a divisor that depends on
+# count(*) cannot be folded into an error at plan time. The row lock is
 # held until the statement's (implicit) transaction commits. ``after``: a CTE whose (row) locks
 # are taken before the run row's, as an uncorrelated EXISTS gates the scan of ``runs``.
 def _fence_cte(after: str | None) -> str:
     gate = f"\n          AND EXISTS (SELECT 1 FROM {after})" if after else ""
     return f"""fence AS (
-    SELECT CASE WHEN count(*) > 0 THEN 1 ELSE ('{LEASE_LOST}, live: ' || count(*))::int END
+    SELECT 1 / count(*) AS live
     FROM (
         SELECT 1 FROM runs
-        WHERE run_id = %s AND attempt = %s AND status = 'running'
-          AND lease_expires_at > clock_timestamp(){gate}
+        WHERE run_id = %s AND attempt = %s AND {WRITE_FENCE_SQL}{gate}
         FOR SHARE
     ) AS live
 )"""
@@ -189,7 +188,7 @@ class LeaseLostError(RuntimeError):
 
 def refused_by_fence(exc: BaseException) -> bool:
     """Whether a statement failed because its fence found the lease gone."""
-    return isinstance(exc, psycopg.errors.InvalidTextRepresentation) and LEASE_LOST in str(exc)
+    return isinstance(exc, psycopg.errors.DivisionByZero)
 
 
 @dataclass(frozen=True)
@@ -324,7 +323,7 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         values = copy["channel_values"] = checkpoint["channel_values"].copy()
         blob_values: dict[str, Any] = {}
         for k, v in checkpoint["channel_values"].items():
-            if isinstance(v, _DeltaSnapshot):
+            if isinstance(v, DeltaSnapshot):
                 blob_values[k] = values.pop(k)
                 values[k] = True
             elif v is not None and not isinstance(v, (str, int, float, bool)):
@@ -581,8 +580,8 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         async with self.pool.connection() as conn:
             try:
                 await AsyncRawCursor(conn).execute(query, params, binary=True)
-            except psycopg.errors.InvalidTextRepresentation as exc:
-                if self.fence is not None and refused_by_fence(exc):
+            except psycopg.errors.DivisionByZero:
+                if self.fence is not None:
                     raise self._lost() from None
                 raise
 

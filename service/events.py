@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -31,6 +31,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
 from service.db import Pool
+from service.domain import ENDED_RUN_STATUSES
+from service.lease import WRITE_FENCE_SQL
 from service.notify import EVENTS_CHANNEL, NOTIFY_SQL, Hub, events_key, run_key
 from service.serialize import dumps
 
@@ -49,15 +51,14 @@ ATTEMPT_SEQ_SPAN = 2**32
 # and the notification only if some row went in. set_config(..., true) lasts until the end of
 # this transaction: its commit does not wait for the flush, and the pooled connection's later
 # transactions commit synchronously as before.
-INSERT_SQL = """
+INSERT_SQL = f"""
 WITH inserted AS (
     INSERT INTO run_events (run_id, seq, event, data)
     SELECT %(run_id)s, e.seq, e.event, e.data
     FROM jsonb_to_recordset(%(events)s::jsonb) AS e(seq bigint, event text, data jsonb)
     WHERE EXISTS (
         SELECT 1 FROM runs
-        WHERE run_id = %(run_id)s AND attempt = %(attempt)s AND status = 'running'
-          AND lease_expires_at > clock_timestamp()
+        WHERE run_id = %(run_id)s AND attempt = %(attempt)s AND {WRITE_FENCE_SQL}
         FOR SHARE
     )
     ON CONFLICT (run_id, seq) DO NOTHING
@@ -86,7 +87,6 @@ LIMIT %s
 """
 
 RUN_STATUS_SQL = "SELECT status FROM runs WHERE run_id = %s"
-TERMINAL = ("success", "error", "timeout", "interrupted")
 # A run's status while the database cannot be asked: not known to have ended.
 UNKNOWN = "unknown"
 
@@ -130,7 +130,14 @@ class EventWriter:
     """Numbers and persists the events of one run attempt, in small batches."""
 
     def __init__(
-        self, pool: Pool, run_id: UUID, attempt: int, start_seq: int, *, live: bool = True
+        self,
+        pool: Pool,
+        run_id: UUID,
+        attempt: int,
+        start_seq: int,
+        *,
+        live: bool = True,
+        on_unwritten: Callable[[int], None] = lambda count: None,
     ) -> None:
         self.pool = pool
         self.run_id = run_id
@@ -138,6 +145,9 @@ class EventWriter:
         self.seq = start_seq
         # Not live: nobody follows the run as it goes, so everything is written when it ends.
         self.live = live
+        # Told how many events a failed write lost (a metric): followers miss them, and the
+        # stream goes on after the gap.
+        self.on_unwritten = on_unwritten
         self._buffer: list[dict[str, Any]] = []
         self._wakeup = asyncio.Event()
         self._closed = False
@@ -146,9 +156,17 @@ class EventWriter:
 
     @classmethod
     async def open(
-        cls, pool: Pool, run_id: UUID, attempt: int, *, live: bool = True
+        cls,
+        pool: Pool,
+        run_id: UUID,
+        attempt: int,
+        *,
+        live: bool = True,
+        on_unwritten: Callable[[int], None] = lambda count: None,
     ) -> EventWriter:
-        writer = cls(pool, run_id, attempt, first_seq(attempt) - 1, live=live)
+        writer = cls(
+            pool, run_id, attempt, first_seq(attempt) - 1, live=live, on_unwritten=on_unwritten
+        )
         writer._task = asyncio.create_task(writer._flusher(), name=f"events-{run_id}")
         return writer
 
@@ -207,7 +225,13 @@ class EventWriter:
                 try:
                     await self._write(batch)
                 except Exception as exc:
-                    log.warning("events_write_failed", error=str(exc), count=len(batch))
+                    log.warning(
+                        "events_write_failed",
+                        run_id=str(self.run_id),
+                        error=str(exc) or type(exc).__name__,
+                        count=len(batch),
+                    )
+                    self.on_unwritten(len(batch))
             if self._closed and not self._buffer:
                 return
 
@@ -266,7 +290,7 @@ async def follow(
                     return
             if events:
                 continue
-            if status is None or status in TERMINAL:
+            if status is None or status in ENDED_RUN_STATUSES:
                 # Deleted, or ended: every ending writes its events before its status, so
                 # nothing more will come.
                 return

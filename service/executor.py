@@ -21,7 +21,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Durability
 from psycopg.rows import DictRow
 
-from service import db, events, runs
+from service import db, events, lifecycle, runs
 from service.checkpointer import (
     Batch,
     Fence,
@@ -31,6 +31,7 @@ from service.checkpointer import (
     refused_by_fence,
 )
 from service.db import Pool
+from service.domain import RunStatus, StopReason, ThreadStatus
 from service.metrics import Metrics
 from service.notify import Hub, run_key
 
@@ -74,7 +75,7 @@ DEFAULT_DURABILITY: Durability = "sync"
 
 @dataclass(frozen=True)
 class RunOutcome:
-    status: str
+    status: RunStatus
     values: Any
     error: dict[str, Any] | None = None
     # Whether this attempt recorded the run's ending: otherwise (lease lost, handed back) the
@@ -100,14 +101,14 @@ class Attempt:
     the attempt's ending (recording the outcome) runs after it, where no stop can cut it short.
     """
 
-    run: DictRow
+    run: runs.Run
     task: asyncio.Task[RunOutcome] | None = None
     graph_task: asyncio.Task[Stepped] | None = None
-    # Why the graph was stopped from outside: lease_lost, drain, interrupt or rollback.
-    stop_reason: str | None = None
+    # Why the graph was stopped from outside.
+    stop_reason: StopReason | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason) -> None:
         """Stop the graph; too late once it has run to its end (the ending is under way)."""
         graph = self.graph_task
         if graph is not None and graph.done():
@@ -185,11 +186,12 @@ class Executor:
     def busy(self) -> int:
         return len(self.attempts)
 
-    def start(self, run: DictRow) -> Attempt:
+    def start(self, row: DictRow) -> Attempt:
         """Execute a claimed run in the background; the request that asked for it may go away."""
+        run = runs.Run.of(row)
         attempt = Attempt(run)
-        attempt.task = asyncio.create_task(self._execute(attempt), name=f"run-{run['run_id']}")
-        self.attempts[run["run_id"]] = attempt
+        attempt.task = asyncio.create_task(self._execute(attempt), name=f"run-{run.run_id}")
+        self.attempts[run.run_id] = attempt
         return attempt
 
     async def drain(self, grace_seconds: float) -> None:
@@ -200,11 +202,11 @@ class Executor:
         _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
         for attempt in list(self.attempts.values()):
             if attempt.task in pending:
-                attempt.stop("drain")
+                attempt.stop(StopReason.DRAIN)
         await asyncio.gather(*pending, return_exceptions=True)
 
-    def _config(self, run: DictRow) -> RunnableConfig:
-        kwargs = run["kwargs"]
+    def _config(self, run: runs.Run) -> RunnableConfig:
+        kwargs = run.kwargs
         user = kwargs.get("config") or {}
         configurable = {
             k: v
@@ -215,82 +217,110 @@ class Executor:
             "checkpoint_id"
         )
         # A resumed attempt continues from the latest checkpoint, not from the fork point.
-        if run["attempt"] > 1:
+        if run.attempt > 1:
             checkpoint_id = None
-        configurable.update(thread_config(run["thread_id"], checkpoint_id)["configurable"])
+        configurable.update(thread_config(run.thread_id, checkpoint_id)["configurable"])
         return {
             "configurable": configurable,
             "metadata": {
-                **(run["metadata"] or {}),
-                "run_id": str(run["run_id"]),
-                "assistant_id": run["assistant_id"],
+                **(run.metadata or {}),
+                "run_id": str(run.run_id),
+                "assistant_id": run.assistant_id,
                 "graph_id": self.graph.name,
             },
             "recursion_limit": min(int(user.get("recursion_limit", 25)), MAX_RECURSION_LIMIT),
             "tags": list(user.get("tags") or []),
         }
 
-    async def _input(self, run: DictRow) -> Any:
-        if run["attempt"] > 1:
+    async def _input(self, run: runs.Run) -> Any:
+        if run.attempt > 1:
             async with self.pool.connection() as conn:
-                if await runs.has_started(conn, run["thread_id"], run["run_id"]):
+                if await runs.has_started(conn, run.thread_id, run.run_id):
                     return None  # resume from the last checkpoint the dead attempt wrote
-        command = run["kwargs"].get("command")
+        command = run.kwargs.get("command")
         if command:
             return Command(
                 resume=command.get("resume"),
                 update=command.get("update"),
                 goto=command.get("goto") or (),
             )
-        return run["input"]
+        return run.input
 
     async def _execute(self, attempt: Attempt) -> RunOutcome:
         run = attempt.run
         with structlog.contextvars.bound_contextvars(
-            run_id=str(run["run_id"]), thread_id=str(run["thread_id"]), replica=self.replica
+            run_id=str(run.run_id), thread_id=str(run.thread_id), replica=self.replica
         ):
             started = time.monotonic()
             try:
                 outcome = await self._attempt(attempt)
             finally:
-                self.attempts.pop(run["run_id"], None)
+                self.attempts.pop(run.run_id, None)
                 attempt.done.set()
                 self.on_slot_freed()
             self.metrics.runs.labels(outcome=outcome.status).inc()
             self.metrics.run_seconds.observe(time.monotonic() - started)
             log.info(
-                "run_finished", status=outcome.status, attempt=run["attempt"], error=outcome.error
+                "run_finished", status=outcome.status, attempt=run.attempt, error=outcome.error
             )
             return outcome
 
     async def _attempt(self, attempt: Attempt) -> RunOutcome:
-        run = attempt.run
-        run_id, number = run["run_id"], run["attempt"]
+        saver, writer = await self._open(attempt.run)
+        stepped, failure = await self._run_graph(attempt, saver=saver, writer=writer)
+        return await self._end(
+            attempt, saver=saver, writer=writer, stepped=stepped, failure=failure
+        )
+
+    async def _open(self, run: runs.Run) -> tuple[FencedPostgresSaver, events.EventWriter]:
+        """The attempt's fenced saver and its event writer, the stream opened."""
+        run_id, number = run.run_id, run.attempt
         saver = FencedPostgresSaver(self.pool, Fence(run_id, number), history=self.history)
-        wait_only = bool(run["kwargs"].get(WAIT_ONLY))
-        writer = await events.EventWriter.open(self.pool, run_id, number, live=not wait_only)
+        writer = await events.EventWriter.open(
+            self.pool,
+            run_id,
+            number,
+            live=not run.kwargs.get(WAIT_ONLY),
+            on_unwritten=self.metrics.run_events_unwritten.inc,
+        )
         writer.emit("metadata", {"run_id": str(run_id), "attempt": number})
+        return saver, writer
+
+    async def _run_graph(
+        self, attempt: Attempt, *, saver: FencedPostgresSaver, writer: events.EventWriter
+    ) -> tuple[Stepped | None, BaseException | None]:
+        """Run the graph while a keeper holds the lease; where it left off, or why it did not
+        finish (a stop, a lost lease, the database's or the graph's own error)."""
         keeper = asyncio.create_task(self._keep_lease(attempt))
         attempt.graph_task = asyncio.create_task(
-            self._stream(run, saver, writer), name=f"graph-{run_id}"
+            self._stream(attempt.run, saver, writer), name=f"graph-{attempt.run.run_id}"
         )
         if attempt.stop_reason is not None:
             attempt.graph_task.cancel()  # stopped while it was being set up (a drain)
-        stepped: Stepped | None = None
-        failure: BaseException | None = None
         try:
-            stepped = await attempt.graph_task
+            return await attempt.graph_task, None
         except asyncio.CancelledError as exc:
             if _cancelled_itself():
                 raise
-            failure = exc  # the graph was stopped (see Attempt.stop)
+            return None, exc  # the graph was stopped (see Attempt.stop)
         except Exception as exc:
-            failure = exc
+            return None, exc
         finally:
             # The keeper ends before the ending starts: once the run is recorded as ended, the
             # keeper would find the lease gone and stop an attempt that is no longer running.
             keeper.cancel()
             await asyncio.wait([keeper])
+
+    async def _end(
+        self,
+        attempt: Attempt,
+        *,
+        saver: FencedPostgresSaver,
+        writer: events.EventWriter,
+        stepped: Stepped | None,
+        failure: BaseException | None,
+    ) -> RunOutcome:
+        """Record how the attempt ended: success or an interrupt, a stop, or a failure."""
         try:
             if stepped is not None:
                 return await self._succeeded(attempt, writer, stepped)
@@ -304,10 +334,10 @@ class Executor:
             return await self._database_failed(attempt, writer, kind, exc)
 
     async def _stream(
-        self, run: DictRow, saver: FencedPostgresSaver, writer: events.EventWriter
+        self, run: runs.Run, saver: FencedPostgresSaver, writer: events.EventWriter
     ) -> Stepped:
         """Run the graph, streaming what the client asked for (the attempt's graph task)."""
-        kwargs = run["kwargs"]
+        kwargs = run.kwargs
         modes = requested_modes(kwargs)
         subgraphs = bool(kwargs.get("stream_subgraphs"))
         graph = self.graph.copy(update={"checkpointer": saver})
@@ -357,11 +387,11 @@ class Executor:
         if isinstance(failure, asyncio.CancelledError):
             reason = attempt.stop_reason
             assert reason is not None
-            if reason != "lease_lost":
+            if reason is not StopReason.LEASE_LOST:
                 await _keep_held_writes(saver)
             return await self._stopped(attempt, writer, reason)
         if isinstance(failure, LeaseLostError):
-            return await self._stopped(attempt, writer, "lease_lost")
+            return await self._stopped(attempt, writer, StopReason.LEASE_LOST)
         kind = db.classify(failure)
         if kind is not None:
             return await self._database_failed(attempt, writer, kind, failure)
@@ -372,8 +402,14 @@ class Executor:
         await _keep_held_writes(saver)
         writer.emit("error", error)
         writer.emit("end", None)
-        ended = await self._finish(run, "error", "error", error, None, await writer.hand_over())
-        return RunOutcome("error", None, error, ended=ended)
+        ended = await self._finish(
+            run,
+            status=RunStatus.ERROR,
+            thread_status=ThreadStatus.ERROR,
+            error=error,
+            events=await writer.hand_over(),
+        )
+        return RunOutcome(RunStatus.ERROR, None, error, ended=ended)
 
     async def _database_failed(
         self, attempt: Attempt, writer: events.EventWriter, kind: db.Failure, exc: BaseException
@@ -384,9 +420,9 @@ class Executor:
         log.warning("run_attempt_lost", failure=kind.value, error=str(exc) or type(exc).__name__)
         await writer.hand_over()
         await self._hand_back(attempt.run, counted=kind is db.Failure.TRANSIENT)
-        return RunOutcome("pending", None, DATABASE_FAILED_ERROR, ended=False)
+        return RunOutcome(RunStatus.PENDING, None, DATABASE_FAILED_ERROR, ended=False)
 
-    async def _hand_back(self, run: DictRow, *, counted: bool) -> None:
+    async def _hand_back(self, run: runs.Run, *, counted: bool) -> None:
         """Hand the run back as soon as the database answers again, for at most a lease: after
         that the lease has expired and any replica resumes the run anyway."""
         loop = asyncio.get_running_loop()
@@ -395,9 +431,7 @@ class Executor:
         while True:
             try:
                 async with self.pool.connection() as conn:
-                    handed = await runs.hand_back(
-                        conn, run["run_id"], run["attempt"], counted=counted
-                    )
+                    handed = await runs.hand_back(conn, run.run_id, run.attempt, counted=counted)
                 log.info("run_handed_back", handed=handed, counted=counted)
                 return
             except Exception as exc:
@@ -419,14 +453,14 @@ class Executor:
         last_checkpoint = stepped.last_checkpoint
         if last_checkpoint is None:
             # Nothing stepped (no checkpoint was streamed): the thread's state is the answer.
-            snapshot = await self.reader.aget_state(thread_config(run["thread_id"]))
+            snapshot = await self.reader.aget_state(thread_config(run.thread_id))
             last_checkpoint = {
                 "config": snapshot.config,
                 "next": snapshot.next,
                 "values": snapshot.values,
             }
         waiting = bool(last_checkpoint["next"])
-        status = "interrupted" if waiting else "success"
+        status = RunStatus.INTERRUPTED if waiting else RunStatus.SUCCESS
         writer.emit("end", None)
         checkpoint_id = (
             (last_checkpoint["config"] or {}).get("configurable", {}).get("checkpoint_id")
@@ -435,80 +469,61 @@ class Executor:
         try:
             ended = await self._finish(
                 run,
-                status,
-                "interrupted" if waiting else "idle",
-                None,
-                checkpoint_id,
-                events_left,
-                stepped.held,
+                status=status,
+                thread_status=ThreadStatus.INTERRUPTED if waiting else ThreadStatus.IDLE,
+                checkpoint_id=checkpoint_id,
+                events=events_left,
+                held=stepped.held,
             )
         except psycopg.Error as exc:
             if not refused_by_fence(exc):
                 raise
             # The run is another attempt's now (or gone): nothing of this one was recorded.
-            log.info("run_stopping", reason="lease_lost")
-            return await self._stopped(attempt, writer, "lease_lost")
+            log.info("run_stopping", reason=StopReason.LEASE_LOST)
+            return await self._stopped(attempt, writer, StopReason.LEASE_LOST)
         values = stepped.last_values
         return RunOutcome(
             status, values if values is not None else last_checkpoint["values"], ended=ended
         )
 
     async def _stopped(
-        self, attempt: Attempt, writer: events.EventWriter, reason: str
+        self, attempt: Attempt, writer: events.EventWriter, reason: StopReason
     ) -> RunOutcome:
         run = attempt.run
-        if reason == "lease_lost":
+        if reason is StopReason.LEASE_LOST:
             await writer.close()
-            return RunOutcome("error", None, LEASE_LOST_ERROR, ended=False)
-        if reason == "drain":
+            return RunOutcome(RunStatus.ERROR, None, LEASE_LOST_ERROR, ended=False)
+        if reason is StopReason.DRAIN:
             await writer.close()
             async with self.pool.connection() as conn:
-                await runs.hand_back(conn, run["run_id"], run["attempt"])
+                await runs.hand_back(conn, run.run_id, run.attempt)
             log.info("run_handed_back")
             return RunOutcome(
-                "pending", None, {"error": "Drained", "message": "handed back"}, ended=False
+                RunStatus.PENDING, None, {"error": "Drained", "message": "handed back"}, ended=False
             )
         writer.emit("end", None)
         await writer.close()
-        snapshot = await self.reader.aget_state(thread_config(run["thread_id"]))
+        snapshot = await self.reader.aget_state(thread_config(run.thread_id))
         checkpoint_id = (snapshot.config or {}).get("configurable", {}).get("checkpoint_id")
-        if reason == "rollback":
-            await self._rollback(run)
+        if reason is StopReason.ROLLBACK:
+            await lifecycle.rollback(self.pool, run)
         else:
             await self._finish(
                 run,
-                "interrupted",
-                "interrupted" if snapshot.next else "idle",
-                None,
-                checkpoint_id,
+                status=RunStatus.INTERRUPTED,
+                thread_status=ThreadStatus.INTERRUPTED if snapshot.next else ThreadStatus.IDLE,
+                checkpoint_id=checkpoint_id,
             )
-        return RunOutcome("interrupted", snapshot.values)
-
-    async def _rollback(self, run: DictRow) -> None:
-        """Remove the run and everything it wrote; the thread is as before the run."""
-        async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute(
-                "SELECT 1 FROM threads WHERE thread_id = %s FOR UPDATE", (run["thread_id"],)
-            )
-            await runs.rollback_checkpoints(conn, run["thread_id"], run["run_id"])
-            await runs.finish(
-                conn,
-                run_id=run["run_id"],
-                thread_id=run["thread_id"],
-                attempt=run["attempt"],
-                status="interrupted",
-                thread_status="idle",
-                spoke=False,
-            )
-            await conn.execute("DELETE FROM runs WHERE run_id = %s", (run["run_id"],))
+        return RunOutcome(RunStatus.INTERRUPTED, snapshot.values)
 
     async def _finish(
         self,
-        run: DictRow,
-        status: str,
-        thread_status: str,
-        error: dict[str, Any] | None,
-        checkpoint_id: str | None,
+        run: runs.Run,
+        *,
+        status: RunStatus,
+        thread_status: ThreadStatus,
+        error: dict[str, Any] | None = None,
+        checkpoint_id: str | None = None,
         events: str = "[]",
         held: Batch | None = None,
     ) -> bool:
@@ -516,9 +531,9 @@ class Executor:
         async with self.pool.connection() as conn:
             row = await runs.finish(
                 conn,
-                run_id=run["run_id"],
-                thread_id=run["thread_id"],
-                attempt=run["attempt"],
+                run_id=run.run_id,
+                thread_id=run.thread_id,
+                attempt=run.attempt,
                 status=status,
                 thread_status=thread_status,
                 error=error,
@@ -534,7 +549,7 @@ class Executor:
 
     async def _keep_lease(self, attempt: Attempt) -> None:
         """Renew the lease every third of its length, and at once when a cancel is announced."""
-        run_id, number = attempt.run["run_id"], attempt.run["attempt"]
+        run_id, number = attempt.run.run_id, attempt.run.attempt
         interval = self.lease_seconds / 3
         while True:
             await self.hub.wait(interval, run_key(run_id))
@@ -546,6 +561,7 @@ class Executor:
                 log.warning("lease_renewal_failed", error=str(exc))
                 continue
             if not alive or cancel:
-                log.info("run_stopping", reason=cancel or "lease_lost")
-                attempt.stop(cancel or "lease_lost")
+                reason = StopReason(cancel) if cancel else StopReason.LEASE_LOST
+                log.info("run_stopping", reason=reason)
+                attempt.stop(reason)
                 return

@@ -7,6 +7,7 @@ and documents it in ``/openapi.json``; so do ``queries`` for its query parameter
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Mapping
@@ -153,3 +154,27 @@ def allowed_methods(request: Request) -> str:
             if match is not Match.NONE:
                 methods |= route.methods
     return ", ".join(sorted(methods))
+
+
+async def until_closing(
+    closing: asyncio.Event, result: asyncio.Task[Any], headers: dict[str, str]
+) -> Any:
+    """``result``'s value, for an answer that is sent only once known (no body streamed
+    before it). A replica that stops serving first answers 503 with ``Retry-After`` and
+    ``headers`` (a ``Location`` where the answer will be): the run goes on elsewhere."""
+    stop = asyncio.create_task(closing.wait())
+    try:
+        await asyncio.wait({result, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        ended = result.done()
+        if not ended:
+            result.cancel()
+    if ended:
+        return result.result()
+    raise Problem(
+        503,
+        "this replica stopped before the run ended; the run goes on elsewhere",
+        kind="replica-stopping",
+        headers={"Retry-After": "1", **headers},
+    )

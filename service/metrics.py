@@ -83,6 +83,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.run_events_unwritten = Counter(
+            "threadkeeper_run_events_unwritten",
+            "Run stream events whose write failed (the database refused or was away); "
+            "followers of the run miss them.",
+            registry=self.registry,
+        )
 
     def watch_pool(self, pool: Pool) -> None:
         self.registry.register(PoolCollector(pool))

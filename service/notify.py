@@ -45,7 +45,6 @@ class Hub:
         self.url = url
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
-        self.connected = asyncio.Event()
 
     def arm(self, *keys: str) -> asyncio.Event:
         """An event set by the next notification for any of ``keys``.
@@ -112,7 +111,6 @@ class Hub:
                 async with conn:
                     for channel in CHANNELS:
                         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-                    self.connected.set()
                     delay = 0.1
                     # Anything may have happened while we were not listening.
                     self.wake_all()
@@ -121,7 +119,6 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except (psycopg.Error, OSError) as exc:
-                self.connected.clear()
                 log.warning("notify_listener_lost", error=str(exc), retry_in=delay)
                 self.wake_all()
                 await asyncio.sleep(delay)

@@ -10,9 +10,9 @@ from pydantic import BaseModel
 from starlette.routing import BaseRoute, Route
 
 from service.agent.graph import GRAPH_ID
+from service.catalog import ASSISTANT_ID
 from service.http import Declared, declared
 from service.problems import PROBLEM_MEDIA_TYPE
-from service.routes.assistants import ASSISTANT_ID
 
 UUID_SCHEMA: dict[str, Any] = {"type": "string", "format": "uuid"}
 # Path parameters by name; ``uuid_param`` refuses anything else for these with a 422.

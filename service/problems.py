@@ -11,6 +11,8 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
+from service import errors
+
 PROBLEM_TYPE_BASE = "https://threadkeeper.dev/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
@@ -60,3 +62,22 @@ def invalid(exc: ValidationError) -> Problem:
     first = errors[0] if errors else {"loc": [], "msg": "invalid input"}
     where = ".".join(str(p) for p in first["loc"]) or "body"
     return Problem(422, f"{where}: {first['msg']}", kind="invalid-input", extra={"errors": errors})
+
+
+def from_domain(exc: errors.DomainError) -> Problem:
+    """The problem response a domain error answers with."""
+    match exc:
+        case errors.NotFound():
+            return Problem(404, exc.detail, kind="not-found")
+        case errors.InvalidInput():
+            return Problem(422, exc.detail, kind="invalid-input")
+        case errors.Conflict():
+            return Problem(409, exc.detail, kind=exc.kind)
+        case errors.StatePruned():
+            return Problem(
+                410,
+                exc.detail,
+                kind="state-pruned",
+                extra={"run_id": str(exc.run_id), "run_status": exc.run_status},
+            )
+    return Problem(500, "internal error", kind="internal-error")

@@ -8,7 +8,9 @@ a thread executes at any moment across replicas, and queued runs execute in orde
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID, uuid5
@@ -18,16 +20,16 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
 from service.db import numbered
+from service.domain import CancelAction, MultitaskStrategy, RunStatus, ThreadStatus
 from service.events import ENDING_CTE
+from service.lease import busy_sql, live_lease_sql
 from service.notify import EVENTS_CHANNEL, NOTIFY_SQL, RUNS_CHANNEL
 
 if TYPE_CHECKING:
     from service.checkpointer import Batch
 
-ACTIVE_STATUSES = ("pending", "running")
 # LangGraph's (private) name of the input pseudo-task; part of the on-disk format.
 INPUT_TASK = "__input__"
-TERMINAL_STATUSES = ("success", "error", "timeout", "interrupted")
 
 COLUMNS_SQL = """
 run_id, thread_id, assistant_id, status, attempt, lease_holder, lease_expires_at,
@@ -36,10 +38,10 @@ cancel_action, checkpoint_id, failed_attempts
 """
 
 # Runs of the thread that still own it: waiting to start, or running under a live lease.
-ACTIVE_SQL = """
+ACTIVE_SQL = f"""
 SELECT run_id, status FROM runs
 WHERE thread_id = %s
-  AND (status = 'pending' OR (status = 'running' AND lease_expires_at > now()))
+  AND {busy_sql()}
 ORDER BY created_at
 """
 
@@ -122,10 +124,10 @@ INSERT_IF_IDLE_SQL = _queue_run_sql(
 # run is left to the replica that received it for a moment (it claims right after inserting),
 # so the request's replica executes it whenever it has room and streams need no hop. Runs of an
 # owner who has ``cap`` runs executing wait, so other owners' runs are claimed first.
-CANDIDATES_SQL = """
+CANDIDATES_SQL = f"""
 WITH full_owners AS (
     SELECT t.owner FROM runs r JOIN threads t USING (thread_id)
-    WHERE %(cap)s > 0 AND r.status = 'running' AND r.lease_expires_at > now()
+    WHERE %(cap)s > 0 AND {live_lease_sql("r")}
     GROUP BY t.owner
     HAVING count(*) >= %(cap)s
 )
@@ -177,9 +179,9 @@ WITH run AS (
 SELECT * FROM run
 """
 
-HEARTBEAT_SQL = """
+HEARTBEAT_SQL = f"""
 UPDATE runs SET lease_expires_at = now() + make_interval(secs => %s), updated_at = now()
-WHERE run_id = %s AND attempt = %s AND status = 'running' AND lease_expires_at > now()
+WHERE run_id = %s AND attempt = %s AND {live_lease_sql()}
 RETURNING cancel_action
 """
 
@@ -306,7 +308,8 @@ WHERE t.owner = %(owner)s AND r.status = ANY(%(statuses)s)
   AND (%(run_ids)s::uuid[] IS NULL OR r.run_id = ANY(%(run_ids)s))
 """
 
-DELETE_SQL = "DELETE FROM runs WHERE run_id = %s AND status NOT IN ('pending', 'running')"
+DELETE_SQL = "DELETE FROM runs WHERE run_id = %s"
+DELETE_FINISHED_SQL = f"{DELETE_SQL} AND status NOT IN ('pending', 'running') RETURNING run_id"
 
 HAS_STARTED_SQL = """
 SELECT 1 FROM checkpoints
@@ -350,6 +353,44 @@ async def unfinished_run_ids(conn: AsyncConnection[DictRow], thread_id: UUID) ->
     return [row["run_id"] for row in await cur.fetchall()]
 
 
+@dataclass(frozen=True)
+class Run:
+    """A run row (``COLUMNS_SQL``), as an executing attempt holds it."""
+
+    run_id: UUID
+    thread_id: UUID
+    assistant_id: str
+    status: RunStatus
+    attempt: int
+    lease_holder: str | None
+    lease_expires_at: datetime | None
+    input: Any
+    kwargs: dict[str, Any]
+    metadata: dict[str, Any] | None
+    multitask_strategy: MultitaskStrategy
+    error: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    cancel_action: CancelAction | None
+    checkpoint_id: str | None
+    failed_attempts: int
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> Run:
+        """The record of a row with the run columns (others, such as ``leased``, are left)."""
+        values = {name: row[name] for name in RUN_FIELDS}
+        values["status"] = RunStatus(row["status"])
+        values["multitask_strategy"] = MultitaskStrategy(row["multitask_strategy"])
+        action = row["cancel_action"]
+        values["cancel_action"] = None if action is None else CancelAction(action)
+        return cls(**values)
+
+
+RUN_FIELDS = tuple(f.name for f in fields(Run))
+
+
 class ClaimTerms(NamedTuple):
     """How a replica claims a run: its name, the lease it takes, the per-owner cap (0: none)."""
 
@@ -368,7 +409,7 @@ class NewRun:
     input: Any
     kwargs: dict[str, Any]
     metadata: dict[str, Any]
-    strategy: str
+    strategy: MultitaskStrategy
     idempotency_key: str | None = None
     title: str | None = None
 
@@ -433,11 +474,17 @@ async def lock_thread_or_skip(conn: AsyncConnection[DictRow], thread_id: UUID) -
     return await cur.fetchone() is not None
 
 
+async def unfinished(conn: AsyncConnection[DictRow], thread_id: UUID) -> list[DictRow]:
+    """The thread's unfinished runs, oldest first, with ``leased`` and ``failures`` (caller
+    holds the thread lock)."""
+    cur = await conn.execute(HEAD_OF_THREAD_SQL, (thread_id,))
+    return await cur.fetchall()
+
+
 async def head_of_thread(conn: AsyncConnection[DictRow], thread_id: UUID) -> DictRow | None:
     """The run that may execute next on the thread (caller holds the thread lock)."""
-    cur = await conn.execute(HEAD_OF_THREAD_SQL, (thread_id,))
-    rows = await cur.fetchall()
-    if any(r["status"] == "running" and r["leased"] for r in rows):
+    rows = await unfinished(conn, thread_id)
+    if any(r["status"] == RunStatus.RUNNING and r["leased"] for r in rows):
         return None
     return rows[0] if rows else None
 
@@ -460,13 +507,14 @@ async def claim(
 
 async def heartbeat(
     conn: AsyncConnection[DictRow], run_id: UUID, attempt: int, lease_seconds: float
-) -> tuple[bool, str | None]:
+) -> tuple[bool, CancelAction | None]:
     """Renew the lease. Returns (still ours, requested cancel action)."""
     cur = await conn.execute(HEARTBEAT_SQL, (lease_seconds, run_id, attempt))
     row = await cur.fetchone()
     if row is None:
         return False, None
-    return True, row["cancel_action"]
+    action = row["cancel_action"]
+    return True, None if action is None else CancelAction(action)
 
 
 async def finish(
@@ -475,8 +523,8 @@ async def finish(
     run_id: UUID,
     thread_id: UUID,
     attempt: int,
-    status: str,
-    thread_status: str,
+    status: RunStatus,
+    thread_status: ThreadStatus,
     error: dict[str, Any] | None = None,
     checkpoint_id: str | None = None,
     spoke: bool = True,
@@ -522,9 +570,9 @@ async def end_idle(
     conn: AsyncConnection[DictRow],
     run_id: UUID,
     *,
-    status: str,
+    status: RunStatus,
     error: dict[str, Any] | None,
-    thread_status: str,
+    thread_status: ThreadStatus,
 ) -> DictRow | None:
     """End a run no replica executes (caller holds the thread lock)."""
     cur = await conn.execute(
@@ -556,7 +604,7 @@ async def hand_back(
 
 
 async def request_cancel(
-    conn: AsyncConnection[DictRow], run_ids: list[UUID], action: str
+    conn: AsyncConnection[DictRow], run_ids: list[UUID], action: CancelAction
 ) -> list[DictRow]:
     cur = await conn.execute(REQUEST_CANCEL_SQL, {"run_ids": run_ids, "action": action})
     rows = await cur.fetchall()
@@ -581,7 +629,7 @@ async def list_for_thread(
     conn: AsyncConnection[DictRow],
     thread_id: UUID,
     *,
-    status: str | None,
+    status: RunStatus | None,
     limit: int,
     offset: int,
 ) -> list[DictRow]:
@@ -593,7 +641,7 @@ async def owned_active(
     conn: AsyncConnection[DictRow],
     owner: str,
     *,
-    statuses: list[str],
+    statuses: list[RunStatus],
     thread_id: UUID | None = None,
     run_ids: list[UUID] | None = None,
 ) -> list[DictRow]:
@@ -605,8 +653,13 @@ async def owned_active(
 
 
 async def delete_finished(conn: AsyncConnection[DictRow], run_id: UUID) -> bool:
-    cur = await conn.execute(DELETE_SQL + " RETURNING run_id", (run_id,))
+    cur = await conn.execute(DELETE_FINISHED_SQL, (run_id,))
     return await cur.fetchone() is not None
+
+
+async def delete(conn: AsyncConnection[DictRow], run_id: UUID) -> None:
+    """Remove the run row whatever its status (a rolled-back run; caller holds the thread lock)."""
+    await conn.execute(DELETE_SQL, (run_id,))
 
 
 async def has_started(conn: AsyncConnection[DictRow], thread_id: UUID, run_id: UUID) -> bool:

@@ -7,10 +7,12 @@ honoured; where this service cannot honour a value, it refuses it and says why, 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -19,11 +21,23 @@ from pydantic import (
     model_validator,
 )
 
+from service.domain import MultitaskStrategy, ThreadStatus
 from service.query import IntParam
 
-MultitaskStrategy = Literal["reject", "enqueue", "interrupt", "rollback"]
-ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
-RunStatus = Literal["pending", "running", "success", "error", "timeout", "interrupted"]
+
+def _choice(values: type[StrEnum]) -> Any:
+    """A field taking one of the enum's values: validated (and described in the OpenAPI
+    document) as the literal strings, as the Agent Server does, and given to the code as the
+    enum's member."""
+    return Annotated[Literal[tuple(member.value for member in values)], AfterValidator(values)]
+
+
+if TYPE_CHECKING:
+    StrategyChoice = MultitaskStrategy
+    ThreadStatusChoice = ThreadStatus
+else:
+    StrategyChoice = _choice(MultitaskStrategy)
+    ThreadStatusChoice = _choice(ThreadStatus)
 MAX_PAGE = 1000
 # Far beyond any real page, well inside Postgres's bigint OFFSET.
 MAX_OFFSET = 10**9
@@ -71,7 +85,7 @@ class ThreadPatch(Body):
 class ThreadSearch(Body):
     ids: list[UUID] | None = None
     metadata: dict[str, Any] | None = None
-    status: ThreadStatus | None = None
+    status: ThreadStatusChoice | None = None
     archived: bool | None = False
     limit: int = Field(default=10, ge=1, le=MAX_PAGE)
     offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
@@ -90,7 +104,7 @@ class ThreadSearch(Body):
 
 class ThreadCount(Body):
     metadata: dict[str, Any] | None = None
-    status: ThreadStatus | None = None
+    status: ThreadStatusChoice | None = None
     archived: bool | None = False
     values: dict[str, Any] | None = None
 
@@ -147,7 +161,7 @@ class RunCreate(Body):
     checkpoint_id: UUID | None = None
     interrupt_before: list[str] | Literal["*"] | None = None
     interrupt_after: list[str] | Literal["*"] | None = None
-    multitask_strategy: MultitaskStrategy | None = None
+    multitask_strategy: StrategyChoice | None = None
     if_not_exists: Literal["create", "reject"] | None = None
     # Sent by the SDK; streaming options matter only to streamed runs. Every stream here is
     # resumable (its events are kept in Postgres), so stream_resumable is honoured either way.

@@ -13,12 +13,18 @@ from uuid import UUID
 
 import psycopg
 import structlog
-from langchain_core.runnables import RunnableConfig
-from langgraph.types import StateSnapshot
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from service import events, runs, threads
+from service import lifecycle, runs, state, threads
+from service.catalog import resolve_assistant
+from service.domain import (
+    ACTIVE_RUN_STATUSES,
+    CancelAction,
+    MultitaskStrategy,
+    RunStatus,
+)
+from service.errors import InvalidInput, NotFound, StatePruned, ThreadBusy
 from service.executor import (
     STREAM_MODES,
     WAIT_ONLY,
@@ -27,18 +33,12 @@ from service.executor import (
     thread_config,
 )
 from service.notify import run_key
-from service.problems import Problem, not_found
-from service.routes.assistants import resolve_assistant
 from service.schemas import RunCreate
 from service.services import Services
 
 log = structlog.get_logger(__name__)
 
-BUSY_DETAIL = (
-    "Thread is already running a task. Wait for it to finish or choose a different "
-    "multitask strategy."
-)
-DEFAULT_STRATEGY = "enqueue"
+DEFAULT_STRATEGY = MultitaskStrategy.ENQUEUE
 WAIT_POLL_SECONDS = 5.0
 # A waiter keeps following its run through a database outage (the run goes on, or is resumed,
 # once the database is back) and looks again this often.
@@ -74,32 +74,14 @@ def check_stream_modes(body: RunCreate) -> None:
     for m in [mode] if isinstance(mode, str) else mode:
         if m not in STREAM_MODES:
             supported = ", ".join(sorted(STREAM_MODES))
-            raise Problem(
-                422,
-                f"stream_mode {m!r} is not supported (supported: {supported})",
-                kind="invalid-input",
-            )
-
-
-async def state_at(
-    svc: Services, config: RunnableConfig, *, subgraphs: bool = False
-) -> StateSnapshot:
-    """The thread's state at ``config``; 404 when it names a checkpoint (or a subgraph's
-    namespace) the thread lacks. The latest state of a thread without one is empty, not 404."""
-    snapshot = await svc.executor.reader.aget_state(config, subgraphs=subgraphs)
-    conf = config["configurable"]
-    wanted = [conf[key] for key in ("checkpoint_ns", "checkpoint_id") if conf.get(key)]
-    # LangGraph answers an unknown checkpoint with an empty snapshot that has no timestamp.
-    if wanted and snapshot.created_at is None:
-        raise not_found("Checkpoint", " ".join(wanted))
-    return snapshot
+            raise InvalidInput(f"stream_mode {m!r} is not supported (supported: {supported})")
 
 
 async def _check_start(svc: Services, thread_id: UUID, body: RunCreate) -> None:
     """A run asked to start from a checkpoint starts from one that exists, or not at all."""
     start = body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
     if start is not None:
-        await state_at(svc, thread_config(thread_id, str(start)))
+        await state.at(svc, thread_config(thread_id, str(start)))
 
 
 async def _ensure_locked_thread(
@@ -111,25 +93,7 @@ async def _ensure_locked_thread(
         await threads.insert(conn, thread_id=thread_id, owner=owner, metadata={})
         if await threads.lock(conn, thread_id, owner):
             return
-    raise not_found("Thread", thread_id)
-
-
-async def cancel_runs(conn: AsyncConnection[DictRow], rows: list[DictRow], action: str) -> None:
-    """Stop runs (caller holds their thread lock): queued ones end here, running ones are told."""
-    executing = [r["run_id"] for r in rows if r["status"] == "running" and r["leased"]]
-    for row in rows:
-        if row["run_id"] in executing:
-            continue
-        await events.append(conn, row["run_id"], [("end", None)])
-        if action == "rollback":
-            await runs.rollback_checkpoints(conn, row["thread_id"], row["run_id"])
-        await runs.end_idle(
-            conn, row["run_id"], status="interrupted", error=None, thread_status="idle"
-        )
-        if action == "rollback":
-            await conn.execute("DELETE FROM runs WHERE run_id = %s", (row["run_id"],))
-    if executing:
-        await runs.request_cancel(conn, executing, action)
+    raise NotFound("Thread", thread_id)
 
 
 async def submit(
@@ -179,13 +143,12 @@ async def submit(
                 existing = await runs.by_idempotency_key(conn, thread_id, idempotency_key)
                 if existing is not None:
                     return existing, None
-            cur = await conn.execute(runs.HEAD_OF_THREAD_SQL, (thread_id,))
-            inflight = await cur.fetchall()
+            inflight = await lifecycle.unfinished(conn, thread_id)
             if inflight:
-                if new.strategy == "reject":
-                    raise Problem(409, BUSY_DETAIL, kind="thread-busy")
-                if new.strategy in ("interrupt", "rollback"):
-                    await cancel_runs(conn, inflight, new.strategy)
+                if new.strategy is MultitaskStrategy.REJECT:
+                    raise ThreadBusy()
+                if new.strategy in (MultitaskStrategy.INTERRUPT, MultitaskStrategy.ROLLBACK):
+                    await lifecycle.cancel(conn, inflight, CancelAction(new.strategy))
             else:
                 # The new run heads its thread: claim it here and now if this replica has room.
                 reserved = svc.worker.reserve()
@@ -239,7 +202,7 @@ async def settled(attempt: Attempt) -> RunOutcome | None:
             raise  # the waiter was cancelled, not the attempt
         return None
     except Exception as exc:
-        log.warning("attempt_failed", run_id=str(attempt.run["run_id"]), error=repr(exc))
+        log.warning("attempt_failed", run_id=str(attempt.run.run_id), error=repr(exc))
         return None
 
 
@@ -252,7 +215,7 @@ async def wait_for_end(svc: Services, run_id: UUID, attempt: Attempt | None) -> 
         try:
             async with svc.pool.connection() as conn:
                 row = await runs.get_by_id(conn, run_id)
-            if row is None or row["status"] not in runs.ACTIVE_STATUSES:
+            if row is None or row["status"] not in ACTIVE_RUN_STATUSES:
                 return row
             # A handed-back or resumed run may land here again: help if we have room.
             local = await svc.worker.try_start(run_id, row["thread_id"])
@@ -268,28 +231,16 @@ async def wait_for_end(svc: Services, run_id: UUID, attempt: Attempt | None) -> 
             svc.hub.disarm(wakeup, run_key(run_id))
 
 
-def pruned(row: DictRow) -> Problem:
-    """The run ended, but the checkpoint it ended on was deleted by a history prune."""
-    return Problem(
-        410,
-        f"run {row['run_id']} ended ({row['status']}), but the state it ended with was pruned "
-        "by the retention policy; the thread's current state is at "
-        f"/threads/{row['thread_id']}/state",
-        kind="state-pruned",
-        extra={"run_id": str(row["run_id"]), "run_status": row["status"]},
-    )
-
-
 async def final_body(svc: Services, row: DictRow | None) -> Any:
     """The ``/runs/wait`` and ``/join`` body: final values, or ``__error__``."""
     if row is None:
         return {"__error__": {"error": "RunDeleted", "message": "the run was rolled back"}}
-    if row["status"] == "error":
+    if row["status"] == RunStatus.ERROR:
         return {"__error__": row["error"]}
     config = thread_config(row["thread_id"], row["checkpoint_id"])
-    snapshot = await svc.executor.reader.aget_state(config)
+    snapshot = await state.read(svc, config)
     if row["checkpoint_id"] is not None and snapshot.metadata is None:
-        raise pruned(row)
+        raise StatePruned(row)
     values = snapshot.values
     interrupts = [i for task in snapshot.tasks for i in task.interrupts]
     if interrupts and isinstance(values, dict):
@@ -305,7 +256,11 @@ async def result_of(svc: Services, run: DictRow, attempt: Attempt | None) -> Any
     """
     if attempt is not None:
         outcome = await settled(attempt)
-        if outcome is not None and outcome.ended and outcome.status in ("success", "error"):
+        if (
+            outcome is not None
+            and outcome.ended
+            and outcome.status in (RunStatus.SUCCESS, RunStatus.ERROR)
+        ):
             return outcome_body(outcome)
     while True:
         try:
@@ -313,30 +268,6 @@ async def result_of(svc: Services, run: DictRow, attempt: Attempt | None) -> Any
         except psycopg.OperationalError as exc:
             log.warning("wait_database_unavailable", run_id=str(run["run_id"]), error=str(exc))
             await asyncio.sleep(OUTAGE_RETRY_SECONDS)
-
-
-async def until_closing(
-    closing: asyncio.Event, result: asyncio.Task[Any], headers: dict[str, str]
-) -> Any:
-    """``result``'s value, for an answer that is sent only once known (no body streamed
-    before it). A replica that stops serving first answers 503 with ``Retry-After`` and
-    ``headers`` (a ``Location`` where the answer will be): the run goes on elsewhere."""
-    stop = asyncio.create_task(closing.wait())
-    try:
-        await asyncio.wait({result, stop}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stop.cancel()
-        ended = result.done()
-        if not ended:
-            result.cancel()
-    if ended:
-        return result.result()
-    raise Problem(
-        503,
-        "this replica stopped before the run ended; the run goes on elsewhere",
-        kind="replica-stopping",
-        headers={"Retry-After": "1", **headers},
-    )
 
 
 def outcome_body(outcome: RunOutcome) -> Any:

@@ -6,7 +6,6 @@ Every query takes the owner, so a thread of another owner is indistinguishable f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -14,18 +13,20 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from service.lease import busy_sql
+
 SortBy = Literal["created_at", "updated_at", "last_message_at", "thread_id"]
 SortOrder = Literal["asc", "desc"]
 TITLE_LIMIT = 80
 
 # The stored status says how the last run ended; "busy" is only true while a run holds a live
 # lease (or waits to be claimed), so a replica that died never leaves a thread busy for ever.
-STATUS_SQL = """
+STATUS_SQL = f"""
 CASE
     WHEN EXISTS (
         SELECT 1 FROM runs r
         WHERE r.thread_id = t.thread_id
-          AND (r.status = 'pending' OR (r.status = 'running' AND r.lease_expires_at > now()))
+          AND {busy_sql("r")}
     ) THEN 'busy'
     WHEN t.status = 'busy' THEN 'interrupted'
     ELSE t.status
@@ -246,11 +247,6 @@ async def count(conn: AsyncConnection[DictRow], flt: ThreadFilter) -> int:
     cur = await conn.execute(f"SELECT count(*) AS n FROM threads t WHERE {where}", params)  # type: ignore[arg-type]
     row = await cur.fetchone()
     return int(row["n"]) if row else 0
-
-
-def last_activity(row: DictRow) -> datetime:
-    value: datetime = row["last_message_at"] or row["created_at"]
-    return value
 
 
 LOCK_ANY_SQL = "SELECT 1 FROM threads WHERE thread_id = %s FOR UPDATE"

@@ -18,8 +18,9 @@ import psycopg
 import structlog
 from psycopg.rows import DictRow
 
-from service import events, runs
+from service import events, lifecycle, runs
 from service.db import Pool
+from service.domain import CancelAction, RunStatus
 from service.executor import Attempt, Executor
 from service.notify import ANY_RUN, Hub
 
@@ -81,7 +82,7 @@ class Worker:
         """Start a run queued with ``claim_terms``; None if it was left pending (its owner had
         no room), for a worker to claim later."""
         self.release()
-        if row["status"] != "running":
+        if row["status"] != RunStatus.RUNNING:
             return None
         return self.executor.start(row)
 
@@ -156,15 +157,18 @@ class Worker:
             if head is None or head["run_id"] != run_id:
                 return None
             if head["cancel_action"]:
-                await self._end_cancelled(conn, head)
+                await lifecycle.end_idle(conn, head, CancelAction(head["cancel_action"]))
                 return None
             if head["failures"] >= self.max_attempts:
-                await self._give_up(conn, head)
+                await lifecycle.give_up(conn, head)
+                log.warning(
+                    "run_abandoned", run_id=str(head["run_id"]), failed_attempts=head["failures"]
+                )
                 return None
             row = await runs.claim(
                 conn, run_id, self.executor.replica, self.lease_seconds, self.owner_cap
             )
-            if row is not None and head["status"] == "running":
+            if row is not None and head["status"] == RunStatus.RUNNING:
                 log.info(
                     "run_resuming",
                     run_id=str(run_id),
@@ -172,35 +176,3 @@ class Worker:
                     failed_attempts=row["failed_attempts"],
                 )
             return row
-
-    async def _give_up(self, conn: psycopg.AsyncConnection[DictRow], run: DictRow) -> None:
-        if run["status"] == "running":
-            error = {
-                "error": "LeaseExpired",
-                "message": (
-                    f"gave up after {run['failures']} failed attempts: the executing replica "
-                    f"({run['lease_holder']}) stopped renewing its lease"
-                ),
-            }
-        else:
-            error = {
-                "error": "AttemptsExhausted",
-                "message": f"gave up after {run['failures']} failed attempts",
-            }
-        await events.append(conn, run["run_id"], [("error", error), ("end", None)])
-        await runs.end_idle(conn, run["run_id"], status="error", error=error, thread_status="error")
-        log.warning("run_abandoned", run_id=str(run["run_id"]), failed_attempts=run["failures"])
-
-    async def _end_cancelled(self, conn: psycopg.AsyncConnection[DictRow], run: DictRow) -> None:
-        """A run cancelled while queued (or while its replica was dead) ends without running."""
-        await events.append(conn, run["run_id"], [("end", None)])
-        if run["cancel_action"] == "rollback":
-            await runs.rollback_checkpoints(conn, run["thread_id"], run["run_id"])
-            await runs.end_idle(
-                conn, run["run_id"], status="interrupted", error=None, thread_status="idle"
-            )
-            await conn.execute("DELETE FROM runs WHERE run_id = %s", (run["run_id"],))
-        else:
-            await runs.end_idle(
-                conn, run["run_id"], status="interrupted", error=None, thread_status="idle"
-            )

@@ -120,3 +120,21 @@ async def test_event_batches_commit_without_waiting_for_the_wal_flush(database_u
         assert await fsyncs() == before + 1
     finally:
         await conn.close()
+
+
+async def test_a_failed_write_is_counted_and_the_stream_goes_on(pool: Pool) -> None:
+    """Postgres refuses a batch (a NUL character cannot be stored in jsonb): the writer counts
+    the events it lost and writes the next batch."""
+    async with pool.connection() as conn:
+        _, run_id = await running_run(conn)
+    unwritten: list[int] = []
+    writer = await events.EventWriter.open(pool, run_id, 1, on_unwritten=unwritten.append)
+    writer.emit("custom", "\x00")
+    writer.emit("custom", "\x00")
+    await writer.close()
+    writer = await events.EventWriter.open(pool, run_id, 1, on_unwritten=unwritten.append)
+    writer.emit("values", {"ok": True})
+    await writer.close()
+    assert unwritten == [2]
+    async with pool.connection() as conn:
+        assert [e.event for e in await events.read_after(conn, run_id, 0)] == ["values"]

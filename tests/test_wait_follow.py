@@ -10,9 +10,10 @@ import pytest
 
 from service import runs
 from service.executor import LEASE_LOST_ERROR, Attempt, RunOutcome
+from service.http import until_closing
 from service.problems import Problem
 from service.services import Services
-from service.submit import final_body, result_of, until_closing
+from service.submit import final_body, result_of
 from tests.support.runs import claimed
 
 
@@ -44,7 +45,7 @@ def _attempt(row: Any, outcome: Any) -> Attempt:
         assert isinstance(outcome, RunOutcome)
         return outcome
 
-    attempt = Attempt(row)
+    attempt = Attempt(runs.Run.of(row))
     attempt.task = asyncio.create_task(execute())
     return attempt
 

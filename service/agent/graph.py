@@ -14,11 +14,11 @@ from langchain_core.messages import AIMessage, AnyMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.channels.delta import DeltaChannel
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.message import _messages_delta_reducer
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode
 
 from service.agent.tools import TOOLS
+from service.compat import messages_delta_reducer
 
 GRAPH_ID = "agent"
 SNAPSHOT_FREQUENCY = 100
@@ -27,7 +27,7 @@ SNAPSHOT_FREQUENCY = 100
 class AgentState(TypedDict):
     messages: Annotated[
         list[AnyMessage],
-        DeltaChannel(_messages_delta_reducer, snapshot_frequency=SNAPSHOT_FREQUENCY),
+        DeltaChannel(messages_delta_reducer, snapshot_frequency=SNAPSHOT_FREQUENCY),
     ]
 
 

@@ -12,10 +12,11 @@ from starlette.routing import Route
 
 from service import serialize, threads
 from service.agent.graph import GRAPH_ID
-from service.http import accepts, owner, services
+from service.domain import MultitaskStrategy
+from service.http import accepts, owner, services, until_closing
 from service.problems import Problem
 from service.schemas import Chat, RunCreate
-from service.submit import result_of, submit, until_closing
+from service.submit import result_of, submit
 
 
 def _is_ai(message: object) -> bool:
@@ -43,7 +44,7 @@ async def chat(request: Request, body: Chat) -> Response:
     run_body = RunCreate(
         assistant_id=GRAPH_ID,
         input={"messages": [{"role": "user", "content": body.message}]},
-        multitask_strategy="reject",
+        multitask_strategy=MultitaskStrategy.REJECT,
     )
     run, attempt = await submit(svc, who, thread_id, run_body, waited=True)
     # A client hanging up ends the wait, not the run it started.

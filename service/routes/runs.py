@@ -15,7 +15,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Scope
 
-from service import events, runs, serialize, threads
+from service import events, lifecycle, runs, serialize, threads
+from service.domain import ACTIVE_RUN_STATUSES, CancelAction, RunStatus
 from service.http import (
     MEDIA_JSON,
     MEDIA_SSE,
@@ -24,6 +25,7 @@ from service.http import (
     queries,
     responds,
     services,
+    until_closing,
     uuid_param,
 )
 from service.middleware import cut
@@ -31,16 +33,15 @@ from service.problems import Problem, not_found
 from service.query import ChoiceParam, FlagParam, TextParam
 from service.schemas import LIMIT, OFFSET, CancelMany, RunCreate
 from service.services import Services
-from service.submit import cancel_runs, result_of, submit, until_closing, wait_for_end
+from service.submit import result_of, submit, wait_for_end
 
 HEARTBEAT_SECONDS = 5.0
 KEEPALIVE_SECONDS = 5.0
 # A waited run that ends within this gets a plain JSON answer (with a length, in one write);
 # a longer one gets its headers now and keepalive newlines until its body.
 QUICK_ANSWER_SECONDS = 1.0
-RUN_STATUSES = ("pending", "running", "success", "error", "timeout", "interrupted")
-STATUS = ChoiceParam("status", RUN_STATUSES)
-ACTION = ChoiceParam("action", ("interrupt", "rollback"), default="interrupt")
+STATUS = ChoiceParam("status", tuple(RunStatus))
+ACTION = ChoiceParam("action", tuple(CancelAction), default=CancelAction.INTERRUPT)
 WAIT = FlagParam("wait")
 CANCEL_ON_DISCONNECT = FlagParam("cancel_on_disconnect")
 STREAM_MODE = TextParam("stream_mode", "a stream mode, or a JSON list of them; all when absent")
@@ -84,7 +85,9 @@ def _sse(
                 cut(request.scope)
         finally:
             if on_disconnect_cancel and not finished and not svc.closing.is_set():
-                await asyncio.shield(_cancel(svc, [run_id], "interrupt"))
+                await asyncio.shield(
+                    lifecycle.cancel_by_id(svc.pool, [run_id], CancelAction.INTERRUPT)
+                )
 
     return EventSourceResponse(
         stream(),
@@ -221,7 +224,7 @@ async def _answer_or_cancel(
     try:
         value = await until_closing(svc.closing, result, headers)
     except asyncio.CancelledError:
-        await asyncio.shield(_cancel(svc, [run_id], "interrupt"))
+        await asyncio.shield(lifecycle.cancel_by_id(svc.pool, [run_id], CancelAction.INTERRUPT))
         raise
     return serialize.JSON(value, headers=headers)
 
@@ -273,24 +276,6 @@ async def join_stream(request: Request) -> Response:
     )
 
 
-async def _cancel(svc: Services, run_ids: list[UUID], action: str) -> list[DictRow]:
-    """Cancel runs wherever they execute; returns those that were still active."""
-    stopped: list[DictRow] = []
-    async with svc.pool.connection() as conn:
-        for run_id in run_ids:
-            async with conn.transaction():
-                row = await runs.get_by_id(conn, run_id)
-                if row is None or row["status"] not in runs.ACTIVE_STATUSES:
-                    continue
-                await threads.lock_any(conn, row["thread_id"])
-                cur = await conn.execute(runs.HEAD_OF_THREAD_SQL, (row["thread_id"],))
-                mine = [r for r in await cur.fetchall() if r["run_id"] == run_id]
-                if mine:
-                    await cancel_runs(conn, mine, action)
-                    stopped.extend(mine)
-    return stopped
-
-
 @responds(
     {
         200: ("The ended run (wait=1)", MEDIA_JSON),
@@ -301,9 +286,9 @@ async def _cancel(svc: Services, run_ids: list[UUID], action: str) -> list[DictR
 @queries(ACTION, WAIT)
 async def cancel_run(request: Request) -> Response:
     _, run_id, _ = await _owned_run(request)
-    action = ACTION.of(request)
+    action = CancelAction(ACTION.of(request))
     svc = services(request)
-    await _cancel(svc, [run_id], action)
+    await lifecycle.cancel_by_id(svc.pool, [run_id], action)
     if not WAIT.of(request):
         return Response(status_code=202)
     row = await wait_for_end(svc, run_id, None)
@@ -317,10 +302,12 @@ async def cancel_run(request: Request) -> Response:
 @accepts(CancelMany, required=True)
 async def cancel_many(request: Request, body: CancelMany) -> Response:
     who = owner(request)
-    action = ACTION.of(request)
+    action = CancelAction(ACTION.of(request))
     if body.status is None and body.thread_id is None:
         raise Problem(422, "give thread_id (and run_ids) or status", kind="invalid-input")
-    statuses: list[str] = ["pending", "running"] if body.status in (None, "all") else [body.status]
+    statuses = (
+        list(ACTIVE_RUN_STATUSES) if body.status in (None, "all") else [RunStatus(body.status)]
+    )
     svc = services(request)
     async with svc.pool.connection() as conn:
         rows = await runs.owned_active(
@@ -328,14 +315,14 @@ async def cancel_many(request: Request, body: CancelMany) -> Response:
         )
     if not rows:
         raise Problem(404, "no matching runs to cancel", kind="not-found")
-    await _cancel(svc, [r["run_id"] for r in rows], action)
+    await lifecycle.cancel_by_id(svc.pool, [r["run_id"] for r in rows], action)
     return Response(status_code=204)
 
 
 @responds({204: ("Deleted", None)})
 async def delete_run(request: Request) -> Response:
     _, run_id, row = await _owned_run(request)
-    if row["status"] in runs.ACTIVE_STATUSES:
+    if row["status"] in ACTIVE_RUN_STATUSES:
         raise Problem(409, "the run is still active; cancel it first", kind="run-active")
     async with services(request).pool.connection() as conn:
         await runs.delete_finished(conn, run_id)
@@ -347,7 +334,8 @@ async def list_runs(request: Request) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
     limit, offset = LIMIT.of(request), OFFSET.of(request)
-    status = STATUS.of(request) or None
+    chosen = STATUS.of(request)
+    status = RunStatus(chosen) if chosen else None
     async with services(request).pool.connection() as conn:
         if await threads.get(conn, thread_id, who) is None:
             raise not_found("Thread", thread_id)

@@ -10,7 +10,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import runs, serialize, threads
+from service import lifecycle, serialize, state, threads
+from service.errors import ThreadBusy
 from service.executor import thread_config
 from service.http import accepts, owner, queries, services, uuid_param
 from service.problems import Problem, not_found
@@ -22,7 +23,6 @@ from service.schemas import (
     StateAtCheckpoint,
     StateUpdate,
 )
-from service.submit import BUSY_DETAIL, state_at
 
 SUBGRAPHS = FlagParam("subgraphs")
 BEFORE = UuidParam("before")
@@ -44,7 +44,7 @@ def _config_from(thread_id: UUID, checkpoint: CheckpointConfig | None) -> Runnab
 
 
 async def _state(request: Request, config: RunnableConfig, subgraphs: bool) -> Response:
-    snapshot = await state_at(services(request), config, subgraphs=subgraphs)
+    snapshot = await state.at(services(request), config, subgraphs=subgraphs)
     return serialize.JSON(serialize.state(snapshot))
 
 
@@ -88,14 +88,12 @@ async def update_state(request: Request, body: StateUpdate) -> Response:
     async with svc.pool.connection() as conn, conn.transaction():
         if not await threads.lock(conn, thread_id, who):
             raise not_found("Thread", thread_id)
-        if await runs.active_run_ids(conn, thread_id):
-            raise Problem(409, BUSY_DETAIL, kind="thread-busy")
+        if await lifecycle.is_busy(conn, thread_id):
+            raise ThreadBusy()
         if checkpoint.checkpoint_id is not None:
-            await state_at(services(request), config, subgraphs=False)
+            await state.at(services(request), config, subgraphs=False)
         try:
-            new_config = await svc.executor.reader.aupdate_state(
-                config, body.values, as_node=body.as_node
-            )
+            new_config = await state.update(svc, config, body.values, as_node=body.as_node)
         except (InvalidUpdateError, ValueError, KeyError, TypeError) as exc:
             raise Problem(422, f"cannot update state: {exc}", kind="invalid-input") from exc
         await conn.execute(
@@ -122,11 +120,11 @@ async def _history(request: Request, thread_id: UUID, query: HistoryQuery) -> Re
         before = _config_from(thread_id, query.before)
     if before is not None:
         # Older than a checkpoint the thread does not have would be a guess, not an answer.
-        await state_at(services(request), before, subgraphs=False)
-    reader = services(request).executor.reader
+        await state.at(services(request), before, subgraphs=False)
     states = [
         serialize.state(s)
-        async for s in reader.aget_state_history(
+        async for s in state.history(
+            services(request),
             _config_from(thread_id, query.checkpoint),
             filter=query.metadata,
             before=before,

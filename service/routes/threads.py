@@ -8,12 +8,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import runs, serialize, threads
-from service.executor import thread_config
+from service import lifecycle, serialize, state, threads
 from service.http import MEDIA_JSON, accepts, owner, responds, services, uuid_param
 from service.problems import Problem, not_found
 from service.schemas import ThreadCount, ThreadCreate, ThreadPatch, ThreadSearch
-from service.submit import cancel_runs
 
 
 @accepts(ThreadCreate)
@@ -42,7 +40,7 @@ async def get_thread(request: Request) -> Response:
         row = await threads.get(conn, thread_id, who)
     if row is None:
         raise not_found("Thread", thread_id)
-    snapshot = await svc.executor.reader.aget_state(thread_config(thread_id))
+    snapshot = await state.latest(svc, thread_id)
     return serialize.JSON(
         serialize.thread(row, values=snapshot.values, interrupts=_interrupts(snapshot))
     )
@@ -83,13 +81,8 @@ async def delete_thread(request: Request) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
     async with services(request).pool.connection() as conn, conn.transaction():
-        if not await threads.lock(conn, thread_id, who):
+        if not await lifecycle.delete_thread(conn, thread_id, who):
             raise not_found("Thread", thread_id)
-        # Tell executing replicas to stop; deleting the run rows then fences out any write
-        # they still attempt, so nothing of the thread can reappear.
-        cur = await conn.execute(runs.HEAD_OF_THREAD_SQL, (thread_id,))
-        await cancel_runs(conn, await cur.fetchall(), "interrupt")
-        await threads.delete_locked(conn, thread_id)
     return Response(status_code=204)
 
 
