@@ -7,7 +7,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.test_api_errors import PROBLEM
+from tests.service.routes.test_errors import PROBLEM
 
 HELLO = {"messages": [{"role": "user", "content": "hi"}]}
 

@@ -18,7 +18,7 @@ from langgraph.types import Command
 
 from service import deployment, graphs
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "refund-agent"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "refund-agent"
 
 
 @pytest.fixture
