@@ -21,7 +21,7 @@ from uuid import UUID
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from reaper.ids import is_time_ordered
+from threadkeeper.reaper.ids import is_time_ordered
 
 # -- idle threads: nobody spoke for maxIdle (never-spoken threads count from their creation).
 # Split in two so each half is an index range: spoken threads by last_message_at, silent ones

@@ -20,10 +20,10 @@ from typing import Any
 import psycopg
 import structlog
 
-from reaper import stats
-from reaper.db import DatabaseUnavailable, InvalidDatabaseUrl, connect
-from reaper.policy import PolicyError, RetentionPolicy, load_policy
-from reaper.summary import Outcome, PruneSummary
+from threadkeeper.reaper import stats
+from threadkeeper.reaper.db import DatabaseUnavailable, InvalidDatabaseUrl, connect
+from threadkeeper.reaper.policy import PolicyError, RetentionPolicy, load_policy
+from threadkeeper.reaper.summary import Outcome, PruneSummary
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -79,7 +79,7 @@ async def _prune(url: str, policy: RetentionPolicy, *, dry_run: bool | None) -> 
     # no other command, and no argument or connection error, should have to wait for.
     conn = await connect(url)
     try:
-        from reaper.engine import prune
+        from threadkeeper.reaper.engine import prune
 
         try:
             return await prune(conn, policy, dry_run=dry_run)
@@ -134,8 +134,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # Imported here: kopf and the engine (LangGraph) are heavy and only this command needs them.
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from reaper.kube import Connection, default_namespace
-    from reaper.operator import run_operator
+    from threadkeeper.reaper.kube import Connection, default_namespace
+    from threadkeeper.reaper.operator import run_operator
 
     kubeconfig = Path(args.kubeconfig) if args.kubeconfig else None
     namespaces = list(args.namespace or [])

@@ -15,11 +15,11 @@ from typing import Any
 
 import structlog
 
-from reaper import status
-from reaper.kube import SecretReader
-from reaper.metrics import ReaperMetrics
-from reaper.probe import Heartbeat
-from reaper.summary import ResumeCursor
+from threadkeeper.reaper import status
+from threadkeeper.reaper.kube import SecretReader
+from threadkeeper.reaper.metrics import ReaperMetrics
+from threadkeeper.reaper.probe import Heartbeat
+from threadkeeper.reaper.summary import ResumeCursor
 
 log = structlog.get_logger(__name__)
 

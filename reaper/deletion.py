@@ -11,8 +11,8 @@ from uuid import UUID
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from reaper.ids import V6_ID_PATTERN
-from reaper.summary import RowCounts
+from threadkeeper.reaper.ids import V6_ID_PATTERN
+from threadkeeper.reaper.summary import RowCounts
 
 # runs first: DELETE waits for the FOR SHARE a zombie writer holds on its run row mid-write, so
 # by the time the checkpoint tables are emptied below (each statement reading the newest

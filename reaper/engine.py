@@ -23,11 +23,11 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from reaper import candidates, deletion, guard, history
-from reaper.delta import DEFAULT_REDUCERS, Reducer, Snapshotter
-from reaper.ids import cutoff_id
-from reaper.policy import RetentionPolicy
-from reaper.summary import (
+from threadkeeper.reaper import candidates, deletion, guard, history
+from threadkeeper.reaper.delta import DEFAULT_REDUCERS, Reducer, Snapshotter
+from threadkeeper.reaper.ids import cutoff_id
+from threadkeeper.reaper.policy import RetentionPolicy
+from threadkeeper.reaper.summary import (
     Outcome,
     PruneSummary,
     Reason,

@@ -26,11 +26,11 @@ from typing import Any
 
 import kopf
 
-from reaper import reconcile
-from reaper.compat import drop_finalizer_requirement
-from reaper.context import OperatorContext
-from reaper.kube import Connection
-from reaper.policy import GROUP, PLURAL, VERSION
+from threadkeeper.reaper import reconcile
+from threadkeeper.reaper.compat import drop_finalizer_requirement
+from threadkeeper.reaper.context import OperatorContext
+from threadkeeper.reaper.kube import Connection
+from threadkeeper.reaper.policy import GROUP, PLURAL, VERSION
 
 
 def build_registry(

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from reaper.delta import Snapshotter, Stored, describe
-from reaper.summary import RowCounts
+from threadkeeper.reaper.delta import Snapshotter, Stored, describe
+from threadkeeper.reaper.summary import RowCounts
 
 # The shape of the thread's history: small columns only, read through the primary key.
 # Checkpoints older than format v4 read their pending sends from their parent's writes.

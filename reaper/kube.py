@@ -20,7 +20,7 @@ import kubernetes.client
 import kubernetes.config
 from kubernetes.client.exceptions import ApiException
 
-from reaper.status import Event, EventType, Stalled, StallReason
+from threadkeeper.reaper.status import Event, EventType, Stalled, StallReason
 
 SECRET_TIMEOUT = 10.0
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from reaper.stats import DatabaseStats
-from reaper.summary import Outcome, PruneSummary
+from threadkeeper.reaper.stats import DatabaseStats
+from threadkeeper.reaper.summary import Outcome, PruneSummary
 
 LABELS = ("namespace", "policy")
 

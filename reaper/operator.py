@@ -29,12 +29,12 @@ import kopf
 import structlog
 from prometheus_client import CollectorRegistry
 
-from reaper.context import DEFAULT_TICK, OperatorContext
-from reaper.handlers import build_registry
-from reaper.kube import Connection, SecretReader
-from reaper.metrics import ReaperMetrics
-from reaper.policy import GROUP
-from reaper.probe import Heartbeat
+from threadkeeper.reaper.context import DEFAULT_TICK, OperatorContext
+from threadkeeper.reaper.handlers import build_registry
+from threadkeeper.reaper.kube import Connection, SecretReader
+from threadkeeper.reaper.metrics import ReaperMetrics
+from threadkeeper.reaper.policy import GROUP
+from threadkeeper.reaper.probe import Heartbeat
 
 log = structlog.get_logger(__name__)
 

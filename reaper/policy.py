@@ -16,7 +16,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from reaper.durations import parse_duration
+from threadkeeper.reaper.durations import parse_duration
 
 GROUP = "threadkeeper.dev"
 VERSION = "v1alpha1"

@@ -22,13 +22,13 @@ import kopf
 import psycopg
 import structlog
 
-from reaper import kube, schedule, sizes, status
-from reaper.context import Memory, OperatorContext
-from reaper.db import DatabaseUnavailable, InvalidDatabaseUrl, connect
-from reaper.engine import prune
-from reaper.policy import PolicyError, parse_object
-from reaper.status import Stalled, StallReason
-from reaper.summary import Outcome, PruneSummary
+from threadkeeper.reaper import kube, schedule, sizes, status
+from threadkeeper.reaper.context import Memory, OperatorContext
+from threadkeeper.reaper.db import DatabaseUnavailable, InvalidDatabaseUrl, connect
+from threadkeeper.reaper.engine import prune
+from threadkeeper.reaper.policy import PolicyError, parse_object
+from threadkeeper.reaper.status import Stalled, StallReason
+from threadkeeper.reaper.summary import Outcome, PruneSummary
 
 log = structlog.get_logger(__name__)
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from reaper.durations import parse_duration
+from threadkeeper.reaper.durations import parse_duration
 
 # A user (or `kubectl annotate --overwrite`) sets any new value to request one run now; the
 # operator echoes the value it handled in status.lastRunNowHandled (the Flux

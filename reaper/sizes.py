@@ -15,11 +15,11 @@ from typing import Any
 import psycopg
 import structlog
 
-from reaper import stats
-from reaper.context import OperatorContext
-from reaper.db import DatabaseUnavailable, InvalidDatabaseUrl, connect
-from reaper.policy import PolicyError, RetentionPolicy, parse_object
-from reaper.status import Stalled
+from threadkeeper.reaper import stats
+from threadkeeper.reaper.context import OperatorContext
+from threadkeeper.reaper.db import DatabaseUnavailable, InvalidDatabaseUrl, connect
+from threadkeeper.reaper.policy import PolicyError, RetentionPolicy, parse_object
+from threadkeeper.reaper.status import Stalled
 
 log = structlog.get_logger(__name__)
 

@@ -25,8 +25,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from reaper.schedule import Why, format_time, parse_time
-from reaper.summary import Outcome, PruneSummary
+from threadkeeper.reaper.schedule import Why, format_time, parse_time
+from threadkeeper.reaper.summary import Outcome, PruneSummary
 
 
 class ConditionType(StrEnum):

@@ -16,23 +16,27 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from service.agent.graph import compile_graph
-from service.agent.models import make_model
-from service.auth import Authenticator
-from service.db import connect, make_pool
-from service.embedded import embedded_postgres
-from service.errors import DomainError
-from service.executor import Executor
-from service.http import allowed_methods
-from service.metrics import Metrics
-from service.middleware import BodyLimitMiddleware, CutMiddleware, RequestContextMiddleware
-from service.migrations import migrate
-from service.notify import Hub
-from service.problems import Problem, from_domain, problem_response
-from service.routes import assistants, chat, meta, runs, state, threads
-from service.services import Services
-from service.settings import Settings
-from service.worker import Worker
+from threadkeeper.service.agent.graph import compile_graph
+from threadkeeper.service.agent.models import make_model
+from threadkeeper.service.auth import Authenticator
+from threadkeeper.service.db import connect, make_pool
+from threadkeeper.service.embedded import embedded_postgres
+from threadkeeper.service.errors import DomainError
+from threadkeeper.service.executor import Executor
+from threadkeeper.service.http import allowed_methods
+from threadkeeper.service.metrics import Metrics
+from threadkeeper.service.middleware import (
+    BodyLimitMiddleware,
+    CutMiddleware,
+    RequestContextMiddleware,
+)
+from threadkeeper.service.migrations import migrate
+from threadkeeper.service.notify import Hub
+from threadkeeper.service.problems import Problem, from_domain, problem_response
+from threadkeeper.service.routes import assistants, chat, meta, runs, state, threads
+from threadkeeper.service.services import Services
+from threadkeeper.service.settings import Settings
+from threadkeeper.service.worker import Worker
 
 log = structlog.get_logger(__name__)
 

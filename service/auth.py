@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import jwt
 from starlette.requests import HTTPConnection
 
-from service.jsonbody import unstorable
-from service.problems import Problem
-from service.settings import Settings
+from threadkeeper.service.jsonbody import unstorable
+from threadkeeper.service.problems import Problem
+from threadkeeper.service.settings import Settings
 
 LOCAL_OWNER = "local"
 MAX_OWNER_LENGTH = 256

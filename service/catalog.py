@@ -6,8 +6,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from service.agent.graph import GRAPH_ID
-from service.errors import NotFound
+from threadkeeper.service.agent.graph import GRAPH_ID
+from threadkeeper.service.errors import NotFound
 
 # Stable across replicas and restarts, as the Agent Server's default assistant id is.
 ASSISTANT_ID = uuid.uuid5(uuid.NAMESPACE_URL, "https://threadkeeper.dev/assistants/agent")

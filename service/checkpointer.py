@@ -62,10 +62,10 @@ from psycopg import AsyncCursor, AsyncRawCursor
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
-from service import checkpoint_load
-from service.compat import DeltaSnapshot
-from service.db import Pool, numbered
-from service.lease import WRITE_FENCE_SQL
+from threadkeeper.service import checkpoint_load
+from threadkeeper.service.compat import DeltaSnapshot
+from threadkeeper.service.db import Pool, numbered
+from threadkeeper.service.lease import WRITE_FENCE_SQL
 
 # FOR SHARE: concurrent writes of one attempt pass together, while a lease takeover or a delete
 # (both UPDATE/DELETE the row) waits for an in-flight write to commit, and vice versa.

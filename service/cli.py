@@ -17,11 +17,11 @@ from pydantic import ValidationError
 from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 
-from service.app import SHUTDOWN_SECONDS, begin_drain, create_app, database_url
-from service.db import connect
-from service.logs import configure_logging
-from service.migrations import migrate
-from service.settings import Settings
+from threadkeeper.service.app import SHUTDOWN_SECONDS, begin_drain, create_app, database_url
+from threadkeeper.service.db import connect
+from threadkeeper.service.logs import configure_logging
+from threadkeeper.service.migrations import migrate
+from threadkeeper.service.settings import Settings
 
 log = structlog.get_logger("service.cli")
 

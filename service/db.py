@@ -13,8 +13,8 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import set_json_dumps
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from service.serialize import db_dumps
-from service.settings import Settings
+from threadkeeper.service.serialize import db_dumps
+from threadkeeper.service.settings import Settings
 
 Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
 

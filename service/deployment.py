@@ -114,7 +114,9 @@ class Deployment:
     warnings: tuple[str, ...] = ()
 
 
-BUILTIN = Deployment(graphs={"agent": "service.agent.graph:graph"}, base_dir=Path.cwd())
+BUILTIN = Deployment(
+    graphs={"agent": "threadkeeper.service.agent.graph:graph"}, base_dir=Path.cwd()
+)
 
 
 def config_path(explicit: str | None, environ: Mapping[str, str] = os.environ) -> Path | None:

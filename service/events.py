@@ -30,11 +30,11 @@ import structlog
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from service.db import Pool
-from service.domain import ENDED_RUN_STATUSES
-from service.lease import WRITE_FENCE_SQL
-from service.notify import EVENTS_CHANNEL, NOTIFY_SQL, Hub, events_key, run_key
-from service.serialize import dumps
+from threadkeeper.service.db import Pool
+from threadkeeper.service.domain import ENDED_RUN_STATUSES
+from threadkeeper.service.lease import WRITE_FENCE_SQL
+from threadkeeper.service.notify import EVENTS_CHANNEL, NOTIFY_SQL, Hub, events_key, run_key
+from threadkeeper.service.serialize import dumps
 
 log = structlog.get_logger(__name__)
 

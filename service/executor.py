@@ -21,8 +21,8 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Durability
 from psycopg.rows import DictRow
 
-from service import db, events, lifecycle, runs
-from service.checkpointer import (
+from threadkeeper.service import db, events, lifecycle, runs
+from threadkeeper.service.checkpointer import (
     Batch,
     Fence,
     FencedPostgresSaver,
@@ -30,10 +30,10 @@ from service.checkpointer import (
     history_channels,
     refused_by_fence,
 )
-from service.db import Pool
-from service.domain import RunStatus, StopReason, ThreadStatus
-from service.metrics import Metrics
-from service.notify import Hub, run_key
+from threadkeeper.service.db import Pool
+from threadkeeper.service.domain import RunStatus, StopReason, ThreadStatus
+from threadkeeper.service.metrics import Metrics
+from threadkeeper.service.notify import Hub, run_key
 
 log = structlog.get_logger(__name__)
 

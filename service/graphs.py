@@ -30,7 +30,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import StateGraph
 from langgraph.pregel import Pregel
 
-from service.deployment import Deployment, DeploymentError
+from threadkeeper.service.deployment import Deployment, DeploymentError
 
 AnyGraph = Pregel[Any, Any, Any, Any]
 
@@ -186,11 +186,14 @@ def _user_error(spec_text: str, exc: BaseException) -> str:
     return f"{spec_text}: {detail}\nTraceback of your code:\n" + "".join(lines).rstrip()
 
 
-_OURS = (str(Path(__file__).resolve().parent), "<frozen importlib")
+# Resolved: the editable install reaches this package through a symlink (.dev/threadkeeper).
+_OURS = Path(__file__).resolve().parent
 
 
 def _is_ours(filename: str) -> bool:
-    return filename.startswith(_OURS) or "importlib" in Path(filename).parts
+    if filename.startswith("<frozen importlib") or "importlib" in Path(filename).parts:
+        return True
+    return Path(filename).resolve().is_relative_to(_OURS)
 
 
 async def check_factories(deployment: Deployment, graphs: Mapping[str, LoadedGraph]) -> None:

@@ -21,10 +21,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from service import jsonbody
-from service.problems import Problem, invalid
-from service.query import QueryParam
-from service.services import Services
+from threadkeeper.service import jsonbody
+from threadkeeper.service.problems import Problem, invalid
+from threadkeeper.service.query import QueryParam
+from threadkeeper.service.services import Services
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 Endpoint = Callable[[Request], Awaitable[Response]]

@@ -11,7 +11,7 @@ import math
 import re
 from typing import Any
 
-from service.problems import Problem
+from threadkeeper.service.problems import Problem
 
 # Deeper than any real message or metadata; far below where recursive encoders give up.
 MAX_DEPTH = 100

@@ -14,9 +14,9 @@ from uuid import UUID
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from service import events, runs, threads
-from service.db import Pool
-from service.domain import ACTIVE_RUN_STATUSES, CancelAction, RunStatus, ThreadStatus
+from threadkeeper.service import events, runs, threads
+from threadkeeper.service.db import Pool
+from threadkeeper.service.domain import ACTIVE_RUN_STATUSES, CancelAction, RunStatus, ThreadStatus
 
 
 async def unfinished(conn: AsyncConnection[DictRow], thread_id: UUID) -> list[DictRow]:

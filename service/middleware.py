@@ -9,8 +9,8 @@ import structlog
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.metrics import Metrics
-from service.problems import Problem, problem_response
+from threadkeeper.service.metrics import Metrics
+from threadkeeper.service.problems import Problem, problem_response
 
 log = structlog.get_logger("service.access")
 

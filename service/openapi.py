@@ -9,10 +9,10 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.routing import BaseRoute, Route
 
-from service.agent.graph import GRAPH_ID
-from service.catalog import ASSISTANT_ID
-from service.http import Declared, declared
-from service.problems import PROBLEM_MEDIA_TYPE
+from threadkeeper.service.agent.graph import GRAPH_ID
+from threadkeeper.service.catalog import ASSISTANT_ID
+from threadkeeper.service.http import Declared, declared
+from threadkeeper.service.problems import PROBLEM_MEDIA_TYPE
 
 UUID_SCHEMA: dict[str, Any] = {"type": "string", "format": "uuid"}
 # Path parameters by name; ``uuid_param`` refuses anything else for these with a 422.

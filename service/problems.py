@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
-from service import errors
+from threadkeeper.service import errors
 
 PROBLEM_TYPE_BASE = "https://threadkeeper.dev/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"

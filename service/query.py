@@ -15,7 +15,7 @@ from uuid import UUID
 
 from starlette.requests import Request
 
-from service.problems import Problem
+from threadkeeper.service.problems import Problem
 
 T = TypeVar("T")
 TRUE, FALSE = ("1", "true", "yes"), ("0", "false", "no", "")

@@ -19,14 +19,14 @@ from psycopg import AsyncConnection, AsyncRawCursor
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
-from service.db import numbered
-from service.domain import CancelAction, MultitaskStrategy, RunStatus, ThreadStatus
-from service.events import ENDING_CTE
-from service.lease import busy_sql, live_lease_sql
-from service.notify import EVENTS_CHANNEL, NOTIFY_SQL, RUNS_CHANNEL
+from threadkeeper.service.db import numbered
+from threadkeeper.service.domain import CancelAction, MultitaskStrategy, RunStatus, ThreadStatus
+from threadkeeper.service.events import ENDING_CTE
+from threadkeeper.service.lease import busy_sql, live_lease_sql
+from threadkeeper.service.notify import EVENTS_CHANNEL, NOTIFY_SQL, RUNS_CHANNEL
 
 if TYPE_CHECKING:
-    from service.checkpointer import Batch
+    from threadkeeper.service.checkpointer import Batch
 
 # LangGraph's (private) name of the input pseudo-task; part of the on-disk format.
 INPUT_TASK = "__input__"

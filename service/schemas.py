@@ -21,8 +21,8 @@ from pydantic import (
     model_validator,
 )
 
-from service.domain import MultitaskStrategy, ThreadStatus
-from service.query import IntParam
+from threadkeeper.service.domain import MultitaskStrategy, ThreadStatus
+from threadkeeper.service.query import IntParam
 
 
 def _choice(values: type[StrEnum]) -> Any:

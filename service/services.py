@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from service.auth import Authenticator
-from service.db import Pool
-from service.executor import Executor
-from service.metrics import Metrics
-from service.notify import Hub
-from service.settings import Settings
-from service.worker import Worker
+from threadkeeper.service.auth import Authenticator
+from threadkeeper.service.db import Pool
+from threadkeeper.service.executor import Executor
+from threadkeeper.service.metrics import Metrics
+from threadkeeper.service.notify import Hub
+from threadkeeper.service.settings import Settings
+from threadkeeper.service.worker import Worker
 
 
 @dataclass

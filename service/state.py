@@ -13,11 +13,11 @@ from uuid import UUID
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import StateSnapshot
 
-from service.errors import NotFound
-from service.executor import thread_config
+from threadkeeper.service.errors import NotFound
+from threadkeeper.service.executor import thread_config
 
 if TYPE_CHECKING:
-    from service.services import Services
+    from threadkeeper.service.services import Services
 
 
 async def at(svc: Services, config: RunnableConfig, *, subgraphs: bool = False) -> StateSnapshot:

@@ -16,25 +16,25 @@ import structlog
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from service import lifecycle, runs, state, threads
-from service.catalog import resolve_assistant
-from service.domain import (
+from threadkeeper.service import lifecycle, runs, state, threads
+from threadkeeper.service.catalog import resolve_assistant
+from threadkeeper.service.domain import (
     ACTIVE_RUN_STATUSES,
     CancelAction,
     MultitaskStrategy,
     RunStatus,
 )
-from service.errors import InvalidInput, NotFound, StatePruned, ThreadBusy
-from service.executor import (
+from threadkeeper.service.errors import InvalidInput, NotFound, StatePruned, ThreadBusy
+from threadkeeper.service.executor import (
     STREAM_MODES,
     WAIT_ONLY,
     Attempt,
     RunOutcome,
     thread_config,
 )
-from service.notify import run_key
-from service.schemas import RunCreate
-from service.services import Services
+from threadkeeper.service.notify import run_key
+from threadkeeper.service.schemas import RunCreate
+from threadkeeper.service.services import Services
 
 log = structlog.get_logger(__name__)
 

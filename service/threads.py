@@ -13,7 +13,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-from service.lease import busy_sql
+from threadkeeper.service.lease import busy_sql
 
 SortBy = Literal["created_at", "updated_at", "last_message_at", "thread_id"]
 SortOrder = Literal["asc", "desc"]

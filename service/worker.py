@@ -18,11 +18,11 @@ import psycopg
 import structlog
 from psycopg.rows import DictRow
 
-from service import events, lifecycle, runs
-from service.db import Pool
-from service.domain import CancelAction, RunStatus
-from service.executor import Attempt, Executor
-from service.notify import ANY_RUN, Hub
+from threadkeeper.service import events, lifecycle, runs
+from threadkeeper.service.db import Pool
+from threadkeeper.service.domain import CancelAction, RunStatus
+from threadkeeper.service.executor import Attempt, Executor
+from threadkeeper.service.notify import ANY_RUN, Hub
 
 log = structlog.get_logger(__name__)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from service.db import Pool, make_pool
-from service.settings import Settings
 from tests.support import postgres
+from threadkeeper.service.db import Pool, make_pool
+from threadkeeper.service.settings import Settings
 
 pytest_plugins = ["tests.support.fixtures", "tests.cluster.pytest_plugin"]
 

@@ -17,8 +17,8 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode
 
-from service.agent.tools import TOOLS
-from service.compat import messages_delta_reducer
+from threadkeeper.service.agent.tools import TOOLS
+from threadkeeper.service.compat import messages_delta_reducer
 
 GRAPH_ID = "agent"
 SNAPSHOT_FREQUENCY = 100

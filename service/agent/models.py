@@ -6,7 +6,7 @@ import importlib
 
 from langchain_core.language_models import BaseChatModel
 
-from service.agent.offline import OfflineChatModel
+from threadkeeper.service.agent.offline import OfflineChatModel
 
 
 class ModelConfigError(ValueError):

@@ -6,9 +6,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import serialize
-from service.catalog import assistant, resolve_assistant
-from service.http import owner
+from threadkeeper.service import serialize
+from threadkeeper.service.catalog import assistant, resolve_assistant
+from threadkeeper.service.http import owner
 
 
 async def search_assistants(request: Request) -> Response:

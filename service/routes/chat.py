@@ -10,13 +10,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import serialize, threads
-from service.agent.graph import GRAPH_ID
-from service.domain import MultitaskStrategy
-from service.http import accepts, owner, services, until_closing
-from service.problems import Problem
-from service.schemas import Chat, RunCreate
-from service.submit import result_of, submit
+from threadkeeper.service import serialize, threads
+from threadkeeper.service.agent.graph import GRAPH_ID
+from threadkeeper.service.domain import MultitaskStrategy
+from threadkeeper.service.http import accepts, owner, services, until_closing
+from threadkeeper.service.problems import Problem
+from threadkeeper.service.schemas import Chat, RunCreate
+from threadkeeper.service.submit import result_of, submit
 
 
 def _is_ai(message: object) -> bool:

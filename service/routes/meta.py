@@ -11,9 +11,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from service.http import MEDIA_JSON, responds, services
-from service.migrations import schema_is_current
-from service.openapi import openapi_document
+from threadkeeper.service.http import MEDIA_JSON, responds, services
+from threadkeeper.service.migrations import schema_is_current
+from threadkeeper.service.openapi import openapi_document
 
 
 async def ok(request: Request) -> Response:

@@ -15,9 +15,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Scope
 
-from service import events, lifecycle, runs, serialize, threads
-from service.domain import ACTIVE_RUN_STATUSES, CancelAction, RunStatus
-from service.http import (
+from threadkeeper.service import events, lifecycle, runs, serialize, threads
+from threadkeeper.service.domain import ACTIVE_RUN_STATUSES, CancelAction, RunStatus
+from threadkeeper.service.http import (
     MEDIA_JSON,
     MEDIA_SSE,
     accepts,
@@ -28,12 +28,12 @@ from service.http import (
     until_closing,
     uuid_param,
 )
-from service.middleware import cut
-from service.problems import Problem, not_found
-from service.query import ChoiceParam, FlagParam, TextParam
-from service.schemas import LIMIT, OFFSET, CancelMany, RunCreate
-from service.services import Services
-from service.submit import result_of, submit, wait_for_end
+from threadkeeper.service.middleware import cut
+from threadkeeper.service.problems import Problem, not_found
+from threadkeeper.service.query import ChoiceParam, FlagParam, TextParam
+from threadkeeper.service.schemas import LIMIT, OFFSET, CancelMany, RunCreate
+from threadkeeper.service.services import Services
+from threadkeeper.service.submit import result_of, submit, wait_for_end
 
 HEARTBEAT_SECONDS = 5.0
 KEEPALIVE_SECONDS = 5.0

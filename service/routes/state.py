@@ -10,13 +10,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import lifecycle, serialize, state, threads
-from service.errors import ThreadBusy
-from service.executor import thread_config
-from service.http import accepts, owner, queries, services, uuid_param
-from service.problems import Problem, not_found
-from service.query import FlagParam, UuidParam
-from service.schemas import (
+from threadkeeper.service import lifecycle, serialize, state, threads
+from threadkeeper.service.errors import ThreadBusy
+from threadkeeper.service.executor import thread_config
+from threadkeeper.service.http import accepts, owner, queries, services, uuid_param
+from threadkeeper.service.problems import Problem, not_found
+from threadkeeper.service.query import FlagParam, UuidParam
+from threadkeeper.service.schemas import (
     LIMIT,
     CheckpointConfig,
     HistoryQuery,

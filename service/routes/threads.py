@@ -8,10 +8,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import lifecycle, serialize, state, threads
-from service.http import MEDIA_JSON, accepts, owner, responds, services, uuid_param
-from service.problems import Problem, not_found
-from service.schemas import ThreadCount, ThreadCreate, ThreadPatch, ThreadSearch
+from threadkeeper.service import lifecycle, serialize, state, threads
+from threadkeeper.service.http import MEDIA_JSON, accepts, owner, responds, services, uuid_param
+from threadkeeper.service.problems import Problem, not_found
+from threadkeeper.service.schemas import ThreadCount, ThreadCreate, ThreadPatch, ThreadSearch
 
 
 @accepts(ThreadCreate)

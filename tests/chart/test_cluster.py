@@ -524,7 +524,7 @@ def test_the_reaper_prunes_as_the_charts_service_account(
     env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "POD_NAMESPACE")}
     with log_path.open("wb") as log:
         reaper = subprocess.Popen(
-            [sys.executable, "-m", "reaper.cli", "run", "--namespace", namespace,
+            [sys.executable, "-m", "threadkeeper.reaper.cli", "run", "--namespace", namespace,
              "--kubeconfig", str(kubeconfig), "--metrics-port", "0", "--liveness-port", "0",
              "--tick-interval", "0.5"],
             stdout=log, stderr=subprocess.STDOUT, env=env,

@@ -16,7 +16,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
-from service import deployment, graphs
+from threadkeeper.service import deployment, graphs
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "refund-agent"
 

@@ -44,11 +44,11 @@ from contextlib import ExitStack
 
 from langgraph.checkpoint.memory import InMemorySaver
 
-from service.agent.graph import build_graph
-from service.agent.offline import OfflineChatModel
 from tests.perf import bench_write_path as write_path
 from tests.perf import clients, cpu, servers
 from tests.perf.harness import Bench, Row, alone, compare, interleave
+from threadkeeper.service.agent.graph import build_graph
+from threadkeeper.service.agent.offline import OfflineChatModel
 
 NAME = "3. 100 conversations, 200 ms model"
 LATENCY_MS = 200

@@ -27,11 +27,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from reaper import stats
-from reaper.db import connect
-from reaper.metrics import ReaperMetrics
 from tests.perf.harness import Bench, Row, alone, compare, interleave
 from tests.perf.seed import Seeded, seeded_database
+from threadkeeper.reaper import stats
+from threadkeeper.reaper.db import connect
+from threadkeeper.reaper.metrics import ReaperMetrics
 
 NAME = "7. metrics cost"
 

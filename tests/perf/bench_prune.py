@@ -275,8 +275,8 @@ def _worker() -> int:
     import io
     from contextlib import redirect_stdout
 
-    import reaper.engine  # noqa: F401  (what the CLI imports on each run)
-    from reaper import cli
+    import threadkeeper.reaper.engine  # noqa: F401  (what the CLI imports on each run)
+    from threadkeeper.reaper import cli
 
     out = sys.stdout
     out.write("ready\n")

@@ -45,15 +45,15 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.graph.state import CompiledStateGraph
 
-from service import runs, threads
-from service.agent.graph import build_graph
-from service.agent.offline import OfflineChatModel
-from service.checkpointer import Fence, FencedPostgresSaver, history_channels
-from service.db import Pool, make_pool
-from service.settings import Settings
 from tests.perf import clients
 from tests.perf.harness import Bench, Row, compare, interleave
 from tests.support.runs import new_run
+from threadkeeper.service import runs, threads
+from threadkeeper.service.agent.graph import build_graph
+from threadkeeper.service.agent.offline import OfflineChatModel
+from threadkeeper.service.checkpointer import Fence, FencedPostgresSaver, history_channels
+from threadkeeper.service.db import Pool, make_pool
+from threadkeeper.service.settings import Settings
 
 NAME = "2. checkpoint write path, in-process"
 REPLICA = "bench-write-path"

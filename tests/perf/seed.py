@@ -35,11 +35,11 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg import AsyncConnection, sql
 from psycopg.rows import DictRow
 
-from service.agent.graph import GRAPH_ID, build_graph
-from service.agent.offline import OfflineChatModel
-from service.db import connect
 from tests.perf.harness import Bench
 from tests.support import postgres
+from threadkeeper.service.agent.graph import GRAPH_ID, build_graph
+from threadkeeper.service.agent.offline import OfflineChatModel
+from threadkeeper.service.db import connect
 
 log = structlog.get_logger("bench.seed")
 

@@ -11,11 +11,11 @@ from langgraph.graph.state import CompiledStateGraph
 from psycopg import AsyncConnection, conninfo
 from psycopg.rows import DictRow
 
-from reaper.db import connect
-from service.agent.graph import build_graph
-from service.agent.offline import OfflineChatModel
-from service.checkpointer import FencedPostgresSaver
-from service.db import Pool
+from threadkeeper.reaper.db import connect
+from threadkeeper.service.agent.graph import build_graph
+from threadkeeper.service.agent.offline import OfflineChatModel
+from threadkeeper.service.checkpointer import FencedPostgresSaver
+from threadkeeper.service.db import Pool
 
 
 @pytest.fixture

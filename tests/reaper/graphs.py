@@ -18,10 +18,10 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import _messages_delta_reducer
 from langgraph.graph.state import CompiledStateGraph
 
-from service.agent.graph import build_graph
-from service.agent.offline import OfflineChatModel
-from service.checkpointer import FencedPostgresSaver
-from service.db import Pool
+from threadkeeper.service.agent.graph import build_graph
+from threadkeeper.service.agent.offline import OfflineChatModel
+from threadkeeper.service.checkpointer import FencedPostgresSaver
+from threadkeeper.service.db import Pool
 
 
 class ParentState(TypedDict):

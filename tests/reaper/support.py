@@ -17,7 +17,7 @@ from langgraph.graph.state import CompiledStateGraph
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from reaper.policy import API_VERSION, KIND, RetentionPolicy, parse_policy
+from threadkeeper.reaper.policy import API_VERSION, KIND, RetentionPolicy, parse_policy
 
 OWNER = "reaper-test"
 

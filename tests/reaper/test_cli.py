@@ -35,7 +35,7 @@ class Result:
 
 
 async def reaper(*args: str, env: dict[str, str] | None = None, script: bool = False) -> Result:
-    command = [str(SCRIPT)] if script else [sys.executable, "-m", "reaper.cli"]
+    command = [str(SCRIPT)] if script else [sys.executable, "-m", "threadkeeper.reaper.cli"]
     base = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     proc = await asyncio.create_subprocess_exec(
         *command,

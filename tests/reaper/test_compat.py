@@ -15,12 +15,12 @@ import kubernetes.client
 import pytest
 from prometheus_client import CollectorRegistry
 
-from reaper import compat
-from reaper.context import OperatorContext
-from reaper.handlers import build_registry
-from reaper.kube import SecretReader
-from reaper.metrics import ReaperMetrics
-from reaper.probe import Heartbeat
+from threadkeeper.reaper import compat
+from threadkeeper.reaper.context import OperatorContext
+from threadkeeper.reaper.handlers import build_registry
+from threadkeeper.reaper.kube import SecretReader
+from threadkeeper.reaper.metrics import ReaperMetrics
+from threadkeeper.reaper.probe import Heartbeat
 
 RESOURCE = ("threadkeeper.dev", "v1alpha1", "retentionpolicies")
 

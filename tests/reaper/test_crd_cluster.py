@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
-from reaper.durations import MAX_COUNT
-from reaper.policy import PolicyError, parse_policy
-from reaper.summary import Outcome, PruneSummary, ThreadsDeleted
 from tests.cluster.controlplane import Cluster
 from tests.reaper.support import policy_document
+from threadkeeper.reaper.durations import MAX_COUNT
+from threadkeeper.reaper.policy import PolicyError, parse_policy
+from threadkeeper.reaper.summary import Outcome, PruneSummary, ThreadsDeleted
 
 pytestmark = pytest.mark.cluster
 

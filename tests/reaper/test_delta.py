@@ -9,12 +9,12 @@ from langchain_core.runnables import RunnableConfig
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from reaper.delta import DEFAULT_REDUCERS
-from reaper.engine import prune
-from service.checkpointer import FencedPostgresSaver
-from service.db import Pool
 from tests.reaper.graphs import compiled, concat
 from tests.reaper.support import add_thread, capture, chat, policy
+from threadkeeper.reaper.delta import DEFAULT_REDUCERS
+from threadkeeper.reaper.engine import prune
+from threadkeeper.service.checkpointer import FencedPostgresSaver
+from threadkeeper.service.db import Pool
 
 SNAPSHOTS_SQL = """
 SELECT count(*) AS n FROM checkpoints

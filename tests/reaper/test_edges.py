@@ -10,9 +10,6 @@ from langgraph.graph.state import CompiledStateGraph
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from reaper.db import connect
-from reaper.engine import prune
-from reaper.summary import Outcome
 from tests.reaper.support import (
     add_thread,
     chat,
@@ -21,6 +18,9 @@ from tests.reaper.support import (
     policy,
     rows_of,
 )
+from threadkeeper.reaper.db import connect
+from threadkeeper.reaper.engine import prune
+from threadkeeper.reaper.summary import Outcome
 
 DAY = timedelta(days=1)
 # A clock whose 100-year cutoff lies before the UUID epoch (1582-10-15): the cutoff id would

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reaper.history import choose
+from threadkeeper.reaper.history import choose
 
 
 def row(

@@ -33,12 +33,12 @@ from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, RbacAuthor
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
-from reaper import schedule, status
-from reaper.kube import Connection
-from reaper.operator import run_operator
-from reaper.probe import Heartbeat, OperatorStalled
 from tests.cluster.controlplane import Cluster
 from tests.reaper.support import INSERT_THREAD_SQL, OWNER
+from threadkeeper.reaper import schedule, status
+from threadkeeper.reaper.kube import Connection
+from threadkeeper.reaper.operator import run_operator
+from threadkeeper.reaper.probe import Heartbeat, OperatorStalled
 
 ROOT = Path(__file__).parents[2]
 CRD = ROOT / "deploy" / "crds" / "retentionpolicies.threadkeeper.dev.yaml"
@@ -262,7 +262,7 @@ def start_operator(kube: Cluster, tmp_path: Path) -> Iterator[Callable[[Namespac
                 [
                     sys.executable,
                     "-m",
-                    "reaper.cli",
+                    "threadkeeper.reaper.cli",
                     "run",
                     "--namespace",
                     ns.name,

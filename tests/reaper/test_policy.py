@@ -20,7 +20,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from reaper.durations import (
+from tests.reaper.support import policy_document
+from threadkeeper.reaper.durations import (
     DURATION_PATTERN,
     MAX_COUNT,
     MAX_DURATION,
@@ -28,8 +29,8 @@ from reaper.durations import (
     format_duration,
     parse_duration,
 )
-from reaper.ids import cutoff_id, id_time
-from reaper.policy import (
+from threadkeeper.reaper.ids import cutoff_id, id_time
+from threadkeeper.reaper.policy import (
     PLURAL,
     PolicyError,
     RetentionPolicy,
@@ -37,7 +38,6 @@ from reaper.policy import (
     load_policy,
     parse_policy,
 )
-from tests.reaper.support import policy_document
 
 CRD_PATH = Path(__file__).parents[2] / "deploy" / "crds" / "retentionpolicies.threadkeeper.dev.yaml"
 
@@ -357,7 +357,7 @@ def test_manifests_the_model_accepts_pass_the_crd_schema() -> None:
 
 
 def test_summary_fills_the_crd_last_run() -> None:
-    from reaper.summary import Outcome, PruneSummary, ThreadsDeleted
+    from threadkeeper.reaper.summary import Outcome, PruneSummary, ThreadsDeleted
 
     summary = PruneSummary(
         policy="p",

@@ -24,11 +24,11 @@ from langgraph.graph.state import CompiledStateGraph
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from reaper.durations import MAX_COUNT, UNIT_SECONDS
-from reaper.engine import prune
-from reaper.ids import id_time
-from reaper.policy import PolicyError, RetentionPolicy, parse_policy
 from tests.reaper.support import add_thread, chat, policy_document
+from threadkeeper.reaper.durations import MAX_COUNT, UNIT_SECONDS
+from threadkeeper.reaper.engine import prune
+from threadkeeper.reaper.ids import id_time
+from threadkeeper.reaper.policy import PolicyError, RetentionPolicy, parse_policy
 
 TABLES = ("threads", "runs", "checkpoints", "checkpoint_blobs", "checkpoint_writes")
 ORPHAN = "0b5a3c6e-1d2f-4e5a-9b8c-7d6e5f4a3b2c"

@@ -17,12 +17,12 @@ from langchain_core.messages import HumanMessage
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from reaper.candidates import history_pages
-from reaper.engine import prune
-from reaper.ids import cutoff_id, id_time
-from service.db import Pool
 from tests.reaper.graphs import LAST_NODE, compiled
 from tests.reaper.support import add_thread, capture, chat, checkpoint_ids, policy
+from threadkeeper.reaper.candidates import history_pages
+from threadkeeper.reaper.engine import prune
+from threadkeeper.reaper.ids import cutoff_id, id_time
+from threadkeeper.service.db import Pool
 
 TEXTS = ["hello", "what is 2+3", "what time is it", "compute 6*7 and the time", "bye"]
 

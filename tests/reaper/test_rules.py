@@ -8,10 +8,6 @@ from langgraph.graph.state import CompiledStateGraph
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from reaper.engine import prune
-from reaper.ids import id_time
-from reaper.summary import Outcome
-from service.db import Pool
 from tests.reaper.graphs import compiled
 from tests.reaper.support import (
     add_run,
@@ -22,6 +18,10 @@ from tests.reaper.support import (
     policy,
     rows_of,
 )
+from threadkeeper.reaper.engine import prune
+from threadkeeper.reaper.ids import id_time
+from threadkeeper.reaper.summary import Outcome
+from threadkeeper.service.db import Pool
 
 DAY = timedelta(days=1)
 GONE = {"checkpoints": 0, "blobs": 0, "writes": 0, "runs": 0, "threads": 0}

@@ -19,11 +19,6 @@ from langgraph.graph.state import CompiledStateGraph
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from reaper.db import connect
-from reaper.engine import ADVISORY_LOCK_KEY, prune
-from reaper.summary import Outcome, ResumeCursor
-from service import threads as service_threads
-from service.db import Pool
 from tests.reaper.graphs import compiled
 from tests.reaper.support import (
     OWNER,
@@ -41,6 +36,11 @@ from tests.reaper.support import (
     session_alive,
     waiting_reaper,
 )
+from threadkeeper.reaper.db import connect
+from threadkeeper.reaper.engine import ADVISORY_LOCK_KEY, prune
+from threadkeeper.reaper.summary import Outcome, ResumeCursor
+from threadkeeper.service import threads as service_threads
+from threadkeeper.service.db import Pool
 
 DAY = timedelta(days=1)
 MINUTE = timedelta(minutes=1)
@@ -191,7 +191,7 @@ def _start_cli_prune(tmp_path: Path, database_url: str, **spec: object) -> subpr
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump(policy_document(**spec)))
     return subprocess.Popen(
-        [sys.executable, "-m", "reaper.cli", "prune", "--policy", str(path)],
+        [sys.executable, "-m", "threadkeeper.reaper.cli", "prune", "--policy", str(path)],
         env={**os.environ, "DATABASE_URL": database_url},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -12,12 +12,12 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-import reaper
-from reaper import candidates, deletion, delta, engine, guard, history, stats
-from reaper.engine import prune
-from reaper.metrics import ReaperMetrics
-from reaper.summary import Outcome, PruneSummary, ThreadsDeleted
+import threadkeeper.reaper
 from tests.reaper.support import add_thread, chat, policy
+from threadkeeper.reaper import candidates, deletion, delta, engine, guard, history, stats
+from threadkeeper.reaper.engine import prune
+from threadkeeper.reaper.metrics import ReaperMetrics
+from threadkeeper.reaper.summary import Outcome, PruneSummary, ThreadsDeleted
 
 DAY = timedelta(days=1)
 
@@ -86,7 +86,7 @@ def test_no_unbounded_count_in_the_reaper() -> None:
 
 
 def test_reaper_never_imports_the_service() -> None:
-    package = inspect.getfile(reaper).rsplit("/", 1)[0]
+    package = inspect.getfile(threadkeeper.reaper).rsplit("/", 1)[0]
     import pathlib
 
     for path in pathlib.Path(package).glob("*.py"):

@@ -10,9 +10,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from service.app import create_app
-from service.settings import Settings
 from tests.support.fixtures import app_client
+from threadkeeper.service.app import create_app
+from threadkeeper.service.settings import Settings
 
 HELLO = {"messages": [{"role": "user", "content": "hello from alice"}]}
 

@@ -20,12 +20,12 @@ from langgraph.types import Durability
 from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
 from psycopg_pool import AsyncConnectionPool
 
-from service import checkpoint_load
-from service.agent.graph import build_graph
-from service.agent.offline import OfflineChatModel
-from service.checkpointer import FencedPostgresSaver, history_channels
-from service.db import CONNECTION_KWARGS, Pool
 from tests.reaper.graphs import build_parent
+from threadkeeper.service import checkpoint_load
+from threadkeeper.service.agent.graph import build_graph
+from threadkeeper.service.agent.offline import OfflineChatModel
+from threadkeeper.service.checkpointer import FencedPostgresSaver, history_channels
+from threadkeeper.service.db import CONNECTION_KWARGS, Pool
 
 
 class BorrowCountingPool(AsyncConnectionPool):  # type: ignore[type-arg]

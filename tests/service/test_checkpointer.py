@@ -15,13 +15,13 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
 
-from service import checkpointer
-from service.agent.graph import build_graph
-from service.agent.offline import OfflineChatModel
-from service.checkpointer import Fence, FencedPostgresSaver, LeaseLostError
-from service.db import CONNECTION_KWARGS, Pool, make_pool
-from service.settings import Settings
 from tests.support.statements import Statements
+from threadkeeper.service import checkpointer
+from threadkeeper.service.agent.graph import build_graph
+from threadkeeper.service.agent.offline import OfflineChatModel
+from threadkeeper.service.checkpointer import Fence, FencedPostgresSaver, LeaseLostError
+from threadkeeper.service.db import CONNECTION_KWARGS, Pool, make_pool
+from threadkeeper.service.settings import Settings
 
 HELLO = {"messages": [{"role": "user", "content": "what is 3*3"}]}
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from service.cli import GC_THRESHOLDS, DrainingServer, main, server_config
+from threadkeeper.service.cli import GC_THRESHOLDS, DrainingServer, main, server_config
 
 
 def test_server_outlives_client_keep_alive() -> None:

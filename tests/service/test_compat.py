@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage
 
-from service import compat
+from threadkeeper.service import compat
 
 
 def test_no_private_name_has_drifted() -> None:

@@ -11,9 +11,9 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from service import db
-from service.db import Pool, make_pool
-from service.settings import Settings
+from threadkeeper.service import db
+from threadkeeper.service.db import Pool, make_pool
+from threadkeeper.service.settings import Settings
 
 
 @pytest.fixture

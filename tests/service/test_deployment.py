@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from langchain_core.runnables import RunnableConfig
 
-from service import deployment, graphs
-from service.deployment import DeploymentError
-from service.graphs import GraphKind, GraphLoadError
+from threadkeeper.service import deployment, graphs
+from threadkeeper.service.deployment import DeploymentError
+from threadkeeper.service.graphs import GraphKind, GraphLoadError
 
 GRAPH_MODULE = """
 from typing import TypedDict

@@ -8,8 +8,8 @@ from typing import get_args
 import langgraph_sdk.schema as sdk
 import pytest
 
-from reaper import guard
-from service.domain import (
+from threadkeeper.reaper import guard
+from threadkeeper.service.domain import (
     ACTIVE_RUN_STATUSES,
     ENDED_RUN_STATUSES,
     CancelAction,
@@ -17,7 +17,7 @@ from service.domain import (
     RunStatus,
     ThreadStatus,
 )
-from service.lease import busy_sql
+from threadkeeper.service.lease import busy_sql
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from service import events
-from service.notify import Hub
+from threadkeeper.service import events
+from threadkeeper.service.notify import Hub
 
 
 class _HookedConnection:

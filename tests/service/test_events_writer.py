@@ -9,10 +9,10 @@ import pytest
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from service import events
-from service.db import Pool, connect
-from service.notify import EVENTS_CHANNEL
 from tests.support.runs import running_run
+from threadkeeper.service import events
+from threadkeeper.service.db import Pool, connect
+from threadkeeper.service.notify import EVENTS_CHANNEL
 
 # The backend's own WAL fsyncs (Postgres 18+). The forced flush publishes its pending
 # statistics when the statement ends, so the next read sees them.

@@ -13,11 +13,11 @@ import pytest
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 
-from service import runs
-from service.db import Pool
-from service.executor import LEASE_LOST_ERROR
 from tests.support.runs import claimed
 from tests.support.runs import executor as executor_for
+from threadkeeper.service import runs
+from threadkeeper.service.db import Pool
+from threadkeeper.service.executor import LEASE_LOST_ERROR
 
 REPLICA = "executor-ending-test"
 TAKE_OVER_SQL = "UPDATE runs SET attempt = attempt + 1, lease_holder = 'other' WHERE run_id = %s"

@@ -14,12 +14,12 @@ import pytest
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 
-from service import runs
-from service.db import Pool
-from service.executor import DATABASE_FAILED_ERROR, WAIT_ONLY
-from service.worker import Worker
 from tests.support.runs import claimed
 from tests.support.runs import executor as executor_for
+from threadkeeper.service import runs
+from threadkeeper.service.db import Pool
+from threadkeeper.service.executor import DATABASE_FAILED_ERROR, WAIT_ONLY
+from threadkeeper.service.worker import Worker
 
 REPLICA = "attempt-failures-test"
 

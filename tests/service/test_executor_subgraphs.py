@@ -11,10 +11,10 @@ from typing import Any, TypedDict
 import pytest
 from langgraph.graph import END, START, StateGraph
 
-from service import events
-from service.db import Pool
 from tests.support.runs import claimed
 from tests.support.runs import executor as executor_for
+from threadkeeper.service import events
+from threadkeeper.service.db import Pool
 
 REPLICA = "executor-subgraphs-test"
 

@@ -12,7 +12,7 @@ import sys
 
 SCRIPT = """
 import structlog
-from service.logs import configure_logging
+from threadkeeper.service.logs import configure_logging
 
 configure_logging("json", {level!r})
 log = structlog.get_logger("service.test")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from service.db import connect
-from service.migrations import LATEST_VERSION, migrate, schema_is_current
+from threadkeeper.service.db import connect
+from threadkeeper.service.migrations import LATEST_VERSION, migrate, schema_is_current
 
 
 async def test_migrate_is_idempotent(empty_database_url: str) -> None:

@@ -12,11 +12,11 @@ import psycopg
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 
-from service import checkpointer, events, runs
-from service.checkpointer import Batch, Fence, FencedPostgresSaver
-from service.db import Pool
 from tests.support.runs import running_run
 from tests.support.statements import Statements, naming
+from threadkeeper.service import checkpointer, events, runs
+from threadkeeper.service.checkpointer import Batch, Fence, FencedPostgresSaver
+from threadkeeper.service.db import Pool
 
 
 def _ending(first_seq: int) -> str:

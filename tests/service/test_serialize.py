@@ -13,7 +13,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.types import Interrupt
 
-from service.serialize import db_dumps, dumps, jsonable
+from threadkeeper.service.serialize import db_dumps, dumps, jsonable
 
 
 class Colour(enum.Enum):

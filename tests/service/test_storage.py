@@ -11,10 +11,10 @@ from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
 from langgraph.graph.state import StateGraph
 
-from service.agent.graph import build_graph
-from service.agent.offline import OfflineChatModel
-from service.checkpointer import FencedPostgresSaver
-from service.db import Pool
+from threadkeeper.service.agent.graph import build_graph
+from threadkeeper.service.agent.offline import OfflineChatModel
+from threadkeeper.service.checkpointer import FencedPostgresSaver
+from threadkeeper.service.db import Pool
 
 TURNS = 200
 STOCK_TURNS = 60

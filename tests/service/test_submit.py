@@ -11,9 +11,9 @@ import asyncio
 import uuid
 from uuid import UUID
 
-from service import runs, threads
-from service.db import Pool
 from tests.support import runs as support_runs
+from threadkeeper.service import runs, threads
+from threadkeeper.service.db import Pool
 
 REPLICA = runs.ClaimTerms("fast-path-test", 30.0)
 

@@ -8,13 +8,13 @@ from typing import Any
 import httpx
 import pytest
 
-from service import runs
-from service.executor import LEASE_LOST_ERROR, Attempt, RunOutcome
-from service.http import until_closing
-from service.problems import Problem
-from service.services import Services
-from service.submit import final_body, result_of
 from tests.support.runs import claimed
+from threadkeeper.service import runs
+from threadkeeper.service.executor import LEASE_LOST_ERROR, Attempt, RunOutcome
+from threadkeeper.service.http import until_closing
+from threadkeeper.service.problems import Problem
+from threadkeeper.service.services import Services
+from threadkeeper.service.submit import final_body, result_of
 
 
 def _services(client: httpx.AsyncClient) -> Services:

@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import httpx
 
-from service.app import create_app
-from service.settings import Settings
 from tests.support.fixtures import app_client
+from threadkeeper.service.app import create_app
+from threadkeeper.service.settings import Settings
 
 SLOW = "look up slowly 3"
 

@@ -11,10 +11,10 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from service import checkpointer
-from service.app import create_app
-from service.settings import Settings
 from tests.support.processes import ServiceProcess
+from threadkeeper.service import checkpointer
+from threadkeeper.service.app import create_app
+from threadkeeper.service.settings import Settings
 
 AppFactory = Callable[..., Starlette]
 

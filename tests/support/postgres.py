@@ -46,8 +46,8 @@ def create_template(server_url: str) -> None:
     """Create and migrate the template database every test database is cloned from."""
     import asyncio
 
-    from service.db import connect
-    from service.migrations import migrate
+    from threadkeeper.service.db import connect
+    from threadkeeper.service.migrations import migrate
 
     admin_execute(server_url, f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
     admin_execute(server_url, f"CREATE DATABASE {TEMPLATE_DB}")

@@ -81,7 +81,7 @@ class ServiceProcess:
             "THREADKEEPER_LOG_FORMAT": "json",
             **self.env,
         }
-        args = [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)]
+        args = [sys.executable, "-m", "threadkeeper.service.cli", "serve", "--port", str(self.port)]
         if not migrate:
             args.append("--no-migrate")
         log = self.log_path.open("ab")

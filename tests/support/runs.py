@@ -9,11 +9,11 @@ from uuid import UUID
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from service import runs, threads
-from service.db import Pool
-from service.executor import Executor
-from service.metrics import Metrics
-from service.notify import Hub
+from threadkeeper.service import runs, threads
+from threadkeeper.service.db import Pool
+from threadkeeper.service.executor import Executor
+from threadkeeper.service.metrics import Metrics
+from threadkeeper.service.notify import Hub
 
 
 async def running_run(

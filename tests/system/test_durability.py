@@ -8,7 +8,7 @@ import httpx
 import pytest
 from langgraph.types import Durability
 
-from service.executor import DEFAULT_DURABILITY, run_durability
+from threadkeeper.service.executor import DEFAULT_DURABILITY, run_durability
 
 CONVERSATION = ["hello, remember the word zebra", "what is 6*7", "which word did I give you?"]
 

@@ -19,9 +19,9 @@ import pytest
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
-from service.app import CUT_MARGIN_SECONDS, SHUTDOWN_SECONDS
 from tests.support.balancer import front as balanced
 from tests.support.processes import ServiceProcess
+from threadkeeper.service.app import CUT_MARGIN_SECONDS, SHUTDOWN_SECONDS
 
 pytestmark = pytest.mark.slow
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 import psycopg
 
-from reaper.db import connect
-from reaper.engine import prune
 from tests.reaper.support import policy
+from threadkeeper.reaper.db import connect
+from threadkeeper.reaper.engine import prune
 
 
 def say(text: str) -> dict[str, object]:

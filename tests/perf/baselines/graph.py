@@ -12,8 +12,8 @@ from typing import Any
 from langgraph.graph import MessagesState
 from langgraph.graph.state import StateGraph
 
-from service.agent.graph import build_graph
-from service.agent.offline import OfflineChatModel
+from threadkeeper.service.agent.graph import build_graph
+from threadkeeper.service.agent.offline import OfflineChatModel
 
 
 def stock_graph() -> StateGraph[Any]:

@@ -11,11 +11,11 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.memory import InMemorySaver
 
-from service.agent.graph import build_graph
-from service.agent.offline import OfflineChatModel, compose_reply, plan_tool_calls
-from service.agent.tools import TOOLS, calculator, evaluate
-from service.submit import first_user_text
-from service.threads import TITLE_LIMIT, derive_title
+from threadkeeper.service.agent.graph import build_graph
+from threadkeeper.service.agent.offline import OfflineChatModel, compose_reply, plan_tool_calls
+from threadkeeper.service.agent.tools import TOOLS, calculator, evaluate
+from threadkeeper.service.submit import first_user_text
+from threadkeeper.service.threads import TITLE_LIMIT, derive_title
 
 ALL = {t.name for t in TOOLS}
 

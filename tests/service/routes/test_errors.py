@@ -9,9 +9,9 @@ import httpx
 import pytest
 import structlog.testing
 
-from service.app import create_app
-from service.settings import Settings
 from tests.support.fixtures import app_client
+from threadkeeper.service.app import create_app
+from threadkeeper.service.settings import Settings
 
 PROBLEM = "application/problem+json"
 

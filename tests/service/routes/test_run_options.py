@@ -11,9 +11,9 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 
-from service.db import Pool
 from tests.support.runs import claimed
 from tests.support.runs import executor as executor_for
+from threadkeeper.service.db import Pool
 
 REPLICA = "run-options-test"
 HELLO = {"messages": [{"role": "user", "content": "hi"}]}

@@ -175,7 +175,7 @@ async def test_idempotency_key_makes_retries_safe(client: httpx.AsyncClient) -> 
 
 async def test_events_of_a_run_that_never_executed(client: httpx.AsyncClient) -> None:
     """A queued run cancelled before it started still ends its stream (end event)."""
-    from service import events
+    from threadkeeper.service import events
 
     tid = (await client.post("/threads", json={})).json()["thread_id"]
     slow = (await client.post(f"/threads/{tid}/runs", json=say("look up slowly 30"))).json()
@@ -212,7 +212,7 @@ async def test_a_failing_run_reports_its_error(client: httpx.AsyncClient) -> Non
 async def test_bad_model_configuration_is_a_clear_error() -> None:
     import pytest
 
-    from service.agent.models import ModelConfigError, make_model
+    from threadkeeper.service.agent.models import ModelConfigError, make_model
 
     with pytest.raises(ModelConfigError, match="provider:model"):
         make_model("gpt-4o")

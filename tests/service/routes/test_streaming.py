@@ -8,9 +8,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from service.events import first_seq
 from tests.support.processes import ServiceProcess
 from tests.support.sse import Event, events
+from threadkeeper.service.events import first_seq
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,10 @@ from uuid import UUID
 import httpx
 import pytest
 
-from service import events
-from service.middleware import CUT
-from service.problems import Problem
-from service.routes import runs as runs_routes
+from threadkeeper.service import events
+from threadkeeper.service.middleware import CUT
+from threadkeeper.service.problems import Problem
+from threadkeeper.service.routes import runs as runs_routes
 
 
 async def _body(
