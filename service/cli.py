@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import math
 import socket
 import sys
 from collections.abc import Callable
@@ -17,11 +18,11 @@ from pydantic import ValidationError
 from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 
-from threadkeeper.service.app import SHUTDOWN_SECONDS, begin_drain, create_app, database_url
+from threadkeeper.service.app import begin_drain, create_app, database_url
 from threadkeeper.service.db import connect
 from threadkeeper.service.logs import configure_logging
 from threadkeeper.service.migrations import migrate
-from threadkeeper.service.settings import Settings
+from threadkeeper.service.settings import DEFAULT_SHUTDOWN_SECONDS, Settings
 
 log = structlog.get_logger("service.cli")
 
@@ -77,18 +78,20 @@ def main(argv: list[str] | None = None) -> int:
         log.info("migrate_done", applied=applied)
         return 0
     app = create_app(settings, run_migrations=not args.no_migrate)
-    config = server_config(app, args.host, args.port)
+    config = server_config(app, args.host, args.port, shutdown_seconds=settings.shutdown_seconds)
     DrainingServer(config, on_exit=lambda: begin_drain(app)).run()
     return 0
 
 
-def server_config(app: Starlette, host: str, port: int) -> uvicorn.Config:
+def server_config(
+    app: Starlette, host: str, port: int, *, shutdown_seconds: float = DEFAULT_SHUTDOWN_SECONDS
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         log_config=None,
-        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+        timeout_graceful_shutdown=math.ceil(shutdown_seconds),
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         proxy_headers=True,
     )
