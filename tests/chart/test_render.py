@@ -58,7 +58,13 @@ def test_default_objects(helm: Helm) -> None:
 
 def test_every_switch_renders_its_objects(helm: Helm) -> None:
     docs = helm.render(SCENARIOS["everything"])
-    for kind in ("Ingress", "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule"):
+    for kind in (
+        "Ingress",
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+    ):
         assert any(d["kind"] == kind for d in docs), kind
     deployment = find(docs, "Deployment", SERVICE)
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
@@ -527,6 +533,9 @@ def test_helm_test_pod(helm: Helm) -> None:
         ({**BASE, "retention.interval": "10 minutes"}, "/retention/interval"),
         ({**BASE, "alerts.tableBytesWarning": -1}, "/alerts/tableBytesWarning"),
         ({**BASE, "image.digest": "latest"}, "/image/digest"),
+        ({**BASE, "monitoring.dashboard.label": "not a label"}, "/monitoring/dashboard/label"),
+        ({**BASE, "monitoring.dashboard.labelValue": "a b"}, "/monitoring/dashboard/labelValue"),
+        ({**BASE, "monitoring.dashboard.enable": True}, "'enable' not allowed"),
     ],
 )
 def test_schema_rejects(helm: Helm, values: dict[str, Any], message: str) -> None:
