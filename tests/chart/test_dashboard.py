@@ -240,3 +240,6 @@ def test_each_release_has_its_own_dashboard(helm: Helm) -> None:
     there = json.loads(next(iter(doc["data"].values())))
     assert here["uid"] != there["uid"]
     assert here["title"] != there["title"]
+    # The sidecar writes each dashboard to one directory, named by its data key.
+    keys = {*_configmap(helm, ON)["data"], *doc["data"]}
+    assert keys == {f"threadkeeper-{SERVICE}.json", f"elsewhere-{SERVICE}.json"}
