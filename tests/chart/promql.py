@@ -4,6 +4,10 @@ The names come from the prometheus_client registries the service and the reaper 
 the way the exposition format writes them (a counter `x` is scraped as `x_total`, a histogram as
 `x_bucket`, `x_count`, `x_sum`), so a query naming the family instead of a sample fails.
 
+`scraped_series` is what a scrape of each returns once the code has observed one of everything
+(every run outcome, a 200 and a 500, a prune run, table statistics): the series a query can
+really select, with the label names the code really sets.
+
 `metric_names` reads the metric names out of an expression with a small tokenizer: no PromQL parser
 is packaged for Python, and promtool (which parses) cannot list names. The tokenizer only has to
 tell names from functions, keywords, label matchers and label lists; `promtool check rules` on
@@ -12,15 +16,22 @@ the same expressions proves they parse.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg_pool import AsyncConnectionPool
 
 from threadkeeper.reaper.metrics import ReaperMetrics
+from threadkeeper.reaper.stats import TABLES, DatabaseStats, TableStats
+from threadkeeper.reaper.summary import Outcome, PruneSummary, ThreadsDeleted
+from threadkeeper.service.domain import ENDED_RUN_STATUSES
 from threadkeeper.service.metrics import Metrics
+
+Labels = dict[str, str]
 
 # Sample names of a metric family by its type (OpenMetrics/Prometheus text exposition).
 _SUFFIXES = {
@@ -75,16 +86,87 @@ _KEYWORDS = _LABEL_LISTS | {
 }
 
 
-def _families() -> Iterator[tuple[str, str]]:
+def _service() -> Metrics:
     service = Metrics()
     # Never opened: the collector only reads the pool's statistics and max_size.
     service.watch_pool(AsyncConnectionPool("postgresql://unused", open=False))
     service.watch_in_flight(lambda: 0)
+    return service
+
+
+def _families() -> Iterator[tuple[str, str]]:
     reaper = CollectorRegistry()
     ReaperMetrics(reaper)
-    for registry in (service.registry, reaper):
+    for registry in (_service().registry, reaper):
         for family in registry.collect():
             yield family.name, family.type
+
+
+def _busy_service() -> CollectorRegistry:
+    """The service's registry after a run of every outcome and a 200 and a 500 answer."""
+    service = _service()
+    for status in ENDED_RUN_STATUSES:
+        service.runs.labels(outcome=status.value).inc()
+        service.run_seconds.observe(1.0)
+    for code in ("200", "500"):
+        service.requests.labels(method="POST", route="/threads", status=code).inc()
+        service.request_seconds.labels(method="POST", route="/threads").observe(0.1)
+    service.run_events_unwritten.inc()
+    return service.registry
+
+
+def _busy_reaper(namespace: str, policy: str) -> CollectorRegistry:
+    """The reaper's registry after a prune run that deleted rows and a statistics refresh."""
+    registry = CollectorRegistry()
+    metrics = ReaperMetrics(registry)
+    started = dt.datetime.now(dt.UTC)
+    metrics.policy_seen(namespace=namespace, policy=policy, succeeded_at=started.timestamp())
+    deleted = ThreadsDeleted(idle=1, archived=1, orphan=1)
+    summary = PruneSummary(
+        policy=policy,
+        namespace=namespace,
+        dry_run=False,
+        outcome=Outcome.SUCCEEDED,
+        message="",
+        started_at=started,
+        duration_seconds=2.0,
+        threads_deleted=deleted,
+        checkpoints_deleted=10,
+        blobs_deleted=10,
+        writes_deleted=10,
+        runs_deleted=2,
+        backlog=5,
+    )
+    metrics.observe_run(summary)
+    stats = DatabaseStats(
+        tables={table: TableStats(bytes=2**20, rows_estimate=100) for table in TABLES},
+        threads={"active": 10, "archived": 1, "idle_expired": 1},
+    )
+    metrics.observe_stats(stats, namespace=namespace, policy=policy)
+    return registry
+
+
+def _samples(registry: CollectorRegistry) -> Iterator[tuple[str, Labels]]:
+    text = generate_latest(registry).decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.name.endswith("_created"):
+                yield sample.name, dict(sample.labels)
+
+
+def scraped_series(
+    *, service_target: Labels, reaper_target: Labels, policy: str
+) -> list[tuple[str, Labels]]:
+    """(name, labels) of every series Prometheus stores from one service pod and the reaper.
+
+    The targets are the labels the scrape adds (job, namespace, pod, ...). The reaper's own
+    `namespace` label (the RetentionPolicy's) is kept over the target's, as its ServiceMonitor's
+    `honorLabels` does; here both are the target's namespace.
+    """
+    series = [(name, {**service_target, **labels}) for name, labels in _samples(_busy_service())]
+    reaper = _busy_reaper(reaper_target["namespace"], policy)
+    series += [(name, {**reaper_target, **labels}) for name, labels in _samples(reaper)]
+    return series
 
 
 def exported_metric_names() -> frozenset[str]:

@@ -178,6 +178,71 @@ def test_every_query_parses(helm: Helm, promtool: Path, tmp_path: Path) -> None:
     assert f"SUCCESS: {len(rules)} rules found" in out.stdout
 
 
+def _variable_defaults(dashboard: dict[str, Any]) -> dict[str, str]:
+    """What each variable holds when the dashboard opens (`All` is the variable's allValue)."""
+    defaults = {}
+    for var in dashboard["templating"]["list"]:
+        value = var.get("current", {}).get("value")
+        defaults[var["name"]] = var["allValue"] if value == "$__all" else value
+    return defaults
+
+
+def _series_line(name: str, labels: dict[str, str]) -> str:
+    matchers = ",".join(f"{key}={json.dumps(value)}" for key, value in sorted(labels.items()))
+    return f"{name}{{{matchers}}}"
+
+
+def test_every_query_has_a_result_on_what_the_code_exports(
+    helm: Helm, promtool: Path, tmp_path: Path
+) -> None:
+    """Each query and variable, with the dashboard's default variables, selects series of a scrape.
+
+    The series are what the service's and the reaper's registries expose after observing one
+    of everything, with the labels Prometheus adds to a target (`tests/chart/promql.py`), two
+    hours of them. promtool evaluates each query on them and must find a non-NaN result: a
+    wrong label name or value, job or selector leaves a panel empty and fails here. This is
+    not the live Prometheus of a cluster; it checks the queries against the exporters' series.
+    """
+    dashboard = _dashboard(helm, ON)
+    defaults = _variable_defaults(dashboard)
+    series = promql.scraped_series(
+        service_target={"job": defaults["job"], "namespace": "threadkeeper", "pod": "tk-a"},
+        reaper_target={"job": defaults["reaper"], "namespace": "threadkeeper", "pod": "tk-r"},
+        policy=SERVICE,
+    )
+    values = "1+1x120"  # rising: counters increase, gauges have a slope to extrapolate
+    cases = []
+    for _, expr in _queries(dashboard):
+        query = VARIABLE.sub(lambda m: defaults[m[1] or m[2]], GRAFANA_DURATIONS.sub("5m", expr))
+        cases.append(
+            {
+                "expr": f"count(({query}) == ({query})) > bool 0",
+                "eval_time": "2h",
+                "exp_samples": [{"labels": "{}", "value": 1}],
+            }
+        )
+    tests = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": _series_line(name, labels), "values": values}
+                    for name, labels in series
+                ],
+                "promql_expr_test": cases,
+            }
+        ],
+    }
+    path = tmp_path / "dashboard_test.yaml"
+    path.write_text(yaml.safe_dump(tests, sort_keys=False))
+    out = support.run([promtool, "test", "rules", path], check=False)
+    assert out.returncode == 0, f"panels without a result:\n{out.stdout}\n{out.stderr}"
+    variables = [v for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    assert len(cases) == sum(len(p["targets"]) for p in _panels(dashboard)) + len(variables)
+
+
 def test_promtool_check_catches_a_broken_query(promtool: Path, tmp_path: Path) -> None:
     """The check above can fail: an unbalanced query is refused."""
     rule = {"record": "dashboard:query_0", "expr": _as_promql("sum(rate(x[$__rate_interval])")}
