@@ -94,7 +94,7 @@ class _BaseNames:
     uv_version: str
 
 
-def _base_names(dockerfile: Path) -> _BaseNames:
+def base_names(dockerfile: Path) -> _BaseNames:
     text = dockerfile.read_text()
     python = _PYTHON_ARG.search(text)
     uv = _UV_FROM.search(text)
@@ -117,7 +117,7 @@ def find_uv() -> Path:
     return Path(named)
 
 
-def _uv_stage(work: Path, version: str) -> Path:
+def uv_stage(work: Path, version: str) -> Path:
     """A directory with `uv` and `uvx`, as the uv image has them at its root."""
     uv = find_uv()
     uvx = uv.with_name("uvx")
@@ -257,7 +257,7 @@ def _buildkitd_ready(tools: ImageToolBinaries, socket: Path) -> bool:
 
 
 def _build_args(
-    root: Path, names: _BaseNames, layout: tuple[Path, str], uv_stage: Path, dest: Path, key: str
+    root: Path, names: _BaseNames, layout: tuple[Path, str], uv_dir: Path, dest: Path, key: str
 ) -> list[str]:
     layout_dir, manifest = layout
     names_opt = f"name={APP_IMAGE},{ImageRef(APP_REPOSITORY, key)}"
@@ -270,7 +270,7 @@ def _build_args(
         "--opt=cmdline=dockerfile.v0",
         f"--oci-layout=python-base={layout_dir}",
         f"--opt=context:{names.python}=oci-layout://python-base@{manifest}",
-        f"--local=uv-stage={uv_stage}",
+        f"--local=uv-stage={uv_dir}",
         f"--opt=context:{names.uv}=local:uv-stage",
         # The names hold a comma: quoted, as buildctl's CSV syntax wants.
         f'--output=type=oci,dest={dest},"{names_opt}"',
@@ -294,7 +294,7 @@ def app_image(
     root: Path = PROJECT_ROOT,
 ) -> AppImage:
     """The image of the tree at `root`, built now if its inputs changed (needs root)."""
-    names = _base_names(root / "Dockerfile")
+    names = base_names(root / "Dockerfile")
     key = image_key(root, base_archive, find_uv())
     final = _archive_path(key)
     with locked(cache_root() / ".app-image.lock", progress):
@@ -305,10 +305,10 @@ def app_image(
         with tempfile.TemporaryDirectory(prefix=".app-image-", dir=cache_root()) as tmp:
             work = Path(tmp)
             layout = _base_layout(base_archive, work)
-            uv_stage = _uv_stage(work, names.uv_version)
+            uv_dir = uv_stage(work, names.uv_version)
             partial = work / "image.tar"
             log = cache_root() / "app-image.log"
-            args = _build_args(root, names, layout, uv_stage, partial, key)
+            args = _build_args(root, names, layout, uv_dir, partial, key)
             with _buildkitd(tools, node["runc"], work, progress) as socket, log.open("w") as out:
                 result = subprocess.run(
                     _buildctl(tools, socket, *args),
