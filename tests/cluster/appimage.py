@@ -201,6 +201,26 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+# Made on the host by buildkitd or the runc it calls, wherever their roots are set.
+_RUNTIME_DIRS = (Path("/run/buildkit"), Path("/run/runc"))
+# buildkitd's default cgroup parent for build steps.
+_BUILD_CGROUP = "buildkit"
+
+
+@contextlib.contextmanager
+def _host_left_as_found() -> Iterator[None]:
+    """Remove the runtime directories and cgroups a build created and did not remove."""
+    absent_dirs = [d for d in _RUNTIME_DIRS if not d.exists()]
+    absent_cgroups = host.absent_cgroups(_BUILD_CGROUP)
+    try:
+        yield
+    finally:
+        for directory in absent_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
+        for cgroup in absent_cgroups:
+            host.remove_cgroup_tree(cgroup)
+
+
 @contextlib.contextmanager
 def _buildkitd(
     tools: ImageToolBinaries, runc: Path, work: Path, progress: Progress
@@ -222,6 +242,7 @@ def _buildkitd(
         f"--oci-worker-binary={runc}",
         "--oci-worker-snapshotter=overlayfs",
         "--oci-worker-net=host",
+        f"--otel-socket-path={work / 'otel-grpc.sock'}",
     ]
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -309,7 +330,11 @@ def app_image(
             partial = work / "image.tar"
             log = cache_root() / "app-image.log"
             args = _build_args(root, names, layout, uv_dir, partial, key)
-            with _buildkitd(tools, node["runc"], work, progress) as socket, log.open("w") as out:
+            with (
+                _host_left_as_found(),
+                _buildkitd(tools, node["runc"], work, progress) as socket,
+                log.open("w") as out,
+            ):
                 result = subprocess.run(
                     _buildctl(tools, socket, *args),
                     stdout=out,

@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
+import tarfile
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from langgraph_sdk import get_sync_client
 
+from tests.cluster import appimage, rootfs
 from tests.cluster.appimage import PROJECT_ROOT
+from tests.cluster.build import ImageToolBinaries, NodeBinaries
+from tests.cluster.dockerignore import IGNORE_FILE, admitted_files
 from tests.cluster.image import ImageRef
 from tests.cluster.node import NodeCluster
 from tests.cluster.pgbridge import BridgePostgres
@@ -300,3 +306,41 @@ def test_two_replicas_behind_a_service_hold_one_conversation(
     reply = state["messages"][-1]["content"]
     assert "Turn 2." in reply
     assert first in reply
+
+
+def _host_traces() -> set[str]:
+    """What a build could leave on the host: runtime directories and cgroups."""
+    runtime = {str(p) for p in Path("/run").iterdir()}
+    cgroups = {str(p) for p in Path("/sys/fs/cgroup").glob("*/*") if p.is_dir()}
+    return runtime | cgroups
+
+
+def test_a_changed_tree_is_rebuilt_and_the_build_leaves_the_host_as_found(
+    image_tools: ImageToolBinaries, node_binaries: NodeBinaries, tmp_path: Path
+) -> None:
+    tree = tmp_path / "tree"
+    for path in [PROJECT_ROOT / "Dockerfile", *admitted_files(PROJECT_ROOT)]:
+        copy = tree / path.relative_to(PROJECT_ROOT)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, copy)
+    shutil.copy2(PROJECT_ROOT / IGNORE_FILE, tree / IGNORE_FILE)
+    with (tree / "service" / "__init__.py").open("a") as changed:
+        changed.write("# a change the image must pick up\n")
+    base = rootfs.python_base_archive(lambda _: None)
+    before = _host_traces()
+
+    built = appimage.app_image(image_tools, node_binaries, base, lambda _: None, root=tree)
+
+    try:
+        assert built.key != appimage.image_key(PROJECT_ROOT, base, appimage.find_uv())
+        with tarfile.open(built.archive) as tar:
+            member = tar.extractfile("index.json")
+            assert member is not None
+            names = {
+                m["annotations"]["io.containerd.image.name"]
+                for m in json.loads(member.read())["manifests"]
+            }
+        assert names == {str(ref) for ref in built.refs}
+        assert _host_traces() == before
+    finally:
+        built.archive.unlink(missing_ok=True)
