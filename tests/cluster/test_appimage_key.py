@@ -140,3 +140,10 @@ def test_a_uv_of_another_version_is_refused(
     work.mkdir()
     with pytest.raises(ClusterError, match=r"uv stage is uv 0\.13\.9, but .* is uv 0\.0\.1"):
         appimage.uv_stage(work, "0.13.9")
+
+
+def test_no_uv_says_where_it_is_looked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("UV", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ClusterError, match=r"uv run.*or put uv on PATH"):
+        appimage.find_uv()
