@@ -53,7 +53,7 @@ from tests.cluster.build import (
 )
 from tests.cluster.errors import ClusterError
 from tests.cluster.image import ImageRef
-from tests.cluster.proc import alive, die_with_parent, stop_group
+from tests.cluster.proc import alive, spawn, stop_group
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # The documented name of the current image; `:<key>` names one build exactly.
@@ -244,15 +244,7 @@ def _buildkitd(
         "--oci-worker-net=host",
         f"--otel-socket-path={work / 'otel-grpc.sock'}",
     ]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent(),
-        )
+    proc = spawn(args, log)
     try:
         deadline = time.monotonic() + _READY_SECONDS
         while not _buildkitd_ready(tools, socket):

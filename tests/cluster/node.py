@@ -39,7 +39,7 @@ from tests.cluster.controlplane import ControlPlane
 from tests.cluster.errors import ClusterError
 from tests.cluster.host import HostSnapshot, NodeNetwork
 from tests.cluster.image import ImageRef, busybox_archive
-from tests.cluster.proc import alive, die_with_parent, free_port, start_time, stop_group
+from tests.cluster.proc import alive, free_port, spawn, start_time, stop_group
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -499,17 +499,8 @@ class NodeCluster:
         if extra_path is not None:
             # containerd finds its shim on PATH.
             env["PATH"] = f"{extra_path}{os.pathsep}{env.get('PATH', '')}"
-        with self._path(f"{name}.log").open("ab") as out:
-            proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.state_dir,
-                env=env,
-                start_new_session=True,
-                preexec_fn=None if self.detached else die_with_parent(),
-            )
+        log = self._path(f"{name}.log")
+        proc = spawn(args, log, cwd=self.state_dir, env=env, detached=self.detached)
         self._procs[name] = proc
         self._record()
 

@@ -76,3 +76,22 @@ def run_pod(cluster: NodeCluster, pod: dict[str, Any]) -> str:
 def pod_phase(cluster: NodeCluster, namespace: str, name: str) -> str:
     return kubectl(cluster, "get", "pod", name, "-n", namespace,
                     "-o", "jsonpath={.status.phase}")  # fmt: skip
+
+
+def deployment_manifest(
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    pod_spec: Mapping[str, Any],
+    replicas: int = 1,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": dict(labels)},
+            "template": {"metadata": {"labels": dict(labels)}, "spec": dict(pod_spec)},
+        },
+    }

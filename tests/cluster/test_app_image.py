@@ -30,7 +30,7 @@ from tests.cluster.dockerignore import IGNORE_FILE, admitted_files
 from tests.cluster.image import ImageRef
 from tests.cluster.node import NodeCluster
 from tests.cluster.pgbridge import BridgePostgres
-from tests.cluster.pods import WAIT, WAIT_S, apply, kubectl, run_pod
+from tests.cluster.pods import WAIT, WAIT_S, apply, deployment_manifest, kubectl, run_pod
 
 pytestmark = pytest.mark.node
 
@@ -181,24 +181,18 @@ def _service_manifests(
             "metadata": {"name": "db", "namespace": namespace},
             "stringData": {"url": database_url},
         },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": RELEASE, "namespace": namespace},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "securityContext": pod_security,
-                        "automountServiceAccountToken": False,
-                        "containers": [container],
-                        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
-                    },
-                },
+        deployment_manifest(
+            RELEASE,
+            namespace,
+            labels,
+            {
+                "securityContext": pod_security,
+                "automountServiceAccountToken": False,
+                "containers": [container],
+                "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
             },
-        },
+            replicas=2,
+        ),
         {
             "apiVersion": "v1",
             "kind": "Service",

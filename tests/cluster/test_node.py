@@ -26,6 +26,7 @@ from tests.cluster.node import BUSYBOX_IMAGE, NODE_NAME, NodeCluster, NodePorts,
 from tests.cluster.pods import (
     WAIT,
     apply,
+    deployment_manifest,
     kubectl,
     pod_manifest,
     run_pod,
@@ -143,29 +144,14 @@ def _registry_get(url: str) -> str:
 def _web(namespace: str, token: str) -> list[dict[str, Any]]:
     labels = {"app": "web"}
     script = f"echo {token} > /www/index.html && exec httpd -f -p 8080 -h /www"
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "web", "namespace": namespace},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "web",
-                            "image": str(BUSYBOX_IMAGE),
-                            "command": ["/bin/sh", "-c", script],
-                            "ports": [{"containerPort": 8080}],
-                            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
-                        }
-                    ]
-                },
-            },
-        },
+    container = {
+        "name": "web",
+        "image": str(BUSYBOX_IMAGE),
+        "command": ["/bin/sh", "-c", script],
+        "ports": [{"containerPort": 8080}],
+        "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
     }
+    deployment = deployment_manifest("web", namespace, labels, {"containers": [container]})
     service = {
         "apiVersion": "v1",
         "kind": "Service",
