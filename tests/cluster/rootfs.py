@@ -38,6 +38,8 @@ _APT_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/s
 # runtime mounts /dev).
 _TRIM = ("var/cache/apt/archives", "var/lib/apt/lists", "dev")
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
+# Where the image keeps them, as Debian's update-ca-certificates expects local CAs.
+_IMAGE_CA_DIR = "usr/local/share/ca-certificates"
 _CA_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
 _PYTHON_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -104,7 +106,7 @@ def _trust_host_cas(root: Path) -> None:
     cas = _host_cas()
     if not cas:
         return
-    target = root / HOST_CA_DIR.relative_to("/")
+    target = root / _IMAGE_CA_DIR
     target.mkdir(parents=True, exist_ok=True)
     with (root / _CA_BUNDLE).open("ab") as bundle:
         for ca in cas:
