@@ -181,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument(
         "--node",
         action="store_true",
-        help="also a node: kubelet on containerd+runc, CNI bridge, kube-proxy, CoreDNS (root)",
+        help="also a node (kubelet on containerd+runc, CNI, kube-proxy, CoreDNS, a registry) "
+        "and the project's image, threadkeeper.local/threadkeeper:dev (root)",
     )
     sub.add_parser("down", help="stop the detached control plane and remove its state")
     sub.add_parser("env", help="print export lines for the running detached control plane")
