@@ -8,9 +8,9 @@ What differs from a production `docker build`, and how:
 - **Base images**, replaced by BuildKit's named build contexts (the mechanism behind
   `docker buildx build --build-context NAME=...`): the Dockerfile's default
   `PYTHON_IMAGE` by `oci-layout://` of the Debian-made base (`rootfs.py`), and the `uv`
-  stage's image by `local:` a directory holding this machine's `uv` and `uvx` (the uv
-  wheel's binaries; their version must be the Dockerfile's tag). Both names are read
-  from the Dockerfile.
+  stage's image by `local:` a directory holding `uv` and `uvx` of the Dockerfile's uv
+  version: this machine's (the uv wheel's binaries) when it is that version, else the
+  uv wheel of that version, fetched by uv. Both names are read from the Dockerfile.
 - **The `# syntax=docker/dockerfile:1` line** would make BuildKit fetch that frontend
   image from Docker Hub. BuildKit's built-in `dockerfile.v0` frontend skips the directive
   when the `cmdline` frontend option is set (the option a frontend image is invoked with
@@ -107,7 +107,7 @@ def base_names(dockerfile: Path) -> _BaseNames:
 
 
 def find_uv() -> Path:
-    """The uv binary: `$UV` (set by `uv run`), else `uv` on PATH."""
+    """This machine's uv binary: `$UV` (set by `uv run`), else `uv` on PATH."""
     named = os.environ.get("UV") or shutil.which("uv")
     if named is None or not Path(named).is_file():
         raise ClusterError(
@@ -117,20 +117,50 @@ def find_uv() -> Path:
     return Path(named)
 
 
-def uv_stage(work: Path, version: str) -> Path:
-    """A directory with `uv` and `uvx`, as the uv image has them at its root."""
+def _uv_version(uv: Path) -> str:
+    found = subprocess.run([str(uv), "--version"], capture_output=True, text=True, check=False)
+    words = found.stdout.split()
+    return words[1] if found.returncode == 0 and len(words) > 1 else "unknown"
+
+
+def uv_binary(version: str) -> Path:
+    """uv `version`, with uvx beside it, as the uv image's /uv and /uvx.
+
+    This machine's uv if it is that version; else the `uv` wheel of that version, which
+    the machine's uv fetches from the package index and keeps in its cache.
+    """
     uv = find_uv()
+    if _uv_version(uv) == version and uv.with_name("uvx").is_file():
+        return uv
+    # The wheel's own `bin/uv` (uv.find_uv_bin() may name the interpreter's instead).
+    script = (
+        "import importlib.metadata as m, pathlib; d = m.distribution('uv'); "
+        "print(next(pathlib.Path(d.locate_file(f)).resolve() for f in d.files or () "
+        "if f.name == 'uv' and f.parent.name == 'bin'))"
+    )
+    command = [str(uv), "run", "--no-project", "--quiet", "--with", f"uv=={version}"]
+    fetched = subprocess.run(
+        [*command, "python", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    lines = fetched.stdout.strip().splitlines()
+    wheel_uv = Path(lines[-1]) if fetched.returncode == 0 and lines else None
+    if wheel_uv is None or _uv_version(wheel_uv) != version:
+        raise ClusterError(
+            f"the Dockerfile's uv stage is uv {version}, but {uv} is uv {_uv_version(uv)} and "
+            f"fetching the uv {version} wheel failed: {fetched.stderr.strip()[-500:]}"
+        )
+    return wheel_uv
+
+
+def uv_stage(work: Path, uv: Path) -> Path:
+    """A directory with `uv` and `uvx`, as the uv image has them at its root."""
     uvx = uv.with_name("uvx")
     if not uvx.is_file():
         raise ClusterError(f"no uvx beside {uv}; the uv stage provides both")
-    found = subprocess.run(
-        [str(uv), "--version"], capture_output=True, text=True, check=False
-    ).stdout.split()
-    if found[1:2] != [version]:
-        raise ClusterError(
-            f"the Dockerfile's uv stage is uv {version}, but {uv} is {' '.join(found)}; "
-            f"install that version (`pip install uv=={version}`)"
-        )
     directory = work / "uv-stage"
     directory.mkdir()
     for binary in (uv, uvx):
@@ -178,7 +208,8 @@ def _archive_path(key: str) -> Path:
 
 
 def cached_app_image(base_archive: Path, root: Path = PROJECT_ROOT) -> AppImage | None:
-    key = image_key(root, base_archive, find_uv())
+    uv = uv_binary(base_names(root / "Dockerfile").uv_version)
+    key = image_key(root, base_archive, uv)
     archive = _archive_path(key)
     return AppImage(archive, key) if archive.is_file() else None
 
@@ -308,7 +339,8 @@ def app_image(
 ) -> AppImage:
     """The image of the tree at `root`, built now if its inputs changed (needs root)."""
     names = base_names(root / "Dockerfile")
-    key = image_key(root, base_archive, find_uv())
+    uv = uv_binary(names.uv_version)
+    key = image_key(root, base_archive, uv)
     final = _archive_path(key)
     with locked(cache_root() / ".app-image.lock", progress):
         if final.is_file():
@@ -318,7 +350,7 @@ def app_image(
         with tempfile.TemporaryDirectory(prefix=".app-image-", dir=cache_root()) as tmp:
             work = Path(tmp)
             layout = _base_layout(base_archive, work)
-            uv_dir = uv_stage(work, names.uv_version)
+            uv_dir = uv_stage(work, uv)
             partial = work / "image.tar"
             log = cache_root() / "app-image.log"
             args = _build_args(root, names, layout, uv_dir, partial, key)

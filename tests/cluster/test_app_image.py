@@ -330,7 +330,8 @@ def test_a_changed_tree_is_rebuilt_and_the_build_leaves_the_host_as_found(
     built = appimage.app_image(image_tools, node_binaries, base, lambda _: None, root=tree)
 
     try:
-        assert built.key != appimage.image_key(PROJECT_ROOT, base, appimage.find_uv())
+        uv = appimage.uv_binary(appimage.base_names(tree / "Dockerfile").uv_version)
+        assert built.key != appimage.image_key(PROJECT_ROOT, base, uv)
         with tarfile.open(built.archive) as tar:
             member = tar.extractfile("index.json")
             assert member is not None

@@ -129,17 +129,25 @@ def test_a_dockerfile_without_those_bases_is_refused(tmp_path: Path) -> None:
         appimage.base_names(dockerfile)
 
 
-def test_a_uv_of_another_version_is_refused(
+def test_a_uv_of_another_version_that_cannot_fetch_the_right_one_is_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake = _write(tmp_path / "bin", "uv", "#!/bin/sh\necho uv 0.0.1\n")
+    # A stand-in for an old uv: it reports its version and fails everything else.
+    script = '#!/bin/sh\nif [ "$1" = --version ]; then echo uv 0.0.1; exit 0; fi\nexit 3\n'
+    fake = _write(tmp_path / "bin", "uv", script)
     fake.chmod(0o755)
     _write(tmp_path / "bin", "uvx")
     monkeypatch.setenv("UV", str(fake))
-    work = tmp_path / "work"
-    work.mkdir()
     with pytest.raises(ClusterError, match=r"uv stage is uv 0\.13\.9, but .* is uv 0\.0\.1"):
-        appimage.uv_stage(work, "0.13.9")
+        appimage.uv_binary("0.13.9")
+
+
+def test_this_machines_uv_serves_when_it_is_the_dockerfiles() -> None:
+    version = appimage.base_names(PROJECT_ROOT / "Dockerfile").uv_version
+    uv = appimage.find_uv()
+    if appimage._uv_version(uv) != version:
+        pytest.skip(f"this machine's uv is not the Dockerfile's {version}")
+    assert appimage.uv_binary(version) == uv
 
 
 def test_no_uv_says_where_it_is_looked_for(monkeypatch: pytest.MonkeyPatch) -> None:
