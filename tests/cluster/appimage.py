@@ -207,13 +207,6 @@ def _archive_path(key: str) -> Path:
     return cache_root() / f"app-image_{key}.tar"
 
 
-def cached_app_image(base_archive: Path, root: Path = PROJECT_ROOT) -> AppImage | None:
-    uv = uv_binary(base_names(root / "Dockerfile").uv_version)
-    key = image_key(root, base_archive, uv)
-    archive = _archive_path(key)
-    return AppImage(archive, key) if archive.is_file() else None
-
-
 # --- buildkitd, for the length of a build ---------------------------------------------------
 
 
