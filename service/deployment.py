@@ -114,8 +114,10 @@ class Deployment:
     warnings: tuple[str, ...] = ()
 
 
+# The demo, named by module: nothing of it is relative to a folder (least of all the one the
+# process happens to start in).
 BUILTIN = Deployment(
-    graphs={"agent": "threadkeeper.service.agent.graph:graph"}, base_dir=Path.cwd()
+    graphs={"agent": "threadkeeper.service.agent.graph:graph"}, base_dir=Path(__file__).parent
 )
 
 
