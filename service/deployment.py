@@ -164,7 +164,7 @@ def _read(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise DeploymentError(path, None, f"is not valid JSON: {exc}") from None
     except _DuplicateKey as exc:
-        raise DeploymentError(path, None, f"key {exc} is given twice") from None
+        raise DeploymentError(path, None, f"key {exc.args[0]!r} is given twice") from None
     if not isinstance(document, dict):
         raise DeploymentError(path, None, "must hold a JSON object")
     return document
