@@ -17,7 +17,7 @@ from threadkeeper.service.registry import system_assistant_id
 
 FILES = {
     "service/__init__.py": "",
-    "service/wording.py": "def shout(text):\n    return text.upper() + ' (said the user service)'\n",
+    "service/wording.py": "def shout(text):\n    return text.upper() + ' (said service)'\n",
     "service/graph.py": """
 from typing import TypedDict
 from langgraph.graph import StateGraph, START, END
@@ -90,10 +90,10 @@ async def test_a_project_with_its_own_service_package_is_served(
     for graph_id in ("by_module", "by_file"):
         thread = await client.threads.create()
         result = await client.runs.wait(thread["thread_id"], graph_id, input={"text": "keep me"})
-        assert result == {"text": "keep me", "said": "KEEP ME (said the user service)", "kept": True}
+        assert result == {"text": "keep me", "said": "KEEP ME (said service)", "kept": True}
         # The thread's state is read with the graph its run executed.
         state = await client.threads.get_state(thread["thread_id"])
-        assert state["values"]["said"] == "KEEP ME (said the user service)"
+        assert state["values"]["said"] == "KEEP ME (said service)"
         assert state["metadata"]["graph_id"] == graph_id
 
     # A graph's system assistant is the Agent Server's, and names the graph in a run.
