@@ -162,6 +162,14 @@ def test_service_environment(helm: Helm) -> None:
     assert not any(name.startswith("THREADKEEPER_JWT") for name in env)
     # Unset: the service's own default (which depends on the auth mode).
     assert "THREADKEEPER_MAX_RUNS_PER_OWNER" not in env
+    # Unset: the image's default deployment (./langgraph.json, else the demo).
+    assert "THREADKEEPER_CONFIG" not in env
+
+
+def test_the_users_own_deployment_config(helm: Helm) -> None:
+    docs = helm.render({**BASE, "service.config": "/app/langgraph.json"})
+    env = support.env_of(support.containers(find(docs, "Deployment", SERVICE))[0])
+    assert env["THREADKEEPER_CONFIG"]["value"] == "/app/langgraph.json"
 
 
 def test_per_owner_cap_of_running_runs(helm: Helm) -> None:
@@ -495,6 +503,7 @@ def test_helm_test_pod(helm: Helm) -> None:
         ({**BASE, "retention.interval": "10 minutes"}, "/retention/interval"),
         ({**BASE, "alerts.tableBytesWarning": -1}, "/alerts/tableBytesWarning"),
         ({**BASE, "image.digest": "latest"}, "/image/digest"),
+        ({**BASE, "service.config": 7}, "/service/config"),
     ],
 )
 def test_schema_rejects(helm: Helm, values: dict[str, Any], message: str) -> None:
