@@ -14,6 +14,7 @@ from uuid import UUID
 
 import httpx
 from langchain_core.runnables import RunnableConfig
+from structlog.testing import capture_logs
 
 from tests.support.fixtures import app_client
 from tests.support.runs import claimed
@@ -91,7 +92,11 @@ async def test_resolve_names_a_graph_by_id_or_system_assistant(pool: Pool, tmp_p
 
 
 async def test_a_compiled_graph_is_bound_once_a_factory_per_run(pool: Pool, tmp_path: Path) -> None:
-    served = served_project(tmp_path)
+    with capture_logs() as logs:
+        served = served_project(tmp_path)
+    # Start-up says the graph's own checkpointer is not the one that keeps its threads.
+    (warned,) = [e for e in logs if e["event"] == "graph_persistence_replaced"]
+    assert (warned["graph_id"], warned["replaced"]) == ("counting", ["checkpointer"])
     registry = Registry(served.graphs, pool)
     config = RunnableConfig(configurable={"thread_id": "t"})
     first = await registry.bind("counting", config)
