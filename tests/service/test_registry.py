@@ -71,6 +71,11 @@ def factory_calls(served: Served) -> list[RunnableConfig]:
     return seen
 
 
+def project_client(settings_for: Callable[..., Settings], served: Served) -> app_client:
+    """An in-process replica serving the project."""
+    return app_client(create_app(settings_for(), run_migrations=False, served=served))
+
+
 async def run(client: httpx.AsyncClient, assistant: str, **body: Any) -> httpx.Response:
     tid = (await client.post("/threads", json={})).json()["thread_id"]
     return await client.post(
@@ -114,8 +119,7 @@ async def test_runs_execute_the_graph_their_assistant_names(
     settings_for: Callable[..., Settings], tmp_path: Path
 ) -> None:
     served = served_project(tmp_path)
-    app = create_app(settings_for(), run_migrations=False, served=served)
-    async with app_client(app) as client:
+    async with project_client(settings_for, served) as client:
         by_id = await run(client, "counting")
         assert by_id.json() == {"n": 1, "by": "counting"}
         # A caller's own graph_id in its config does not pick the graph; the assistant does.
@@ -135,15 +139,12 @@ async def test_runs_execute_the_graph_their_assistant_names(
 async def test_a_graph_compiled_with_its_own_checkpointer_keeps_state_in_postgres(
     settings_for: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    served = served_project(tmp_path)
-    app = create_app(settings_for(), run_migrations=False, served=served)
-    async with app_client(app) as client:
+    async with project_client(settings_for, served_project(tmp_path)) as client:
         tid = (await client.post("/threads", json={})).json()["thread_id"]
         url = f"/threads/{tid}/runs/wait"
         await client.post(url, json={"assistant_id": "counting", "input": {"n": 0}})
     # Another app (a replica) sees the thread's state: it lives in Postgres, not in memory.
-    other = create_app(settings_for(), run_migrations=False, served=served_project(tmp_path))
-    async with app_client(other) as client:
+    async with project_client(settings_for, served_project(tmp_path)) as client:
         state = (await client.get(f"/threads/{tid}/state")).json()
         assert state["values"] == {"n": 1, "by": "counting"}
 
