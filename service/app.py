@@ -148,10 +148,11 @@ def create_app(
         metrics.watch_pool(pool)
         hub = Hub(url)
         await hub.start()
+        registry = Registry(serving.graphs, pool)
         executor = Executor(
             pool=pool,
             hub=hub,
-            registry=Registry(serving.graphs, pool),
+            registry=registry,
             metrics=metrics,
             replica=settings.replica,
             lease_seconds=settings.lease_seconds,
@@ -175,6 +176,7 @@ def create_app(
             worker=worker,
             auth=Authenticator(settings),
             metrics=metrics,
+            registry=registry,
         )
         app.state.services = services
         metrics.watch_in_flight(lambda: executor.busy)

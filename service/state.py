@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 async def reader(svc: Services, graph_id: str | None, thread_id: UUID) -> AnyGraph:
     """The reader of ``graph_id`` (None: the deployment's first graph) for one thread."""
-    registry = svc.executor.registry
+    registry = svc.registry
     bound = await registry.bind(graph_id or registry.default, thread_config(thread_id))
     return bound.reader
 
@@ -39,7 +39,7 @@ async def of_thread(svc: Services, thread: Mapping[str, Any]) -> AnyGraph:
 
 async def of_run(svc: Services, run: Mapping[str, Any]) -> AnyGraph:
     """The reader of the graph a run executed, given the run's row."""
-    registry = svc.executor.registry
+    registry = svc.registry
     graph_id = graph_of_run(run["kwargs"] or {}) or registry.resolve(run["assistant_id"])
     return await reader(svc, graph_id, run["thread_id"])
 

@@ -81,7 +81,7 @@ def stamp_graph(svc: Services, assistant_id: str, kwargs: dict[str, Any]) -> str
     """Resolve the assistant a run names and stamp its graph (and assistant) into the run's
     ``config.configurable``, as the Agent Server does: the executor runs the graph stamped
     there, whatever the caller's own config said. The graph id; 404 for an unknown assistant."""
-    graph_id = svc.executor.registry.resolve(assistant_id)
+    graph_id = svc.registry.resolve(assistant_id)
     if graph_id is None:
         raise NotFound("Assistant", assistant_id)
     config = kwargs.setdefault("config", {})

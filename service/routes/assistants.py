@@ -13,13 +13,13 @@ from threadkeeper.service.http import owner, services
 
 async def search_assistants(request: Request) -> Response:
     owner(request)
-    registry = services(request).executor.registry
+    registry = services(request).registry
     return serialize.JSON([assistant(graph_id) for graph_id in registry.graph_ids])
 
 
 async def get_assistant(request: Request) -> Response:
     owner(request)
-    registry = services(request).executor.registry
+    registry = services(request).registry
     return serialize.JSON(
         assistant(resolve_assistant(registry, request.path_params["assistant_id"]))
     )

@@ -41,7 +41,7 @@ async def chat(request: Request, body: Chat) -> Response:
         async with svc.pool.connection() as conn:
             await threads.insert(conn, thread_id=thread_id, owner=who, metadata={})
     run_body = RunCreate(
-        assistant_id=svc.executor.registry.default,
+        assistant_id=svc.registry.default,
         input={"messages": [{"role": "user", "content": body.message}]},
         multitask_strategy=MultitaskStrategy.REJECT,
     )
