@@ -52,6 +52,8 @@ seen = []
 
 def factory(config):
     seen.append(config)
+    if config["configurable"].get("explode"):
+        raise RuntimeError("no graph for this run")
     return builder("factory")
 """
 
@@ -134,6 +136,17 @@ async def test_runs_execute_the_graph_their_assistant_names(
         assert configurable["assistant_id"] == str(system_assistant_id("built"))
         assert configurable["user_key"] == "u"
         assert (await run(client, "agent")).status_code == 404
+
+
+async def test_a_factory_failing_for_one_run_ends_that_run_with_its_error(
+    settings_for: Callable[..., Settings], tmp_path: Path
+) -> None:
+    async with project_client(settings_for, served_project(tmp_path)) as client:
+        failed = await run(client, "built", config={"configurable": {"explode": True}})
+        assert failed.json() == {
+            "__error__": {"error": "RuntimeError", "message": "no graph for this run"}
+        }
+        assert (await run(client, "built")).json() == {"n": 1, "by": "factory"}
 
 
 async def test_a_graph_compiled_with_its_own_checkpointer_keeps_state_in_postgres(
