@@ -16,8 +16,7 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from threadkeeper.service.agent.graph import compile_graph
-from threadkeeper.service.agent.models import make_model
+from threadkeeper.service import userapp
 from threadkeeper.service.auth import Authenticator
 from threadkeeper.service.db import connect, make_pool
 from threadkeeper.service.embedded import embedded_postgres
@@ -33,7 +32,9 @@ from threadkeeper.service.middleware import (
 from threadkeeper.service.migrations import migrate
 from threadkeeper.service.notify import Hub
 from threadkeeper.service.problems import Problem, from_domain, problem_response
+from threadkeeper.service.registry import Registry
 from threadkeeper.service.routes import assistants, chat, meta, runs, state, threads
+from threadkeeper.service.served import Served, builtin
 from threadkeeper.service.services import Services
 from threadkeeper.service.settings import Settings
 from threadkeeper.service.worker import Worker
@@ -117,13 +118,17 @@ def database_url(settings: Settings) -> Iterator[str]:
             yield url
 
 
-def create_app(settings: Settings, *, run_migrations: bool = True) -> Starlette:
+def create_app(
+    settings: Settings, *, run_migrations: bool = True, served: Served | None = None
+) -> Starlette:
+    """The app serving ``served`` (the built-in demo when not given), prepared beforehand."""
     metrics = Metrics()
+    serving = served if served is not None else builtin()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         with database_url(settings) as url:
-            async with _serve(app, url):
+            async with _serve(app, url), userapp.lifespan(serving.http_app):
                 yield
 
     @asynccontextmanager
@@ -139,13 +144,11 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> Starlette:
         metrics.watch_pool(pool)
         hub = Hub(url)
         await hub.start()
-        model = make_model(
-            settings.model, offline_latency_seconds=settings.offline_latency_ms / 1000
-        )
+        registry = Registry(serving.graphs, pool)
         executor = Executor(
             pool=pool,
             hub=hub,
-            graph=compile_graph(model),
+            registry=registry,
             metrics=metrics,
             replica=settings.replica,
             lease_seconds=settings.lease_seconds,
@@ -169,11 +172,18 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> Starlette:
             worker=worker,
             auth=Authenticator(settings),
             metrics=metrics,
+            registry=registry,
         )
         app.state.services = services
         metrics.watch_in_flight(lambda: executor.busy)
         await worker.start()
-        log.info("service_started", replica=settings.replica, auth=settings.auth)
+        log.info(
+            "service_started",
+            replica=settings.replica,
+            auth=settings.auth,
+            config=str(serving.deployment.path) if serving.deployment.path else None,
+            graphs=list(serving.graphs),
+        )
         try:
             yield
         finally:
@@ -185,15 +195,16 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> Starlette:
             await pool.close()
             log.info("service_stopped", replica=settings.replica)
 
+    ours = [
+        *meta.routes,
+        *threads.routes,
+        *state.routes,
+        *runs.routes,
+        *assistants.routes,
+        *chat.routes,
+    ]
     return Starlette(
-        routes=[
-            *meta.routes,
-            *threads.routes,
-            *state.routes,
-            *runs.routes,
-            *assistants.routes,
-            *chat.routes,
-        ],
+        routes=userapp.routes(ours, serving.http_app),
         middleware=[
             Middleware(CutMiddleware),
             Middleware(RequestContextMiddleware, metrics=metrics, replica=settings.replica),

@@ -1,32 +1,33 @@
-"""The one assistant this service serves, the ``agent`` graph, and how a request names it."""
+"""The assistants this service serves: one system assistant per graph of the deployment."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from threadkeeper.service.agent.graph import GRAPH_ID
 from threadkeeper.service.errors import NotFound
+from threadkeeper.service.registry import Registry, system_assistant_id
 
-# Stable across replicas and restarts, as the Agent Server's default assistant id is.
-ASSISTANT_ID = uuid.uuid5(uuid.NAMESPACE_URL, "https://threadkeeper.dev/assistants/agent")
+# The demo's system assistant: the Agent Server's id for the graph `agent`.
+ASSISTANT_ID = system_assistant_id(GRAPH_ID)
 CREATED_AT = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def resolve_assistant(ident: str) -> uuid.UUID:
-    """Accept the graph name or the assistant's id; anything else is an unknown assistant."""
-    if ident in (GRAPH_ID, str(ASSISTANT_ID)):
-        return ASSISTANT_ID
-    raise NotFound("Assistant", ident)
+def resolve_assistant(registry: Registry, ident: str) -> str:
+    """The graph a graph id or a system assistant's id names; anything else is unknown."""
+    graph_id = registry.resolve(ident)
+    if graph_id is None:
+        raise NotFound("Assistant", ident)
+    return graph_id
 
 
-def assistant() -> dict[str, Any]:
+def assistant(graph_id: str) -> dict[str, Any]:
     return {
-        "assistant_id": ASSISTANT_ID,
-        "graph_id": GRAPH_ID,
-        "name": GRAPH_ID,
-        "description": "plan, act (tools), reply",
+        "assistant_id": system_assistant_id(graph_id),
+        "graph_id": graph_id,
+        "name": graph_id,
+        "description": None,
         "config": {},
         "context": {},
         "metadata": {"created_by": "system"},

@@ -8,7 +8,7 @@ import gc
 import math
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import FrameType
 
 import psycopg
@@ -18,10 +18,13 @@ from pydantic import ValidationError
 from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 
+from threadkeeper.service import deployment
 from threadkeeper.service.app import begin_drain, create_app, database_url
 from threadkeeper.service.db import connect
+from threadkeeper.service.deployment import CONFIG_ENV, DeploymentError
 from threadkeeper.service.logs import configure_logging
 from threadkeeper.service.migrations import migrate
+from threadkeeper.service.served import check, prepare
 from threadkeeper.service.settings import DEFAULT_SHUTDOWN_SECONDS, Settings
 
 log = structlog.get_logger("service.cli")
@@ -47,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
         "--no-migrate", action="store_true", help="do not apply migrations at start-up"
+    )
+    serve.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"the deployment's langgraph.json (default: ${CONFIG_ENV}, else ./langgraph.json "
+        "when it exists, else the built-in demo agent)",
     )
     sub.add_parser("migrate", help="apply the schema (LangGraph's and the service's) and exit")
     return parser
@@ -77,10 +86,24 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         log.info("migrate_done", applied=applied)
         return 0
-    app = create_app(settings, run_migrations=not args.no_migrate)
+    try:
+        served = prepare(deployment.load(deployment.config_path(args.config)))
+    except DeploymentError as exc:
+        return _refuse(exc)
+    app = create_app(settings, run_migrations=not args.no_migrate, served=served)
     config = server_config(app, args.host, args.port, shutdown_seconds=settings.shutdown_seconds)
-    DrainingServer(config, on_exit=lambda: begin_drain(app)).run()
+    server = DrainingServer(config, on_exit=lambda: begin_drain(app), before=lambda: check(served))
+    server.run()
+    if server.refused is not None:
+        return _refuse(server.refused)
     return 0
+
+
+def _refuse(exc: DeploymentError) -> int:
+    """A deployment that cannot be served: say why (config, key, the user's traceback), exit 2."""
+    log.error("deployment_refused", config=str(exc.path) if exc.path else None, key=exc.key)
+    sys.stderr.write(f"threadkeeper-service: cannot serve {exc}\n")
+    return 2
 
 
 def server_config(
@@ -105,15 +128,30 @@ class DrainingServer(uvicorn.Server):
     stream at once without its ``end`` event, is switched off.
     """
 
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        on_exit: Callable[[], None],
+        before: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         super().__init__(config)
         self._on_exit = on_exit
+        self._before = before
+        # Why the deployment was refused on the serving loop, before the server started.
+        self.refused: DeploymentError | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # What AppStatus.disable_automatic_graceful_drain() does (it is not typed).
         AppStatus.enable_automatic_graceful_drain = False
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        if self._before is not None:
+            try:
+                await self._before()
+            except DeploymentError as exc:
+                self.refused = exc
+                self.should_exit = True  # uvicorn then neither listens nor runs the lifespan
+                return
         await super().startup(sockets)
         # What start-up built (modules, the compiled graph, the pool) lives as long as the
         # process: out of the collector's reach, full collections stay short under load.

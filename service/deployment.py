@@ -114,8 +114,10 @@ class Deployment:
     warnings: tuple[str, ...] = ()
 
 
+# The demo, named by module: nothing of it is relative to a folder (least of all the one the
+# process happens to start in).
 BUILTIN = Deployment(
-    graphs={"agent": "threadkeeper.service.agent.graph:graph"}, base_dir=Path.cwd()
+    graphs={"agent": "threadkeeper.service.agent.graph:graph"}, base_dir=Path(__file__).parent
 )
 
 
@@ -162,7 +164,7 @@ def _read(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise DeploymentError(path, None, f"is not valid JSON: {exc}") from None
     except _DuplicateKey as exc:
-        raise DeploymentError(path, None, f"key {exc} is given twice") from None
+        raise DeploymentError(path, None, f"key {exc.args[0]!r} is given twice") from None
     if not isinstance(document, dict):
         raise DeploymentError(path, None, "must hold a JSON object")
     return document

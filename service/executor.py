@@ -17,7 +17,6 @@ from uuid import UUID
 import psycopg
 import structlog
 from langchain_core.runnables import RunnableConfig
-from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Durability
 from psycopg.rows import DictRow
 
@@ -27,13 +26,13 @@ from threadkeeper.service.checkpointer import (
     Fence,
     FencedPostgresSaver,
     LeaseLostError,
-    history_channels,
     refused_by_fence,
 )
 from threadkeeper.service.db import Pool
 from threadkeeper.service.domain import RunStatus, StopReason, ThreadStatus
 from threadkeeper.service.metrics import Metrics
 from threadkeeper.service.notify import Hub, run_key
+from threadkeeper.service.registry import Bound, Registry, graph_of_run
 
 log = structlog.get_logger(__name__)
 
@@ -107,6 +106,8 @@ class Attempt:
     # Why the graph was stopped from outside.
     stop_reason: StopReason | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    # The graph the run executes, bound when the attempt starts.
+    bound: Bound | None = None
 
     def stop(self, reason: StopReason) -> None:
         """Stop the graph; too late once it has run to its end (the ending is under way)."""
@@ -162,22 +163,17 @@ class Executor:
         *,
         pool: Pool,
         hub: Hub,
-        graph: CompiledStateGraph[Any],
+        registry: Registry,
         metrics: Metrics,
         replica: str,
         lease_seconds: float,
     ) -> None:
         self.pool = pool
         self.hub = hub
-        self.graph = graph
+        self.registry = registry
         self.metrics = metrics
         self.replica = replica
         self.lease_seconds = lease_seconds
-        self.history = history_channels(graph)
-        # Reads and lock-protected state updates need no fence.
-        self.reader: CompiledStateGraph[Any] = graph.copy(
-            update={"checkpointer": FencedPostgresSaver(pool, history=self.history)}
-        )
         self.attempts: dict[UUID, Attempt] = {}
         # Called whenever an attempt ends here and its slot is free again (see Worker).
         self.on_slot_freed: Callable[[], None] = lambda: None
@@ -205,6 +201,15 @@ class Executor:
                 attempt.stop(StopReason.DRAIN)
         await asyncio.gather(*pending, return_exceptions=True)
 
+    def graph_id(self, run: runs.Run) -> str:
+        """The graph the run executes: stamped at submission; a run queued before graph ids
+        were stamped names its graph by its assistant."""
+        return (
+            graph_of_run(run.kwargs)
+            or self.registry.resolve(run.assistant_id)
+            or self.registry.default
+        )
+
     def _config(self, run: runs.Run) -> RunnableConfig:
         kwargs = run.kwargs
         user = kwargs.get("config") or {}
@@ -226,7 +231,7 @@ class Executor:
                 **(run.metadata or {}),
                 "run_id": str(run.run_id),
                 "assistant_id": run.assistant_id,
-                "graph_id": self.graph.name,
+                "graph_id": self.graph_id(run),
             },
             "recursion_limit": min(int(user.get("recursion_limit", 25)), MAX_RECURSION_LIMIT),
             "tags": list(user.get("tags") or []),
@@ -266,16 +271,32 @@ class Executor:
             return outcome
 
     async def _attempt(self, attempt: Attempt) -> RunOutcome:
-        saver, writer = await self._open(attempt.run)
-        stepped, failure = await self._run_graph(attempt, saver=saver, writer=writer)
+        failure: BaseException | None = await self._bind(attempt)
+        history = attempt.bound.history if attempt.bound is not None else ()
+        saver, writer = await self._open(attempt.run, history)
+        stepped: Stepped | None = None
+        if failure is None:
+            stepped, failure = await self._run_graph(attempt, saver=saver, writer=writer)
         return await self._end(
             attempt, saver=saver, writer=writer, stepped=stepped, failure=failure
         )
 
-    async def _open(self, run: runs.Run) -> tuple[FencedPostgresSaver, events.EventWriter]:
+    async def _bind(self, attempt: Attempt) -> Exception | None:
+        """Bind the run's graph (a factory is called here, with the run's config); what
+        failed, if it did: the run then ends with that error, as with the graph's own."""
+        run = attempt.run
+        try:
+            attempt.bound = await self.registry.bind(self.graph_id(run), self._config(run))
+        except Exception as exc:
+            return exc
+        return None
+
+    async def _open(
+        self, run: runs.Run, history: tuple[str, ...]
+    ) -> tuple[FencedPostgresSaver, events.EventWriter]:
         """The attempt's fenced saver and its event writer, the stream opened."""
         run_id, number = run.run_id, run.attempt
-        saver = FencedPostgresSaver(self.pool, Fence(run_id, number), history=self.history)
+        saver = FencedPostgresSaver(self.pool, Fence(run_id, number), history=history)
         writer = await events.EventWriter.open(
             self.pool,
             run_id,
@@ -292,8 +313,10 @@ class Executor:
         """Run the graph while a keeper holds the lease; where it left off, or why it did not
         finish (a stop, a lost lease, the database's or the graph's own error)."""
         keeper = asyncio.create_task(self._keep_lease(attempt))
+        assert attempt.bound is not None
         attempt.graph_task = asyncio.create_task(
-            self._stream(attempt.run, saver, writer), name=f"graph-{attempt.run.run_id}"
+            self._stream(attempt.run, attempt.bound, saver, writer),
+            name=f"graph-{attempt.run.run_id}",
         )
         if attempt.stop_reason is not None:
             attempt.graph_task.cancel()  # stopped while it was being set up (a drain)
@@ -334,13 +357,17 @@ class Executor:
             return await self._database_failed(attempt, writer, kind, exc)
 
     async def _stream(
-        self, run: runs.Run, saver: FencedPostgresSaver, writer: events.EventWriter
+        self,
+        run: runs.Run,
+        bound: Bound,
+        saver: FencedPostgresSaver,
+        writer: events.EventWriter,
     ) -> Stepped:
         """Run the graph, streaming what the client asked for (the attempt's graph task)."""
         kwargs = run.kwargs
         modes = requested_modes(kwargs)
         subgraphs = bool(kwargs.get("stream_subgraphs"))
-        graph = self.graph.copy(update={"checkpointer": saver})
+        graph = bound.graph.copy(update={"checkpointer": saver})
         last_values: Any = None
         last_checkpoint: Any = None
         # "checkpoints" tells, at no cost, where the run ended and what comes next; asking
@@ -453,7 +480,7 @@ class Executor:
         last_checkpoint = stepped.last_checkpoint
         if last_checkpoint is None:
             # Nothing stepped (no checkpoint was streamed): the thread's state is the answer.
-            snapshot = await self.reader.aget_state(thread_config(run.thread_id))
+            snapshot = await self._reader(attempt).aget_state(thread_config(run.thread_id))
             last_checkpoint = {
                 "config": snapshot.config,
                 "next": snapshot.next,
@@ -503,7 +530,7 @@ class Executor:
             )
         writer.emit("end", None)
         await writer.close()
-        snapshot = await self.reader.aget_state(thread_config(run.thread_id))
+        snapshot = await self._reader(attempt).aget_state(thread_config(run.thread_id))
         checkpoint_id = (snapshot.config or {}).get("configurable", {}).get("checkpoint_id")
         if reason is StopReason.ROLLBACK:
             await lifecycle.rollback(self.pool, run)
@@ -515,6 +542,10 @@ class Executor:
                 checkpoint_id=checkpoint_id,
             )
         return RunOutcome(RunStatus.INTERRUPTED, snapshot.values)
+
+    def _reader(self, attempt: Attempt) -> Any:
+        assert attempt.bound is not None  # an attempt's graph ran (or was stopped) before this
+        return attempt.bound.reader
 
     async def _finish(
         self,

@@ -27,8 +27,10 @@ from types import ModuleType
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import StateGraph
 from langgraph.pregel import Pregel
+from langgraph.store.base import BaseStore
 
 from threadkeeper.service.deployment import Deployment, DeploymentError
 
@@ -68,6 +70,8 @@ class LoadedGraph:
     compiled: AnyGraph | None = None
     factory: Callable[..., Any] | None = None
     takes_config: bool = False
+    # What the user compiled into the graph that the service replaces (checkpointer, store).
+    replaced: tuple[str, ...] = ()
 
     async def build(self, config: RunnableConfig) -> AnyGraph:
         """The graph one run executes (a factory's result, compiled if it is a StateGraph)."""
@@ -101,17 +105,32 @@ def load_one(deployment: Deployment, graph_id: str, spec_text: str) -> LoadedGra
     except ValueError as exc:
         raise GraphLoadError(deployment, graph_id, str(exc)) from None
     try:
-        module = _import(spec)
+        value = import_spec(spec)
+    except MissingAttribute as exc:
+        raise GraphLoadError(deployment, graph_id, f"{spec_text}: {exc}") from None
     except Exception as exc:
-        raise GraphLoadError(deployment, graph_id, _user_error(spec_text, exc)) from None
-    if not hasattr(module, spec.attr):
-        raise GraphLoadError(deployment, graph_id, f"{spec_text}: the module has no {spec.attr!r}")
+        raise GraphLoadError(deployment, graph_id, user_error(spec_text, exc)) from None
     try:
-        return _classify(graph_id, getattr(module, spec.attr))
+        return _classify(graph_id, value)
     except TypeError as exc:
         raise GraphLoadError(deployment, graph_id, f"{spec_text}: {exc}") from None
     except Exception as exc:  # compiling a StateGraph runs the user's graph definition
-        raise GraphLoadError(deployment, graph_id, _user_error(spec_text, exc)) from None
+        raise GraphLoadError(deployment, graph_id, user_error(spec_text, exc)) from None
+
+
+class MissingAttribute(Exception):
+    """The module a spec names imported, but has no such attribute."""
+
+    def __init__(self, attr: str) -> None:
+        super().__init__(f"the module has no {attr!r}")
+
+
+def import_spec(spec: GraphSpec) -> Any:
+    """The object a spec names, its module imported (the user's code runs here)."""
+    module = _import(spec)
+    if not hasattr(module, spec.attr):
+        raise MissingAttribute(spec.attr)
+    return getattr(module, spec.attr)
 
 
 def _import(spec: GraphSpec) -> ModuleType:
@@ -141,7 +160,12 @@ def _import(spec: GraphSpec) -> ModuleType:
 
 def _classify(graph_id: str, value: Any) -> LoadedGraph:
     if isinstance(value, Pregel | StateGraph):
-        return LoadedGraph(graph_id, GraphKind.COMPILED, compiled=_as_pregel(graph_id, value))
+        return LoadedGraph(
+            graph_id,
+            GraphKind.COMPILED,
+            compiled=_as_pregel(graph_id, value),
+            replaced=own_persistence(value),
+        )
     if callable(value):
         return LoadedGraph(
             graph_id, GraphKind.FACTORY, factory=value, takes_config=_takes_config(value)
@@ -163,6 +187,21 @@ def _takes_config(factory: Callable[..., Any]) -> bool:
     return len(params) == 1
 
 
+def own_persistence(value: Any) -> tuple[str, ...]:
+    """The checkpointer and store a graph was compiled with, which the service replaces.
+
+    The Agent Server does the same in a deployment (only ``langgraph dev`` refuses such a graph,
+    to catch the mistake early): state kept anywhere else would be lost to the other replicas.
+    ``checkpointer=True``/``False`` on a subgraph is a choice of scope, not a saver, and stays.
+    """
+    found = []
+    if isinstance(getattr(value, "checkpointer", None), BaseCheckpointSaver):
+        found.append("checkpointer")
+    if isinstance(getattr(value, "store", None), BaseStore):
+        found.append("store")
+    return tuple(found)
+
+
 def _as_pregel(graph_id: str, value: Any) -> AnyGraph:
     if isinstance(value, StateGraph):
         value = value.compile()
@@ -175,7 +214,7 @@ def _as_pregel(graph_id: str, value: Any) -> AnyGraph:
     return value.copy(update=update)
 
 
-def _user_error(spec_text: str, exc: BaseException) -> str:
+def user_error(spec_text: str, exc: BaseException) -> str:
     """The exception with the frames of the user's code only (ours and importlib's dropped)."""
     frames = traceback.extract_tb(exc.__traceback__)
     user = [f for f in frames if not _is_ours(f.filename)]
@@ -205,4 +244,4 @@ async def check_factories(deployment: Deployment, graphs: Mapping[str, LoadedGra
             await loaded.build(RunnableConfig(configurable={}))
         except Exception as exc:
             spec = deployment.graphs[graph_id]
-            raise GraphLoadError(deployment, graph_id, _user_error(spec, exc)) from None
+            raise GraphLoadError(deployment, graph_id, user_error(spec, exc)) from None

@@ -9,8 +9,6 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.routing import BaseRoute, Route
 
-from threadkeeper.service.agent.graph import GRAPH_ID
-from threadkeeper.service.catalog import ASSISTANT_ID
 from threadkeeper.service.http import Declared, declared
 from threadkeeper.service.problems import PROBLEM_MEDIA_TYPE
 
@@ -20,8 +18,8 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "thread_id": UUID_SCHEMA,
     "run_id": UUID_SCHEMA,
     "checkpoint_id": UUID_SCHEMA,
-    # The one assistant, by graph name or id (``resolve_assistant``).
-    "assistant_id": {"type": "string", "enum": [GRAPH_ID, str(ASSISTANT_ID)]},
+    # A graph id or an assistant's id (``Registry.resolve``).
+    "assistant_id": {"type": "string"},
 }
 STRING_SCHEMA: dict[str, Any] = {"type": "string"}
 
@@ -48,8 +46,10 @@ def openapi_document(routes: Sequence[BaseRoute]) -> dict[str, Any]:
         if not isinstance(route, Route) or not route.include_in_schema:
             continue
         for method in sorted((route.methods or set()) - {"HEAD"}):
-            op = _operation(route, method, components)
-            paths.setdefault(route.path, {})[method.lower()] = op
+            operations = paths.setdefault(route.path, {})
+            # The first route of a path and method answers it (ours before an http.app's).
+            if method.lower() not in operations:
+                operations[method.lower()] = _operation(route, method, components)
     return {
         "openapi": "3.1.0",
         "info": {"title": "threadkeeper", "version": "0.1.0"},

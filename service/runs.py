@@ -82,7 +82,8 @@ WITH {guard + "," if guard else ""} run AS (
     FROM {"idle, " if guard else ""}(SELECT {claimed} AS claimed) AS c
     RETURNING {COLUMNS_SQL}
 ), thread AS (
-    UPDATE threads SET status = 'busy', updated_at = now(), title = coalesce(title, %(title)s)
+    UPDATE threads SET status = 'busy', updated_at = now(), title = coalesce(title, %(title)s),
+                       metadata = metadata || %(thread_metadata)s
     WHERE thread_id = (SELECT thread_id FROM run)
 )
 SELECT run.*,
@@ -413,6 +414,12 @@ class NewRun:
     idempotency_key: str | None = None
     title: str | None = None
 
+    def thread_metadata(self) -> dict[str, Any]:
+        """What the thread's metadata records of its latest run, as the Agent Server's does:
+        the graph (which its state is read with) and the assistant."""
+        configurable = (self.kwargs.get("config") or {}).get("configurable") or {}
+        return {k: configurable[k] for k in ("graph_id", "assistant_id") if k in configurable}
+
     def params(self, claim_for: ClaimTerms | None) -> dict[str, Any]:
         terms = claim_for or ClaimTerms("", 0.0)
         return {
@@ -422,6 +429,7 @@ class NewRun:
             "input": Jsonb(self.input),
             "kwargs": Jsonb(self.kwargs),
             "metadata": Jsonb(self.metadata),
+            "thread_metadata": Jsonb(self.thread_metadata()),
             "strategy": self.strategy,
             "key": self.idempotency_key,
             "title": self.title,

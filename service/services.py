@@ -14,6 +14,7 @@ from threadkeeper.service.db import Pool
 from threadkeeper.service.executor import Executor
 from threadkeeper.service.metrics import Metrics
 from threadkeeper.service.notify import Hub
+from threadkeeper.service.registry import Registry
 from threadkeeper.service.settings import Settings
 from threadkeeper.service.worker import Worker
 
@@ -27,6 +28,8 @@ class Services:
     worker: Worker
     auth: Authenticator
     metrics: Metrics
+    # The deployment's graphs by id (and their system assistants), for runs and state reads.
+    registry: Registry
     draining: bool = field(default=False)
     # Set when the replica stops serving, shortly before it exits: responses still open (a
     # wait or stream following a run) are cut, and their clients reconnect elsewhere.

@@ -17,7 +17,6 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
 from threadkeeper.service import lifecycle, runs, state, threads
-from threadkeeper.service.catalog import resolve_assistant
 from threadkeeper.service.domain import (
     ACTIVE_RUN_STATUSES,
     CancelAction,
@@ -33,6 +32,7 @@ from threadkeeper.service.executor import (
     thread_config,
 )
 from threadkeeper.service.notify import run_key
+from threadkeeper.service.registry import system_assistant_id
 from threadkeeper.service.schemas import RunCreate
 from threadkeeper.service.services import Services
 
@@ -77,11 +77,26 @@ def check_stream_modes(body: RunCreate) -> None:
             raise InvalidInput(f"stream_mode {m!r} is not supported (supported: {supported})")
 
 
-async def _check_start(svc: Services, thread_id: UUID, body: RunCreate) -> None:
+def stamp_graph(svc: Services, assistant_id: str, kwargs: dict[str, Any]) -> str:
+    """Resolve the assistant a run names and stamp its graph (and assistant) into the run's
+    ``config.configurable``, as the Agent Server does: the executor runs the graph stamped
+    there, whatever the caller's own config said. The graph id; 404 for an unknown assistant."""
+    graph_id = svc.registry.resolve(assistant_id)
+    if graph_id is None:
+        raise NotFound("Assistant", assistant_id)
+    config = kwargs.setdefault("config", {})
+    configurable = config.setdefault("configurable", {})
+    configurable["graph_id"] = graph_id
+    configurable["assistant_id"] = str(system_assistant_id(graph_id))
+    return graph_id
+
+
+async def _check_start(svc: Services, graph_id: str, thread_id: UUID, body: RunCreate) -> None:
     """A run asked to start from a checkpoint starts from one that exists, or not at all."""
     start = body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
     if start is not None:
-        await state.at(svc, thread_config(thread_id, str(start)))
+        graph = await state.reader(svc, graph_id, thread_id)
+        await state.at(graph, thread_config(thread_id, str(start)))
 
 
 async def _ensure_locked_thread(
@@ -111,13 +126,13 @@ async def submit(
     the first attempt created instead of queueing the turn twice. ``waited``: the caller waits
     for the end state (``/runs/wait``).
     """
-    resolve_assistant(body.assistant_id)
     check_stream_modes(body)
-    await _check_start(svc, thread_id, body)
-    text = first_user_text(body.input)
     kwargs = body.model_dump(
         exclude={"input", "metadata", "assistant_id"}, exclude_none=True, mode="json"
     )
+    graph_id = stamp_graph(svc, body.assistant_id, kwargs)
+    await _check_start(svc, graph_id, thread_id, body)
+    text = first_user_text(body.input)
     if waited and body.stream_mode is None:
         kwargs[WAIT_ONLY] = True
     new = runs.NewRun(
@@ -238,7 +253,7 @@ async def final_body(svc: Services, row: DictRow | None) -> Any:
     if row["status"] == RunStatus.ERROR:
         return {"__error__": row["error"]}
     config = thread_config(row["thread_id"], row["checkpoint_id"])
-    snapshot = await state.read(svc, config)
+    snapshot = await state.read(await state.of_run(svc, row), config)
     if row["checkpoint_id"] is not None and snapshot.metadata is None:
         raise StatePruned(row)
     values = snapshot.values

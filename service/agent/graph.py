@@ -7,6 +7,7 @@ the whole list on every step as ``add_messages`` does.
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal, TypedDict
 
 from langchain_core.language_models import BaseChatModel
@@ -72,3 +73,21 @@ def build_graph(
 def compile_graph(model: BaseChatModel) -> CompiledStateGraph[AgentState]:
     """Compiled once per process; each run attaches its own (fenced) checkpointer by copy."""
     return build_graph(model).compile(name=GRAPH_ID)
+
+
+@functools.cache
+def _demo() -> CompiledStateGraph[AgentState]:
+    from threadkeeper.service.agent.models import make_model
+    from threadkeeper.service.settings import Settings
+
+    settings = Settings()
+    model = make_model(settings.model, offline_latency_seconds=settings.offline_latency_ms / 1000)
+    return compile_graph(model)
+
+
+def __getattr__(name: str) -> Any:
+    """``graph``: the demo as the built-in deployment names it, compiled on first use with the
+    model the service's settings choose (THREADKEEPER_MODEL), not when this module is imported."""
+    if name == "graph":
+        return _demo()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The one assistant this service serves: the ``agent`` graph."""
+"""The system assistants, one per graph of the deployment."""
 
 from __future__ import annotations
 
@@ -8,18 +8,21 @@ from starlette.routing import Route
 
 from threadkeeper.service import serialize
 from threadkeeper.service.catalog import assistant, resolve_assistant
-from threadkeeper.service.http import owner
+from threadkeeper.service.http import owner, services
 
 
 async def search_assistants(request: Request) -> Response:
     owner(request)
-    return serialize.JSON([assistant()])
+    registry = services(request).registry
+    return serialize.JSON([assistant(graph_id) for graph_id in registry.graph_ids])
 
 
 async def get_assistant(request: Request) -> Response:
     owner(request)
-    resolve_assistant(request.path_params["assistant_id"])
-    return serialize.JSON(assistant())
+    registry = services(request).registry
+    return serialize.JSON(
+        assistant(resolve_assistant(registry, request.path_params["assistant_id"]))
+    )
 
 
 routes = [

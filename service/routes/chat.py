@@ -11,7 +11,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from threadkeeper.service import serialize, threads
-from threadkeeper.service.agent.graph import GRAPH_ID
 from threadkeeper.service.domain import MultitaskStrategy
 from threadkeeper.service.http import accepts, owner, services, until_closing
 from threadkeeper.service.problems import Problem
@@ -42,7 +41,7 @@ async def chat(request: Request, body: Chat) -> Response:
         async with svc.pool.connection() as conn:
             await threads.insert(conn, thread_id=thread_id, owner=who, metadata={})
     run_body = RunCreate(
-        assistant_id=GRAPH_ID,
+        assistant_id=svc.registry.default,
         input={"messages": [{"role": "user", "content": body.message}]},
         multitask_strategy=MultitaskStrategy.REJECT,
     )

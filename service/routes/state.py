@@ -13,6 +13,7 @@ from starlette.routing import Route
 from threadkeeper.service import lifecycle, serialize, state, threads
 from threadkeeper.service.errors import ThreadBusy
 from threadkeeper.service.executor import thread_config
+from threadkeeper.service.graphs import AnyGraph
 from threadkeeper.service.http import accepts, owner, queries, services, uuid_param
 from threadkeeper.service.problems import Problem, not_found
 from threadkeeper.service.query import FlagParam, UuidParam
@@ -28,10 +29,14 @@ SUBGRAPHS = FlagParam("subgraphs")
 BEFORE = UuidParam("before")
 
 
-async def _require_thread(request: Request, thread_id: UUID, who: str) -> None:
-    async with services(request).pool.connection() as conn:
-        if await threads.get(conn, thread_id, who) is None:
-            raise not_found("Thread", thread_id)
+async def _thread_graph(request: Request, thread_id: UUID, who: str) -> AnyGraph:
+    """The reader of the caller's thread's graph; 404 for a thread the caller does not have."""
+    svc = services(request)
+    async with svc.pool.connection() as conn:
+        row = await threads.get(conn, thread_id, who)
+    if row is None:
+        raise not_found("Thread", thread_id)
+    return await state.of_thread(svc, row)
 
 
 def _config_from(thread_id: UUID, checkpoint: CheckpointConfig | None) -> RunnableConfig:
@@ -43,8 +48,8 @@ def _config_from(thread_id: UUID, checkpoint: CheckpointConfig | None) -> Runnab
     return config
 
 
-async def _state(request: Request, config: RunnableConfig, subgraphs: bool) -> Response:
-    snapshot = await state.at(services(request), config, subgraphs=subgraphs)
+async def _state(graph: AnyGraph, config: RunnableConfig, subgraphs: bool) -> Response:
+    snapshot = await state.at(graph, config, subgraphs=subgraphs)
     return serialize.JSON(serialize.state(snapshot))
 
 
@@ -52,9 +57,9 @@ async def _state(request: Request, config: RunnableConfig, subgraphs: bool) -> R
 async def get_state(request: Request) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
-    await _require_thread(request, thread_id, who)
+    graph = await _thread_graph(request, thread_id, who)
     subgraphs = SUBGRAPHS.of(request)
-    return await _state(request, thread_config(thread_id), subgraphs)
+    return await _state(graph, thread_config(thread_id), subgraphs)
 
 
 @queries(SUBGRAPHS)
@@ -62,17 +67,17 @@ async def get_state_at(request: Request) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
     checkpoint_id = uuid_param(request, "checkpoint_id")
-    await _require_thread(request, thread_id, who)
+    graph = await _thread_graph(request, thread_id, who)
     config = thread_config(thread_id, str(checkpoint_id))
-    return await _state(request, config, SUBGRAPHS.of(request))
+    return await _state(graph, config, SUBGRAPHS.of(request))
 
 
 @accepts(StateAtCheckpoint, required=True)
 async def post_state_checkpoint(request: Request, body: StateAtCheckpoint) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
-    await _require_thread(request, thread_id, who)
-    return await _state(request, _config_from(thread_id, body.checkpoint), body.subgraphs)
+    graph = await _thread_graph(request, thread_id, who)
+    return await _state(graph, _config_from(thread_id, body.checkpoint), body.subgraphs)
 
 
 @accepts(StateUpdate)
@@ -90,10 +95,13 @@ async def update_state(request: Request, body: StateUpdate) -> Response:
             raise not_found("Thread", thread_id)
         if await lifecycle.is_busy(conn, thread_id):
             raise ThreadBusy()
+        row = await threads.get(conn, thread_id, who)
+        assert row is not None  # locked by its owner above
+        graph = await state.of_thread(svc, row)
         if checkpoint.checkpoint_id is not None:
-            await state.at(services(request), config, subgraphs=False)
+            await state.at(graph, config, subgraphs=False)
         try:
-            new_config = await state.update(svc, config, body.values, as_node=body.as_node)
+            new_config = await state.update(graph, config, body.values, as_node=body.as_node)
         except (InvalidUpdateError, ValueError, KeyError, TypeError) as exc:
             raise Problem(422, f"cannot update state: {exc}", kind="invalid-input") from exc
         await conn.execute(
@@ -112,7 +120,7 @@ async def update_state(request: Request, body: StateUpdate) -> Response:
     )
 
 
-async def _history(request: Request, thread_id: UUID, query: HistoryQuery) -> Response:
+async def _history(graph: AnyGraph, thread_id: UUID, query: HistoryQuery) -> Response:
     before: RunnableConfig | None = None
     if isinstance(query.before, UUID):
         before = thread_config(thread_id, str(query.before))
@@ -120,11 +128,11 @@ async def _history(request: Request, thread_id: UUID, query: HistoryQuery) -> Re
         before = _config_from(thread_id, query.before)
     if before is not None:
         # Older than a checkpoint the thread does not have would be a guess, not an answer.
-        await state.at(services(request), before, subgraphs=False)
+        await state.at(graph, before, subgraphs=False)
     states = [
         serialize.state(s)
         async for s in state.history(
-            services(request),
+            graph,
             _config_from(thread_id, query.checkpoint),
             filter=query.metadata,
             before=before,
@@ -139,16 +147,16 @@ async def get_history(request: Request) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
     query = HistoryQuery(limit=LIMIT.of(request), before=BEFORE.of(request))
-    await _require_thread(request, thread_id, who)
-    return await _history(request, thread_id, query)
+    graph = await _thread_graph(request, thread_id, who)
+    return await _history(graph, thread_id, query)
 
 
 @accepts(HistoryQuery)
 async def post_history(request: Request, query: HistoryQuery) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
-    await _require_thread(request, thread_id, who)
-    return await _history(request, thread_id, query)
+    graph = await _thread_graph(request, thread_id, who)
+    return await _history(graph, thread_id, query)
 
 
 routes = [

@@ -40,7 +40,7 @@ async def get_thread(request: Request) -> Response:
         row = await threads.get(conn, thread_id, who)
     if row is None:
         raise not_found("Thread", thread_id)
-    snapshot = await state.latest(svc, thread_id)
+    snapshot = await state.latest(await state.of_thread(svc, row), thread_id)
     return serialize.JSON(
         serialize.thread(row, values=snapshot.values, interrupts=_interrupts(snapshot))
     )

@@ -170,6 +170,14 @@ def test_service_environment(helm: Helm) -> None:
     assert not any(name.startswith("THREADKEEPER_JWT") for name in env)
     # Unset: the service's own default (which depends on the auth mode).
     assert "THREADKEEPER_MAX_RUNS_PER_OWNER" not in env
+    # Unset: the image's default deployment (./langgraph.json, else the demo).
+    assert "THREADKEEPER_CONFIG" not in env
+
+
+def test_the_users_own_deployment_config(helm: Helm) -> None:
+    docs = helm.render({**BASE, "service.config": "/app/langgraph.json"})
+    env = support.env_of(support.containers(find(docs, "Deployment", SERVICE))[0])
+    assert env["THREADKEEPER_CONFIG"]["value"] == "/app/langgraph.json"
 
 
 @pytest.mark.parametrize(("grace", "sleep"), [(45, 10), (25, 10), (120, 0), (600, 30)])
@@ -536,6 +544,7 @@ def test_helm_test_pod(helm: Helm) -> None:
         ({**BASE, "monitoring.dashboard.label": "not a label"}, "/monitoring/dashboard/label"),
         ({**BASE, "monitoring.dashboard.labelValue": "a b"}, "/monitoring/dashboard/labelValue"),
         ({**BASE, "monitoring.dashboard.enable": True}, "'enable' not allowed"),
+        ({**BASE, "service.config": 7}, "/service/config"),
     ],
 )
 def test_schema_rejects(helm: Helm, values: dict[str, Any], message: str) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import io
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -92,8 +93,8 @@ def replicas(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Servic
     """Factory of service processes on this test's database; all are killed afterwards."""
     started: list[ServiceProcess] = []
 
-    def make(name: str | None = None, **env: str) -> ServiceProcess:
-        proc = ServiceProcess(database_url, tmp_path, name or f"replica-{len(started)}", **env)
+    def make(name: str | None = None, **options: Any) -> ServiceProcess:
+        proc = ServiceProcess(database_url, tmp_path, name or f"replica-{len(started)}", **options)
         started.append(proc)
         return proc
 

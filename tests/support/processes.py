@@ -41,11 +41,14 @@ def _die_with_parent() -> None:
 _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawner")
 
 
-def spawn(args: list[str], env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+def spawn(
+    args: list[str], env: dict[str, str], log: IO[bytes], cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     return _SPAWNER.submit(
         subprocess.Popen,
         args,
         env=env,
+        cwd=cwd,
         stdout=log,
         stderr=subprocess.STDOUT,
         preexec_fn=_die_with_parent,
@@ -53,10 +56,26 @@ def spawn(args: list[str], env: dict[str, str], log: IO[bytes]) -> subprocess.Po
 
 
 class ServiceProcess:
-    """One replica: start, wait until ready, SIGKILL or SIGTERM it, start it again."""
+    """One replica: start, wait until ready, SIGKILL or SIGTERM it, start it again.
 
-    def __init__(self, database_url: str, log_dir: Path, name: str, **env: str) -> None:
+    ``cwd``: the folder it starts in (a user's project: its ./langgraph.json is the default
+    config, and ``python -m`` puts it first on the import path); ``args``: more ``serve``
+    options.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        log_dir: Path,
+        name: str,
+        *,
+        cwd: Path | None = None,
+        args: tuple[str, ...] = (),
+        **env: str,
+    ) -> None:
         self.database_url = database_url
+        self.cwd = cwd
+        self.args = args
         self.log_path = log_dir / f"{name}.log"
         self.name = name
         self.port = free_port()
@@ -84,8 +103,9 @@ class ServiceProcess:
         args = [sys.executable, "-m", "threadkeeper.service.cli", "serve", "--port", str(self.port)]
         if not migrate:
             args.append("--no-migrate")
+        args.extend(self.args)
         log = self.log_path.open("ab")
-        self.proc = spawn(args, env, log)
+        self.proc = spawn(args, env, log, self.cwd)
         log.close()
         if wait:
             self.wait_ready()

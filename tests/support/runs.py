@@ -12,8 +12,10 @@ from psycopg.rows import DictRow
 from threadkeeper.service import runs, threads
 from threadkeeper.service.db import Pool
 from threadkeeper.service.executor import Executor
+from threadkeeper.service.graphs import GraphKind, LoadedGraph
 from threadkeeper.service.metrics import Metrics
 from threadkeeper.service.notify import Hub
+from threadkeeper.service.registry import Registry
 
 
 async def running_run(
@@ -61,10 +63,11 @@ def executor(pool: Pool, graph: Any, replica: str, lease_seconds: float = 30.0) 
     """An executor of ``graph`` driven by the test itself: its notification hub is never started
     (nothing waits for a notification), so its keeper renews the lease every third of
     ``lease_seconds`` (after ten seconds by default)."""
+    loaded = LoadedGraph("agent", GraphKind.COMPILED, compiled=graph)
     return Executor(
         pool=pool,
         hub=Hub("postgresql://unused"),
-        graph=graph,
+        registry=Registry({"agent": loaded}, pool),
         metrics=Metrics(),
         replica=replica,
         lease_seconds=lease_seconds,

@@ -41,7 +41,9 @@ async def test_sdk_threads_state_history_and_runs(
     assert "12*3 = 36" in reply
 
     updated = await client.threads.update(tid, metadata={"stage": "two"})
-    assert updated["metadata"] == {"project": "sdk", "stage": "two"}
+    # As the Agent Server's, a thread's metadata records the graph and assistant of its runs.
+    ran = {"graph_id": "agent", "assistant_id": "fe096781-5601-53d2-b2f6-0d3403f7e9ca"}
+    assert updated["metadata"] == {"project": "sdk", "stage": "two", **ran}
     found = await client.threads.search(metadata={"project": "sdk"})
     assert [t["thread_id"] for t in found] == [tid]
     assert await client.threads.count(metadata={"stage": "two"}) == 1

@@ -53,6 +53,10 @@
 {{- end }}
 - name: THREADKEEPER_MODEL
   value: {{ .Values.service.model | quote }}
+{{- with .Values.service.config }}
+- name: THREADKEEPER_CONFIG
+  value: {{ . | quote }}
+{{- end }}
 - name: THREADKEEPER_LEASE_SECONDS
   value: {{ .Values.service.leaseSeconds | quote }}
 - name: THREADKEEPER_WORKERS

@@ -1,0 +1,61 @@
+"""What one replica serves, prepared before it serves anything.
+
+The configuration is read, its ``env`` exported, every graph and the ``http.app`` imported, and
+(on the server's event loop, just before it listens) every factory called once. Whatever fails
+stops start-up with a ``DeploymentError`` naming the config, the key and the error: a replica
+either serves the whole deployment or nothing, and never turns ready half-configured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from starlette.applications import Starlette
+
+from threadkeeper.service import deployment as deployments
+from threadkeeper.service import graphs, userapp
+from threadkeeper.service.deployment import Deployment
+from threadkeeper.service.graphs import LoadedGraph
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Served:
+    deployment: Deployment
+    graphs: dict[str, LoadedGraph]
+    http_app: Starlette | None
+
+
+def prepare(deployment: Deployment) -> Served:
+    """Export the config's env, then import the graphs and the http app (in that order: the
+    user's modules may read their env at import)."""
+    for warning in deployment.warnings:
+        log.warning("config_key_ignored", config=str(deployment.path), detail=warning)
+    deployments.apply_env(deployment)
+    loaded = graphs.load_all(deployment)
+    for graph_id, graph in loaded.items():
+        _warn_replaced(deployment, graph_id, graph.replaced)
+    return Served(deployment, loaded, userapp.load(deployment))
+
+
+async def check(served: Served) -> None:
+    """Call every factory once, on the loop that will serve (a factory may be async)."""
+    await graphs.check_factories(served.deployment, served.graphs)
+
+
+def builtin() -> Served:
+    """The demo, as a deployment without a config file serves it."""
+    return prepare(deployments.BUILTIN)
+
+
+def _warn_replaced(deployment: Deployment, graph_id: str, replaced: tuple[str, ...]) -> None:
+    if replaced:
+        log.warning(
+            "graph_persistence_replaced",
+            config=str(deployment.path),
+            graph_id=graph_id,
+            replaced=list(replaced),
+            detail="the service's Postgres checkpointer is used instead, on every replica",
+        )
