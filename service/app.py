@@ -16,9 +16,10 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from threadkeeper.service.agent.graph import compile_graph
+from threadkeeper.service.agent.graph import GRAPH_ID, compile_graph
 from threadkeeper.service.agent.models import make_model
 from threadkeeper.service.auth import Authenticator
+from threadkeeper.service.catalog import install_system_assistants
 from threadkeeper.service.db import connect, make_pool
 from threadkeeper.service.embedded import embedded_postgres
 from threadkeeper.service.errors import DomainError
@@ -33,6 +34,7 @@ from threadkeeper.service.middleware import (
 from threadkeeper.service.migrations import migrate
 from threadkeeper.service.notify import Hub
 from threadkeeper.service.problems import Problem, from_domain, problem_response
+from threadkeeper.service.registry import GraphRegistry
 from threadkeeper.service.routes import assistants, chat, meta, runs, state, threads
 from threadkeeper.service.services import Services
 from threadkeeper.service.settings import Settings
@@ -173,8 +175,10 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> Starlette:
             worker=worker,
             auth=Authenticator(settings),
             metrics=metrics,
+            registry=GraphRegistry.of_compiled({GRAPH_ID: executor.graph}),
         )
         app.state.services = services
+        await install_system_assistants(pool, services.registry)
         metrics.watch_in_flight(lambda: executor.busy)
         await worker.start()
         log.info("service_started", replica=settings.replica, auth=settings.auth)

@@ -9,8 +9,6 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.routing import BaseRoute, Route
 
-from threadkeeper.service.agent.graph import GRAPH_ID
-from threadkeeper.service.catalog import ASSISTANT_ID
 from threadkeeper.service.http import Declared, declared
 from threadkeeper.service.problems import PROBLEM_MEDIA_TYPE
 
@@ -20,8 +18,8 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "thread_id": UUID_SCHEMA,
     "run_id": UUID_SCHEMA,
     "checkpoint_id": UUID_SCHEMA,
-    # The one assistant, by graph name or id (``resolve_assistant``).
-    "assistant_id": {"type": "string", "enum": [GRAPH_ID, str(ASSISTANT_ID)]},
+    # An assistant's id, or a graph id for that graph's system assistant.
+    "assistant_id": {"type": "string", "description": "an assistant id, or a graph id"},
 }
 STRING_SCHEMA: dict[str, Any] = {"type": "string"}
 

@@ -16,8 +16,7 @@ import structlog
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from threadkeeper.service import lifecycle, runs, state, threads
-from threadkeeper.service.catalog import resolve_assistant
+from threadkeeper.service import catalog, lifecycle, runs, state, threads
 from threadkeeper.service.domain import (
     ACTIVE_RUN_STATUSES,
     CancelAction,
@@ -111,19 +110,22 @@ async def submit(
     the first attempt created instead of queueing the turn twice. ``waited``: the caller waits
     for the end state (``/runs/wait``).
     """
-    resolve_assistant(body.assistant_id)
     check_stream_modes(body)
+    assistant = await catalog.for_run(svc.pool, svc.registry, body.assistant_id, owner)
     await _check_start(svc, thread_id, body)
     text = first_user_text(body.input)
-    kwargs = body.model_dump(
-        exclude={"input", "metadata", "assistant_id"}, exclude_none=True, mode="json"
+    kwargs = catalog.run_kwargs(
+        assistant,
+        body.model_dump(
+            exclude={"input", "metadata", "assistant_id"}, exclude_none=True, mode="json"
+        ),
     )
     if waited and body.stream_mode is None:
         kwargs[WAIT_ONLY] = True
     new = runs.NewRun(
         run_id=uuid.uuid4(),
         thread_id=thread_id,
-        assistant_id=body.assistant_id,
+        assistant_id=str(assistant.assistant_id),
         input=body.input,
         kwargs=kwargs,
         metadata=body.metadata,
