@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypedDict
 
 import httpx
 import pytest
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
 
 from tests.support.fixtures import app_client
+from tests.support.runs import claimed
+from tests.support.runs import executor as executor_for
 from threadkeeper.service.app import create_app
+from threadkeeper.service.db import Pool
 from threadkeeper.service.settings import Settings
 
 SYSTEM_ID = "fe096781-5601-53d2-b2f6-0d3403f7e9ca"
 ALICE = {"X-Forwarded-User": "alice"}
 BOB = {"X-Forwarded-User": "bob"}
+REPLICA = "assistants-test"
 
 
 @pytest.fixture
@@ -281,3 +290,70 @@ async def test_info(two: httpx.AsyncClient) -> None:
     assert r.status_code == 200
     assert r.json()["flags"]["assistants"] is True
     assert r.json()["graphs"] == ["agent"]
+
+
+class Greeting(TypedDict, total=False):
+    seen: str
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str
+    greeting: str
+
+
+def echo_graph() -> CompiledStateGraph[Greeting]:
+    """Says what the run's context and configurable hold."""
+
+    async def echo(state: Greeting, config: RunnableConfig, runtime: Runtime[Caller]) -> Greeting:
+        configurable = config["configurable"]
+        return {
+            "seen": f"{runtime.context.greeting} {runtime.context.name} "
+            f"{configurable['name']} {configurable['assistant_id']} {configurable['graph_id']}"
+        }
+
+    graph = StateGraph(Greeting, context_schema=Caller)
+    graph.add_node("echo", echo)
+    graph.add_edge(START, "echo")
+    graph.add_edge("echo", END)
+    return graph.compile(name="agent")
+
+
+async def test_a_run_starts_from_its_assistants_config_and_context(
+    settings_for: Callable[..., Settings], pool: Pool
+) -> None:
+    """The run's own context wins key by key over the assistant's; the assistant and its graph
+    are recorded in ``configurable``. The service here serves only the demo graph, so the run
+    the service queued is executed by a test executor on a graph that echoes what it got."""
+    app = create_app(settings_for(auth="header", workers=0), run_migrations=False)
+    async with app_client(app) as client:
+        made = await create(
+            client,
+            ALICE,
+            config={"tags": ["assistant"]},
+            context={"name": "ada", "greeting": "hello"},
+        )
+        aid = made["assistant_id"]
+        tid = (await client.post("/threads", json={}, headers=ALICE)).json()["thread_id"]
+        body = {"assistant_id": aid, "input": {}, "context": {"greeting": "hi"}}
+        r = await client.post(f"/threads/{tid}/runs", json=body, headers=ALICE)
+        assert r.status_code == 200, r.text
+        queued = r.json()
+        assert queued["assistant_id"] == aid
+        system = await client.post(
+            f"/threads/{tid}/runs", json={"assistant_id": "agent", "input": {}}, headers=ALICE
+        )
+        assert system.json()["assistant_id"] == SYSTEM_ID
+    kwargs = queued["kwargs"]
+    assert kwargs["context"] == {"name": "ada", "greeting": "hi"}
+    assert kwargs["config"]["tags"] == ["assistant"]
+    assert kwargs["config"]["configurable"]["graph_id"] == "agent"
+    system_configurable = system.json()["kwargs"]["config"]["configurable"]
+    assert system_configurable == {"assistant_id": SYSTEM_ID, "graph_id": "agent"}
+
+    run = await claimed(pool, REPLICA, input={}, kwargs=kwargs, assistant_id=aid)
+    attempt = executor_for(pool, echo_graph(), REPLICA).start(run)
+    assert attempt.task is not None
+    outcome = await attempt.task
+    assert outcome.status == "success", outcome.error
+    assert outcome.values == {"seen": f"hi ada ada {aid} agent"}
