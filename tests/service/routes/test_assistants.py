@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -17,8 +18,11 @@ from langgraph.runtime import Runtime
 from tests.support.fixtures import app_client
 from tests.support.runs import claimed
 from tests.support.runs import executor as executor_for
+from threadkeeper.service import assistants, catalog
 from threadkeeper.service.app import create_app
 from threadkeeper.service.db import Pool
+from threadkeeper.service.errors import NotFound
+from threadkeeper.service.registry import GraphRegistry
 from threadkeeper.service.settings import Settings
 
 SYSTEM_ID = "fe096781-5601-53d2-b2f6-0d3403f7e9ca"
@@ -357,3 +361,32 @@ async def test_a_run_starts_from_its_assistants_config_and_context(
     outcome = await attempt.task
     assert outcome.status == "success", outcome.error
     assert outcome.values == {"seen": f"hi ada ada {aid} agent"}
+
+
+async def test_concurrent_changes_each_make_a_version(two: httpx.AsyncClient) -> None:
+    aid = (await create(two, ALICE))["assistant_id"]
+    patches = [
+        two.patch(f"/assistants/{aid}", json={"metadata": {f"k{i}": i}}, headers=ALICE)
+        for i in range(8)
+    ]
+    answers = await asyncio.gather(*patches)
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
+    assert sorted(r.json()["version"] for r in answers) == list(range(2, 10))
+    now = (await two.get(f"/assistants/{aid}", headers=ALICE)).json()
+    assert now["version"] == 9
+    assert now["metadata"] == {f"k{i}": i for i in range(8)}
+
+
+async def test_an_assistant_of_a_graph_no_longer_served_is_hidden(
+    two: httpx.AsyncClient, pool: Pool
+) -> None:
+    """A deployment that dropped a graph hides its assistants, as the Agent Server does."""
+    aid = (await create(two, ALICE))["assistant_id"]
+    other = GraphRegistry.of_compiled({"other": echo_graph()})
+    async with pool.connection() as conn:
+        with pytest.raises(NotFound):
+            await catalog.visible(conn, other, aid, "alice")
+        flt = assistants.AssistantFilter(owner="alice", graph_ids=tuple(other.ids()))
+        assert await assistants.count(conn, flt) == 0
+        served = assistants.AssistantFilter(owner="alice", graph_ids=("agent",))
+        assert await assistants.count(conn, served) == 2
