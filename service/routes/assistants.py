@@ -198,12 +198,7 @@ async def search_assistants(request: Request, body: AssistantSearch) -> Response
             offset=body.offset,
         )
     items = [as_json(a) for a in found]
-    if body.select:
-        items = [{k: v for k, v in item.items() if k in body.select} for item in items]
-    headers = {"X-Pagination-Total": str(total)}
-    if body.offset + len(found) < total:
-        headers["X-Pagination-Next"] = str(body.offset + len(found))
-    return serialize.JSON(items, headers=headers)
+    return serialize.page(items, select=body.select, offset=body.offset, total=total)
 
 
 @accepts(AssistantCount)

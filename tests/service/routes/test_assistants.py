@@ -390,3 +390,25 @@ async def test_an_assistant_of_a_graph_no_longer_served_is_hidden(
         assert await assistants.count(conn, flt) == 0
         served = assistants.AssistantFilter(owner="alice", graph_ids=("agent",))
         assert await assistants.count(conn, served) == 2
+
+
+async def test_replicas_starting_together_make_each_system_assistant_once(pool: Pool) -> None:
+    graphs = ["agent", "other", "third"]
+
+    async def start_up() -> None:
+        async with pool.connection() as conn:
+            await assistants.ensure_system(conn, graphs)
+
+    await asyncio.gather(*(start_up() for _ in range(8)))
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT graph_id, count(*) AS n FROM assistant_versions GROUP BY graph_id"
+        )
+        assert {r["graph_id"]: r["n"] for r in await cur.fetchall()} == dict.fromkeys(graphs, 1)
+        flt = assistants.AssistantFilter(owner="anyone", graph_ids=tuple(graphs))
+        found, total = await assistants.search(
+            conn, flt, sort_by=assistants.SortBy.GRAPH_ID, sort_order="asc", limit=10, offset=0
+        )
+    assert total == 3
+    assert [(a.graph_id, str(a.assistant_id)) for a in found][0] == ("agent", SYSTEM_ID)
+    assert all(a.is_system and a.metadata == {"created_by": "system"} for a in found)
