@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -140,6 +141,30 @@ class HistoryQuery(Body):
     checkpoint: CheckpointConfig | None = None
 
 
+class _ConfigShape(BaseModel):
+    """What the Agent Server checks of a ``config`` (its ``Config`` schema); other keys pass."""
+
+    model_config = ConfigDict(extra="allow")
+
+    tags: list[str] | None = None
+    recursion_limit: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    configurable: dict[str, Any] | None = None
+
+
+def _config_shape(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None:
+        _ConfigShape.model_validate(value)
+    return value
+
+
+# Parsed as the plain dict it is stored as, checked and documented as the shape above.
+ConfigBody = Annotated[
+    dict[str, Any] | None,
+    AfterValidator(_config_shape),
+    WithJsonSchema({"anyOf": [_ConfigShape.model_json_schema(), {"type": "null"}]}),
+]
+
+
 # Agent Server run options this service cannot honour: a value asking for one is refused, with
 # this reason, rather than dropped. Their empty values mean what happens anyway.
 UNSUPPORTED_RUN_OPTIONS = {
@@ -155,7 +180,7 @@ class RunCreate(Body):
     assistant_id: str
     input: Any = None
     command: dict[str, Any] | None = None
-    config: dict[str, Any] | None = None
+    config: ConfigBody = None
     context: dict[str, Any] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     checkpoint: CheckpointConfig | None = None
@@ -246,7 +271,7 @@ class _AssistantConfig(Body):
     """``config`` and ``context``: the Agent Server keeps ``config.configurable`` and ``context``
     the same, so a body may give one of them, not both."""
 
-    config: dict[str, Any] | None = None
+    config: ConfigBody = None
     context: dict[str, Any] | None = None
 
     @model_validator(mode="after")

@@ -410,5 +410,22 @@ async def test_replicas_starting_together_make_each_system_assistant_once(pool: 
             conn, flt, sort_by=assistants.SortBy.GRAPH_ID, sort_order="asc", limit=10, offset=0
         )
     assert total == 3
-    assert [(a.graph_id, str(a.assistant_id)) for a in found][0] == ("agent", SYSTEM_ID)
+    assert [a.graph_id for a in found] == sorted(graphs)
+    assert str(found[0].assistant_id) == SYSTEM_ID
     assert all(a.is_system and a.metadata == {"created_by": "system"} for a in found)
+
+
+async def test_a_config_of_the_wrong_shape_is_refused(two: httpx.AsyncClient) -> None:
+    """Checked as the Agent Server checks a config, before anything is stored or merged."""
+    aid = (await create(two, ALICE))["assistant_id"]
+    tid = (await two.post("/threads", json={}, headers=ALICE)).json()["thread_id"]
+    for config in ({"configurable": 5}, {"tags": "a"}, {"recursion_limit": 0}, []):
+        r = await two.post(
+            "/assistants", json={"graph_id": "agent", "config": config}, headers=ALICE
+        )
+        assert "config" in problem(r, 422)["detail"]
+        problem(await two.patch(f"/assistants/{aid}", json={"config": config}, headers=ALICE), 422)
+        run = {"assistant_id": aid, "input": {}, "config": config}
+        problem(await two.post(f"/threads/{tid}/runs", json=run, headers=ALICE), 422)
+    assert (await two.post("/assistants/count", json={}, headers=ALICE)).json() == 2
+    assert len((await two.get(f"/threads/{tid}/runs", headers=ALICE)).json()) == 0
