@@ -83,14 +83,18 @@ def run_kwargs(assistant: RunAssistant, kwargs: dict[str, Any]) -> dict[str, Any
     """The run's ``config`` and ``context`` over the assistant's, with the assistant and graph
     recorded in ``configurable`` (where the executor finds the graph)."""
     own_config: dict[str, Any] = kwargs.get("config") or {}
+    own_context: dict[str, Any] = kwargs.get("context") or {}
+    # The run's context is mirrored into configurable, as the assistant's is (and as the Agent
+    # Server mirrors it), for graphs that still read their settings from there.
     configurable = {
         **(assistant.config.get("configurable") or {}),
         **(own_config.get("configurable") or {}),
+        **own_context,
         "assistant_id": str(assistant.assistant_id),
         "graph_id": assistant.graph_id,
     }
     merged = {**kwargs, "config": {**assistant.config, **own_config, "configurable": configurable}}
-    context = {**assistant.context, **(kwargs.get("context") or {})}
+    context = {**assistant.context, **own_context}
     if context:
         merged["context"] = context
     return merged

@@ -313,7 +313,8 @@ def echo_graph() -> CompiledStateGraph[Greeting]:
         configurable = config["configurable"]
         return {
             "seen": f"{runtime.context.greeting} {runtime.context.name} "
-            f"{configurable['name']} {configurable['assistant_id']} {configurable['graph_id']}"
+            f"{configurable['greeting']} {configurable['name']} "
+            f"{configurable['assistant_id']} {configurable['graph_id']}"
         }
 
     graph = StateGraph(Greeting, context_schema=Caller)
@@ -344,6 +345,10 @@ async def test_a_run_starts_from_its_assistants_config_and_context(
         assert r.status_code == 200, r.text
         queued = r.json()
         assert queued["assistant_id"] == aid
+        for unknown in ("nope", str(uuid.uuid4())):
+            body = {"assistant_id": unknown, "input": {}}
+            r = await client.post(f"/threads/{tid}/runs", json=body, headers=ALICE)
+            assert unknown in problem(r, 404)["detail"]
         system = await client.post(
             f"/threads/{tid}/runs", json={"assistant_id": "agent", "input": {}}, headers=ALICE
         )
@@ -360,7 +365,7 @@ async def test_a_run_starts_from_its_assistants_config_and_context(
     assert attempt.task is not None
     outcome = await attempt.task
     assert outcome.status == "success", outcome.error
-    assert outcome.values == {"seen": f"hi ada ada {aid} agent"}
+    assert outcome.values == {"seen": f"hi ada hi ada {aid} agent"}
 
 
 async def test_concurrent_changes_each_make_a_version(two: httpx.AsyncClient) -> None:
