@@ -24,6 +24,7 @@ from threadkeeper.service.db import connect, make_pool
 from threadkeeper.service.embedded import embedded_postgres
 from threadkeeper.service.errors import DomainError
 from threadkeeper.service.executor import Executor
+from threadkeeper.service.graphs import GraphKind, LoadedGraph
 from threadkeeper.service.http import allowed_methods
 from threadkeeper.service.metrics import Metrics
 from threadkeeper.service.middleware import (
@@ -34,7 +35,7 @@ from threadkeeper.service.middleware import (
 from threadkeeper.service.migrations import migrate
 from threadkeeper.service.notify import Hub
 from threadkeeper.service.problems import Problem, from_domain, problem_response
-from threadkeeper.service.registry import GraphRegistry
+from threadkeeper.service.registry import Registry
 from threadkeeper.service.routes import assistants, chat, meta, runs, state, threads
 from threadkeeper.service.services import Services
 from threadkeeper.service.settings import Settings
@@ -175,7 +176,9 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> Starlette:
             worker=worker,
             auth=Authenticator(settings),
             metrics=metrics,
-            registry=GraphRegistry.of_compiled({GRAPH_ID: executor.graph}),
+            registry=Registry(
+                {GRAPH_ID: LoadedGraph(GRAPH_ID, GraphKind.COMPILED, compiled=executor.graph)}
+            ),
         )
         app.state.services = services
         await install_system_assistants(pool, services.registry)

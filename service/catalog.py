@@ -18,7 +18,7 @@ from threadkeeper.service import assistants
 from threadkeeper.service.assistants import Assistant
 from threadkeeper.service.db import Pool
 from threadkeeper.service.errors import NotFound
-from threadkeeper.service.registry import GraphRegistry, system_assistant_id
+from threadkeeper.service.registry import Registry, system_assistant_id
 
 
 @dataclass(frozen=True)
@@ -36,19 +36,19 @@ class RunAssistant:
         return cls(assistant.assistant_id, assistant.graph_id, assistant.config, assistant.context)
 
 
-async def install_system_assistants(pool: Pool, registry: GraphRegistry) -> None:
+async def install_system_assistants(pool: Pool, registry: Registry) -> None:
     """At start-up: the system assistant of every graph this deployment serves."""
     async with pool.connection() as conn:
-        await assistants.ensure_system(conn, registry.ids())
+        await assistants.ensure_system(conn, registry.graph_ids)
 
 
-def system_ident(registry: GraphRegistry, ident: str) -> UUID | None:
+def system_ident(registry: Registry, ident: str) -> UUID | None:
     """The system assistant's id when ``ident`` names a graph or a system assistant."""
     graph_id = registry.resolve(ident)
     return None if graph_id is None else system_assistant_id(graph_id)
 
 
-def parse_ident(registry: GraphRegistry, ident: str) -> UUID:
+def parse_ident(registry: Registry, ident: str) -> UUID:
     """The assistant id ``ident`` stands for; anything else names no assistant."""
     found = system_ident(registry, ident)
     if found is not None:
@@ -60,7 +60,7 @@ def parse_ident(registry: GraphRegistry, ident: str) -> UUID:
 
 
 async def visible(
-    conn: AsyncConnection[DictRow], registry: GraphRegistry, ident: str, owner: str
+    conn: AsyncConnection[DictRow], registry: Registry, ident: str, owner: str
 ) -> Assistant:
     """The assistant ``ident`` names, if ``owner`` may see it and its graph is served here (an
     assistant of a graph the deployment no longer has is hidden, as the Agent Server hides it)."""
@@ -70,7 +70,7 @@ async def visible(
     return found
 
 
-async def for_run(pool: Pool, registry: GraphRegistry, ident: str, owner: str) -> RunAssistant:
+async def for_run(pool: Pool, registry: Registry, ident: str, owner: str) -> RunAssistant:
     """The run's assistant; a graph's own needs no database read."""
     graph_id = registry.resolve(ident)
     if graph_id is not None:

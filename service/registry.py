@@ -1,48 +1,52 @@
-"""The graphs this deployment serves, by graph id, and how a request names one.
+"""The deployment's graphs by id, and how a request names one.
 
-Stand-in of the configuration work's registry (same interface): until graphs are loaded from
-``langgraph.json``, the registry holds the built-in demo graph only.
+Stand-in of the configuration work's ``Registry``, with the part of its interface the assistants
+use (``graph_ids``, ``resolve``, ``bind``): until graphs are loaded from ``langgraph.json``, the
+registry holds the built-in demo graph.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from uuid import UUID, uuid5
 
-from threadkeeper.service.graphs import GraphKind, LoadedGraph
+from langchain_core.runnables import RunnableConfig
 
-# The Agent Server's namespace for graph ids; a system assistant's id is uuid5 of its graph id.
-NAMESPACE_GRAPH = UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
+from threadkeeper.service.graphs import AnyGraph, LoadedGraph
+
+# The namespace the Agent Server derives its system assistants' ids from.
+SYSTEM_ASSISTANT_NAMESPACE = UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
 
 
 def system_assistant_id(graph_id: str) -> UUID:
-    return uuid5(NAMESPACE_GRAPH, graph_id)
+    """The id of a graph's system assistant, the same on every replica and server."""
+    return uuid5(SYSTEM_ASSISTANT_NAMESPACE, graph_id)
 
 
-class GraphRegistry:
-    """Loaded graphs by id; immutable once the service started."""
+@dataclass(frozen=True)
+class Bound:
+    graph_id: str
+    graph: AnyGraph
+
+
+class Registry:
+    """graph id -> the graph, for one replica's lifetime."""
 
     def __init__(self, graphs: Mapping[str, LoadedGraph]) -> None:
-        self._graphs = dict(graphs)
-        self._by_system_id = {str(system_assistant_id(g)): g for g in self._graphs}
+        self._loaded = dict(graphs)
+        self._assistants = {str(system_assistant_id(graph_id)): graph_id for graph_id in graphs}
 
-    def ids(self) -> list[str]:
-        return list(self._graphs)
-
-    def get(self, graph_id: str) -> LoadedGraph:
-        return self._graphs[graph_id]
+    @property
+    def graph_ids(self) -> tuple[str, ...]:
+        return tuple(self._loaded)
 
     def resolve(self, ident: str) -> str | None:
-        """The graph id that ``ident`` (a graph id or a system assistant's id) names, if any."""
-        if ident in self._graphs:
+        """The graph a graph id or a system assistant's id names; None for anything else."""
+        if ident in self._loaded:
             return ident
-        return self._by_system_id.get(ident.lower())
+        return self._assistants.get(ident)
 
-    @classmethod
-    def of_compiled(cls, graphs: Mapping[str, object]) -> GraphRegistry:
-        return cls(
-            {
-                graph_id: LoadedGraph(graph_id, GraphKind.COMPILED, compiled=graph)  # type: ignore[arg-type]
-                for graph_id, graph in graphs.items()
-            }
-        )
+    async def bind(self, graph_id: str, config: RunnableConfig) -> Bound:
+        """The graph to run (or read) under ``config``: shared if compiled, built if a factory."""
+        return Bound(graph_id, await self._loaded[graph_id].build(config))

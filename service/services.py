@@ -14,7 +14,7 @@ from threadkeeper.service.db import Pool
 from threadkeeper.service.executor import Executor
 from threadkeeper.service.metrics import Metrics
 from threadkeeper.service.notify import Hub
-from threadkeeper.service.registry import GraphRegistry
+from threadkeeper.service.registry import Registry
 from threadkeeper.service.settings import Settings
 from threadkeeper.service.worker import Worker
 
@@ -28,7 +28,7 @@ class Services:
     worker: Worker
     auth: Authenticator
     metrics: Metrics
-    registry: GraphRegistry
+    registry: Registry
     draining: bool = field(default=False)
     # Set when the replica stops serving, shortly before it exits: responses still open (a
     # wait or stream following a run) are cut, and their clients reconnect elsewhere.

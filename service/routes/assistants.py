@@ -20,7 +20,7 @@ from threadkeeper.service.graphs import AnyGraph
 from threadkeeper.service.http import accepts, owner, queries, responds, services
 from threadkeeper.service.problems import Problem, not_found
 from threadkeeper.service.query import FlagParam, XrayParam
-from threadkeeper.service.registry import GraphRegistry
+from threadkeeper.service.registry import Registry
 from threadkeeper.service.schemas import (
     AssistantCount,
     AssistantCreate,
@@ -56,12 +56,12 @@ def version_json(assistant: Assistant) -> dict[str, Any]:
     return found
 
 
-def _graph_or_404(registry: GraphRegistry, graph_id: str) -> str:
+def _graph_or_404(registry: Registry, graph_id: str) -> str:
     """A graph the deployment serves; the Agent Server answers 404 for any other."""
     if registry.resolve(graph_id) != graph_id:
         raise Problem(
             404,
-            f"Graph '{graph_id}' not found. Expected one of: {sorted(registry.ids())}",
+            f"Graph '{graph_id}' not found. Expected one of: {sorted(registry.graph_ids)}",
             kind="graph-not-found",
         )
     return graph_id
@@ -78,7 +78,7 @@ def _synced(config: dict[str, Any] | None, context: dict[str, Any] | None) -> tu
     return config, context
 
 
-def _writable(assistant_id: uuid.UUID, registry: GraphRegistry) -> uuid.UUID:
+def _writable(assistant_id: uuid.UUID, registry: Registry) -> uuid.UUID:
     if registry.resolve(str(assistant_id)) is not None:
         raise Problem(
             403,
@@ -178,7 +178,7 @@ def _filter(request: Request, body: AssistantCount) -> assistants.AssistantFilte
         _graph_or_404(registry, body.graph_id)
     return assistants.AssistantFilter(
         owner=owner(request),
-        graph_ids=tuple(registry.ids()),
+        graph_ids=registry.graph_ids,
         graph_id=body.graph_id,
         name=body.name,
         metadata=body.metadata,
@@ -248,8 +248,8 @@ async def _graph_of(request: Request) -> tuple[Assistant, AnyGraph]:
     svc = services(request)
     async with svc.pool.connection() as conn:
         found = await catalog.visible(conn, svc.registry, request.path_params["assistant_id"], who)
-    loaded = svc.registry.get(found.graph_id)
-    return found, await loaded.build(found.config)  # type: ignore[arg-type]
+    bound = await svc.registry.bind(found.graph_id, found.config)  # type: ignore[arg-type]
+    return found, bound.graph
 
 
 @queries(XRAY)

@@ -28,7 +28,7 @@ async def info(request: Request) -> Response:
             "version": version("threadkeeper"),
             "langgraph_py_version": version("langgraph"),
             "flags": {"assistants": True, "crons": False, "langsmith": False},
-            "graphs": services(request).registry.ids(),
+            "graphs": services(request).registry.graph_ids,
         }
     )
 

@@ -22,7 +22,8 @@ from threadkeeper.service import assistants, catalog
 from threadkeeper.service.app import create_app
 from threadkeeper.service.db import Pool
 from threadkeeper.service.errors import NotFound
-from threadkeeper.service.registry import GraphRegistry
+from threadkeeper.service.graphs import GraphKind, LoadedGraph
+from threadkeeper.service.registry import Registry
 from threadkeeper.service.settings import Settings
 
 SYSTEM_ID = "fe096781-5601-53d2-b2f6-0d3403f7e9ca"
@@ -387,11 +388,11 @@ async def test_an_assistant_of_a_graph_no_longer_served_is_hidden(
 ) -> None:
     """A deployment that dropped a graph hides its assistants, as the Agent Server does."""
     aid = (await create(two, ALICE))["assistant_id"]
-    other = GraphRegistry.of_compiled({"other": echo_graph()})
+    other = Registry({"other": LoadedGraph("other", GraphKind.COMPILED, compiled=echo_graph())})
     async with pool.connection() as conn:
         with pytest.raises(NotFound):
             await catalog.visible(conn, other, aid, "alice")
-        flt = assistants.AssistantFilter(owner="alice", graph_ids=tuple(other.ids()))
+        flt = assistants.AssistantFilter(owner="alice", graph_ids=other.graph_ids)
         assert await assistants.count(conn, flt) == 0
         served = assistants.AssistantFilter(owner="alice", graph_ids=("agent",))
         assert await assistants.count(conn, served) == 2
