@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import structlog
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
@@ -19,6 +20,8 @@ from threadkeeper.service.assistants import Assistant
 from threadkeeper.service.db import Pool
 from threadkeeper.service.errors import NotFound
 from threadkeeper.service.registry import Registry, system_assistant_id
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ async def install_system_assistants(pool: Pool, registry: Registry) -> None:
     """At start-up: the system assistant of every graph this deployment serves."""
     async with pool.connection() as conn:
         await assistants.ensure_system(conn, registry.graph_ids)
+    log.info("system_assistants_ready", graphs=list(registry.graph_ids))
 
 
 def system_ident(registry: Registry, ident: str) -> UUID | None:
