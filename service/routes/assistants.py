@@ -8,8 +8,9 @@ everyone's and nobody's to change: a write to one is refused with 403.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
 
+from langchain_core.runnables import RunnableConfig
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -67,7 +68,9 @@ def _graph_or_404(registry: Registry, graph_id: str) -> str:
     return graph_id
 
 
-def _synced(config: dict[str, Any] | None, context: dict[str, Any] | None) -> tuple[Any, Any]:
+def _synced(
+    config: dict[str, Any] | None, context: dict[str, Any] | None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The Agent Server keeps ``config.configurable`` and ``context`` equal: whichever is given
     sets both (the schema refuses a body with both)."""
     config = dict(config) if config else {}
@@ -248,7 +251,7 @@ async def _graph_of(request: Request) -> tuple[Assistant, AnyGraph]:
     svc = services(request)
     async with svc.pool.connection() as conn:
         found = await catalog.visible(conn, svc.registry, request.path_params["assistant_id"], who)
-    bound = await svc.registry.bind(found.graph_id, found.config)  # type: ignore[arg-type]
+    bound = await svc.registry.bind(found.graph_id, cast(RunnableConfig, found.config))
     return found, bound.graph
 
 
