@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from threadkeeper.service import userapp
 from threadkeeper.service.auth import Authenticator
+from threadkeeper.service.catalog import install_system_assistants
 from threadkeeper.service.db import connect, make_pool
 from threadkeeper.service.embedded import embedded_postgres
 from threadkeeper.service.errors import DomainError
@@ -175,6 +176,7 @@ def create_app(
             registry=registry,
         )
         app.state.services = services
+        await install_system_assistants(pool, services.registry)
         metrics.watch_in_flight(lambda: executor.busy)
         await worker.start()
         log.info(

@@ -123,6 +123,37 @@ MIGRATIONS: tuple[str, ...] = (
     END
     $$;
     """,
+    # v4: assistants, with every version kept. owner NULL: a system assistant (one per graph,
+    # visible to every owner).
+    """
+    CREATE TABLE assistants (
+        assistant_id uuid PRIMARY KEY,
+        graph_id     text NOT NULL,
+        owner        text,
+        name         text NOT NULL,
+        description  text,
+        config       jsonb NOT NULL DEFAULT '{}',
+        context      jsonb NOT NULL DEFAULT '{}',
+        metadata     jsonb NOT NULL DEFAULT '{}',
+        version      integer NOT NULL DEFAULT 1,
+        created_at   timestamptz NOT NULL DEFAULT now(),
+        updated_at   timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX assistants_owner_created_idx ON assistants (owner, created_at DESC);
+    CREATE INDEX assistants_metadata_idx ON assistants USING gin (metadata jsonb_path_ops);
+    CREATE TABLE assistant_versions (
+        assistant_id uuid NOT NULL REFERENCES assistants (assistant_id) ON DELETE CASCADE,
+        version      integer NOT NULL,
+        graph_id     text NOT NULL,
+        name         text NOT NULL,
+        description  text,
+        config       jsonb NOT NULL DEFAULT '{}',
+        context      jsonb NOT NULL DEFAULT '{}',
+        metadata     jsonb NOT NULL DEFAULT '{}',
+        created_at   timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (assistant_id, version)
+    );
+    """,
 )
 
 LATEST_VERSION = len(MIGRATIONS)

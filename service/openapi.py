@@ -18,8 +18,8 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "thread_id": UUID_SCHEMA,
     "run_id": UUID_SCHEMA,
     "checkpoint_id": UUID_SCHEMA,
-    # A graph id or an assistant's id (``Registry.resolve``).
-    "assistant_id": {"type": "string"},
+    # An assistant's id, or a graph id for that graph's system assistant.
+    "assistant_id": {"type": "string", "description": "an assistant id, or a graph id"},
 }
 STRING_SCHEMA: dict[str, Any] = {"type": "string"}
 

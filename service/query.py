@@ -140,3 +140,30 @@ class TextParam(QueryParam[str | None]):
 
     def schema(self) -> dict[str, Any]:
         return {"type": "string", "description": self.description}
+
+
+@dataclass(frozen=True)
+class XrayParam(QueryParam[bool | int]):
+    """How deep a drawing shows subgraphs: a flag, or a depth of at least 1."""
+
+    name: str = "xray"
+
+    def absent(self) -> bool | int:
+        return False
+
+    def parse(self, raw: str) -> bool | int:
+        if raw.lower() in TRUE[1:] or raw.lower() in FALSE[1:]:
+            return raw.lower() in TRUE
+        try:
+            depth = int(raw)
+        except ValueError as exc:
+            raise self.refuse("true, false or a depth of at least 1") from exc
+        if depth <= 0:
+            raise self.refuse("true, false or a depth of at least 1")
+        return depth
+
+    def schema(self) -> dict[str, Any]:
+        return {
+            "oneOf": [{"type": "boolean"}, {"type": "integer", "minimum": 1}],
+            "default": False,
+        }

@@ -17,10 +17,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
+from threadkeeper.service.assistants import SortBy as AssistantSortBy
 from threadkeeper.service.domain import MultitaskStrategy, ThreadStatus
 from threadkeeper.service.query import IntParam
 
@@ -139,6 +141,30 @@ class HistoryQuery(Body):
     checkpoint: CheckpointConfig | None = None
 
 
+class _ConfigShape(BaseModel):
+    """What the Agent Server checks of a ``config`` (its ``Config`` schema); other keys pass."""
+
+    model_config = ConfigDict(extra="allow")
+
+    tags: list[str] | None = None
+    recursion_limit: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    configurable: dict[str, Any] | None = None
+
+
+def _config_shape(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None:
+        _ConfigShape.model_validate(value)
+    return value
+
+
+# Parsed as the plain dict it is stored as, checked and documented as the shape above.
+ConfigBody = Annotated[
+    dict[str, Any] | None,
+    AfterValidator(_config_shape),
+    WithJsonSchema({"anyOf": [_ConfigShape.model_json_schema(), {"type": "null"}]}),
+]
+
+
 # Agent Server run options this service cannot honour: a value asking for one is refused, with
 # this reason, rather than dropped. Their empty values mean what happens anyway.
 UNSUPPORTED_RUN_OPTIONS = {
@@ -154,7 +180,7 @@ class RunCreate(Body):
     assistant_id: str
     input: Any = None
     command: dict[str, Any] | None = None
-    config: dict[str, Any] | None = None
+    config: ConfigBody = None
     context: dict[str, Any] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     checkpoint: CheckpointConfig | None = None
@@ -214,3 +240,84 @@ class CancelMany(Body):
     thread_id: UUID | None = None
     run_ids: list[UUID] | None = None
     status: Literal["pending", "running", "all"] | None = None
+
+
+class AssistantField(StrEnum):
+    """What ``select`` may name, as the Agent Server lists them."""
+
+    ASSISTANT_ID = "assistant_id"
+    GRAPH_ID = "graph_id"
+    NAME = "name"
+    DESCRIPTION = "description"
+    CONFIG = "config"
+    CONTEXT = "context"
+    CREATED_AT = "created_at"
+    UPDATED_AT = "updated_at"
+    METADATA = "metadata"
+    VERSION = "version"
+
+
+if TYPE_CHECKING:
+    AssistantSortByChoice = AssistantSortBy
+    AssistantFieldChoice = AssistantField
+else:
+    AssistantSortByChoice = _choice(AssistantSortBy)
+    AssistantFieldChoice = _choice(AssistantField)
+NAME_LIMIT = 500
+DESCRIPTION_LIMIT = 10_000
+
+
+class _AssistantConfig(Body):
+    """``config`` and ``context``: the Agent Server keeps ``config.configurable`` and ``context``
+    the same, so a body may give one of them, not both."""
+
+    config: ConfigBody = None
+    context: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _configurable_or_context(self) -> _AssistantConfig:
+        if self.context and (self.config or {}).get("configurable"):
+            raise ValueError(
+                "give context or config.configurable, not both (context replaces configurable)"
+            )
+        return self
+
+
+class AssistantCreate(_AssistantConfig):
+    graph_id: str = Field(min_length=1)
+    assistant_id: UUID | None = None
+    metadata: dict[str, Any] | None = None
+    if_exists: Literal["raise", "do_nothing"] = "raise"
+    name: str | None = Field(default=None, max_length=NAME_LIMIT)
+    description: str | None = Field(default=None, max_length=DESCRIPTION_LIMIT)
+
+
+class AssistantPatch(_AssistantConfig):
+    graph_id: str | None = Field(default=None, min_length=1)
+    metadata: dict[str, Any] | None = None
+    name: str | None = Field(default=None, max_length=NAME_LIMIT)
+    description: str | None = Field(default=None, max_length=DESCRIPTION_LIMIT)
+
+
+class AssistantCount(Body):
+    graph_id: str | None = None
+    name: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class AssistantSearch(AssistantCount):
+    limit: int = Field(default=10, ge=1, le=MAX_PAGE)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
+    sort_by: AssistantSortByChoice = AssistantSortBy.CREATED_AT
+    sort_order: Literal["asc", "desc"] = "desc"
+    select: list[AssistantFieldChoice] | None = None
+
+
+class AssistantVersions(Body):
+    metadata: dict[str, Any] | None = None
+    limit: int = Field(default=10, ge=1, le=MAX_PAGE)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
+
+
+class AssistantLatest(Body):
+    version: int = Field(ge=1, le=2**31 - 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -73,6 +74,19 @@ class JSON(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return dumps(content)
+
+
+def page(
+    items: list[dict[str, Any]], *, select: Sequence[str] | None, offset: int, total: int
+) -> JSON:
+    """One page of a search: only the ``select``ed fields of each item, with the Agent Server's
+    paging headers (the total, and the next page's offset while there is one)."""
+    if select:
+        items = [{k: v for k, v in item.items() if k in select} for item in items]
+    headers = {"X-Pagination-Total": str(total)}
+    if offset + len(items) < total:
+        headers["X-Pagination-Next"] = str(offset + len(items))
+    return JSON(items, headers=headers)
 
 
 def thread(row: DictRow, values: Any = None, interrupts: Any = None) -> dict[str, Any]:

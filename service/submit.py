@@ -16,7 +16,7 @@ import structlog
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from threadkeeper.service import lifecycle, runs, state, threads
+from threadkeeper.service import catalog, lifecycle, runs, state, threads
 from threadkeeper.service.domain import (
     ACTIVE_RUN_STATUSES,
     CancelAction,
@@ -32,7 +32,6 @@ from threadkeeper.service.executor import (
     thread_config,
 )
 from threadkeeper.service.notify import run_key
-from threadkeeper.service.registry import system_assistant_id
 from threadkeeper.service.schemas import RunCreate
 from threadkeeper.service.services import Services
 
@@ -77,20 +76,6 @@ def check_stream_modes(body: RunCreate) -> None:
             raise InvalidInput(f"stream_mode {m!r} is not supported (supported: {supported})")
 
 
-def stamp_graph(svc: Services, assistant_id: str, kwargs: dict[str, Any]) -> str:
-    """Resolve the assistant a run names and stamp its graph (and assistant) into the run's
-    ``config.configurable``, as the Agent Server does: the executor runs the graph stamped
-    there, whatever the caller's own config said. The graph id; 404 for an unknown assistant."""
-    graph_id = svc.registry.resolve(assistant_id)
-    if graph_id is None:
-        raise NotFound("Assistant", assistant_id)
-    config = kwargs.setdefault("config", {})
-    configurable = config.setdefault("configurable", {})
-    configurable["graph_id"] = graph_id
-    configurable["assistant_id"] = str(system_assistant_id(graph_id))
-    return graph_id
-
-
 async def _check_start(svc: Services, graph_id: str, thread_id: UUID, body: RunCreate) -> None:
     """A run asked to start from a checkpoint starts from one that exists, or not at all."""
     start = body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
@@ -127,18 +112,21 @@ async def submit(
     for the end state (``/runs/wait``).
     """
     check_stream_modes(body)
-    kwargs = body.model_dump(
-        exclude={"input", "metadata", "assistant_id"}, exclude_none=True, mode="json"
+    assistant = await catalog.for_run(svc.pool, svc.registry, body.assistant_id, owner)
+    kwargs = catalog.run_kwargs(
+        assistant,
+        body.model_dump(
+            exclude={"input", "metadata", "assistant_id"}, exclude_none=True, mode="json"
+        ),
     )
-    graph_id = stamp_graph(svc, body.assistant_id, kwargs)
-    await _check_start(svc, graph_id, thread_id, body)
+    await _check_start(svc, assistant.graph_id, thread_id, body)
     text = first_user_text(body.input)
     if waited and body.stream_mode is None:
         kwargs[WAIT_ONLY] = True
     new = runs.NewRun(
         run_id=uuid.uuid4(),
         thread_id=thread_id,
-        assistant_id=body.assistant_id,
+        assistant_id=str(assistant.assistant_id),
         input=body.input,
         kwargs=kwargs,
         metadata=body.metadata,

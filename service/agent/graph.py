@@ -8,7 +8,7 @@ the whole list on every step as ``add_messages`` does.
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AnyMessage
@@ -17,6 +17,10 @@ from langgraph.channels.delta import DeltaChannel
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode
+
+# pydantic derives the graph's JSON schemas (/assistants/{id}/schemas) only from this TypedDict
+# on Python < 3.12.
+from typing_extensions import TypedDict
 
 from threadkeeper.service.agent.tools import TOOLS
 from threadkeeper.service.compat import messages_delta_reducer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from importlib.metadata import version
 
 import psycopg
 import psycopg_pool
@@ -18,6 +19,18 @@ from threadkeeper.service.openapi import openapi_document
 
 async def ok(request: Request) -> Response:
     return JSONResponse({"ok": True})
+
+
+async def info(request: Request) -> Response:
+    """What this server is and supports, in the Agent Server's shape."""
+    return JSONResponse(
+        {
+            "version": version("threadkeeper"),
+            "langgraph_py_version": version("langgraph"),
+            "flags": {"assistants": True, "crons": False, "langsmith": False},
+            "graphs": services(request).registry.graph_ids,
+        }
+    )
 
 
 async def healthz(request: Request) -> Response:
@@ -73,6 +86,7 @@ async def docs(request: Request) -> Response:
 
 routes = [
     Route("/ok", ok, methods=["GET"]),
+    Route("/info", info, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),

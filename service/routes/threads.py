@@ -102,12 +102,7 @@ async def search_threads(request: Request, body: ThreadSearch) -> Response:
             sort_order=body.sort_order,
         )
     items = [serialize.thread(r) for r in rows]
-    if body.select:
-        items = [{k: v for k, v in item.items() if k in body.select} for item in items]
-    headers = {"X-Pagination-Total": str(total)}
-    if body.offset + len(rows) < total:
-        headers["X-Pagination-Next"] = str(body.offset + len(rows))
-    return serialize.JSON(items, headers=headers)
+    return serialize.page(items, select=body.select, offset=body.offset, total=total)
 
 
 @accepts(ThreadCount)
