@@ -388,7 +388,9 @@ async def test_an_assistant_of_a_graph_no_longer_served_is_hidden(
 ) -> None:
     """A deployment that dropped a graph hides its assistants, as the Agent Server does."""
     aid = (await create(two, ALICE))["assistant_id"]
-    other = Registry({"other": LoadedGraph("other", GraphKind.COMPILED, compiled=echo_graph())})
+    other = Registry(
+        {"other": LoadedGraph("other", GraphKind.COMPILED, compiled=echo_graph())}, pool
+    )
     async with pool.connection() as conn:
         with pytest.raises(NotFound):
             await catalog.visible(conn, other, aid, "alice")
