@@ -3,16 +3,20 @@ SHELL := /bin/bash
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
 PYTEST_ARGS ?=
+# The node tier needs root (bridges, iptables, mounts): on by default for root, off otherwise
+# (`make test` then says so). NODE_TIER=1 forces it, NODE_TIER= skips it.
+NODE_TIER ?= $(shell [ "$$(id -u)" = 0 ] && echo 1)
 
 .PHONY: help uv sync run test test-node lint fmt cluster-build cluster-up cluster-down bench clean
 
 help:
 	@echo "make run          serve on 127.0.0.1:8000 (embedded Postgres, offline model)"
-	@echo "make test         the whole suite (builds the test control plane if missing)"
+	@echo "make test         the whole suite, then (as root) the node tier (builds what is missing)"
 	@echo "make lint         ruff + mypy"
 	@echo "make cluster-up   start a local kube-apiserver + etcd; prints the KUBECONFIG line"
-	@echo "make cluster-up NODE=1  also a node that runs pods (root): kubelet, containerd, CNI, kube-proxy, CoreDNS, registry"
-	@echo "make test-node    the one-node cluster tier (pods, Services, DNS)"
+	@echo "make cluster-up NODE=1  also a node that runs pods (root): kubelet, containerd, CNI, kube-proxy, CoreDNS, registry,"
+	@echo "                 and the Dockerfile's image as threadkeeper.local/threadkeeper:dev"
+	@echo "make test-node    the one-node cluster tier (pods, Services, DNS, the project's image)"
 	@echo "make cluster-down stop it"
 	@echo "make bench        the benchmarks against their baselines (QUICK=1: a 3-minute smoke run)"
 
@@ -45,8 +49,10 @@ cluster-down: sync
 test: sync cluster-build
 	bash deploy/tools/ensure-tools.sh
 	$(UV) run pytest $(PYTEST_ARGS)
+	$(if $(NODE_TIER),$(MAKE) --no-print-directory test-node PYTEST_ARGS="$(PYTEST_ARGS)",@echo "make test: skipped the node tier (it needs root): run \`make test-node\` as root")
 
-# The one-node tier (root; builds kubelet, containerd, runc, CNI, CoreDNS, BuildKit once).
+# The one-node tier (root; builds kubelet, containerd, runc, CNI, CoreDNS, BuildKit once, and
+# the project's image from its Dockerfile whenever the files it copies change).
 test-node: sync
 	bash tests/cluster/ensure-host-packages.sh
 	$(UV) run python -m tests.cluster build --node --images

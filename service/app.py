@@ -44,11 +44,6 @@ log = structlog.get_logger(__name__)
 # nginx's code for "the client closed the connection before the response": nobody reads it,
 # but access logs and metrics then tell a hang-up apart from a server error.
 CLIENT_CLOSED_REQUEST = 499
-# uvicorn's graceful shutdown: after a SIGTERM, open requests get this long to end.
-SHUTDOWN_SECONDS = 25
-# Requests still open this long before that deadline are cut by the service itself: a cut
-# connection tells clients to resume elsewhere, where a cancelled request would be a 500.
-CUT_MARGIN_SECONDS = 1.0
 
 
 async def _problem(request: Request, exc: Exception) -> Response:
@@ -94,10 +89,11 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 def begin_drain(app: Starlette) -> None:
     """Stop taking work: readiness fails, this replica claims no more runs, and those it
-    executes get ``drain_seconds`` to end before they are handed back to the queue.
+    executes get ``run_drain_seconds`` to end before they are handed back to the queue.
 
     Requests waiting for runs stay open meanwhile and follow their runs wherever they go on,
-    until ``SHUTDOWN_SECONDS`` minus ``CUT_MARGIN_SECONDS`` after this: then they are cut.
+    until ``cut_seconds`` after this: then they are cut (a cut connection tells clients to resume
+    elsewhere, where a cancelled request would be a 500).
     """
     services: Services | None = getattr(app.state, "services", None)
     if services is None or services.draining:
@@ -105,10 +101,10 @@ def begin_drain(app: Starlette) -> None:
     services.draining = True
     services.worker.stop_claiming()
     services.drained = asyncio.create_task(
-        services.worker.stop(services.settings.drain_seconds), name="drain"
+        services.worker.stop(services.settings.run_drain_seconds), name="drain"
     )
     closing = services.closing
-    asyncio.get_running_loop().call_later(SHUTDOWN_SECONDS - CUT_MARGIN_SECONDS, closing.set)
+    asyncio.get_running_loop().call_later(services.settings.cut_seconds, closing.set)
     log.info("draining", replica=services.settings.replica)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import math
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -18,13 +19,13 @@ from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 
 from threadkeeper.service import deployment
-from threadkeeper.service.app import SHUTDOWN_SECONDS, begin_drain, create_app, database_url
+from threadkeeper.service.app import begin_drain, create_app, database_url
 from threadkeeper.service.db import connect
 from threadkeeper.service.deployment import CONFIG_ENV, DeploymentError
 from threadkeeper.service.logs import configure_logging
 from threadkeeper.service.migrations import migrate
 from threadkeeper.service.served import check, prepare
-from threadkeeper.service.settings import Settings
+from threadkeeper.service.settings import DEFAULT_SHUTDOWN_SECONDS, Settings
 
 log = structlog.get_logger("service.cli")
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     except DeploymentError as exc:
         return _refuse(exc)
     app = create_app(settings, run_migrations=not args.no_migrate, served=served)
-    config = server_config(app, args.host, args.port)
+    config = server_config(app, args.host, args.port, shutdown_seconds=settings.shutdown_seconds)
     server = DrainingServer(config, on_exit=lambda: begin_drain(app), before=lambda: check(served))
     server.run()
     if server.refused is not None:
@@ -105,13 +106,15 @@ def _refuse(exc: DeploymentError) -> int:
     return 2
 
 
-def server_config(app: Starlette, host: str, port: int) -> uvicorn.Config:
+def server_config(
+    app: Starlette, host: str, port: int, *, shutdown_seconds: float = DEFAULT_SHUTDOWN_SECONDS
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         log_config=None,
-        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+        timeout_graceful_shutdown=math.ceil(shutdown_seconds),
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         proxy_headers=True,
     )

@@ -11,6 +11,13 @@ import platformdirs
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEFAULT_SHUTDOWN_SECONDS = 25.0
+# A draining replica cuts its open responses this long before uvicorn's shutdown ends, so their
+# clients see a broken response (and rejoin) rather than a closed socket mid-write.
+CUT_MARGIN_SECONDS = 1.0
+# Left between the end of the run drain and exit: handing runs back and answering their waits.
+DRAIN_HEADROOM_SECONDS = 5.0
+
 
 def _default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("threadkeeper"))
@@ -57,7 +64,12 @@ class Settings(BaseSettings):
     max_runs_per_owner: int | None = Field(default=None, ge=0)
     poll_seconds: float = Field(default=1.0, gt=0)
     event_retention_seconds: float = Field(default=3600.0, gt=0)
-    drain_seconds: float = Field(default=20.0, ge=0)
+    # SIGTERM to exit: open waits and streams are cut a second before, then uvicorn stops. The
+    # chart derives it from the pod's grace period, so the two cannot disagree.
+    shutdown_seconds: float = Field(default=DEFAULT_SHUTDOWN_SECONDS, ge=2)
+    # How long executing runs may continue after SIGTERM before they are handed back. Unset:
+    # five seconds less than ``shutdown_seconds``, leaving time to hand back and answer.
+    drain_seconds: float | None = Field(default=None, ge=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     replica: str = Field(default_factory=_default_replica)
     log_format: Literal["json", "console"] = "json"
@@ -70,8 +82,25 @@ class Settings(BaseSettings):
             return self.max_runs_per_owner
         return 0 if self.auth == "none" else max(1, self.workers // 2)
 
+    @property
+    def run_drain_seconds(self) -> float:
+        """THREADKEEPER_DRAIN_SECONDS, or its default."""
+        if self.drain_seconds is not None:
+            return self.drain_seconds
+        return max(0.0, self.shutdown_seconds - DRAIN_HEADROOM_SECONDS)
+
+    @property
+    def cut_seconds(self) -> float:
+        """After SIGTERM, when the responses still open are cut (their clients rejoin elsewhere)."""
+        return self.shutdown_seconds - CUT_MARGIN_SECONDS
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if self.drain_seconds is not None and self.drain_seconds >= self.cut_seconds:
+            raise ValueError(
+                "THREADKEEPER_DRAIN_SECONDS must be less than THREADKEEPER_SHUTDOWN_SECONDS - "
+                f"{CUT_MARGIN_SECONDS:g} (open responses are cut then)"
+            )
         if self.pool_min_size > self.pool_max_size:
             raise ValueError(
                 "THREADKEEPER_POOL_MIN_SIZE must not exceed THREADKEEPER_POOL_MAX_SIZE"

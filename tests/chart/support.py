@@ -180,6 +180,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         **BASE,
         "monitoring.serviceMonitor.enabled": True,
         "monitoring.prometheusRule.enabled": True,
+        "monitoring.dashboard.enabled": True,
         "monitoring.labels": {"release": "kube-prometheus-stack"},
         "alerts.labels": {"team": "agents"},
     },
@@ -217,6 +218,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "autoscaling.enabled": True,
         "monitoring.serviceMonitor.enabled": True,
         "monitoring.prometheusRule.enabled": True,
+        "monitoring.dashboard.enabled": True,
         "auth.mode": "jwt",
         "auth.jwt.secret": "an-hs256-secret",
         "service.extraEnv": [

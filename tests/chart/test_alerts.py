@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart import support
+from tests.chart import promql, support
 from tests.chart.support import Helm
 
 PROMTOOL_DIR = Path(__file__).parent / "promtool"
@@ -47,6 +47,18 @@ def test_every_alert_is_tested_firing_and_silent(helm: Helm) -> None:
     silent = {c["alertname"] for c in cases if not c["exp_alerts"]}
     assert alerts == firing, f"alerts without a firing test: {alerts - firing}"
     assert alerts == silent, f"alerts without a silent test: {alerts - silent}"
+
+
+def test_alerts_name_only_exported_metrics(helm: Helm) -> None:
+    """Every series an alert reads is scraped from the service or the reaper, or recorded."""
+    groups = _rendered_groups(helm, f"--values={PROMTOOL_DIR / 'values.yaml'}")["groups"]
+    # `up` is Prometheus' own series of every scrape target.
+    known = promql.exported_metric_names() | promql.recorded_names(groups) | {"up"}
+    for rule in (r for g in groups for r in g["rules"]):
+        names = promql.metric_names(rule["expr"])
+        where = rule.get("alert") or rule.get("record")
+        assert names, f"{where}: names no metric"
+        assert names <= known, f"{where}: {sorted(names - known)} is not exported"
 
 
 @pytest.mark.parametrize(

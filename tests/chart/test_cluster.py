@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ GROUP, VERSION, PLURAL = "threadkeeper.dev", "v1alpha1", "retentionpolicies"
 MONITORING = {
     "monitoring.serviceMonitor.enabled": True,
     "monitoring.prometheusRule.enabled": True,
+    "monitoring.dashboard.enabled": True,
     "monitoring.labels": {"release": "kube-prometheus-stack"},
 }
 
@@ -138,6 +140,8 @@ def installed(
     assert f"kubectl -n {namespace} rollout status deployment/{SERVICE}" in notes
     assert f"helm test {support.RELEASE} -n {namespace}" in notes
     assert f"kubectl -n {namespace} delete retentionpolicies --all" in notes
+    assert "ServiceMonitors and alerts are installed with labels" in notes
+    assert f'ConfigMap {namespace}/{SERVICE}-dashboard, labelled grafana_dashboard="1"' in notes
     try:
         yield namespace
     finally:
@@ -467,6 +471,21 @@ def test_reaper_service_account_can_do_its_job_and_no_more(kube: Cluster, instal
         _custom(api).patch_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, SERVICE, {"metadata": {"finalizers": None}}
         )
+
+
+def test_grafanas_sidecar_finds_the_dashboard(kube: Cluster, installed: str) -> None:
+    """The query kube-prometheus-stack's sidecar makes (label, all namespaces) finds it."""
+    out = Kubectl(kube).run(
+        "get", "configmaps", "--all-namespaces", "-l", "grafana_dashboard=1", "-o", "json"
+    )
+    found = [
+        item
+        for item in json.loads(out.stdout)["items"]
+        if item["metadata"]["namespace"] == installed
+    ]
+    assert [item["metadata"]["name"] for item in found] == [f"{SERVICE}-dashboard"]
+    (text,) = found[0]["data"].values()
+    assert json.loads(text)["panels"]
 
 
 def test_service_account_of_the_service_has_no_rights(kube: Cluster, installed: str) -> None:

@@ -56,8 +56,10 @@ def _check(value: Any, schema: dict[str, Any], root: dict[str, Any], path: str) 
                 problems.append(f"{path}.{key}: not in values.schema.json")
             else:
                 problems += _check(child, node["properties"][key], root, f"{path}.{key}")
-        for key in node["properties"] if value else ():
-            if key not in value and key != "global":
+        for key, described in node["properties"].items() if value else ():
+            # "global" is Helm's; a deprecated key is only described so the chart can name its
+            # replacement.
+            if key not in value and key != "global" and not described.get("deprecated"):
                 problems.append(f"{path}.{key}: in the schema but not in values.yaml")
     elif isinstance(value, dict) and value and "additionalProperties" not in node:
         problems.append(f"{path}: a map with no schema for its entries")

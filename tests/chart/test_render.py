@@ -12,6 +12,7 @@ import yaml
 
 from tests.chart import support
 from tests.chart.support import BASE, DB_URL, SCENARIOS, Helm, find
+from threadkeeper.service.settings import Settings
 
 SERVICE = "tk-threadkeeper"
 REAPER = "tk-threadkeeper-reaper"
@@ -57,7 +58,13 @@ def test_default_objects(helm: Helm) -> None:
 
 def test_every_switch_renders_its_objects(helm: Helm) -> None:
     docs = helm.render(SCENARIOS["everything"])
-    for kind in ("Ingress", "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule"):
+    for kind in (
+        "Ingress",
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+    ):
         assert any(d["kind"] == kind for d in docs), kind
     deployment = find(docs, "Deployment", SERVICE)
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
@@ -108,10 +115,11 @@ def test_service_deployment(helm: Helm) -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
-    # Graceful shutdown: preStop sleep + uvicorn's 25 s drain fit in the grace period.
+    # Graceful shutdown: the preStop sleep, then the service's own budget, fit in the grace period.
     sleep = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert sleep == 10
-    assert pod["terminationGracePeriodSeconds"] >= sleep + 25
+    shutdown = float(support.env_of(container)["THREADKEEPER_SHUTDOWN_SECONDS"]["value"])
+    assert sleep + shutdown < pod["terminationGracePeriodSeconds"]
     # Restricted pod security, read-only root with a writable /tmp.
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -139,7 +147,7 @@ def test_service_environment(helm: Helm) -> None:
             **BASE,
             "service.model": "openai:gpt-4o-mini",
             "service.leaseSeconds": 45,
-            "service.workers": 2,
+            "service.concurrentRuns": 2,
             "service.pool.minSize": 3,
             "service.pool.maxSize": 12,
         }
@@ -170,6 +178,36 @@ def test_the_users_own_deployment_config(helm: Helm) -> None:
     docs = helm.render({**BASE, "service.config": "/app/langgraph.json"})
     env = support.env_of(support.containers(find(docs, "Deployment", SERVICE))[0])
     assert env["THREADKEEPER_CONFIG"]["value"] == "/app/langgraph.json"
+
+
+@pytest.mark.parametrize(("grace", "sleep"), [(45, 10), (25, 10), (120, 0), (600, 30)])
+def test_one_shutdown_budget_for_pod_and_service(helm: Helm, grace: int, sleep: int) -> None:
+    """The service's shutdown comes from the pod's grace period: what the chart renders is a
+    configuration the service accepts, and its drain ends before the kubelet's SIGKILL."""
+    docs = helm.render(
+        {
+            **BASE,
+            "service.terminationGracePeriodSeconds": grace,
+            "service.preStopSleepSeconds": sleep,
+        }
+    )
+    env = support.env_of(support.containers(find(docs, "Deployment", SERVICE))[0])
+    settings = Settings.model_validate(
+        {
+            name.removeprefix("THREADKEEPER_").lower(): e["value"]
+            for name, e in env.items()
+            if name.startswith("THREADKEEPER_") and "value" in e
+        }
+    )
+    assert sleep + settings.shutdown_seconds < grace
+    assert settings.run_drain_seconds < settings.cut_seconds < settings.shutdown_seconds
+
+
+def test_concurrent_runs_may_be_zero(helm: Helm) -> None:
+    """A pod that serves the API but executes no runs."""
+    docs = helm.render({**BASE, "service.concurrentRuns": 0})
+    env = support.env_of(support.containers(find(docs, "Deployment", SERVICE))[0])
+    assert env["THREADKEEPER_WORKERS"]["value"] == "0"
 
 
 def test_per_owner_cap_of_running_runs(helm: Helm) -> None:
@@ -504,6 +542,9 @@ def test_helm_test_pod(helm: Helm) -> None:
         ({**BASE, "alerts.tableBytesWarning": -1}, "/alerts/tableBytesWarning"),
         ({**BASE, "image.digest": "latest"}, "/image/digest"),
         ({**BASE, "service.config": 7}, "/service/config"),
+        ({**BASE, "monitoring.dashboard.label": "not a label"}, "/monitoring/dashboard/label"),
+        ({**BASE, "monitoring.dashboard.labelValue": "a b"}, "/monitoring/dashboard/labelValue"),
+        ({**BASE, "monitoring.dashboard.enable": True}, "'enable' not allowed"),
     ],
 )
 def test_schema_rejects(helm: Helm, values: dict[str, Any], message: str) -> None:
@@ -523,6 +564,7 @@ def test_schema_rejects(helm: Helm, values: dict[str, Any], message: str) -> Non
         ),
         ({**BASE, "service.pool.minSize": 30}, "service.pool.minSize must not exceed"),
         ({**BASE, "service.terminationGracePeriodSeconds": 20}, "at least"),
+        ({**BASE, "service.workers": 4}, "renamed service.concurrentRuns"),
         (
             {**BASE, "autoscaling.enabled": True, "service.resources.requests.cpu": None},
             "autoscaling.enabled needs",

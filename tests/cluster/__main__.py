@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.cluster import build, controlplane, node
+from tests.cluster import appimage, build, controlplane, node, rootfs
 from tests.cluster.errors import ClusterError
 
 
@@ -76,12 +76,25 @@ def cmd_up_node(args: argparse.Namespace) -> int:
         )
     else:
         _err(f"a node cluster is already running (state in {state['state_dir']})")
+    _publish_app_image(state)
     _err(
         f"kubectl is in {state['bin_dir']}, ctr in {state['node_bin_dir']}; "
         "stop it with `python -m tests.cluster down`"
     )
     _out(_exports(state)[0])
     return 0
+
+
+def _publish_app_image(state: dict[str, object]) -> None:
+    """Build the tree's image if its inputs changed, and make it pullable by the node."""
+    built = appimage.app_image(
+        build.ensure_image_tools(progress=_err),
+        build.ensure_node_binaries(progress=_err),
+        rootfs.python_base_archive(_err),
+        _err,
+    )
+    node.publish_image(state, built.archive, built.refs)
+    _err(f"the project's image is {appimage.APP_IMAGE} (also {built.ref}), pullable by the node")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -168,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument(
         "--node",
         action="store_true",
-        help="also a node: kubelet on containerd+runc, CNI bridge, kube-proxy, CoreDNS (root)",
+        help="also a node (kubelet on containerd+runc, CNI, kube-proxy, CoreDNS, a registry) "
+        "and the project's image, threadkeeper.local/threadkeeper:dev (root)",
     )
     sub.add_parser("down", help="stop the detached control plane and remove its state")
     sub.add_parser("env", help="print export lines for the running detached control plane")

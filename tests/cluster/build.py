@@ -445,7 +445,7 @@ def _require_cgo_seccomp() -> None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path, progress: Progress) -> Iterator[None]:
+def locked(path: Path, progress: Progress) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         try:
@@ -599,7 +599,7 @@ def _build_set(spec: _SetSpec, cached: Callable[[], object | None], report: Prog
     go = _require_go(spec.go_minimum, spec.what)
     if any(step.cgo for step in spec.steps):
         _require_cgo_seccomp()
-    with _locked(root / ".build.lock", report):
+    with locked(root / ".build.lock", report):
         if cached() is not None:
             return
         # Holding the lock means any leftover temp dir belongs to a build that died.

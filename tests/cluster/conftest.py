@@ -8,22 +8,30 @@ Fixtures:
 - `node_binaries` (session): the built `NodeBinaries`, built once after collection.
 - `kube_node` (session): a running `NodeCluster`; `kube_node_host_before` is the host's
   state from just before it started, for the test that checks `stop()` restores it.
+- `python_base_image` (session): the Debian-made Python base, imported into the node.
+- `app_image` (session): the project's image built from its Dockerfile (rebuilt only when
+  its inputs change), pushed to the node's registry; an `ImageRef` pods pull.
+- `bridge_postgres` (session): a Postgres on the host that pods reach at the bridge address.
+- `namespace`: a fresh namespace (with its `default` ServiceAccount) per test.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import pytest
 
-from tests.cluster import build, rootfs
+from tests.cluster import appimage, build, rootfs
 from tests.cluster.build import Binaries, ImageToolBinaries, NodeBinaries
 from tests.cluster.errors import ClusterError
 from tests.cluster.host import HostState, host_state
 from tests.cluster.image import ImageRef
 from tests.cluster.node import NodeCluster, NodePorts
+from tests.cluster.pgbridge import BridgePostgres
+from tests.cluster.pods import WAIT, kubectl
 from tests.cluster.pytest_plugin import terminal_progress
 
 _NODE_BUILD_ERROR = pytest.StashKey[str]()
@@ -128,3 +136,53 @@ def python_base_image(kube_node: NodeCluster, request: pytest.FixtureRequest) ->
         pytest.fail(str(exc), pytrace=False)
     kube_node.import_image(archive, rootfs.PYTHON_BASE_IMAGE)
     return rootfs.PYTHON_BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def app_image(
+    kube_node: NodeCluster,
+    image_tools: ImageToolBinaries,
+    node_binaries: NodeBinaries,
+    request: pytest.FixtureRequest,
+) -> ImageRef:
+    """The project's image from its Dockerfile (`appimage`), in the node's registry.
+
+    Built by BuildKit only when the files it is built from changed (about a minute),
+    else taken from the cache. Returns `threadkeeper.local/threadkeeper:<key>`, the
+    exact build; pods pull it from the loopback registry.
+    """
+    progress = terminal_progress(request.config)
+    try:
+        base = rootfs.python_base_archive(progress)
+        built = appimage.app_image(image_tools, node_binaries, base, progress)
+    except ClusterError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    kube_node.import_image(built.archive, *built.refs)
+    return built.ref
+
+
+@pytest.fixture(scope="session")
+def bridge_postgres(kube_node: NodeCluster) -> Iterator[BridgePostgres]:
+    """A Postgres on the host that pods reach at the node's bridge address."""
+    try:
+        server = BridgePostgres.start(kube_node.network)
+    except ClusterError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def namespace(kube_node: NodeCluster) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kubectl(kube_node, "create", "namespace", name)
+    # The controller-manager makes each namespace's `default` ServiceAccount, which the
+    # ServiceAccount admission plugin requires before it admits a pod.
+    kubectl(kube_node, "wait", "--for=create", "serviceaccount/default", "-n", name,
+            f"--timeout={WAIT}")  # fmt: skip
+    try:
+        yield name
+    finally:
+        kubectl(kube_node, "delete", "namespace", name, "--wait=false", check=False)

@@ -30,7 +30,7 @@ from tests.cluster import pki
 from tests.cluster.build import Binaries, cache_root, cached_binaries
 from tests.cluster.errors import ClusterError
 from tests.cluster.host import NodeNetwork
-from tests.cluster.proc import alive, die_with_parent, free_port, start_time, stop_group
+from tests.cluster.proc import alive, free_port, spawn, start_time, stop_group
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -546,16 +546,7 @@ class ControlPlane(Cluster):
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log_path = self.state_dir / f"{name}.log"
-        with log_path.open("ab") as out:
-            proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.state_dir,
-                start_new_session=True,
-                preexec_fn=None if self.detached else die_with_parent(),
-            )
+        proc = spawn(args, log_path, cwd=self.state_dir, detached=self.detached)
         self._procs[name] = proc
         self._record_children()
         return proc

@@ -219,15 +219,27 @@ def cgroup_pids() -> list[int]:
 
 def remove_pod_cgroups(snapshot: HostSnapshot) -> None:
     for controller in snapshot.absent_cgroups:
-        top = Path(controller) / POD_CGROUP
-        if not top.is_dir():
-            continue
-        # cgroupfs directories go bottom-up with rmdir; their files cannot be removed.
-        for directory in sorted((d for d in top.rglob("*") if d.is_dir()), key=str, reverse=True):
-            with contextlib.suppress(OSError):
-                directory.rmdir()
+        remove_cgroup_tree(Path(controller) / POD_CGROUP)
+
+
+def remove_cgroup_tree(top: Path) -> None:
+    """rmdir a cgroup and its children, bottom-up; cgroups still holding processes stay."""
+    if not top.is_dir():
+        return
+    # cgroupfs directories go bottom-up with rmdir; their files cannot be removed.
+    for directory in sorted((d for d in top.rglob("*") if d.is_dir()), key=str, reverse=True):
         with contextlib.suppress(OSError):
-            top.rmdir()
+            directory.rmdir()
+    with contextlib.suppress(OSError):
+        top.rmdir()
+
+
+def absent_cgroups(name: str) -> list[Path]:
+    """The cgroup `name` in every hierarchy (v1 controllers, v2, `unified`) where it is absent."""
+    if not CGROUP_ROOT.is_dir():
+        return []
+    hierarchies = [d for d in sorted(CGROUP_ROOT.iterdir()) if d.is_dir()]
+    return [h / name for h in hierarchies if not (h / name).exists()]
 
 
 def remove_links(net: NodeNetwork) -> None:

@@ -25,7 +25,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +39,7 @@ from tests.cluster.controlplane import ControlPlane
 from tests.cluster.errors import ClusterError
 from tests.cluster.host import HostSnapshot, NodeNetwork
 from tests.cluster.image import ImageRef, busybox_archive
-from tests.cluster.proc import alive, die_with_parent, free_port, start_time, stop_group
+from tests.cluster.proc import alive, free_port, spawn, start_time, stop_group
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -236,6 +236,31 @@ def _kill_shims(state_dir: Path) -> None:
         if b"containerd-shim" in cmdline and marker in cmdline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry.name), signal.SIGKILL)
+
+
+def _import_and_push(
+    ctr: Callable[..., subprocess.CompletedProcess[str]],
+    hosts: Path | None,
+    archive: Path,
+    refs: Sequence[ImageRef],
+) -> None:
+    ctr("images", "import", str(archive))
+    if hosts is not None:
+        for ref in refs:
+            ctr("images", "push", "--plain-http", "--hosts-dir", str(hosts), str(ref))
+
+
+def publish_image(state: Mapping[str, Any], archive: Path, refs: Sequence[ImageRef]) -> None:
+    """`NodeCluster.import_image` for the running node a registry entry describes."""
+    state_dir = Path(state["state_dir"])
+    socket = state_dir / "containerd" / "containerd.sock"
+    ctr = Path(state["node_bin_dir"]) / "ctr"
+
+    def run_ctr(*args: str) -> subprocess.CompletedProcess[str]:
+        return host.run(str(ctr), "--address", str(socket), "-n", CRI_NAMESPACE, *args)
+
+    hosts = state_dir / "certs.d" if "registry" in state.get("children", {}) else None
+    _import_and_push(run_ctr, hosts, archive, refs)
 
 
 # --- the cluster --------------------------------------------------------------------------
@@ -474,17 +499,8 @@ class NodeCluster:
         if extra_path is not None:
             # containerd finds its shim on PATH.
             env["PATH"] = f"{extra_path}{os.pathsep}{env.get('PATH', '')}"
-        with self._path(f"{name}.log").open("ab") as out:
-            proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.state_dir,
-                env=env,
-                start_new_session=True,
-                preexec_fn=None if self.detached else die_with_parent(),
-            )
+        log = self._path(f"{name}.log")
+        proc = spawn(args, log, cwd=self.state_dir, env=env, detached=self.detached)
         self._procs[name] = proc
         self._record()
 
@@ -556,17 +572,16 @@ class NodeCluster:
             )
             self.import_image(archive, ref)
 
-    def import_image(self, archive: Path, ref: ImageRef) -> None:
+    def import_image(self, archive: Path, ref: ImageRef, *more: ImageRef) -> None:
         """Make the OCI archive of `ref` (a `threadkeeper.local/` name) available to pods.
 
         With a registry, the image is pushed there too, so a pull of it (a policy of
         Always, or containerd forgetting a name when the same image is pulled under
-        another) finds it instead of failing.
+        another) finds it instead of failing. `more` are further names the archive
+        carries, pushed as well.
         """
-        self.ctr("images", "import", str(archive))
-        if self.image_tools is not None:
-            hosts = str(self._path("certs.d"))
-            self.ctr("images", "push", "--plain-http", "--hosts-dir", hosts, str(ref))
+        hosts = self._path("certs.d") if self.image_tools is not None else None
+        _import_and_push(self.ctr, hosts, archive, (ref, *more))
 
     def pids(self) -> dict[str, int]:
         return {name: proc.pid for name, proc in self._procs.items()}

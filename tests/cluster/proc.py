@@ -7,9 +7,10 @@ import ctypes
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
@@ -35,6 +36,31 @@ def die_with_parent() -> Callable[[], None] | None:
             os._exit(1)
 
     return preexec
+
+
+def spawn(
+    args: list[str],
+    log: Path,
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    detached: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start a child in a session of its own, its output appended to `log`.
+
+    Unless `detached`, it dies with this process (`die_with_parent`).
+    """
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            start_new_session=True,
+            preexec_fn=None if detached else die_with_parent(),
+        )
 
 
 def start_time(pid: int) -> int | None:

@@ -4,6 +4,12 @@ No container registry is reachable, but Debian's package mirror is (the one the 
 apt uses). `python_base_archive()` runs `debootstrap --variant=minbase` of bookworm with
 Python 3.11, trims the package caches, adds the `/usr/local/bin/python*` names the
 official image has, and packs it as a one-layer OCI archive, cached by recipe.
+
+It also trusts the build host's own certificate authorities (`HOST_CA_DIR`): the image
+builds run `uv sync` in containers made from it, and a host that reaches PyPI through a
+TLS-intercepting proxy only gets there if the containers trust that proxy's CA, as the
+host does. `SSL_CERT_FILE` points uv (which otherwise uses its bundled roots) at the
+system bundle.
 """
 
 from __future__ import annotations
@@ -26,14 +32,19 @@ SUITE = "bookworm"
 PACKAGES = ("python3", "python3-minimal", "ca-certificates")
 PYTHON_BASE_IMAGE = ImageRef("threadkeeper.local/python", "3.11-slim-bookworm")
 # Bump when the recipe below changes; the suite and packages are in the key already.
-_RECIPE = "1"
+_RECIPE = "2"
 _APT_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
 # What the image must not carry: download caches, package lists, device nodes (the
 # runtime mounts /dev).
 _TRIM = ("var/cache/apt/archives", "var/lib/apt/lists", "dev")
+HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
+# Where the image keeps them, as Debian's update-ca-certificates expects local CAs.
+_IMAGE_CA_DIR = "usr/local/share/ca-certificates"
+_CA_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
 _PYTHON_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "LANG": "C.UTF-8",
+    "SSL_CERT_FILE": f"/{_CA_BUNDLE}",
 }
 
 
@@ -53,9 +64,15 @@ def debian_mirror() -> str:
     )
 
 
+def _host_cas() -> list[Path]:
+    return sorted(HOST_CA_DIR.glob("*.crt")) if HOST_CA_DIR.is_dir() else []
+
+
 def _key() -> str:
-    recipe = f"{_RECIPE}\0{SUITE}\0{','.join(PACKAGES)}"
-    return hashlib.sha256(recipe.encode()).hexdigest()[:12]
+    digest = hashlib.sha256(f"{_RECIPE}\0{SUITE}\0{','.join(PACKAGES)}".encode())
+    for ca in _host_cas():
+        digest.update(ca.name.encode() + b"\0" + ca.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def cached_python_base() -> Path | None:
@@ -84,6 +101,20 @@ def _debootstrap(target: Path, mirror: str) -> None:
         raise ClusterError(f"debootstrap of {SUITE} failed:\n{tail}")
 
 
+def _trust_host_cas(root: Path) -> None:
+    """Add the host's CAs as `update-ca-certificates` would: a copy and the bundle."""
+    cas = _host_cas()
+    if not cas:
+        return
+    target = root / _IMAGE_CA_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    with (root / _CA_BUNDLE).open("ab") as bundle:
+        for ca in cas:
+            data = ca.read_bytes()
+            (target / ca.name).write_bytes(data)
+            bundle.write(data if data.endswith(b"\n") else data + b"\n")
+
+
 def _finish(root: Path) -> None:
     for relative in _TRIM:
         directory = root / relative
@@ -95,6 +126,7 @@ def _finish(root: Path) -> None:
     local_bin = root / "usr/local/bin"
     for name in ("python", "python3", "python3.11"):
         (local_bin / name).symlink_to("/usr/bin/python3.11")
+    _trust_host_cas(root)
 
 
 def _pack(root: Path, layer: Path) -> None:

@@ -11,9 +11,7 @@ import json
 import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,93 +23,21 @@ from tests.cluster.errors import ClusterError
 from tests.cluster.host import HostState, NodeNetwork, host_state
 from tests.cluster.image import ImageRef
 from tests.cluster.node import BUSYBOX_IMAGE, NODE_NAME, NodeCluster, NodePorts, preflight
+from tests.cluster.pods import (
+    WAIT,
+    apply,
+    deployment_manifest,
+    kubectl,
+    pod_manifest,
+    run_pod,
+    run_to_completion,
+)
 from tests.cluster.proc import alive
-
-# Generous for a shared 2-core machine; a healthy node needs a few seconds.
-_WAIT_S = 120
-_WAIT = f"{_WAIT_S}s"
-
-
-def _kubectl(cluster: NodeCluster, *args: str, check: bool = True) -> str:
-    result = subprocess.run(
-        [str(cluster.kubectl), *args],
-        env=cluster.env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
-    return result.stdout
-
-
-def _apply(cluster: NodeCluster, manifest: Mapping[str, Any]) -> None:
-    subprocess.run(
-        [str(cluster.kubectl), "apply", "-f", "-"],
-        env=cluster.env(),
-        input=json.dumps(manifest),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-
-
-@pytest.fixture
-def namespace(kube_node: NodeCluster) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    _kubectl(kube_node, "create", "namespace", name)
-    # The controller-manager makes each namespace's `default` ServiceAccount, which the
-    # ServiceAccount admission plugin requires before it admits a pod.
-    _kubectl(kube_node, "wait", "--for=create", "serviceaccount/default", "-n", name,
-             f"--timeout={_WAIT}")  # fmt: skip
-    try:
-        yield name
-    finally:
-        _kubectl(kube_node, "delete", "namespace", name, "--wait=false", check=False)
-
-
-def _pod(name: str, command: list[str], restart: str = "Never") -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": restart,
-            "containers": [{"name": "main", "image": str(BUSYBOX_IMAGE), "command": command}],
-        },
-    }
-
-
-def _run_to_completion(cluster: NodeCluster, namespace: str, name: str, script: str) -> str:
-    pod = _pod(name, ["/bin/sh", "-c", script])
-    pod["metadata"] = {"name": name, "namespace": namespace}
-    return _run_pod(cluster, pod)
-
-
-def _run_pod(cluster: NodeCluster, pod: dict[str, Any]) -> str:
-    """Apply a pod, wait for it to end and return its logs; it must succeed."""
-    name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
-    _apply(cluster, pod)
-    # Either end: a failed pod's logs say more than a timeout would.
-    deadline = time.monotonic() + _WAIT_S
-    while (phase := _phase(cluster, namespace, name)) not in ("Succeeded", "Failed"):
-        assert time.monotonic() < deadline, f"pod {name} still {phase} after {_WAIT_S}s"
-        time.sleep(0.5)
-    logs = _kubectl(cluster, "logs", "-n", namespace, name)
-    assert phase == "Succeeded", f"pod {name} failed; its logs:\n{logs}"
-    return logs
-
-
-def _phase(cluster: NodeCluster, namespace: str, name: str) -> str:
-    return _kubectl(cluster, "get", "pod", name, "-n", namespace,
-                    "-o", "jsonpath={.status.phase}")  # fmt: skip
 
 
 @pytest.mark.node
 def test_the_node_is_ready_on_containerd(kube_node: NodeCluster) -> None:
-    nodes = json.loads(_kubectl(kube_node, "get", "nodes", "-o", "json"))["items"]
+    nodes = json.loads(kubectl(kube_node, "get", "nodes", "-o", "json"))["items"]
     assert [n["metadata"]["name"] for n in nodes] == [NODE_NAME]
     status = nodes[0]["status"]
     ready = {c["type"]: c["status"] for c in status["conditions"]}["Ready"]
@@ -132,7 +58,7 @@ def test_a_pod_runs_to_completion_and_its_logs_are_served(
 ) -> None:
     token = uuid.uuid4().hex
     # The pod's own view: its IP is in the pod range, its resolver is cluster DNS only.
-    logs = _run_to_completion(
+    logs = run_to_completion(
         kube_node,
         namespace,
         "hello",
@@ -152,7 +78,7 @@ def test_a_pod_reaches_the_api_server_with_its_service_account_token(
     # kubectl (static, from the host's cache) in the pod uses the in-cluster config: the
     # `kubernetes` Service, the mounted token and the cluster CA that the controller-
     # manager publishes. The API server says who the token belongs to.
-    pod = _pod(
+    pod = pod_manifest(
         "in-cluster",
         ["/host-bin/kubectl", "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"],
     )
@@ -162,7 +88,7 @@ def test_a_pod_reaches_the_api_server_with_its_service_account_token(
     spec["containers"][0]["volumeMounts"] = [
         {"name": "bin", "mountPath": "/host-bin", "readOnly": True}
     ]
-    logs = _run_pod(kube_node, pod)
+    logs = run_pod(kube_node, pod)
     assert logs == f"system:serviceaccount:{namespace}:default"
 
 
@@ -172,7 +98,7 @@ def test_the_python_base_image_runs_python_3_11_as_uid_10001_read_only(
 ) -> None:
     # The chart's pod security: non-root uid 10001, read-only root, no capabilities.
     script = "import os, sys, ssl; print(sys.version_info[:2], os.getuid(), sys.executable)"
-    pod = _pod("python", ["/usr/local/bin/python", "-c", script])
+    pod = pod_manifest("python", ["/usr/local/bin/python", "-c", script])
     pod["metadata"] = {"name": "python", "namespace": namespace}
     pod["spec"]["securityContext"] = {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True}
     container = pod["spec"]["containers"][0]
@@ -182,7 +108,7 @@ def test_the_python_base_image_runs_python_3_11_as_uid_10001_read_only(
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
     }
-    assert _run_pod(kube_node, pod) == "(3, 11) 10001 /usr/local/bin/python\n"
+    assert run_pod(kube_node, pod) == "(3, 11) 10001 /usr/local/bin/python\n"
 
 
 @pytest.mark.node
@@ -193,19 +119,19 @@ def test_a_pod_pulls_its_image_from_the_loopback_registry(
     catalog = json.loads(_registry_get(f"http://{kube_node.registry}/v2/_catalog"))
     assert f"threadkeeper/busybox-{namespace}" in catalog["repositories"]
     token = uuid.uuid4().hex
-    pod = _pod("pulled", ["/bin/sh", "-c", f"echo {token}"])
+    pod = pod_manifest("pulled", ["/bin/sh", "-c", f"echo {token}"])
     pod["metadata"] = {"name": "pulled", "namespace": namespace}
     container = pod["spec"]["containers"][0]
     container["image"] = str(remote)
     # Always: the kubelet must resolve the tag at the registry, not reuse a local image.
     container["imagePullPolicy"] = "Always"
-    assert _run_pod(kube_node, pod) == f"{token}\n"
-    status = json.loads(_kubectl(kube_node, "get", "pod", "pulled", "-n", namespace, "-o", "json"))
+    assert run_pod(kube_node, pod) == f"{token}\n"
+    status = json.loads(kubectl(kube_node, "get", "pod", "pulled", "-n", namespace, "-o", "json"))
     image_id = status["status"]["containerStatuses"][0]["imageID"]
     assert image_id.startswith(f"{remote.name}@sha256:")
     # containerd's CRI forgets the local name of an image pulled under another name; the
     # local name then resolves to the loopback registry instead of failing.
-    again = _run_to_completion(kube_node, namespace, "local-again", f"echo {token}")
+    again = run_to_completion(kube_node, namespace, "local-again", f"echo {token}")
     assert again == f"{token}\n"
 
 
@@ -218,29 +144,14 @@ def _registry_get(url: str) -> str:
 def _web(namespace: str, token: str) -> list[dict[str, Any]]:
     labels = {"app": "web"}
     script = f"echo {token} > /www/index.html && exec httpd -f -p 8080 -h /www"
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "web", "namespace": namespace},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "web",
-                            "image": str(BUSYBOX_IMAGE),
-                            "command": ["/bin/sh", "-c", script],
-                            "ports": [{"containerPort": 8080}],
-                            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
-                        }
-                    ]
-                },
-            },
-        },
+    container = {
+        "name": "web",
+        "image": str(BUSYBOX_IMAGE),
+        "command": ["/bin/sh", "-c", script],
+        "ports": [{"containerPort": 8080}],
+        "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
     }
+    deployment = deployment_manifest("web", namespace, labels, {"containers": [container]})
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -256,17 +167,17 @@ def test_a_service_answers_on_its_cluster_ip_and_its_dns_name(
 ) -> None:
     token = uuid.uuid4().hex
     for manifest in _web(namespace, token):
-        _apply(kube_node, manifest)
-    _kubectl(kube_node, "rollout", "status", "-n", namespace, "deployment/web",
-             f"--timeout={_WAIT}")  # fmt: skip
-    cluster_ip = _kubectl(kube_node, "get", "service", "web", "-n", namespace,
+        apply(kube_node, manifest)
+    kubectl(kube_node, "rollout", "status", "-n", namespace, "deployment/web",
+             f"--timeout={WAIT}")  # fmt: skip
+    cluster_ip = kubectl(kube_node, "get", "service", "web", "-n", namespace,
                           "-o", "jsonpath={.spec.clusterIP}")  # fmt: skip
     domain = kube_node.network.cluster_domain
     fqdn = f"web.{namespace}.svc.{domain}"
     # kube-proxy may program the Service a moment after the rollout: retry inside the pod.
     # (Debian's static busybox wget crashes on its own -T, hence `timeout`.)
     fetch = "for i in $(seq 60); do timeout 3 wget -qO- http://{0}/ && break; sleep 1; done"
-    logs = _run_to_completion(
+    logs = run_to_completion(
         kube_node,
         namespace,
         "client",
@@ -304,7 +215,7 @@ def test_the_command_line_leaves_a_test_runs_node_alone(kube_node: NodeCluster) 
     down = _cli("down")
     assert down.returncode == 0, down.stderr
     assert "(a test run) is running; leaving it alone" in down.stderr
-    assert _kubectl(kube_node, "get", "node", NODE_NAME, "-o", "name") == f"node/{NODE_NAME}\n"
+    assert kubectl(kube_node, "get", "node", NODE_NAME, "-o", "name") == f"node/{NODE_NAME}\n"
     assert all(alive(pid) for pid in kube_node.pids().values())
 
 
@@ -314,10 +225,10 @@ def test_stop_leaves_nothing_behind(
 ) -> None:
     """Runs last (conftest orders it): it stops the session's node cluster."""
     # A running pod holds what stop() must undo: a veth, netns and rootfs mounts, a cgroup.
-    _apply(kube_node, {**_pod("sleeper", ["sleep", "3600"]), "metadata": {
+    apply(kube_node, {**pod_manifest("sleeper", ["sleep", "3600"]), "metadata": {
         "name": "sleeper", "namespace": namespace}})  # fmt: skip
-    _kubectl(kube_node, "wait", "-n", namespace, "pod/sleeper", "--for=condition=Ready",
-             f"--timeout={_WAIT}")  # fmt: skip
+    kubectl(kube_node, "wait", "-n", namespace, "pod/sleeper", "--for=condition=Ready",
+             f"--timeout={WAIT}")  # fmt: skip
     during = host_state()
     assert during != kube_node_host_before
     assert any(link.startswith("veth") for link in during.links)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ from langgraph_sdk.client import LangGraphClient
 
 from tests.support.balancer import front as balanced
 from tests.support.processes import ServiceProcess
-from threadkeeper.service.app import CUT_MARGIN_SECONDS, SHUTDOWN_SECONDS
+from threadkeeper.service.settings import CUT_MARGIN_SECONDS, DEFAULT_SHUTDOWN_SECONDS
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +30,13 @@ Replicas = Callable[..., ServiceProcess]
 # The draining replica hands its runs back at once, and another one resumes them.
 DRAIN = {"THREADKEEPER_DRAIN_SECONDS": "0"}
 CALLS_TIMEOUT = 120
+
+
+async def _exit_time(replica: ServiceProcess) -> float:
+    """When the replica's process exited (its own shutdown, not a kill)."""
+    assert replica.proc is not None
+    await asyncio.to_thread(replica.proc.wait, CALLS_TIMEOUT)
+    return time.monotonic()
 
 
 def _ask(text: str) -> dict[str, Any]:
@@ -120,11 +128,15 @@ async def test_a_replica_that_must_exit_first_cuts_its_calls_and_they_resume_els
     replicas: Replicas,
 ) -> None:
     """Runs that outlast the replica's shutdown: their waits and streams are cut (the SDK sees a
-    broken response and rejoins through the front), /chat answers 503 with where to join."""
-    a = replicas("a", **DRAIN).start()
+    broken response and rejoins through the front), /chat answers 503 with where to join. The
+    shutdown budget is THREADKEEPER_SHUTDOWN_SECONDS (the chart derives it from the grace
+    period): the replica exits within it, not within the default."""
+    shutdown = 8.0
+    assert shutdown + 5 < DEFAULT_SHUTDOWN_SECONDS
+    a = replicas("a", THREADKEEPER_SHUTDOWN_SECONDS=str(shutdown), **DRAIN).start()
     b = replicas("b").start(migrate=False)
-    seconds = int(SHUTDOWN_SECONDS) + 5
-    assert seconds > SHUTDOWN_SECONDS - CUT_MARGIN_SECONDS
+    seconds = int(shutdown) + 5
+    assert seconds > shutdown - CUT_MARGIN_SECONDS
     text = f"please look up slowly {seconds}"
     with balanced([a.port, b.port]) as front:
         client = get_client(url=front.url)
@@ -135,7 +147,9 @@ async def test_a_replica_that_must_exit_first_cuts_its_calls_and_they_resume_els
         chat = asyncio.create_task(_chat(front.url, text))
         await asyncio.to_thread(a.wait_for_runs, 3)
         assert a.proc is not None
+        signalled = time.monotonic()
         a.proc.send_signal(signal.SIGTERM)
+        exited = asyncio.create_task(_exit_time(a))
         # The SDK says so when it follows Location after a broken response.
         with pytest.warns(UserWarning, match="attempting reconnect"):
             async with asyncio.timeout(CALLS_TIMEOUT):
@@ -148,6 +162,7 @@ async def test_a_replica_that_must_exit_first_cuts_its_calls_and_they_resume_els
                 replies = [*await asyncio.gather(*calls), _reply(joined.json())]
         for reply in replies:
             assert f"looked up slowly for {seconds}s" in reply and "Turn 1." in reply
+        assert await exited - signalled < shutdown + 5
         code = await asyncio.to_thread(a.terminate, 60)
     assert code == -signal.SIGTERM
     _handed_over(a, b, 3)

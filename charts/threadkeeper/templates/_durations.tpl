@@ -11,3 +11,11 @@
 {{- $factor := get (dict "s" 1 "m" 60 "h" 3600 "d" 86400 "w" 604800) $unit }}
 {{- mul $n $factor }}
 {{- end }}
+
+{{/*
+THREADKEEPER_SHUTDOWN_SECONDS, from the pod's grace period (the one shutdown budget): what is left
+after the preStop sleep, less 5 s for the process to exit before the kubelet's SIGKILL.
+*/}}
+{{- define "threadkeeper.shutdownSeconds" -}}
+{{- sub (sub (int .Values.service.terminationGracePeriodSeconds) (int .Values.service.preStopSleepSeconds)) 5 }}
+{{- end }}

@@ -60,7 +60,9 @@
 - name: THREADKEEPER_LEASE_SECONDS
   value: {{ .Values.service.leaseSeconds | quote }}
 - name: THREADKEEPER_WORKERS
-  value: {{ .Values.service.workers | quote }}
+  value: {{ .Values.service.concurrentRuns | quote }}
+- name: THREADKEEPER_SHUTDOWN_SECONDS
+  value: {{ include "threadkeeper.shutdownSeconds" . | quote }}
 {{- if not (kindIs "invalid" .Values.service.maxRunsPerOwner) }}
 - name: THREADKEEPER_MAX_RUNS_PER_OWNER
   value: {{ .Values.service.maxRunsPerOwner | quote }}

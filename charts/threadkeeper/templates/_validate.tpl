@@ -8,7 +8,7 @@ sees every problem in one `helm install` instead of one per attempt.
 
 {{- define "threadkeeper.validate" -}}
 {{- $messages := list -}}
-{{- range $check := list "database" "auth" "pool" "shutdown" "autoscaling" "alerts" -}}
+{{- range $check := list "database" "auth" "pool" "shutdown" "renamed" "autoscaling" "alerts" -}}
 {{- range $line := splitList "\n" (include (printf "threadkeeper.validate.%s" $check) $) -}}
 {{- if $line -}}
 {{- $messages = append $messages $line -}}
@@ -44,9 +44,14 @@ service.pool.minSize must not exceed service.pool.maxSize
 {{- end -}}
 
 {{- define "threadkeeper.validate.shutdown" -}}
-{{- /* uvicorn's graceful shutdown is 25 s (service/cli.py), after the preStop sleep. */}}
-{{- if lt (int .Values.service.terminationGracePeriodSeconds) (add (int .Values.service.preStopSleepSeconds) 25) }}
-service.terminationGracePeriodSeconds must be at least service.preStopSleepSeconds + 25 (uvicorn's graceful shutdown)
+{{- if lt (int (include "threadkeeper.shutdownSeconds" .)) 10 }}
+service.terminationGracePeriodSeconds must be at least service.preStopSleepSeconds + 15 (10 s for the service's own shutdown, 5 s to exit)
+{{- end }}
+{{- end -}}
+
+{{- define "threadkeeper.validate.renamed" -}}
+{{- if hasKey .Values.service "workers" }}
+service.workers was renamed service.concurrentRuns (runs a pod executes at once)
 {{- end }}
 {{- end -}}
 
