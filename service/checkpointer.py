@@ -31,11 +31,11 @@ How it differs from the stock ``AsyncPostgresSaver``, always keeping LangGraph's
   written. A crash inside the window loses the held steps; the next
   attempt re-runs them, as it re-runs a step the crash interrupted, and a finished task stays
   re-runnable for at most the window. A refusal by the fence surfaces at the next call.
-* Nothing is written after a write that failed. LangGraph goes on after a failed task write
-  (it raises only when the run ends), so the saver would otherwise write later steps on top of
-  the lost ones, and a checkpoint whose DeltaChannel writes are missing reads back without
-  their messages. Every call after the failure raises it instead; the attempt ends, and the next
-  one resumes from the prefix that is durable.
+* Nothing is written after a write that failed (fenced savers). LangGraph can go on after a
+  task write failed (some failures it raises only when the run ends), and the saver would then
+  write later steps past the lost ones: a checkpoint whose DeltaChannel writes are missing reads
+  back without their messages. Every call after the failure raises it instead; the attempt
+  ends, and the next one resumes from the prefix that is durable.
 """
 
 from __future__ import annotations

@@ -301,17 +301,23 @@ async def test_writes_go_on_their_own_when_no_checkpoint_follows(
             await asyncio.sleep(0.01)
 
 
+async def _ended_write_behind(saver: FencedPostgresSaver) -> asyncio.Task[None]:
+    """End the write-behind window now, as the timer does, and wait for that write to end."""
+    saver._write_behind()
+    writing = saver._writing
+    assert writing is not None
+    async with asyncio.timeout(30):
+        await asyncio.wait([writing])
+    return writing
+
+
 @pytest.mark.usefixtures("held_writes")
 async def test_a_write_behind_refused_by_the_fence_fails_the_next_checkpoint(pool: Pool) -> None:
     thread_id, run_id, saver, first = await _fenced_run(pool)
     async with pool.connection() as conn:
         await conn.execute("UPDATE runs SET attempt = 2 WHERE run_id = %s", (run_id,))
     await saver.aput_writes(first, [("messages", ["too late"])], "task-a")
-    saver._write_behind()  # what the timer calls when the window ends
-    refused = saver._writing
-    assert refused is not None
-    async with asyncio.timeout(30):
-        await asyncio.wait([refused])
+    refused = await _ended_write_behind(saver)
     assert isinstance(refused.exception(), LeaseLostError)
     with pytest.raises(LeaseLostError):
         await saver.aput(first, empty_checkpoint(), {"step": 0}, {})
@@ -326,8 +332,8 @@ async def test_nothing_is_written_after_a_write_the_database_failed(
     """What is durable stays a prefix of what LangGraph handed over. Regression: a write-behind
     that found no connection in time failed only the next call, and the rows held after it were
     written: a checkpoint without the task writes it was made from, from which a DeltaChannel
-    rebuilds a history that lacks their messages (under load, the chaos test's thread whose turn
-    ended with the planner's tool call, answered as an empty reply)."""
+    rebuilds a history that lacks their messages (a run resumed from it read a thread reduced to
+    its last message)."""
     settings = Settings(
         database_url=database_url, pool_min_size=1, pool_max_size=1, pool_timeout=0.2
     )
@@ -337,11 +343,7 @@ async def test_nothing_is_written_after_a_write_the_database_failed(
         thread_id, _run_id, saver, first = await _fenced_run(small)
         await saver.aput_writes(first, [("messages", ["lost"])], "task-a")
         async with small.connection():  # every connection busy: the write-behind times out
-            saver._write_behind()  # what the timer calls when the window ends
-            failed = saver._writing
-            assert failed is not None
-            async with asyncio.timeout(30):
-                await asyncio.wait([failed])
+            failed = await _ended_write_behind(saver)
         assert isinstance(failed.exception(), PoolTimeout)
         # Told to the next call, as before, and now to every call after it too.
         for step in range(3):
