@@ -31,6 +31,11 @@ How it differs from the stock ``AsyncPostgresSaver``, always keeping LangGraph's
   written. A crash inside the window loses the held steps; the next
   attempt re-runs them, as it re-runs a step the crash interrupted, and a finished task stays
   re-runnable for at most the window. A refusal by the fence surfaces at the next call.
+* Nothing is written after a write that failed (fenced savers). LangGraph can go on after a
+  task write failed (some failures it raises only when the run ends), and the saver would then
+  write later steps past the lost ones: a checkpoint whose DeltaChannel writes are missing reads
+  back without their messages. Every call after the failure raises it instead; the attempt
+  ends, and the next one resumes from the prefix that is durable.
 """
 
 from __future__ import annotations
@@ -186,6 +191,15 @@ class LeaseLostError(RuntimeError):
     """This run attempt no longer owns its run; it must stop without writing."""
 
 
+class WriteInterruptedError(LeaseLostError):
+    """A write of this attempt was cancelled before it was known to commit. As with a lost
+    lease, the attempt writes nothing more, and its run is resumed once the lease runs out."""
+
+
+class EarlierWriteFailedError(RuntimeError):
+    """A write of this attempt failed before this one; raised from that failure."""
+
+
 def refused_by_fence(exc: BaseException) -> bool:
     """Whether a statement failed because its fence found the lease gone."""
     return isinstance(exc, psycopg.errors.DivisionByZero)
@@ -306,6 +320,8 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         self._held_checkpoints: set[tuple[str, str, str]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._writing: asyncio.Task[None] | None = None
+        # The first write of a fenced saver that failed: nothing is written after it.
+        self._failure: BaseException | None = None
 
     async def aput(
         self,
@@ -386,7 +402,7 @@ class FencedPostgresSaver(AsyncPostgresSaver):
                 if batch.upsert
                 else self.INSERT_CHECKPOINT_WRITES_SQL
             )
-            async with self._cursor(pipeline=True) as cur:
+            async with self._failing_for_good(), self._cursor(pipeline=True) as cur:
                 await cur.executemany(query, rows)
             _saved([batch])
             return
@@ -409,6 +425,7 @@ class FencedPostgresSaver(AsyncPostgresSaver):
     async def flush(self) -> None:
         """Write the held task writes now (the executor calls this when a run stops)."""
         await self._written()
+        self._refuse_after_failure()
         held = self._take_held()
         if held:
             await self._write_now(held)
@@ -417,6 +434,7 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         """Hand the held rows to the caller's own statement (the run's ending) instead of
         writing them; None if nothing is held. A write-behind under way commits first."""
         await self._written()
+        self._refuse_after_failure()
         items = self._take_held()
         return self._batch(items) if items else None
 
@@ -508,9 +526,20 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         await self._write_now(items)
 
     async def _refused(self) -> None:
-        """Raise the failure (a lost lease) of a write-behind that has already ended."""
+        """Raise the failure (a lost lease, the database) of a write that has already ended."""
         if self._writing is not None and self._writing.done():
             await self._written()
+        self._refuse_after_failure()
+
+    def _refuse_after_failure(self) -> None:
+        failure = self._failure
+        if failure is None:
+            return
+        if isinstance(failure, LeaseLostError):
+            raise failure.with_traceback(None)
+        raise EarlierWriteFailedError(
+            f"an earlier write of this attempt failed ({type(failure).__name__}: {failure})"
+        ) from failure
 
     async def _written(self) -> None:
         """Wait until no write-behind is under way; a failure (a lost lease) is this caller's.
@@ -538,6 +567,25 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         batch = self._batch(items)
         await self._execute(batch_sql(batch.shape, batch.fenced), batch.params)
         batch.saved()
+
+    @asynccontextmanager
+    async def _failing_for_good(self) -> AsyncIterator[None]:
+        """Around a fenced write: once one fails, every later call raises instead of writing.
+        (A saver without a fence writes each call at once and holds nothing back.)"""
+        if self.fence is None:
+            yield
+            return
+        self._refuse_after_failure()
+        try:
+            yield
+        except Exception as exc:
+            self._failure = exc
+            raise
+        except BaseException:
+            self._failure = WriteInterruptedError(
+                f"run {self.fence.run_id} attempt {self.fence.attempt}: a write was cancelled"
+            )
+            raise
 
     def _batch(self, items: list[Held]) -> Batch:
         params: list[Any] = self._fence_params()
@@ -577,7 +625,7 @@ class FencedPostgresSaver(AsyncPostgresSaver):
 
     async def _execute(self, query: bytes, params: Sequence[Any]) -> None:
         """One write statement in its own (implicit) transaction."""
-        async with self.pool.connection() as conn:
+        async with self._failing_for_good(), self.pool.connection() as conn:
             try:
                 await AsyncRawCursor(conn).execute(query, params, binary=True)
             except psycopg.errors.DivisionByZero:

@@ -23,6 +23,7 @@ from psycopg.rows import DictRow
 from threadkeeper.service import db, events, lifecycle, runs
 from threadkeeper.service.checkpointer import (
     Batch,
+    EarlierWriteFailedError,
     Fence,
     FencedPostgresSaver,
     LeaseLostError,
@@ -150,10 +151,11 @@ def thread_config(thread_id: UUID, checkpoint_id: str | None = None) -> Runnable
 
 
 async def _keep_held_writes(saver: FencedPostgresSaver) -> None:
-    """Save what the saver still holds (finished steps, task writes), if the lease allows it."""
+    """Save what the saver still holds (finished steps, task writes), if the lease and the
+    database allow it (nothing is saved after a write that failed)."""
     try:
         await saver.flush()
-    except (LeaseLostError, psycopg.Error) as exc:
+    except (LeaseLostError, EarlierWriteFailedError, psycopg.Error) as exc:
         log.warning("task_writes_not_saved", error=str(exc))
 
 

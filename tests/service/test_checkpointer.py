@@ -13,10 +13,10 @@ from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from tests.support.statements import Statements
-from threadkeeper.service import checkpointer
+from threadkeeper.service import checkpointer, db
 from threadkeeper.service.agent.graph import build_graph
 from threadkeeper.service.agent.offline import OfflineChatModel
 from threadkeeper.service.checkpointer import Fence, FencedPostgresSaver, LeaseLostError
@@ -301,20 +301,101 @@ async def test_writes_go_on_their_own_when_no_checkpoint_follows(
             await asyncio.sleep(0.01)
 
 
+async def _ended_write_behind(saver: FencedPostgresSaver) -> asyncio.Task[None]:
+    """End the write-behind window now, as the timer does, and wait for that write to end."""
+    saver._write_behind()
+    writing = saver._writing
+    assert writing is not None
+    async with asyncio.timeout(30):
+        await asyncio.wait([writing])
+    return writing
+
+
 @pytest.mark.usefixtures("held_writes")
 async def test_a_write_behind_refused_by_the_fence_fails_the_next_checkpoint(pool: Pool) -> None:
     thread_id, run_id, saver, first = await _fenced_run(pool)
     async with pool.connection() as conn:
         await conn.execute("UPDATE runs SET attempt = 2 WHERE run_id = %s", (run_id,))
     await saver.aput_writes(first, [("messages", ["too late"])], "task-a")
-    saver._write_behind()  # what the timer calls when the window ends
-    refused = saver._writing
-    assert refused is not None
-    async with asyncio.timeout(30):
-        await asyncio.wait([refused])
+    refused = await _ended_write_behind(saver)
     assert isinstance(refused.exception(), LeaseLostError)
     with pytest.raises(LeaseLostError):
         await saver.aput(first, empty_checkpoint(), {"step": 0}, {})
+    assert await _table_rows(pool, "checkpoint_writes", thread_id) == []
+    assert len(await _table_rows(pool, "checkpoints", thread_id)) == 1
+
+
+@pytest.mark.usefixtures("held_writes")
+async def test_nothing_is_written_after_a_write_the_database_failed(
+    pool: Pool, database_url: str
+) -> None:
+    """What is durable stays a prefix of what LangGraph handed over. Regression: a write-behind
+    that found no connection in time failed only the next call, and the rows held after it were
+    written: a checkpoint without the task writes it was made from, from which a DeltaChannel
+    rebuilds a history that lacks their messages (a run resumed from it read a thread reduced to
+    its last message)."""
+    settings = Settings(
+        database_url=database_url, pool_min_size=1, pool_max_size=1, pool_timeout=0.2
+    )
+    small = make_pool(database_url, settings)
+    await small.open(wait=True)
+    try:
+        thread_id, _run_id, saver, first = await _fenced_run(small)
+        await saver.aput_writes(first, [("messages", ["lost"])], "task-a")
+        async with small.connection():  # every connection busy: the write-behind times out
+            failed = await _ended_write_behind(saver)
+        assert isinstance(failed.exception(), PoolTimeout)
+        # Told to the next call, as before, and now to every call after it too.
+        for step in range(3):
+            with pytest.raises(Exception) as told:
+                await saver.aput(first, empty_checkpoint(), {"step": step}, {})
+            assert db.classify(told.value) is db.Failure.UNREACHABLE
+        with pytest.raises(Exception) as told:
+            await saver.aput_writes(first, [("messages", ["after"])], "task-b")
+        assert db.classify(told.value) is db.Failure.UNREACHABLE
+        for end in (saver.flush, saver.take_batch):
+            with pytest.raises(Exception) as told:
+                await end()
+            assert db.classify(told.value) is db.Failure.UNREACHABLE
+    finally:
+        await small.close()
+    assert await _table_rows(pool, "checkpoint_writes", thread_id) == []
+    assert len(await _table_rows(pool, "checkpoints", thread_id)) == 1
+
+
+# A backend of this database waiting for a lock in a fenced write (see test_executor_failures).
+WAITING_WRITE_SQL = r"""
+SELECT count(*) AS n FROM pg_stat_activity
+WHERE datname = current_database() AND wait_event_type = 'Lock'
+  AND query ~ '^\s*WITH fence AS'
+"""
+
+
+@pytest.mark.usefixtures("held_writes")
+async def test_nothing_is_written_after_a_write_that_was_cancelled(pool: Pool) -> None:
+    """A stop cancels a write whose commit nobody saw: the saver writes nothing after it, as
+    after a lost lease, so a flush on the way out cannot commit rows that may follow a gap."""
+    thread_id, run_id, saver, first = await _fenced_run(pool)
+    await saver.aput_writes(first, [("messages", ["cut"])], "task-a")
+    async with pool.connection() as locker:
+        await locker.execute("BEGIN")
+        await locker.execute("SELECT 1 FROM runs WHERE run_id = %s FOR UPDATE", (run_id,))
+        flushing = asyncio.create_task(saver.flush())
+        async with asyncio.timeout(30):
+            # Polls the activity view: the wait is in another backend (as in WriteKiller).
+            while True:
+                await locker.execute("SELECT pg_stat_clear_snapshot()")
+                row = await (await locker.execute(WAITING_WRITE_SQL)).fetchone()
+                if row is not None and row["n"] > 0:
+                    break
+                await asyncio.sleep(0.01)
+        flushing.cancel()
+        await asyncio.wait([flushing])
+        await locker.execute("ROLLBACK")
+    with pytest.raises(LeaseLostError):
+        await saver.aput(first, empty_checkpoint(), {"step": 0}, {})
+    with pytest.raises(LeaseLostError):
+        await saver.flush()
     assert await _table_rows(pool, "checkpoint_writes", thread_id) == []
     assert len(await _table_rows(pool, "checkpoints", thread_id)) == 1
 

@@ -13,6 +13,7 @@ import json
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -29,6 +30,27 @@ REQUEST_TIMEOUT = 30.0
 THINK_SECONDS = 2.0
 # Between a failed try and the next one, which goes to a replica picked at random.
 RETRY_SECONDS = 0.2
+
+
+class Rejoin(Enum):
+    """Why a streaming client rejoined its run's stream."""
+
+    # The stream broke mid-body (its replica was killed, or cut it while draining).
+    CUT = "cut"
+    # The replica it picked for the rejoin was down (killed, or still starting).
+    REFUSED = "refused"
+    # Nothing arrived for REQUEST_TIMEOUT, heartbeats included (a starved replica).
+    TIMED_OUT = "timed out"
+    # The body ended normally without ``end``: a stream that lies about being complete.
+    ENDED_EARLY = "ended without end"
+
+
+def rejoin_cause(exc: httpx.TransportError) -> Rejoin:
+    if isinstance(exc, httpx.ConnectError):
+        return Rejoin.REFUSED
+    if isinstance(exc, httpx.TimeoutException):
+        return Rejoin.TIMED_OUT
+    return Rejoin.CUT
 
 
 class Way(Enum):
@@ -57,6 +79,9 @@ class Score:
     errors_told: list[tuple[str, str, Any]] = field(default_factory=list)
     server_errors: list[Answer5xx] = field(default_factory=list)
     stream_rejoins: int = 0
+    rejoin_causes: Counter[Rejoin] = field(default_factory=Counter)
+    # Streams whose body ended normally without ``end``, by run.
+    ended_early: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, name: str, item: Any) -> None:
@@ -66,6 +91,11 @@ class Score:
     def count(self, name: str) -> None:
         with self.lock:
             setattr(self, name, getattr(self, name) + 1)
+
+    def rejoined(self, cause: Rejoin) -> None:
+        with self.lock:
+            self.stream_rejoins += 1
+            self.rejoin_causes[cause] += 1
 
 
 @dataclass
@@ -147,7 +177,7 @@ class Client:
                     if run_path is None:
                         run_path = self._create(base, body, key)
                     return self._join(run_path)
-                return self._stream(base, body, key)
+                return self._stream(base, body, key, deadline)
             except (Retry, httpx.TransportError):
                 time.sleep(RETRY_SECONDS)
         return None
@@ -201,14 +231,16 @@ class Client:
         r = self._send("GET", path)
         return str(self._values(r, path)["messages"][-1]["content"])
 
-    def _stream(self, base: str, body: dict[str, Any], key: str) -> str:
-        """Stream the run; where the stream ends without ``end``, rejoin after the last event."""
+    def _stream(self, base: str, body: dict[str, Any], key: str, deadline: float) -> str:
+        """Stream the run; where the stream ends without ``end``, rejoin after the last event
+        (until the turn's deadline)."""
         path = f"{base}/runs/stream"
         method, target, kwargs = "POST", path, {"json": body, "headers": {"Idempotency-Key": key}}
         last_id = 0
         values: Any = None
         run_path: str | None = None
-        while True:
+        while time.monotonic() < deadline:
+            cause = Rejoin.ENDED_EARLY
             try:
                 with self.http.stream(method, self.fleet.url() + target, **kwargs) as response:
                     self._check_status(response, target)
@@ -223,16 +255,21 @@ class Client:
                             if not values or not values.get("messages"):
                                 raise Retry
                             return str(values["messages"][-1]["content"])
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
                 if run_path is None:
                     raise
-                time.sleep(RETRY_SECONDS)  # that replica is gone; the next try picks another
+                cause = rejoin_cause(exc)
             if run_path is None:
                 raise Retry
+            if cause is Rejoin.ENDED_EARLY:
+                self.score.add("ended_early", run_path)
+            # That replica is gone, or said something untrue; the next try picks another.
+            time.sleep(RETRY_SECONDS)
             if method == "POST" or last_id:
-                self.score.count("stream_rejoins")
+                self.score.rejoined(cause)
             method, target = "GET", f"{run_path}/stream"
             kwargs = {"headers": {"Last-Event-ID": str(last_id)}}
+        raise Retry
 
 
 def settled(base: str, thread_id: str, deadline: float) -> list[dict[str, Any]]:

@@ -226,6 +226,7 @@ def _verdict(
         "5xx": len(score.server_errors),
         "unexpected 5xx": len(unexpected_5xx),
         "stream rejoins": score.stream_rejoins,
+        **{f"rejoins {cause.value}": n for cause, n in score.rejoin_causes.items()},
         "stuck threads": len(stuck),
     }
     problems = {
@@ -240,6 +241,7 @@ def _verdict(
             "errors the run did not end with": told_wrongly,
             "replies in the thread": replies,
             "unexpected 5xx": unexpected_5xx,
+            "streams ended without end": score.ended_early,
         }.items()
         if items
     }
