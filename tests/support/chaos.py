@@ -109,6 +109,11 @@ class Retry(Exception):
     """This try's answer was not the reply; try again (same key)."""
 
 
+class RunFailed(Exception):
+    """The run told an error as its end: asking again would only hear it again (the verdict
+    checks that the run really ended with it), so the turn has failed."""
+
+
 class Fleet:
     """The replicas clients may talk to; the chaos swaps processes underneath."""
 
@@ -180,6 +185,8 @@ class Client:
                 return self._stream(base, body, key, deadline)
             except (Retry, httpx.TransportError):
                 time.sleep(RETRY_SECONDS)
+            except RunFailed:
+                return None
         return None
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -209,7 +216,10 @@ class Client:
             raise Retry from None
         if not isinstance(data, dict) or not data.get("messages"):
             if isinstance(data, dict) and "__error__" in data:
-                self.score.add("errors_told", (path, r.headers.get("content-location"), data))
+                # A join answers at the run's own path, without a Content-Location.
+                run_path = r.headers.get("content-location") or path.removesuffix("/join")
+                self.score.add("errors_told", (path, run_path, data))
+                raise RunFailed
             else:
                 self.score.add(
                     "wrong_answers", f"{path}: 200 with body {r.text[:80]!r} ({self.fleet.who(r)})"
@@ -251,6 +261,7 @@ class Client:
                             values = event.data
                         elif event.event == "error":
                             self.score.add("errors_told", (target, run_path, event.data))
+                            raise RunFailed
                         elif event.event == "end":
                             if not values or not values.get("messages"):
                                 raise Retry
