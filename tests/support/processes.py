@@ -159,6 +159,17 @@ class ServiceProcess:
             time.sleep(0.05)
         raise TimeoutError(f"{self.name} never ran {minimum} runs at once")
 
+    def gauge(self, name: str) -> float | None:
+        """One unlabelled gauge of the replica's /metrics; None if it does not answer."""
+        try:
+            text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        except httpx.TransportError:
+            return None
+        for line in text.splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+        return None
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

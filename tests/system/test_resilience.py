@@ -88,6 +88,10 @@ def test_sigkill_twice_under_load_loses_nothing(replicas: Replicas) -> None:
     assert [k for k, n in saved.items() if n > 1] == []
     resumed = sum(r.logs().count('"run_resuming"') for r in (a, b))
     assert resumed > 0, "the kills never hit a running run"
+    # Every attempt, also those stopped by a lost lease, gave its connections back.
+    for replica in (a, b):
+        assert replica.gauge("threadkeeper_runs_in_flight") == 0
+        assert replica.gauge("threadkeeper_db_pool_in_use") == 0, replica.name
 
 
 def test_rolling_restart_under_load_fails_no_run(replicas: Replicas) -> None:
