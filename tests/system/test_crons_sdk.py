@@ -202,6 +202,12 @@ async def test_cron_failure_paths(replicas: Replicas) -> None:
         _problem(
             await raw.patch(f"/runs/crons/{cron['cron_id']}", json={"timezone": "Nowhere/X"}), 422
         )
+        # A cron whose end time has passed waits for no tick.
+        past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+        ended = await raw.post(
+            "/runs/crons", json={"assistant_id": "agent", "schedule": "* * * * *", "end_time": past}
+        )
+        assert ended.json()["next_run_date"] is None
         # Nothing was changed by the refused requests.
         kept = (await raw.get(f"/runs/crons/{cron['cron_id']}")).json()
         assert kept["timezone"] is None and kept["enabled"] is True
