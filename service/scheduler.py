@@ -55,6 +55,9 @@ class Scheduler:
                 await self.pass_once()
             except (psycopg.Error, TimeoutError) as exc:
                 log.warning("cron_pass_failed", error=str(exc))
+            except Exception:
+                # Crons must keep firing on this replica whatever one pass ran into.
+                log.exception("cron_pass_failed")
             await asyncio.sleep(self.poll_seconds)
 
     async def pass_once(self) -> int:

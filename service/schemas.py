@@ -418,7 +418,7 @@ class ThreadCronCreate(_CronRun):
 
     @model_validator(mode="after")
     def _as_run(self) -> ThreadCronCreate:
-        _check_run(self.payload())
+        check_run(self.payload())
         return self
 
     def payload(self) -> dict[str, Any]:
@@ -436,7 +436,8 @@ class CronPatch(_CronRun):
     on_run_completed: OnRunCompletedChoice | None = None
 
 
-def _check_run(payload: dict[str, Any]) -> None:
+def check_run(payload: dict[str, Any]) -> None:
+    """A cron's payload is a run's body; ValueError (saying why) when it is not a valid one."""
     try:
         RunCreate.model_validate(payload)
     except ValidationError as exc:

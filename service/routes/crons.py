@@ -22,8 +22,11 @@ from threadkeeper.service.schemas import (
     CronCreate,
     CronPatch,
     CronSearch,
+    RunCreate,
     ThreadCronCreate,
+    check_run,
 )
+from threadkeeper.service.submit import check_stream_modes
 
 
 def as_json(row: DictRow) -> dict[str, Any]:
@@ -45,6 +48,15 @@ def as_json(row: DictRow) -> dict[str, Any]:
     }
 
 
+def _runnable(payload: dict[str, Any]) -> None:
+    """A payload each tick can queue as it is: a run's body, with stream modes served here."""
+    try:
+        check_run(payload)
+    except ValueError as exc:
+        raise Problem(422, str(exc), kind="invalid-input") from exc
+    check_stream_modes(RunCreate.model_validate(payload))
+
+
 async def _assistant(request: Request, ident: str) -> str:
     """The assistant's id as runs name it; an assistant the caller cannot use is a 404."""
     svc = services(request)
@@ -59,6 +71,7 @@ async def _create(
     on_run_completed: OnRunCompleted | None,
 ) -> Response:
     who = owner(request)
+    _runnable(body.payload())
     new = NewCron(
         cron_id=uuid.uuid4(),
         owner=who,
@@ -103,6 +116,7 @@ async def get_cron(request: Request) -> Response:
 def _changed(row: DictRow, body: CronPatch) -> NewCron:
     given = body.model_fields_set
     payload = {**row["payload"], **body.run_fields()}
+    _runnable(payload)
     return NewCron(
         cron_id=row["cron_id"],
         owner=row["user_id"],

@@ -156,6 +156,7 @@ async def test_crons_crud_owner_scoped_and_refused(replicas: Replicas) -> None:
         ({"schedule": "* * * * *", "timezone": "Mars/Olympus"}, "not an IANA timezone"),
         ({"schedule": "* * * * *", "webhook": "http://x"}, "webhooks are not supported"),
         ({"schedule": "* * * * *", "stream_mode": 7}, "stream_mode"),
+        ({"schedule": "* * * * *", "stream_mode": "bogus"}, "'bogus' is not supported"),
         ({"schedule": "* * * * *", "on_run_completed": "burn"}, "on_run_completed"),
         ({"schedule": "* * * * *", "checkpoint_id": str(uuid.uuid4())}, "checkpoint_id"),
     ],
@@ -202,6 +203,10 @@ async def test_cron_failure_paths(replicas: Replicas) -> None:
         _problem(
             await raw.patch(f"/runs/crons/{cron['cron_id']}", json={"timezone": "Nowhere/X"}), 422
         )
+        says = _problem(
+            await raw.patch(f"/runs/crons/{cron['cron_id']}", json={"stream_mode": "bogus"}), 422
+        )
+        assert "bogus" in says
         # A cron whose end time has passed waits for no tick.
         past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
         ended = await raw.post(
