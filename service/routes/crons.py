@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from threadkeeper.service import catalog, crons, serialize, threads
 from threadkeeper.service.crons import CronFilter, NewCron, OnRunCompleted
+from threadkeeper.service.errors import NotFound
 from threadkeeper.service.http import accepts, owner, responds, services, uuid_param
 from threadkeeper.service.problems import Problem, not_found
 from threadkeeper.service.schemas import (
@@ -169,10 +170,25 @@ async def delete_cron(request: Request) -> Response:
     return Response(status_code=204)
 
 
+def _assistant_filter(request: Request, ident: str | None) -> str | None:
+    """The assistant id crons of ``ident`` are stored with (a graph id names its system
+    assistant); an id no assistant has matches nothing."""
+    if ident is None:
+        return None
+    try:
+        return str(catalog.parse_ident(services(request).registry, ident))
+    except NotFound as exc:
+        raise Problem(
+            422,
+            f"assistant_id must be an assistant id or a graph id, got {ident!r}",
+            kind="invalid-input",
+        ) from exc
+
+
 async def _filter(request: Request, body: CronCount) -> CronFilter:
     return CronFilter(
         owner=owner(request),
-        assistant_id=await _assistant(request, body.assistant_id) if body.assistant_id else None,
+        assistant_id=_assistant_filter(request, body.assistant_id),
         thread_id=body.thread_id,
         metadata=body.metadata,
     )

@@ -109,6 +109,8 @@ async def test_crons_crud_owner_scoped_and_refused(replicas: Replicas) -> None:
     assert await ann.crons.count() == 2
     assert await ann.crons.count(thread_id=tid) == 1
     assert await ann.crons.count(metadata={"team": "x"}) == 1
+    assert await ann.crons.count(assistant_id="agent") == 2
+    assert await ann.crons.count(assistant_id=str(uuid.uuid4())) == 0
     found = await ann.crons.search(sort_by="created_at", sort_order="asc")
     assert [c["cron_id"] for c in found] == [on_thread["cron_id"], stateless["cron_id"]]
     picked = await ann.crons.search(thread_id=tid, select=["cron_id", "schedule", "now"])
@@ -213,6 +215,8 @@ async def test_cron_failure_paths(replicas: Replicas) -> None:
             "/runs/crons", json={"assistant_id": "agent", "schedule": "* * * * *", "end_time": past}
         )
         assert ended.json()["next_run_date"] is None
+        says = _problem(await raw.post("/runs/crons/search", json={"assistant_id": "nope"}), 422)
+        assert "assistant_id" in says
         # Nothing was changed by the refused requests.
         kept = (await raw.get(f"/runs/crons/{cron['cron_id']}")).json()
         assert kept["timezone"] is None and kept["enabled"] is True
