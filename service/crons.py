@@ -164,13 +164,17 @@ async def db_now(conn: AsyncConnection[DictRow]) -> datetime:
     return now
 
 
-async def insert(conn: AsyncConnection[DictRow], new: NewCron) -> DictRow:
-    after = await db_now(conn)
-    upcoming = next_tick(new.schedule, new.timezone, after, new.end_time)
-    cur = await conn.execute(INSERT_SQL, _params(new, upcoming))
+async def _store(conn: AsyncConnection[DictRow], query: str, cron: NewCron) -> DictRow:
+    """Write the cron with its next tick after now."""
+    upcoming = next_tick(cron.schedule, cron.timezone, await db_now(conn), cron.end_time)
+    cur = await conn.execute(query, _params(cron, upcoming))
     row = await cur.fetchone()
     assert row is not None
     return row
+
+
+async def insert(conn: AsyncConnection[DictRow], new: NewCron) -> DictRow:
+    return await _store(conn, INSERT_SQL, new)
 
 
 async def get(conn: AsyncConnection[DictRow], cron_id: UUID, owner: str) -> DictRow | None:
@@ -185,12 +189,7 @@ async def lock(conn: AsyncConnection[DictRow], cron_id: UUID, owner: str) -> Dic
 
 async def replace(conn: AsyncConnection[DictRow], changed: NewCron) -> DictRow:
     """Store the cron's new contents (the caller holds its lock); its next tick follows them."""
-    after = await db_now(conn)
-    upcoming = next_tick(changed.schedule, changed.timezone, after, changed.end_time)
-    cur = await conn.execute(UPDATE_SQL, _params(changed, upcoming))
-    row = await cur.fetchone()
-    assert row is not None
-    return row
+    return await _store(conn, UPDATE_SQL, changed)
 
 
 async def delete(conn: AsyncConnection[DictRow], cron_id: UUID, owner: str) -> bool:
