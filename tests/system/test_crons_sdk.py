@@ -344,3 +344,34 @@ async def test_cron_runs_follow_the_threads_multitask_rules(
 
 async def _status(client: LangGraphClient, tid: str, run_id: str, status: str) -> bool:
     return bool((await client.runs.get(tid, run_id))["status"] == status)
+
+
+async def test_a_stateless_threads_deletion_survives_the_replica_that_ran_it(
+    replicas: Replicas, database_url: str
+) -> None:
+    """The replica executing a ``delete`` cron's run dies mid-run: another resumes the run, and
+    the thread is deleted after it all the same."""
+    env = {**FAST, "THREADKEEPER_LEASE_SECONDS": "2"}
+    a = replicas("a", **env).start()
+    client = get_client(url=a.url, api_key=None)
+    cron = await client.crons.create("agent", schedule="0 0 1 1 *", input=_say("look up slowly 5"))
+    _make_due(database_url, cron["cron_id"])
+
+    async def running() -> list[Any]:
+        found = await client.threads.search(metadata={"cron_id": cron["cron_id"]})
+        return [t for t in found if t["status"] == "busy"]
+
+    [thread] = await _until(running, "the cron's run executing on a")
+    tid = thread["thread_id"]
+    a.kill()
+    b = replicas("b", **env).start(migrate=False)
+    client = get_client(url=b.url, api_key=None)
+
+    def deleted() -> list[str]:
+        lines = b.logs().splitlines()
+        return [json.loads(x)["thread_id"] for x in lines if '"cron_thread_deleted"' in x]
+
+    assert await _until(_wrap(deleted), "the thread's deletion by b") == [tid]
+    assert await client.threads.search(metadata={"cron_id": cron["cron_id"]}) == []
+    finished = [json.loads(line) for line in b.logs().splitlines() if '"run_finished"' in line]
+    assert [(e["thread_id"], e["status"]) for e in finished] == [(tid, "success")]
