@@ -34,7 +34,8 @@ from threadkeeper.service.migrations import migrate
 from threadkeeper.service.notify import Hub
 from threadkeeper.service.problems import Problem, from_domain, problem_response
 from threadkeeper.service.registry import Registry
-from threadkeeper.service.routes import assistants, chat, meta, runs, state, threads
+from threadkeeper.service.routes import assistants, chat, crons, meta, runs, state, threads
+from threadkeeper.service.scheduler import Scheduler
 from threadkeeper.service.served import Served, builtin
 from threadkeeper.service.services import Services
 from threadkeeper.service.settings import Settings
@@ -179,6 +180,8 @@ def create_app(
         await install_system_assistants(pool, services.registry)
         metrics.watch_in_flight(lambda: executor.busy)
         await worker.start()
+        scheduler = Scheduler(services, settings.cron_poll_seconds)
+        scheduler.start()
         log.info(
             "service_started",
             replica=settings.replica,
@@ -189,6 +192,7 @@ def create_app(
         try:
             yield
         finally:
+            await scheduler.stop()
             begin_drain(app)
             services.closing.set()
             if services.drained is not None:
@@ -204,6 +208,7 @@ def create_app(
         *runs.routes,
         *assistants.routes,
         *chat.routes,
+        *crons.routes,
     ]
     return Starlette(
         routes=userapp.routes(ours, serving.http_app),

@@ -154,6 +154,33 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (assistant_id, version)
     );
     """,
+    # v6: crons. thread_id NULL: a stateless cron (a new thread per run). Threads a cron made
+    # for one run are listed in cron_threads until they are deleted after that run.
+    """
+    CREATE TABLE crons (
+        cron_id          uuid PRIMARY KEY,
+        owner            text NOT NULL,
+        thread_id        uuid REFERENCES threads (thread_id) ON DELETE CASCADE,
+        assistant_id     text NOT NULL,
+        schedule         text NOT NULL,
+        timezone         text,
+        end_time         timestamptz,
+        payload          jsonb NOT NULL DEFAULT '{}',
+        metadata         jsonb NOT NULL DEFAULT '{}',
+        on_run_completed text CHECK (on_run_completed IN ('delete', 'keep')),
+        enabled          boolean NOT NULL DEFAULT true,
+        next_run_date    timestamptz,
+        created_at       timestamptz NOT NULL DEFAULT now(),
+        updated_at       timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX crons_owner_created_idx ON crons (owner, created_at DESC);
+    CREATE INDEX crons_due_idx ON crons (next_run_date) WHERE enabled;
+    CREATE INDEX crons_thread_idx ON crons (thread_id) WHERE thread_id IS NOT NULL;
+    CREATE TABLE cron_threads (
+        thread_id uuid PRIMARY KEY REFERENCES threads (thread_id) ON DELETE CASCADE,
+        cron_id   uuid NOT NULL
+    );
+    """,
 )
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -18,6 +18,7 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "thread_id": UUID_SCHEMA,
     "run_id": UUID_SCHEMA,
     "checkpoint_id": UUID_SCHEMA,
+    "cron_id": UUID_SCHEMA,
     # An assistant's id, or a graph id for that graph's system assistant.
     "assistant_id": {"type": "string", "description": "an assistant id, or a graph id"},
 }

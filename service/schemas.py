@@ -7,8 +7,9 @@ honoured; where this service cannot honour a value, it refuses it and says why, 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -16,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -23,6 +25,8 @@ from pydantic import (
 )
 
 from threadkeeper.service.assistants import SortBy as AssistantSortBy
+from threadkeeper.service.crons import OnRunCompleted, check_schedule, zone
+from threadkeeper.service.crons import SortBy as CronSortBy
 from threadkeeper.service.domain import MultitaskStrategy, ThreadStatus
 from threadkeeper.service.query import IntParam
 
@@ -321,3 +325,135 @@ class AssistantVersions(Body):
 
 class AssistantLatest(Body):
     version: int = Field(ge=1, le=2**31 - 1)
+
+
+if TYPE_CHECKING:
+    CronSortByChoice = CronSortBy
+    OnRunCompletedChoice = OnRunCompleted
+else:
+    CronSortByChoice = _choice(CronSortBy)
+    OnRunCompletedChoice = _choice(OnRunCompleted)
+CRON_FIELDS = (
+    "cron_id",
+    "assistant_id",
+    "thread_id",
+    "end_time",
+    "schedule",
+    "timezone",
+    "created_at",
+    "updated_at",
+    "user_id",
+    "payload",
+    "next_run_date",
+    "metadata",
+    "now",
+    "on_run_completed",
+    "enabled",
+)
+
+
+def _schedule(value: str | None) -> str | None:
+    return None if value is None else check_schedule(value)
+
+
+def _timezone(value: str | None) -> str | None:
+    if value is not None:
+        zone(value)
+    return value
+
+
+class _CronRun(Body):
+    """What each of a cron's runs is given: the fields of a run (``RunCreate``) a cron takes,
+    checked as a run's are."""
+
+    input: Any = None
+    metadata: dict[str, Any] | None = None
+    config: ConfigBody = None
+    context: dict[str, Any] | None = None
+    checkpoint_during: bool | None = None
+    interrupt_before: list[str] | Literal["*"] | None = None
+    interrupt_after: list[str] | Literal["*"] | None = None
+    webhook: str | None = None
+    stream_mode: str | list[str] | None = None
+    stream_subgraphs: bool | None = None
+    stream_resumable: bool | None = None
+    durability: Literal["sync", "async", "exit"] | None = None
+    timezone: Annotated[str | None, AfterValidator(_timezone)] = None
+    end_time: datetime | None = None
+    enabled: bool | None = None
+
+    def run_fields(self) -> dict[str, Any]:
+        return self.model_dump(
+            exclude=set(_CronRun.CRON_OWN) | {"assistant_id"}, exclude_none=True, mode="json"
+        )
+
+    CRON_OWN: ClassVar[tuple[str, ...]] = (
+        "schedule",
+        "timezone",
+        "end_time",
+        "enabled",
+        "on_run_completed",
+    )
+
+    @field_validator("webhook")
+    @classmethod
+    def _no_webhook(cls, value: Any) -> Any:
+        if value:
+            raise ValueError(UNSUPPORTED_RUN_OPTIONS["webhook"])
+        return value
+
+    @field_validator("end_time")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        # A naive end time is UTC, as the Agent Server reads one.
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class ThreadCronCreate(_CronRun):
+    assistant_id: str = Field(min_length=1)
+    schedule: Annotated[str, AfterValidator(_schedule)]
+    multitask_strategy: StrategyChoice | None = None
+
+    @model_validator(mode="after")
+    def _as_run(self) -> ThreadCronCreate:
+        check_run(self.payload())
+        return self
+
+    def payload(self) -> dict[str, Any]:
+        found = self.run_fields()
+        found["assistant_id"] = self.assistant_id
+        return found
+
+
+class CronCreate(ThreadCronCreate):
+    on_run_completed: OnRunCompletedChoice = OnRunCompleted.DELETE
+
+
+class CronPatch(_CronRun):
+    schedule: Annotated[str | None, AfterValidator(_schedule)] = None
+    on_run_completed: OnRunCompletedChoice | None = None
+
+
+def check_run(payload: dict[str, Any]) -> None:
+    """A cron's payload is a run's body; ValueError (saying why) when it is not a valid one."""
+    try:
+        RunCreate.model_validate(payload)
+    except ValidationError as exc:
+        raise ValueError("; ".join(str(e["msg"]) for e in exc.errors())) from exc
+
+
+class CronCount(Body):
+    assistant_id: str | None = None
+    thread_id: UUID | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class CronSearch(CronCount):
+    enabled: bool | None = None
+    limit: int = Field(default=10, ge=1, le=MAX_PAGE)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
+    sort_by: CronSortByChoice = CronSortBy.CREATED_AT
+    sort_order: Literal["asc", "desc"] = "desc"
+    select: list[Literal[CRON_FIELDS]] | None = None  # type: ignore[valid-type]

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     # where every caller is the one local owner.
     max_runs_per_owner: int | None = Field(default=None, ge=0)
     poll_seconds: float = Field(default=1.0, gt=0)
+    # How often each replica looks for due crons (and the threads of stateless ones to delete).
+    cron_poll_seconds: float = Field(default=1.0, gt=0)
     event_retention_seconds: float = Field(default=3600.0, gt=0)
     # SIGTERM to exit: open waits and streams are cut a second before, then uvicorn stops. The
     # chart derives it from the pod's grace period, so the two cannot disagree.

@@ -96,6 +96,54 @@ async def _ensure_locked_thread(
     raise NotFound("Thread", thread_id)
 
 
+async def new_run(
+    svc: Services,
+    owner: str,
+    thread_id: UUID,
+    body: RunCreate,
+    idempotency_key: str | None = None,
+    *,
+    waited: bool = False,
+) -> runs.NewRun:
+    """The run ``body`` asks for on the thread, with its assistant's configuration merged in."""
+    check_stream_modes(body)
+    assistant = await catalog.for_run(svc.pool, svc.registry, body.assistant_id, owner)
+    kwargs = catalog.run_kwargs(
+        assistant,
+        body.model_dump(
+            exclude={"input", "metadata", "assistant_id"}, exclude_none=True, mode="json"
+        ),
+    )
+    await _check_start(svc, assistant.graph_id, thread_id, body)
+    text = first_user_text(body.input)
+    if waited and body.stream_mode is None:
+        kwargs[WAIT_ONLY] = True
+    return runs.NewRun(
+        run_id=uuid.uuid4(),
+        thread_id=thread_id,
+        assistant_id=str(assistant.assistant_id),
+        input=body.input,
+        kwargs=kwargs,
+        metadata=body.metadata,
+        strategy=body.multitask_strategy or DEFAULT_STRATEGY,
+        idempotency_key=idempotency_key,
+        title=threads.derive_title(text) if text else None,
+    )
+
+
+async def make_room(conn: AsyncConnection[DictRow], new: runs.NewRun) -> bool:
+    """Apply the new run's multitask strategy to its thread's unfinished runs (the caller holds
+    the thread lock); True when there were none, so the new run heads the thread."""
+    inflight = await lifecycle.unfinished(conn, new.thread_id)
+    if not inflight:
+        return True
+    if new.strategy is MultitaskStrategy.REJECT:
+        raise ThreadBusy()
+    if new.strategy in (MultitaskStrategy.INTERRUPT, MultitaskStrategy.ROLLBACK):
+        await lifecycle.cancel(conn, inflight, CancelAction(new.strategy))
+    return False
+
+
 async def submit(
     svc: Services,
     owner: str,
@@ -111,29 +159,7 @@ async def submit(
     the first attempt created instead of queueing the turn twice. ``waited``: the caller waits
     for the end state (``/runs/wait``).
     """
-    check_stream_modes(body)
-    assistant = await catalog.for_run(svc.pool, svc.registry, body.assistant_id, owner)
-    kwargs = catalog.run_kwargs(
-        assistant,
-        body.model_dump(
-            exclude={"input", "metadata", "assistant_id"}, exclude_none=True, mode="json"
-        ),
-    )
-    await _check_start(svc, assistant.graph_id, thread_id, body)
-    text = first_user_text(body.input)
-    if waited and body.stream_mode is None:
-        kwargs[WAIT_ONLY] = True
-    new = runs.NewRun(
-        run_id=uuid.uuid4(),
-        thread_id=thread_id,
-        assistant_id=str(assistant.assistant_id),
-        input=body.input,
-        kwargs=kwargs,
-        metadata=body.metadata,
-        strategy=body.multitask_strategy or DEFAULT_STRATEGY,
-        idempotency_key=idempotency_key,
-        title=threads.derive_title(text) if text else None,
-    )
+    new = await new_run(svc, owner, thread_id, body, idempotency_key, waited=waited)
     if idempotency_key is None:
         fast = await _submit_if_idle(svc, owner, new)
         if fast is not None:
@@ -146,13 +172,7 @@ async def submit(
                 existing = await runs.by_idempotency_key(conn, thread_id, idempotency_key)
                 if existing is not None:
                     return existing, None
-            inflight = await lifecycle.unfinished(conn, thread_id)
-            if inflight:
-                if new.strategy is MultitaskStrategy.REJECT:
-                    raise ThreadBusy()
-                if new.strategy in (MultitaskStrategy.INTERRUPT, MultitaskStrategy.ROLLBACK):
-                    await lifecycle.cancel(conn, inflight, CancelAction(new.strategy))
-            else:
+            if await make_room(conn, new):
                 # The new run heads its thread: claim it here and now if this replica has room.
                 reserved = svc.worker.reserve()
             row = await runs.insert(

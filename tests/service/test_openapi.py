@@ -31,6 +31,11 @@ WITH_BODY = {
     ("/assistants/{assistant_id}", "patch"),
     ("/assistants/{assistant_id}/versions", "post"),
     ("/assistants/{assistant_id}/latest", "post"),
+    ("/threads/{thread_id}/runs/crons", "post"),
+    ("/runs/crons", "post"),
+    ("/runs/crons/search", "post"),
+    ("/runs/crons/count", "post"),
+    ("/runs/crons/{cron_id}", "patch"),
 }
 
 
