@@ -48,6 +48,9 @@ CNI_PLUGINS_VERSION = "v1.10.0"
 COREDNS_VERSION = "v1.15.0"
 BUILDKIT_VERSION = "v0.34.2"
 REGISTRY_VERSION = "v3.1.2"
+PROMETHEUS_VERSION = "v0.316.0"
+# The newest release whose pkg/client module the Go module proxy serves (403 from v0.94.0).
+PROMETHEUS_OPERATOR_VERSION = "v0.93.1"
 # The `go` line of all three releases' go.mod; the wrappers run with GOTOOLCHAIN=local
 # so a build never fetches a toolchain behind the developer's back.
 GO_MINIMUM = (1, 26, 0)
@@ -67,10 +70,13 @@ _CONTROL_PLANE_MODULES = ("etcd", "helm", "kubernetes")
 _NODE_MODULES = ("cni", "containerd", "coredns", "kubernetes-node", "runc")
 _IMAGE_TOOL_RECIPE = "1"
 _IMAGE_TOOL_MODULES = ("buildkit", "registry")
+_MONITORING_RECIPE = "1"
+_MONITORING_MODULES = ("prometheus", "prometheus-operator")
 # Measured on the 2-core reference machine (see README.md); only used in messages.
 COLD_BUILD_HINT = "13-16 minutes on 2 cores, 4.5 GB of Go caches"
 NODE_COLD_BUILD_HINT = "10-25 minutes on 2 cores, up to 7 GB of Go caches"
 IMAGE_TOOL_COLD_BUILD_HINT = "5-10 minutes on 2 cores"
+MONITORING_COLD_BUILD_HINT = "10-20 minutes on 2 cores"
 
 Progress = Callable[[str], None]
 _B = TypeVar("_B")
@@ -149,6 +155,15 @@ class ImageToolBinaries(_StepBinaries):
     @staticmethod
     def _steps() -> list[_Step]:
         return _image_tool_steps()
+
+
+@dataclass(frozen=True)
+class MonitoringBinaries(_StepBinaries):
+    """Prometheus, the Prometheus Operator and its config reloader (`build --monitoring`)."""
+
+    @staticmethod
+    def _steps() -> list[_Step]:
+        return _monitoring_steps()
 
 
 @dataclass(frozen=True)
@@ -298,6 +313,28 @@ def _image_tool_steps() -> list[_Step]:
     ]
 
 
+def _monitoring_steps() -> list[_Step]:
+    prometheus = "github.com/prometheus/prometheus"
+    operator = "github.com/prometheus-operator/prometheus-operator"
+    common = "github.com/prometheus/common/version"
+    return [
+        _Step(
+            f"prometheus {PROMETHEUS_VERSION}",
+            "prometheus",
+            (f"{prometheus}/cmd/prometheus",),
+            ("prometheus",),
+            (f"-X {common}.Version={PROMETHEUS_VERSION}",),
+        ),
+        _Step(
+            f"prometheus-operator, prometheus-config-reloader {PROMETHEUS_OPERATOR_VERSION}",
+            "prometheus-operator",
+            (f"{operator}/cmd/operator", f"{operator}/cmd/prometheus-config-reloader"),
+            ("operator", "prometheus-config-reloader"),
+            (f"-X {common}.Version={PROMETHEUS_OPERATOR_VERSION}",),
+        ),
+    ]
+
+
 def cache_root() -> Path:
     """Directory holding every cached binary set, the build lock and `up`'s state."""
     override = os.environ.get(CACHE_ENV)
@@ -340,6 +377,16 @@ def image_tool_cache_key() -> str:
     return f"image-tools_buildkit-{BUILDKIT_VERSION}_registry-{REGISTRY_VERSION}_{digest}"
 
 
+def monitoring_cache_key() -> str:
+    """The monitoring set's directory name under `cache_root()`."""
+    steps = "\0".join(step.fingerprint() for step in _monitoring_steps())
+    digest = _source_digest(f"monitoring{_MONITORING_RECIPE}\0{steps}\0", _MONITORING_MODULES)
+    return (
+        f"monitoring_prometheus-{PROMETHEUS_VERSION}"
+        f"_operator-{PROMETHEUS_OPERATOR_VERSION}_{digest}"
+    )
+
+
 def _complete(paths: dict[str, Path]) -> bool:
     # A set directory only ever appears by rename, complete; the check guards against
     # someone deleting files by hand.
@@ -361,6 +408,12 @@ def cached_node_binaries() -> NodeBinaries | None:
 def cached_image_tools() -> ImageToolBinaries | None:
     """The cached buildkit and registry for the current pins, or None; never builds."""
     bins = ImageToolBinaries(cache_root() / image_tool_cache_key() / "bin")
+    return bins if _complete(bins.all()) else None
+
+
+def cached_monitoring() -> MonitoringBinaries | None:
+    """The cached Prometheus and Prometheus Operator for the current pins, or None."""
+    bins = MonitoringBinaries(cache_root() / monitoring_cache_key() / "bin")
     return bins if _complete(bins.all()) else None
 
 
@@ -588,6 +641,20 @@ def _image_tool_spec() -> _SetSpec:
     )
 
 
+def _monitoring_spec() -> _SetSpec:
+    return _SetSpec(
+        key=monitoring_cache_key(),
+        steps=tuple(_monitoring_steps()),
+        versions={
+            "prometheus": PROMETHEUS_VERSION,
+            "prometheus-operator": PROMETHEUS_OPERATOR_VERSION,
+        },
+        go_minimum=NODE_GO_MINIMUM,
+        what="Prometheus and the Prometheus Operator",
+        cold_hint=MONITORING_COLD_BUILD_HINT,
+    )
+
+
 def _build_set(spec: _SetSpec, cached: Callable[[], object | None], report: Progress) -> None:
     """Build `spec` into `<cache>/<key>` unless `cached()` finds it there meanwhile.
 
@@ -659,6 +726,11 @@ def ensure_node_binaries(progress: Progress | None = None) -> NodeBinaries:
 def ensure_image_tools(progress: Progress | None = None) -> ImageToolBinaries:
     """Return the cached buildkitd, buildctl and registry, building them first if needed."""
     return _ensure(_image_tool_spec, cached_image_tools, progress)
+
+
+def ensure_monitoring(progress: Progress | None = None) -> MonitoringBinaries:
+    """Return the cached Prometheus and Prometheus Operator, building them first if needed."""
+    return _ensure(_monitoring_spec, cached_monitoring, progress)
 
 
 # --- regenerating the wrapper modules after a version bump -------------------------------
@@ -740,19 +812,47 @@ def _image_tool_gomods() -> dict[str, str]:
     }
 
 
-def pin(progress: Progress | None = None, *, node: bool = False, images: bool = False) -> None:
+def _monitoring_gomods() -> dict[str, str]:
+    steps = {step.module: step for step in _monitoring_steps()}
+    # The operator's go.mod replaces its own pkg/apis and pkg/client with ./ paths; they
+    # are published modules of the same version, which the main module's require picks.
+    return {
+        "prometheus": _tool_gomod(
+            "prometheus",
+            "1.26.7",
+            steps["prometheus"].packages,
+            f"github.com/prometheus/prometheus {PROMETHEUS_VERSION}",
+        ),
+        "prometheus-operator": _tool_gomod(
+            "prometheus-operator",
+            "1.26.0",
+            steps["prometheus-operator"].packages,
+            f"github.com/prometheus-operator/prometheus-operator {PROMETHEUS_OPERATOR_VERSION}",
+        ),
+    }
+
+
+def pin(
+    progress: Progress | None = None,
+    *,
+    node: bool = False,
+    images: bool = False,
+    monitoring: bool = False,
+) -> None:
     """Rewrite go/*/go.mod for the versions above and refresh go.sum with `go mod tidy`.
 
     `node` regenerates the node set's modules instead of the control plane's, `images`
-    the image tools' (buildkit, registry).
+    the image tools' (buildkit, registry), `monitoring` Prometheus' and its operator's.
     """
     report = progress or _stderr_progress
-    if node or images:
+    if node or images or monitoring:
         go = _require_go(NODE_GO_MINIMUM)
         if node:
             _tidy(go, _node_gomods(go), report)
         if images:
             _tidy(go, _image_tool_gomods(), report)
+        if monitoring:
+            _tidy(go, _monitoring_gomods(), report)
         return
     go = _require_go()
     modules = {
