@@ -10,6 +10,7 @@ Run with `pytest -m node tests/cluster` (root).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shlex
 import threading
@@ -17,13 +18,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
+import yaml
 from kubernetes import client as k8s
 from kubernetes import watch
 from langgraph_sdk import get_sync_client
@@ -34,6 +36,7 @@ from tests.cluster.image import ImageRef
 from tests.cluster.node import NodeCluster
 from tests.cluster.pgbridge import BridgePostgres, fresh_database_name
 from tests.cluster.pods import (
+    WAIT,
     WAIT_S,
     apply,
     create_namespace,
@@ -41,10 +44,11 @@ from tests.cluster.pods import (
     run_pod,
     wait_for_success,
 )
-from tests.cluster.release import Release, database_secret, ready
+from tests.cluster.release import CHART, Release, database_secret, ready
 from tests.cluster.test_app_image import MIGRATED_TABLES
 
 pytestmark = pytest.mark.node
+log = logging.getLogger(__name__)
 
 RELEASE = "day"
 SECRET = "day-database"
@@ -57,6 +61,8 @@ THINK_S = 1.0
 # Keeps every conversation's runs on one page of `runs.list`.
 MAX_TURNS = conversations.MAX_RUNS - 1
 SCALE_STEPS = (4, 1, 3)
+# The chart's default `service.preStopSleepSeconds`: a pod serves this long after deletion.
+PRE_STOP_S = yaml.safe_load((CHART / "values.yaml").read_text())["service"]["preStopSleepSeconds"]
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,11 @@ def test_helm_install_migrates_rolls_out_and_passes_helm_test(
     assert all(ready(pod) for pod in pods)
     # Replicas do not migrate: the hook did.
     assert all("--no-migrate" in pod["spec"]["containers"][0]["args"] for pod in pods)
+    # The reaper runs too (`helm --wait` and `rollout status` accept a crashing one: its
+    # Deployment allows no ready replica while it is replaced).
+    kubectl(kube_node, "wait", "--for=condition=Ready", "pod", "-n", release.namespace,
+            "-l", f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=reaper",
+            f"--timeout={WAIT}")  # fmt: skip
 
     tested = release.helm("test", RELEASE, "--logs")
     assert "Phase:          Succeeded" in tested.stdout, tested.stdout
@@ -215,6 +226,7 @@ class TerminationWatch(threading.Thread):
         self.cluster, self.namespace, self.selector = cluster, namespace, selector
         self.stopping = threading.Event()
         self.ended: dict[str, Termination] = {}
+        self.asked: dict[str, datetime] = {}
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -237,17 +249,20 @@ class TerminationWatch(threading.Thread):
 
     def _record(self, pod: k8s.V1Pod) -> None:
         meta, status = pod.metadata, pod.status
-        if meta.deletion_timestamp is None or not status.container_statuses:
+        if meta.deletion_timestamp is None:
             return
-        terminated = status.container_statuses[0].state.terminated
-        if terminated is None:
-            return
+        # The first sight of the deletion dates the request (deletionTimestamp = request +
+        # grace); the kubelet's final delete later rewrites both fields with grace 0.
         asked = meta.deletion_timestamp - timedelta(seconds=meta.deletion_grace_period_seconds)
+        self.asked.setdefault(meta.name, asked)
+        terminated = status.container_statuses and status.container_statuses[0].state.terminated
+        if not terminated:
+            return
         self.ended[meta.name] = Termination(
             pod=meta.name,
             exit_code=terminated.exit_code,
             reason=terminated.reason,
-            seconds=(terminated.finished_at - asked).total_seconds(),
+            seconds=(terminated.finished_at - self.asked[meta.name]).total_seconds(),
             grace=pod.spec.termination_grace_period_seconds,
         )
 
@@ -279,6 +294,8 @@ def _wait_for_line(cluster: NodeCluster, namespace: str, pod: str, line: str) ->
         time.sleep(1)
 
 
+# Four rollouts, each ending pods that drain for up to their grace period.
+@pytest.mark.timeout(1200)
 def test_scale_and_roll_under_load_loses_nothing(
     installed: Installed, record_property: Callable[[str, object], None]
 ) -> None:
@@ -297,9 +314,12 @@ def test_scale_and_roll_under_load_loses_nothing(
         kubectl(cluster, "scale", "-n", namespace, f"deployment/{release.fullname}",
                 f"--replicas={replicas}")  # fmt: skip
         steps[f"scale to {replicas}"] = round(_settle(release, replicas), 1)
+        log.info("scaled to %d: %s", replicas, steps)
     started = time.monotonic()
-    # A change of the pod template: every pod is replaced, one new pod first.
-    release.upgrade(f"service.podAnnotations.rolled={label}")
+    # A change of the pod template: every pod is replaced, one new pod first. Helm sets the
+    # replicas it renders, so an upgrade names the count `kubectl scale` chose.
+    release.upgrade(f"service.podAnnotations.rolled={label}", "service.replicas=3")
+    log.info("helm upgrade done after %.1fs", time.monotonic() - started)
     steps["helm upgrade (rolling)"] = round(time.monotonic() - started + _settle(release, 3), 1)
     kubectl(cluster, "exec", "-n", namespace, "load", "--",
             "python", "-c", f"open({STOP_FILE!r}, 'w').close()")  # fmt: skip
@@ -316,7 +336,74 @@ def test_scale_and_roll_under_load_loses_nothing(
     assert len(ended) >= 6, ended
     for termination in ended:
         assert termination.exit_code == 0, termination
-        assert termination.seconds <= termination.grace, termination
+        # At least the preStop sleep (so the pod was not killed at once), within the grace.
+        assert PRE_STOP_S <= termination.seconds <= termination.grace, termination
+
+
+# --- 4. the reaper in the cluster ------------------------------------------------------
+
+KEEP_LAST = 2
+# Checkpoints per thread and namespace, as the reaper's keepLast counts them.
+_MOST_CHECKPOINTS = """
+SELECT coalesce(max(n), 0) FROM (
+    SELECT count(*) AS n FROM checkpoints GROUP BY thread_id, checkpoint_ns
+) AS per_thread
+"""
+
+
+def _scalar(bridge_postgres: BridgePostgres, database: str, query: str) -> int:
+    url = conninfo.make_conninfo(bridge_postgres.host_url, dbname=database)
+    with psycopg.connect(url) as conn:
+        row = conn.execute(query).fetchone()
+    assert row is not None
+    value: int = row[0]
+    return value
+
+
+def _policy_status(release: Release, name: str) -> dict[str, Any]:
+    got = kubectl(release.cluster, "get", "retentionpolicy", name, "-n", release.namespace,
+                  "-o", "json")  # fmt: skip
+    status: dict[str, Any] = json.loads(got).get("status") or {}
+    return status
+
+
+def test_a_retention_policy_applied_with_kubectl_prunes_for_real(
+    installed: Installed, bridge_postgres: BridgePostgres
+) -> None:
+    """The chart's reaper pod (its ServiceAccount token, the chart's Role) prunes."""
+    release = installed.release
+    pod = _client_pod(release, "history", uuid.uuid4().hex[:8], count=2, turns=4, think=0)
+    _assert_clean(_summary(run_pod(release.cluster, pod)))
+    before = _count(bridge_postgres, installed.database, "checkpoints")
+    assert _scalar(bridge_postgres, installed.database, _MOST_CHECKPOINTS) > KEEP_LAST
+
+    policy = {
+        "apiVersion": "threadkeeper.dev/v1alpha1",
+        "kind": "RetentionPolicy",
+        "metadata": {"name": "keep-two", "namespace": release.namespace},
+        "spec": {
+            "database": {"secretRef": {"name": SECRET}},
+            "schedule": {"interval": "1h"},
+            "checkpoints": {"keepLast": KEEP_LAST},
+        },
+    }
+    apply(release.cluster, policy)
+    deadline = time.monotonic() + WAIT_S
+    while (status := _policy_status(release, "keep-two")).get("lastRun", {}).get(
+        "outcome"
+    ) != "Succeeded":
+        assert time.monotonic() < deadline, f"the policy never pruned: {status}"
+        time.sleep(1)
+
+    assert status["lastRun"]["checkpointsDeleted"] > 0
+    after = _count(bridge_postgres, installed.database, "checkpoints")
+    assert after == before - status["lastRun"]["checkpointsDeleted"]
+    assert _scalar(bridge_postgres, installed.database, _MOST_CHECKPOINTS) <= KEEP_LAST
+    ready = [c for c in status["conditions"] if c["type"] == "Ready"]
+    assert ready and ready[0]["status"] == "True", status
+    assert "Pruned" in release.events_of("RetentionPolicy", "keep-two")
+    kubectl(release.cluster, "delete", "retentionpolicy", "keep-two", "-n", release.namespace,
+            f"--timeout={WAIT}")  # fmt: skip
 
 
 # --- 6. uninstall keeps the data and the CRD; reinstall picks the threads up ----------
