@@ -130,6 +130,13 @@ def _assert_clean(summary: dict[str, Any]) -> None:
     assert summary["runs_not_success"] == 0
 
 
+def _policy_status(release: Release, name: str) -> dict[str, Any]:
+    got = kubectl(release.cluster, "get", "retentionpolicy", name, "-n", release.namespace,
+                  "-o", "json")  # fmt: skip
+    status: dict[str, Any] = json.loads(got).get("status") or {}
+    return status
+
+
 # --- 1. install -----------------------------------------------------------------------
 
 
@@ -154,11 +161,13 @@ def test_helm_install_migrates_rolls_out_and_passes_helm_test(
     assert all(ready(pod) for pod in pods)
     # Replicas do not migrate: the hook did.
     assert all("--no-migrate" in pod["spec"]["containers"][0]["args"] for pod in pods)
-    # The reaper runs too (`helm --wait` and `rollout status` accept a crashing one: its
-    # Deployment allows no ready replica while it is replaced).
-    kubectl(kube_node, "wait", "--for=condition=Ready", "pod", "-n", release.namespace,
-            "-l", f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=reaper",
-            f"--timeout={WAIT}")  # fmt: skip
+    # The reaper works too: it schedules the chart's RetentionPolicy. (`helm --wait`, `rollout
+    # status` and even the pod's Ready condition pass for a reaper that dies a second after
+    # it starts: it has no readiness probe, and its Deployment allows no ready replica.)
+    deadline = time.monotonic() + WAIT_S
+    while "nextRunTime" not in (status := _policy_status(release, release.fullname)):
+        assert time.monotonic() < deadline, f"the reaper never scheduled the policy: {status}"
+        time.sleep(1)
 
     tested = release.helm("test", RELEASE, "--logs")
     assert "Phase:          Succeeded" in tested.stdout, tested.stdout
@@ -358,13 +367,6 @@ def _scalar(bridge_postgres: BridgePostgres, database: str, query: str) -> int:
     assert row is not None
     value: int = row[0]
     return value
-
-
-def _policy_status(release: Release, name: str) -> dict[str, Any]:
-    got = kubectl(release.cluster, "get", "retentionpolicy", name, "-n", release.namespace,
-                  "-o", "json")  # fmt: skip
-    status: dict[str, Any] = json.loads(got).get("status") or {}
-    return status
 
 
 def test_a_retention_policy_applied_with_kubectl_prunes_for_real(
