@@ -354,6 +354,12 @@ def _source_digest(recipe: str, modules: Sequence[str]) -> str:
     return digest.hexdigest()[:12]
 
 
+def _steps_digest(recipe: str, steps: Sequence[_Step], modules: Sequence[str]) -> str:
+    """The digest of a set made by `steps` (their fingerprints) from the wrapper `modules`."""
+    fingerprints = "\0".join(step.fingerprint() for step in steps)
+    return _source_digest(f"{recipe}\0{fingerprints}\0", modules)
+
+
 def cache_key() -> str:
     """The control-plane set's directory name under `cache_root()`."""
     digest = _source_digest(f"{_RECIPE}\0{_steps()!r}\0", _CONTROL_PLANE_MODULES)
@@ -362,8 +368,7 @@ def cache_key() -> str:
 
 def node_cache_key() -> str:
     """The node set's directory name under `cache_root()`."""
-    steps = "\0".join(step.fingerprint() for step in _node_steps())
-    digest = _source_digest(f"node{_NODE_RECIPE}\0{steps}\0", _NODE_MODULES)
+    digest = _steps_digest(f"node{_NODE_RECIPE}", _node_steps(), _NODE_MODULES)
     return (
         f"node_kubernetes-{KUBERNETES_VERSION}_containerd-{CONTAINERD_VERSION}"
         f"_runc-{RUNC_VERSION}_cni-{CNI_PLUGINS_VERSION}_coredns-{COREDNS_VERSION}_{digest}"
@@ -372,15 +377,15 @@ def node_cache_key() -> str:
 
 def image_tool_cache_key() -> str:
     """The image tools' directory name under `cache_root()`."""
-    steps = "\0".join(step.fingerprint() for step in _image_tool_steps())
-    digest = _source_digest(f"image{_IMAGE_TOOL_RECIPE}\0{steps}\0", _IMAGE_TOOL_MODULES)
+    digest = _steps_digest(f"image{_IMAGE_TOOL_RECIPE}", _image_tool_steps(), _IMAGE_TOOL_MODULES)
     return f"image-tools_buildkit-{BUILDKIT_VERSION}_registry-{REGISTRY_VERSION}_{digest}"
 
 
 def monitoring_cache_key() -> str:
     """The monitoring set's directory name under `cache_root()`."""
-    steps = "\0".join(step.fingerprint() for step in _monitoring_steps())
-    digest = _source_digest(f"monitoring{_MONITORING_RECIPE}\0{steps}\0", _MONITORING_MODULES)
+    digest = _steps_digest(
+        f"monitoring{_MONITORING_RECIPE}", _monitoring_steps(), _MONITORING_MODULES
+    )
     return (
         f"monitoring_prometheus-{PROMETHEUS_VERSION}"
         f"_operator-{PROMETHEUS_OPERATOR_VERSION}_{digest}"
@@ -794,42 +799,36 @@ def _node_gomods(go: Path) -> dict[str, str]:
     }
 
 
-def _image_tool_gomods() -> dict[str, str]:
-    steps = {step.module: step for step in _image_tool_steps()}
+def _tool_gomods(steps: Sequence[_Step], pins: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """go.mod of each tool module of a set; `pins`: module -> (its `go` line, its require)."""
+    packages = {step.module: step.packages for step in steps}
     return {
-        "buildkit": _tool_gomod(
-            "buildkit",
-            "1.26.8",
-            steps["buildkit"].packages,
-            f"github.com/moby/buildkit {BUILDKIT_VERSION}",
-        ),
-        "registry": _tool_gomod(
-            "registry",
-            "1.26.0",
-            steps["registry"].packages,
-            f"github.com/distribution/distribution/v3 {REGISTRY_VERSION}",
-        ),
+        module: _tool_gomod(module, go_line, packages[module], require)
+        for module, (go_line, require) in pins.items()
     }
+
+
+def _image_tool_gomods() -> dict[str, str]:
+    return _tool_gomods(
+        _image_tool_steps(),
+        {
+            "buildkit": ("1.26.8", f"github.com/moby/buildkit {BUILDKIT_VERSION}"),
+            "registry": ("1.26.0", f"github.com/distribution/distribution/v3 {REGISTRY_VERSION}"),
+        },
+    )
 
 
 def _monitoring_gomods() -> dict[str, str]:
-    steps = {step.module: step for step in _monitoring_steps()}
     # The operator's go.mod replaces its own pkg/apis and pkg/client with ./ paths; they
     # are published modules of the same version, which the main module's require picks.
-    return {
-        "prometheus": _tool_gomod(
-            "prometheus",
-            "1.26.7",
-            steps["prometheus"].packages,
-            f"github.com/prometheus/prometheus {PROMETHEUS_VERSION}",
-        ),
-        "prometheus-operator": _tool_gomod(
-            "prometheus-operator",
-            "1.26.0",
-            steps["prometheus-operator"].packages,
-            f"github.com/prometheus-operator/prometheus-operator {PROMETHEUS_OPERATOR_VERSION}",
-        ),
-    }
+    operator = "github.com/prometheus-operator/prometheus-operator"
+    return _tool_gomods(
+        _monitoring_steps(),
+        {
+            "prometheus": ("1.26.7", f"github.com/prometheus/prometheus {PROMETHEUS_VERSION}"),
+            "prometheus-operator": ("1.26.0", f"{operator} {PROMETHEUS_OPERATOR_VERSION}"),
+        },
+    )
 
 
 def pin(
