@@ -526,6 +526,9 @@ def test_helm_test_pod(helm: Helm) -> None:
     env = support.env_of(container)
     assert env["THREADKEEPER_URL"]["value"] == f"http://{SERVICE}.threadkeeper.svc:8000"
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    # `helm test --logs` (as the NOTES say) reads the pod after it succeeded: it must stay
+    # until the next `helm test` replaces it (the node tier runs it for real).
+    assert pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation"
 
 
 # --- values that must be refused ---------------------------------------------------------

@@ -40,6 +40,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         paths |= build.ensure_node_binaries(progress=_err).all()
     if args.images:
         paths |= build.ensure_image_tools(progress=_err).all()
+    if args.monitoring:
+        paths |= build.ensure_monitoring(progress=_err).all()
     for name, path in paths.items():
         _out(f"{name}={path}")
     return 0
@@ -158,7 +160,7 @@ def cmd_env(_: argparse.Namespace) -> int:
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
-    build.pin(progress=_err, node=args.node, images=args.images)
+    build.pin(progress=_err, node=args.node, images=args.images, monitoring=args.monitoring)
     _err(f"regenerated the wrapper modules under {build.GO_DIR}; commit go.mod and go.sum")
     return 0
 
@@ -176,6 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     build_cmd.add_argument(
         "--images", action="store_true", help="also buildkitd, buildctl and a registry"
     )
+    build_cmd.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="also Prometheus, the Prometheus Operator and its config reloader",
+    )
     up = sub.add_parser("up", help="start a detached control plane, print `export KUBECONFIG=`")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     up.add_argument(
@@ -189,6 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     pin = sub.add_parser("pin", help="regenerate go/*/go.mod and go.sum from build.py's versions")
     pin.add_argument("--node", action="store_true", help="the node set's modules instead")
     pin.add_argument("--images", action="store_true", help="the image tools' modules instead")
+    pin.add_argument(
+        "--monitoring", action="store_true", help="Prometheus' and its operator's modules instead"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     # One line per readiness poll would drown the progress messages.

@@ -48,6 +48,9 @@ CNI_PLUGINS_VERSION = "v1.10.0"
 COREDNS_VERSION = "v1.15.0"
 BUILDKIT_VERSION = "v0.34.2"
 REGISTRY_VERSION = "v3.1.2"
+PROMETHEUS_VERSION = "v0.316.0"
+# The newest release whose pkg/client module the Go module proxy serves (403 from v0.94.0).
+PROMETHEUS_OPERATOR_VERSION = "v0.93.1"
 # The `go` line of all three releases' go.mod; the wrappers run with GOTOOLCHAIN=local
 # so a build never fetches a toolchain behind the developer's back.
 GO_MINIMUM = (1, 26, 0)
@@ -67,10 +70,13 @@ _CONTROL_PLANE_MODULES = ("etcd", "helm", "kubernetes")
 _NODE_MODULES = ("cni", "containerd", "coredns", "kubernetes-node", "runc")
 _IMAGE_TOOL_RECIPE = "1"
 _IMAGE_TOOL_MODULES = ("buildkit", "registry")
+_MONITORING_RECIPE = "1"
+_MONITORING_MODULES = ("prometheus", "prometheus-operator")
 # Measured on the 2-core reference machine (see README.md); only used in messages.
 COLD_BUILD_HINT = "13-16 minutes on 2 cores, 4.5 GB of Go caches"
 NODE_COLD_BUILD_HINT = "10-25 minutes on 2 cores, up to 7 GB of Go caches"
 IMAGE_TOOL_COLD_BUILD_HINT = "5-10 minutes on 2 cores"
+MONITORING_COLD_BUILD_HINT = "10-20 minutes on 2 cores"
 
 Progress = Callable[[str], None]
 _B = TypeVar("_B")
@@ -149,6 +155,15 @@ class ImageToolBinaries(_StepBinaries):
     @staticmethod
     def _steps() -> list[_Step]:
         return _image_tool_steps()
+
+
+@dataclass(frozen=True)
+class MonitoringBinaries(_StepBinaries):
+    """Prometheus, the Prometheus Operator and its config reloader (`build --monitoring`)."""
+
+    @staticmethod
+    def _steps() -> list[_Step]:
+        return _monitoring_steps()
 
 
 @dataclass(frozen=True)
@@ -298,6 +313,28 @@ def _image_tool_steps() -> list[_Step]:
     ]
 
 
+def _monitoring_steps() -> list[_Step]:
+    prometheus = "github.com/prometheus/prometheus"
+    operator = "github.com/prometheus-operator/prometheus-operator"
+    common = "github.com/prometheus/common/version"
+    return [
+        _Step(
+            f"prometheus {PROMETHEUS_VERSION}",
+            "prometheus",
+            (f"{prometheus}/cmd/prometheus",),
+            ("prometheus",),
+            (f"-X {common}.Version={PROMETHEUS_VERSION}",),
+        ),
+        _Step(
+            f"prometheus-operator, prometheus-config-reloader {PROMETHEUS_OPERATOR_VERSION}",
+            "prometheus-operator",
+            (f"{operator}/cmd/operator", f"{operator}/cmd/prometheus-config-reloader"),
+            ("operator", "prometheus-config-reloader"),
+            (f"-X {common}.Version={PROMETHEUS_OPERATOR_VERSION}",),
+        ),
+    ]
+
+
 def cache_root() -> Path:
     """Directory holding every cached binary set, the build lock and `up`'s state."""
     override = os.environ.get(CACHE_ENV)
@@ -317,6 +354,12 @@ def _source_digest(recipe: str, modules: Sequence[str]) -> str:
     return digest.hexdigest()[:12]
 
 
+def _steps_digest(recipe: str, steps: Sequence[_Step], modules: Sequence[str]) -> str:
+    """The digest of a set made by `steps` (their fingerprints) from the wrapper `modules`."""
+    fingerprints = "\0".join(step.fingerprint() for step in steps)
+    return _source_digest(f"{recipe}\0{fingerprints}\0", modules)
+
+
 def cache_key() -> str:
     """The control-plane set's directory name under `cache_root()`."""
     digest = _source_digest(f"{_RECIPE}\0{_steps()!r}\0", _CONTROL_PLANE_MODULES)
@@ -325,8 +368,7 @@ def cache_key() -> str:
 
 def node_cache_key() -> str:
     """The node set's directory name under `cache_root()`."""
-    steps = "\0".join(step.fingerprint() for step in _node_steps())
-    digest = _source_digest(f"node{_NODE_RECIPE}\0{steps}\0", _NODE_MODULES)
+    digest = _steps_digest(f"node{_NODE_RECIPE}", _node_steps(), _NODE_MODULES)
     return (
         f"node_kubernetes-{KUBERNETES_VERSION}_containerd-{CONTAINERD_VERSION}"
         f"_runc-{RUNC_VERSION}_cni-{CNI_PLUGINS_VERSION}_coredns-{COREDNS_VERSION}_{digest}"
@@ -335,9 +377,19 @@ def node_cache_key() -> str:
 
 def image_tool_cache_key() -> str:
     """The image tools' directory name under `cache_root()`."""
-    steps = "\0".join(step.fingerprint() for step in _image_tool_steps())
-    digest = _source_digest(f"image{_IMAGE_TOOL_RECIPE}\0{steps}\0", _IMAGE_TOOL_MODULES)
+    digest = _steps_digest(f"image{_IMAGE_TOOL_RECIPE}", _image_tool_steps(), _IMAGE_TOOL_MODULES)
     return f"image-tools_buildkit-{BUILDKIT_VERSION}_registry-{REGISTRY_VERSION}_{digest}"
+
+
+def monitoring_cache_key() -> str:
+    """The monitoring set's directory name under `cache_root()`."""
+    digest = _steps_digest(
+        f"monitoring{_MONITORING_RECIPE}", _monitoring_steps(), _MONITORING_MODULES
+    )
+    return (
+        f"monitoring_prometheus-{PROMETHEUS_VERSION}"
+        f"_operator-{PROMETHEUS_OPERATOR_VERSION}_{digest}"
+    )
 
 
 def _complete(paths: dict[str, Path]) -> bool:
@@ -361,6 +413,12 @@ def cached_node_binaries() -> NodeBinaries | None:
 def cached_image_tools() -> ImageToolBinaries | None:
     """The cached buildkit and registry for the current pins, or None; never builds."""
     bins = ImageToolBinaries(cache_root() / image_tool_cache_key() / "bin")
+    return bins if _complete(bins.all()) else None
+
+
+def cached_monitoring() -> MonitoringBinaries | None:
+    """The cached Prometheus and Prometheus Operator for the current pins, or None."""
+    bins = MonitoringBinaries(cache_root() / monitoring_cache_key() / "bin")
     return bins if _complete(bins.all()) else None
 
 
@@ -588,6 +646,20 @@ def _image_tool_spec() -> _SetSpec:
     )
 
 
+def _monitoring_spec() -> _SetSpec:
+    return _SetSpec(
+        key=monitoring_cache_key(),
+        steps=tuple(_monitoring_steps()),
+        versions={
+            "prometheus": PROMETHEUS_VERSION,
+            "prometheus-operator": PROMETHEUS_OPERATOR_VERSION,
+        },
+        go_minimum=NODE_GO_MINIMUM,
+        what="Prometheus and the Prometheus Operator",
+        cold_hint=MONITORING_COLD_BUILD_HINT,
+    )
+
+
 def _build_set(spec: _SetSpec, cached: Callable[[], object | None], report: Progress) -> None:
     """Build `spec` into `<cache>/<key>` unless `cached()` finds it there meanwhile.
 
@@ -661,6 +733,11 @@ def ensure_image_tools(progress: Progress | None = None) -> ImageToolBinaries:
     return _ensure(_image_tool_spec, cached_image_tools, progress)
 
 
+def ensure_monitoring(progress: Progress | None = None) -> MonitoringBinaries:
+    """Return the cached Prometheus and Prometheus Operator, building them first if needed."""
+    return _ensure(_monitoring_spec, cached_monitoring, progress)
+
+
 # --- regenerating the wrapper modules after a version bump -------------------------------
 
 _HEADER = "// Generated by `python -m tests.cluster pin`; edit the versions in build.py instead.\n"
@@ -722,37 +799,59 @@ def _node_gomods(go: Path) -> dict[str, str]:
     }
 
 
-def _image_tool_gomods() -> dict[str, str]:
-    steps = {step.module: step for step in _image_tool_steps()}
+def _tool_gomods(steps: Sequence[_Step], pins: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """go.mod of each tool module of a set; `pins`: module -> (its `go` line, its require)."""
+    packages = {step.module: step.packages for step in steps}
     return {
-        "buildkit": _tool_gomod(
-            "buildkit",
-            "1.26.8",
-            steps["buildkit"].packages,
-            f"github.com/moby/buildkit {BUILDKIT_VERSION}",
-        ),
-        "registry": _tool_gomod(
-            "registry",
-            "1.26.0",
-            steps["registry"].packages,
-            f"github.com/distribution/distribution/v3 {REGISTRY_VERSION}",
-        ),
+        module: _tool_gomod(module, go_line, packages[module], require)
+        for module, (go_line, require) in pins.items()
     }
 
 
-def pin(progress: Progress | None = None, *, node: bool = False, images: bool = False) -> None:
+def _image_tool_gomods() -> dict[str, str]:
+    return _tool_gomods(
+        _image_tool_steps(),
+        {
+            "buildkit": ("1.26.8", f"github.com/moby/buildkit {BUILDKIT_VERSION}"),
+            "registry": ("1.26.0", f"github.com/distribution/distribution/v3 {REGISTRY_VERSION}"),
+        },
+    )
+
+
+def _monitoring_gomods() -> dict[str, str]:
+    # The operator's go.mod replaces its own pkg/apis and pkg/client with ./ paths; they
+    # are published modules of the same version, which the main module's require picks.
+    operator = "github.com/prometheus-operator/prometheus-operator"
+    return _tool_gomods(
+        _monitoring_steps(),
+        {
+            "prometheus": ("1.26.7", f"github.com/prometheus/prometheus {PROMETHEUS_VERSION}"),
+            "prometheus-operator": ("1.26.0", f"{operator} {PROMETHEUS_OPERATOR_VERSION}"),
+        },
+    )
+
+
+def pin(
+    progress: Progress | None = None,
+    *,
+    node: bool = False,
+    images: bool = False,
+    monitoring: bool = False,
+) -> None:
     """Rewrite go/*/go.mod for the versions above and refresh go.sum with `go mod tidy`.
 
     `node` regenerates the node set's modules instead of the control plane's, `images`
-    the image tools' (buildkit, registry).
+    the image tools' (buildkit, registry), `monitoring` Prometheus' and its operator's.
     """
     report = progress or _stderr_progress
-    if node or images:
+    if node or images or monitoring:
         go = _require_go(NODE_GO_MINIMUM)
         if node:
             _tidy(go, _node_gomods(go), report)
         if images:
             _tidy(go, _image_tool_gomods(), report)
+        if monitoring:
+            _tidy(go, _monitoring_gomods(), report)
         return
     go = _require_go()
     modules = {

@@ -18,9 +18,11 @@ Fixtures:
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -31,7 +33,7 @@ from tests.cluster.host import HostState, host_state
 from tests.cluster.image import ImageRef
 from tests.cluster.node import NodeCluster, NodePorts
 from tests.cluster.pgbridge import BridgePostgres
-from tests.cluster.pods import WAIT, kubectl
+from tests.cluster.pods import create_namespace, kubectl
 from tests.cluster.pytest_plugin import terminal_progress
 
 _NODE_BUILD_ERROR = pytest.StashKey[str]()
@@ -177,12 +179,39 @@ def bridge_postgres(kube_node: NodeCluster) -> Iterator[BridgePostgres]:
 @pytest.fixture
 def namespace(kube_node: NodeCluster) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"
-    kubectl(kube_node, "create", "namespace", name)
-    # The controller-manager makes each namespace's `default` ServiceAccount, which the
-    # ServiceAccount admission plugin requires before it admits a pod.
-    kubectl(kube_node, "wait", "--for=create", "serviceaccount/default", "-n", name,
-            f"--timeout={WAIT}")  # fmt: skip
+    create_namespace(kube_node, name)
     try:
         yield name
     finally:
         kubectl(kube_node, "delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def port_forward(kube_node: NodeCluster) -> Iterator[Any]:
+    """`start(namespace, target)` runs `kubectl port-forward` and returns the local URL.
+
+    The target's port 80 (`start(namespace, target, port)` for another) on a free local port.
+    """
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(namespace: str, target: str, port: int = 80) -> str:
+        command = [str(kube_node.kubectl), "port-forward", "-n", namespace, target, f":{port}",
+                   "--address", "127.0.0.1"]  # fmt: skip
+        proc = subprocess.Popen(
+            command,
+            env=kube_node.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        procs.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        found = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) ->", line)
+        assert found, f"kubectl port-forward said: {line}{proc.stdout.read() if not line else ''}"
+        return f"http://127.0.0.1:{found[1]}"
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=10)

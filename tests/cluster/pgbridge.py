@@ -13,6 +13,7 @@ import secrets
 import shutil
 import socket
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,11 @@ def _free_port(address: str) -> int:
         sock.bind((address, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def fresh_database_name() -> str:
+    """A database name no other test uses."""
+    return f"tk_{uuid.uuid4().hex[:12]}"
 
 
 @dataclass

@@ -61,16 +61,31 @@ def run_to_completion(cluster: NodeCluster, namespace: str, name: str, script: s
 
 def run_pod(cluster: NodeCluster, pod: dict[str, Any]) -> str:
     """Apply a pod, wait for it to end and return its logs; it must succeed."""
-    name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
     apply(cluster, pod)
+    return wait_for_success(cluster, pod["metadata"]["namespace"], pod["metadata"]["name"])
+
+
+def wait_for_success(
+    cluster: NodeCluster, namespace: str, name: str, wait_s: float = WAIT_S
+) -> str:
+    """Wait for a pod to end and return its logs; it must have succeeded."""
     # Either end: a failed pod's logs say more than a timeout would.
-    deadline = time.monotonic() + WAIT_S
+    deadline = time.monotonic() + wait_s
     while (phase := pod_phase(cluster, namespace, name)) not in ("Succeeded", "Failed"):
-        assert time.monotonic() < deadline, f"pod {name} still {phase} after {WAIT_S}s"
+        assert time.monotonic() < deadline, f"pod {name} still {phase} after {wait_s}s"
         time.sleep(0.5)
     logs = kubectl(cluster, "logs", "-n", namespace, name)
     assert phase == "Succeeded", f"pod {name} failed; its logs:\n{logs}"
     return logs
+
+
+def create_namespace(cluster: NodeCluster, name: str) -> None:
+    """Create a namespace and wait for its `default` ServiceAccount."""
+    kubectl(cluster, "create", "namespace", name)
+    # The controller-manager makes each namespace's `default` ServiceAccount, which the
+    # ServiceAccount admission plugin requires before it admits a pod.
+    kubectl(cluster, "wait", "--for=create", "serviceaccount/default", "-n", name,
+            f"--timeout={WAIT}")  # fmt: skip
 
 
 def pod_phase(cluster: NodeCluster, namespace: str, name: str) -> str:

@@ -9,13 +9,11 @@ Run with `pytest -m node tests/cluster` (root).
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import tarfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from tests.cluster.build import ImageToolBinaries, NodeBinaries
 from tests.cluster.dockerignore import IGNORE_FILE, admitted_files
 from tests.cluster.image import ImageRef
 from tests.cluster.node import NodeCluster
-from tests.cluster.pgbridge import BridgePostgres
+from tests.cluster.pgbridge import BridgePostgres, fresh_database_name
 from tests.cluster.pods import WAIT, WAIT_S, apply, deployment_manifest, kubectl, run_pod
 
 pytestmark = pytest.mark.node
@@ -98,14 +96,10 @@ def _job_pod(cluster: NodeCluster, namespace: str, job: str) -> dict[str, Any]:
     return pod
 
 
-def _database_name() -> str:
-    return f"tk_{uuid.uuid4().hex[:12]}"
-
-
 def test_the_charts_migration_job_migrates_from_the_image_as_uid_10001(
     kube_node: NodeCluster, app_image: ImageRef, bridge_postgres: BridgePostgres, namespace: str
 ) -> None:
-    db = bridge_postgres.create_database(_database_name())
+    db = bridge_postgres.create_database(fresh_database_name())
     manifests = _render_migration(kube_node, namespace, app_image, bridge_postgres.pod_url(db))
     container = _job(manifests)["spec"]["template"]["spec"]["containers"][0]
     # What the chart asks for, and so what the image must run under.
@@ -129,7 +123,7 @@ def test_the_charts_migration_job_migrates_from_the_image_as_uid_10001(
 def test_a_migration_job_the_database_refuses_fails_and_says_why(
     kube_node: NodeCluster, app_image: ImageRef, bridge_postgres: BridgePostgres, namespace: str
 ) -> None:
-    db = bridge_postgres.create_database(_database_name())
+    db = bridge_postgres.create_database(fresh_database_name())
     url = bridge_postgres.pod_url(db, password="not-the-password")
     manifests = _render_migration(kube_node, namespace, app_image, url, "migrations.backoffLimit=0")
 
@@ -226,34 +220,6 @@ print(json.dumps({"thread_id": thread["thread_id"], "reply": state["messages"][-
 """
 
 
-@pytest.fixture
-def port_forward(kube_node: NodeCluster) -> Iterator[Any]:
-    """`start(namespace, target)` runs `kubectl port-forward` and returns the local URL."""
-    procs: list[subprocess.Popen[str]] = []
-
-    def start(namespace: str, target: str) -> str:
-        command = [str(kube_node.kubectl), "port-forward", "-n", namespace, target, ":80",
-                   "--address", "127.0.0.1"]  # fmt: skip
-        proc = subprocess.Popen(
-            command,
-            env=kube_node.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        procs.append(proc)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        found = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) ->", line)
-        assert found, f"kubectl port-forward said: {line}{proc.stdout.read() if not line else ''}"
-        return f"http://127.0.0.1:{found[1]}"
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 def test_two_replicas_behind_a_service_hold_one_conversation(
     kube_node: NodeCluster,
     app_image: ImageRef,
@@ -261,7 +227,7 @@ def test_two_replicas_behind_a_service_hold_one_conversation(
     namespace: str,
     port_forward: Any,
 ) -> None:
-    db = bridge_postgres.create_database(_database_name())
+    db = bridge_postgres.create_database(fresh_database_name())
     for manifest in _service_manifests(
         kube_node, namespace, app_image, bridge_postgres.pod_url(db)
     ):

@@ -14,6 +14,7 @@ _KEYS: dict[str, Callable[[], str]] = {
     "control-plane": build.cache_key,
     "node": build.node_cache_key,
     "image-tools": build.image_tool_cache_key,
+    "monitoring": build.monitoring_cache_key,
 }
 
 
@@ -38,6 +39,8 @@ def go_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         ("kubernetes-node/go.sum", "node"),
         ("runc/go.mod", "node"),
         ("buildkit/go.sum", "image-tools"),
+        ("prometheus/go.sum", "monitoring"),
+        ("prometheus-operator/go.mod", "monitoring"),
     ],
 )
 def test_a_change_rebuilds_only_the_set_it_belongs_to(
