@@ -86,3 +86,53 @@ async def test_the_factory_graph_is_built_per_run_from_its_config(
     # The factory's graph reads its thread's state too (it is called for the read).
     state = await client.threads.get_state(strict)
     assert state["next"] == ["approve"]
+
+
+async def test_an_assistant_of_the_users_graph_carries_its_context_and_versions(
+    replicas: Callable[..., ServiceProcess],
+) -> None:
+    """The usual client pattern on the user's graph: an assistant created at start-up (twice,
+    as two clients would), its context reaching the graph on the other replica, its drawing,
+    schemas and subgraph, and versions with ``latest`` choosing which one runs."""
+    a, b = replica(replicas, "a"), replica(replicas, "b")
+    on_a, on_b = get_client(url=a.url), get_client(url=b.url)
+    lenient = {**CONTEXT, "approval_threshold": 1000}
+    made = await on_a.assistants.create(
+        graph_id="refunds", context=lenient, name="lenient refunds", if_exists="do_nothing"
+    )
+    again = await on_b.assistants.create(
+        graph_id="refunds",
+        assistant_id=made["assistant_id"],
+        context=CONTEXT,
+        if_exists="do_nothing",
+    )
+    assert again["assistant_id"] == made["assistant_id"] and again["context"] == lenient
+    aid = made["assistant_id"]
+
+    async def decide(client: Any) -> Any:
+        tid = (await client.threads.create())["thread_id"]
+        return await client.runs.wait(tid, aid, input=ask("refund order 20"))
+
+    # 200.00 is under the assistant's threshold: no approval asked, on either replica.
+    auto = await decide(on_b)
+    assert auto["decision"] == "auto" and "__interrupt__" not in auto
+
+    drawing = await on_a.assistants.get_graph(aid, xray=True)
+    nodes = {node["id"] for node in drawing["nodes"]}
+    assert {"find_order", "tools", "approve", "reply"} <= nodes
+    assert any(node.startswith("policy") and node != "policy" for node in nodes)  # x-rayed
+    schemas = await on_b.assistants.get_schemas(aid)
+    assert schemas["graph_id"] == "refunds"
+    assert "approval_threshold" in schemas["context_schema"]["properties"]
+    assert "amount" in schemas["state_schema"]["properties"]
+    subgraphs = await on_a.assistants.get_subgraphs(aid)
+    assert list(subgraphs) == ["policy"]
+
+    strict = await on_b.assistants.update(aid, context=CONTEXT)
+    assert strict["version"] == 2
+    versions = await on_a.assistants.get_versions(aid)
+    assert sorted(v["version"] for v in versions) == [1, 2]
+    paused = await decide(on_a)
+    assert paused["decision"] == "needs_approval" and paused["__interrupt__"]
+    await on_a.assistants.set_latest(aid, 1)
+    assert (await decide(on_b))["decision"] == "auto"
