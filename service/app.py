@@ -34,7 +34,15 @@ from threadkeeper.service.migrations import migrate
 from threadkeeper.service.notify import Hub
 from threadkeeper.service.problems import Problem, from_domain, problem_response
 from threadkeeper.service.registry import Registry
-from threadkeeper.service.routes import assistants, chat, meta, runs, state, threads
+from threadkeeper.service.routes import (
+    assistants,
+    chat,
+    meta,
+    runs,
+    state,
+    stateless,
+    threads,
+)
 from threadkeeper.service.served import Served, builtin
 from threadkeeper.service.services import Services
 from threadkeeper.service.settings import Settings
@@ -164,6 +172,7 @@ def create_app(
             poll_seconds=settings.poll_seconds,
             event_retention_seconds=settings.event_retention_seconds,
             owner_cap=settings.owner_cap,
+            temporary_thread_seconds=settings.temporary_thread_seconds,
         )
         services = Services(
             settings=settings,
@@ -203,6 +212,7 @@ def create_app(
         *state.routes,
         *runs.routes,
         *assistants.routes,
+        *stateless.routes,
         *chat.routes,
     ]
     return Starlette(

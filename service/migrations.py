@@ -154,6 +154,12 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (assistant_id, version)
     );
     """,
+    # v5: the temporary threads of stateless runs (POST /runs...), deleted once their runs
+    # ended, by whichever replica is up.
+    """
+    ALTER TABLE threads ADD COLUMN temporary boolean NOT NULL DEFAULT false;
+    CREATE INDEX threads_temporary_idx ON threads (created_at) WHERE temporary;
+    """,
 )
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    RootModel,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -198,8 +199,8 @@ class RunCreate(Body):
     durability: Literal["sync", "async", "exit"] | None = None
     checkpoint_during: bool | None = None
     on_disconnect: Literal["cancel", "continue"] | None = None
-    # The Agent Server deletes a stateless run's temporary thread on "delete"; this service has
-    # only threads the caller created, which a run never deletes.
+    # "delete" removes a stateless run's temporary thread (StatelessRunCreate); a run on a
+    # thread the caller created never deletes it.
     on_completion: Literal["keep"] | None = None
     webhook: str | None = None
     after_seconds: float | None = None
@@ -218,8 +219,8 @@ class RunCreate(Body):
     def _keep_only(cls, value: Any) -> Any:
         if value == "delete":
             raise ValueError(
-                "on_completion 'delete' applies to stateless runs (POST /runs), which this "
-                "service does not offer; a thread's runs always keep their thread"
+                "on_completion 'delete' applies to stateless runs (POST /runs); a thread's "
+                "runs always keep their thread"
             )
         return value
 
@@ -229,6 +230,36 @@ class RunCreate(Body):
         if self.durability is not None and self.checkpoint_during is not None:
             raise ValueError("give durability or the deprecated checkpoint_during, not both")
         return self
+
+
+class StatelessRunCreate(RunCreate):
+    """A run on a new thread of its own (``POST /runs``...), which ``on_completion: delete``
+    (the default) removes once the run ended. The thread is new, so ``multitask_strategy`` and
+    ``if_not_exists`` (which RemoteGraph sends) change nothing."""
+
+    on_completion: Literal["delete", "keep"] = "delete"  # type: ignore[assignment]
+
+    @field_validator("on_completion", mode="before")
+    @classmethod
+    def _keep_only(cls, value: Any) -> Any:
+        return value
+
+    @model_validator(mode="after")
+    def _no_checkpoint(self) -> StatelessRunCreate:
+        if self.checkpoint is not None or self.checkpoint_id is not None:
+            raise ValueError(
+                "a stateless run starts on a new thread, which has no checkpoint to start from"
+            )
+        return self
+
+
+MAX_BATCH = 100
+
+
+class StatelessRunBatch(RootModel[list[StatelessRunCreate]]):
+    """``POST /runs/batch``: background stateless runs, all accepted or none."""
+
+    root: list[StatelessRunCreate] = Field(max_length=MAX_BATCH)
 
 
 class Chat(Body):

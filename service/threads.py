@@ -39,8 +39,8 @@ t.last_message_at, t.archived_at, ({STATUS_SQL}) AS status
 """
 
 INSERT_SQL = f"""
-INSERT INTO threads AS t (thread_id, owner, title, metadata)
-VALUES (%(thread_id)s, %(owner)s, %(title)s, %(metadata)s)
+INSERT INTO threads AS t (thread_id, owner, title, metadata, temporary)
+VALUES (%(thread_id)s, %(owner)s, %(title)s, %(metadata)s, %(temporary)s)
 ON CONFLICT (thread_id) DO NOTHING
 RETURNING {COLUMNS_SQL}
 """
@@ -130,11 +130,19 @@ async def insert(
     owner: str,
     metadata: dict[str, Any],
     title: str | None = None,
+    temporary: bool = False,
 ) -> DictRow | None:
-    """Insert a thread; None when the id is taken (by anyone)."""
+    """Insert a thread; None when the id is taken (by anyone). A temporary thread (a stateless
+    run's) is deleted once its runs ended (``service.stateless``)."""
     cur = await conn.execute(
         INSERT_SQL,
-        {"thread_id": thread_id, "owner": owner, "title": title, "metadata": Jsonb(metadata)},
+        {
+            "thread_id": thread_id,
+            "owner": owner,
+            "title": title,
+            "metadata": Jsonb(metadata),
+            "temporary": temporary,
+        },
     )
     return await cur.fetchone()
 
