@@ -26,6 +26,7 @@ from pydantic import (
 from threadkeeper.service.assistants import SortBy as AssistantSortBy
 from threadkeeper.service.domain import MultitaskStrategy, ThreadStatus
 from threadkeeper.service.query import IntParam
+from threadkeeper.service.threads import Ttl, TtlStrategy
 
 
 def _choice(values: type[StrEnum]) -> Any:
@@ -52,10 +53,20 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-def _no_ttl(value: Any) -> Any:
-    if value is not None:
-        raise ValueError("per-thread ttl is not supported; retention is set by a RetentionPolicy")
-    return value
+# A century: far beyond any retention, well inside what a Postgres interval holds.
+MAX_TTL_MINUTES = 100 * 366 * 24 * 60.0
+
+
+class ThreadTTL(Body):
+    """A thread's time to live, as the Agent Server takes it: ``ttl`` minutes from now, then
+    the reaper deletes the thread (``delete``) or prunes it to its latest state
+    (``keep_latest``)."""
+
+    strategy: _choice(TtlStrategy) = TtlStrategy.DELETE  # type: ignore[valid-type]
+    ttl: float = Field(gt=0, le=MAX_TTL_MINUTES, allow_inf_nan=False)
+
+    def as_ttl(self) -> Ttl:
+        return Ttl(strategy=TtlStrategy(self.strategy), minutes=self.ttl)
 
 
 class ThreadCreate(Body):
@@ -63,10 +74,8 @@ class ThreadCreate(Body):
     metadata: dict[str, Any] = Field(default_factory=dict)
     if_exists: Literal["raise", "do_nothing"] = "raise"
     title: str | None = Field(default=None, max_length=500)
-    ttl: Any = None
+    ttl: ThreadTTL | None = None
     supersteps: Any = None
-
-    _ttl = field_validator("ttl")(_no_ttl)
 
     @field_validator("supersteps")
     @classmethod
@@ -80,9 +89,7 @@ class ThreadPatch(Body):
     metadata: dict[str, Any] | None = None
     title: str | None = Field(default=None, max_length=500)
     archived: bool | None = None
-    ttl: Any = None
-
-    _ttl = field_validator("ttl")(_no_ttl)
+    ttl: ThreadTTL | None = None
 
 
 class ThreadSearch(Body):

@@ -21,7 +21,12 @@ async def create_thread(request: Request, body: ThreadCreate) -> Response:
     svc = services(request)
     async with svc.pool.connection() as conn:
         row = await threads.insert(
-            conn, thread_id=thread_id, owner=who, metadata=body.metadata, title=body.title
+            conn,
+            thread_id=thread_id,
+            owner=who,
+            metadata=body.metadata,
+            title=body.title,
+            ttl=body.ttl.as_ttl() if body.ttl else None,
         )
         if row is None:
             existing = await threads.get(conn, thread_id, who)
@@ -68,6 +73,7 @@ async def patch_thread(request: Request, body: ThreadPatch) -> Response:
             title=body.title,
             set_title="title" in body.model_fields_set,
             archived=body.archived,
+            ttl=body.ttl.as_ttl() if body.ttl else None,
         )
     if row is None:
         raise not_found("Thread", thread_id)
