@@ -25,6 +25,7 @@ from pydantic import (
 
 from threadkeeper.service.assistants import SortBy as AssistantSortBy
 from threadkeeper.service.domain import MultitaskStrategy, ThreadStatus
+from threadkeeper.service.prune import PruneStrategy
 from threadkeeper.service.query import IntParam
 from threadkeeper.service.threads import Ttl, TtlStrategy
 
@@ -119,6 +120,11 @@ class ThreadCount(Body):
     values: dict[str, Any] | None = None
 
     _no_values = ThreadSearch._no_values
+
+
+class ThreadPrune(Body):
+    thread_ids: list[UUID] = Field(max_length=MAX_PAGE)
+    strategy: _choice(PruneStrategy) = PruneStrategy.DELETE  # type: ignore[valid-type]
 
 
 class CheckpointConfig(Body):

@@ -8,10 +8,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from threadkeeper.service import lifecycle, serialize, state, threads
+from threadkeeper.service import lifecycle, prune, serialize, state, threads
 from threadkeeper.service.http import MEDIA_JSON, accepts, owner, responds, services, uuid_param
 from threadkeeper.service.problems import Problem, not_found
-from threadkeeper.service.schemas import ThreadCount, ThreadCreate, ThreadPatch, ThreadSearch
+from threadkeeper.service.prune import PruneStrategy
+from threadkeeper.service.schemas import (
+    ThreadCount,
+    ThreadCreate,
+    ThreadPatch,
+    ThreadPrune,
+    ThreadSearch,
+)
 
 
 @accepts(ThreadCreate)
@@ -92,6 +99,16 @@ async def delete_thread(request: Request) -> Response:
     return Response(status_code=204)
 
 
+@accepts(ThreadPrune, required=True)
+async def prune_threads(request: Request, body: ThreadPrune) -> Response:
+    """Prune the caller's threads named (``delete`` or ``keep_latest``); threads with an
+    unfinished run are left alone."""
+    who = owner(request)
+    strategy = PruneStrategy(body.strategy)
+    count = await prune.prune(services(request).pool, who, body.thread_ids, strategy)
+    return serialize.JSON({"pruned_count": count})
+
+
 @accepts(ThreadSearch)
 async def search_threads(request: Request, body: ThreadSearch) -> Response:
     who = owner(request)
@@ -148,6 +165,7 @@ routes = [
     Route("/threads", create_thread, methods=["POST"]),
     Route("/threads/search", search_threads, methods=["POST"]),
     Route("/threads/count", count_threads, methods=["POST"]),
+    Route("/threads/prune", prune_threads, methods=["POST"]),
     Route("/threads/{thread_id}", get_thread, methods=["GET"]),
     Route("/threads/{thread_id}", patch_thread, methods=["PATCH"]),
     Route("/threads/{thread_id}", delete_thread, methods=["DELETE"]),

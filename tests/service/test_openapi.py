@@ -20,6 +20,7 @@ WITH_BODY = {
     ("/threads", "post"),
     ("/threads/search", "post"),
     ("/threads/count", "post"),
+    ("/threads/prune", "post"),
     ("/threads/{thread_id}", "patch"),
     ("/threads/{thread_id}/state", "post"),
     ("/threads/{thread_id}/state/checkpoint", "post"),
