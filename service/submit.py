@@ -282,6 +282,7 @@ async def result_of(svc: Services, run: DictRow, attempt: Attempt | None) -> Any
         if (
             outcome is not None
             and outcome.ended
+            and not outcome.paused
             and outcome.status in (RunStatus.SUCCESS, RunStatus.ERROR)
         ):
             return outcome_body(outcome)
