@@ -27,7 +27,7 @@ from threadkeeper.service.assistants import SortBy as AssistantSortBy
 from threadkeeper.service.domain import MultitaskStrategy, ThreadStatus
 from threadkeeper.service.prune import PruneStrategy
 from threadkeeper.service.query import IntParam
-from threadkeeper.service.threads import Ttl, TtlStrategy
+from threadkeeper.service.threads import SortBy, Ttl, TtlStrategy
 
 
 def _choice(values: type[StrEnum]) -> Any:
@@ -100,7 +100,7 @@ class ThreadSearch(Body):
     archived: bool | None = False
     limit: int = Field(default=10, ge=1, le=MAX_PAGE)
     offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
-    sort_by: Literal["created_at", "updated_at", "last_message_at", "thread_id"] = "created_at"
+    sort_by: SortBy = "created_at"
     sort_order: Literal["asc", "desc"] = "desc"
     select: list[str] | None = None
     values: dict[str, Any] | None = None

@@ -16,7 +16,9 @@ from psycopg.types.json import Jsonb
 
 from threadkeeper.service.lease import busy_sql
 
-SortBy = Literal["created_at", "updated_at", "last_message_at", "thread_id"]
+SortBy = Literal[
+    "created_at", "updated_at", "last_message_at", "thread_id", "status", "state_updated_at"
+]
 SortOrder = Literal["asc", "desc"]
 TITLE_LIMIT = 80
 
@@ -263,6 +265,17 @@ def _where(flt: ThreadFilter) -> tuple[str, list[Any]]:
     return " AND ".join(clauses), params
 
 
+# What each sort_by orders on; state_updated_at is what a thread reports as such.
+SORT_SQL: dict[str, str] = {
+    "created_at": "t.created_at",
+    "updated_at": "t.updated_at",
+    "last_message_at": "t.last_message_at",
+    "thread_id": "t.thread_id",
+    "status": f"({STATUS_SQL})",
+    "state_updated_at": "coalesce(t.last_message_at, t.updated_at)",
+}
+
+
 async def search(
     conn: AsyncConnection[DictRow],
     flt: ThreadFilter,
@@ -279,7 +292,7 @@ async def search(
     # sort_by is a Literal checked at the HTTP boundary, never free text.
     query = (
         f"SELECT {COLUMNS_SQL}, count(*) OVER () AS total FROM threads t WHERE {where} "
-        f"ORDER BY t.{sort_by} {direction} {nulls}, t.thread_id {direction} "
+        f"ORDER BY {SORT_SQL[sort_by]} {direction} {nulls}, t.thread_id {direction} "
         "LIMIT %s OFFSET %s"
     )
     cur = await conn.execute(query, [*params, limit, offset])  # type: ignore[arg-type]
