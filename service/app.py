@@ -23,7 +23,7 @@ from threadkeeper.service.db import connect, make_pool
 from threadkeeper.service.embedded import embedded_postgres
 from threadkeeper.service.errors import DomainError
 from threadkeeper.service.executor import Executor
-from threadkeeper.service.http import allowed_methods
+from threadkeeper.service.http import allowed_methods, unsupported
 from threadkeeper.service.metrics import Metrics
 from threadkeeper.service.middleware import (
     BodyLimitMiddleware,
@@ -70,7 +70,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     headers = dict(exc.headers or {})
     if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
         # Starlette names the methods of one route; a path is served by several.
-        headers["Allow"] = allowed_methods(request)
+        methods = set(allowed_methods(request).split(", "))
+        return problem_response(unsupported(request, methods))
+    if exc.status_code == HTTPStatus.NOT_FOUND:
+        return problem_response(unsupported(request))
     return problem_response(Problem(exc.status_code, str(exc.detail), headers=headers))
 
 
