@@ -183,7 +183,6 @@ ConfigBody = Annotated[
 # this reason, rather than dropped. Their empty values mean what happens anyway.
 UNSUPPORTED_RUN_OPTIONS = {
     "webhook": "webhooks are not supported",
-    "after_seconds": "delayed runs are not supported",
     "feedback_keys": "LangSmith feedback is not supported",
     "strict_resume": "strict_resume is not supported",
     "langsmith_tracer": "LangSmith tracing is not supported",
@@ -216,7 +215,8 @@ class RunCreate(Body):
     # thread the caller created never deletes it.
     on_completion: Literal["keep"] | None = None
     webhook: str | None = None
-    after_seconds: float | None = None
+    # A year: far beyond any real delay, well inside a Postgres interval.
+    after_seconds: float | None = Field(default=None, ge=0, le=366 * 24 * 3600, allow_inf_nan=False)
     strict_resume: bool | None = None
     langsmith_tracer: Any = None
 

@@ -151,8 +151,11 @@ async def submit(
         strategy=body.multitask_strategy or DEFAULT_STRATEGY,
         idempotency_key=idempotency_key,
         title=threads.derive_title(text) if text else None,
+        delay_seconds=body.after_seconds or None,
     )
-    if idempotency_key is None and new_thread is None:
+    # A delayed run is left to the workers, which claim it once it is due.
+    immediate = new.delay_seconds is None
+    if idempotency_key is None and new_thread is None and immediate:
         fast = await _submit_if_idle(svc, owner, new)
         if fast is not None:
             return fast
@@ -172,7 +175,7 @@ async def submit(
                     raise ThreadBusy()
                 if new.strategy in (MultitaskStrategy.INTERRUPT, MultitaskStrategy.ROLLBACK):
                     await lifecycle.cancel(conn, inflight, CancelAction(new.strategy))
-            else:
+            elif immediate:
                 # The new run heads its thread: claim it here and now if this replica has room.
                 reserved = svc.worker.reserve()
             row = await runs.insert(

@@ -169,6 +169,8 @@ class Worker:
             if head["cancel_action"]:
                 await lifecycle.end_idle(conn, head, CancelAction(head["cancel_action"]))
                 return None
+            if not head["due"]:
+                return None  # after_seconds have not passed yet
             if head["failures"] >= self.max_attempts:
                 await lifecycle.give_up(conn, head)
                 log.warning(
