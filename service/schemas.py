@@ -104,12 +104,22 @@ class ThreadSearch(Body):
     sort_order: Literal["asc", "desc"] = "desc"
     select: list[str] | None = None
     values: dict[str, Any] | None = None
+    extract: dict[str, str] | None = None
 
     @field_validator("values")
     @classmethod
     def _no_values(cls, value: Any) -> Any:
+        # A thread's values live in its checkpoints (blobs, for all but plain values), not in a
+        # row Postgres could filter by: supported, it would be a read of every thread's state.
         if value:
             raise ValueError("filtering on values is not supported")
+        return value
+
+    @field_validator("extract")
+    @classmethod
+    def _no_extract(cls, value: Any) -> Any:
+        if value:
+            raise ValueError("extract is not supported")
         return value
 
 
