@@ -93,6 +93,20 @@ class ThreadPatch(Body):
     ttl: ThreadTTL | None = None
 
 
+UNSUPPORTED_SEARCH_OPTIONS = {
+    "values": "filtering on values is not supported",
+    "extract": "extract is not supported",
+}
+
+
+def _unsupported_search_option(value: Any, info: ValidationInfo) -> Any:
+    # A thread's values live in its checkpoints (blobs, for all but plain values), not in a row
+    # Postgres could filter or extract from: either would be a read of every thread's state.
+    if value:
+        raise ValueError(UNSUPPORTED_SEARCH_OPTIONS[str(info.field_name)])
+    return value
+
+
 class ThreadSearch(Body):
     ids: list[UUID] | None = None
     metadata: dict[str, Any] | None = None
@@ -106,21 +120,7 @@ class ThreadSearch(Body):
     values: dict[str, Any] | None = None
     extract: dict[str, str] | None = None
 
-    @field_validator("values")
-    @classmethod
-    def _no_values(cls, value: Any) -> Any:
-        # A thread's values live in its checkpoints (blobs, for all but plain values), not in a
-        # row Postgres could filter by: supported, it would be a read of every thread's state.
-        if value:
-            raise ValueError("filtering on values is not supported")
-        return value
-
-    @field_validator("extract")
-    @classmethod
-    def _no_extract(cls, value: Any) -> Any:
-        if value:
-            raise ValueError("extract is not supported")
-        return value
+    _unsupported = field_validator(*UNSUPPORTED_SEARCH_OPTIONS)(_unsupported_search_option)
 
 
 class ThreadCount(Body):
@@ -129,7 +129,7 @@ class ThreadCount(Body):
     archived: bool | None = False
     values: dict[str, Any] | None = None
 
-    _no_values = ThreadSearch._no_values
+    _unsupported = field_validator("values")(_unsupported_search_option)
 
 
 class ThreadPrune(Body):

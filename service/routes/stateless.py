@@ -17,20 +17,14 @@ from psycopg.rows import DictRow
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from threadkeeper.service import catalog, jsonbody, serialize, stateless
 from threadkeeper.service.executor import Attempt
 from threadkeeper.service.http import MEDIA_SSE, Declared, accepts, owner, responds, services
 from threadkeeper.service.problems import Problem, invalid
-from threadkeeper.service.routes.runs import (
-    QUICK_ANSWER_SECONDS,
-    _answer_or_cancel,
-    _keepalive_then,
-    _paths,
-    _sse,
-)
+from threadkeeper.service.routes.runs import _paths, _sse, answer_waited
 from threadkeeper.service.schemas import StatelessRunBatch, StatelessRunCreate
 from threadkeeper.service.services import Services
 from threadkeeper.service.submit import NewThread, check_stream_modes, result_of, submit
@@ -93,16 +87,7 @@ async def wait_stateless(request: Request, body: StatelessRunCreate) -> Response
     headers = {"Location": f"{run_path}/join", "Content-Location": run_path}
     delete = body.on_completion == "delete"
     result = asyncio.create_task(_answered(svc, row, attempt, delete))
-    if body.on_disconnect == "cancel":
-        return await _answer_or_cancel(svc, row["run_id"], result, headers)
-    done, _ = await asyncio.wait({result}, timeout=QUICK_ANSWER_SECONDS)
-    if done:
-        return serialize.JSON(result.result(), headers=headers)
-    return StreamingResponse(
-        _keepalive_then(result, svc.closing, request.scope),
-        media_type="application/json",
-        headers=headers,
-    )
+    return await answer_waited(request, row["run_id"], result, headers, body.on_disconnect)
 
 
 async def _batch_body(request: Request) -> StatelessRunBatch:

@@ -51,6 +51,7 @@ async def test_bad_input_gets_problem_and_changes_nothing(client: httpx.AsyncCli
         ("POST", "/threads/search", {"status": "sleeping"}, 422),
         ("POST", "/threads/search", {"values": {"answer": 42}}, 422),
         ("POST", "/threads/search", {"extract": {"last": "values.messages"}}, 422),
+        ("POST", "/threads/count", {"values": {"answer": 42}}, 422),
         ("POST", run_url, {"assistant_id": "nobody", "input": hello}, 404),
         ("POST", run_url, {"input": hello}, 422),
         ("POST", run_url, {"assistant_id": "agent", "input": hello, "bogus": True}, 422),
