@@ -8,7 +8,6 @@ leaves it: a prune never races a run.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from uuid import UUID
 
 import structlog
@@ -19,26 +18,22 @@ from threadkeeper.reaper.delta import DEFAULT_REDUCERS, Snapshotter
 from threadkeeper.reaper.history import prune_history
 from threadkeeper.service import runs, threads
 from threadkeeper.service.db import Pool
+from threadkeeper.service.threads import TtlStrategy
 
 log = structlog.get_logger(__name__)
 
 
-class PruneStrategy(StrEnum):
-    DELETE = "delete"
-    KEEP_LATEST = "keep_latest"
-
-
 async def _prune_locked(
-    conn: AsyncConnection[DictRow], thread_id: UUID, strategy: PruneStrategy
+    conn: AsyncConnection[DictRow], thread_id: UUID, strategy: TtlStrategy
 ) -> None:
-    if strategy is PruneStrategy.DELETE:
+    if strategy is TtlStrategy.DELETE:
         await threads.delete_locked(conn, thread_id)
         return
     snapshotter = Snapshotter(conn, DEFAULT_REDUCERS, None)
     await prune_history(conn, str(thread_id), keep_last=1, cutoff_id=None, snapshotter=snapshotter)
 
 
-async def prune(pool: Pool, owner: str, thread_ids: list[UUID], strategy: PruneStrategy) -> int:
+async def prune(pool: Pool, owner: str, thread_ids: list[UUID], strategy: TtlStrategy) -> int:
     """Prune the owner's threads among ``thread_ids``; how many were. Other owners' ids, and
     missing ones, are passed over as if they did not exist."""
     pruned = 0

@@ -25,7 +25,6 @@ from pydantic import (
 
 from threadkeeper.service.assistants import SortBy as AssistantSortBy
 from threadkeeper.service.domain import MultitaskStrategy, ThreadStatus
-from threadkeeper.service.prune import PruneStrategy
 from threadkeeper.service.query import IntParam
 from threadkeeper.service.threads import SortBy, Ttl, TtlStrategy
 
@@ -134,7 +133,7 @@ class ThreadCount(Body):
 
 class ThreadPrune(Body):
     thread_ids: list[UUID] = Field(max_length=MAX_PAGE)
-    strategy: _choice(PruneStrategy) = PruneStrategy.DELETE  # type: ignore[valid-type]
+    strategy: _choice(TtlStrategy) = TtlStrategy.DELETE  # type: ignore[valid-type]
 
 
 class CheckpointConfig(Body):

@@ -138,7 +138,8 @@ def derive_title(text: str) -> str | None:
 
 
 class TtlStrategy(StrEnum):
-    """What happens to a thread when its ttl runs out (the reaper acts)."""
+    """What pruning does to a thread, when its ttl runs out (the reaper acts) or when asked
+    (``POST /threads/prune``): delete it whole, or keep its latest state only."""
 
     DELETE = "delete"
     KEEP_LATEST = "keep_latest"

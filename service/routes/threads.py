@@ -11,7 +11,6 @@ from starlette.routing import Route
 from threadkeeper.service import lifecycle, prune, serialize, state, threads
 from threadkeeper.service.http import MEDIA_JSON, accepts, owner, responds, services, uuid_param
 from threadkeeper.service.problems import Problem, not_found
-from threadkeeper.service.prune import PruneStrategy
 from threadkeeper.service.schemas import (
     ThreadCount,
     ThreadCreate,
@@ -19,6 +18,7 @@ from threadkeeper.service.schemas import (
     ThreadPrune,
     ThreadSearch,
 )
+from threadkeeper.service.threads import TtlStrategy
 
 
 @accepts(ThreadCreate)
@@ -104,7 +104,7 @@ async def prune_threads(request: Request, body: ThreadPrune) -> Response:
     """Prune the caller's threads named (``delete`` or ``keep_latest``); threads with an
     unfinished run are left alone."""
     who = owner(request)
-    strategy = PruneStrategy(body.strategy)
+    strategy = TtlStrategy(body.strategy)
     count = await prune.prune(services(request).pool, who, body.thread_ids, strategy)
     return serialize.JSON({"pruned_count": count})
 
