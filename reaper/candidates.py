@@ -187,6 +187,9 @@ SELECT
         WHERE archived_at IS NOT NULL AND archived_at < %(archived)s
           AND (last_message_at IS NULL OR last_message_at < %(archived)s)
         LIMIT %(cap)s) AS c)
+  + (SELECT count(*) FROM (SELECT 1 FROM threads
+        WHERE ttl_expires_at < %(expired)s AND ttl_strategy = 'delete'
+        LIMIT %(cap)s) AS d)
     AS backlog
 """
 BACKLOG_CAP = 100_000
@@ -301,10 +304,19 @@ async def orphan_pages(
 
 
 async def deletion_backlog(
-    conn: AsyncConnection[DictRow], idle_before: datetime | None, archived_before: datetime | None
+    conn: AsyncConnection[DictRow],
+    idle_before: datetime | None,
+    archived_before: datetime | None,
+    expired_before: datetime,
 ) -> int:
     cur = await conn.execute(
-        BACKLOG_SQL, {"idle": idle_before, "archived": archived_before, "cap": BACKLOG_CAP}
+        BACKLOG_SQL,
+        {
+            "idle": idle_before,
+            "archived": archived_before,
+            "expired": expired_before,
+            "cap": BACKLOG_CAP,
+        },
     )
     row = await cur.fetchone()
     return int(row["backlog"]) if row else 0

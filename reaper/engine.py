@@ -377,12 +377,12 @@ class _Run:
 
     async def backlog(self) -> int:
         remaining = await candidates.deletion_backlog(
-            self.conn, self.cutoffs.idle_before, self.cutoffs.archived_before
+            self.conn, self.cutoffs.idle_before, self.cutoffs.archived_before, self.cutoffs.now
         )
         if self.dry_run:
             # Nothing was deleted, so the ones this run would have deleted still count.
             by_reason = self.tally.deleted_by_reason
-            remaining -= by_reason[Reason.IDLE] + by_reason[Reason.ARCHIVED]
+            remaining -= by_reason[Reason.IDLE] + by_reason[Reason.ARCHIVED] + by_reason[Reason.TTL]
         return max(remaining, 0) + self.pending_due
 
 

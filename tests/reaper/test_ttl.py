@@ -138,3 +138,15 @@ async def test_a_dry_run_reports_expired_threads_and_keeps_them(
 
     assert summary.threads_deleted.ttl == 1
     assert await dump(conn, expired) == untouched
+
+
+async def test_expired_threads_left_for_the_next_run_are_the_backlog(
+    conn: AsyncConnection[DictRow],
+) -> None:
+    expired = [await _with_ttl(conn, TtlStrategy.DELETE) for _ in range(3)]
+    now = await db_now(conn) + LATER
+
+    summary = await prune(conn, policy(**NEVER, limits={"batchSize": 1}), now=now)
+
+    assert summary.threads_deleted.ttl == 1
+    assert summary.backlog == len(expired) - 1
