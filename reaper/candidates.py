@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from uuid import UUID
 
 from psycopg import AsyncConnection
@@ -69,6 +70,36 @@ SELECT thread_id FROM threads
 WHERE thread_id = %(thread_id)s AND archived_at IS NOT NULL AND archived_at < %(before)s
   AND (last_message_at IS NULL OR last_message_at < %(before)s)
 FOR UPDATE
+"""
+
+
+class TtlStrategy(StrEnum):
+    """What a thread's own ttl does when it runs out (the service's ``ttl_strategy``)."""
+
+    DELETE = "delete"
+    KEEP_LATEST = "keep_latest"
+
+
+# -- threads whose own ttl ran out (set through the service's API), by strategy: deleted
+# whole, or pruned to their latest checkpoint and given their ttl again.
+EXPIRED_PAGE_SQL = """
+SELECT thread_id, ttl_expires_at AS position FROM threads
+WHERE ttl_expires_at < %(before)s AND ttl_strategy = %(strategy)s
+  AND (%(after_at)s::timestamptz IS NULL
+       OR (ttl_expires_at, thread_id) > (%(after_at)s::timestamptz, %(after_id)s::uuid))
+ORDER BY ttl_expires_at, thread_id
+LIMIT %(page)s
+"""
+
+LOCK_EXPIRED_SQL = """
+SELECT thread_id FROM threads
+WHERE thread_id = %(thread_id)s AND ttl_expires_at < %(before)s AND ttl_strategy = %(strategy)s
+FOR UPDATE
+"""
+
+REARM_TTL_SQL = """
+UPDATE threads SET ttl_expires_at = now() + ttl_minutes * interval '1 minute'
+WHERE thread_id = %s
 """
 
 # -- history depth: is any namespace of the thread deeper than the policy allows, or a
@@ -156,6 +187,9 @@ SELECT
         WHERE archived_at IS NOT NULL AND archived_at < %(archived)s
           AND (last_message_at IS NULL OR last_message_at < %(archived)s)
         LIMIT %(cap)s) AS c)
+  + (SELECT count(*) FROM (SELECT 1 FROM threads
+        WHERE ttl_expires_at < %(expired)s AND ttl_strategy = 'delete'
+        LIMIT %(cap)s) AS d)
     AS backlog
 """
 BACKLOG_CAP = 100_000
@@ -178,14 +212,18 @@ def as_uuid(thread_id: str) -> UUID | None:
 
 
 async def _keyset(
-    conn: AsyncConnection[DictRow], statement: str, before: datetime, page: int
+    conn: AsyncConnection[DictRow],
+    statement: str,
+    before: datetime,
+    page: int,
+    **more: object,
 ) -> AsyncGenerator[UUID, None]:
     after_at: datetime | None = None
     after_id: UUID | None = None
     while True:
         cur = await conn.execute(
             statement,
-            {"before": before, "after_at": after_at, "after_id": after_id, "page": page},
+            {"before": before, "after_at": after_at, "after_id": after_id, "page": page, **more},
         )
         rows = await cur.fetchall()
         for row in rows:
@@ -208,6 +246,14 @@ async def archived_threads(
     conn: AsyncConnection[DictRow], before: datetime, page: int
 ) -> AsyncGenerator[UUID, None]:
     async for thread_id in _keyset(conn, ARCHIVED_PAGE_SQL, before, page):
+        yield thread_id
+
+
+async def expired_threads(
+    conn: AsyncConnection[DictRow], before: datetime, strategy: str, page: int
+) -> AsyncGenerator[UUID, None]:
+    """Threads whose ttl of ``strategy`` ran out before ``before``, oldest expiry first."""
+    async for thread_id in _keyset(conn, EXPIRED_PAGE_SQL, before, page, strategy=strategy):
         yield thread_id
 
 
@@ -258,10 +304,19 @@ async def orphan_pages(
 
 
 async def deletion_backlog(
-    conn: AsyncConnection[DictRow], idle_before: datetime | None, archived_before: datetime | None
+    conn: AsyncConnection[DictRow],
+    idle_before: datetime | None,
+    archived_before: datetime | None,
+    expired_before: datetime,
 ) -> int:
     cur = await conn.execute(
-        BACKLOG_SQL, {"idle": idle_before, "archived": archived_before, "cap": BACKLOG_CAP}
+        BACKLOG_SQL,
+        {
+            "idle": idle_before,
+            "archived": archived_before,
+            "expired": expired_before,
+            "cap": BACKLOG_CAP,
+        },
     )
     row = await cur.fetchone()
     return int(row["backlog"]) if row else 0

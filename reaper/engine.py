@@ -1,10 +1,11 @@
 """One prune run of a RetentionPolicy against one database.
 
 A run holds a session advisory lock (one pruner per database), then works thread by thread, each
-in its own short transaction (``reaper.guard``): archived threads, idle threads, history depth,
-orphans, in that order, until the policy's ``batchSize`` threads have been changed or
-``maxDuration`` has passed. A dry run goes through exactly the same statements and rolls each
-thread's transaction back, so what it reports is what a real run would delete.
+in its own short transaction (``reaper.guard``): threads whose own ttl ran out, archived
+threads, idle threads, history depth, orphans, in that order, until the policy's ``batchSize``
+threads have been changed or ``maxDuration`` has passed. A dry run goes through exactly the same
+statements and rolls each thread's transaction back, so what it reports is what a real run would
+delete.
 """
 
 from __future__ import annotations
@@ -179,11 +180,18 @@ class _Run:
             log.exception("thread_failed", thread_id=subject)
         return None
 
-    async def _delete_thread(self, thread_id: UUID, reason: Reason, lock_sql: str) -> None:
+    def _lock_params(self, thread_id: UUID, reason: Reason) -> dict[str, object]:
+        """What the reason's lock statement re-checks, as the candidate query saw it."""
+        if reason is Reason.TTL:
+            strategy = candidates.TtlStrategy.DELETE.value
+            return {"thread_id": thread_id, "before": self.cutoffs.now, "strategy": strategy}
         before = self.cutoffs.idle_before if reason is Reason.IDLE else self.cutoffs.archived_before
+        return {"thread_id": thread_id, "before": before}
+
+    async def _delete_thread(self, thread_id: UUID, reason: Reason, lock_sql: str) -> None:
+        params = self._lock_params(thread_id, reason)
 
         async def work(conn: AsyncConnection[DictRow]) -> RowCounts | None:
-            params = {"thread_id": thread_id, "before": before}
             if not await guard.lock_thread(conn, lock_sql, params):
                 return None  # spoke, got unarchived or was deleted since it was listed
             await guard.refuse_live_runs(conn, thread_id)
@@ -225,6 +233,32 @@ class _Run:
                 snapshots=counts.snapshots,
             )
 
+    async def _prune_expired(self, thread_id: UUID) -> None:
+        """A thread whose ``keep_latest`` ttl ran out keeps its latest checkpoint only, and its
+        ttl starts again."""
+        params = {
+            "thread_id": thread_id,
+            "before": self.cutoffs.now,
+            "strategy": candidates.TtlStrategy.KEEP_LATEST.value,
+        }
+
+        async def work(conn: AsyncConnection[DictRow]) -> RowCounts | None:
+            if not await guard.lock_thread(conn, candidates.LOCK_EXPIRED_SQL, params):
+                return None
+            await guard.refuse_live_runs(conn, thread_id)
+            await guard.fence_stale_runs(conn, thread_id)
+            counts = await history.prune_history(
+                conn, str(thread_id), keep_last=1, cutoff_id=None, snapshotter=self.snapshotter
+            )
+            await conn.execute(candidates.REARM_TTL_SQL, (thread_id,))
+            return counts
+
+        counts = await self._in_transaction(str(thread_id), work)
+        if counts is not None and counts.any_deleted:
+            self.tally.rows.add(counts)
+            self.tally.pruned += 1
+            log.info("thread_pruned", thread_id=str(thread_id), reason=Reason.TTL.value)
+
     async def _delete_orphan(self, thread_id: str) -> None:
         cutoff = self.cutoffs.orphan_id_before
         assert cutoff is not None
@@ -247,6 +281,23 @@ class _Run:
             async for item in items:
                 self._check_budget()
                 yield item
+
+    async def expire(self) -> None:
+        """Threads whose own ttl ran out: with ``delete`` they go whole, with ``keep_latest``
+        they keep their latest state. Every policy applies this rule: the thread asked."""
+        delete = candidates.TtlStrategy.DELETE.value
+        source = candidates.expired_threads(
+            self.conn, self.cutoffs.now, delete, self.limits.batch_size
+        )
+        async for thread_id in self._each(source):
+            await self._delete_thread(thread_id, Reason.TTL, candidates.LOCK_EXPIRED_SQL)
+        keep_latest = candidates.TtlStrategy.KEEP_LATEST.value
+        source = candidates.expired_threads(
+            self.conn, self.cutoffs.now, keep_latest, self.limits.batch_size
+        )
+        async for thread_id in self._each(source):
+            if str(thread_id) not in self.deleted:
+                await self._prune_expired(thread_id)
 
     async def delete_archived(self) -> None:
         if self.cutoffs.archived_before is None:
@@ -316,6 +367,7 @@ class _Run:
 
     async def execute(self) -> None:
         try:
+            await self.expire()
             await self.delete_archived()
             await self.delete_idle()
             await self.prune_histories()
@@ -325,12 +377,12 @@ class _Run:
 
     async def backlog(self) -> int:
         remaining = await candidates.deletion_backlog(
-            self.conn, self.cutoffs.idle_before, self.cutoffs.archived_before
+            self.conn, self.cutoffs.idle_before, self.cutoffs.archived_before, self.cutoffs.now
         )
         if self.dry_run:
             # Nothing was deleted, so the ones this run would have deleted still count.
             by_reason = self.tally.deleted_by_reason
-            remaining -= by_reason[Reason.IDLE] + by_reason[Reason.ARCHIVED]
+            remaining -= by_reason[Reason.IDLE] + by_reason[Reason.ARCHIVED] + by_reason[Reason.TTL]
         return max(remaining, 0) + self.pending_due
 
 
@@ -364,6 +416,7 @@ def _summary(
             idle=tally.deleted_by_reason[Reason.IDLE],
             archived=tally.deleted_by_reason[Reason.ARCHIVED],
             orphan=tally.deleted_by_reason[Reason.ORPHAN],
+            ttl=tally.deleted_by_reason[Reason.TTL],
         ),
         threads_pruned=tally.pruned,
         threads_skipped=len(tally.skipped),

@@ -53,7 +53,7 @@ class ReaperMetrics:
         )
         self.threads_deleted = Counter(
             "threadkeeper_prune_threads_deleted",
-            "Threads deleted by the reaper, by reason: idle, archived, orphan.",
+            "Threads deleted by the reaper, by reason: idle, archived, orphan, ttl.",
             [*LABELS, "reason"],
             registry=registry,
         )
@@ -134,13 +134,19 @@ class ReaperMetrics:
             ("checkpoint_writes", summary.writes_deleted),
             ("runs", summary.runs_deleted),
             # Orphans never had a threads row.
-            ("threads", summary.threads_deleted.idle + summary.threads_deleted.archived),
+            (
+                "threads",
+                summary.threads_deleted.idle
+                + summary.threads_deleted.archived
+                + summary.threads_deleted.ttl,
+            ),
         ):
             self.deleted_rows.labels(**key, table=table).inc(rows)
         for reason, count in (
             ("idle", summary.threads_deleted.idle),
             ("archived", summary.threads_deleted.archived),
             ("orphan", summary.threads_deleted.orphan),
+            ("ttl", summary.threads_deleted.ttl),
         ):
             self.threads_deleted.labels(**key, reason=reason).inc(count)
 

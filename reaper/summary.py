@@ -27,6 +27,8 @@ class Reason(StrEnum):
     IDLE = "idle"
     ARCHIVED = "archived"
     ORPHAN = "orphan"
+    # The thread's own ttl ran out (set through the API, strategy delete).
+    TTL = "ttl"
 
 
 @dataclass
@@ -63,11 +65,12 @@ class ThreadsDeleted(_Model):
     idle: int = 0
     archived: int = 0
     orphan: int = 0
+    ttl: int = 0
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def total(self) -> int:
-        return self.idle + self.archived + self.orphan
+        return self.idle + self.archived + self.orphan + self.ttl
 
 
 class ResumeCursor(_Model):

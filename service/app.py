@@ -23,7 +23,7 @@ from threadkeeper.service.db import connect, make_pool
 from threadkeeper.service.embedded import embedded_postgres
 from threadkeeper.service.errors import DomainError
 from threadkeeper.service.executor import Executor
-from threadkeeper.service.http import allowed_methods
+from threadkeeper.service.http import allowed_methods, unsupported
 from threadkeeper.service.metrics import Metrics
 from threadkeeper.service.middleware import (
     BodyLimitMiddleware,
@@ -34,7 +34,16 @@ from threadkeeper.service.migrations import migrate
 from threadkeeper.service.notify import Hub
 from threadkeeper.service.problems import Problem, from_domain, problem_response
 from threadkeeper.service.registry import Registry
-from threadkeeper.service.routes import assistants, chat, crons, meta, runs, state, threads
+from threadkeeper.service.routes import (
+    assistants,
+    chat,
+    crons,
+    meta,
+    runs,
+    state,
+    stateless,
+    threads,
+)
 from threadkeeper.service.scheduler import Scheduler
 from threadkeeper.service.served import Served, builtin
 from threadkeeper.service.services import Services
@@ -63,7 +72,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     headers = dict(exc.headers or {})
     if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
         # Starlette names the methods of one route; a path is served by several.
-        headers["Allow"] = allowed_methods(request)
+        methods = set(allowed_methods(request).split(", "))
+        return problem_response(unsupported(request, methods))
+    if exc.status_code == HTTPStatus.NOT_FOUND:
+        return problem_response(unsupported(request))
     return problem_response(Problem(exc.status_code, str(exc.detail), headers=headers))
 
 
@@ -165,6 +177,7 @@ def create_app(
             poll_seconds=settings.poll_seconds,
             event_retention_seconds=settings.event_retention_seconds,
             owner_cap=settings.owner_cap,
+            temporary_thread_seconds=settings.temporary_thread_seconds,
         )
         services = Services(
             settings=settings,
@@ -207,6 +220,7 @@ def create_app(
         *state.routes,
         *runs.routes,
         *assistants.routes,
+        *stateless.routes,
         *chat.routes,
         *crons.routes,
     ]

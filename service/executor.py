@@ -81,6 +81,9 @@ class RunOutcome:
     # Whether this attempt recorded the run's ending: otherwise (lease lost, handed back) the
     # run goes on elsewhere, and its end is what the run's row says when it ends.
     ended: bool = True
+    # The graph stopped at an interrupt (human in the loop): the run succeeded, the thread
+    # waits, and the answer names the interrupts.
+    paused: bool = False
 
 
 @dataclass(frozen=True)
@@ -489,7 +492,9 @@ class Executor:
                 "values": snapshot.values,
             }
         waiting = bool(last_checkpoint["next"])
-        status = RunStatus.INTERRUPTED if waiting else RunStatus.SUCCESS
+        # As the Agent Server has it: a run that paused at an interrupt succeeded, and its
+        # thread is "interrupted" (a cancelled run is the one that ends "interrupted").
+        status = RunStatus.SUCCESS
         writer.emit("end", None)
         checkpoint_id = (
             (last_checkpoint["config"] or {}).get("configurable", {}).get("checkpoint_id")
@@ -512,7 +517,10 @@ class Executor:
             return await self._stopped(attempt, writer, StopReason.LEASE_LOST)
         values = stepped.last_values
         return RunOutcome(
-            status, values if values is not None else last_checkpoint["values"], ended=ended
+            status,
+            values if values is not None else last_checkpoint["values"],
+            ended=ended,
+            paused=waiting,
         )
 
     async def _stopped(

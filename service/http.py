@@ -139,10 +139,38 @@ def uuid_param(request: Request, name: str) -> UUID:
     try:
         parsed = UUID(value)
     except ValueError as exc:
+        literal = _literal_methods(request)
+        if literal:
+            # ``GET /threads/search``: a path of its own, asked with another method, not an id.
+            raise unsupported(request, literal) from exc
         raise Problem(422, f"{name} must be a UUID, got {value!r}", kind="invalid-input") from exc
     if name in ("thread_id", "run_id"):
         structlog.contextvars.bind_contextvars(**{name: str(parsed)})
     return parsed
+
+
+def _literal_methods(request: Request) -> set[str]:
+    """The methods of the routes whose path is exactly the request's, without parameters."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.methods and route.path == request.url.path:
+            methods |= route.methods
+    return methods
+
+
+def unsupported(request: Request, methods: set[str] | None = None) -> Problem:
+    """The problem for an operation this service does not offer: 405 naming the methods the
+    path takes, or 404 for a path it does not serve at all."""
+    operation = f"{request.method} {request.url.path}"
+    if methods:
+        allow = ", ".join(sorted(methods))
+        return Problem(
+            405,
+            f"{operation} is not supported; this path takes {allow}",
+            kind="not-supported",
+            headers={"Allow": allow},
+        )
+    return Problem(404, f"{operation} is not supported", kind="not-supported")
 
 
 def allowed_methods(request: Request) -> str:

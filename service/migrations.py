@@ -154,6 +154,22 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (assistant_id, version)
     );
     """,
+    # v5: the temporary threads of stateless runs (POST /runs...), deleted once their runs
+    # ended, by whichever replica is up; a thread's own ttl, which the reaper enforces; and
+    # delayed runs (after_seconds).
+    """
+    ALTER TABLE threads
+        ADD COLUMN temporary boolean NOT NULL DEFAULT false,
+        ADD COLUMN ttl_strategy text CHECK (ttl_strategy IN ('delete', 'keep_latest')),
+        ADD COLUMN ttl_minutes double precision CHECK (ttl_minutes > 0),
+        ADD COLUMN ttl_expires_at timestamptz;
+    -- a run asked for after_seconds: no replica claims it before then
+    ALTER TABLE runs ADD COLUMN not_before timestamptz;
+    CREATE INDEX threads_temporary_idx ON threads (created_at) WHERE temporary;
+    -- "expired threads, oldest expiry first", for the reaper
+    CREATE INDEX threads_ttl_idx ON threads (ttl_expires_at, thread_id)
+        WHERE ttl_expires_at IS NOT NULL;
+    """,
     # v6: crons. thread_id NULL: a stateless cron (a new thread per run). Threads a cron made
     # for one run are listed in cron_threads until they are deleted after that run.
     """

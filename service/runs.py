@@ -70,11 +70,12 @@ def _queue_run_sql(owner: str, guard: str | None = None) -> str:
     return f"""
 WITH {guard + "," if guard else ""} run AS (
     INSERT INTO runs (run_id, thread_id, assistant_id, status, input, kwargs, metadata,
-                      multitask_strategy, idempotency_key,
+                      multitask_strategy, idempotency_key, not_before,
                       attempt, lease_holder, lease_expires_at, started_at)
     SELECT %(run_id)s, %(thread_id)s, %(assistant_id)s,
            CASE WHEN claimed THEN 'running' ELSE 'pending' END,
            %(input)s, %(kwargs)s, %(metadata)s, %(strategy)s, %(key)s,
+           now() + make_interval(secs => %(delay)s::float8),
            CASE WHEN claimed THEN 1 ELSE 0 END,
            %(replica)s,
            CASE WHEN claimed THEN now() + make_interval(secs => %(lease)s) END,
@@ -133,7 +134,8 @@ WITH full_owners AS (
     HAVING count(*) >= %(cap)s
 )
 SELECT r.run_id, r.thread_id FROM runs r
-WHERE ((r.status = 'pending' AND r.updated_at < now() - interval '250 milliseconds')
+WHERE ((r.status = 'pending' AND r.updated_at < now() - interval '250 milliseconds'
+        AND (r.not_before IS NULL OR r.not_before <= now()))
        OR (r.status = 'running' AND r.lease_expires_at <= now()))
   AND NOT EXISTS (
       SELECT 1 FROM threads t JOIN full_owners USING (owner) WHERE t.thread_id = r.thread_id
@@ -157,7 +159,7 @@ END"""
 # a live lease (its own or another run's).
 HEAD_OF_THREAD_SQL = f"""
 SELECT {COLUMNS_SQL}, (lease_expires_at IS NOT NULL AND lease_expires_at > now()) AS leased,
-       {FAILURES_SQL} AS failures
+       {FAILURES_SQL} AS failures, (not_before IS NULL OR not_before <= now()) AS due
 FROM runs
 WHERE thread_id = %s AND status IN ('pending', 'running')
 ORDER BY created_at, run_id
@@ -413,6 +415,8 @@ class NewRun:
     strategy: MultitaskStrategy
     idempotency_key: str | None = None
     title: str | None = None
+    # after_seconds: no replica claims the run before then.
+    delay_seconds: float | None = None
 
     def thread_metadata(self) -> dict[str, Any]:
         """What the thread's metadata records of its latest run, as the Agent Server's does:
@@ -433,6 +437,7 @@ class NewRun:
             "strategy": self.strategy,
             "key": self.idempotency_key,
             "title": self.title,
+            "delay": self.delay_seconds,
             "replica": terms.replica if claim_for is not None else None,
             "lease": terms.lease_seconds,
             "cap": terms.owner_cap,

@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    RootModel,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
@@ -29,6 +30,7 @@ from threadkeeper.service.crons import OnRunCompleted, check_schedule, zone
 from threadkeeper.service.crons import SortBy as CronSortBy
 from threadkeeper.service.domain import MultitaskStrategy, ThreadStatus
 from threadkeeper.service.query import IntParam
+from threadkeeper.service.threads import SortBy, Ttl, TtlStrategy
 
 
 def _choice(values: type[StrEnum]) -> Any:
@@ -55,10 +57,20 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-def _no_ttl(value: Any) -> Any:
-    if value is not None:
-        raise ValueError("per-thread ttl is not supported; retention is set by a RetentionPolicy")
-    return value
+# A century: far beyond any retention, well inside what a Postgres interval holds.
+MAX_TTL_MINUTES = 100 * 366 * 24 * 60.0
+
+
+class ThreadTTL(Body):
+    """A thread's time to live, as the Agent Server takes it: ``ttl`` minutes from now, then
+    the reaper deletes the thread (``delete``) or prunes it to its latest state
+    (``keep_latest``)."""
+
+    strategy: _choice(TtlStrategy) = TtlStrategy.DELETE  # type: ignore[valid-type]
+    ttl: float = Field(gt=0, le=MAX_TTL_MINUTES, allow_inf_nan=False)
+
+    def as_ttl(self) -> Ttl:
+        return Ttl(strategy=TtlStrategy(self.strategy), minutes=self.ttl)
 
 
 class ThreadCreate(Body):
@@ -66,10 +78,8 @@ class ThreadCreate(Body):
     metadata: dict[str, Any] = Field(default_factory=dict)
     if_exists: Literal["raise", "do_nothing"] = "raise"
     title: str | None = Field(default=None, max_length=500)
-    ttl: Any = None
+    ttl: ThreadTTL | None = None
     supersteps: Any = None
-
-    _ttl = field_validator("ttl")(_no_ttl)
 
     @field_validator("supersteps")
     @classmethod
@@ -83,9 +93,21 @@ class ThreadPatch(Body):
     metadata: dict[str, Any] | None = None
     title: str | None = Field(default=None, max_length=500)
     archived: bool | None = None
-    ttl: Any = None
+    ttl: ThreadTTL | None = None
 
-    _ttl = field_validator("ttl")(_no_ttl)
+
+UNSUPPORTED_SEARCH_OPTIONS = {
+    "values": "filtering on values is not supported",
+    "extract": "extract is not supported",
+}
+
+
+def _unsupported_search_option(value: Any, info: ValidationInfo) -> Any:
+    # A thread's values live in its checkpoints (blobs, for all but plain values), not in a row
+    # Postgres could filter or extract from: either would be a read of every thread's state.
+    if value:
+        raise ValueError(UNSUPPORTED_SEARCH_OPTIONS[str(info.field_name)])
+    return value
 
 
 class ThreadSearch(Body):
@@ -95,17 +117,13 @@ class ThreadSearch(Body):
     archived: bool | None = False
     limit: int = Field(default=10, ge=1, le=MAX_PAGE)
     offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
-    sort_by: Literal["created_at", "updated_at", "last_message_at", "thread_id"] = "created_at"
+    sort_by: SortBy = "created_at"
     sort_order: Literal["asc", "desc"] = "desc"
     select: list[str] | None = None
     values: dict[str, Any] | None = None
+    extract: dict[str, str] | None = None
 
-    @field_validator("values")
-    @classmethod
-    def _no_values(cls, value: Any) -> Any:
-        if value:
-            raise ValueError("filtering on values is not supported")
-        return value
+    _unsupported = field_validator(*UNSUPPORTED_SEARCH_OPTIONS)(_unsupported_search_option)
 
 
 class ThreadCount(Body):
@@ -114,7 +132,12 @@ class ThreadCount(Body):
     archived: bool | None = False
     values: dict[str, Any] | None = None
 
-    _no_values = ThreadSearch._no_values
+    _unsupported = field_validator("values")(_unsupported_search_option)
+
+
+class ThreadPrune(Body):
+    thread_ids: list[UUID] = Field(max_length=MAX_PAGE)
+    strategy: _choice(TtlStrategy) = TtlStrategy.DELETE  # type: ignore[valid-type]
 
 
 class CheckpointConfig(Body):
@@ -173,7 +196,6 @@ ConfigBody = Annotated[
 # this reason, rather than dropped. Their empty values mean what happens anyway.
 UNSUPPORTED_RUN_OPTIONS = {
     "webhook": "webhooks are not supported",
-    "after_seconds": "delayed runs are not supported",
     "feedback_keys": "LangSmith feedback is not supported",
     "strict_resume": "strict_resume is not supported",
     "langsmith_tracer": "LangSmith tracing is not supported",
@@ -202,11 +224,12 @@ class RunCreate(Body):
     durability: Literal["sync", "async", "exit"] | None = None
     checkpoint_during: bool | None = None
     on_disconnect: Literal["cancel", "continue"] | None = None
-    # The Agent Server deletes a stateless run's temporary thread on "delete"; this service has
-    # only threads the caller created, which a run never deletes.
+    # "delete" removes a stateless run's temporary thread (StatelessRunCreate); a run on a
+    # thread the caller created never deletes it.
     on_completion: Literal["keep"] | None = None
     webhook: str | None = None
-    after_seconds: float | None = None
+    # A year: far beyond any real delay, well inside a Postgres interval.
+    after_seconds: float | None = Field(default=None, ge=0, le=366 * 24 * 3600, allow_inf_nan=False)
     strict_resume: bool | None = None
     langsmith_tracer: Any = None
 
@@ -222,8 +245,8 @@ class RunCreate(Body):
     def _keep_only(cls, value: Any) -> Any:
         if value == "delete":
             raise ValueError(
-                "on_completion 'delete' applies to stateless runs (POST /runs), which this "
-                "service does not offer; a thread's runs always keep their thread"
+                "on_completion 'delete' applies to stateless runs (POST /runs); a thread's "
+                "runs always keep their thread"
             )
         return value
 
@@ -233,6 +256,36 @@ class RunCreate(Body):
         if self.durability is not None and self.checkpoint_during is not None:
             raise ValueError("give durability or the deprecated checkpoint_during, not both")
         return self
+
+
+class StatelessRunCreate(RunCreate):
+    """A run on a new thread of its own (``POST /runs``...), which ``on_completion: delete``
+    (the default) removes once the run ended. The thread is new, so ``multitask_strategy`` and
+    ``if_not_exists`` (which RemoteGraph sends) change nothing."""
+
+    on_completion: Literal["delete", "keep"] = "delete"  # type: ignore[assignment]
+
+    @field_validator("on_completion", mode="before")
+    @classmethod
+    def _keep_only(cls, value: Any) -> Any:
+        return value
+
+    @model_validator(mode="after")
+    def _no_checkpoint(self) -> StatelessRunCreate:
+        if self.checkpoint is not None or self.checkpoint_id is not None:
+            raise ValueError(
+                "a stateless run starts on a new thread, which has no checkpoint to start from"
+            )
+        return self
+
+
+MAX_BATCH = 100
+
+
+class StatelessRunBatch(RootModel[list[StatelessRunCreate]]):
+    """``POST /runs/batch``: background stateless runs, all accepted or none."""
+
+    root: list[StatelessRunCreate] = Field(max_length=MAX_BATCH)
 
 
 class Chat(Body):

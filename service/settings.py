@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # How often each replica looks for due crons (and the threads of stateless ones to delete).
     cron_poll_seconds: float = Field(default=1.0, gt=0)
     event_retention_seconds: float = Field(default=3600.0, gt=0)
+    # How long a stateless run's temporary thread outlives its run when no request waited for
+    # it (POST /runs, or its waiter's replica died): time to join the run or read its thread.
+    temporary_thread_seconds: float = Field(default=60.0, ge=0)
     # SIGTERM to exit: open waits and streams are cut a second before, then uvicorn stops. The
     # chart derives it from the pod's grace period, so the two cannot disagree.
     shutdown_seconds: float = Field(default=DEFAULT_SHUTDOWN_SECONDS, ge=2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -84,13 +85,28 @@ async def _check_start(svc: Services, graph_id: str, thread_id: UUID, body: RunC
         await state.at(graph, thread_config(thread_id, str(start)))
 
 
+@dataclass(frozen=True)
+class NewThread:
+    """The run comes with a thread of its own, created in the run's transaction (a stateless
+    run's); a temporary one is deleted once its runs ended."""
+
+    temporary: bool
+
+
 async def _ensure_locked_thread(
-    conn: AsyncConnection[DictRow], owner: str, thread_id: UUID, create: bool
+    conn: AsyncConnection[DictRow],
+    owner: str,
+    thread_id: UUID,
+    create: bool,
+    new_thread: NewThread | None,
 ) -> None:
-    if await threads.lock(conn, thread_id, owner):
+    if new_thread is None and await threads.lock(conn, thread_id, owner):
         return
-    if create and not await threads.exists_for_anyone(conn, thread_id):
-        await threads.insert(conn, thread_id=thread_id, owner=owner, metadata={})
+    if (create or new_thread) and not await threads.exists_for_anyone(conn, thread_id):
+        temporary = new_thread is not None and new_thread.temporary
+        await threads.insert(
+            conn, thread_id=thread_id, owner=owner, metadata={}, temporary=temporary
+        )
         if await threads.lock(conn, thread_id, owner):
             return
     raise NotFound("Thread", thread_id)
@@ -128,6 +144,7 @@ async def new_run(
         strategy=body.multitask_strategy or DEFAULT_STRATEGY,
         idempotency_key=idempotency_key,
         title=threads.derive_title(text) if text else None,
+        delay_seconds=body.after_seconds or None,
     )
 
 
@@ -152,27 +169,33 @@ async def submit(
     idempotency_key: str | None = None,
     *,
     waited: bool = False,
+    new_thread: NewThread | None = None,
 ) -> tuple[DictRow, Attempt | None]:
     """Queue the run under the thread lock, applying the multitask strategy; start it if we can.
 
     With an idempotency key, a retry of a submission whose response was lost returns the run
     the first attempt created instead of queueing the turn twice. ``waited``: the caller waits
-    for the end state (``/runs/wait``).
+    for the end state (``/runs/wait``). ``new_thread``: ``thread_id`` is a new id, for a thread
+    created with the run.
     """
     new = await new_run(svc, owner, thread_id, body, idempotency_key, waited=waited)
-    if idempotency_key is None:
+    # A delayed run is left to the workers, which claim it once it is due.
+    immediate = new.delay_seconds is None
+    if idempotency_key is None and new_thread is None and immediate:
         fast = await _submit_if_idle(svc, owner, new)
         if fast is not None:
             return fast
     reserved = False
     try:
         async with svc.pool.connection() as conn, conn.transaction():
-            await _ensure_locked_thread(conn, owner, thread_id, body.if_not_exists == "create")
+            await _ensure_locked_thread(
+                conn, owner, thread_id, body.if_not_exists == "create", new_thread
+            )
             if idempotency_key is not None:
                 existing = await runs.by_idempotency_key(conn, thread_id, idempotency_key)
                 if existing is not None:
                     return existing, None
-            if await make_room(conn, new):
+            if await make_room(conn, new) and immediate:
                 # The new run heads its thread: claim it here and now if this replica has room.
                 reserved = svc.worker.reserve()
             row = await runs.insert(
@@ -282,6 +305,7 @@ async def result_of(svc: Services, run: DictRow, attempt: Attempt | None) -> Any
         if (
             outcome is not None
             and outcome.ended
+            and not outcome.paused
             and outcome.status in (RunStatus.SUCCESS, RunStatus.ERROR)
         ):
             return outcome_body(outcome)

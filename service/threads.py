@@ -6,6 +6,7 @@ Every query takes the owner, so a thread of another owner is indistinguishable f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Literal
 from uuid import UUID
 
@@ -15,7 +16,9 @@ from psycopg.types.json import Jsonb
 
 from threadkeeper.service.lease import busy_sql
 
-SortBy = Literal["created_at", "updated_at", "last_message_at", "thread_id"]
+SortBy = Literal[
+    "created_at", "updated_at", "last_message_at", "thread_id", "status", "state_updated_at"
+]
 SortOrder = Literal["asc", "desc"]
 TITLE_LIMIT = 80
 
@@ -39,8 +42,13 @@ t.last_message_at, t.archived_at, ({STATUS_SQL}) AS status
 """
 
 INSERT_SQL = f"""
-INSERT INTO threads AS t (thread_id, owner, title, metadata)
-VALUES (%(thread_id)s, %(owner)s, %(title)s, %(metadata)s)
+INSERT INTO threads AS t (
+    thread_id, owner, title, metadata, temporary, ttl_strategy, ttl_minutes, ttl_expires_at
+)
+VALUES (
+    %(thread_id)s, %(owner)s, %(title)s, %(metadata)s, %(temporary)s, %(ttl_strategy)s,
+    %(ttl_minutes)s, now() + %(ttl_minutes)s::float8 * interval '1 minute'
+)
 ON CONFLICT (thread_id) DO NOTHING
 RETURNING {COLUMNS_SQL}
 """
@@ -59,6 +67,12 @@ UPDATE threads AS t SET
         WHEN %(archived)s::boolean IS NULL THEN t.archived_at
         WHEN %(archived)s THEN coalesce(t.archived_at, now())
         ELSE NULL
+    END,
+    ttl_strategy = CASE WHEN %(set_ttl)s THEN %(ttl_strategy)s ELSE t.ttl_strategy END,
+    ttl_minutes = CASE WHEN %(set_ttl)s THEN %(ttl_minutes)s ELSE t.ttl_minutes END,
+    ttl_expires_at = CASE
+        WHEN %(set_ttl)s THEN now() + %(ttl_minutes)s::float8 * interval '1 minute'
+        ELSE t.ttl_expires_at
     END,
     updated_at = now()
 WHERE t.thread_id = %(thread_id)s AND t.owner = %(owner)s
@@ -123,6 +137,28 @@ def derive_title(text: str) -> str | None:
     return cut.rstrip(" ,.;:-") + "…"
 
 
+class TtlStrategy(StrEnum):
+    """What pruning does to a thread, when its ttl runs out (the reaper acts) or when asked
+    (``POST /threads/prune``): delete it whole, or keep its latest state only."""
+
+    DELETE = "delete"
+    KEEP_LATEST = "keep_latest"
+
+
+@dataclass(frozen=True)
+class Ttl:
+    """A thread's time to live: ``minutes`` from when it was set."""
+
+    strategy: TtlStrategy
+    minutes: float
+
+
+def _ttl_params(ttl: Ttl | None) -> dict[str, Any]:
+    if ttl is None:
+        return {"ttl_strategy": None, "ttl_minutes": None}
+    return {"ttl_strategy": ttl.strategy.value, "ttl_minutes": ttl.minutes}
+
+
 async def insert(
     conn: AsyncConnection[DictRow],
     *,
@@ -130,11 +166,21 @@ async def insert(
     owner: str,
     metadata: dict[str, Any],
     title: str | None = None,
+    temporary: bool = False,
+    ttl: Ttl | None = None,
 ) -> DictRow | None:
-    """Insert a thread; None when the id is taken (by anyone)."""
+    """Insert a thread; None when the id is taken (by anyone). A temporary thread (a stateless
+    run's) is deleted once its runs ended (``service.stateless``)."""
     cur = await conn.execute(
         INSERT_SQL,
-        {"thread_id": thread_id, "owner": owner, "title": title, "metadata": Jsonb(metadata)},
+        {
+            "thread_id": thread_id,
+            "owner": owner,
+            "title": title,
+            "metadata": Jsonb(metadata),
+            "temporary": temporary,
+            **_ttl_params(ttl),
+        },
     )
     return await cur.fetchone()
 
@@ -167,10 +213,14 @@ async def update(
     title: str | None = None,
     set_title: bool = False,
     archived: bool | None = None,
+    ttl: Ttl | None = None,
 ) -> DictRow | None:
+    """Change what is given; a ``ttl`` restarts the thread's time to live from now."""
     cur = await conn.execute(
         UPDATE_SQL,
         {
+            "set_ttl": ttl is not None,
+            **_ttl_params(ttl),
             "thread_id": thread_id,
             "owner": owner,
             "metadata": Jsonb(metadata or {}),
@@ -216,6 +266,17 @@ def _where(flt: ThreadFilter) -> tuple[str, list[Any]]:
     return " AND ".join(clauses), params
 
 
+# What each sort_by orders on; state_updated_at is what a thread reports as such.
+SORT_SQL: dict[str, str] = {
+    "created_at": "t.created_at",
+    "updated_at": "t.updated_at",
+    "last_message_at": "t.last_message_at",
+    "thread_id": "t.thread_id",
+    "status": f"({STATUS_SQL})",
+    "state_updated_at": "coalesce(t.last_message_at, t.updated_at)",
+}
+
+
 async def search(
     conn: AsyncConnection[DictRow],
     flt: ThreadFilter,
@@ -232,7 +293,7 @@ async def search(
     # sort_by is a Literal checked at the HTTP boundary, never free text.
     query = (
         f"SELECT {COLUMNS_SQL}, count(*) OVER () AS total FROM threads t WHERE {where} "
-        f"ORDER BY t.{sort_by} {direction} {nulls}, t.thread_id {direction} "
+        f"ORDER BY {SORT_SQL[sort_by]} {direction} {nulls}, t.thread_id {direction} "
         "LIMIT %s OFFSET %s"
     )
     cur = await conn.execute(query, [*params, limit, offset])  # type: ignore[arg-type]

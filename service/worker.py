@@ -18,7 +18,7 @@ import psycopg
 import structlog
 from psycopg.rows import DictRow
 
-from threadkeeper.service import events, lifecycle, runs
+from threadkeeper.service import events, lifecycle, runs, stateless
 from threadkeeper.service.db import Pool
 from threadkeeper.service.domain import CancelAction, RunStatus
 from threadkeeper.service.executor import Attempt, Executor
@@ -42,6 +42,7 @@ class Worker:
         poll_seconds: float,
         event_retention_seconds: float,
         owner_cap: int = 0,
+        temporary_thread_seconds: float = 60.0,
     ) -> None:
         self.pool = pool
         self.hub = hub
@@ -52,6 +53,7 @@ class Worker:
         self.poll_seconds = poll_seconds
         self.event_retention_seconds = event_retention_seconds
         self.owner_cap = owner_cap
+        self.temporary_thread_seconds = temporary_thread_seconds
         self.claiming = True
         # Slots promised to runs being claimed inside a submitting transaction.
         self.reserved = 0
@@ -117,6 +119,11 @@ class Worker:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         next_sweep = loop.time() + SWEEP_EVERY
+        # Temporary threads are looked for at half their grace: one outlives its run by at most
+        # one and a half graces while any replica is up.
+        half_grace = max(self.temporary_thread_seconds / 2, self.poll_seconds)
+        temporary_every = min(SWEEP_EVERY, half_grace)
+        next_temporary = loop.time()
         while True:
             wakeup = self.hub.arm(ANY_RUN)
             try:
@@ -127,6 +134,9 @@ class Worker:
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + SWEEP_EVERY
                     await events.sweep(self.pool, self.event_retention_seconds)
+                if loop.time() >= next_temporary:
+                    next_temporary = loop.time() + temporary_every
+                    await stateless.sweep(self.pool, self.temporary_thread_seconds)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.poll_seconds):
                         await wakeup.wait()
@@ -159,6 +169,8 @@ class Worker:
             if head["cancel_action"]:
                 await lifecycle.end_idle(conn, head, CancelAction(head["cancel_action"]))
                 return None
+            if not head["due"]:
+                return None  # after_seconds have not passed yet
             if head["failures"] >= self.max_attempts:
                 await lifecycle.give_up(conn, head)
                 log.warning(

@@ -204,8 +204,21 @@ async def wait_run(request: Request, body: RunCreate) -> Response:
     run_path, _ = _paths(thread_id, row["run_id"])
     headers = {"Location": f"{run_path}/join", "Content-Location": run_path}
     result = asyncio.create_task(result_of(svc, row, attempt))
-    if body.on_disconnect == "cancel":
-        return await _answer_or_cancel(svc, row["run_id"], result, headers)
+    return await answer_waited(request, row["run_id"], result, headers, body.on_disconnect)
+
+
+async def answer_waited(
+    request: Request,
+    run_id: UUID,
+    result: asyncio.Task[Any],
+    headers: dict[str, str],
+    on_disconnect: str | None,
+) -> Response:
+    """The answer of a waited run: at once when it ends quickly, else keep-alives then the
+    body; with ``on_disconnect: cancel``, a client hanging up cancels the run."""
+    svc = services(request)
+    if on_disconnect == "cancel":
+        return await _answer_or_cancel(svc, run_id, result, headers)
     done, _ = await asyncio.wait({result}, timeout=QUICK_ANSWER_SECONDS)
     if done:
         return serialize.JSON(result.result(), headers=headers)

@@ -8,10 +8,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from threadkeeper.service import lifecycle, serialize, state, threads
+from threadkeeper.service import lifecycle, prune, serialize, state, threads
 from threadkeeper.service.http import MEDIA_JSON, accepts, owner, responds, services, uuid_param
 from threadkeeper.service.problems import Problem, not_found
-from threadkeeper.service.schemas import ThreadCount, ThreadCreate, ThreadPatch, ThreadSearch
+from threadkeeper.service.schemas import (
+    ThreadCount,
+    ThreadCreate,
+    ThreadPatch,
+    ThreadPrune,
+    ThreadSearch,
+)
+from threadkeeper.service.threads import TtlStrategy
 
 
 @accepts(ThreadCreate)
@@ -21,7 +28,12 @@ async def create_thread(request: Request, body: ThreadCreate) -> Response:
     svc = services(request)
     async with svc.pool.connection() as conn:
         row = await threads.insert(
-            conn, thread_id=thread_id, owner=who, metadata=body.metadata, title=body.title
+            conn,
+            thread_id=thread_id,
+            owner=who,
+            metadata=body.metadata,
+            title=body.title,
+            ttl=body.ttl.as_ttl() if body.ttl else None,
         )
         if row is None:
             existing = await threads.get(conn, thread_id, who)
@@ -68,6 +80,7 @@ async def patch_thread(request: Request, body: ThreadPatch) -> Response:
             title=body.title,
             set_title="title" in body.model_fields_set,
             archived=body.archived,
+            ttl=body.ttl.as_ttl() if body.ttl else None,
         )
     if row is None:
         raise not_found("Thread", thread_id)
@@ -84,6 +97,16 @@ async def delete_thread(request: Request) -> Response:
         if not await lifecycle.delete_thread(conn, thread_id, who):
             raise not_found("Thread", thread_id)
     return Response(status_code=204)
+
+
+@accepts(ThreadPrune, required=True)
+async def prune_threads(request: Request, body: ThreadPrune) -> Response:
+    """Prune the caller's threads named (``delete`` or ``keep_latest``); threads with an
+    unfinished run are left alone."""
+    who = owner(request)
+    strategy = TtlStrategy(body.strategy)
+    count = await prune.prune(services(request).pool, who, body.thread_ids, strategy)
+    return serialize.JSON({"pruned_count": count})
 
 
 @accepts(ThreadSearch)
@@ -142,6 +165,7 @@ routes = [
     Route("/threads", create_thread, methods=["POST"]),
     Route("/threads/search", search_threads, methods=["POST"]),
     Route("/threads/count", count_threads, methods=["POST"]),
+    Route("/threads/prune", prune_threads, methods=["POST"]),
     Route("/threads/{thread_id}", get_thread, methods=["GET"]),
     Route("/threads/{thread_id}", patch_thread, methods=["PATCH"]),
     Route("/threads/{thread_id}", delete_thread, methods=["DELETE"]),

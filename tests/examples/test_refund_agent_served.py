@@ -43,12 +43,18 @@ async def test_interrupt_on_one_replica_resume_on_the_other_then_time_travel(
 
     waiting = await on_b.threads.get_state(tid)
     assert waiting["next"] == ["approve"]
+    # Human in the loop as the Agent Server has it: the run that paused succeeded, and the
+    # thread is the one that waits.
+    (paused_run,) = await on_b.runs.list(tid)
+    assert paused_run["status"] == "success"
+    assert (await on_b.threads.get(tid))["status"] == "interrupted"
     resume = await on_b.runs.create(
         tid, "refunds", command={"resume": {"approved": True}}, context=CONTEXT
     )
     await on_b.runs.join(tid, resume["run_id"])
     done = await on_b.threads.get_state(tid)
     assert done["values"]["messages"][-1]["content"] == "Refunded 200.00."
+    assert (await on_a.threads.get(tid))["status"] == "idle"
     assert f'"run_id": "{resume["run_id"]}"' in b.logs()  # the other replica executed it
 
     # Time travel: back to before the policy ran, replayed under a higher threshold.

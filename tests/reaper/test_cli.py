@@ -83,7 +83,8 @@ async def test_prune_prints_a_json_summary(
     summary = real.json()
     assert summary["outcome"] == "Succeeded"
     assert summary["dryRun"] is False
-    assert summary["threadsDeleted"] == {"idle": 1, "archived": 0, "orphan": 0, "total": 1}
+    deleted = {"idle": 1, "archived": 0, "orphan": 0, "ttl": 0, "total": 1}
+    assert summary["threadsDeleted"] == deleted
     assert summary["checkpointsDeleted"] > 0
     assert set(summary) >= {
         "blobsDeleted",

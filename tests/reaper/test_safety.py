@@ -361,7 +361,8 @@ async def test_dry_run_reports_exactly_what_the_real_run_deletes(
     exclude = {"dry_run", "duration_seconds", "started_at", "message"}
     assert dry.model_dump(exclude=exclude) == real.model_dump(exclude=exclude)
     assert dry.dry_run and not real.dry_run
-    assert dry.threads_deleted.model_dump() == {"idle": 1, "archived": 1, "orphan": 1, "total": 3}
+    deleted = {"idle": 1, "archived": 1, "orphan": 1, "ttl": 0, "total": 3}
+    assert dry.threads_deleted.model_dump() == deleted
     assert dry.threads_pruned == 2 and dry.threads_skipped == 1
     assert dry.message.startswith("would delete")
 

@@ -49,6 +49,9 @@ async def test_bad_input_gets_problem_and_changes_nothing(client: httpx.AsyncCli
         ("POST", "/threads/search", {"limit": 5000}, 422),
         ("POST", "/threads/search", {"sort_by": "owner"}, 422),
         ("POST", "/threads/search", {"status": "sleeping"}, 422),
+        ("POST", "/threads/search", {"values": {"answer": 42}}, 422),
+        ("POST", "/threads/search", {"extract": {"last": "values.messages"}}, 422),
+        ("POST", "/threads/count", {"values": {"answer": 42}}, 422),
         ("POST", run_url, {"assistant_id": "nobody", "input": hello}, 404),
         ("POST", run_url, {"input": hello}, 422),
         ("POST", run_url, {"assistant_id": "agent", "input": hello, "bogus": True}, 422),
@@ -165,3 +168,32 @@ async def test_client_hanging_up_mid_body_is_not_an_error(
         assert "client_disconnected" in events
         assert "unhandled_error" not in events
         assert await _snapshot(client) == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "allow"),
+    [
+        # Paths of their own, not thread ids: the method is what is not supported.
+        ("GET", "/threads/search", 405, "POST"),
+        ("GET", "/threads/count", 405, "POST"),
+        ("GET", "/threads/prune", 405, "POST"),
+        ("DELETE", "/threads/search", 405, "POST"),
+        ("PUT", "/threads", 405, "POST"),
+        ("GET", "/runs/wait", 405, "POST"),
+        ("GET", "/no/such/route", 404, None),
+        ("POST", "/threads/00000000-0000-0000-0000-000000000000/stream/events", 404, None),
+    ],
+)
+async def test_unsupported_operations_say_so(
+    client: httpx.AsyncClient, method: str, path: str, status: int, allow: str | None
+) -> None:
+    r = await client.request(method, path)
+    _assert_problem(r, status)
+    assert f"{method} {path} is not supported" in r.json()["detail"]
+    assert r.headers.get("allow") == allow
+
+
+async def test_a_bad_thread_id_is_still_a_bad_thread_id(client: httpx.AsyncClient) -> None:
+    r = await client.get("/threads/searches")
+    _assert_problem(r, 422)
+    assert "thread_id must be a UUID" in r.json()["detail"]

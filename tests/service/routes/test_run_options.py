@@ -87,8 +87,9 @@ async def test_options_this_service_cannot_honour_are_refused(client: httpx.Asyn
         ({"feedback_keys": ["score"]}, "feedback"),
         ({"strict_resume": True}, "strict_resume"),
         ({"langsmith_tracer": {"project_name": "p"}}, "tracing"),
-        ({"webhook": "http://127.0.0.1:9/hook"}, "webhooks"),
-        ({"after_seconds": 5}, "delayed"),
+        ({"webhook": "http://127.0.0.1:9/hook"}, "webhooks are not supported"),
+        ({"after_seconds": -1}, "after_seconds"),
+        ({"after_seconds": 10**9}, "after_seconds"),
     ]
     for option, reason in refusals:
         r = await client.post(f"/threads/{tid}/runs", json={**run, **option})

@@ -1,0 +1,62 @@
+"""threads.search ``sort_by`` ``status`` and ``state_updated_at``, as the Agent Server has them."""
+
+from __future__ import annotations
+
+import httpx
+
+TURN = {"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": "hi"}]}}
+SLOW = {
+    "assistant_id": "agent",
+    "input": {"messages": [{"role": "user", "content": "look up slowly 30"}]},
+}
+
+
+async def _new(client: httpx.AsyncClient) -> str:
+    thread_id: str = (await client.post("/threads", json={})).json()["thread_id"]
+    return thread_id
+
+
+async def _ids(client: httpx.AsyncClient, **search: object) -> list[str]:
+    found = await client.post("/threads/search", json=search)
+    assert found.status_code == 200, found.text
+    return [t["thread_id"] for t in found.json()]
+
+
+async def test_sort_by_status(client: httpx.AsyncClient) -> None:
+    idle = await _new(client)
+    waiting = await _new(client)
+    paused = await client.post(
+        f"/threads/{waiting}/runs/wait",
+        json={
+            **SLOW,
+            "input": {"messages": [{"role": "user", "content": "look up slowly 1"}]},
+            "interrupt_before": ["act"],
+        },
+    )
+    assert paused.status_code == 200, paused.text
+    busy = await _new(client)
+    slow = (await client.post(f"/threads/{busy}/runs", json=SLOW)).json()
+    statuses = {
+        t: (await client.get(f"/threads/{t}")).json()["status"] for t in (idle, waiting, busy)
+    }
+    assert statuses == {idle: "idle", waiting: "interrupted", busy: "busy"}
+
+    assert await _ids(client, sort_by="status", sort_order="asc") == [busy, idle, waiting]
+    assert await _ids(client, sort_by="status", sort_order="desc") == [waiting, idle, busy]
+    await client.post(f"/threads/{busy}/runs/{slow['run_id']}/cancel?wait=1&action=rollback")
+
+
+async def test_sort_by_state_updated_at(client: httpx.AsyncClient) -> None:
+    spoken_late = await _new(client)
+    silent = await _new(client)
+    await client.post(f"/threads/{spoken_late}/runs/wait", json=TURN)
+    reported = {
+        t["thread_id"]: t["state_updated_at"]
+        for t in (await client.post("/threads/search", json={})).json()
+    }
+    assert reported[spoken_late] > reported[silent]
+
+    assert await _ids(client, sort_by="state_updated_at") == [spoken_late, silent]
+    assert await _ids(client, sort_by="state_updated_at", sort_order="asc") == [silent, spoken_late]
+    # Not the creation order, which is the other way round.
+    assert await _ids(client, sort_by="created_at") == [silent, spoken_late]
