@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import re
 import time
@@ -60,7 +61,10 @@ class ServicePool(AsyncConnectionPool[AsyncConnection[DictRow]]):
 
     async def putconn(self, conn: AsyncConnection[DictRow]) -> None:
         conn.info_returned_at = time.monotonic()  # type: ignore[attr-defined]
-        await super().putconn(conn)
+        # Shielded: the return waits for the pool's lock while other returns hand connections
+        # over, and a task cancelled there (a stopped attempt, a lease keeper at the end of a
+        # run, a client gone) would drop the connection, counted in use by the pool for good.
+        await asyncio.shield(super().putconn(conn))
 
 
 def make_pool(url: str, settings: Settings) -> Pool:
