@@ -53,10 +53,11 @@ async def _check_if_idle(conn: AsyncConnection[DictRow]) -> None:
 
 
 class ServicePool(AsyncConnectionPool[AsyncConnection[DictRow]]):
-    """The pool, stamping each connection as it comes back, for ``_check_if_idle``.
+    """The pool, stamping each connection as it comes back, for ``_check_if_idle``, and
+    giving it back even if the returning task is cancelled meanwhile.
 
     The stamp is taken here, not by a ``reset`` callback: with one configured, psycopg_pool
-    hands every returned connection to a worker task, a task switch on each of a turn's borrows.
+    hands every returned connection to a worker task's queue, behind other returns.
     """
 
     async def putconn(self, conn: AsyncConnection[DictRow]) -> None:

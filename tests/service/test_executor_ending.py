@@ -38,6 +38,10 @@ def taking_over_graph(pool: Pool) -> Any:
             await conn.execute(TAKE_OVER_SQL, (run_id,))
         return {"n": state["n"] + 1}
 
+    return one_node_graph(work)
+
+
+def one_node_graph(work: Any) -> Any:
     builder = StateGraph(Counter)
     builder.add_node("work", work)
     builder.add_edge(START, "work")
@@ -104,20 +108,13 @@ class LossyHub(Hub):
             return False
 
 
-def one_step_graph() -> Any:
-    async def work(state: Counter) -> Counter:
-        return {"n": state["n"] + 1}
-
-    builder = StateGraph(Counter)
-    builder.add_node("work", work)
-    builder.add_edge(START, "work")
-    builder.add_edge("work", END)
-    return builder.compile(name="agent")
+async def count(state: Counter) -> Counter:
+    return {"n": state["n"] + 1}
 
 
 async def test_a_run_ends_even_if_its_lease_keeper_loses_its_cancellation(pool: Pool) -> None:
     run = await claimed(pool, REPLICA, input={"n": 0})
-    executor = executor_for(pool, one_step_graph(), REPLICA, lease_seconds=0.3)
+    executor = executor_for(pool, one_node_graph(count), REPLICA, lease_seconds=0.3)
     hub = executor.hub = LossyHub()
     attempt = executor.start(run)
     assert attempt.task is not None
