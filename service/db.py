@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import re
 import time
@@ -52,15 +53,19 @@ async def _check_if_idle(conn: AsyncConnection[DictRow]) -> None:
 
 
 class ServicePool(AsyncConnectionPool[AsyncConnection[DictRow]]):
-    """The pool, stamping each connection as it comes back, for ``_check_if_idle``.
+    """The pool, stamping each connection as it comes back, for ``_check_if_idle``, and
+    giving it back even if the returning task is cancelled meanwhile.
 
     The stamp is taken here, not by a ``reset`` callback: with one configured, psycopg_pool
-    hands every returned connection to a worker task, a task switch on each of a turn's borrows.
+    hands every returned connection to a worker task's queue, behind other returns.
     """
 
     async def putconn(self, conn: AsyncConnection[DictRow]) -> None:
         conn.info_returned_at = time.monotonic()  # type: ignore[attr-defined]
-        await super().putconn(conn)
+        # Shielded: the return waits for the pool's lock while other returns hand connections
+        # over, and a task cancelled there (a stopped attempt, a lease keeper at the end of a
+        # run, a client gone) would drop the connection, counted in use by the pool for good.
+        await asyncio.shield(super().putconn(conn))
 
 
 def make_pool(url: str, settings: Settings) -> Pool:

@@ -594,6 +594,12 @@ class Executor:
         interval = self.lease_seconds / 3
         while True:
             await self.hub.wait(interval, run_key(run_id))
+            if attempt.graph_task is not None and attempt.graph_task.done():
+                # The graph ended and this keeper was cancelled, but the cancellation can be
+                # lost: on Python 3.11 ``asyncio.wait_for`` (which psycopg_pool waits for a
+                # connection with) swallows one that lands as the connection is handed over.
+                # The attempt waits for this keeper before its ending; it must not wait forever.
+                return
             try:
                 async with self.pool.connection() as conn:
                     alive, cancel = await runs.heartbeat(conn, run_id, number, self.lease_seconds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -110,3 +111,48 @@ async def test_a_numbered_statement_runs_on_a_raw_cursor(pool: Pool) -> None:
         cur = psycopg.AsyncRawCursor(conn, row_factory=dict_row)
         await cur.execute(query, [7, "x"])
         assert await cur.fetchone() == {"a": 7, "b": "x", "c": "5%"}
+
+
+class WatchedLock(asyncio.Lock):
+    """A lock that tells when someone has to wait for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.contended = asyncio.Event()
+
+    async def acquire(self) -> bool:
+        if self.locked():
+            self.contended.set()
+        return await super().acquire()
+
+
+async def test_a_borrower_cancelled_while_giving_its_connection_back_still_gives_it_back(
+    one_connection: Pool,
+) -> None:
+    """A task cancelled while its ``pool.connection()`` block returns the connection (here
+    waiting for the pool's lock, as it does while other returns hand connections over) must
+    not take the connection with it: the pool would count it in use for good."""
+    pool = one_connection
+    used, locked = asyncio.Event(), asyncio.Event()
+
+    async def borrow() -> None:
+        async with pool.connection() as conn:
+            await conn.execute("SELECT 1")
+            used.set()
+            await locked.wait()
+
+    # The pool's own lock, watched, and held here as a concurrent return holds it.
+    lock = pool._lock = WatchedLock()
+    task = asyncio.create_task(borrow())
+    await used.wait()
+    async with lock:
+        locked.set()
+        await lock.contended.wait()  # the borrower is now waiting inside putconn
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    # The pool's only connection is lent again, not lost with the cancelled task.
+    async with pool.connection(timeout=5) as conn:
+        await conn.execute("SELECT 1")
+    stats = pool.get_stats()
+    assert stats["pool_size"] - stats["pool_available"] == 0
