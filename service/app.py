@@ -34,10 +34,11 @@ from threadkeeper.service.migrations import migrate
 from threadkeeper.service.notify import Hub
 from threadkeeper.service.problems import Problem, from_domain, problem_response
 from threadkeeper.service.registry import Registry
-from threadkeeper.service.routes import assistants, chat, meta, runs, state, threads
+from threadkeeper.service.routes import assistants, chat, meta, runs, state, store, threads
 from threadkeeper.service.served import Served, builtin
 from threadkeeper.service.services import Services
 from threadkeeper.service.settings import Settings
+from threadkeeper.service.store import open_store
 from threadkeeper.service.worker import Worker
 
 log = structlog.get_logger(__name__)
@@ -137,7 +138,7 @@ def create_app(
         if run_migrations:
             conn = await connect(url)
             try:
-                await migrate(conn)
+                await migrate(conn, store_index=serving.store.index)
             finally:
                 await conn.close()
         pool = make_pool(url, settings)
@@ -146,6 +147,7 @@ def create_app(
         hub = Hub(url)
         await hub.start()
         registry = Registry(serving.graphs, pool)
+        memory = open_store(pool, serving.store)
         executor = Executor(
             pool=pool,
             hub=hub,
@@ -153,6 +155,7 @@ def create_app(
             metrics=metrics,
             replica=settings.replica,
             lease_seconds=settings.lease_seconds,
+            store=memory,
         )
         worker = Worker(
             pool=pool,
@@ -174,6 +177,7 @@ def create_app(
             auth=Authenticator(settings),
             metrics=metrics,
             registry=registry,
+            store=memory,
         )
         app.state.services = services
         await install_system_assistants(pool, services.registry)
@@ -204,6 +208,7 @@ def create_app(
         *runs.routes,
         *assistants.routes,
         *chat.routes,
+        *store.routes,
     ]
     return Starlette(
         routes=userapp.routes(ours, serving.http_app),

@@ -17,6 +17,7 @@ from uuid import UUID
 import psycopg
 import structlog
 from langchain_core.runnables import RunnableConfig
+from langgraph.store.base import BaseStore
 from langgraph.types import Command, Durability
 from psycopg.rows import DictRow
 
@@ -34,8 +35,12 @@ from threadkeeper.service.domain import RunStatus, StopReason, ThreadStatus
 from threadkeeper.service.metrics import Metrics
 from threadkeeper.service.notify import Hub, run_key
 from threadkeeper.service.registry import Bound, Registry, graph_of_run
+from threadkeeper.service.store import OwnerStore
 
 log = structlog.get_logger(__name__)
+
+# Whose long-term memory a run's graph sees.
+THREAD_OWNER_SQL = "SELECT owner FROM threads WHERE thread_id = %s"
 
 RESERVED_CONFIGURABLE = {"thread_id", "checkpoint_ns", "checkpoint_map", "run_id"}
 MAX_RECURSION_LIMIT = 200
@@ -169,8 +174,11 @@ class Executor:
         metrics: Metrics,
         replica: str,
         lease_seconds: float,
+        store: BaseStore | None = None,
     ) -> None:
         self.pool = pool
+        # Long-term memory; each run sees its owner's part of it only (see OwnerStore).
+        self.store = store
         self.hub = hub
         self.registry = registry
         self.metrics = metrics
@@ -369,7 +377,7 @@ class Executor:
         kwargs = run.kwargs
         modes = requested_modes(kwargs)
         subgraphs = bool(kwargs.get("stream_subgraphs"))
-        graph = bound.graph.copy(update={"checkpointer": saver})
+        graph = bound.graph.copy(update={"checkpointer": saver, "store": await self._store_of(run)})
         last_values: Any = None
         last_checkpoint: Any = None
         # "checkpoints" tells, at no cost, where the run ended and what comes next; asking
@@ -404,6 +412,16 @@ class Executor:
             await saver.flush()  # the state read afterwards must see all of it
         # What the saver still holds commits with the run's ending, in one statement.
         return Stepped(await saver.take_batch(), last_values, last_checkpoint)
+
+    async def _store_of(self, run: runs.Run) -> BaseStore | None:
+        if self.store is None:
+            return None
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(THREAD_OWNER_SQL, (run.thread_id,))
+            row = await cur.fetchone()
+        if row is None:  # the thread was deleted under the run: it ends when its fence fails
+            raise LeaseLostError(f"thread {run.thread_id} is gone")
+        return OwnerStore(self.store, row["owner"])
 
     async def _ended_by(
         self,

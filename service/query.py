@@ -167,3 +167,24 @@ class XrayParam(QueryParam[bool | int]):
             "oneOf": [{"type": "boolean"}, {"type": "integer", "minimum": 1}],
             "default": False,
         }
+
+
+@dataclass(frozen=True)
+class OptionalFlagParam(QueryParam[bool | None]):
+    """A flag whose absence means "the server's default" rather than false."""
+
+    name: str
+
+    def absent(self) -> bool | None:
+        return None
+
+    def parse(self, raw: str) -> bool | None:
+        value = raw.lower()
+        if value in TRUE:
+            return True
+        if value in FALSE[:-1]:
+            return False
+        raise self.refuse("true or false")
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "boolean"}

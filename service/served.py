@@ -8,15 +8,16 @@ either serves the whole deployment or nothing, and never turns ready half-config
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from starlette.applications import Starlette
 
 from threadkeeper.service import deployment as deployments
 from threadkeeper.service import graphs, userapp
-from threadkeeper.service.deployment import Deployment
-from threadkeeper.service.graphs import LoadedGraph
+from threadkeeper.service.deployment import Deployment, DeploymentError
+from threadkeeper.service.graphs import LoadedGraph, user_error
+from threadkeeper.service.store import StoreSettings, embed_from_path, is_path_spec
 
 log = structlog.get_logger(__name__)
 
@@ -26,6 +27,7 @@ class Served:
     deployment: Deployment
     graphs: dict[str, LoadedGraph]
     http_app: Starlette | None
+    store: StoreSettings = field(default_factory=StoreSettings)
 
 
 def prepare(deployment: Deployment) -> Served:
@@ -37,7 +39,22 @@ def prepare(deployment: Deployment) -> Served:
     loaded = graphs.load_all(deployment)
     for graph_id, graph in loaded.items():
         _warn_replaced(deployment, graph_id, graph.replaced)
-    return Served(deployment, loaded, userapp.load(deployment))
+    return Served(deployment, loaded, userapp.load(deployment), store_settings(deployment))
+
+
+def store_settings(deployment: Deployment) -> StoreSettings:
+    """The store's settings, its ``path.py:function`` embedding imported (user code runs)."""
+    config = deployment.store
+    if config is None or config.index is None or not is_path_spec(config.index.embed):
+        return StoreSettings.of(config)
+    spec = config.index.embed
+    try:
+        embed = embed_from_path(spec, deployment.base_dir)
+    except Exception as exc:
+        raise DeploymentError(deployment.path, "store.index.embed", user_error(spec, exc)) from None
+    if not callable(embed):
+        raise DeploymentError(deployment.path, "store.index.embed", f"{spec} is not callable")
+    return StoreSettings.of(config, embed)
 
 
 async def check(served: Served) -> None:

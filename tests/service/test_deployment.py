@@ -84,7 +84,7 @@ def test_no_config_is_the_builtin_demo() -> None:
         ('{"graphs": {}}', "graphs"),
         ('{"graphs": {"a": "./x.py:g", "a": "./y.py:g"}}', "key 'a' is given twice"),
         ('{"graphs": {"a": "./x.py:g"}, "store": {"index": {"dims": 0, "embed": "e"}}}', "dims"),
-        ('{"graphs": {"a": "./x.py:g"}, "store": {}}', "store: is valid but not supported"),
+        ('{"graphs": {"a": "./x.py:g"}, "store": {"ttl": {"default_ttl": -1}}}', "default_ttl"),
         ('{"graphs": {"a": "./x.py:g"}, "auth": {"path": "./a.py:auth"}}', "auth: is valid"),
         ('{"graphs": {"a": "./x.py:g"}, "env": ".env.missing"}', "env:"),
     ],

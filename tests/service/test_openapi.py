@@ -31,6 +31,10 @@ WITH_BODY = {
     ("/assistants/{assistant_id}", "patch"),
     ("/assistants/{assistant_id}/versions", "post"),
     ("/assistants/{assistant_id}/latest", "post"),
+    ("/store/items", "put"),
+    ("/store/items", "delete"),
+    ("/store/items/search", "post"),
+    ("/store/namespaces", "post"),
 }
 
 
