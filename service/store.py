@@ -16,7 +16,7 @@ caller supplies, and the store matches namespaces segment by segment.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -50,12 +50,17 @@ def owner_label(owner: str) -> str:
     return OWNER_LABEL_PREFIX + owner.encode().hex()
 
 
+# An item past its TTL is never served, whether or not the reaper swept it yet (the stock
+# store serves it until swept). Any item may carry a TTL, with or without a ``ttl`` config.
+EXPIRED_HIDDEN: TTLConfig = {"omit_expired": True}
+
+
 @dataclass(frozen=True)
 class StoreSettings:
     """The store's configuration as ``AsyncPostgresStore`` takes it."""
 
     index: PostgresIndexConfig | None = None
-    ttl: TTLConfig | None = None
+    ttl: TTLConfig = field(default_factory=lambda: TTLConfig(**EXPIRED_HIDDEN))
 
     @classmethod
     def of(cls, config: StoreConfig | None, embed: Any = None) -> StoreSettings:
@@ -67,14 +72,14 @@ class StoreSettings:
             index = {"dims": config.index.dims, "embed": embed or config.index.embed}
             if config.index.fields is not None:
                 index["fields"] = list(config.index.fields)
-        ttl: TTLConfig | None = None
+        ttl: dict[str, Any] = dict(EXPIRED_HIDDEN)
         if config.ttl is not None:
-            ttl = {"refresh_on_read": config.ttl.refresh_on_read}
+            ttl["refresh_on_read"] = config.ttl.refresh_on_read
             if config.ttl.default_ttl is not None:
                 ttl["default_ttl"] = config.ttl.default_ttl
             if config.ttl.sweep_interval_minutes is not None:
                 ttl["sweep_interval_minutes"] = config.ttl.sweep_interval_minutes
-        return cls(index=index, ttl=ttl)
+        return cls(index=index, ttl=cast(TTLConfig, ttl))
 
 
 class PooledPostgresStore(AsyncPostgresStore):

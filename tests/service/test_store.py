@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import LiteralString
 
 import pytest
 from langgraph.store.base import BaseStore, GetOp, InvalidNamespaceError, Item, PutOp
@@ -96,7 +97,7 @@ async def _get_while_a_put_waits(
             )
             blocked = asyncio.create_task(store.aput(ns, "locked", {"v": 3}))
             try:
-                await _until_a_session_waits_for_a_lock(pool)
+                await _until_a_row(pool, WAITING_SQL)
                 return await asyncio.wait_for(store.aget(ns, "free"), timeout=wait)
             finally:
                 await holder.execute("SELECT 1")  # the lock goes with the transaction
@@ -105,10 +106,11 @@ async def _get_while_a_put_waits(
         assert after is not None and after.value == {"v": 3}
 
 
-async def _until_a_session_waits_for_a_lock(pool: Pool) -> None:
+async def _until_a_row(pool: Pool, sql: LiteralString) -> None:
+    """Until ``sql`` finds a row (polling the database: nothing notifies of what it waits for)."""
     async with asyncio.timeout(10), pool.connection() as conn:
         while True:
-            cur = await conn.execute(WAITING_SQL)
+            cur = await conn.execute(sql)
             if await cur.fetchone():
                 return
             await asyncio.sleep(0.02)
@@ -118,3 +120,21 @@ WAITING_SQL = """
 SELECT 1 FROM pg_stat_activity
 WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%store%'
 """
+
+
+async def test_an_expired_item_is_not_served_before_it_is_swept(
+    pool: Pool, store: AsyncPostgresStore
+) -> None:
+    ada = OwnerStore(store, "ada")
+    await ada.aput(("n",), "brief", {"v": 1}, ttl=0.001)  # minutes: 60 ms
+    await ada.aput(("n",), "kept", {"v": 2})
+    await _until_a_row(pool, EXPIRED_SQL)
+    assert await ada.aget(("n",), "brief") is None
+    assert [i.key for i in await ada.asearch(("n",))] == ["kept"]
+    async with pool.connection() as conn:  # still there: sweeping is the reaper's
+        assert (await (await conn.execute("SELECT count(*) AS n FROM store")).fetchone()) == {
+            "n": 2
+        }
+
+
+EXPIRED_SQL = "SELECT 1 FROM store WHERE key = 'brief' AND expires_at < now()"
