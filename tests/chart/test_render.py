@@ -501,6 +501,8 @@ def test_monitoring_labels_and_rule(helm: Helm) -> None:
     assert {a["alert"] for a in alerts} == {
         "ThreadkeeperCheckpointTablesLarge",
         "ThreadkeeperCheckpointTablesGrowing",
+        "ThreadkeeperStoreTablesLarge",
+        "ThreadkeeperStoreTablesGrowing",
         "ThreadkeeperReaperStalled",
         "ThreadkeeperPruneFailing",
         "ThreadkeeperReaperDown",
