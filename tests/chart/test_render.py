@@ -441,6 +441,7 @@ def test_retention_policy(helm: Helm) -> None:
         "threads": {"maxIdle": "30d", "archivedFor": "7d"},
         "checkpoints": {"keepLast": 20, "maxAge": "7d"},
         "orphans": {"olderThan": "30d"},
+        "store": {"sweepExpired": True},
         "limits": {
             "batchSize": 500,
             "maxDuration": "5m",
@@ -455,6 +456,8 @@ def test_retention_policy(helm: Helm) -> None:
     assert custom["spec"]["threads"] == {"archivedFor": "7d"}
     assert custom["spec"]["checkpoints"] == {"keepLast": 20}
     assert "orphans" not in custom["spec"]
+    off = {**BASE, "retention.store.sweepExpired": False}
+    assert "store" not in find(helm.render(off), "RetentionPolicy")["spec"]
     assert custom["spec"]["dryRun"] is True and custom["spec"]["suspend"] is True
 
 
