@@ -8,6 +8,7 @@ takes the same session-level advisory lock first and the losers find the work do
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import psycopg
 import structlog
@@ -213,9 +214,19 @@ async def migrate(
         await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
 
 
+def _no_embedding(texts: Sequence[str]) -> list[list[float]]:
+    raise RuntimeError("migrations embed nothing")
+
+
 async def _setup_store(conn: AsyncConnection[DictRow], index: PostgresIndexConfig | None) -> None:
+    # The vector table's migrations need only the index's shape (dims, vector and index type):
+    # a provider's embeddings (and their API key) or a user's function are not loaded for them.
+    shape: PostgresIndexConfig | None = None
+    if index is not None:
+        shape = index.copy()
+        shape["embed"] = _no_embedding
     try:
-        await AsyncPostgresStore(conn, index=index).setup()
+        await AsyncPostgresStore(conn, index=shape).setup()
     except psycopg.errors.FeatureNotSupported as exc:
         raise StoreIndexUnavailable(str(exc)) from exc
     except psycopg.errors.UndefinedFile as exc:

@@ -178,6 +178,11 @@ def test_the_users_own_deployment_config(helm: Helm) -> None:
     docs = helm.render({**BASE, "service.config": "/app/langgraph.json"})
     env = support.env_of(support.containers(find(docs, "Deployment", SERVICE))[0])
     assert env["THREADKEEPER_CONFIG"]["value"] == "/app/langgraph.json"
+    # The migrate Job reads it too: its store.index makes the vector table.
+    job = support.env_of(support.containers(find(docs, "Job", f"{SERVICE}-migrate"))[0])
+    assert job["THREADKEEPER_CONFIG"]["value"] == "/app/langgraph.json"
+    plain = find(helm.render(BASE), "Job", f"{SERVICE}-migrate")
+    assert "THREADKEEPER_CONFIG" not in support.env_of(support.containers(plain)[0])
 
 
 @pytest.mark.parametrize(("grace", "sleep"), [(45, 10), (25, 10), (120, 0), (600, 30)])

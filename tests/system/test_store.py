@@ -14,6 +14,7 @@ from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
 from tests.support.processes import ServiceProcess
+from threadkeeper.service.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -194,3 +195,28 @@ async def test_semantic_search_from_the_projects_index(replicas: Replicas, tmp_p
     scores = [i["score"] for i in found["items"]]
     assert scores == sorted(scores, reverse=True)
     assert await bob.store.search_items(["notes"], query="dinner") == {"items": []}
+
+
+def test_the_migrate_job_creates_the_vector_table_replicas_search(
+    empty_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the chart runs it: ``migrate`` (with the config) once, replicas ``--no-migrate``."""
+    project = write_project(tmp_path / "project")
+    monkeypatch.setenv("DATABASE_URL", empty_database_url)
+    monkeypatch.setenv("THREADKEEPER_LOG_FORMAT", "console")
+    assert main(["migrate", "--config", str(project / "langgraph.json")]) == 0
+
+    replica = ServiceProcess(empty_database_url, tmp_path, "r", cwd=project, **HEADER_AUTH)
+    with replica.start(migrate=False):
+        ada = httpx.Client(base_url=replica.url, headers={"X-Forwarded-User": "ada"})
+        for key, note in enumerate(NOTES):
+            body = {"namespace": ["notes"], "key": str(key), "value": {"text": note}}
+            assert ada.put("/store/items", json=body).status_code == 204
+        found = ada.post("/store/items/search", json={"query": "hungry for lunch"}).json()
+        assert found["items"][0]["value"]["text"] == "I love to cook pasta for dinner"
+
+
+def test_migrate_refuses_a_bad_config(tmp_path: Path) -> None:
+    bad = tmp_path / "langgraph.json"
+    bad.write_text(json.dumps({"graphs": {"a": "./a.py:g"}, "store": {"index": {"dims": 0}}}))
+    assert main(["migrate", "--config", str(bad)]) == 2
