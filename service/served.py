@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import structlog
+from langchain_core.embeddings import Embeddings
+from langgraph.store.base.embed import ensure_embeddings
 from starlette.applications import Starlette
 
 from threadkeeper.service import deployment as deployments
@@ -43,18 +45,26 @@ def prepare(deployment: Deployment) -> Served:
 
 
 def store_settings(deployment: Deployment) -> StoreSettings:
-    """The store's settings, its ``path.py:function`` embedding imported (user code runs)."""
+    """The store's settings, its embedding loaded: a ``path.py:function`` imported (user code
+    runs), a ``provider:model`` built (its package and credentials checked), once, here."""
     config = deployment.store
-    if config is None or config.index is None or not is_path_spec(config.index.embed):
+    if config is None or config.index is None:
         return StoreSettings.of(config)
     spec = config.index.embed
     try:
-        embed = embed_from_path(spec, deployment.base_dir)
+        embed = _embedding(spec, deployment)
     except Exception as exc:
         raise DeploymentError(deployment.path, "store.index.embed", user_error(spec, exc)) from None
-    if not callable(embed):
-        raise DeploymentError(deployment.path, "store.index.embed", f"{spec} is not callable")
     return StoreSettings.of(config, embed)
+
+
+def _embedding(spec: str, deployment: Deployment) -> Embeddings:
+    if not is_path_spec(spec):
+        return ensure_embeddings(spec)
+    embed = embed_from_path(spec, deployment.base_dir)
+    if not callable(embed):
+        raise TypeError(f"{spec} is not callable")
+    return ensure_embeddings(embed)
 
 
 async def check(served: Served) -> None:
