@@ -179,12 +179,7 @@ class OptionalFlagParam(QueryParam[bool | None]):
         return None
 
     def parse(self, raw: str) -> bool | None:
-        value = raw.lower()
-        if value in TRUE:
-            return True
-        if value in FALSE[:-1]:
-            return False
-        raise self.refuse("true or false")
+        return FlagParam(self.name).parse(raw)
 
     def schema(self) -> dict[str, Any]:
         return {"type": "boolean"}
