@@ -162,11 +162,13 @@ MIGRATIONS: tuple[str, ...] = (
 
 LATEST_VERSION = len(MIGRATIONS)
 CHECKPOINT_LATEST_VERSION = len(BasePostgresSaver.MIGRATIONS) - 1
+STORE_LATEST_VERSION = len(AsyncPostgresStore.MIGRATIONS) - 1
 
 SCHEMA_VERSIONS_SQL = """
 SELECT
     (SELECT coalesce(max(version), 0) FROM threadkeeper_migrations) AS service,
-    (SELECT coalesce(max(v), -1) FROM checkpoint_migrations) AS checkpoint
+    (SELECT coalesce(max(v), -1) FROM checkpoint_migrations) AS checkpoint,
+    (SELECT coalesce(max(v), -1) FROM store_migrations) AS store
 """
 
 
@@ -244,9 +246,13 @@ class StoreIndexUnavailable(Exception):
 
 
 async def schema_is_current(conn: AsyncConnection[DictRow]) -> bool:
-    """True when both our schema and the saver's are at the versions this code expects."""
+    """True when our schema, the saver's and the store's are at the versions this code
+    expects."""
     cur = await conn.execute(SCHEMA_VERSIONS_SQL)
     row = await cur.fetchone()
     return bool(
-        row and row["service"] == LATEST_VERSION and row["checkpoint"] == CHECKPOINT_LATEST_VERSION
+        row
+        and row["service"] == LATEST_VERSION
+        and row["checkpoint"] == CHECKPOINT_LATEST_VERSION
+        and row["store"] == STORE_LATEST_VERSION
     )
