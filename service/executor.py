@@ -114,6 +114,8 @@ class Attempt:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     # The graph the run executes, bound when the attempt starts.
     bound: Bound | None = None
+    # Whose run it is, when the claim said (its store is scoped by it).
+    owner: str | None = None
 
     def stop(self, reason: StopReason) -> None:
         """Stop the graph; too late once it has run to its end (the ending is under way)."""
@@ -195,7 +197,7 @@ class Executor:
     def start(self, row: DictRow) -> Attempt:
         """Execute a claimed run in the background; the request that asked for it may go away."""
         run = runs.Run.of(row)
-        attempt = Attempt(run)
+        attempt = Attempt(run, owner=row.get("owner"))
         attempt.task = asyncio.create_task(self._execute(attempt), name=f"run-{run.run_id}")
         self.attempts[run.run_id] = attempt
         return attempt
@@ -325,7 +327,7 @@ class Executor:
         keeper = asyncio.create_task(self._keep_lease(attempt))
         assert attempt.bound is not None
         attempt.graph_task = asyncio.create_task(
-            self._stream(attempt.run, attempt.bound, saver, writer),
+            self._stream(attempt, saver, writer),
             name=f"graph-{attempt.run.run_id}",
         )
         if attempt.stop_reason is not None:
@@ -367,17 +369,17 @@ class Executor:
             return await self._database_failed(attempt, writer, kind, exc)
 
     async def _stream(
-        self,
-        run: runs.Run,
-        bound: Bound,
-        saver: FencedPostgresSaver,
-        writer: events.EventWriter,
+        self, attempt: Attempt, saver: FencedPostgresSaver, writer: events.EventWriter
     ) -> Stepped:
         """Run the graph, streaming what the client asked for (the attempt's graph task)."""
+        run, bound = attempt.run, attempt.bound
+        assert bound is not None
         kwargs = run.kwargs
         modes = requested_modes(kwargs)
         subgraphs = bool(kwargs.get("stream_subgraphs"))
-        graph = bound.graph.copy(update={"checkpointer": saver, "store": await self._store_of(run)})
+        graph = bound.graph.copy(
+            update={"checkpointer": saver, "store": await self._store_of(attempt)}
+        )
         last_values: Any = None
         last_checkpoint: Any = None
         # "checkpoints" tells, at no cost, where the run ended and what comes next; asking
@@ -413,9 +415,12 @@ class Executor:
         # What the saver still holds commits with the run's ending, in one statement.
         return Stepped(await saver.take_batch(), last_values, last_checkpoint)
 
-    async def _store_of(self, run: runs.Run) -> BaseStore | None:
+    async def _store_of(self, attempt: Attempt) -> BaseStore | None:
         if self.store is None:
             return None
+        if attempt.owner is not None:
+            return OwnerStore(self.store, attempt.owner)
+        run = attempt.run
         async with self.pool.connection() as conn:
             cur = await conn.execute(THREAD_OWNER_SQL, (run.thread_id,))
             row = await cur.fetchone()
