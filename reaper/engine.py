@@ -24,7 +24,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
-from threadkeeper.reaper import candidates, deletion, guard, history
+from threadkeeper.reaper import candidates, deletion, guard, history, store
 from threadkeeper.reaper.delta import DEFAULT_REDUCERS, Reducer, Snapshotter
 from threadkeeper.reaper.ids import cutoff_id
 from threadkeeper.reaper.policy import RetentionPolicy
@@ -365,9 +365,23 @@ class _Run:
                 self.resume = self.resume.model_copy(update={"orphans_after": page.last})
         self.resume = self.resume.model_copy(update={"orphans_after": None})
 
+    async def sweep_store(self) -> None:
+        """Expired long-term memory items, a batch per statement, until none is left."""
+        if self.policy.spec.store is None:
+            return
+        while True:
+            self._check_budget()
+            swept = await store.sweep_expired(
+                self.conn, batch=self.limits.batch_size, dry_run=self.dry_run
+            )
+            self.tally.store_expired += swept
+            if swept < self.limits.batch_size or self.dry_run:
+                return
+
     async def execute(self) -> None:
         try:
             await self.expire()
+            await self.sweep_store()
             await self.delete_archived()
             await self.delete_idle()
             await self.prune_histories()
@@ -426,6 +440,7 @@ def _summary(
         writes_deleted=tally.rows.writes,
         runs_deleted=tally.rows.runs,
         snapshots_written=tally.rows.snapshots,
+        store_expired_items_deleted=tally.store_expired,
         backlog=backlog,
         resume=resume or ResumeCursor(),
     )
@@ -438,6 +453,8 @@ def _message(run: _Run) -> str:
         f"{verb} {sum(tally.deleted_by_reason.values())} threads and "
         f"{tally.rows.checkpoints} checkpoints ({tally.pruned} threads pruned)"
     ]
+    if run.policy.spec.store is not None:
+        parts.append(f"{verb} {tally.store_expired} expired store items")
     if tally.skipped:
         parts.append(f"{len(tally.skipped)} threads skipped (busy)")
     if tally.failed:

@@ -76,6 +76,24 @@ class ReaperMetrics:
             LABELS,
             registry=registry,
         )
+        self.store_items = Gauge(
+            "threadkeeper_store_items",
+            "Long-term memory items (the store table), from the planner's row estimate.",
+            LABELS,
+            registry=registry,
+        )
+        self.store_table_bytes = Gauge(
+            "threadkeeper_store_table_bytes",
+            "On-disk size of a store table incl. TOAST and indexes (pg_total_relation_size).",
+            [*LABELS, "table"],
+            registry=registry,
+        )
+        self.store_expired_deleted = Counter(
+            "threadkeeper_store_expired_items_deleted",
+            "Long-term memory items past their TTL deleted by the reaper.",
+            LABELS,
+            registry=registry,
+        )
         self.backlog = Gauge(
             "threadkeeper_prune_backlog_threads",
             "Threads eligible for deletion or pruning that the last run left for later.",
@@ -94,6 +112,9 @@ class ReaperMetrics:
             self.duration,
             self.last_success,
             self.backlog,
+            self.store_items,
+            self.store_table_bytes,
+            self.store_expired_deleted,
         )
 
     def policy_seen(self, *, namespace: str, policy: str, succeeded_at: float) -> None:
@@ -142,6 +163,7 @@ class ReaperMetrics:
             ),
         ):
             self.deleted_rows.labels(**key, table=table).inc(rows)
+        self.store_expired_deleted.labels(**key).inc(summary.store_expired_items_deleted)
         for reason, count in (
             ("idle", summary.threads_deleted.idle),
             ("archived", summary.threads_deleted.archived),
@@ -157,3 +179,7 @@ class ReaperMetrics:
             self.table_rows.labels(**key, table=table).set(values.rows_estimate)
         for state, count in stats.threads.items():
             self.threads.labels(**key, state=state).set(count)
+        for table, values in stats.store.items():
+            self.store_table_bytes.labels(**key, table=table).set(values.bytes)
+        if "store" in stats.store:
+            self.store_items.labels(**key).set(stats.store["store"].rows_estimate)

@@ -103,6 +103,19 @@ class OrphanRules(_Model):
         return parse_duration(self.older_than)
 
 
+class StoreRules(_Model):
+    """Long-term memory (the LangGraph store): items past their TTL are deleted here, once per
+    cluster, instead of by a sweeper in every service replica."""
+
+    sweep_expired: bool
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> StoreRules:
+        if not self.sweep_expired:
+            raise ValueError("set sweepExpired: true (or leave store out)")
+        return self
+
+
 class Limits(_Model):
     batch_size: int = Field(default=500, ge=1, le=100_000)
     max_duration: Duration = "5m"
@@ -128,14 +141,16 @@ class RetentionPolicySpec(_Model):
     threads: ThreadRules | None = None
     checkpoints: CheckpointRules | None = None
     orphans: OrphanRules | None = None
+    store: StoreRules | None = None
     limits: Limits = Limits()
     dry_run: bool = False
     suspend: bool = False
 
     @model_validator(mode="after")
     def _some_rule(self) -> RetentionPolicySpec:
-        if self.threads is None and self.checkpoints is None and self.orphans is None:
-            raise ValueError("set at least one of threads, checkpoints, orphans")
+        rules = (self.threads, self.checkpoints, self.orphans, self.store)
+        if all(rule is None for rule in rules):
+            raise ValueError("set at least one of threads, checkpoints, orphans, store")
         return self
 
 

@@ -1,4 +1,5 @@
-"""How big the checkpoint store is, from the catalog, and how many threads are in each state.
+"""How big the checkpoint tables and the long-term memory store are, from the catalog, and how
+many threads are in each state.
 
 Nothing here counts the rows of a big table: sizes are ``pg_total_relation_size`` (heap, TOAST
 and indexes) and row counts are the planner's estimate (``reltuples``, or the statistics
@@ -8,7 +9,7 @@ ranges with a cap, so the cost is bounded however large ``threads`` grows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -16,6 +17,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
 TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes", "threads", "runs")
+# Long-term memory (the LangGraph store): items, and their embeddings when indexed.
+STORE_TABLES = ("store", "store_vectors")
 
 TABLE_SIZES_SQL = """
 SELECT c.relname AS name,
@@ -70,13 +73,13 @@ class DatabaseStats:
     tables: dict[str, TableStats]
     # active / archived / idle_expired; idle_expired is 0 when no maxIdle is known.
     threads: dict[str, int]
+    # Present only where the service created the store's tables.
+    store: dict[str, TableStats] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "tables": {
-                name: {"bytes": t.bytes, "rowsEstimate": t.rows_estimate}
-                for name, t in self.tables.items()
-            },
+            "tables": _tables_json(self.tables),
+            "store": _tables_json(self.store),
             "threads": {
                 "active": self.threads["active"],
                 "archived": self.threads["archived"],
@@ -85,13 +88,19 @@ class DatabaseStats:
         }
 
 
-async def table_stats(conn: AsyncConnection[DictRow]) -> dict[str, TableStats]:
-    cur = await conn.execute(TABLE_SIZES_SQL, (list(TABLES),))
+def _tables_json(tables: dict[str, TableStats]) -> dict[str, Any]:
+    return {name: {"bytes": t.bytes, "rowsEstimate": t.rows_estimate} for name, t in tables.items()}
+
+
+async def table_stats(
+    conn: AsyncConnection[DictRow], names: tuple[str, ...] = TABLES
+) -> dict[str, TableStats]:
+    cur = await conn.execute(TABLE_SIZES_SQL, (list(names),))
     found = {
         row["name"]: TableStats(int(row["bytes"]), max(int(row["rows_estimate"]), 0))
         for row in await cur.fetchall()
     }
-    return {name: found[name] for name in TABLES if name in found}
+    return {name: found[name] for name in names if name in found}
 
 
 async def thread_states(
@@ -123,4 +132,5 @@ async def collect(
     tables = await table_stats(conn)
     threads = tables.get("threads")
     estimate = threads.rows_estimate if threads is not None else None
-    return DatabaseStats(tables, await thread_states(conn, max_idle, estimate))
+    states = await thread_states(conn, max_idle, estimate)
+    return DatabaseStats(tables, states, await table_stats(conn, STORE_TABLES))

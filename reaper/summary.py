@@ -102,6 +102,8 @@ class PruneSummary(_Model):
     writes_deleted: int = 0
     runs_deleted: int = 0
     snapshots_written: int = 0
+    # Long-term memory items past their TTL (``store.sweepExpired``).
+    store_expired_items_deleted: int = 0
     backlog: int = 0
     resume: ResumeCursor = ResumeCursor()
 
@@ -131,6 +133,7 @@ class Tally:
     rows: RowCounts = field(default_factory=RowCounts)
     deleted_by_reason: dict[Reason, int] = field(default_factory=lambda: dict.fromkeys(Reason, 0))
     pruned: int = 0
+    store_expired: int = 0
     # Thread ids, so a thread skipped by two rules of one run counts once.
     skipped: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)

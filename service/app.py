@@ -42,12 +42,14 @@ from threadkeeper.service.routes import (
     runs,
     state,
     stateless,
+    store,
     threads,
 )
 from threadkeeper.service.scheduler import Scheduler
 from threadkeeper.service.served import Served, builtin
 from threadkeeper.service.services import Services
 from threadkeeper.service.settings import Settings
+from threadkeeper.service.store import open_store
 from threadkeeper.service.worker import Worker
 
 log = structlog.get_logger(__name__)
@@ -150,7 +152,7 @@ def create_app(
         if run_migrations:
             conn = await connect(url)
             try:
-                await migrate(conn)
+                await migrate(conn, store_index=serving.store.index)
             finally:
                 await conn.close()
         pool = make_pool(url, settings)
@@ -159,6 +161,7 @@ def create_app(
         hub = Hub(url)
         await hub.start()
         registry = Registry(serving.graphs, pool)
+        memory = open_store(pool, serving.store)
         executor = Executor(
             pool=pool,
             hub=hub,
@@ -166,6 +169,7 @@ def create_app(
             metrics=metrics,
             replica=settings.replica,
             lease_seconds=settings.lease_seconds,
+            store=memory,
         )
         worker = Worker(
             pool=pool,
@@ -188,6 +192,7 @@ def create_app(
             auth=Authenticator(settings),
             metrics=metrics,
             registry=registry,
+            store=memory,
         )
         app.state.services = services
         await install_system_assistants(pool, services.registry)
@@ -223,6 +228,7 @@ def create_app(
         *stateless.routes,
         *chat.routes,
         *crons.routes,
+        *store.routes,
     ]
     return Starlette(
         routes=userapp.routes(ours, serving.http_app),

@@ -26,6 +26,7 @@ from threadkeeper.service.logs import configure_logging
 from threadkeeper.service.migrations import migrate
 from threadkeeper.service.served import check, prepare
 from threadkeeper.service.settings import DEFAULT_SHUTDOWN_SECONDS, Settings
+from threadkeeper.service.store import StoreSettings
 
 log = structlog.get_logger("service.cli")
 
@@ -57,14 +58,22 @@ def _parser() -> argparse.ArgumentParser:
         help=f"the deployment's langgraph.json (default: ${CONFIG_ENV}, else ./langgraph.json "
         "when it exists, else the built-in demo agent)",
     )
-    sub.add_parser("migrate", help="apply the schema (LangGraph's and the service's) and exit")
+    migrate_cmd = sub.add_parser(
+        "migrate", help="apply the schema (LangGraph's and the service's) and exit"
+    )
+    migrate_cmd.add_argument(
+        "--config",
+        metavar="PATH",
+        help="the deployment's langgraph.json, for its store.index (its vector table); "
+        f"default: ${CONFIG_ENV}, else ./langgraph.json when it exists",
+    )
     return parser
 
 
-async def _migrate(url: str) -> int:
+async def _migrate(url: str, store: StoreSettings) -> int:
     conn = await connect(url)
     try:
-        return await migrate(conn)
+        return await migrate(conn, store_index=store.index)
     finally:
         await conn.close()
 
@@ -79,8 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
     if args.command == "migrate":
         try:
+            # Only the index's shape is read: no graph or embedding of the user's is imported.
+            store = StoreSettings.of(deployment.load(deployment.config_path(args.config)).store)
+        except DeploymentError as exc:
+            return _refuse(exc)
+        try:
             with database_url(settings) as url:
-                applied = asyncio.run(_migrate(url))
+                applied = asyncio.run(_migrate(url, store))
         except psycopg.Error as exc:
             log.error("migrate_failed", error=str(exc))
             return 1

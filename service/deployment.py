@@ -3,7 +3,7 @@
 Only ``graphs`` is required. Keys are honoured with the CLI's meaning where threadkeeper does
 what they ask (``graphs``, ``env``, ``http.app``); keys that only shape an image build
 (``dependencies``, ``python_version``, ...) are accepted and left to the build; keys of features
-this server does not have yet (``store``, ``auth``) are validated and then refused at start-up,
+this server does not have yet (``auth``) are validated and then refused at start-up,
 so a deployment never runs without something its config asks for. Anything else is a warning:
 the CLI grows keys faster than any server, and a newer file should still start.
 """
@@ -43,7 +43,6 @@ BUILD_KEYS = frozenset(
 class PendingKey(StrEnum):
     """Keys whose features are not served yet: validated, then refused at start-up."""
 
-    STORE = "store"
     AUTH = "auth"
 
 
@@ -111,6 +110,7 @@ class Deployment:
     path: Path | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     http_app: str | None = None
+    store: StoreConfig | None = None
     warnings: tuple[str, ...] = ()
 
 
@@ -148,6 +148,7 @@ def load(path: Path | None) -> Deployment:
         path=path,
         env=_env(path, base, parsed.env),
         http_app=parsed.http.app if parsed.http else None,
+        store=parsed.store,
         warnings=tuple(_unknown_key_warnings(parsed)),
     )
 

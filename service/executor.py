@@ -17,6 +17,7 @@ from uuid import UUID
 import psycopg
 import structlog
 from langchain_core.runnables import RunnableConfig
+from langgraph.store.base import BaseStore
 from langgraph.types import Command, Durability
 from psycopg.rows import DictRow
 
@@ -34,8 +35,12 @@ from threadkeeper.service.domain import RunStatus, StopReason, ThreadStatus
 from threadkeeper.service.metrics import Metrics
 from threadkeeper.service.notify import Hub, run_key
 from threadkeeper.service.registry import Bound, Registry, graph_of_run
+from threadkeeper.service.store import OwnerStore
 
 log = structlog.get_logger(__name__)
+
+# Whose long-term memory a run's graph sees.
+THREAD_OWNER_SQL = "SELECT owner FROM threads WHERE thread_id = %s"
 
 RESERVED_CONFIGURABLE = {"thread_id", "checkpoint_ns", "checkpoint_map", "run_id"}
 MAX_RECURSION_LIMIT = 200
@@ -112,6 +117,8 @@ class Attempt:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     # The graph the run executes, bound when the attempt starts.
     bound: Bound | None = None
+    # Whose run it is, when the claim said (its store is scoped by it).
+    owner: str | None = None
 
     def stop(self, reason: StopReason) -> None:
         """Stop the graph; too late once it has run to its end (the ending is under way)."""
@@ -172,8 +179,11 @@ class Executor:
         metrics: Metrics,
         replica: str,
         lease_seconds: float,
+        store: BaseStore | None = None,
     ) -> None:
         self.pool = pool
+        # Long-term memory; each run sees its owner's part of it only (see OwnerStore).
+        self.store = store
         self.hub = hub
         self.registry = registry
         self.metrics = metrics
@@ -190,7 +200,7 @@ class Executor:
     def start(self, row: DictRow) -> Attempt:
         """Execute a claimed run in the background; the request that asked for it may go away."""
         run = runs.Run.of(row)
-        attempt = Attempt(run)
+        attempt = Attempt(run, owner=row.get("owner"))
         attempt.task = asyncio.create_task(self._execute(attempt), name=f"run-{run.run_id}")
         self.attempts[run.run_id] = attempt
         return attempt
@@ -320,7 +330,7 @@ class Executor:
         keeper = asyncio.create_task(self._keep_lease(attempt))
         assert attempt.bound is not None
         attempt.graph_task = asyncio.create_task(
-            self._stream(attempt.run, attempt.bound, saver, writer),
+            self._stream(attempt, saver, writer),
             name=f"graph-{attempt.run.run_id}",
         )
         if attempt.stop_reason is not None:
@@ -362,17 +372,17 @@ class Executor:
             return await self._database_failed(attempt, writer, kind, exc)
 
     async def _stream(
-        self,
-        run: runs.Run,
-        bound: Bound,
-        saver: FencedPostgresSaver,
-        writer: events.EventWriter,
+        self, attempt: Attempt, saver: FencedPostgresSaver, writer: events.EventWriter
     ) -> Stepped:
         """Run the graph, streaming what the client asked for (the attempt's graph task)."""
+        run, bound = attempt.run, attempt.bound
+        assert bound is not None
         kwargs = run.kwargs
         modes = requested_modes(kwargs)
         subgraphs = bool(kwargs.get("stream_subgraphs"))
-        graph = bound.graph.copy(update={"checkpointer": saver})
+        graph = bound.graph.copy(
+            update={"checkpointer": saver, "store": await self._store_of(attempt)}
+        )
         last_values: Any = None
         last_checkpoint: Any = None
         # "checkpoints" tells, at no cost, where the run ended and what comes next; asking
@@ -407,6 +417,19 @@ class Executor:
             await saver.flush()  # the state read afterwards must see all of it
         # What the saver still holds commits with the run's ending, in one statement.
         return Stepped(await saver.take_batch(), last_values, last_checkpoint)
+
+    async def _store_of(self, attempt: Attempt) -> BaseStore | None:
+        if self.store is None:
+            return None
+        if attempt.owner is not None:
+            return OwnerStore(self.store, attempt.owner)
+        run = attempt.run
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(THREAD_OWNER_SQL, (run.thread_id,))
+            row = await cur.fetchone()
+        if row is None:  # the thread was deleted under the run: it ends when its fence fails
+            raise LeaseLostError(f"thread {run.thread_id} is gone")
+        return OwnerStore(self.store, row["owner"])
 
     async def _ended_by(
         self,

@@ -1,17 +1,21 @@
 """Versioned schema of the service, applied under a Postgres advisory lock.
 
-LangGraph's own tables come from the saver's ``setup()``; concurrent ``setup()`` calls on an
-empty database fail with unique violations, so every replica (and the migrate Job) takes the same
-session-level advisory lock first and the losers find the work done.
+LangGraph's own tables come from the saver's and the store's ``setup()``; concurrent ``setup()``
+calls on an empty database fail with unique violations, so every replica (and the migrate Job)
+takes the same session-level advisory lock first and the losers find the work done.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
+import psycopg
 import structlog
 from langgraph.checkpoint.postgres import BasePostgresSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.store.postgres.aio import AsyncPostgresStore
+from langgraph.store.postgres.base import PostgresIndexConfig
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
@@ -201,11 +205,13 @@ MIGRATIONS: tuple[str, ...] = (
 
 LATEST_VERSION = len(MIGRATIONS)
 CHECKPOINT_LATEST_VERSION = len(BasePostgresSaver.MIGRATIONS) - 1
+STORE_LATEST_VERSION = len(AsyncPostgresStore.MIGRATIONS) - 1
 
 SCHEMA_VERSIONS_SQL = """
 SELECT
     (SELECT coalesce(max(version), 0) FROM threadkeeper_migrations) AS service,
-    (SELECT coalesce(max(v), -1) FROM checkpoint_migrations) AS checkpoint
+    (SELECT coalesce(max(v), -1) FROM checkpoint_migrations) AS checkpoint,
+    (SELECT coalesce(max(v), -1) FROM store_migrations) AS store
 """
 
 
@@ -223,14 +229,18 @@ async def _acquire_lock(conn: AsyncConnection[DictRow]) -> None:
         delay = min(delay * 2, 1.0)
 
 
-async def migrate(conn: AsyncConnection[DictRow]) -> int:
+async def migrate(
+    conn: AsyncConnection[DictRow], *, store_index: PostgresIndexConfig | None = None
+) -> int:
     """Bring the database to the latest schema; returns the number of versions applied.
 
-    ``conn`` must be in autocommit mode: the saver creates indexes CONCURRENTLY.
+    ``conn`` must be in autocommit mode: the saver and the store create indexes CONCURRENTLY.
+    ``store_index``: the deployment's semantic-search index, whose vector table needs pgvector.
     """
     await _acquire_lock(conn)
     try:
         await AsyncPostgresSaver(conn).setup()
+        await _setup_store(conn, store_index)
         await conn.execute(CREATE_VERSION_TABLE_SQL)
         cur = await conn.execute(
             "SELECT coalesce(max(version), 0) AS v FROM threadkeeper_migrations"
@@ -249,10 +259,43 @@ async def migrate(conn: AsyncConnection[DictRow]) -> int:
         await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
 
 
+def _no_embedding(texts: Sequence[str]) -> list[list[float]]:
+    raise RuntimeError("migrations embed nothing")
+
+
+async def _setup_store(conn: AsyncConnection[DictRow], index: PostgresIndexConfig | None) -> None:
+    # The vector table's migrations need only the index's shape (dims, vector and index type):
+    # a provider's embeddings (and their API key) or a user's function are not loaded for them.
+    shape: PostgresIndexConfig | None = None
+    if index is not None:
+        shape = index.copy()
+        shape["embed"] = _no_embedding
+    try:
+        await AsyncPostgresStore(conn, index=shape).setup()
+    except psycopg.errors.FeatureNotSupported as exc:
+        raise StoreIndexUnavailable(str(exc)) from exc
+    except psycopg.errors.UndefinedFile as exc:
+        raise StoreIndexUnavailable(str(exc)) from exc
+
+
+class StoreIndexUnavailable(Exception):
+    """The store's ``index`` needs the pgvector extension, which this Postgres lacks."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(
+            "store.index needs the pgvector extension ('vector'), which this Postgres "
+            f"cannot create: {cause.strip()}. Install pgvector or remove store.index"
+        )
+
+
 async def schema_is_current(conn: AsyncConnection[DictRow]) -> bool:
-    """True when both our schema and the saver's are at the versions this code expects."""
+    """True when our schema, the saver's and the store's are at the versions this code
+    expects."""
     cur = await conn.execute(SCHEMA_VERSIONS_SQL)
     row = await cur.fetchone()
     return bool(
-        row and row["service"] == LATEST_VERSION and row["checkpoint"] == CHECKPOINT_LATEST_VERSION
+        row
+        and row["service"] == LATEST_VERSION
+        and row["checkpoint"] == CHECKPOINT_LATEST_VERSION
+        and row["store"] == STORE_LATEST_VERSION
     )

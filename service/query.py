@@ -167,3 +167,19 @@ class XrayParam(QueryParam[bool | int]):
             "oneOf": [{"type": "boolean"}, {"type": "integer", "minimum": 1}],
             "default": False,
         }
+
+
+@dataclass(frozen=True)
+class OptionalFlagParam(QueryParam[bool | None]):
+    """A flag whose absence means "the server's default" rather than false."""
+
+    name: str
+
+    def absent(self) -> bool | None:
+        return None
+
+    def parse(self, raw: str) -> bool | None:
+        return FlagParam(self.name).parse(raw)
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "boolean"}

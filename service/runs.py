@@ -51,6 +51,10 @@ SELECT run_id FROM runs WHERE thread_id = %s AND status IN ('pending', 'running'
 """
 
 
+# A claimed row also says whose run it is: the executor scopes the graph's store by it.
+OWNER_OF_RUN_SQL = "(SELECT owner FROM threads WHERE thread_id = run.thread_id) AS owner"
+
+
 # Whether the owner (SQL naming it) may start one more run under ``%(cap)s`` (migration 3).
 def _owner_has_room_sql(owner: str) -> str:
     return f"threadkeeper_owner_has_room({owner}, %(cap)s)"
@@ -87,7 +91,7 @@ WITH {guard + "," if guard else ""} run AS (
                        metadata = metadata || %(thread_metadata)s
     WHERE thread_id = (SELECT thread_id FROM run)
 )
-SELECT run.*,
+SELECT run.*, {OWNER_OF_RUN_SQL},
        CASE WHEN run.status = 'pending'
             THEN pg_notify(%(channel)s, 'new:' || run.run_id)::text END AS notified
 FROM run
@@ -179,7 +183,7 @@ WITH run AS (
     UPDATE threads SET status = 'busy', updated_at = now()
     WHERE thread_id = (SELECT thread_id FROM run)
 )
-SELECT * FROM run
+SELECT *, {OWNER_OF_RUN_SQL} FROM run
 """
 
 HEARTBEAT_SQL = f"""

@@ -510,3 +510,45 @@ class CronSearch(CronCount):
     sort_by: CronSortByChoice = CronSortBy.CREATED_AT
     sort_order: Literal["asc", "desc"] = "desc"
     select: list[Literal[CRON_FIELDS]] | None = None  # type: ignore[valid-type]
+
+
+def _namespace_labels(value: list[str]) -> list[str]:
+    for label in value:
+        if not label or "." in label:
+            raise ValueError("namespace labels must be non-empty and cannot contain '.'")
+    return value
+
+
+Namespace = Annotated[list[str], AfterValidator(_namespace_labels)]
+
+
+class StorePut(Body):
+    """``PUT /store/items``; ``ttl`` in minutes, as LangGraph's store takes it."""
+
+    namespace: Annotated[Namespace, Field(min_length=1)]
+    key: str = Field(min_length=1)
+    value: dict[str, Any]
+    index: Literal[False] | list[str] | None = None
+    ttl: float | None = Field(default=None, gt=0)
+
+
+class StoreDelete(Body):
+    namespace: Annotated[Namespace, Field(min_length=1)]
+    key: str = Field(min_length=1)
+
+
+class StoreSearch(Body):
+    namespace_prefix: Namespace = Field(default_factory=list)
+    filter: dict[str, Any] | None = None
+    query: str | None = None
+    limit: int = Field(default=10, ge=1, le=MAX_PAGE)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
+    refresh_ttl: bool | None = None
+
+
+class StoreNamespaces(Body):
+    prefix: Namespace | None = None
+    suffix: Namespace | None = None
+    max_depth: int | None = Field(default=None, ge=1)
+    limit: int = Field(default=100, ge=1, le=MAX_PAGE)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from langgraph.store.base import BaseStore
+
 from threadkeeper.service.auth import Authenticator
 from threadkeeper.service.db import Pool
 from threadkeeper.service.executor import Executor
@@ -30,6 +32,8 @@ class Services:
     metrics: Metrics
     # The deployment's graphs by id (and their system assistants), for runs and state reads.
     registry: Registry
+    # Long-term memory, shared by every owner; handlers scope it with OwnerStore.
+    store: BaseStore
     draining: bool = field(default=False)
     # Set when the replica stops serving, shortly before it exits: responses still open (a
     # wait or stream following a run) are cut, and their clients reconnect elsewhere.

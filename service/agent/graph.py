@@ -3,6 +3,9 @@
 The messages channel is a ``DeltaChannel``: each step stores only its new messages plus a
 periodic snapshot, so a thread's storage grows linearly with its length instead of rewriting
 the whole list on every step as ``add_messages`` does.
+
+The reply node keeps what the user says about themselves (their name) in the store, the
+owner's long-term memory, and tells the model what it remembers from earlier threads.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AnyMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.channels.delta import DeltaChannel
+from langgraph.config import get_store
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode
@@ -22,6 +26,7 @@ from langgraph.prebuilt import ToolNode
 # on Python < 3.12.
 from typing_extensions import TypedDict
 
+from threadkeeper.service.agent import memory
 from threadkeeper.service.agent.tools import TOOLS
 from threadkeeper.service.compat import messages_delta_reducer
 
@@ -55,7 +60,13 @@ def build_graph(
         return {}
 
     async def reply(state: Any, config: RunnableConfig) -> dict[str, Any]:
-        answer = await model.ainvoke(state["messages"], config)
+        messages = state["messages"]
+        store = get_store()
+        if store is not None:  # long-term memory, across the owner's threads
+            await memory.remember(store, messages)
+            known = await memory.recall(store)
+            messages = [known, *messages] if known is not None else messages
+        answer = await model.ainvoke(messages, config)
         return {"messages": [answer]}
 
     # Async on purpose: LangGraph runs a sync router on a thread pool, a thread hop every step.

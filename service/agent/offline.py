@@ -3,7 +3,8 @@
 It behaves like a small tool-calling LLM so the whole product can run and be tested offline:
 it asks for the calculator, the clock or ``slow_lookup`` when the user's latest message calls
 for them, streams its reply token by token, and its reply proves memory by stating the turn
-number and quoting the conversation's first user message.
+number and quoting the conversation's first user message, and repeats what it is told it
+remembers (system messages).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from langchain_core.messages import (
     AIMessageChunk,
     BaseMessage,
     HumanMessage,
+    SystemMessage,
     ToolCall,
     ToolMessage,
 )
@@ -84,6 +86,8 @@ def compose_reply(messages: Sequence[BaseMessage]) -> str:
     ]
     if results:
         parts.append("Tool results: " + "; ".join(results) + ".")
+    # What the agent remembers from other threads (the store) comes as system messages.
+    parts.extend(m.text for m in messages if isinstance(m, SystemMessage))
     return " ".join(parts)
 
 

@@ -178,6 +178,11 @@ def test_the_users_own_deployment_config(helm: Helm) -> None:
     docs = helm.render({**BASE, "service.config": "/app/langgraph.json"})
     env = support.env_of(support.containers(find(docs, "Deployment", SERVICE))[0])
     assert env["THREADKEEPER_CONFIG"]["value"] == "/app/langgraph.json"
+    # The migrate Job reads it too: its store.index makes the vector table.
+    job = support.env_of(support.containers(find(docs, "Job", f"{SERVICE}-migrate"))[0])
+    assert job["THREADKEEPER_CONFIG"]["value"] == "/app/langgraph.json"
+    plain = find(helm.render(BASE), "Job", f"{SERVICE}-migrate")
+    assert "THREADKEEPER_CONFIG" not in support.env_of(support.containers(plain)[0])
 
 
 @pytest.mark.parametrize(("grace", "sleep"), [(45, 10), (25, 10), (120, 0), (600, 30)])
@@ -441,6 +446,7 @@ def test_retention_policy(helm: Helm) -> None:
         "threads": {"maxIdle": "30d", "archivedFor": "7d"},
         "checkpoints": {"keepLast": 20, "maxAge": "7d"},
         "orphans": {"olderThan": "30d"},
+        "store": {"sweepExpired": True},
         "limits": {
             "batchSize": 500,
             "maxDuration": "5m",
@@ -455,6 +461,8 @@ def test_retention_policy(helm: Helm) -> None:
     assert custom["spec"]["threads"] == {"archivedFor": "7d"}
     assert custom["spec"]["checkpoints"] == {"keepLast": 20}
     assert "orphans" not in custom["spec"]
+    off = {**BASE, "retention.store.sweepExpired": False}
+    assert "store" not in find(helm.render(off), "RetentionPolicy")["spec"]
     assert custom["spec"]["dryRun"] is True and custom["spec"]["suspend"] is True
 
 
@@ -501,6 +509,8 @@ def test_monitoring_labels_and_rule(helm: Helm) -> None:
     assert {a["alert"] for a in alerts} == {
         "ThreadkeeperCheckpointTablesLarge",
         "ThreadkeeperCheckpointTablesGrowing",
+        "ThreadkeeperStoreTablesLarge",
+        "ThreadkeeperStoreTablesGrowing",
         "ThreadkeeperReaperStalled",
         "ThreadkeeperPruneFailing",
         "ThreadkeeperReaperDown",

@@ -90,6 +90,15 @@ def test_the_api_server_defaults_like_the_model(crd: Target) -> None:
     }
 
 
+def test_a_store_only_policy_is_accepted(crd: Target) -> None:
+    spec = {"store": {"sweepExpired": True}}
+    created = kubectl(crd, "create", "-f", "-", stdin=_manifest("memory", **spec))
+    assert created.returncode == 0, created.stderr
+    stored = _stored(crd, "memory")
+    assert stored is not None
+    assert parse_policy(stored).spec == parse_policy(policy_document(**spec)).spec
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
@@ -98,6 +107,8 @@ def test_the_api_server_defaults_like_the_model(crd: Target) -> None:
         ({"checkpoints": {"keepLast": 0}}, "should be greater than or equal to 1"),
         ({"threads": {"maxIdle": "30 days"}}, "spec.threads.maxIdle"),
         ({"orphans": {}}, "spec.orphans.olderThan: Required value"),
+        ({"store": {}}, "spec.store.sweepExpired: Required value"),
+        ({"store": {"sweepExpired": False}}, "set sweepExpired: true (or leave store out)"),
     ],
 )
 def test_the_api_server_refuses_bad_policies(
@@ -167,6 +178,7 @@ def test_a_typo_is_refused_through_the_python_client(crd: Target) -> None:
         {"checkpoints": {}, "extra": True},
         {"threads": {"maxIdle": "1d", "maxidle": "2d"}},
         {"orphans": {"olderThan": "1d", "newerThan": "1d"}},
+        {"store": {"sweepExpired": True, "maxItemsPerNamespace": 5}},
         {"checkpoints": {}, "limits": {"batchsize": 5}},
         {"checkpoints": {}, "schedule": {"every": "1h"}},
         {"checkpoints": {}, "database": {"secretRef": {"name": "db", "keys": "url"}}},

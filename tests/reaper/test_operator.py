@@ -432,6 +432,46 @@ def test_prunes_on_schedule_with_the_charts_rbac(
     assert ns.database_url not in operator.log()
 
 
+PLANT_ITEM_SQL = """
+INSERT INTO store (prefix, key, value, expires_at, ttl_minutes)
+VALUES ('oada.memories', %(key)s, '{}', now() + %(expires_in)s::interval, 60)
+"""
+ITEM_KEYS_SQL = "SELECT key FROM store ORDER BY key"
+
+
+def store_keys(database_url: str) -> list[str]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return [row[0] for row in conn.execute(ITEM_KEYS_SQL).fetchall()]
+
+
+@pytest.mark.cluster
+def test_expired_store_items_are_swept_by_the_operator(
+    namespace: Namespace, start_operator: Callable[[Namespace], Operator]
+) -> None:
+    ns = namespace
+    ns.create_secret()
+    with psycopg.connect(ns.database_url, autocommit=True) as conn:
+        conn.execute(PLANT_ITEM_SQL, {"key": "expired", "expires_in": "-1 minute"})
+        conn.execute(PLANT_ITEM_SQL, {"key": "live", "expires_in": "1 hour"})
+    ns.create_policy("memory", schedule={"interval": "2s"}, store={"sweepExpired": True})
+    operator = start_operator(ns)
+
+    eventually(lambda: store_keys(ns.database_url) == ["live"], what="the expired item swept")
+    eventually(
+        lambda: [e for e in ns.events("memory") if "deleted 1 expired store items" in e[2]],
+        what=f"a Pruned event: {ns.events('memory')}\n{operator.log()[-3000:]}",
+    )
+    labels = {"namespace": ns.name, "policy": "memory"}
+    swept = "threadkeeper_store_expired_items_deleted_total"
+    text = eventually(
+        lambda: t if metric(t := operator.metrics(), swept, **labels) else None,
+        what="the swept-items counter",
+    )
+    assert metric(text, swept, **labels) == 1
+    assert metric(text, "threadkeeper_store_table_bytes", **labels, table="store")
+    assert operator.forbidden() == []
+
+
 @pytest.mark.cluster
 def test_run_now_annotation_triggers_a_run(
     namespace: Namespace, start_operator: Callable[[Namespace], Operator]

@@ -146,6 +146,9 @@ def test_the_documented_example_parses() -> None:
     [
         ({}, "spec: set at least one of threads, checkpoints, orphans"),
         ({"threads": {}}, "spec.threads: set maxIdle, archivedFor or both"),
+        ({"store": {"sweepExpired": False}}, "spec.store: set sweepExpired: true"),
+        ({"store": {}}, "spec.store.sweepExpired: Field required"),
+        ({"store": {"sweepExpired": True, "maxIdle": "1d"}}, "spec.store.maxIdle: Extra inputs"),
         ({"checkpoints": {"keepLast": 0}}, "spec.checkpoints.keepLast: Input should be greater"),
         ({"threads": {"maxIdle": "30 days"}}, "spec.threads.maxIdle: '30 days' is not a duration"),
         ({"orphans": {}}, "spec.orphans.olderThan: Field required"),
@@ -268,7 +271,7 @@ def _crd_parts(wanted: str) -> list[tuple[str, dict[str, Any]]]:
 def test_the_crd_keeps_unknown_fields_to_refuse_them() -> None:
     """Pruning would silently drop a typo; kept, the CEL rule of its object refuses it."""
     objects = _crd_parts("object")
-    assert len(objects) == 8
+    assert len(objects) == 9
     for path, schema in objects:
         assert schema.get("x-kubernetes-preserve-unknown-fields") is True, path
         rules = [r["rule"] for r in schema["x-kubernetes-validations"]]
@@ -313,7 +316,9 @@ def test_crd_shape() -> None:
     assert columns == ["Ready", "Interval", "Last run", "Deleted", "Suspended", "Age"]
     spec = _spec_schema()["properties"]["spec"]
     rules = [r["rule"] for r in spec["x-kubernetes-validations"]]
-    assert rules[1:] == ["has(self.threads) || has(self.checkpoints) || has(self.orphans)"]
+    assert rules[1:] == [
+        "has(self.threads) || has(self.checkpoints) || has(self.orphans) || has(self.store)"
+    ]
     status = _spec_schema()["properties"]["status"]["properties"]
     assert set(status) == {
         "observedGeneration",

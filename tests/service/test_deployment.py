@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.embeddings import Embeddings
 from langchain_core.runnables import RunnableConfig
 
-from threadkeeper.service import deployment, graphs
+from threadkeeper.service import deployment, graphs, served
 from threadkeeper.service.deployment import DeploymentError
 from threadkeeper.service.graphs import GraphKind, GraphLoadError
 
@@ -84,7 +85,7 @@ def test_no_config_is_the_builtin_demo() -> None:
         ('{"graphs": {}}', "graphs"),
         ('{"graphs": {"a": "./x.py:g", "a": "./y.py:g"}}', "key 'a' is given twice"),
         ('{"graphs": {"a": "./x.py:g"}, "store": {"index": {"dims": 0, "embed": "e"}}}', "dims"),
-        ('{"graphs": {"a": "./x.py:g"}, "store": {}}', "store: is valid but not supported"),
+        ('{"graphs": {"a": "./x.py:g"}, "store": {"ttl": {"default_ttl": -1}}}', "default_ttl"),
         ('{"graphs": {"a": "./x.py:g"}, "auth": {"path": "./a.py:auth"}}', "auth: is valid"),
         ('{"graphs": {"a": "./x.py:g"}, "env": ".env.missing"}', "env:"),
     ],
@@ -216,3 +217,47 @@ async def test_a_factory_that_raises_stops_start_up(tmp_path: Path) -> None:
     assert "graphs.b" in str(caught.value)
     assert "the factory's own failure" in str(caught.value)
     assert "agent.py" in str(caught.value)
+
+
+def _store_project(tmp_path: Path, embed: str, embed_file: str | None) -> Path:
+    if embed_file is not None:
+        (tmp_path / "embed.py").write_text(embed_file)
+    return write_project(
+        tmp_path,
+        {"a": "./agent.py:compiled"},
+        store={"index": {"dims": 2, "embed": embed}, "ttl": {"default_ttl": 5}},
+    )
+
+
+def test_store_key_with_a_path_embedding_is_served(tmp_path: Path) -> None:
+    config = _store_project(
+        tmp_path, "./embed.py:embed", "def embed(texts):\n    return [[1.0, 0.0] for _ in texts]\n"
+    )
+    store = served.store_settings(deployment.load(config))
+    assert store.index is not None and store.index["dims"] == 2
+    embed = store.index["embed"]
+    assert isinstance(embed, Embeddings) and embed.embed_documents(["x"]) == [[1.0, 0.0]]
+    assert store.ttl["default_ttl"] == 5
+    assert store.ttl["omit_expired"] is True
+
+
+@pytest.mark.parametrize(
+    ("embed", "embed_file", "message"),
+    [
+        ("./missing.py:embed", None, "missing.py does not exist"),
+        ("./embed.py:nope", "x = 1\n", "nope"),
+        ("./embed.py:embed", "embed = 42\n", "is not callable"),
+        ("./embed.py:embed", "raise RuntimeError('no model here')\n", "no model here"),
+        # A provider's model is built at start-up: here `langchain` (init_embeddings) is not
+        # installed; elsewhere the provider's package or its credentials would be missing.
+        ("openai:text-embedding-3-small", None, "openai:text-embedding-3-small: "),
+    ],
+)
+def test_a_bad_store_embedding_stops_start_up(
+    tmp_path: Path, embed: str, embed_file: str | None, message: str
+) -> None:
+    config = _store_project(tmp_path, embed, embed_file)
+    with pytest.raises(DeploymentError) as caught:
+        served.store_settings(deployment.load(config))
+    assert "store.index.embed" in str(caught.value)
+    assert message in str(caught.value)

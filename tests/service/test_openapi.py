@@ -41,6 +41,10 @@ WITH_BODY = {
     ("/runs/stream", "post"),
     ("/runs/wait", "post"),
     ("/runs/batch", "post"),
+    ("/store/items", "put"),
+    ("/store/items", "delete"),
+    ("/store/items/search", "post"),
+    ("/store/namespaces", "post"),
 }
 
 

@@ -1,0 +1,140 @@
+"""The store on the service's pool, and owner scoping (``OwnerStore``), on a real Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import LiteralString
+
+import pytest
+from langgraph.store.base import BaseStore, GetOp, InvalidNamespaceError, Item, PutOp
+from langgraph.store.postgres.aio import AsyncPostgresStore
+
+from threadkeeper.service.db import Pool
+from threadkeeper.service.store import OwnerStore, StoreSettings, open_store, owner_label
+
+
+@pytest.fixture
+async def store(pool: Pool) -> AsyncPostgresStore:
+    return open_store(pool, StoreSettings())
+
+
+async def test_owners_see_only_their_own_items(store: AsyncPostgresStore) -> None:
+    ada, bob = OwnerStore(store, "ada@example.com"), OwnerStore(store, "bob")
+    await ada.aput(("memories", "profile"), "name", {"name": "Ada"})
+    await bob.aput(("memories", "profile"), "name", {"name": "Bob"})
+    await bob.aput(("notes",), "n1", {"text": "bob's"})
+
+    mine = await ada.aget(("memories", "profile"), "name")
+    assert mine is not None and mine.value == {"name": "Ada"}
+    assert mine.namespace == ("memories", "profile")  # no trace of the owner
+    assert await ada.aget(("notes",), "n1") is None
+    assert [i.value for i in await ada.asearch(())] == [{"name": "Ada"}]
+    assert await ada.alist_namespaces() == [("memories", "profile")]
+    assert sorted(await bob.alist_namespaces()) == [("memories", "profile"), ("notes",)]
+    assert await bob.alist_namespaces(max_depth=1) == [("memories",), ("notes",)]
+    assert await bob.alist_namespaces(suffix=("profile",)) == [("memories", "profile")]
+
+    await ada.adelete(("notes",), "n1")  # another owner's item: nothing to delete
+    assert await bob.aget(("notes",), "n1") is not None
+
+
+async def test_items_live_under_the_owner_label(store: AsyncPostgresStore) -> None:
+    """An owner with '.' in it stays one label; the raw store shows where items live."""
+    await OwnerStore(store, "a.b").aput(("x",), "k", {"v": 1})
+    item = await store.aget((owner_label("a.b"), "x"), "k")
+    assert item is not None and item.value == {"v": 1}
+    assert await store.alist_namespaces() == [(owner_label("a.b"), "x")]
+
+
+async def test_owner_labels_do_not_prefix_each_other(store: AsyncPostgresStore) -> None:
+    # "a"'s label is a string prefix of "ab"'s; the store matches whole segments.
+    assert owner_label("ab").startswith(owner_label("a"))
+    await OwnerStore(store, "ab").aput(("x",), "k", {"v": 1})
+    assert await OwnerStore(store, "a").asearch(()) == []
+    assert await OwnerStore(store, "a").alist_namespaces() == []
+
+
+async def test_ops_given_to_batch_directly_are_validated(store: AsyncPostgresStore) -> None:
+    ada = OwnerStore(store, "ada")
+    with pytest.raises(InvalidNamespaceError):
+        await ada.abatch([PutOp(("a.b",), "k", {"v": 1})])
+    [found] = await ada.abatch([GetOp(("a",), "k")])
+    assert found is None
+
+
+async def test_calls_on_the_pool_run_concurrently(pool: Pool, store: AsyncPostgresStore) -> None:
+    """A put blocked on a row lock does not hold up a get: the service's store hands each
+    call to ``abatch`` (its own pooled connection), not to the one queue the stock store's
+    ``aget``/``aput`` go through (see the next test); owner scoping keeps that."""
+    label = owner_label("ada")
+    free = await _get_while_a_put_waits(pool, store, (label, "n"), f"{label}.n", wait=10)
+    assert free is not None and free.value == {"v": 2}
+    ada = OwnerStore(store, "ada")
+    free = await _get_while_a_put_waits(pool, ada, ("n",), f"{label}.n", wait=10)
+    assert free is not None and free.value == {"v": 2}
+
+
+async def test_the_stock_store_serialises_its_calls(pool: Pool) -> None:
+    """Why ``PooledPostgresStore`` bypasses the stock ``aget``/``aput``: they queue every
+    call behind one background task, so one slow call holds up all the others. Should
+    LangGraph change that, this fails and ``PooledPostgresStore`` can go."""
+    with pytest.raises(TimeoutError):
+        await _get_while_a_put_waits(pool, AsyncPostgresStore(pool), ("n",), "n", wait=2)
+
+
+async def _get_while_a_put_waits(
+    pool: Pool, store: BaseStore, ns: tuple[str, ...], stored_as: str, *, wait: float
+) -> Item | None:
+    """Get one item of ``ns`` while a put of another waits for a row lock held here
+    (``stored_as``: the namespace as the store's table holds it)."""
+    await store.aput(ns, "locked", {"v": 1})
+    await store.aput(ns, "free", {"v": 2})
+    async with pool.connection() as holder:
+        async with holder.transaction():
+            await holder.execute(
+                "SELECT 1 FROM store WHERE prefix = %s AND key = 'locked' FOR UPDATE",
+                (stored_as,),
+            )
+            blocked = asyncio.create_task(store.aput(ns, "locked", {"v": 3}))
+            try:
+                await _until_a_row(pool, WAITING_SQL)
+                return await asyncio.wait_for(store.aget(ns, "free"), timeout=wait)
+            finally:
+                await holder.execute("SELECT 1")  # the lock goes with the transaction
+        await blocked
+        after = await store.aget(ns, "locked")
+        assert after is not None and after.value == {"v": 3}
+
+
+async def _until_a_row(pool: Pool, sql: LiteralString) -> None:
+    """Until ``sql`` finds a row (polling the database: nothing notifies of what it waits for)."""
+    async with asyncio.timeout(10), pool.connection() as conn:
+        while True:
+            cur = await conn.execute(sql)
+            if await cur.fetchone():
+                return
+            await asyncio.sleep(0.02)
+
+
+WAITING_SQL = """
+SELECT 1 FROM pg_stat_activity
+WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%store%'
+"""
+
+
+async def test_an_expired_item_is_not_served_before_it_is_swept(
+    pool: Pool, store: AsyncPostgresStore
+) -> None:
+    ada = OwnerStore(store, "ada")
+    await ada.aput(("n",), "brief", {"v": 1}, ttl=0.001)  # minutes: 60 ms
+    await ada.aput(("n",), "kept", {"v": 2})
+    await _until_a_row(pool, EXPIRED_SQL)
+    assert await ada.aget(("n",), "brief") is None
+    assert [i.key for i in await ada.asearch(("n",))] == ["kept"]
+    async with pool.connection() as conn:  # still there: sweeping is the reaper's
+        assert (await (await conn.execute("SELECT count(*) AS n FROM store")).fetchone()) == {
+            "n": 2
+        }
+
+
+EXPIRED_SQL = "SELECT 1 FROM store WHERE key = 'brief' AND expires_at < now()"
