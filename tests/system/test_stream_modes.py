@@ -4,6 +4,7 @@ langgraph-sdk against two real replicas."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -183,9 +184,7 @@ async def test_unknown_stream_mode_is_422(replicas: Replicas) -> None:
     client = get_client(url=a.url)
     tid = (await client.threads.create())["thread_id"]
     with pytest.raises(httpx.HTTPStatusError) as raised:
-        await _collect(
-            client.runs.stream(tid, "agent", input=_say("hi"), stream_mode="lifecycle")
-        )
+        await _collect(client.runs.stream(tid, "agent", input=_say("hi"), stream_mode="lifecycle"))
     assert raised.value.response.status_code == 422
     assert await client.runs.list(tid) == []
 
@@ -198,21 +197,23 @@ async def test_thread_stream_follows_every_run_from_any_replica(replicas: Replic
     on_a, on_b = get_client(url=a.url), get_client(url=b.url)
     tid = (await on_a.threads.create())["thread_id"]
     parts: list[tuple[str, StreamPart]] = []
-    metadata_seen = asyncio.Event()
+    connected = asyncio.Event()
 
     async def follow() -> None:
-        async with httpx.AsyncClient(base_url=a.url, timeout=STREAM_TIMEOUT) as http:
-            async with http.stream("GET", f"/threads/{tid}/stream") as r:
-                assert r.status_code == 200
-                async for event_id, part in _sse(r):
-                    parts.append((event_id, part))
-                    if part.event == "metadata":
-                        metadata_seen.set()
-                    if sum(p.event == "metadata" for _, p in parts) == 2 and part.event == "values":
-                        if len([p for _, p in parts if p.event == "values"]) >= 6:
-                            return
+        async with (
+            httpx.AsyncClient(base_url=a.url, timeout=STREAM_TIMEOUT) as http,
+            http.stream("GET", f"/threads/{tid}/stream") as r,
+        ):
+            assert r.status_code == 200
+            connected.set()  # where it starts was settled before the answer's headers
+            async for event_id, part in _sse(r):
+                parts.append((event_id, part))
+                if part.event == "values" and len(part.data["messages"]) == 4:
+                    return
 
     follower = asyncio.create_task(follow())
+    async with asyncio.timeout(STREAM_TIMEOUT):
+        await connected.wait()
     first = await on_b.runs.create(tid, "agent", input=_say("first turn"))
     second = await on_b.runs.create(tid, "agent", input=_say("second turn"))
     await on_b.runs.join(tid, second["run_id"])
@@ -226,43 +227,44 @@ async def test_thread_stream_follows_every_run_from_any_replica(replicas: Replic
     assert len(set(ids)) == len(ids)
     assert ids[0].startswith(first["run_id"] + ":") and ids[-1].startswith(second["run_id"])
 
-    # Rejoin on the other replica after the first run's last event: the second run's, all of it.
-    cut = max(i for i, (_, p) in enumerate(parts) if p.data is not None and i < 4)
+    # Rejoin on the other replica after an event of the first run: the rest, in order.
+    cut = 2
     rejoined: list[tuple[str, StreamPart]] = []
-    async with httpx.AsyncClient(base_url=b.url, timeout=STREAM_TIMEOUT) as http:
-        async with http.stream(
+    async with (
+        httpx.AsyncClient(base_url=b.url, timeout=STREAM_TIMEOUT) as http,
+        http.stream(
             "GET",
             f"/threads/{tid}/stream",
             params={"stream_mode": "run_modes"},
             headers={"Last-Event-ID": parts[cut][0]},
-        ) as r:
-            async with asyncio.timeout(STREAM_TIMEOUT):
-                async for event_id, part in _sse(r):
-                    rejoined.append((event_id, part))
-                    if len(rejoined) == len(parts) - cut - 1:
-                        break
+        ) as r,
+    ):
+        async with asyncio.timeout(STREAM_TIMEOUT):
+            async for event_id, part in _sse(r):
+                rejoined.append((event_id, part))
+                if len(rejoined) == len(parts) - cut - 1:
+                    break
     assert [i for i, _ in rejoined] == ids[cut + 1 :]
 
 
 async def test_thread_stream_via_sdk_and_its_failure_paths(replicas: Replicas) -> None:
-    a = replicas("a").start()
-    client = get_client(url=a.url)
+    a = replicas("a", THREADKEEPER_AUTH="header").start()
+    client = get_client(url=a.url, headers={"X-Forwarded-User": "alice"})
     tid = (await client.threads.create())["thread_id"]
+    # Busy until cancelled: the stream, opened whenever the SDK gets to it, starts with it.
+    run = await client.runs.create(tid, "agent", input=_say("please look up slowly 600"))
     got: list[StreamPart] = []
-
-    async def follow() -> None:
-        async for part in client.threads.join_stream(tid):
-            got.append(part)
-            if part.event == "values" and len(part.data["messages"]) == 2:
-                return
-
-    follower = asyncio.create_task(follow())
-    run = await client.runs.create(tid, "agent", input=_say("over the thread stream"))
     async with asyncio.timeout(STREAM_TIMEOUT):
-        await follower
+        async for part in await client.threads.join_stream(tid):
+            got.append(part)
+            if part.event == "values":
+                break
+    await client.runs.cancel(tid, run["run_id"], wait=True)
     assert got[0].event == "metadata" and got[0].data["run_id"] == run["run_id"]
+    assert got[-1].data["messages"][0]["content"] == "please look up slowly 600"
 
-    async with httpx.AsyncClient(base_url=a.url, timeout=10) as http:
+    alice = {"X-Forwarded-User": "alice"}
+    async with httpx.AsyncClient(base_url=a.url, timeout=10, headers=alice) as http:
         unknown = await http.get(f"/threads/{tid}/stream", params={"stream_mode": "lifecycle"})
         assert unknown.status_code == 422
         assert unknown.headers["content-type"] == "application/problem+json"
@@ -270,10 +272,9 @@ async def test_thread_stream_via_sdk_and_its_failure_paths(replicas: Replicas) -
         assert bad_id.status_code == 422
         missing = await http.get(f"/threads/{run['run_id']}/stream")
         assert missing.status_code == 404
-        other = await http.get(
-            f"/threads/{tid}/stream", headers={"Authorization": "Bearer someone-else"}
-        )
-        assert other.status_code in (401, 404)
+        someone_else = {"X-Forwarded-User": "bob"}
+        other = await http.get(f"/threads/{tid}/stream", headers=someone_else)
+        assert other.status_code == 404
 
 
 async def _sse(r: httpx.Response) -> Any:
@@ -297,6 +298,4 @@ async def _sse(r: httpx.Response) -> Any:
 
 
 def _json(raw: str) -> Any:
-    import json
-
     return json.loads(raw) if raw else None
