@@ -109,6 +109,38 @@ class MessageAccumulator:
             self.emit(MESSAGES_COMPLETE + suffix, [so_far])
 
 
+# LangGraph's ``tools`` payloads -> the event names the JS SDK's ``useStream`` reads (its
+# ``toolProgress``), and the key each one's detail goes under.
+TOOL_EVENTS: dict[str, tuple[str, str, str]] = {
+    # LangGraph's event: (the SDK's event, LangGraph's key, the SDK's key)
+    "tool-started": ("on_tool_start", "input", "input"),
+    "tool-output-delta": ("on_tool_event", "delta", "data"),
+    "tool-finished": ("on_tool_end", "output", "output"),
+    "tool-error": ("on_tool_error", "message", "error"),
+}
+
+
+@dataclass
+class ToolNames:
+    """The ``tools`` mode as the Agent Server streams it: each event names its tool call and
+    the tool (LangGraph names the tool only when it starts)."""
+
+    _names: dict[str, str] = field(default_factory=dict)
+
+    def payload(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        call = chunk.get("tool_call_id")
+        kind = TOOL_EVENTS.get(chunk.get("event", ""))
+        if kind is None or not isinstance(call, str):
+            return chunk  # nothing this version of LangGraph sends: passed on as it is
+        event, source, target = kind
+        if event == "on_tool_start":
+            self._names[call] = chunk.get("tool_name", "")
+        name = self._names.get(call, "")
+        if event in ("on_tool_end", "on_tool_error"):
+            self._names.pop(call, None)
+        return {"event": event, "toolCallId": call, "name": name, target: chunk.get(source)}
+
+
 class Translator:
     """Turns one attempt's LangGraph output into the events its client asked for."""
 
@@ -116,6 +148,7 @@ class Translator:
         self.modes = set(modes)
         self.emit = emit
         self.messages = MessageAccumulator(emit)
+        self.tools = ToolNames()
         # LangGraph mode -> event name, for the modes streamed as LangGraph gives them.
         self._plain: dict[str, str] = {}
         for mode in self.modes:
@@ -137,7 +170,11 @@ class Translator:
         """One item of ``astream``: emitted under its mode's event name, if asked for."""
         name = self._plain.get(mode)
         if name is not None:
-            self.emit(name + _suffix(ns), list(chunk) if mode == "messages" else chunk)
+            if mode == "messages":
+                chunk = list(chunk)
+            elif mode == "tools":
+                chunk = self.tools.payload(chunk)
+            self.emit(name + _suffix(ns), chunk)
         if mode == "messages" and self.legacy_messages:
             self.messages.add(ns, chunk)
 

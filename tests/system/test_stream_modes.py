@@ -109,12 +109,14 @@ async def test_tools_mode_streams_start_progress_and_end(replicas: Replicas) -> 
         )
     )
     tools = [p.data for p in parts if p.event == "tools"]
-    assert [t["event"] for t in tools] == ["tool-started", "tool-output-delta", "tool-finished"]
-    call = tools[0]["tool_call_id"]
-    assert {t["tool_call_id"] for t in tools} == {call}
-    assert tools[0]["tool_name"] == "slow_lookup"
+    # As the JS SDK's useStream reads them for its toolProgress.
+    assert [t["event"] for t in tools] == ["on_tool_start", "on_tool_event", "on_tool_end"]
+    call = tools[0]["toolCallId"]
+    assert call.startswith("call_")
+    assert {t["toolCallId"] for t in tools} == {call}
+    assert {t["name"] for t in tools} == {"slow_lookup"}
     assert tools[0]["input"] == {"seconds": 0.2}
-    assert tools[1]["delta"] == {"progress": 0.5}
+    assert tools[1]["data"] == {"progress": 0.5}
     assert "looked up slowly for 0.2s" in tools[2]["output"]["content"]
 
 
