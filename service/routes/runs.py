@@ -270,7 +270,7 @@ async def join_stream(request: Request) -> Response:
     """Rejoin a run's stream from any replica; ``Last-Event-ID`` resumes right after it."""
     thread_id, run_id, _ = await _owned_run(request)
     after = _last_event_id(request)
-    modes = _modes_filter(STREAM_MODE.of(request))
+    modes = _query_modes(request, "stream_mode")
     run_path, stream_path = _paths(thread_id, run_id)
     return _sse(
         request,
@@ -356,16 +356,19 @@ async def get_run(request: Request) -> Response:
     return serialize.JSON(serialize.run(row))
 
 
-def _thread_stream_modes(request: Request) -> set[str]:
-    """``stream_mode`` (the SDK's name) or ``stream_modes`` (the Agent Server's): one value, a
-    JSON list, or repeated."""
+def _query_modes(request: Request, *names: str) -> set[str] | None:
+    """Stream modes named in the query: each parameter one value or a JSON list, and
+    repeatable (as the JS SDK sends a list); None when none is named."""
     chosen: set[str] = set()
-    for raw in [
-        *request.query_params.getlist("stream_mode"),
-        *(request.query_params.getlist("stream_modes")),
-    ]:
-        parsed = _modes_filter(raw)
-        chosen |= parsed or set()
+    for name in names:
+        for raw in request.query_params.getlist(name):
+            chosen |= _modes_filter(raw) or set()
+    return chosen or None
+
+
+def _thread_stream_modes(request: Request) -> set[str]:
+    """``stream_mode`` (the SDK's name) or ``stream_modes`` (the Agent Server's)."""
+    chosen = _query_modes(request, "stream_mode", "stream_modes") or set()
     unsupported = chosen - THREAD_STREAM_MODES
     if unsupported:
         raise Problem(
