@@ -57,10 +57,6 @@ def _paths(thread_id: UUID, run_id: UUID) -> tuple[str, str]:
     return run_path, f"{run_path}/stream"
 
 
-def _dumps(value: Any) -> str:
-    return serialize.dumps(value).decode()
-
-
 def _sse(
     request: Request,
     run_id: UUID,
@@ -81,7 +77,7 @@ def _sse(
                     continue
                 if modes is not None and not sent_for(event.event, modes):
                     continue
-                yield ServerSentEvent(data=_dumps(event.data), event=event.event, id=str(event.seq))
+                yield ServerSentEvent(data=event.raw, event=event.event, id=str(event.seq))
                 if event.event == "end":
                     finished = True
             if not finished and svc.closing.is_set():
@@ -399,7 +395,7 @@ async def join_thread_stream(request: Request) -> Response:
         ):
             if item is not None:
                 event = item.event
-                yield ServerSentEvent(data=_dumps(event.data), event=event.event, id=item.id)
+                yield ServerSentEvent(data=event.raw, event=event.event, id=item.id)
         # Only a replica that stops serving ends it: the client rejoins with Last-Event-ID.
         cut(request.scope)
 
