@@ -68,7 +68,7 @@ def reply_tokens(events: list[Any]) -> int:
 
 
 async def run(bench: Bench) -> list[Row]:
-    turns = bench.size(20, 5)
+    turns = bench.size(40, 5)
     load_before = os.getloadavg()
     batches: dict[str, list[int]] = {name: [] for name in CONTENDERS}
     events: dict[str, list[int]] = {name: [] for name in CONTENDERS}
