@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # (`make test` then says so). NODE_TIER=1 forces it, NODE_TIER= skips it.
 NODE_TIER ?= $(shell [ "$$(id -u)" = 0 ] && echo 1)
 
-.PHONY: help uv sync run test test-node lint fmt cluster-build cluster-up cluster-down bench clean
+.PHONY: help uv sync js run test test-node lint fmt cluster-build cluster-up cluster-down bench clean
 
 help:
 	@echo "make run          serve on 127.0.0.1:8000 (embedded Postgres, offline model)"
@@ -25,6 +25,10 @@ uv:
 
 sync: uv
 	$(UV) sync --locked
+
+# The JS langgraph-sdk the streaming tests drive (tests/js, pinned by its lock file).
+js:
+	cd tests/js && npm ci --no-audit --no-fund
 
 run: sync
 	$(UV) run threadkeeper-service serve --host 127.0.0.1 --port 8000
@@ -46,7 +50,7 @@ cluster-up: sync
 cluster-down: sync
 	$(UV) run python -m tests.cluster down
 
-test: sync cluster-build
+test: sync js cluster-build
 	bash deploy/tools/ensure-tools.sh
 	$(UV) run pytest $(PYTEST_ARGS)
 	$(if $(NODE_TIER),$(MAKE) --no-print-directory test-node PYTEST_ARGS="$(PYTEST_ARGS)",@echo "make test: skipped the node tier (it needs root): run \`make test-node\` as root")

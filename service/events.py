@@ -79,8 +79,11 @@ ENDING_CTE = """ending AS (
     ON CONFLICT (run_id, seq) DO NOTHING
 )"""
 
+# ``data`` as the JSON text Postgres has: a follower sends it on as it is, so a token stream's
+# events are not parsed and encoded again on every replica that serves them. (A JSON null
+# written through jsonb_to_recordset is stored as SQL NULL.)
 READ_SQL = """
-SELECT seq, event, data FROM run_events
+SELECT seq, event, coalesce(data::text, 'null') AS data FROM run_events
 WHERE run_id = %s AND seq > %s
 ORDER BY seq
 LIMIT %s
@@ -118,7 +121,11 @@ WHERE ctid IN (
 class Event:
     seq: int
     event: str
-    data: Any
+    raw: str  # the event's data, JSON
+
+    @property
+    def data(self) -> Any:
+        return orjson.loads(self.raw)
 
 
 def first_seq(attempt: int) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -21,7 +21,7 @@ from langgraph.store.base import BaseStore
 from langgraph.types import Command, Durability
 from psycopg.rows import DictRow
 
-from threadkeeper.service import db, events, lifecycle, runs
+from threadkeeper.service import db, events, lifecycle, runs, stream_modes
 from threadkeeper.service.checkpointer import (
     Batch,
     EarlierWriteFailedError,
@@ -36,6 +36,7 @@ from threadkeeper.service.metrics import Metrics
 from threadkeeper.service.notify import Hub, run_key
 from threadkeeper.service.registry import Bound, Registry, graph_of_run
 from threadkeeper.service.store import OwnerStore
+from threadkeeper.service.stream_modes import Translator
 
 log = structlog.get_logger(__name__)
 
@@ -45,17 +46,6 @@ THREAD_OWNER_SQL = "SELECT owner FROM threads WHERE thread_id = %s"
 RESERVED_CONFIGURABLE = {"thread_id", "checkpoint_ns", "checkpoint_map", "run_id"}
 MAX_RECURSION_LIMIT = 200
 
-# Stream modes a client may ask for -> LangGraph's mode and the SSE event name.
-STREAM_MODES: dict[str, tuple[str, str]] = {
-    "values": ("values", "values"),
-    "updates": ("updates", "updates"),
-    "messages-tuple": ("messages", "messages"),
-    "custom": ("custom", "custom"),
-    "debug": ("debug", "debug"),
-    "tasks": ("tasks", "tasks"),
-    "checkpoints": ("checkpoints", "checkpoints"),
-}
-DEFAULT_STREAM_MODES = ["values"]
 # Set in the kwargs of a run queued by ``/runs/wait`` without ``stream_mode``. Its caller wants
 # the end state, which the response carries (and ``/join`` reads from the checkpoint), and
 # nobody follows it step by step: its stream records only ``metadata`` and ``end`` (or
@@ -137,11 +127,6 @@ def _cancelled_itself() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def requested_modes(kwargs: dict[str, Any]) -> list[str]:
-    mode = kwargs.get("stream_mode") or DEFAULT_STREAM_MODES
-    return [mode] if isinstance(mode, str) else list(mode)
-
-
 def run_durability(kwargs: dict[str, Any]) -> Durability:
     """The run's ``durability``; the deprecated ``checkpoint_during`` maps as LangGraph maps it."""
     chosen: Durability | None = kwargs.get("durability")
@@ -167,6 +152,31 @@ async def _keep_held_writes(saver: FencedPostgresSaver) -> None:
         await saver.flush()
     except (LeaseLostError, EarlierWriteFailedError, psycopg.Error) as exc:
         log.warning("task_writes_not_saved", error=str(exc))
+
+
+StreamItem = tuple[tuple[str, ...], str, Any]
+
+
+async def _graph_items(
+    graph: Any,
+    graph_input: Any,
+    config: RunnableConfig,
+    options: dict[str, Any],
+    translator: Translator,
+) -> AsyncIterator[StreamItem]:
+    """The graph's ``astream`` items as ``(namespace, mode, chunk)``. A run streaming
+    ``events`` runs through ``astream_events``: its callback events go to the translator, and
+    the items are the root graph's own ``on_chain_stream`` chunks."""
+    subgraphs = options["subgraphs"]
+    if not translator.events:
+        async for item in graph.astream(graph_input, config, **options):
+            yield item if subgraphs else ((), *item)
+        return
+    async for event in graph.astream_events(graph_input, config, version="v2", **options):
+        translator.callback_event(event)
+        if event["event"] == "on_chain_stream" and not event.get("parent_ids"):
+            item = event["data"]["chunk"]
+            yield item if subgraphs else ((), *item)
 
 
 class Executor:
@@ -378,41 +388,33 @@ class Executor:
         run, bound = attempt.run, attempt.bound
         assert bound is not None
         kwargs = run.kwargs
-        modes = requested_modes(kwargs)
-        subgraphs = bool(kwargs.get("stream_subgraphs"))
         graph = bound.graph.copy(
             update={"checkpointer": saver, "store": await self._store_of(attempt)}
+        )
+        translator = Translator(
+            stream_modes.requested(kwargs), writer.emit, values_wanted=not kwargs.get(WAIT_ONLY)
         )
         last_values: Any = None
         last_checkpoint: Any = None
         # "checkpoints" tells, at no cost, where the run ended and what comes next; asking
         # the saver afterwards would read the whole state (delta history and all) again.
-        lg_modes: list[Any] = sorted(
-            {STREAM_MODES[m][0] for m in modes} | {"values", "checkpoints"}
-        )
-        wanted = {STREAM_MODES[m][0]: STREAM_MODES[m][1] for m in modes}
-        if kwargs.get(WAIT_ONLY):
-            wanted.pop("values", None)
-        # Subgraph streaming only when asked for: LangGraph then streams each step through
-        # a waiter task of its own, about a tenth more CPU for the graph's steps.
-        async for item in graph.astream(
-            await self._input(run),
-            self._config(run),
-            stream_mode=lg_modes,
-            subgraphs=subgraphs,
-            durability=run_durability(kwargs),
-            context=kwargs.get("context"),
-            interrupt_before=kwargs.get("interrupt_before"),
-            interrupt_after=kwargs.get("interrupt_after"),
-        ):
-            ns, mode, chunk = item if subgraphs else ((), *item)
+        options: dict[str, Any] = {
+            "stream_mode": translator.langgraph_modes(("values", "checkpoints")),
+            # Subgraph streaming only when asked for: LangGraph then streams each step
+            # through a waiter task of its own, about a tenth more CPU for the graph's steps.
+            "subgraphs": bool(kwargs.get("stream_subgraphs")),
+            "durability": run_durability(kwargs),
+            "context": kwargs.get("context"),
+            "interrupt_before": kwargs.get("interrupt_before"),
+            "interrupt_after": kwargs.get("interrupt_after"),
+        }
+        items = _graph_items(graph, await self._input(run), self._config(run), options, translator)
+        async for ns, mode, chunk in items:
             if mode == "values" and not ns:
                 last_values = chunk
             elif mode == "checkpoints" and not ns:
                 last_checkpoint = chunk
-            if mode in wanted:
-                name = wanted[mode] + "".join(f"|{part}" for part in ns)
-                writer.emit(name, list(chunk) if mode == "messages" else chunk)
+            translator.chunk(ns, mode, chunk)
         if last_checkpoint is None:
             await saver.flush()  # the state read afterwards must see all of it
         # What the saver still holds commits with the run's ending, in one statement.

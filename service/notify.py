@@ -26,6 +26,9 @@ CHANNELS = (RUNS_CHANNEL, EVENTS_CHANNEL)
 # behind it ("done") or a cancel request ("cancel") wakes only the waiters of that run.
 ANY_RUN = "run:*"
 CLAIMABLE = ("new", "next")
+# Waiting on this key wakes when any run has new stream events (a thread's followers look for
+# its runs' first events: a run claimed as it is queued announces nothing else).
+ANY_EVENTS = "events:*"
 
 NOTIFY_SQL = "SELECT pg_notify(%s, %s)"
 
@@ -88,6 +91,7 @@ class Hub:
     def _dispatch(self, channel: str, payload: str) -> None:
         if channel == EVENTS_CHANNEL:
             self.wake(events_key(payload))
+            self.wake(ANY_EVENTS)
         else:
             what, _, run_id = payload.partition(":")
             self.wake(run_key(run_id))

@@ -26,7 +26,6 @@ from threadkeeper.service.domain import (
 )
 from threadkeeper.service.errors import InvalidInput, NotFound, StatePruned, ThreadBusy
 from threadkeeper.service.executor import (
-    STREAM_MODES,
     WAIT_ONLY,
     Attempt,
     RunOutcome,
@@ -35,10 +34,12 @@ from threadkeeper.service.executor import (
 from threadkeeper.service.notify import run_key
 from threadkeeper.service.schemas import RunCreate
 from threadkeeper.service.services import Services
+from threadkeeper.service.stream_modes import StreamMode
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_STRATEGY = MultitaskStrategy.ENQUEUE
+SUPPORTED_MODES = frozenset(m.value for m in StreamMode)
 WAIT_POLL_SECONDS = 5.0
 # A waiter keeps following its run through a database outage (the run goes on, or is resumed,
 # once the database is back) and looks again this often.
@@ -72,8 +73,8 @@ def first_user_text(graph_input: Any) -> str | None:
 def check_stream_modes(body: RunCreate) -> None:
     mode = body.stream_mode or []
     for m in [mode] if isinstance(mode, str) else mode:
-        if m not in STREAM_MODES:
-            supported = ", ".join(sorted(STREAM_MODES))
+        if m not in SUPPORTED_MODES:
+            supported = ", ".join(sorted(SUPPORTED_MODES))
             raise InvalidInput(f"stream_mode {m!r} is not supported (supported: {supported})")
 
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from langchain_core.tools import BaseTool, tool
 from langgraph.config import get_stream_writer
+from langgraph.prebuilt import ToolRuntime
 
 MAX_LOOKUP_SECONDS = 600.0
 
@@ -64,12 +65,15 @@ def current_time() -> str:
 
 
 @tool
-async def slow_lookup(seconds: float) -> str:
+async def slow_lookup(seconds: float, runtime: ToolRuntime) -> str:
     """Look something up slowly: waits ``seconds`` (at most 600) before answering."""
     seconds = max(0.0, min(float(seconds), MAX_LOOKUP_SECONDS))
     write = get_stream_writer()
     write({"tool": "slow_lookup", "status": "started", "seconds": seconds})
-    await asyncio.sleep(seconds)
+    # Progress halfway, for clients following the ``tools`` stream mode.
+    await asyncio.sleep(seconds / 2)
+    runtime.emit_output_delta({"progress": 0.5})
+    await asyncio.sleep(seconds / 2)
     write({"tool": "slow_lookup", "status": "done", "seconds": seconds})
     return f"looked up slowly for {seconds:g}s"
 

@@ -15,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Scope
 
-from threadkeeper.service import events, lifecycle, runs, serialize, threads
+from threadkeeper.service import events, lifecycle, runs, serialize, thread_stream, threads
 from threadkeeper.service.domain import ACTIVE_RUN_STATUSES, CancelAction, RunStatus
 from threadkeeper.service.http import (
     MEDIA_JSON,
@@ -33,6 +33,7 @@ from threadkeeper.service.problems import Problem, not_found
 from threadkeeper.service.query import ChoiceParam, FlagParam, TextParam
 from threadkeeper.service.schemas import LIMIT, OFFSET, CancelMany, RunCreate
 from threadkeeper.service.services import Services
+from threadkeeper.service.stream_modes import sent_for
 from threadkeeper.service.submit import result_of, submit, wait_for_end
 
 HEARTBEAT_SECONDS = 5.0
@@ -45,15 +46,15 @@ ACTION = ChoiceParam("action", tuple(CancelAction), default=CancelAction.INTERRU
 WAIT = FlagParam("wait")
 CANCEL_ON_DISCONNECT = FlagParam("cancel_on_disconnect")
 STREAM_MODE = TextParam("stream_mode", "a stream mode, or a JSON list of them; all when absent")
+THREAD_STREAM_MODE = TextParam(
+    "stream_mode", "run_modes (the default: every run's events), or a JSON list of it"
+)
+THREAD_STREAM_MODES = frozenset({"run_modes"})
 
 
 def _paths(thread_id: UUID, run_id: UUID) -> tuple[str, str]:
     run_path = f"/threads/{thread_id}/runs/{run_id}"
     return run_path, f"{run_path}/stream"
-
-
-def _dumps(value: Any) -> str:
-    return serialize.dumps(value).decode()
 
 
 def _sse(
@@ -74,10 +75,9 @@ def _sse(
             ):
                 if event is None:
                     continue
-                base = event.event.split("|", 1)[0]
-                if modes is not None and base not in modes and base not in ALWAYS_SENT:
+                if modes is not None and not sent_for(event.event, modes):
                     continue
-                yield ServerSentEvent(data=_dumps(event.data), event=event.event, id=str(event.seq))
+                yield ServerSentEvent(data=event.raw, event=event.event, id=str(event.seq))
                 if event.event == "end":
                     finished = True
             if not finished and svc.closing.is_set():
@@ -89,17 +89,19 @@ def _sse(
                     lifecycle.cancel_by_id(svc.pool, [run_id], CancelAction.INTERRUPT)
                 )
 
+    return _event_source(stream(), headers)
+
+
+def _event_source(
+    stream: AsyncIterator[ServerSentEvent], headers: dict[str, str]
+) -> EventSourceResponse:
     return EventSourceResponse(
-        stream(),
+        stream,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **headers},
         ping=HEARTBEAT_SECONDS,
         ping_message_factory=lambda: ServerSentEvent(comment="heartbeat"),
         sep="\r\n",
     )
-
-
-ALWAYS_SENT = {"metadata", "error", "end"}
-EVENT_OF_MODE = {"messages-tuple": "messages"}
 
 
 def _modes_filter(raw: str | None) -> set[str] | None:
@@ -111,7 +113,7 @@ def _modes_filter(raw: str | None) -> set[str] | None:
     except json.JSONDecodeError:
         value = raw
     items = value if isinstance(value, list) else [value]
-    return {EVENT_OF_MODE.get(str(m), str(m)) for m in items}
+    return {str(m) for m in items}
 
 
 MAX_IDEMPOTENCY_KEY = 255
@@ -277,7 +279,7 @@ async def join_stream(request: Request) -> Response:
     """Rejoin a run's stream from any replica; ``Last-Event-ID`` resumes right after it."""
     thread_id, run_id, _ = await _owned_run(request)
     after = _last_event_id(request)
-    modes = _modes_filter(STREAM_MODE.of(request))
+    modes = _query_modes(request, "stream_mode")
     run_path, stream_path = _paths(thread_id, run_id)
     return _sse(
         request,
@@ -363,6 +365,56 @@ async def get_run(request: Request) -> Response:
     return serialize.JSON(serialize.run(row))
 
 
+def _query_modes(request: Request, *names: str) -> set[str] | None:
+    """Stream modes named in the query: each parameter one value or a JSON list, and
+    repeatable (as the JS SDK sends a list); None when none is named."""
+    chosen: set[str] = set()
+    for name in names:
+        for raw in request.query_params.getlist(name):
+            chosen |= _modes_filter(raw) or set()
+    return chosen or None
+
+
+def _thread_stream_modes(request: Request) -> set[str]:
+    """``stream_mode`` (the SDK's name) or ``stream_modes`` (the Agent Server's)."""
+    chosen = _query_modes(request, "stream_mode", "stream_modes") or set()
+    unsupported = chosen - THREAD_STREAM_MODES
+    if unsupported:
+        raise Problem(
+            422,
+            f"thread stream_mode {sorted(unsupported)} is not supported "
+            f"(supported: {', '.join(sorted(THREAD_STREAM_MODES))})",
+            kind="invalid-input",
+        )
+    return chosen
+
+
+@responds({200: ("Every run's events as they happen", MEDIA_SSE)})
+@queries(THREAD_STREAM_MODE)
+async def join_thread_stream(request: Request) -> Response:
+    """Every run of the thread as it happens, from any replica; ``Last-Event-ID`` resumes."""
+    who = owner(request)
+    thread_id = uuid_param(request, "thread_id")
+    _thread_stream_modes(request)
+    svc = services(request)
+    async with svc.pool.connection() as conn:
+        if await threads.get(conn, thread_id, who) is None:
+            raise not_found("Thread", thread_id)
+        position = await thread_stream.start(conn, thread_id, request.headers.get("last-event-id"))
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        async for item in thread_stream.follow(
+            svc.pool, svc.hub, thread_id, position, HEARTBEAT_SECONDS, svc.closing
+        ):
+            if item is not None:
+                event = item.event
+                yield ServerSentEvent(data=event.raw, event=event.event, id=item.id)
+        # Only a replica that stops serving ends it: the client rejoins with Last-Event-ID.
+        cut(request.scope)
+
+    return _event_source(stream(), {})
+
+
 routes = [
     Route("/threads/{thread_id}/runs", create_run, methods=["POST"]),
     Route("/threads/{thread_id}/runs/stream", stream_run, methods=["POST"]),
@@ -374,4 +426,5 @@ routes = [
     Route("/threads/{thread_id}/runs/{run_id}/stream", join_stream, methods=["GET"]),
     Route("/threads/{thread_id}/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
     Route("/runs/cancel", cancel_many, methods=["POST"]),
+    Route("/threads/{thread_id}/stream", join_thread_stream, methods=["GET"]),
 ]

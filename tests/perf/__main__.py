@@ -36,6 +36,7 @@ MODULES = {
     "7": "tests.perf.bench_metrics",
     "8": "tests.perf.bench_streaming",
     "9": "tests.perf.bench_failover",
+    "10": "tests.perf.bench_token_streaming",
 }
 RESULTS = Path(__file__).parent / "results" / "bench-results.json"
 

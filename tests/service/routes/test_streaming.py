@@ -69,7 +69,7 @@ def test_stream_wire_format(replicas: Replicas) -> None:
 def test_unsupported_stream_mode_is_422_before_streaming(replicas: Replicas) -> None:
     a = replicas("a").start()
     tid = httpx.post(f"{a.url}/threads", json={}).json()["thread_id"]
-    r, _ = _stream(a.url, tid, _body("hi", stream_mode=["values", "events"]))
+    r, _ = _stream(a.url, tid, _body("hi", stream_mode=["values", "lifecycle"]))
     assert r.status_code == 422
     assert r.headers["content-type"] == "application/problem+json"
     assert httpx.get(f"{a.url}/threads/{tid}/runs").json() == []
