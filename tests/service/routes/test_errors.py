@@ -56,7 +56,12 @@ async def test_bad_input_gets_problem_and_changes_nothing(client: httpx.AsyncCli
         ("POST", run_url, {"input": hello}, 422),
         ("POST", run_url, {"assistant_id": "agent", "input": hello, "bogus": True}, 422),
         ("POST", run_url, {"assistant_id": "agent", "multitask_strategy": "shout"}, 422),
-        ("POST", run_url, {"assistant_id": "agent", "input": hello, "stream_mode": "events"}, 422),
+        (
+            "POST",
+            run_url,
+            {"assistant_id": "agent", "input": hello, "stream_mode": "telepathy"},
+            422,
+        ),
         ("POST", f"/threads/{uuid.uuid4()}/runs/wait", {"assistant_id": "agent"}, 404),
         ("GET", f"/threads/{tid}/runs?limit=-1", None, 422),
         ("GET", f"/threads/{tid}/runs/xyz", None, 422),
