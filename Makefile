@@ -52,6 +52,7 @@ cluster-down: sync
 
 test: sync js cluster-build
 	bash deploy/tools/ensure-tools.sh
+	bash tests/browser/ensure-chromium.sh
 	$(UV) run pytest $(PYTEST_ARGS)
 	$(if $(NODE_TIER),$(MAKE) --no-print-directory test-node PYTEST_ARGS="$(PYTEST_ARGS)",@echo "make test: skipped the node tier (it needs root): run \`make test-node\` as root")
 
