@@ -30,7 +30,7 @@ from threadkeeper.service.middleware import (
     CutMiddleware,
     RequestContextMiddleware,
 )
-from threadkeeper.service.migrations import migrate
+from threadkeeper.service.migrations import StoreIndexUnavailable, migrate, require_vector
 from threadkeeper.service.notify import Hub
 from threadkeeper.service.problems import Problem, from_domain, problem_response
 from threadkeeper.service.registry import Registry
@@ -147,14 +147,24 @@ def create_app(
             async with _serve(app, url), userapp.lifespan(serving.http_app):
                 yield
 
+    async def _prepare_schema(url: str, *, migrating: bool) -> None:
+        conn = await connect(url)
+        try:
+            if migrating:
+                await migrate(conn, store_index=serving.store.index)
+            elif serving.store.index is not None:
+                await require_vector(conn, create=False)
+        finally:
+            await conn.close()
+
     @asynccontextmanager
     async def _serve(app: Starlette, url: str) -> AsyncIterator[None]:
-        if run_migrations:
-            conn = await connect(url)
-            try:
-                await migrate(conn, store_index=serving.store.index)
-            finally:
-                await conn.close()
+        try:
+            await _prepare_schema(url, migrating=run_migrations)
+        except StoreIndexUnavailable as exc:
+            # The CLI says it in one line and exits non-zero once uvicorn has given up.
+            app.state.refused = exc
+            raise
         pool = make_pool(url, settings)
         await pool.open(wait=True, timeout=settings.pool_timeout)
         metrics.watch_pool(pool)

@@ -23,7 +23,7 @@ from threadkeeper.service.app import begin_drain, create_app, database_url
 from threadkeeper.service.db import connect
 from threadkeeper.service.deployment import CONFIG_ENV, DeploymentError
 from threadkeeper.service.logs import configure_logging
-from threadkeeper.service.migrations import migrate
+from threadkeeper.service.migrations import StoreIndexUnavailable, migrate
 from threadkeeper.service.served import check, prepare
 from threadkeeper.service.settings import DEFAULT_SHUTDOWN_SECONDS, Settings
 from threadkeeper.service.store import StoreSettings
@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with database_url(settings) as url:
                 applied = asyncio.run(_migrate(url, store))
+        except StoreIndexUnavailable as exc:
+            return _fail(exc)
         except psycopg.Error as exc:
             log.error("migrate_failed", error=str(exc))
             return 1
@@ -107,10 +109,24 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(settings, run_migrations=not args.no_migrate, served=served)
     config = server_config(app, args.host, args.port, shutdown_seconds=settings.shutdown_seconds)
     server = DrainingServer(config, on_exit=lambda: begin_drain(app), before=lambda: check(served))
-    server.run()
+    try:
+        server.run()
+    except SystemExit:
+        # uvicorn exits (3) when the lifespan fails; a refusal of ours is said in one line.
+        refused = getattr(app.state, "refused", None)
+        if refused is None:
+            raise
+        return _fail(refused)
     if server.refused is not None:
         return _refuse(server.refused)
     return 0
+
+
+def _fail(exc: StoreIndexUnavailable) -> int:
+    """The database cannot hold what the deployment asks for: say so in one line, exit 1."""
+    log.error("database_unfit", error=str(exc))
+    sys.stderr.write(f"threadkeeper-service: {exc}\n")
+    return 1
 
 
 def _refuse(exc: DeploymentError) -> int:

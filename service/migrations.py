@@ -263,19 +263,52 @@ def _no_embedding(texts: Sequence[str]) -> list[list[float]]:
     raise RuntimeError("migrations embed nothing")
 
 
+# Whether pgvector is in this database, and whether the server could add it at all.
+VECTOR_STATE_SQL = """
+SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector') AS installed,
+       EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector') AS available
+"""
+
+CREATE_VECTOR_SQL = "CREATE EXTENSION IF NOT EXISTS vector"
+
+
 async def _setup_store(conn: AsyncConnection[DictRow], index: PostgresIndexConfig | None) -> None:
     # The vector table's migrations need only the index's shape (dims, vector and index type):
     # a provider's embeddings (and their API key) or a user's function are not loaded for them.
     shape: PostgresIndexConfig | None = None
     if index is not None:
+        await require_vector(conn, create=True)
         shape = index.copy()
         shape["embed"] = _no_embedding
+    await AsyncPostgresStore(conn, index=shape).setup()
+
+
+async def require_vector(conn: AsyncConnection[DictRow], *, create: bool) -> None:
+    """Make sure pgvector is in the database (adding it when ``create``), else say why not.
+
+    Checked before the store's own migrations run, so a missing extension is named as such and
+    not as whichever of their statements happened to fail first.
+    """
+    cur = await conn.execute(VECTOR_STATE_SQL)
+    row = await cur.fetchone()
+    if row is not None and row["installed"]:
+        return
+    if row is None or not row["available"]:
+        raise StoreIndexUnavailable("the server does not have it installed")
+    if not create:
+        raise StoreIndexUnavailable("it is not created in this database (run the migrations)")
     try:
-        await AsyncPostgresStore(conn, index=shape).setup()
-    except psycopg.errors.FeatureNotSupported as exc:
-        raise StoreIndexUnavailable(str(exc)) from exc
-    except psycopg.errors.UndefinedFile as exc:
-        raise StoreIndexUnavailable(str(exc)) from exc
+        await conn.execute(CREATE_VECTOR_SQL)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        # pgvector is not a trusted extension: only a superuser (or the database's owner on a
+        # managed Postgres that allow-lists it) may create it.
+        raise StoreIndexUnavailable(_first_line(exc)) from exc
+    except (psycopg.errors.FeatureNotSupported, psycopg.errors.UndefinedFile) as exc:
+        raise StoreIndexUnavailable(_first_line(exc)) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0]
 
 
 class StoreIndexUnavailable(Exception):
@@ -283,8 +316,9 @@ class StoreIndexUnavailable(Exception):
 
     def __init__(self, cause: str) -> None:
         super().__init__(
-            "store.index needs the pgvector extension ('vector'), which this Postgres "
-            f"cannot create: {cause.strip()}. Install pgvector or remove store.index"
+            "store.index needs the pgvector extension ('vector') and this database lacks it: "
+            f"{cause}. Install pgvector (CREATE EXTENSION vector, as a superuser) or remove "
+            "store.index"
         )
 
 
