@@ -83,6 +83,7 @@ class Cutoffs:
     archived_before: datetime | None
     checkpoint_id_before: str | None
     orphan_id_before: str | None
+    store_idle_before: datetime | None = None
 
     @classmethod
     def of(cls, policy: RetentionPolicy, now: datetime) -> Cutoffs:
@@ -105,6 +106,7 @@ class Cutoffs:
             archived_before=before(spec.threads.archived_for_delta) if spec.threads else None,
             checkpoint_id_before=cutoff_id(checkpoint_moment) if checkpoint_moment else None,
             orphan_id_before=cutoff_id(orphan_moment) if orphan_moment else None,
+            store_idle_before=before(spec.store.max_idle_delta) if spec.store else None,
         )
 
 
@@ -366,9 +368,18 @@ class _Run:
         self.resume = self.resume.model_copy(update={"orphans_after": None})
 
     async def sweep_store(self) -> None:
-        """Expired long-term memory items, a batch per statement, until none is left."""
-        if self.policy.spec.store is None:
+        """Long-term memory: expired items, then idle ones, then each namespace's excess."""
+        rules = self.policy.spec.store
+        if rules is None or not await store.has_store(self.conn):
             return
+        if rules.sweep_expired:
+            await self._sweep_expired()
+        if self.cutoffs.store_idle_before is not None:
+            await self._sweep_idle(self.cutoffs.store_idle_before)
+        if rules.max_items_per_namespace is not None:
+            await self._trim_namespaces(rules.max_items_per_namespace)
+
+    async def _sweep_expired(self) -> None:
         while True:
             self._check_budget()
             swept = await store.sweep_expired(
@@ -377,6 +388,38 @@ class _Run:
             self.tally.store_expired += swept
             if swept < self.limits.batch_size or self.dry_run:
                 return
+
+    async def _sweep_idle(self, cutoff: datetime) -> None:
+        # Page by key through the whole table: a dry run counts them all, a real run deletes
+        # page by page (a page's deletes do not move the next page's start).
+        after: tuple[str, str] | None = store.IDLE_START
+        while after is not None:
+            self._check_budget()
+            page = await store.idle_page(
+                self.conn,
+                after=after,
+                page=self.limits.batch_size,
+                cutoff=cutoff,
+                dry_run=self.dry_run,
+            )
+            self.tally.store_idle += page.count
+            after = page.after
+
+    async def _trim_namespaces(self, keep: int) -> None:
+        over = await store.over_allowance(self.conn, keep=keep)
+        if self.dry_run:
+            self.tally.store_excess += sum(over.values())
+            return
+        for prefix, excess in over.items():
+            while excess > 0:
+                self._check_budget()
+                batch = min(excess, self.limits.batch_size)
+                trimmed = await store.trim_namespace(self.conn, prefix, keep=keep, batch=batch)
+                self.tally.store_excess += trimmed
+                excess -= trimmed
+                if trimmed < batch:
+                    # Rows a writer holds or has just rewritten: the next run looks again.
+                    break
 
     async def execute(self) -> None:
         try:
@@ -441,6 +484,8 @@ def _summary(
         runs_deleted=tally.rows.runs,
         snapshots_written=tally.rows.snapshots,
         store_expired_items_deleted=tally.store_expired,
+        store_idle_items_deleted=tally.store_idle,
+        store_excess_items_deleted=tally.store_excess,
         backlog=backlog,
         resume=resume or ResumeCursor(),
     )
@@ -453,8 +498,7 @@ def _message(run: _Run) -> str:
         f"{verb} {sum(tally.deleted_by_reason.values())} threads and "
         f"{tally.rows.checkpoints} checkpoints ({tally.pruned} threads pruned)"
     ]
-    if run.policy.spec.store is not None:
-        parts.append(f"{verb} {tally.store_expired} expired store items")
+    parts.extend(_store_message(run, verb))
     if tally.skipped:
         parts.append(f"{len(tally.skipped)} threads skipped (busy)")
     if tally.failed:
@@ -462,6 +506,23 @@ def _message(run: _Run) -> str:
     if run.stopped_by:
         parts.append(f"stopped early: {run.stopped_by}; the next run continues")
     return "; ".join(parts)
+
+
+def _store_message(run: _Run, verb: str) -> list[str]:
+    rules, tally = run.policy.spec.store, run.tally
+    if rules is None:
+        return []
+    parts = []
+    if rules.sweep_expired:
+        parts.append(f"{verb} {tally.store_expired} expired store items")
+    if rules.max_idle:
+        parts.append(f"{verb} {tally.store_idle} store items idle for {rules.max_idle}")
+    if rules.max_items_per_namespace is not None:
+        parts.append(
+            f"{verb} {tally.store_excess} store items beyond "
+            f"{rules.max_items_per_namespace} per namespace"
+        )
+    return parts
 
 
 async def prune(

@@ -94,6 +94,18 @@ class ReaperMetrics:
             LABELS,
             registry=registry,
         )
+        self.store_idle_deleted = Counter(
+            "threadkeeper_store_idle_items_deleted",
+            "Long-term memory items idle for the policy's store.maxIdle deleted by the reaper.",
+            LABELS,
+            registry=registry,
+        )
+        self.store_excess_deleted = Counter(
+            "threadkeeper_store_excess_items_deleted",
+            "Long-term memory items beyond store.maxItemsPerNamespace deleted by the reaper.",
+            LABELS,
+            registry=registry,
+        )
         self.backlog = Gauge(
             "threadkeeper_prune_backlog_threads",
             "Threads eligible for deletion or pruning that the last run left for later.",
@@ -115,6 +127,8 @@ class ReaperMetrics:
             self.store_items,
             self.store_table_bytes,
             self.store_expired_deleted,
+            self.store_idle_deleted,
+            self.store_excess_deleted,
         )
 
     def policy_seen(self, *, namespace: str, policy: str, succeeded_at: float) -> None:
@@ -164,6 +178,8 @@ class ReaperMetrics:
         ):
             self.deleted_rows.labels(**key, table=table).inc(rows)
         self.store_expired_deleted.labels(**key).inc(summary.store_expired_items_deleted)
+        self.store_idle_deleted.labels(**key).inc(summary.store_idle_items_deleted)
+        self.store_excess_deleted.labels(**key).inc(summary.store_excess_items_deleted)
         for reason, count in (
             ("idle", summary.threads_deleted.idle),
             ("archived", summary.threads_deleted.archived),

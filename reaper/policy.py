@@ -104,16 +104,25 @@ class OrphanRules(_Model):
 
 
 class StoreRules(_Model):
-    """Long-term memory (the LangGraph store): items past their TTL are deleted here, once per
-    cluster, instead of by a sweeper in every service replica."""
+    """Long-term memory (the LangGraph store), once per cluster instead of in every replica:
+    items past their TTL, items idle for ``max_idle``, and the oldest items of a namespace
+    beyond ``max_items_per_namespace``."""
 
-    sweep_expired: bool
+    sweep_expired: bool = False
+    max_items_per_namespace: int | None = Field(default=None, ge=1, le=100_000_000)
+    max_idle: Duration | None = None
 
     @model_validator(mode="after")
     def _one_rule(self) -> StoreRules:
-        if not self.sweep_expired:
-            raise ValueError("set sweepExpired: true (or leave store out)")
+        if not self.sweep_expired and self.max_items_per_namespace is None and not self.max_idle:
+            raise ValueError(
+                "set sweepExpired: true, maxItemsPerNamespace or maxIdle (or leave store out)"
+            )
         return self
+
+    @property
+    def max_idle_delta(self) -> timedelta | None:
+        return parse_duration(self.max_idle) if self.max_idle else None
 
 
 class Limits(_Model):

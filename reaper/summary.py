@@ -102,8 +102,11 @@ class PruneSummary(_Model):
     writes_deleted: int = 0
     runs_deleted: int = 0
     snapshots_written: int = 0
-    # Long-term memory items past their TTL (``store.sweepExpired``).
+    # Long-term memory items past their TTL (``store.sweepExpired``), idle (``store.maxIdle``),
+    # and beyond ``store.maxItemsPerNamespace``.
     store_expired_items_deleted: int = 0
+    store_idle_items_deleted: int = 0
+    store_excess_items_deleted: int = 0
     backlog: int = 0
     resume: ResumeCursor = ResumeCursor()
 
@@ -119,6 +122,9 @@ class PruneSummary(_Model):
             "checkpointsDeleted",
             "blobsDeleted",
             "writesDeleted",
+            "storeExpiredItemsDeleted",
+            "storeIdleItemsDeleted",
+            "storeExcessItemsDeleted",
             "durationSeconds",
             "outcome",
             "message",
@@ -134,6 +140,8 @@ class Tally:
     deleted_by_reason: dict[Reason, int] = field(default_factory=lambda: dict.fromkeys(Reason, 0))
     pruned: int = 0
     store_expired: int = 0
+    store_idle: int = 0
+    store_excess: int = 0
     # Thread ids, so a thread skipped by two rules of one run counts once.
     skipped: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)

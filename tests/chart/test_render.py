@@ -463,6 +463,13 @@ def test_retention_policy(helm: Helm) -> None:
     assert "orphans" not in custom["spec"]
     off = {**BASE, "retention.store.sweepExpired": False}
     assert "store" not in find(helm.render(off), "RetentionPolicy")["spec"]
+    bounded = {
+        **off,
+        "retention.store.maxItemsPerNamespace": 1000,
+        "retention.store.maxIdle": "90d",
+    }
+    store = find(helm.render(bounded), "RetentionPolicy")["spec"]["store"]
+    assert store == {"maxItemsPerNamespace": 1000, "maxIdle": "90d"}
     assert custom["spec"]["dryRun"] is True and custom["spec"]["suspend"] is True
 
 

@@ -90,11 +90,22 @@ def test_the_api_server_defaults_like_the_model(crd: Target) -> None:
     }
 
 
-def test_a_store_only_policy_is_accepted(crd: Target) -> None:
-    spec = {"store": {"sweepExpired": True}}
-    created = kubectl(crd, "create", "-f", "-", stdin=_manifest("memory", **spec))
+@pytest.mark.parametrize(
+    "store",
+    [
+        {"sweepExpired": True},
+        {"maxItemsPerNamespace": 1000},
+        {"maxIdle": "90d"},
+        {"sweepExpired": True, "maxItemsPerNamespace": 100_000_000, "maxIdle": "5217w"},
+    ],
+    ids=["sweepExpired", "maxItemsPerNamespace", "maxIdle", "all"],
+)
+def test_a_store_only_policy_is_accepted(crd: Target, store: dict[str, Any]) -> None:
+    spec = {"store": store}
+    name = "memory-" + "-".join(sorted(store)).lower()
+    created = kubectl(crd, "create", "-f", "-", stdin=_manifest(name, **spec))
     assert created.returncode == 0, created.stderr
-    stored = _stored(crd, "memory")
+    stored = _stored(crd, name)
     assert stored is not None
     assert parse_policy(stored).spec == parse_policy(policy_document(**spec)).spec
 
@@ -107,8 +118,11 @@ def test_a_store_only_policy_is_accepted(crd: Target) -> None:
         ({"checkpoints": {"keepLast": 0}}, "should be greater than or equal to 1"),
         ({"threads": {"maxIdle": "30 days"}}, "spec.threads.maxIdle"),
         ({"orphans": {}}, "spec.orphans.olderThan: Required value"),
-        ({"store": {}}, "spec.store.sweepExpired: Required value"),
-        ({"store": {"sweepExpired": False}}, "set sweepExpired: true (or leave store out)"),
+        ({"store": {}}, "set sweepExpired: true, maxItemsPerNamespace or maxIdle"),
+        ({"store": {"sweepExpired": False}}, "set sweepExpired: true, maxItemsPerNamespace or"),
+        ({"store": {"maxIdle": "1 day"}}, "spec.store.maxIdle"),
+        ({"store": {"maxIdle": "36526d"}}, "at most 100 years"),
+        ({"store": {"maxItemsPerNamespace": 0}}, "should be greater than or equal to 1"),
     ],
 )
 def test_the_api_server_refuses_bad_policies(
@@ -178,7 +192,7 @@ def test_a_typo_is_refused_through_the_python_client(crd: Target) -> None:
         {"checkpoints": {}, "extra": True},
         {"threads": {"maxIdle": "1d", "maxidle": "2d"}},
         {"orphans": {"olderThan": "1d", "newerThan": "1d"}},
-        {"store": {"sweepExpired": True, "maxItemsPerNamespace": 5}},
+        {"store": {"sweepExpired": True, "maxItemsPerNamespace": 5, "maxAge": "1d"}},
         {"checkpoints": {}, "limits": {"batchsize": 5}},
         {"checkpoints": {}, "schedule": {"every": "1h"}},
         {"checkpoints": {}, "database": {"secretRef": {"name": "db", "keys": "url"}}},

@@ -472,6 +472,66 @@ def test_expired_store_items_are_swept_by_the_operator(
     assert operator.forbidden() == []
 
 
+# Items as the service writes them, last written ``age`` ago, without a TTL.
+PLANT_WRITTEN_SQL = """
+INSERT INTO store (prefix, key, value, created_at, updated_at)
+VALUES (%(prefix)s, %(key)s, '{}', now() - %(age)s::interval, now() - %(age)s::interval)
+"""
+
+
+@pytest.mark.cluster
+def test_idle_and_excess_store_items_are_deleted_by_the_operator(
+    namespace: Namespace, start_operator: Callable[[Namespace], Operator]
+) -> None:
+    """``store.maxIdle`` and ``store.maxItemsPerNamespace`` through the operator: a dry run
+    first (counts in the status and an Event, nothing deleted), then the real run."""
+    ns = namespace
+    ns.create_secret()
+    with psycopg.connect(ns.database_url, autocommit=True) as conn:
+        for key, age in (("idle", "40 days"), ("old", "3 hours"), ("mid", "2 hours")):
+            conn.execute(PLANT_WRITTEN_SQL, {"prefix": "oada.memories", "key": key, "age": age})
+        conn.execute(PLANT_WRITTEN_SQL, {"prefix": "oada.memories", "key": "new", "age": "1 hour"})
+        conn.execute(PLANT_WRITTEN_SQL, {"prefix": "obob.notes", "key": "bob", "age": "1 day"})
+    rules = {"maxIdle": "30d", "maxItemsPerNamespace": 2}
+    ns.create_policy(
+        "memory", schedule={"interval": "2s"}, store=rules, dryRun=True, limits={"batchSize": 1}
+    )
+    operator = start_operator(ns)
+
+    def last_run() -> dict[str, Any] | None:
+        found: dict[str, Any] | None = ns.get("memory").get("status", {}).get("lastRun")
+        return found
+
+    dry = eventually(last_run, what="a dry run's status")
+    assert (dry["storeIdleItemsDeleted"], dry["storeExcessItemsDeleted"]) == (1, 2)
+    assert store_keys(ns.database_url) == ["bob", "idle", "mid", "new", "old"]
+    eventually(
+        lambda: [e for e in ns.events("memory") if "would delete 1 store items idle" in e[2]],
+        what=f"a dry run's event: {ns.events('memory')}",
+    )
+
+    ns.merge("memory", {"spec": {"dryRun": False}})
+    eventually(lambda: store_keys(ns.database_url) == ["bob", "mid", "new"], what="the deletes")
+    eventually(
+        lambda: [e for e in ns.events("memory") if "deleted 1 store items beyond 2" in e[2]],
+        what=f"a Pruned event: {ns.events('memory')}\n{operator.log()[-3000:]}",
+    )
+    labels = {"namespace": ns.name, "policy": "memory"}
+    text = eventually(
+        lambda: (
+            t
+            if metric(
+                t := operator.metrics(), "threadkeeper_store_excess_items_deleted_total", **labels
+            )
+            else None
+        ),
+        what="the excess-items counter",
+    )
+    assert metric(text, "threadkeeper_store_idle_items_deleted_total", **labels) == 1
+    assert metric(text, "threadkeeper_store_excess_items_deleted_total", **labels) == 1
+    assert operator.forbidden() == []
+
+
 @pytest.mark.cluster
 def test_run_now_annotation_triggers_a_run(
     namespace: Namespace, start_operator: Callable[[Namespace], Operator]

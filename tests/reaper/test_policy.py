@@ -146,9 +146,11 @@ def test_the_documented_example_parses() -> None:
     [
         ({}, "spec: set at least one of threads, checkpoints, orphans"),
         ({"threads": {}}, "spec.threads: set maxIdle, archivedFor or both"),
-        ({"store": {"sweepExpired": False}}, "spec.store: set sweepExpired: true"),
-        ({"store": {}}, "spec.store.sweepExpired: Field required"),
-        ({"store": {"sweepExpired": True, "maxIdle": "1d"}}, "spec.store.maxIdle: Extra inputs"),
+        ({"store": {"sweepExpired": False}}, "spec.store: set sweepExpired: true, maxItems"),
+        ({"store": {}}, "spec.store: set sweepExpired: true, maxItemsPerNamespace or maxIdle"),
+        ({"store": {"maxIdle": "1 day"}}, "spec.store.maxIdle: '1 day' is not a duration"),
+        ({"store": {"maxItemsPerNamespace": 0}}, "spec.store.maxItemsPerNamespace: Input should"),
+        ({"store": {"sweepExpired": True, "maxAge": "1d"}}, "spec.store.maxAge: Extra inputs"),
         ({"checkpoints": {"keepLast": 0}}, "spec.checkpoints.keepLast: Input should be greater"),
         ({"threads": {"maxIdle": "30 days"}}, "spec.threads.maxIdle: '30 days' is not a duration"),
         ({"orphans": {}}, "spec.orphans.olderThan: Field required"),
@@ -280,7 +282,7 @@ def test_the_crd_keeps_unknown_fields_to_refuse_them() -> None:
 
 def test_every_crd_duration_is_bounded_like_the_model() -> None:
     durations = _crd_parts("duration")
-    assert len(durations) == 8
+    assert len(durations) == 9
     for path, schema in durations:
         (rule,) = schema["x-kubernetes-validations"]
         table = re.search(r"\{(.*?)\}", rule["rule"])
@@ -336,6 +338,9 @@ def test_crd_shape() -> None:
         "checkpointsDeleted",
         "blobsDeleted",
         "writesDeleted",
+        "storeExpiredItemsDeleted",
+        "storeIdleItemsDeleted",
+        "storeExcessItemsDeleted",
         "durationSeconds",
         "outcome",
         "message",

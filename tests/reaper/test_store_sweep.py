@@ -4,7 +4,9 @@ Postgres (items written by the service's own store)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
@@ -14,7 +16,7 @@ from threadkeeper.reaper import stats
 from threadkeeper.reaper.engine import prune
 from threadkeeper.reaper.metrics import ReaperMetrics
 from threadkeeper.reaper.summary import Outcome
-from threadkeeper.service.db import Pool
+from threadkeeper.service.db import Pool, connect
 from threadkeeper.service.store import OwnerStore, StoreSettings, open_store
 
 SWEEP = policy(store={"sweepExpired": True})
@@ -102,3 +104,130 @@ async def test_metrics_count_swept_items_and_size_the_store(
     assert registry.get_sample_value("threadkeeper_store_items", LABELS) == 2.0
     size = registry.get_sample_value("threadkeeper_store_table_bytes", {**LABELS, "table": "store"})
     assert size is not None and size > 0
+
+
+# Items written as the service writes them, then dated back (a test cannot wait days).
+BACKDATE_SQL = """
+UPDATE store SET updated_at = now() - %(age)s::interval
+WHERE key = %(key)s
+"""
+# A read with refresh_ttl sets expires_at to now + ttl_minutes: the item was read just now.
+READ_NOW_SQL = """
+UPDATE store SET expires_at = now() + make_interval(mins => ttl_minutes)
+WHERE key = %(key)s
+"""
+
+
+async def _backdate(conn: AsyncConnection[DictRow], **ages: str) -> None:
+    for key, age in ages.items():
+        await conn.execute(BACKDATE_SQL, {"key": key, "age": age})
+
+
+async def test_idle_items_are_deleted_page_by_page(
+    conn: AsyncConnection[DictRow], pool: Pool
+) -> None:
+    ada, bob = (
+        OwnerStore(open_store(pool, StoreSettings()), "ada"),
+        OwnerStore(open_store(pool, StoreSettings()), "bob"),
+    )
+    for key in ("a1", "a2", "a3", "a4"):
+        await ada.aput(("memories",), key, {"v": key})
+    await ada.aput(("memories",), "read", {"v": "read lately"}, ttl=60)
+    await bob.aput(("notes",), "b1", {"v": "bob"})
+    await _backdate(conn, a1="3 days", a3="3 days", b1="3 days", read="3 days", a4="1 hour")
+    await conn.execute(READ_NOW_SQL, {"key": "read"})
+    rule = policy(store={"maxIdle": "2d"}, limits={"batchSize": 2})
+
+    dry = await prune(conn, rule, dry_run=True)
+    assert dry.store_idle_items_deleted == 3
+    assert "would delete 3 store items idle for 2d" in dry.message
+    assert await _keys(conn) == ["a1", "a2", "a3", "a4", "b1", "read"]
+
+    summary = await prune(conn, rule)
+    assert summary.outcome is Outcome.SUCCEEDED
+    assert summary.store_idle_items_deleted == 3
+    assert summary.last_run_status()["storeIdleItemsDeleted"] == 3
+    assert await _keys(conn) == ["a2", "a4", "read"]
+
+
+async def test_each_namespace_keeps_its_most_recently_written_items(
+    conn: AsyncConnection[DictRow], pool: Pool
+) -> None:
+    ada, bob = (
+        OwnerStore(open_store(pool, StoreSettings()), "ada"),
+        OwnerStore(open_store(pool, StoreSettings()), "bob"),
+    )
+    for key in ("n1", "n2", "n3", "n4", "n5"):
+        await ada.aput(("memories",), key, {"v": key})
+    await ada.aput(("profile",), "p1", {"v": "one namespace, under its allowance"})
+    await bob.aput(("memories",), "b1", {"v": "another owner's namespace"})
+    await bob.aput(("memories",), "b2", {"v": "another owner's namespace"})
+    await _backdate(conn, n1="5 hours", n2="4 hours", n3="3 hours", n4="2 hours", n5="1 hour")
+    rule = policy(store={"maxItemsPerNamespace": 2}, limits={"batchSize": 2})
+
+    dry = await prune(conn, rule, dry_run=True)
+    assert dry.store_excess_items_deleted == 3
+    assert "would delete 3 store items beyond 2 per namespace" in dry.message
+    assert len(await _keys(conn)) == 8
+
+    summary = await prune(conn, rule)
+    assert summary.store_excess_items_deleted == 3
+    assert await _keys(conn) == ["b1", "b2", "n4", "n5", "p1"]
+
+
+@pytest.mark.parametrize(
+    ("rules", "left"),
+    [({"maxIdle": "12h"}, ["n1"]), ({"maxItemsPerNamespace": 1}, ["n1", "n3"])],
+    ids=["maxIdle", "maxItemsPerNamespace"],
+)
+async def test_an_item_a_writer_holds_is_left_for_the_next_run(
+    conn: AsyncConnection[DictRow],
+    pool: Pool,
+    database_url: str,
+    rules: dict[str, Any],
+    left: list[str],
+) -> None:
+    """A put in flight on the oldest item (its row locked, not yet committed) is not waited
+    for and not undone: the item stays with the writer's value, the run deletes the rest."""
+    ada = OwnerStore(open_store(pool, StoreSettings()), "ada")
+    for key in ("n1", "n2", "n3"):
+        await ada.aput(("memories",), key, {"v": key})
+    await _backdate(conn, n1="3 days", n2="2 days", n3="1 day")
+    writer = await connect(database_url)
+    try:
+        await writer.set_autocommit(False)
+        await writer.execute(REWRITE_SQL)
+        summary = await prune(conn, policy(store=rules))
+        assert summary.outcome is Outcome.SUCCEEDED
+        deleted = summary.store_excess_items_deleted + summary.store_idle_items_deleted
+        assert deleted == 3 - len(left)
+        await writer.commit()
+    finally:
+        await writer.close()
+    assert await _keys(conn) == left
+    item = await ada.aget(("memories",), "n1")
+    assert item is not None and item.value == {"v": "rewritten"}
+
+
+REWRITE_SQL = """
+UPDATE store SET value = '{"v": "rewritten"}', updated_at = now() WHERE key = 'n1'
+"""
+
+
+async def test_metrics_count_idle_and_excess_deletes(
+    conn: AsyncConnection[DictRow], pool: Pool
+) -> None:
+    ada = OwnerStore(open_store(pool, StoreSettings()), "ada")
+    for key in ("n1", "n2", "n3", "n4"):
+        await ada.aput(("memories",), key, {"v": key})
+    await _backdate(conn, n1="3 days", n2="2 hours", n3="1 hour")
+    registry = CollectorRegistry()
+    metrics = ReaperMetrics(registry)
+
+    metrics.observe_run(
+        await prune(conn, policy(store={"maxIdle": "1d", "maxItemsPerNamespace": 2}))
+    )
+
+    assert registry.get_sample_value("threadkeeper_store_idle_items_deleted_total", LABELS) == 1
+    assert registry.get_sample_value("threadkeeper_store_excess_items_deleted_total", LABELS) == 1
+    assert await _keys(conn) == ["n3", "n4"]
