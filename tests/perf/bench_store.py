@@ -180,6 +180,25 @@ class Stock:
             raise RuntimeError(f"the stock store found {len(found)} items")
 
 
+class InProcess(Stock):
+    """Ours without HTTP: the service's store (a pool connection per call, owner-scoped) called
+    in this process, as the stock one is. Tells the store's own cost from the API's."""
+
+    def __init__(self, store: OwnerStore, items: int) -> None:
+        self.store = store  # type: ignore[assignment]
+        self.items = items
+
+
+async def _owner(database_url: str) -> str:
+    """Whose items the replica's callers write (auth none: one owner), from the probe's label."""
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute(PROBE_SQL)
+        row = await cur.fetchone()
+    assert row is not None
+    label = str(row[0]).split(".")[0]
+    return bytes.fromhex(label.removeprefix("o")).decode()
+
+
 async def _owner_base(service_url: str, database_url: str) -> str:
     """The prefix ours stores ``("bench",)`` under: the owner's label, then ``bench``."""
     async with clients.client() as http:
@@ -216,17 +235,24 @@ async def load_and_search(bench: Bench) -> list[Row]:
             service = servers.ours(ours_url, bench.work, name="ours-store")
             with service.start():
                 await seed(ours_url, await _owner_base(service.url, ours_url), items)
+                owner = await _owner(ours_url)
+                ours_pool = make_pool(ours_url, Settings(database_url=ours_url))
+                await ours_pool.open(wait=True)
                 async with clients.callers(CLIENTS) as https:
                     ours = Ours(service.url, https, items)
-                    # Untimed: connections, pools and caches warm up on both.
-                    await _clients(2, ours.search)
-                    await _clients(2, Stock(stock, items).search)
                     runner = Stock(stock, items)
+                    local = InProcess(
+                        OwnerStore(open_store(ours_pool, StoreSettings()), owner), items
+                    )
+                    # Untimed: connections, pools and caches warm up on all three.
+                    for warm in (ours, runner, local):
+                        await _clients(2, warm.search)
                     puts = await interleave(
                         bench.repetitions,
                         {
                             "ours": lambda _: _clients(ops, ours.put),
                             "stock": lambda _: _clients(ops, runner.put),
+                            "in-process": lambda _: _clients(ops, local.put),
                         },
                     )
                     searches = await interleave(
@@ -234,8 +260,10 @@ async def load_and_search(bench: Bench) -> list[Row]:
                         {
                             "ours": lambda _: _clients(ops, ours.search),
                             "stock": lambda _: _clients(ops, runner.search),
+                            "in-process": lambda _: _clients(ops, local.search),
                         },
                     )
+                await ours_pool.close()
         finally:
             await stock_pool.close()
     details = {"items": items, "clients": CLIENTS, "calls_per_client": ops, "pool": POOL_SIZE}
@@ -250,11 +278,36 @@ async def load_and_search(bench: Bench) -> list[Row]:
             "stock AsyncPostgresStore", searches["stock"], goal=f"<= {GOAL_RATIO}x",
             goal_check=lambda r: r <= GOAL_RATIO, details=details,
         ),
+        compare(
+            NAME, "put p99, 50 callers, ours in-process", "ms", puts["in-process"],
+            "stock AsyncPostgresStore", puts["stock"], details=details,
+        ),
+        compare(
+            NAME, "search (filter) p99, 50 callers, ours in-process", "ms",
+            searches["in-process"], "stock AsyncPostgresStore", searches["stock"],
+            details=details,
+        ),
     ]  # fmt: skip
 
 
 def _plan_uses(plan: Any, index: str) -> bool:
     return index in json.dumps(plan)
+
+
+def _plan_nodes(node: Any) -> list[str]:
+    """The plan's nodes, depth first: ``Index Scan (store_vectors_embedding_idx)``."""
+    if isinstance(node, list):
+        return [n for item in node for n in _plan_nodes(item)]
+    if not isinstance(node, dict):
+        return []
+    if "Plan" in node:
+        return _plan_nodes(node["Plan"])
+    name = str(node.get("Node Type"))
+    if "Index Name" in node:
+        name += f" ({node['Index Name']})"
+    elif "Relation Name" in node:
+        name += f" ({node['Relation Name']})"
+    return [name, *_plan_nodes(node.get("Plans", []))]
 
 
 async def semantic(bench: Bench) -> Row:
@@ -301,7 +354,8 @@ async def semantic(bench: Bench) -> Row:
         NAME, f"semantic search p99, {items} items (embedding included)", "ms",
         [p99(latencies) * 1000], goal=f"plan uses {VECTOR_INDEX}",
         goal_check=lambda _: used,
-        details={"items": items, "queries": queries, "index_used": used, "plan": plan,
+        details={"items": items, "queries": queries, "index_used": used,
+                 "plan": _plan_nodes(plan),
                  "p50_ms": round(statistics.median(latencies) * 1000, 1)},
     )  # fmt: skip
 
