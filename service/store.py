@@ -15,7 +15,7 @@ caller supplies, and the store matches namespaces segment by segment.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -39,6 +39,7 @@ from langgraph.store.postgres.base import PostgresIndexConfig
 
 from threadkeeper.service.db import Pool
 from threadkeeper.service.deployment import StoreConfig
+from threadkeeper.service.put_batches import PutBatches
 
 # Namespace labels cannot hold "."; an owner (an email, a JWT subject) may. Hex keeps every
 # owner one label, and no owner's label a prefix-segment of another's.
@@ -82,8 +83,15 @@ class StoreSettings:
         return cls(index=index, ttl=cast(TTLConfig, ttl))
 
 
+# Put batches one replica writes at a time (see ``put_batches``): few enough that puts arriving
+# together under load share commits, enough that a put held up by a row lock holds up no other.
+PUT_BATCHES_IN_FLIGHT = 4
+
+
 class PooledPostgresStore(AsyncPostgresStore):
-    """``AsyncPostgresStore`` without its one-at-a-time queue: every call is its own batch."""
+    """``AsyncPostgresStore`` without its one-at-a-time queue: every call is its own batch,
+    except puts arriving while ``PUT_BATCHES_IN_FLIGHT`` batches of puts are being written,
+    which go together as the next one."""
 
     aget = BaseStore.aget
     asearch = BaseStore.asearch
@@ -91,8 +99,23 @@ class PooledPostgresStore(AsyncPostgresStore):
     adelete = BaseStore.adelete
     alist_namespaces = BaseStore.alist_namespaces
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._puts = PutBatches(self._write_puts, PUT_BATCHES_IN_FLIGHT)
+
     def _ensure_task(self) -> None:
         """No background task: nothing is queued for it."""
+
+    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        listed = list(ops)
+        puts = [op for op in listed if isinstance(op, PutOp)]
+        if puts and len(puts) == len(listed):
+            await self._puts.put(puts)
+            return [None] * len(puts)
+        return await super().abatch(listed)
+
+    async def _write_puts(self, ops: Sequence[PutOp]) -> None:
+        await super().abatch(ops)
 
 
 def open_store(pool: Pool, settings: StoreSettings) -> PooledPostgresStore:

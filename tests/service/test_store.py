@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import LiteralString
 
 import pytest
 from langgraph.store.base import BaseStore, GetOp, InvalidNamespaceError, Item, PutOp
 from langgraph.store.postgres.aio import AsyncPostgresStore
+from langgraph.store.postgres.base import PostgresIndexConfig
 
 from threadkeeper.service.db import Pool
+from threadkeeper.service.migrations import migrate
 from threadkeeper.service.store import OwnerStore, StoreSettings, open_store, owner_label
 
 
@@ -138,3 +141,43 @@ async def test_an_expired_item_is_not_served_before_it_is_swept(
 
 
 EXPIRED_SQL = "SELECT 1 FROM store WHERE key = 'brief' AND expires_at < now()"
+
+
+# Items written in one transaction share its start time.
+COMMITS_SQL = "SELECT count(DISTINCT updated_at) AS n FROM store WHERE prefix LIKE %s"
+
+
+async def test_puts_arriving_together_share_commits(pool: Pool, store: AsyncPostgresStore) -> None:
+    """Fifty puts at once: every one written, in fewer transactions than puts (the ones that
+    arrive while every put slot is busy go together)."""
+    ada = OwnerStore(store, "ada")
+    await asyncio.gather(*(ada.aput(("burst",), f"k{n}", {"n": n}) for n in range(50)))
+    found = await ada.asearch(("burst",), limit=100)
+    assert sorted(item.value["n"] for item in found) == list(range(50))
+    async with pool.connection() as conn:
+        cur = await conn.execute(COMMITS_SQL, (f"{owner_label('ada')}.burst%",))
+        row = await cur.fetchone()
+    assert row is not None and row["n"] < 50
+
+
+async def test_a_failing_put_fails_alone(pool: Pool) -> None:
+    """An embedding that cannot be made fails its own put, not the others written with it."""
+
+    def embed(texts: Sequence[str]) -> list[list[float]]:
+        if any("boom" in text for text in texts):
+            raise RuntimeError("the embedding service is down")
+        return [[1.0, 0.0, 0.0] for _ in texts]
+
+    index: PostgresIndexConfig = {"dims": 3, "embed": embed, "fields": ["text"]}
+    async with pool.connection() as conn:
+        await migrate(conn, store_index=index)
+    ada = OwnerStore(open_store(pool, StoreSettings(index=index)), "ada")
+    texts = [f"memory {n}" for n in range(30)] + ["boom"]
+    outcomes = await asyncio.gather(
+        *(ada.aput(("mixed",), text, {"text": text}) for text in texts), return_exceptions=True
+    )
+    failed = [text for text, outcome in zip(texts, outcomes, strict=True) if outcome is not None]
+    assert failed == ["boom"]
+    assert isinstance(outcomes[-1], RuntimeError)
+    found = await ada.asearch(("mixed",), limit=100)
+    assert len(found) == 30
