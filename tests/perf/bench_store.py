@@ -280,12 +280,13 @@ async def load_and_search(bench: Bench) -> list[Row]:
         ),
         compare(
             NAME, "put p99, 50 callers, ours in-process", "ms", puts["in-process"],
-            "stock AsyncPostgresStore", puts["stock"], details=details,
+            "stock AsyncPostgresStore", puts["stock"], goal=f"<= {GOAL_RATIO}x",
+            goal_check=lambda r: r <= GOAL_RATIO, details=details,
         ),
         compare(
             NAME, "search (filter) p99, 50 callers, ours in-process", "ms",
             searches["in-process"], "stock AsyncPostgresStore", searches["stock"],
-            details=details,
+            goal=f"<= {GOAL_RATIO}x", goal_check=lambda r: r <= GOAL_RATIO, details=details,
         ),
     ]  # fmt: skip
 
