@@ -1,4 +1,4 @@
-"""Benchmark 11: the long-term memory store.
+"""Benchmark 13: the long-term memory store.
 
 ``put`` and ``search`` (a namespace prefix and a ``filter``) under 50 concurrent clients, against
 a store of 100k items (100 namespaces of 1,000), side by side in one run:
