@@ -9,8 +9,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from threadkeeper.service import lifecycle, prune, serialize, state, threads
-from threadkeeper.service.http import MEDIA_JSON, accepts, owner, responds, services, uuid_param
+from threadkeeper.service.http import (
+    MEDIA_JSON,
+    accepts,
+    owner,
+    queries,
+    responds,
+    services,
+    uuid_param,
+)
 from threadkeeper.service.problems import Problem, not_found
+from threadkeeper.service.query import ChoicesParam
 from threadkeeper.service.schemas import (
     ThreadCount,
     ThreadCreate,
@@ -19,6 +28,10 @@ from threadkeeper.service.schemas import (
     ThreadSearch,
 )
 from threadkeeper.service.threads import TtlStrategy
+
+INCLUDE = ChoicesParam(
+    "include", ("ttl",), "Extra fields, comma separated: ttl (the thread's ttl, or null)"
+)
 
 
 @accepts(ThreadCreate)
@@ -44,18 +57,22 @@ async def create_thread(request: Request, body: ThreadCreate) -> Response:
     return serialize.JSON(serialize.thread(row))
 
 
+@queries(INCLUDE)
 async def get_thread(request: Request) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
+    include = INCLUDE.of(request)
     svc = services(request)
     async with svc.pool.connection() as conn:
         row = await threads.get(conn, thread_id, who)
+        ttl = await threads.ttl_of(conn, thread_id, who) if "ttl" in include else None
     if row is None:
         raise not_found("Thread", thread_id)
     snapshot = await state.latest(await state.of_thread(svc, row), thread_id)
-    return serialize.JSON(
-        serialize.thread(row, values=snapshot.values, interrupts=_interrupts(snapshot))
-    )
+    body = serialize.thread(row, values=snapshot.values, interrupts=_interrupts(snapshot))
+    if "ttl" in include:
+        body["ttl"] = ttl
+    return serialize.JSON(body)
 
 
 def _interrupts(snapshot: object) -> dict[str, list[object]]:
