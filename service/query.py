@@ -200,9 +200,8 @@ class ChoicesParam(QueryParam[frozenset[str]]):
         chosen = frozenset(part.strip() for part in raw.split(",") if part.strip())
         unknown = chosen - set(self.choices)
         if unknown:
-            raise self.refuse(
-                f"a comma-separated list of {', '.join(self.choices)}, got {', '.join(sorted(unknown))}"
-            )
+            listed, got = ", ".join(self.choices), ", ".join(sorted(unknown))
+            raise self.refuse(f"a comma-separated list of {listed}, got {got}")
         return chosen
 
     def schema(self) -> dict[str, Any]:
