@@ -54,9 +54,7 @@ async def test_sdk_search_by_values_and_extract_across_replicas(
         assert "5" in thread["extracted"]["answer"]
         assert thread["extracted"]["kind"] == "sum"
     assert await alice_b.threads.count(values=asked) == 2
-    assert [t["thread_id"] for t in await bob_b.threads.search(values=asked)] == [
-        bobs["thread_id"]
-    ]
+    assert [t["thread_id"] for t in await bob_b.threads.search(values=asked)] == [bobs["thread_id"]]
     assert await alice_b.threads.search(values={"messages": [{"content": "what is 9+9"}]}) == []
     with pytest.raises(UnprocessableEntityError):
         await alice_b.threads.search(extract={"answer": "messages[-1]"})
