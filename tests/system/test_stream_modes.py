@@ -270,8 +270,14 @@ async def test_thread_stream_via_sdk_and_its_failure_paths(replicas: Replicas) -
         unknown = await http.get(f"/threads/{tid}/stream", params={"stream_mode": "telepathy"})
         assert unknown.status_code == 422
         assert unknown.headers["content-type"] == "application/problem+json"
-        bad_id = await http.get(f"/threads/{tid}/stream", headers={"Last-Event-ID": "7"})
-        assert bad_id.status_code == 422
+        for bad in ("7", "since=yesterday;", f"{run['run_id']}:x;", f"{tid}:3;"):
+            bad_id = await http.get(
+                f"/threads/{tid}/stream",
+                params={"stream_mode": "state_update"},
+                headers={"Last-Event-ID": bad},
+            )
+            assert bad_id.status_code == 422, bad
+            assert bad_id.headers["content-type"] == "application/problem+json"
         missing = await http.get(f"/threads/{run['run_id']}/stream")
         assert missing.status_code == 404
         someone_else = {"X-Forwarded-User": "bob"}
