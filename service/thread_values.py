@@ -20,6 +20,7 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from threadkeeper.service import state, threads
+from threadkeeper.service.registry import GraphNotServed
 from threadkeeper.service.serialize import jsonable
 from threadkeeper.service.threads import SortBy, SortOrder, ThreadFilter
 
@@ -129,7 +130,13 @@ async def read(svc: Services, rows: Sequence[DictRow]) -> list[ThreadState]:
 
     async def one(row: DictRow) -> ThreadState:
         async with limit:
-            snapshot = await state.latest(await state.of_thread(svc, row), row["thread_id"])
+            try:
+                graph = await state.of_thread(svc, row)
+            except GraphNotServed:
+                # Its graph left the deployment: its state cannot be read, so it holds nothing
+                # a search could find (rather than failing the caller's whole search).
+                return ThreadState(None, {})
+            snapshot = await state.latest(graph, row["thread_id"])
         interrupts = {t.id: list(t.interrupts) for t in snapshot.tasks if t.interrupts}
         return ThreadState(jsonable(snapshot.values), jsonable(interrupts))
 

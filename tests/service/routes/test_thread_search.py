@@ -163,6 +163,21 @@ async def test_extract_returns_the_given_paths_of_each_thread(client: httpx.Asyn
     assert "extracted" not in (await client.post("/threads/search", json={})).json()[0]
 
 
+async def test_a_thread_whose_graph_is_gone_matches_nothing(client: httpx.AsyncClient) -> None:
+    """Its state cannot be read; the caller's other threads are still found."""
+    gone = (await client.post("/threads", json={"metadata": {"graph_id": "retired"}})).json()
+    assert (await client.get(f"/threads/{gone['thread_id']}")).status_code == 409
+    kept = await _talk(client, "what is 2+3")
+
+    assert await _ids(client, values=ASKED) == [kept]
+    found = await client.post(
+        "/threads/search", json={"extract": {"said": "values.messages[0].content"}}
+    )
+    assert found.status_code == 200, found.text
+    extracted = {t["thread_id"]: t["extracted"]["said"] for t in found.json()}
+    assert extracted == {kept: "what is 2+3", gone["thread_id"]: None}
+
+
 @pytest.mark.parametrize(
     ("extract", "named"),
     [
