@@ -183,3 +183,26 @@ class OptionalFlagParam(QueryParam[bool | None]):
 
     def schema(self) -> dict[str, Any]:
         return {"type": "boolean"}
+
+
+@dataclass(frozen=True)
+class ChoicesParam(QueryParam[frozenset[str]]):
+    """Some of ``choices``, comma separated (as the SDK joins a list); absent is none."""
+
+    name: str
+    choices: Sequence[str]
+    description: str
+
+    def absent(self) -> frozenset[str]:
+        return frozenset()
+
+    def parse(self, raw: str) -> frozenset[str]:
+        chosen = frozenset(part.strip() for part in raw.split(",") if part.strip())
+        unknown = chosen - set(self.choices)
+        if unknown:
+            listed, got = ", ".join(self.choices), ", ".join(sorted(unknown))
+            raise self.refuse(f"a comma-separated list of {listed}, got {got}")
+        return chosen
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "description": self.description}

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from threadkeeper.service import thread_values
 from threadkeeper.service.assistants import SortBy as AssistantSortBy
 from threadkeeper.service.crons import OnRunCompleted, check_schedule, zone
 from threadkeeper.service.crons import SortBy as CronSortBy
@@ -96,23 +97,11 @@ class ThreadPatch(Body):
     ttl: ThreadTTL | None = None
 
 
-UNSUPPORTED_SEARCH_OPTIONS = {
-    "values": "filtering on values is not supported",
-    "extract": "extract is not supported",
-}
-
-
-def _unsupported_search_option(value: Any, info: ValidationInfo) -> Any:
-    # A thread's values live in its checkpoints (blobs, for all but plain values), not in a row
-    # Postgres could filter or extract from: either would be a read of every thread's state.
-    if value:
-        raise ValueError(UNSUPPORTED_SEARCH_OPTIONS[str(info.field_name)])
-    return value
-
-
 class ThreadSearch(Body):
     ids: list[UUID] | None = None
     metadata: dict[str, Any] | None = None
+    # JSON containment on each thread's latest values (service.thread_values).
+    values: dict[str, Any] | None = None
     status: ThreadStatusChoice | None = None
     archived: bool | None = False
     limit: int = Field(default=10, ge=1, le=MAX_PAGE)
@@ -120,19 +109,22 @@ class ThreadSearch(Body):
     sort_by: SortBy = "created_at"
     sort_order: Literal["asc", "desc"] = "desc"
     select: list[str] | None = None
-    values: dict[str, Any] | None = None
-    extract: dict[str, str] | None = None
-
-    _unsupported = field_validator(*UNSUPPORTED_SEARCH_OPTIONS)(_unsupported_search_option)
+    # Alias to path (``values.messages[-1].content``), returned under ``extracted``.
+    extract: (
+        Annotated[
+            dict[str, str],
+            Field(max_length=thread_values.MAX_EXTRACT_PATHS),
+            AfterValidator(thread_values.check_extract),
+        ]
+        | None
+    ) = None
 
 
 class ThreadCount(Body):
     metadata: dict[str, Any] | None = None
+    values: dict[str, Any] | None = None
     status: ThreadStatusChoice | None = None
     archived: bool | None = False
-    values: dict[str, Any] | None = None
-
-    _unsupported = field_validator("values")(_unsupported_search_option)
 
 
 class ThreadPrune(Body):

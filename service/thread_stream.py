@@ -6,14 +6,24 @@ to its ``end``, then the next run's. An event's id names its run and its number 
 (``<run_id>:<seq>``), so ``Last-Event-ID`` resumes right after it, whichever replica serves the
 rejoin. Without one, the stream starts at the thread's oldest unfinished run, or with the next
 run queued if none is.
+
+What a follower gets is its modes' (the Agent Server's): ``run_modes`` every event of every run;
+``lifecycle`` only each run's start (its ``metadata``, once per attempt) and end (``metadata``
+``{"status": "run_done"}``); ``state_update`` each ``POST /threads/{id}/state`` after the start,
+read from the thread's checkpoints (an update is one with source ``update``), as a
+``state_update`` event with the state it made. A stream that follows updates numbers its events
+``<run part>;<checkpoint_id>``, so ``Last-Event-ID`` resumes both exactly.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
+from enum import StrEnum
+from typing import Any
 from uuid import UUID
 
 from psycopg import AsyncConnection
@@ -22,7 +32,8 @@ from psycopg.rows import DictRow
 from threadkeeper.service import events
 from threadkeeper.service.db import Pool
 from threadkeeper.service.errors import InvalidInput
-from threadkeeper.service.notify import ANY_EVENTS, ANY_RUN, Hub
+from threadkeeper.service.notify import ANY_EVENTS, ANY_RUN, EVENTS_CHANNEL, NOTIFY_SQL, Hub
+from threadkeeper.service.serialize import dumps
 
 # Where a new follower starts: the oldest unfinished run, or now.
 START_SQL = """
@@ -39,9 +50,39 @@ WHERE thread_id = %(thread_id)s AND (created_at, run_id) > (%(created_at)s, %(ru
 ORDER BY created_at, run_id
 LIMIT 100
 """
-# A run's own ``end`` is not the thread stream's: the stream goes on with the thread's next run.
-RUN_ONLY = frozenset({"end"})
+# The thread's state updates (root namespace) after a checkpoint id; ids sort by time.
+UPDATES_AFTER_SQL = """
+SELECT checkpoint_id FROM checkpoints
+WHERE thread_id = %(thread_id)s AND checkpoint_ns = '' AND metadata->>'source' = 'update'
+  AND checkpoint_id > %(after)s
+ORDER BY checkpoint_id
+LIMIT 100
+"""
+LATEST_UPDATE_SQL = """
+SELECT coalesce(max(checkpoint_id), '') AS latest FROM checkpoints
+WHERE thread_id = %s AND checkpoint_ns = '' AND metadata->>'source' = 'update'
+"""
 NO_RUN = UUID(int=0)
+# A run's start, as its own stream announces it, and the end a thread stream reports.
+RUN_STARTED = "metadata"
+RUN_ENDED = "end"
+RUN_DONE = "run_done"
+STATE_UPDATE_EVENT = "state_update"
+RUN_PART_SINCE = "since="
+UPDATE_SEPARATOR = ";"
+
+
+class ThreadStreamMode(StrEnum):
+    """What a thread stream carries (``stream_modes``, the SDK's ``stream_mode``)."""
+
+    RUN_MODES = "run_modes"
+    LIFECYCLE = "lifecycle"
+    STATE_UPDATE = "state_update"
+
+
+RUN_FOLLOWING = frozenset({ThreadStreamMode.RUN_MODES, ThreadStreamMode.LIFECYCLE})
+# Describes one state update (a checkpoint id) as its event's data; None when it is gone.
+Describe = Callable[[str], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -54,53 +95,205 @@ class Position:
 
 
 @dataclass(frozen=True)
-class ThreadEvent:
-    run_id: UUID
-    event: events.Event
+class Cursor:
+    """Where a follower is: in the thread's runs, and in its state updates (the last update's
+    checkpoint id, "" before any; None when it does not follow them)."""
+
+    runs: Position
+    update: str | None = None
 
     @property
     def id(self) -> str:
-        return f"{self.run_id}:{self.event.seq}"
+        if self.runs.run_id == NO_RUN:
+            run_part = RUN_PART_SINCE + self.runs.created_at.isoformat()
+        else:
+            run_part = f"{self.runs.run_id}:{self.runs.seq}"
+        if self.update is None:
+            return run_part
+        return run_part + UPDATE_SEPARATOR + self.update
 
 
-def parse_event_id(raw: str) -> tuple[UUID, int]:
-    """A thread stream's ``Last-Event-ID``: ``<run_id>:<seq>``."""
-    run, _, seq = raw.strip().partition(":")
+@dataclass(frozen=True)
+class ThreadEvent:
+    """One event of the stream and the cursor right after it (its id)."""
+
+    cursor: Cursor
+    event: str
+    raw: str  # the event's data, JSON
+
+    @property
+    def id(self) -> str:
+        return self.cursor.id
+
+
+def _bad_id() -> InvalidInput:
+    return InvalidInput("Last-Event-ID must be an id this stream sent")
+
+
+def parse_event_id(raw: str) -> tuple[UUID | datetime, int, str | None]:
+    """A thread stream's ``Last-Event-ID``: the run and event reached (or the time the stream
+    started, before any run), and the state update reached when it follows them."""
+    run_part, separator, update = raw.strip().partition(UPDATE_SEPARATOR)
     try:
-        return UUID(run), max(int(seq), 0)
+        if run_part.startswith(RUN_PART_SINCE):
+            return datetime.fromisoformat(run_part.removeprefix(RUN_PART_SINCE)), 0, update
+        run, _, seq = run_part.partition(":")
+        return UUID(run), max(int(seq), 0), update if separator else None
     except ValueError as exc:
-        raise InvalidInput("Last-Event-ID must be <run_id>:<number>, as sent") from exc
+        raise _bad_id() from exc
 
 
 async def start(
-    conn: AsyncConnection[DictRow], thread_id: UUID, last_event_id: str | None
-) -> Position:
-    """Where a follower starts: right after ``last_event_id``, or at the live runs."""
+    conn: AsyncConnection[DictRow],
+    thread_id: UUID,
+    last_event_id: str | None,
+    modes: frozenset[ThreadStreamMode],
+) -> Cursor:
+    """Where a follower starts: right after ``last_event_id``, or at the live runs and the
+    thread's latest state update."""
+    following_updates = ThreadStreamMode.STATE_UPDATE in modes
     if last_event_id:
-        run_id, seq = parse_event_id(last_event_id)
-        cur = await conn.execute(RUN_QUEUED_AT_SQL, (run_id, thread_id))
-        row = await cur.fetchone()
-        if row is None:
-            raise InvalidInput(f"Last-Event-ID names no run of this thread: {run_id}")
-        return Position(row["created_at"], run_id, seq)
+        where, seq, update = parse_event_id(last_event_id)
+        if isinstance(where, datetime):
+            runs = Position(where, NO_RUN, 0)
+        else:
+            cur = await conn.execute(RUN_QUEUED_AT_SQL, (where, thread_id))
+            row = await cur.fetchone()
+            if row is None:
+                raise InvalidInput(f"Last-Event-ID names no run of this thread: {where}")
+            runs = Position(row["created_at"], where, seq)
+        if update is not None or not following_updates:
+            return Cursor(runs, update if following_updates else None)
+        return Cursor(runs, await _latest_update(conn, thread_id))
     cur = await conn.execute(START_SQL, (thread_id,))
     row = await cur.fetchone()
     assert row is not None
     # Just before the oldest live run: the follower starts with it.
-    return Position(row["since"], NO_RUN, 0)
+    runs = Position(row["since"], NO_RUN, 0)
+    return Cursor(runs, await _latest_update(conn, thread_id) if following_updates else None)
+
+
+async def _latest_update(conn: AsyncConnection[DictRow], thread_id: UUID) -> str:
+    cur = await conn.execute(LATEST_UPDATE_SQL, (str(thread_id),))
+    row = await cur.fetchone()
+    return str(row["latest"]) if row else ""
+
+
+async def announce_update(conn: AsyncConnection[DictRow], thread_id: UUID) -> None:
+    """Wake the thread's followers on every replica: its state was updated."""
+    await conn.execute(NOTIFY_SQL, (EVENTS_CHANNEL, f"thread:{thread_id}"))
 
 
 async def follow(
     pool: Pool,
     hub: Hub,
     thread_id: UUID,
-    position: Position,
+    cursor: Cursor,
+    modes: frozenset[ThreadStreamMode],
+    describe: Describe,
     heartbeat: float,
     closing: asyncio.Event,
 ) -> AsyncIterator[ThreadEvent | None]:
-    """The thread's runs' events from ``position`` on, until ``closing``; None is a heartbeat."""
+    """The stream from ``cursor`` on, until ``closing``; None is a heartbeat."""
+    sources: list[AsyncGenerator[ThreadEvent | None, None]] = []
+    if modes & RUN_FOLLOWING:
+        sources.append(_runs(pool, hub, thread_id, cursor.runs, modes, heartbeat, closing))
+    if cursor.update is not None:
+        sources.append(_updates(pool, hub, thread_id, cursor.update, describe, heartbeat, closing))
+    async for item in _merged(sources):
+        if item is None:
+            yield None
+            continue
+        # Each source says where it got to; the id carries where all of them are.
+        if isinstance(item, ThreadEvent):
+            runs = item.cursor.runs if item.cursor.runs.run_id != NO_RUN else cursor.runs
+            update = cursor.update if item.cursor.update is None else item.cursor.update
+            cursor = Cursor(runs, update)
+            yield replace(item, cursor=cursor)
+
+
+async def _merged(sources: list[AsyncGenerator[Any, None]]) -> AsyncIterator[Any]:
+    """The items of every source as they come, until all end; a source's failure is raised."""
+    if len(sources) == 1:
+        async with contextlib.aclosing(sources[0]) as only:
+            async for item in only:
+                yield item
+        return
+    # One item at a time per source: a slow client holds the sources back, not memory.
+    queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue(maxsize=len(sources))
+
+    async def pump(source: AsyncGenerator[Any, None]) -> None:
+        async with contextlib.aclosing(source):
+            try:
+                async for item in source:
+                    await queue.put((False, item))
+            except Exception as exc:
+                await queue.put((True, exc))
+                return
+        await queue.put((True, None))
+
+    tasks = [asyncio.create_task(pump(source)) for source in sources]
+    try:
+        running = len(tasks)
+        while running:
+            done, item = await queue.get()
+            if not done:
+                yield item
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                running -= 1
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _updates(
+    pool: Pool,
+    hub: Hub,
+    thread_id: UUID,
+    after: str,
+    describe: Describe,
+    heartbeat: float,
+    closing: asyncio.Event,
+) -> AsyncGenerator[ThreadEvent | None, None]:
+    """The thread's state updates after ``after``, as ``state_update`` events."""
+    no_runs = Position(datetime.min, NO_RUN, 0)
+    while not closing.is_set():
+        wakeup = hub.arm(ANY_EVENTS)
+        try:
+            async with pool.connection() as conn:
+                cur = await conn.execute(
+                    UPDATES_AFTER_SQL, {"thread_id": str(thread_id), "after": after}
+                )
+                updates = [str(row["checkpoint_id"]) for row in await cur.fetchall()]
+            for checkpoint_id in updates:
+                after = checkpoint_id
+                data = await describe(checkpoint_id)
+                if data is not None:
+                    raw = dumps(data).decode()
+                    yield ThreadEvent(Cursor(no_runs, after), STATE_UPDATE_EVENT, raw)
+            if updates:
+                continue
+            if not await _woken(wakeup, closing, heartbeat):
+                yield None
+        finally:
+            hub.disarm(wakeup, ANY_EVENTS)
+
+
+async def _runs(
+    pool: Pool,
+    hub: Hub,
+    thread_id: UUID,
+    position: Position,
+    modes: frozenset[ThreadStreamMode],
+    heartbeat: float,
+    closing: asyncio.Event,
+) -> AsyncGenerator[ThreadEvent | None, None]:
+    """The thread's runs' events from ``position`` on, as ``modes`` show them."""
     if position.run_id != NO_RUN:
-        async for item in _run(pool, hub, position.run_id, position.seq, heartbeat, closing):
+        async for item in _run(pool, hub, position, modes, heartbeat, closing):
             yield item
     while not closing.is_set():
         # Armed before reading: a run queued (or its first event written) meanwhile wakes us.
@@ -117,9 +310,9 @@ async def follow(
                 )
                 queued = await cur.fetchall()
             for row in queued:
-                async for item in _run(pool, hub, row["run_id"], 0, heartbeat, closing):
-                    yield item
                 position = Position(row["created_at"], row["run_id"], 0)
+                async for item in _run(pool, hub, position, modes, heartbeat, closing):
+                    yield item
             if queued:
                 continue
             if not await _woken(wakeup, closing, heartbeat):
@@ -129,13 +322,27 @@ async def follow(
 
 
 async def _run(
-    pool: Pool, hub: Hub, run_id: UUID, after: int, heartbeat: float, closing: asyncio.Event
+    pool: Pool,
+    hub: Hub,
+    position: Position,
+    modes: frozenset[ThreadStreamMode],
+    heartbeat: float,
+    closing: asyncio.Event,
 ) -> AsyncIterator[ThreadEvent | None]:
-    async for event in events.follow(pool, hub, run_id, after, heartbeat, closing):
+    """One run's events after ``position`` as ``modes`` show them."""
+    run_id = position.run_id
+    async for event in events.follow(pool, hub, run_id, position.seq, heartbeat, closing):
         if event is None:
             yield None
-        elif event.event not in RUN_ONLY:
-            yield ThreadEvent(run_id, event)
+            continue
+        at = Cursor(replace(position, seq=event.seq))
+        # A run's own ``end`` is not the thread stream's, which goes on with the next run.
+        if event.event == RUN_ENDED:
+            if ThreadStreamMode.LIFECYCLE in modes:
+                done = {"status": RUN_DONE, "run_id": str(run_id)}
+                yield ThreadEvent(at, RUN_STARTED, dumps(done).decode())
+        elif ThreadStreamMode.RUN_MODES in modes or event.event == RUN_STARTED:
+            yield ThreadEvent(at, event.event, event.raw)
 
 
 async def _woken(wakeup: asyncio.Event, closing: asyncio.Event, seconds: float) -> bool:

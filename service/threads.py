@@ -6,6 +6,7 @@ Every query takes the owner, so a thread of another owner is indistinguishable f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 from uuid import UUID
@@ -56,6 +57,11 @@ RETURNING {COLUMNS_SQL}
 GET_SQL = f"SELECT {COLUMNS_SQL} FROM threads t WHERE t.thread_id = %s AND t.owner = %s"
 
 EXISTS_ANY_OWNER_SQL = "SELECT 1 FROM threads WHERE thread_id = %s"
+
+TTL_SQL = """
+SELECT ttl_strategy, ttl_minutes, ttl_expires_at FROM threads
+WHERE thread_id = %s AND owner = %s AND ttl_strategy IS NOT NULL
+"""
 
 LOCK_SQL = "SELECT thread_id FROM threads WHERE thread_id = %s AND owner = %s FOR UPDATE"
 
@@ -153,6 +159,15 @@ class Ttl:
     minutes: float
 
 
+@dataclass(frozen=True)
+class TtlInfo:
+    """A thread's ttl as ``?include=ttl`` reports it: what it was set to and when it runs out."""
+
+    strategy: TtlStrategy
+    ttl_minutes: float
+    expires_at: datetime
+
+
 def _ttl_params(ttl: Ttl | None) -> dict[str, Any]:
     if ttl is None:
         return {"ttl_strategy": None, "ttl_minutes": None}
@@ -188,6 +203,15 @@ async def insert(
 async def get(conn: AsyncConnection[DictRow], thread_id: UUID, owner: str) -> DictRow | None:
     cur = await conn.execute(GET_SQL, (thread_id, owner))
     return await cur.fetchone()
+
+
+async def ttl_of(conn: AsyncConnection[DictRow], thread_id: UUID, owner: str) -> TtlInfo | None:
+    """The thread's ttl; None when it has none (or the caller has no such thread)."""
+    cur = await conn.execute(TTL_SQL, (thread_id, owner))
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    return TtlInfo(TtlStrategy(row["ttl_strategy"]), row["ttl_minutes"], row["ttl_expires_at"])
 
 
 async def exists_for_anyone(conn: AsyncConnection[DictRow], thread_id: UUID) -> bool:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import html
 from importlib.metadata import version
+from importlib.resources import files
+from pathlib import Path
 
 import psycopg
 import psycopg_pool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from threadkeeper.service.http import MEDIA_JSON, responds, services
 from threadkeeper.service.migrations import schema_is_current
 from threadkeeper.service.openapi import openapi_document
+from threadkeeper.service.problems import Problem
 
 
 async def ok(request: Request) -> Response:
@@ -64,24 +66,50 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(openapi_document(request.app.routes))
 
 
-@responds({200: ("The API as a page", "text/html")})
+# Swagger UI's own files, from the swagger-ui-py package: the page works with no network.
+SWAGGER_UI = Path(str(files("swagger_ui") / "static"))
+DOCS_ASSETS = {
+    "swagger-ui.css": "text/css",
+    "swagger-ui-bundle.js": "text/javascript",
+    "favicon-32x32.png": "image/png",
+}
+# Relative links, so the page also works behind a path prefix.
+DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>threadkeeper API</title>
+<link rel="icon" type="image/png" href="docs/favicon-32x32.png">
+<link rel="stylesheet" href="docs/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="docs/swagger-ui-bundle.js"></script>
+<script>
+window.ui = SwaggerUIBundle({
+  url: "openapi.json",
+  dom_id: "#swagger-ui",
+  deepLinking: true,
+  tryItOutEnabled: false,
+});
+</script>
+</body>
+</html>
+"""
+
+
+@responds({200: ("The API as an interactive page (Swagger UI)", "text/html")})
 async def docs(request: Request) -> Response:
-    doc = openapi_document(request.app.routes)
-    rows = "".join(
-        f"<tr><td><code>{html.escape(method.upper())}</code></td>"
-        f"<td><code>{html.escape(path)}</code></td>"
-        f"<td>{html.escape(op.get('summary', ''))}</td></tr>"
-        for path, ops in doc["paths"].items()
-        for method, op in ops.items()
-    )
-    page = (
-        "<!doctype html><meta charset=utf-8><title>threadkeeper API</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td{padding:.2em 1em}</style>"
-        "<h1>threadkeeper API</h1><p>Machine-readable: <a href=/openapi.json>/openapi.json</a>. "
-        "Wire-compatible with the LangGraph Agent Server for the endpoints listed.</p>"
-        f"<table>{rows}</table>"
-    )
-    return HTMLResponse(page)
+    """The API as an interactive page, over /openapi.json."""
+    return HTMLResponse(DOCS_PAGE)
+
+
+async def docs_asset(request: Request) -> Response:
+    name = request.path_params["asset"]
+    media_type = DOCS_ASSETS.get(name)
+    if media_type is None:
+        raise Problem(404, f"no such file of the docs page: {name}", kind="not-found")
+    return FileResponse(SWAGGER_UI / name, media_type=media_type)
 
 
 routes = [
@@ -92,4 +120,5 @@ routes = [
     Route("/metrics", metrics, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/docs", docs, methods=["GET"]),
+    Route("/docs/{asset}", docs_asset, methods=["GET"], include_in_schema=False),
 ]

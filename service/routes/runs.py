@@ -15,8 +15,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Scope
 
-from threadkeeper.service import events, lifecycle, runs, serialize, thread_stream, threads
+from threadkeeper.service import events, lifecycle, runs, serialize, state, thread_stream, threads
 from threadkeeper.service.domain import ACTIVE_RUN_STATUSES, CancelAction, RunStatus
+from threadkeeper.service.executor import thread_config
 from threadkeeper.service.http import (
     MEDIA_JSON,
     MEDIA_SSE,
@@ -35,6 +36,7 @@ from threadkeeper.service.schemas import LIMIT, OFFSET, CancelMany, RunCreate
 from threadkeeper.service.services import Services
 from threadkeeper.service.stream_modes import sent_for
 from threadkeeper.service.submit import result_of, submit, wait_for_end
+from threadkeeper.service.thread_stream import ThreadStreamMode
 
 HEARTBEAT_SECONDS = 5.0
 KEEPALIVE_SECONDS = 5.0
@@ -47,9 +49,10 @@ WAIT = FlagParam("wait")
 CANCEL_ON_DISCONNECT = FlagParam("cancel_on_disconnect")
 STREAM_MODE = TextParam("stream_mode", "a stream mode, or a JSON list of them; all when absent")
 THREAD_STREAM_MODE = TextParam(
-    "stream_mode", "run_modes (the default: every run's events), or a JSON list of it"
+    "stream_mode",
+    "run_modes (the default: every run's events), lifecycle (each run's start and end), "
+    "state_update (each state update), or a list of them",
 )
-THREAD_STREAM_MODES = frozenset({"run_modes"})
 
 
 def _paths(thread_id: UUID, run_id: UUID) -> tuple[str, str]:
@@ -375,18 +378,40 @@ def _query_modes(request: Request, *names: str) -> set[str] | None:
     return chosen or None
 
 
-def _thread_stream_modes(request: Request) -> set[str]:
-    """``stream_mode`` (the SDK's name) or ``stream_modes`` (the Agent Server's)."""
-    chosen = _query_modes(request, "stream_mode", "stream_modes") or set()
-    unsupported = chosen - THREAD_STREAM_MODES
+def _thread_stream_modes(request: Request) -> frozenset[ThreadStreamMode]:
+    """``stream_mode`` (the SDK's name) or ``stream_modes`` (the Agent Server's), each a mode,
+    a JSON list or a comma-separated list of them; ``run_modes`` when none is named."""
+    named = _query_modes(request, "stream_mode", "stream_modes") or set()
+    chosen = {part.strip() for mode in named for part in mode.split(",") if part.strip()}
+    known = {mode.value for mode in ThreadStreamMode}
+    unsupported = chosen - known
     if unsupported:
         raise Problem(
             422,
             f"thread stream_mode {sorted(unsupported)} is not supported "
-            f"(supported: {', '.join(sorted(THREAD_STREAM_MODES))})",
+            f"(supported: {', '.join(sorted(known))})",
             kind="invalid-input",
         )
-    return chosen
+    if not chosen:
+        return frozenset({ThreadStreamMode.RUN_MODES})
+    return frozenset(ThreadStreamMode(mode) for mode in chosen)
+
+
+def _state_of_update(svc: Services, thread_id: UUID, who: str) -> thread_stream.Describe:
+    """What a ``state_update`` event says: the thread's state at the update's checkpoint."""
+
+    async def describe(checkpoint_id: str) -> Any:
+        async with svc.pool.connection() as conn:
+            row = await threads.get(conn, thread_id, who)
+        if row is None:
+            return None
+        graph = await state.of_thread(svc, row)
+        snapshot = await state.read(graph, thread_config(thread_id, checkpoint_id))
+        if snapshot.created_at is None:
+            return None  # pruned since
+        return {"state": serialize.state(snapshot), "thread_id": str(thread_id)}
+
+    return describe
 
 
 @responds({200: ("Every run's events as they happen", MEDIA_SSE)})
@@ -395,20 +420,22 @@ async def join_thread_stream(request: Request) -> Response:
     """Every run of the thread as it happens, from any replica; ``Last-Event-ID`` resumes."""
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
-    _thread_stream_modes(request)
+    modes = _thread_stream_modes(request)
     svc = services(request)
     async with svc.pool.connection() as conn:
         if await threads.get(conn, thread_id, who) is None:
             raise not_found("Thread", thread_id)
-        position = await thread_stream.start(conn, thread_id, request.headers.get("last-event-id"))
+        cursor = await thread_stream.start(
+            conn, thread_id, request.headers.get("last-event-id"), modes
+        )
+    describe = _state_of_update(svc, thread_id, who)
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         async for item in thread_stream.follow(
-            svc.pool, svc.hub, thread_id, position, HEARTBEAT_SECONDS, svc.closing
+            svc.pool, svc.hub, thread_id, cursor, modes, describe, HEARTBEAT_SECONDS, svc.closing
         ):
             if item is not None:
-                event = item.event
-                yield ServerSentEvent(data=event.raw, event=event.event, id=item.id)
+                yield ServerSentEvent(data=item.raw, event=item.event, id=item.id)
         # Only a replica that stops serving ends it: the client rejoins with Last-Event-ID.
         cut(request.scope)
 

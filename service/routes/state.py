@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from threadkeeper.service import lifecycle, serialize, state, threads
+from threadkeeper.service import lifecycle, serialize, state, thread_stream, threads
 from threadkeeper.service.errors import ThreadBusy
 from threadkeeper.service.executor import thread_config
 from threadkeeper.service.graphs import AnyGraph
@@ -107,6 +107,8 @@ async def update_state(request: Request, body: StateUpdate) -> Response:
         await conn.execute(
             "UPDATE threads SET updated_at = now() WHERE thread_id = %s", (thread_id,)
         )
+        # Heard at commit, by the thread's followers on every replica (state_update).
+        await thread_stream.announce_update(conn, thread_id)
     conf = new_config["configurable"]
     return serialize.JSON(
         {

@@ -8,9 +8,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from threadkeeper.service import lifecycle, prune, serialize, state, threads
-from threadkeeper.service.http import MEDIA_JSON, accepts, owner, responds, services, uuid_param
+from threadkeeper.service import lifecycle, prune, serialize, state, thread_values, threads
+from threadkeeper.service.http import (
+    MEDIA_JSON,
+    accepts,
+    owner,
+    queries,
+    responds,
+    services,
+    uuid_param,
+)
 from threadkeeper.service.problems import Problem, not_found
+from threadkeeper.service.query import ChoicesParam
 from threadkeeper.service.schemas import (
     ThreadCount,
     ThreadCreate,
@@ -19,6 +28,10 @@ from threadkeeper.service.schemas import (
     ThreadSearch,
 )
 from threadkeeper.service.threads import TtlStrategy
+
+INCLUDE = ChoicesParam(
+    "include", ("ttl",), "Extra fields, comma separated: ttl (the thread's ttl, or null)"
+)
 
 
 @accepts(ThreadCreate)
@@ -44,18 +57,22 @@ async def create_thread(request: Request, body: ThreadCreate) -> Response:
     return serialize.JSON(serialize.thread(row))
 
 
+@queries(INCLUDE)
 async def get_thread(request: Request) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
+    include = INCLUDE.of(request)
     svc = services(request)
     async with svc.pool.connection() as conn:
         row = await threads.get(conn, thread_id, who)
+        ttl = await threads.ttl_of(conn, thread_id, who) if "ttl" in include else None
     if row is None:
         raise not_found("Thread", thread_id)
     snapshot = await state.latest(await state.of_thread(svc, row), thread_id)
-    return serialize.JSON(
-        serialize.thread(row, values=snapshot.values, interrupts=_interrupts(snapshot))
-    )
+    body = serialize.thread(row, values=snapshot.values, interrupts=_interrupts(snapshot))
+    if "ttl" in include:
+        body["ttl"] = ttl
+    return serialize.JSON(body)
 
 
 def _interrupts(snapshot: object) -> dict[str, list[object]]:
@@ -111,30 +128,52 @@ async def prune_threads(request: Request, body: ThreadPrune) -> Response:
 
 @accepts(ThreadSearch)
 async def search_threads(request: Request, body: ThreadSearch) -> Response:
-    who = owner(request)
+    """Search the caller's threads; ``values`` filters on each thread's latest values (JSON
+    containment) and ``extract`` returns the given paths of each under ``extracted``."""
     flt = threads.ThreadFilter(
-        owner=who, ids=body.ids, metadata=body.metadata, status=body.status, archived=body.archived
+        owner=owner(request),
+        ids=body.ids,
+        metadata=body.metadata,
+        status=body.status,
+        archived=body.archived,
     )
-    async with services(request).pool.connection() as conn:
-        rows, total = await threads.search(
-            conn,
-            flt,
-            limit=body.limit,
-            offset=body.offset,
-            sort_by=body.sort_by,
-            sort_order=body.sort_order,
+    order = thread_values.Order(body.sort_by, body.sort_order)
+    svc = services(request)
+    states: list[thread_values.ThreadState] | None = None
+    if body.values:
+        rows, states, total = await thread_values.search(
+            svc, flt, body.values, order, limit=body.limit, offset=body.offset
         )
+    else:
+        async with svc.pool.connection() as conn:
+            rows, total = await threads.search(
+                conn,
+                flt,
+                limit=body.limit,
+                offset=body.offset,
+                sort_by=order.by,
+                sort_order=order.direction,
+            )
     items = [serialize.thread(r) for r in rows]
-    return serialize.page(items, select=body.select, offset=body.offset, total=total)
+    if body.extract:
+        if states is None and thread_values.needs_state(body.extract):
+            states = await thread_values.read(svc, rows)
+        for i, item in enumerate(items):
+            whole = item if states is None else thread_values.with_state(item, states[i])
+            item["extracted"] = thread_values.extracted(whole, body.extract)
+    select = [*body.select, "extracted"] if body.select and body.extract else body.select
+    return serialize.page(items, select=select, offset=body.offset, total=total)
 
 
 @accepts(ThreadCount)
 async def count_threads(request: Request, body: ThreadCount) -> Response:
-    who = owner(request)
     flt = threads.ThreadFilter(
-        owner=who, metadata=body.metadata, status=body.status, archived=body.archived
+        owner=owner(request), metadata=body.metadata, status=body.status, archived=body.archived
     )
-    async with services(request).pool.connection() as conn:
+    svc = services(request)
+    if body.values:
+        return serialize.JSON(await thread_values.count(svc, flt, body.values))
+    async with svc.pool.connection() as conn:
         n = await threads.count(conn, flt)
     return serialize.JSON(n)
 

@@ -150,6 +150,7 @@ def test_service_environment(helm: Helm) -> None:
             "service.concurrentRuns": 2,
             "service.pool.minSize": 3,
             "service.pool.maxSize": 12,
+            "service.temporaryThreadSeconds": 300,
         }
     )
     env = support.env_of(support.containers(find(docs, "Deployment", SERVICE))[0])
@@ -160,6 +161,7 @@ def test_service_environment(helm: Helm) -> None:
     assert values["THREADKEEPER_WORKERS"] == "2"
     assert values["THREADKEEPER_POOL_MIN_SIZE"] == "3"
     assert values["THREADKEEPER_POOL_MAX_SIZE"] == "12"
+    assert values["THREADKEEPER_TEMPORARY_THREAD_SECONDS"] == "300"
     assert values["THREADKEEPER_PREPARED_STATEMENTS"] == "true"
     assert values["THREADKEEPER_LOG_FORMAT"] == "json"
     assert env["THREADKEEPER_REPLICA"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
@@ -565,6 +567,8 @@ def test_helm_test_pod(helm: Helm) -> None:
         ({**BASE, "monitoring.dashboard.labelValue": "a b"}, "/monitoring/dashboard/labelValue"),
         ({**BASE, "monitoring.dashboard.enable": True}, "'enable' not allowed"),
         ({**BASE, "service.config": 7}, "/service/config"),
+        ({**BASE, "service.temporaryThreadSeconds": -1}, "/service/temporaryThreadSeconds"),
+        ({**BASE, "service.temporaryThreadSeconds": "1m"}, "/service/temporaryThreadSeconds"),
     ],
 )
 def test_schema_rejects(helm: Helm, values: dict[str, Any], message: str) -> None:

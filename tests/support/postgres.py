@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -59,7 +60,10 @@ def create_template(server_url: str) -> None:
         finally:
             await conn.close()
 
-    asyncio.run(run())
+    # On a thread of its own: a session fixture may already run an event loop on this one
+    # (Playwright's sync API does, in the browser tier).
+    with ThreadPoolExecutor(1) as executor:
+        executor.submit(asyncio.run, run()).result()
 
 
 @contextmanager

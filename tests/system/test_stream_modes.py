@@ -267,16 +267,88 @@ async def test_thread_stream_via_sdk_and_its_failure_paths(replicas: Replicas) -
 
     alice = {"X-Forwarded-User": "alice"}
     async with httpx.AsyncClient(base_url=a.url, timeout=10, headers=alice) as http:
-        unknown = await http.get(f"/threads/{tid}/stream", params={"stream_mode": "lifecycle"})
+        unknown = await http.get(f"/threads/{tid}/stream", params={"stream_mode": "telepathy"})
         assert unknown.status_code == 422
         assert unknown.headers["content-type"] == "application/problem+json"
-        bad_id = await http.get(f"/threads/{tid}/stream", headers={"Last-Event-ID": "7"})
-        assert bad_id.status_code == 422
+        for bad in ("7", "since=yesterday;", f"{run['run_id']}:x;", f"{tid}:3;"):
+            bad_id = await http.get(
+                f"/threads/{tid}/stream",
+                params={"stream_mode": "state_update"},
+                headers={"Last-Event-ID": bad},
+            )
+            assert bad_id.status_code == 422, bad
+            assert bad_id.headers["content-type"] == "application/problem+json"
         missing = await http.get(f"/threads/{run['run_id']}/stream")
         assert missing.status_code == 404
         someone_else = {"X-Forwarded-User": "bob"}
         other = await http.get(f"/threads/{tid}/stream", headers=someone_else)
         assert other.status_code == 404
+
+
+async def test_thread_stream_lifecycle_and_state_update_modes(replicas: Replicas) -> None:
+    """``lifecycle``: each run's start and ``run_done``; ``state_update``: each update of the
+    thread's state, with the state it made; both from the other replica, and a rejoin with
+    Last-Event-ID goes on right after the event named, in both."""
+    a = replicas("a").start()
+    b = replicas("b").start(migrate=False)
+    on_a, on_b = get_client(url=a.url), get_client(url=b.url)
+    tid = (await on_a.threads.create())["thread_id"]
+    await on_b.runs.wait(tid, "agent", input=_say("before anyone follows"))
+    note = {"messages": [{"role": "user", "content": "noted"}]}
+    # Busy until cancelled: the stream, opened whenever the SDK gets to it, starts with it.
+    slow = await on_b.runs.create(tid, "agent", input=_say("please look up slowly 600"))
+    got: list[StreamPart] = []
+    async with asyncio.timeout(STREAM_TIMEOUT):
+        stream = await on_a.threads.join_stream(tid, stream_mode=["lifecycle", "state_update"])
+        async for part in stream:
+            got.append(part)
+            if len(got) == 1:  # the slow run started: end it, update, run again
+                await on_b.runs.cancel(tid, slow["run_id"], wait=True)
+                updated = await on_b.threads.update_state(tid, note, as_node="reply")
+                second = await on_b.runs.create(tid, "agent", input=_say("what is 2+3"))
+            if len(got) == 5:
+                break
+    shown = [(p.event, p.data.get("status"), p.data.get("run_id")) for p in got]
+    assert shown == [
+        ("metadata", None, slow["run_id"]),
+        ("metadata", "run_done", slow["run_id"]),
+        ("state_update", None, None),
+        ("metadata", None, second["run_id"]),
+        ("metadata", "run_done", second["run_id"]),
+    ]
+    assert got[0].data["attempt"] == 1
+    assert got[2].data["thread_id"] == tid
+    state = got[2].data["state"]
+    assert state["checkpoint"]["checkpoint_id"] == updated["checkpoint"]["checkpoint_id"]
+    assert state["values"]["messages"][-1]["content"] == "noted"
+
+    # Rejoined on the other replica after the first run's start: the rest, the same ids.
+    rest: list[StreamPart] = []
+    async with asyncio.timeout(STREAM_TIMEOUT):
+        async for part in await on_b.threads.join_stream(
+            tid, stream_mode=["lifecycle", "state_update"], last_event_id=got[0].id
+        ):
+            rest.append(part)
+            if len(rest) == len(got) - 1:
+                break
+    assert [(p.event, p.id, p.data) for p in rest] == [(p.event, p.id, p.data) for p in got[1:]]
+
+    # state_update alone, resumed before the update: it again, then the next; no run events.
+    again = {"messages": [{"role": "user", "content": "again"}]}
+    alone: list[StreamPart] = []
+    async with asyncio.timeout(STREAM_TIMEOUT):
+        async for part in await on_b.threads.join_stream(
+            tid, stream_mode="state_update", last_event_id=got[0].id
+        ):
+            alone.append(part)
+            if len(alone) == 1:
+                await on_a.runs.wait(tid, "agent", input=_say("one more"))
+                await on_a.threads.update_state(tid, again, as_node="reply")
+            if len(alone) == 2:
+                break
+    assert [p.event for p in alone] == ["state_update", "state_update"]
+    assert alone[0].data == got[2].data
+    assert alone[1].data["state"]["values"]["messages"][-1]["content"] == "again"
 
 
 async def _sse(r: httpx.Response) -> Any:

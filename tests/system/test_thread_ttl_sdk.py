@@ -35,6 +35,8 @@ async def test_sdk_ttl_and_prune_across_replicas(
     long = await on_a.threads.create(ttl={"ttl": 60 * 24, "strategy": "delete"})
     # Restarted from now, on the other replica.
     await on_b.threads.update(long["thread_id"], metadata={}, ttl={"ttl": 60 * 24})
+    seen = await on_a.threads.get(long["thread_id"], include=["ttl"])
+    assert (seen["ttl"]["strategy"], seen["ttl"]["ttl_minutes"]) == ("delete", 60 * 24)
     pruned_one = await on_b.threads.create()
     for thread in (short, long, pruned_one):
         for text in ("hello", "what is 2+3"):

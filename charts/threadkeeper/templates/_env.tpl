@@ -67,6 +67,8 @@
 - name: THREADKEEPER_MAX_RUNS_PER_OWNER
   value: {{ .Values.service.maxRunsPerOwner | quote }}
 {{- end }}
+- name: THREADKEEPER_TEMPORARY_THREAD_SECONDS
+  value: {{ .Values.service.temporaryThreadSeconds | quote }}
 - name: THREADKEEPER_POOL_MIN_SIZE
   value: {{ .Values.service.pool.minSize | quote }}
 - name: THREADKEEPER_POOL_MAX_SIZE

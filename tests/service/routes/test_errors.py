@@ -49,9 +49,9 @@ async def test_bad_input_gets_problem_and_changes_nothing(client: httpx.AsyncCli
         ("POST", "/threads/search", {"limit": 5000}, 422),
         ("POST", "/threads/search", {"sort_by": "owner"}, 422),
         ("POST", "/threads/search", {"status": "sleeping"}, 422),
-        ("POST", "/threads/search", {"values": {"answer": 42}}, 422),
-        ("POST", "/threads/search", {"extract": {"last": "values.messages"}}, 422),
-        ("POST", "/threads/count", {"values": {"answer": 42}}, 422),
+        ("POST", "/threads/search", {"values": [42]}, 422),
+        ("POST", "/threads/search", {"extract": {"last": "owner"}}, 422),
+        ("POST", "/threads/count", {"values": "answer"}, 422),
         ("POST", run_url, {"assistant_id": "nobody", "input": hello}, 404),
         ("POST", run_url, {"input": hello}, 422),
         ("POST", run_url, {"assistant_id": "agent", "input": hello, "bogus": True}, 422),
@@ -113,7 +113,17 @@ async def test_openapi_and_docs(client: httpx.AsyncClient) -> None:
     assert "RunCreate" in doc["components"]["schemas"]
     page = await client.get("/docs")
     assert page.status_code == 200
-    assert "/threads/search" in page.text
+    assert page.headers["content-type"].startswith("text/html")
+    # The page's own files come from this service (a package), never a CDN.
+    for asset in ("docs/swagger-ui-bundle.js", "docs/swagger-ui.css"):
+        assert f'"{asset}"' in page.text
+        served = await client.get(f"/{asset}")
+        assert served.status_code == 200
+        assert len(served.content) > 10_000
+    assert "http" not in page.text
+    missing = await client.get("/docs/index.html")
+    _assert_problem(missing, 404)
+    assert "/docs/{asset}" not in doc["paths"]
 
 
 async def test_metrics_use_route_templates(client: httpx.AsyncClient) -> None:

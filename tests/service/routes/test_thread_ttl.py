@@ -68,6 +68,45 @@ async def test_create_and_update_set_the_ttl_from_now(
     assert (await _ttl(pool, thread_id) or {})["ttl_minutes"] == 0.5
 
 
+async def test_include_ttl_reports_the_ttl_set_and_when_it_runs_out(
+    client: httpx.AsyncClient, pool: Pool
+) -> None:
+    # What the SDK sends for threads.get(id, include=["ttl"]).
+    with_ttl = (await client.post("/threads", json={"ttl": {"ttl": 90}})).json()["thread_id"]
+    without = (await client.post("/threads", json={})).json()["thread_id"]
+
+    got = await client.get(f"/threads/{with_ttl}", params={"include": "ttl"})
+
+    assert got.status_code == 200, got.text
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT ttl_expires_at FROM threads WHERE thread_id = %s", (with_ttl,)
+        )
+        expires_at = (await cur.fetchone() or {})["ttl_expires_at"]
+    assert got.json()["ttl"] == {
+        "strategy": "delete",
+        "ttl_minutes": 90.0,
+        "expires_at": expires_at.isoformat(),
+    }
+    assert (await client.get(f"/threads/{without}?include=ttl")).json()["ttl"] is None
+    # Only when asked for, as the Agent Server answers.
+    assert "ttl" not in (await client.get(f"/threads/{with_ttl}")).json()
+    # Another owner's thread stays a 404 whatever is asked for.
+    theirs = await client.get(f"/threads/{with_ttl}?include=ttl", headers=BOB)
+    assert theirs.status_code == 404
+
+
+@pytest.mark.parametrize("include", ["ttl,owner", "values"])
+async def test_include_of_an_unknown_field_is_refused(
+    client: httpx.AsyncClient, include: str
+) -> None:
+    thread_id = (await client.post("/threads", json={"ttl": {"ttl": 5}})).json()["thread_id"]
+    refused = await client.get(f"/threads/{thread_id}", params={"include": include})
+    assert refused.status_code == 422, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert "include" in refused.json()["detail"]
+
+
 @pytest.mark.parametrize(
     "ttl",
     [
