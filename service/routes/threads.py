@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
+from psycopg.rows import DictRow
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -18,6 +20,7 @@ from threadkeeper.service.schemas import (
     ThreadPrune,
     ThreadSearch,
 )
+from threadkeeper.service.services import Services
 from threadkeeper.service.threads import TtlStrategy
 
 
@@ -52,10 +55,13 @@ async def get_thread(request: Request) -> Response:
         row = await threads.get(conn, thread_id, who)
     if row is None:
         raise not_found("Thread", thread_id)
-    snapshot = await state.latest(await state.of_thread(svc, row), thread_id)
-    return serialize.JSON(
-        serialize.thread(row, values=snapshot.values, interrupts=_interrupts(snapshot))
-    )
+    return serialize.JSON(await _with_state(svc, row))
+
+
+async def _with_state(svc: Services, row: DictRow) -> dict[str, Any]:
+    """The thread as the Agent Server shows it: with its latest values and open interrupts."""
+    snapshot = await state.latest(await state.of_thread(svc, row), row["thread_id"])
+    return serialize.thread(row, values=snapshot.values, interrupts=_interrupts(snapshot))
 
 
 def _interrupts(snapshot: object) -> dict[str, list[object]]:
@@ -124,7 +130,12 @@ async def search_threads(request: Request, body: ThreadSearch) -> Response:
             sort_by=body.sort_by,
             sort_order=body.sort_order,
         )
-    items = [serialize.thread(r) for r in rows]
+    # Chat UIs title their thread list from each thread's values (its first message).
+    svc = services(request)
+    if body.select is None or "values" in body.select or "interrupts" in body.select:
+        items = [await _with_state(svc, r) for r in rows]
+    else:
+        items = [serialize.thread(r) for r in rows]
     return serialize.page(items, select=body.select, offset=body.offset, total=total)
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from tests.browser import chat_ui as chat_ui_app
+
 # The machine's network is closed: without these, Chromium keeps trying to reach Google's hosts
 # and the refused connections slow every page.
 CHROMIUM_FLAGS = (
@@ -76,3 +78,10 @@ def screenshot(output_dir: Path) -> Screenshot:
         return path
 
     return take
+
+
+@pytest.fixture(scope="session")
+def chat_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Agent Chat UI (examples/chat-ui), built once, served for the session; its URL."""
+    with chat_ui_app.serving(tmp_path_factory.mktemp("chat-ui")) as url:
+        yield url

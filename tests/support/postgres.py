@@ -45,6 +45,7 @@ def admin_execute(url: str, sql: str) -> None:
 def create_template(server_url: str) -> None:
     """Create and migrate the template database every test database is cloned from."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     from threadkeeper.service.db import connect
     from threadkeeper.service.migrations import migrate
@@ -59,7 +60,10 @@ def create_template(server_url: str) -> None:
         finally:
             await conn.close()
 
-    asyncio.run(run())
+    # On a thread of its own: the first test to need Postgres may run while this thread already
+    # has an event loop (Playwright's sync API, in the browser tests).
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        thread.submit(asyncio.run, run()).result()
 
 
 @contextmanager

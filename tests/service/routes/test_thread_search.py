@@ -60,3 +60,38 @@ async def test_sort_by_state_updated_at(client: httpx.AsyncClient) -> None:
     assert await _ids(client, sort_by="state_updated_at", sort_order="asc") == [silent, spoken_late]
     # Not the creation order, which is the other way round.
     assert await _ids(client, sort_by="created_at") == [silent, spoken_late]
+
+
+async def test_search_shows_each_threads_values_and_interrupts(client: httpx.AsyncClient) -> None:
+    """The Agent Chat UI labels its thread list with ``values.messages[0]`` of each result."""
+    spoken = await _new(client)
+    done = await client.post(f"/threads/{spoken}/runs/wait", json=TURN)
+    assert done.status_code == 200, done.text
+    paused = await _new(client)
+    r = await client.post(
+        f"/threads/{paused}/runs/wait",
+        json={
+            **SLOW,
+            "input": {"messages": [{"role": "user", "content": "look up slowly 1"}]},
+            "interrupt_before": ["act"],
+        },
+    )
+    assert r.status_code == 200, r.text
+    silent = await _new(client)
+
+    found = {t["thread_id"]: t for t in (await client.post("/threads/search", json={})).json()}
+
+    assert found[spoken]["values"]["messages"][0]["content"] == "hi"
+    assert found[spoken]["values"]["messages"][-1]["type"] == "ai"
+    assert not found[silent]["values"]
+    assert found[paused]["status"] == "interrupted"
+    got = await client.get(f"/threads/{paused}")
+    assert found[paused]["values"] == got.json()["values"]
+    assert found[paused]["interrupts"] == got.json()["interrupts"]
+
+
+async def test_search_without_values_selected_leaves_them_out(client: httpx.AsyncClient) -> None:
+    thread_id = await _new(client)
+    await client.post(f"/threads/{thread_id}/runs/wait", json=TURN)
+    found = await client.post("/threads/search", json={"select": ["thread_id", "status"]})
+    assert found.json() == [{"thread_id": thread_id, "status": "idle"}]

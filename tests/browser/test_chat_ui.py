@@ -1,0 +1,94 @@
+"""The Agent Chat UI (examples/chat-ui) against a real threadkeeper process, in Chromium.
+
+Nothing is mocked: the UI is LangChain's, built by ``next build`` and driving the server through
+``@langchain/langgraph-sdk``'s ``useStream``; the server runs the offline model on Postgres.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Locator, Page, expect
+
+from tests.browser.conftest import Screenshot
+from tests.browser.ui import chat_url, painted_replies, record_paints, send
+from tests.support.processes import ServiceProcess
+
+pytestmark = pytest.mark.browser
+
+QUESTION = "what is 12 + 30?"
+REPLY = (
+    f'Turn 1. You first said: "{QUESTION}". You just said: "{QUESTION}". '
+    "Tool results: 12 + 30 = 42."
+)
+# The reply's tokens come 30 ms apart, so it takes about a second to arrive in full.
+TOKEN_MS = "30"
+
+
+@pytest.fixture
+def service(database_url: str, tmp_path: Path) -> Iterator[ServiceProcess]:
+    with ServiceProcess(
+        database_url, tmp_path, "threadkeeper", THREADKEEPER_OFFLINE_TOKEN_MS=TOKEN_MS
+    ) as proc:
+        yield proc.start()
+
+
+def test_the_reply_streams_in_with_its_tool_call(
+    page: Page, chat_ui: str, service: ServiceProcess, screenshot: Screenshot
+) -> None:
+    page.goto(chat_url(chat_ui, service.url))
+    record_paints(page)
+    send(page, QUESTION)
+
+    expect(page.get_by_text(REPLY)).to_be_visible(timeout=30_000)
+    expect(_tool_call(page)).to_be_visible()
+    expect(page.locator("td", has_text="12 + 30")).to_be_visible()
+    expect(page.get_by_text("Tool Result: calculator")).to_be_visible()
+    screenshot(page, "streamed-reply")
+
+    painted = [text for text in painted_replies(page) if text]
+    assert painted[-1] == REPLY
+    partial = painted[:-1]
+    assert len(partial) >= 2, f"the reply appeared in {len(painted)} paint(s): {painted}"
+    assert all(REPLY.startswith(text.rstrip()) for text in partial), partial
+
+
+def test_a_reload_brings_the_thread_back_from_the_server(
+    page: Page, browser: Browser, chat_ui: str, service: ServiceProcess, screenshot: Screenshot
+) -> None:
+    # The thread list open, as the UI keeps it in its URL.
+    page.goto(chat_url(chat_ui, service.url, chatHistoryOpen="true"))
+    send(page, QUESTION)
+    expect(page.get_by_text(REPLY)).to_be_visible(timeout=30_000)
+    assert "threadId=" in page.url
+
+    page.reload()
+    _expect_thread_shown(page)
+    screenshot(page, "after-reload")
+
+    # A browser with nothing stored at all: only the server can have kept the conversation.
+    other = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        fresh = other.new_page()
+        fresh.goto(page.url)
+        _expect_thread_shown(fresh)
+        screenshot(fresh, "fresh-browser")
+    finally:
+        other.close()
+
+
+def _expect_thread_shown(page: Page) -> None:
+    expect(page.get_by_text(REPLY)).to_be_visible(timeout=30_000)
+    expect(page.get_by_text(QUESTION, exact=True).first).to_be_visible()
+    expect(_tool_call(page)).to_be_visible()
+    history = page.locator("button", has_text=QUESTION)
+    expect(history).to_have_count(1)
+    expect(history).to_be_in_viewport()
+
+
+def _tool_call(page: Page) -> Locator:
+    """The UI's card for the model's call: the tool's name, then the call's id."""
+    return page.get_by_role("heading", name=re.compile(r"^calculator\s*call_"))
