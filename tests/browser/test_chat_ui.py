@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
@@ -24,6 +26,7 @@ REPLY = (
     f'Turn 1. You first said: "{QUESTION}". You just said: "{QUESTION}". '
     "Tool results: 12 + 30 = 42."
 )
+REFUND_AGENT = Path(__file__).resolve().parents[2] / "examples" / "refund-agent"
 # The reply's tokens come 30 ms apart, so it takes about a second to arrive in full.
 TOKEN_MS = "30"
 
@@ -92,3 +95,41 @@ def _expect_thread_shown(page: Page) -> None:
 def _tool_call(page: Page) -> Locator:
     """The UI's card for the model's call: the tool's name, then the call's id."""
     return page.get_by_role("heading", name=re.compile(r"^calculator\s*call_"))
+
+
+@pytest.fixture
+def refund_service(database_url: str, tmp_path: Path) -> Iterator[ServiceProcess]:
+    """examples/refund-agent served as a user deploys it (its langgraph.json, its package)."""
+    with ServiceProcess(
+        database_url,
+        tmp_path,
+        "refund-agent",
+        THREADKEEPER_CONFIG=str(REFUND_AGENT / "langgraph.json"),
+        PYTHONPATH=str(REFUND_AGENT / "src"),
+    ) as proc:
+        yield proc.start()
+
+
+def test_a_person_approves_the_interrupt_and_the_run_goes_on(
+    page: Page, chat_ui: str, refund_service: ServiceProcess, screenshot: Screenshot
+) -> None:
+    page.goto(chat_url(chat_ui, refund_service.url, assistant_id="refunds"))
+    send(page, "please refund order 20")
+
+    approve = page.get_by_role("button", name="Approve", exact=True)
+    expect(approve).to_be_visible(timeout=30_000)
+    # The UI's review card: the action, its arguments, the reviewer's choices.
+    expect(page.get_by_text("refund", exact=True)).to_be_visible()
+    expect(page.get_by_text("Amount", exact=True)).to_be_visible()
+    expect(page.get_by_text("Reject", exact=True)).to_be_visible()
+    expect(page.get_by_text("Refunded 200.00.")).to_have_count(0)
+    screenshot(page, "interrupted")
+
+    approve.click()
+    expect(page.get_by_text("Refunded 200.00.")).to_be_visible(timeout=30_000)
+    expect(approve).to_have_count(0)
+    screenshot(page, "approved")
+    thread_id = parse_qs(urlparse(page.url).query)["threadId"][0]
+    state = httpx.get(f"{refund_service.url}/threads/{thread_id}/state", timeout=10).json()
+    assert state["values"]["approved"] is True
+    assert state["next"] == []
