@@ -7,16 +7,18 @@ Nothing is mocked: the UI is LangChain's, built by ``next build`` and driving th
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 
 from tests.browser.conftest import Screenshot
 from tests.browser.ui import chat_url, painted_replies, record_paints, send
+from tests.support.auth_proxy import AuthProxy
+from tests.support.balancer import Balancer
 from tests.support.processes import ServiceProcess
 
 pytestmark = pytest.mark.browser
@@ -133,3 +135,63 @@ def test_a_person_approves_the_interrupt_and_the_run_goes_on(
     state = httpx.get(f"{refund_service.url}/threads/{thread_id}/state", timeout=10).json()
     assert state["values"]["approved"] is True
     assert state["next"] == []
+
+
+def test_through_the_auth_proxy_a_user_never_sees_anothers_threads(
+    browser: Browser,
+    chat_ui: str,
+    replicas: Callable[..., ServiceProcess],
+    output_dir: Path,
+    screenshot: Screenshot,
+) -> None:
+    """Two replicas (header auth) behind the balancer, behind an auth proxy that knows each
+    user by the API key their UI sends."""
+    pair = [replicas(name, THREADKEEPER_AUTH="header").start() for name in ("a", "b")]
+    balancer = Balancer([r.port for r in pair])
+    balancer.start()
+    proxy = AuthProxy(balancer.url, {"key-ada": "ada", "key-bob": "bob"}).start()
+    people = [_signed_in(browser, key) for key in ("key-ada", "key-bob")]
+    try:
+        ada, bob = (person.new_page() for person in people)
+        ada.goto(chat_url(chat_ui, proxy.url, chatHistoryOpen="true"))
+        send(ada, "ada's secret plan")
+        expect(ada.get_by_text('You first said: "ada\'s secret plan"')).to_be_visible(
+            timeout=30_000
+        )
+        expect(ada.locator("button", has_text="ada's secret plan")).to_have_count(1)
+        screenshot(ada, "ada")
+
+        # Bob's thread list, and Ada's thread opened by its URL: nothing of hers.
+        bob.goto(chat_url(chat_ui, proxy.url, chatHistoryOpen="true"))
+        send(bob, "bob's question")
+        expect(bob.get_by_text('You first said: "bob\'s question"')).to_be_visible(timeout=30_000)
+        expect(bob.locator("button", has_text="bob's question")).to_have_count(1)
+        expect(bob.get_by_text("ada's secret plan")).to_have_count(0)
+        bob.goto(ada.url)
+        expect(bob.locator("button", has_text="bob's question")).to_have_count(1)
+        # The server answered Bob's UI as for a thread that does not exist.
+        expect(bob.get_by_text("HTTP 404")).to_be_visible(timeout=30_000)
+        expect(bob.get_by_text("ada's secret plan")).to_have_count(0)
+        screenshot(bob, "bob-on-adas-thread-url")
+
+        ada_thread = parse_qs(urlparse(ada.url).query)["threadId"][0]
+        as_bob = httpx.get(f"{proxy.url}/threads/{ada_thread}", headers={"X-Api-Key": "key-bob"})
+        assert as_bob.status_code == 404
+        forged = httpx.get(
+            f"{proxy.url}/threads/{ada_thread}",
+            headers={"X-Api-Key": "key-bob", "X-Forwarded-User": "ada"},
+        )
+        assert forged.status_code == 404
+        assert httpx.get(f"{proxy.url}/threads/{ada_thread}").status_code == 401
+    finally:
+        for person in people:
+            person.close()
+        proxy.stop()
+        balancer.stop()
+
+
+def _signed_in(browser: Browser, api_key: str) -> BrowserContext:
+    """A person's own browser, with the API key entered in the UI (kept in its localStorage)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.add_init_script(f"window.localStorage.setItem('lg:chat:apiKey', {api_key!r})")
+    return context
