@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, Request, expect
 
 from tests.browser.conftest import Screenshot
 from tests.browser.ui import chat_url, painted_replies, record_paints, send
@@ -87,7 +87,7 @@ def test_a_reload_brings_the_thread_back_from_the_server(
 
 def _expect_thread_shown(page: Page) -> None:
     expect(page.get_by_text(REPLY)).to_be_visible(timeout=30_000)
-    expect(page.get_by_text(QUESTION, exact=True).first).to_be_visible()
+    expect(_human_messages(page)).to_have_text([QUESTION])
     expect(_tool_call(page)).to_be_visible()
     history = page.locator("button", has_text=QUESTION)
     expect(history).to_have_count(1)
@@ -195,3 +195,62 @@ def _signed_in(browser: Browser, api_key: str) -> BrowserContext:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.add_init_script(f"window.localStorage.setItem('lg:chat:apiKey', {api_key!r})")
     return context
+
+
+def test_the_stream_survives_its_replica_being_killed(
+    page: Page, chat_ui: str, replicas: Callable[..., ServiceProcess], screenshot: Screenshot
+) -> None:
+    """SIGKILL the replica that runs the turn and streams it, mid-reply: the UI reconnects
+    through the balancer to the other replica, which takes the run over when its lease ends."""
+    slow = {"THREADKEEPER_OFFLINE_TOKEN_MS": "150", "THREADKEEPER_LEASE_SECONDS": "3"}
+    first, second = (replicas(name, **slow).start() for name in ("first", "second"))
+    # Every connection goes to the first replica while it listens, then to the second.
+    balancer = Balancer([first.port, second.port])
+    balancer.start()
+    try:
+        rejoins: list[Request] = []
+        page.on(
+            "request",
+            lambda r: rejoins.append(r) if r.method == "GET" and "/stream" in r.url else None,
+        )
+        page.goto(chat_url(chat_ui, balancer.url))
+        record_paints(page)
+        send(page, QUESTION)
+        page.wait_for_function("() => window.__replies.some((text) => text.length > 0)")
+        (run,) = _runs(first, page)
+        assert run["replica"] == first.name, "the turn should run where it was sent"
+        first.kill()
+        shown_at_kill = painted_replies(page)[-1]
+        assert 0 < len(shown_at_kill) < len(REPLY), "the reply ended before the kill"
+        screenshot(page, "cut")
+
+        expect(page.get_by_text(REPLY)).to_be_visible(timeout=60_000)
+        screenshot(page, "resumed")
+        painted = [text for text in painted_replies(page) if text]
+        assert painted[-1] == REPLY
+        assert all(REPLY.startswith(text.rstrip()) for text in painted), painted
+        expect(page.get_by_text("Turn 1.")).to_have_count(1)
+        expect(_human_messages(page)).to_have_text([QUESTION])
+        expect(_tool_call(page)).to_have_count(1)
+        # The SDK rejoined the run's stream where it was cut, as the first replica named it.
+        assert rejoins, "the UI never rejoined the stream"
+        assert all(r.url.endswith("/stream") or "/stream?" in r.url for r in rejoins)
+        assert any(r.headers.get("last-event-id") for r in rejoins)
+        (done,) = _runs(second, page)
+        assert (done["status"], done["replica"], done["attempt"]) == ("success", second.name, 2)
+    finally:
+        balancer.stop()
+
+
+def _runs(replica: ServiceProcess, page: Page) -> list[dict[str, object]]:
+    """The runs of the thread the page shows, as a replica has them."""
+    thread_id = parse_qs(urlparse(page.url).query)["threadId"][0]
+    runs: list[dict[str, object]] = httpx.get(
+        f"{replica.url}/threads/{thread_id}/runs", timeout=10
+    ).json()
+    return runs
+
+
+def _human_messages(page: Page) -> Locator:
+    """The person's messages as the conversation shows them (bubbles on the right)."""
+    return page.locator("p.bg-muted.ml-auto")
