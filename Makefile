@@ -75,7 +75,7 @@ test-node: sync
 	$(UV) run pytest -m node tests/cluster $(PYTEST_ARGS)
 
 # The bench group adds `langgraph dev` (baseline c); `make test` syncs it away again.
-bench: uv
+bench: uv ui-deps
 	$(UV) sync --locked --group bench
 	$(UV) run --locked --group bench python -m tests.perf $(if $(QUICK),--quick) $(BENCH_ARGS)
 
