@@ -1,15 +1,18 @@
 """The Agent Chat UI of examples/chat-ui, built once and served by ``next start``.
 
-``next build`` costs minutes on two cores, so a build is kept in ``.next`` with a stamp of what
-it was built from (the lock file, the sources, the build-time settings); a later session, or
-``make ui``, reuses it while the stamp matches. ``python -m tests.browser.chat_ui build`` builds
-if needed; the browser tests start their own server on a free port.
+``next build`` costs minutes on two cores, so a build is kept with a stamp of what it was built
+from (the lock file, the sources, the build-time settings, Node's version): in ``.next``, and
+(without Next's 400 MB compiler cache) in the user's cache folder, where a fresh clone (CI) finds
+it. A later session, or ``make ui``, reuses it while the stamp matches.
+``python -m tests.browser.chat_ui build`` builds if needed; the browser tests start their own
+server on a free port.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import platformdirs
 import structlog
 
 from tests.support.processes import free_port, spawn
@@ -26,7 +30,10 @@ log = structlog.get_logger("tests.chat_ui")
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "chat-ui"
 NEXT = APP / "node_modules" / ".bin" / "next"
-STAMP = APP / ".next" / "threadkeeper-build-stamp"
+BUILD = APP / ".next"
+STAMP_FILE = "threadkeeper-build-stamp"
+# Builds kept across clones, one per stamp (the latest only).
+CACHE = Path(platformdirs.user_cache_dir("threadkeeper")) / "chat-ui"
 # What a build depends on besides its sources: changing one of these rebuilds.
 BUILD_FILES = (
     "package-lock.json",
@@ -47,8 +54,11 @@ def _env() -> dict[str, str]:
 
 
 def build_stamp() -> str:
-    """A digest of everything ``next build`` reads: files, sources, the Node version."""
+    """A digest of everything ``next build`` reads: the app's place, its files and sources,
+    the Node version."""
     digest = hashlib.sha256()
+    # Next writes the app's absolute path into its manifests: a clone elsewhere builds anew.
+    digest.update(str(APP).encode())
     sources = sorted(p for p in (APP / "src").rglob("*") if p.is_file())
     for path in [APP / name for name in BUILD_FILES] + sources:
         digest.update(str(path.relative_to(APP)).encode())
@@ -59,17 +69,37 @@ def build_stamp() -> str:
 
 
 def ensure_built() -> None:
-    """``next build`` unless ``.next`` already holds a build of these exact inputs."""
+    """``next build`` unless a build of these exact inputs is in ``.next`` or the cache."""
     if not NEXT.exists():
         raise RuntimeError(f"{APP} has no node_modules: run `make ui-deps` (npm ci) first")
     stamp = build_stamp()
-    if STAMP.exists() and STAMP.read_text() == stamp:
+    if _stamp_of(BUILD) == stamp:
+        return
+    kept = CACHE / stamp
+    if _stamp_of(kept) == stamp:
+        shutil.rmtree(BUILD, ignore_errors=True)
+        shutil.copytree(kept, BUILD)
+        log.info("chat_ui_build_reused", cache=str(kept))
         return
     log.info("chat_ui_build", app=str(APP))
     began = time.monotonic()
     subprocess.run([str(NEXT), "build"], cwd=APP, env=_env(), check=True, timeout=BUILD_TIMEOUT)
-    STAMP.write_text(stamp)
+    (BUILD / STAMP_FILE).write_text(stamp)
+    _keep(stamp)
     log.info("chat_ui_built", seconds=round(time.monotonic() - began, 1))
+
+
+def _stamp_of(build: Path) -> str | None:
+    path = build / STAMP_FILE
+    return path.read_text() if path.exists() else None
+
+
+def _keep(stamp: str) -> None:
+    """Copy the build (not Next's compiler cache) to the cache, replacing older ones."""
+    shutil.rmtree(CACHE, ignore_errors=True)
+    partial = CACHE / f"{stamp}.partial"
+    shutil.copytree(BUILD, partial, ignore=shutil.ignore_patterns("cache"))
+    partial.rename(CACHE / stamp)
 
 
 @contextmanager
