@@ -35,9 +35,13 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """One headless Chromium for the session (Playwright gives it a fresh, empty profile)."""
+    """One headless Chromium per test module (Playwright gives it a fresh, empty profile).
+
+    Not per session: Playwright's sync API keeps an event loop running on this thread while it
+    is open, and every asyncio test after it in the session would fail to start its own.
+    """
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
             executable_path=chromium_path(), headless=True, args=list(CHROMIUM_FLAGS)
