@@ -16,6 +16,21 @@ async def _new(client: httpx.AsyncClient) -> str:
     return thread_id
 
 
+async def _interrupted(client: httpx.AsyncClient) -> str:
+    """A thread waiting before its tool runs (``interrupt_before``)."""
+    thread_id = await _new(client)
+    paused = await client.post(
+        f"/threads/{thread_id}/runs/wait",
+        json={
+            **SLOW,
+            "input": {"messages": [{"role": "user", "content": "look up slowly 1"}]},
+            "interrupt_before": ["act"],
+        },
+    )
+    assert paused.status_code == 200, paused.text
+    return thread_id
+
+
 async def _ids(client: httpx.AsyncClient, **search: object) -> list[str]:
     found = await client.post("/threads/search", json=search)
     assert found.status_code == 200, found.text
@@ -24,16 +39,7 @@ async def _ids(client: httpx.AsyncClient, **search: object) -> list[str]:
 
 async def test_sort_by_status(client: httpx.AsyncClient) -> None:
     idle = await _new(client)
-    waiting = await _new(client)
-    paused = await client.post(
-        f"/threads/{waiting}/runs/wait",
-        json={
-            **SLOW,
-            "input": {"messages": [{"role": "user", "content": "look up slowly 1"}]},
-            "interrupt_before": ["act"],
-        },
-    )
-    assert paused.status_code == 200, paused.text
+    waiting = await _interrupted(client)
     busy = await _new(client)
     slow = (await client.post(f"/threads/{busy}/runs", json=SLOW)).json()
     statuses = {
@@ -67,16 +73,7 @@ async def test_search_shows_each_threads_values_and_interrupts(client: httpx.Asy
     spoken = await _new(client)
     done = await client.post(f"/threads/{spoken}/runs/wait", json=TURN)
     assert done.status_code == 200, done.text
-    paused = await _new(client)
-    r = await client.post(
-        f"/threads/{paused}/runs/wait",
-        json={
-            **SLOW,
-            "input": {"messages": [{"role": "user", "content": "look up slowly 1"}]},
-            "interrupt_before": ["act"],
-        },
-    )
-    assert r.status_code == 200, r.text
+    paused = await _interrupted(client)
     silent = await _new(client)
 
     found = {t["thread_id"]: t for t in (await client.post("/threads/search", json={})).json()}
