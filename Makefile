@@ -7,10 +7,11 @@ PYTEST_ARGS ?=
 # (`make test` then says so). NODE_TIER=1 forces it, NODE_TIER= skips it.
 NODE_TIER ?= $(shell [ "$$(id -u)" = 0 ] && echo 1)
 
-.PHONY: help uv sync js run test test-node lint fmt cluster-build cluster-up cluster-down bench clean
+.PHONY: help uv sync js ui-deps ui run test test-node lint fmt cluster-build cluster-up cluster-down bench clean
 
 help:
 	@echo "make run          serve on 127.0.0.1:8000 (embedded Postgres, offline model)"
+	@echo "make ui           the Agent Chat UI on http://127.0.0.1:3000, talking to \`make run\`"
 	@echo "make test         the whole suite, then (as root) the node tier (builds what is missing)"
 	@echo "make lint         ruff + mypy"
 	@echo "make cluster-up   start a local kube-apiserver + etcd; prints the KUBECONFIG line"
@@ -29,6 +30,16 @@ sync: uv
 # The JS langgraph-sdk the streaming tests drive (tests/js, pinned by its lock file).
 js:
 	cd tests/js && npm ci --no-audit --no-fund
+
+# The Agent Chat UI (examples/chat-ui, pinned by its lock file) the browser tests drive; npm ci
+# again only when the lock file changed since the last install.
+ui-deps:
+	cd examples/chat-ui && { [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund; }
+
+# Builds once (again only when its sources or lock file change), then serves it.
+ui: sync ui-deps
+	$(UV) run python -m tests.browser.chat_ui build
+	cd examples/chat-ui && NEXT_TELEMETRY_DISABLED=1 npx next start -H 127.0.0.1 -p 3000
 
 run: sync
 	$(UV) run threadkeeper-service serve --host 127.0.0.1 --port 8000
@@ -50,7 +61,7 @@ cluster-up: sync
 cluster-down: sync
 	$(UV) run python -m tests.cluster down
 
-test: sync js cluster-build
+test: sync js ui-deps cluster-build
 	bash deploy/tools/ensure-tools.sh
 	bash tests/browser/ensure-chromium.sh
 	$(UV) run pytest $(PYTEST_ARGS)
@@ -64,7 +75,7 @@ test-node: sync
 	$(UV) run pytest -m node tests/cluster $(PYTEST_ARGS)
 
 # The bench group adds `langgraph dev` (baseline c); `make test` syncs it away again.
-bench: uv
+bench: uv ui-deps
 	$(UV) sync --locked --group bench
 	$(UV) run --locked --group bench python -m tests.perf $(if $(QUICK),--quick) $(BENCH_ARGS)
 

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from threadkeeper.service import userapp
 from threadkeeper.service.auth import Authenticator
 from threadkeeper.service.catalog import install_system_assistants
+from threadkeeper.service.cors import cors_middleware
 from threadkeeper.service.db import connect, make_pool
 from threadkeeper.service.embedded import embedded_postgres
 from threadkeeper.service.errors import DomainError
@@ -243,6 +244,7 @@ def create_app(
     return Starlette(
         routes=userapp.routes(ours, serving.http_app),
         middleware=[
+            *cors_middleware(settings.cors_allow_origins),
             Middleware(CutMiddleware),
             Middleware(RequestContextMiddleware, metrics=metrics, replica=settings.replica),
             Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes),

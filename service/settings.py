@@ -37,6 +37,13 @@ class Settings(BaseSettings):
 
     model: str = "offline"
     offline_latency_ms: int = Field(default=0, ge=0)
+    # Pause between the offline model's streamed tokens: a reply a person (or a browser test)
+    # sees arrive piece by piece, and that is still streaming when a replica is killed.
+    offline_token_ms: int = Field(default=0, ge=0)
+
+    # Origins a browser app may call from (comma separated; "*": any), as the Agent Server allows
+    # any by default so a chat UI on another port works. Empty: no CORS headers at all.
+    cors_allow_origins: str = "*"
 
     auth: Literal["none", "header", "jwt"] = "none"
     auth_header: str = "X-Forwarded-User"

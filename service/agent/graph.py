@@ -96,7 +96,11 @@ def _demo() -> CompiledStateGraph[AgentState]:
     from threadkeeper.service.settings import Settings
 
     settings = Settings()
-    model = make_model(settings.model, offline_latency_seconds=settings.offline_latency_ms / 1000)
+    model = make_model(
+        settings.model,
+        offline_latency_seconds=settings.offline_latency_ms / 1000,
+        offline_token_seconds=settings.offline_token_ms / 1000,
+    )
     return compile_graph(model)
 
 

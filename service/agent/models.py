@@ -13,10 +13,14 @@ class ModelConfigError(ValueError):
     """THREADKEEPER_MODEL names something that cannot be loaded."""
 
 
-def make_model(spec: str, *, offline_latency_seconds: float = 0.0) -> BaseChatModel:
+def make_model(
+    spec: str, *, offline_latency_seconds: float = 0.0, offline_token_seconds: float = 0.0
+) -> BaseChatModel:
     """``offline`` or a ``provider:model`` string understood by ``init_chat_model``."""
     if spec == "offline":
-        return OfflineChatModel(latency_seconds=offline_latency_seconds)
+        return OfflineChatModel(
+            latency_seconds=offline_latency_seconds, token_seconds=offline_token_seconds
+        )
     if ":" not in spec:
         raise ModelConfigError(
             f"THREADKEEPER_MODEL must be 'offline' or 'provider:model', got {spec!r}"

@@ -95,6 +95,8 @@ class OfflineChatModel(BaseChatModel):
     """Deterministic, tool-calling, token-streaming chat model."""
 
     latency_seconds: float = 0.0
+    # Between streamed tokens (after the first), as a real model's output trickles in.
+    token_seconds: float = 0.0
 
     @property
     def _llm_type(self) -> str:
@@ -184,7 +186,9 @@ class OfflineChatModel(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         if self.latency_seconds:
             await asyncio.sleep(self.latency_seconds)
-        for chunk in self._chunks(self._message(messages, kwargs)):
+        for i, chunk in enumerate(self._chunks(self._message(messages, kwargs))):
+            if i and self.token_seconds:
+                await asyncio.sleep(self.token_seconds)
             if run_manager:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk

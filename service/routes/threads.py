@@ -154,10 +154,16 @@ async def search_threads(request: Request, body: ThreadSearch) -> Response:
                 sort_by=order.by,
                 sort_order=order.direction,
             )
+    # Chat UIs title their thread list from each thread's values (its first message).
+    shows_state = body.select is None or "values" in body.select or "interrupts" in body.select
+    if states is None and (shows_state or thread_values.needs_state(body.extract)):
+        states = await thread_values.read(svc, rows)
     items = [serialize.thread(r) for r in rows]
+    if states is not None and shows_state:
+        items = [
+            thread_values.with_state(item, found) for item, found in zip(items, states, strict=True)
+        ]
     if body.extract:
-        if states is None and thread_values.needs_state(body.extract):
-            states = await thread_values.read(svc, rows)
         for i, item in enumerate(items):
             whole = item if states is None else thread_values.with_state(item, states[i])
             item["extracted"] = thread_values.extracted(whole, body.extract)

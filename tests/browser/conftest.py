@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from tests.browser import chat_ui as chat_ui_app
+
 # The machine's network is closed: without these, Chromium keeps trying to reach Google's hosts
 # and the refused connections slow every page.
 CHROMIUM_FLAGS = (
@@ -33,9 +35,13 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """One headless Chromium for the session (Playwright gives it a fresh, empty profile)."""
+    """One headless Chromium per test module (Playwright gives it a fresh, empty profile).
+
+    Not per session: Playwright's sync API keeps an event loop running on this thread while it
+    is open, and every asyncio test after it in the session would fail to start its own.
+    """
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
             executable_path=chromium_path(), headless=True, args=list(CHROMIUM_FLAGS)
@@ -76,3 +82,10 @@ def screenshot(output_dir: Path) -> Screenshot:
         return path
 
     return take
+
+
+@pytest.fixture(scope="session")
+def chat_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Agent Chat UI (examples/chat-ui), built once, served for the session; its URL."""
+    with chat_ui_app.serving(tmp_path_factory.mktemp("chat-ui")) as url:
+        yield url

@@ -44,12 +44,44 @@ async def test_a_large_refund_waits_for_a_person(example: dict[str, graphs.Loade
     context = {"approval_threshold": 100, "reviewer": "ada"}
     paused = await graph.ainvoke(ask("please refund order 20"), config, context=context)
     (pending,) = paused["__interrupt__"]
-    assert pending.value == {"question": "Refund 200.00?", "reviewer": "ada"}
+    assert pending.value["question"] == "Refund 200.00?"
+    assert pending.value["reviewer"] == "ada"
     tool_result = paused["messages"][-1]
     assert tool_result.name == "lookup_order" and '"currency": "EUR"' in tool_result.content
     done = await graph.ainvoke(Command(resume={"approved": True}), config, context=context)
     assert done["messages"][-1].content == "Refunded 200.00."
     assert "policy:decide" in graph.get_graph(xray=True).nodes
+
+
+@pytest.mark.parametrize(
+    ("answer", "approved"),
+    [
+        ({"decisions": [{"type": "approve"}]}, True),
+        ({"decisions": [{"type": "reject", "message": "no"}]}, False),
+        ({"decisions": []}, False),
+        ({"approved": False}, False),
+        ("yes", False),
+    ],
+)
+async def test_a_human_in_the_loop_answer_decides_the_refund(
+    example: dict[str, graphs.LoadedGraph], answer: object, approved: bool
+) -> None:
+    """Agent Chat UI answers LangChain's human-in-the-loop request with ``decisions``."""
+    graph = (await example["refunds"].build(RunnableConfig())).copy(
+        update={"checkpointer": InMemorySaver()}
+    )
+    config = RunnableConfig(configurable={"thread_id": "t"})
+    paused = await graph.ainvoke(ask("please refund order 20"), config)
+    (pending,) = paused["__interrupt__"]
+    assert pending.value["action_requests"] == [
+        {"name": "refund", "args": {"amount": 200.0}, "description": "Refund 200.00?"}
+    ]
+    assert pending.value["review_configs"] == [
+        {"action_name": "refund", "allowed_decisions": ["approve", "reject"]}
+    ]
+    done = await graph.ainvoke(Command(resume=answer), config)
+    expected = "Refunded 200.00." if approved else "The refund of 200.00 was not approved."
+    assert done["messages"][-1].content == expected
 
 
 async def test_the_factory_builds_per_run_from_config(

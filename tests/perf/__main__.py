@@ -38,6 +38,7 @@ MODULES = {
     "9": "tests.perf.bench_failover",
     "10": "tests.perf.bench_token_streaming",
     "13": "tests.perf.bench_store",
+    "14": "tests.perf.bench_chat_ui",
 }
 RESULTS = Path(__file__).parent / "results" / "bench-results.json"
 

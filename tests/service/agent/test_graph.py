@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -116,3 +117,17 @@ async def test_a_turn_without_tools_stays_on_the_event_loop() -> None:
     finally:
         loop.set_default_executor(ThreadPoolExecutor())
         counting.shutdown(wait=False)
+
+
+async def test_token_interval_spreads_the_reply_over_time() -> None:
+    """THREADKEEPER_OFFLINE_TOKEN_MS: tokens arrive apart, the first one without the pause."""
+    model = OfflineChatModel(token_seconds=0.05)
+    arrivals: list[float] = []
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    async for _chunk in model.astream([HumanMessage("one two three four")]):
+        arrivals.append(loop.time() - began)
+    assert len(arrivals) > 4
+    assert arrivals[0] < 0.05
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert min(gaps) >= 0.045

@@ -23,6 +23,21 @@ async def _new(client: httpx.AsyncClient) -> str:
     return thread_id
 
 
+async def _interrupted(client: httpx.AsyncClient) -> str:
+    """A thread waiting before its tool runs (``interrupt_before``)."""
+    thread_id = await _new(client)
+    paused = await client.post(
+        f"/threads/{thread_id}/runs/wait",
+        json={
+            **SLOW,
+            "input": {"messages": [{"role": "user", "content": "look up slowly 1"}]},
+            "interrupt_before": ["act"],
+        },
+    )
+    assert paused.status_code == 200, paused.text
+    return thread_id
+
+
 async def _ids(client: httpx.AsyncClient, **search: object) -> list[str]:
     found = await client.post("/threads/search", json=search)
     assert found.status_code == 200, found.text
@@ -31,16 +46,7 @@ async def _ids(client: httpx.AsyncClient, **search: object) -> list[str]:
 
 async def test_sort_by_status(client: httpx.AsyncClient) -> None:
     idle = await _new(client)
-    waiting = await _new(client)
-    paused = await client.post(
-        f"/threads/{waiting}/runs/wait",
-        json={
-            **SLOW,
-            "input": {"messages": [{"role": "user", "content": "look up slowly 1"}]},
-            "interrupt_before": ["act"],
-        },
-    )
-    assert paused.status_code == 200, paused.text
+    waiting = await _interrupted(client)
     busy = await _new(client)
     slow = (await client.post(f"/threads/{busy}/runs", json=SLOW)).json()
     statuses = {
@@ -196,3 +202,29 @@ async def test_bad_extract_is_refused(
     assert refused.status_code == 422, refused.text
     assert refused.headers["content-type"] == "application/problem+json"
     assert named in refused.json()["detail"]
+
+
+async def test_search_shows_each_threads_values_and_interrupts(client: httpx.AsyncClient) -> None:
+    """The Agent Chat UI labels its thread list with ``values.messages[0]`` of each result."""
+    spoken = await _new(client)
+    done = await client.post(f"/threads/{spoken}/runs/wait", json=TURN)
+    assert done.status_code == 200, done.text
+    paused = await _interrupted(client)
+    silent = await _new(client)
+
+    found = {t["thread_id"]: t for t in (await client.post("/threads/search", json={})).json()}
+
+    assert found[spoken]["values"]["messages"][0]["content"] == "hi"
+    assert found[spoken]["values"]["messages"][-1]["type"] == "ai"
+    assert not found[silent]["values"]
+    assert found[paused]["status"] == "interrupted"
+    got = await client.get(f"/threads/{paused}")
+    assert found[paused]["values"] == got.json()["values"]
+    assert found[paused]["interrupts"] == got.json()["interrupts"]
+
+
+async def test_search_without_values_selected_leaves_them_out(client: httpx.AsyncClient) -> None:
+    thread_id = await _new(client)
+    await client.post(f"/threads/{thread_id}/runs/wait", json=TURN)
+    found = await client.post("/threads/search", json={"select": ["thread_id", "status"]})
+    assert found.json() == [{"thread_id": thread_id, "status": "idle"}]

@@ -58,11 +58,40 @@ def approver(always_ask: bool) -> Any:
         if not always_ask and state.get("decision") != "needs_approval":
             return {"approved": True}
         reviewer = runtime.context.reviewer if runtime.context else Context().reviewer
-        # Pauses the run; the thread waits, on any replica, for Command(resume={"approved": ..}).
-        answer = interrupt({"question": f"Refund {state['amount']:.2f}?", "reviewer": reviewer})
-        return {"approved": bool(answer.get("approved")) if isinstance(answer, dict) else False}
+        # Pauses the run; the thread waits, on any replica, for Command(resume=...).
+        answer = interrupt(approval_request(state["amount"], reviewer))
+        return {"approved": is_approved(answer)}
 
     return approve
+
+
+def approval_request(amount: float, reviewer: str) -> dict[str, Any]:
+    """The question, also as LangChain's human-in-the-loop request (``action_requests`` and
+    ``review_configs``), which Agent Chat UI and Agent Inbox show with Approve / Reject."""
+    question = f"Refund {amount:.2f}?"
+    return {
+        "question": question,
+        "reviewer": reviewer,
+        "action_requests": [
+            {"name": "refund", "args": {"amount": amount}, "description": question}
+        ],
+        "review_configs": [{"action_name": "refund", "allowed_decisions": ["approve", "reject"]}],
+    }
+
+
+def is_approved(answer: object) -> bool:
+    """``{"approved": true}``, or a human-in-the-loop answer where every decision approves:
+    ``{"decisions": [{"type": "approve"}]}``."""
+    if not isinstance(answer, dict):
+        return False
+    if "decisions" in answer:
+        decisions = answer["decisions"]
+        return (
+            isinstance(decisions, list)
+            and bool(decisions)
+            and all(isinstance(d, dict) and d.get("type") == "approve" for d in decisions)
+        )
+    return bool(answer.get("approved"))
 
 
 def reply(state: RefundState) -> dict[str, Any]:
