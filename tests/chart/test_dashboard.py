@@ -308,3 +308,41 @@ def test_each_release_has_its_own_dashboard(helm: Helm) -> None:
     # The sidecar writes each dashboard to one directory, named by its data key.
     keys = {*_configmap(helm, ON)["data"], *doc["data"]}
     assert keys == {f"threadkeeper-{SERVICE}.json", f"elsewhere-{SERVICE}.json"}
+
+
+def test_ratio_panels_read_zero_when_nothing_failed(
+    helm: Helm, promtool: Path, tmp_path: Path
+) -> None:
+    """With no failed run and no 5xx (no such series at all), the ratios are 0, not "No data"."""
+    dashboard = _dashboard(helm, ON)
+    defaults = _variable_defaults(dashboard)
+    target = {"job": defaults["job"], "namespace": "threadkeeper", "pod": "tk-a"}
+    healthy = [
+        ("threadkeeper_runs_total", {**target, "outcome": "success"}),
+        ("threadkeeper_http_requests_total", {**target, "route": "/threads", "status": "200"}),
+    ]
+    cases = []
+    for title in ("Failed runs ratio", "HTTP 5xx ratio"):
+        (target_expr,) = [t["expr"] for t in _panel(dashboard, title)["targets"]]
+        query = VARIABLE.sub(lambda m: defaults[m[1] or m[2]], target_expr)
+        cases.append(
+            {"expr": query, "eval_time": "1h", "exp_samples": [{"labels": "{}", "value": 0}]}
+        )
+    tests = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": _series_line(name, labels), "values": "1+1x120"}
+                    for name, labels in healthy
+                ],
+                "promql_expr_test": cases,
+            }
+        ],
+    }
+    path = tmp_path / "ratios_test.yaml"
+    path.write_text(yaml.safe_dump(tests, sort_keys=False))
+    out = support.run([promtool, "test", "rules", path], check=False)
+    assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
