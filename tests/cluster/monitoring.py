@@ -252,9 +252,13 @@ def running(
     binaries: MonitoringBinaries,
     namespace: str,
     labels: Mapping[str, str],
+    before_prometheus: Callable[[], None] = lambda: None,
 ) -> Iterator[Monitoring]:
     """Import the images, apply CRDs, operator and Prometheus; yield once Prometheus is Ready.
 
+    `before_prometheus` runs once the CRDs and the operator are there: objects it makes (a
+    release's ServiceMonitors) are in Prometheus' first configuration. Made later, they reach
+    the running pod only with the kubelet's next sync of the config Secret, about a minute.
     The namespace must exist. Everything applied, cluster-scoped objects included, is
     deleted on the way out, also when starting fails.
     """
@@ -276,6 +280,7 @@ def running(
         kubectl(cluster, "wait", "--for=condition=Established", "crd", "--all",
                 f"--timeout={WAIT}")  # fmt: skip
         _apply(cluster, operator)
+        before_prometheus()
         _apply(cluster, prometheus)
         monitoring.prometheus_url = _prometheus_url(cluster, namespace)
         yield monitoring

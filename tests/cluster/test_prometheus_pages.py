@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -58,10 +57,8 @@ CHECKPOINT_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 # Incompressible text (hex of random bytes), under the service's 1 MiB body limit.
 MESSAGE_BYTES = 256 * 1024
 TURNS = 6
-# Grafana's interval variables and their stand-ins at this scrape interval.
-GRAFANA_DURATIONS = re.compile(r"\$__(rate_interval|interval|range)\b")
+# What Grafana's `$__rate_interval` is at a 5 s scrape interval, rounded up.
 RATE_INTERVAL = "1m"
-VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
 
 
 @dataclass(frozen=True)
@@ -85,22 +82,32 @@ def paged(
     database = bridge_postgres.create_database(fresh_database_name())
     database_secret(kube_node, namespace, SECRET, bridge_postgres.pod_url(database))
     release = Release(kube_node, namespace, RELEASE, app_image, SECRET)
+    label_sets = [f"monitoring.labels.{key}={value}" for key, value in LABELS.items()]
+
+    def install() -> None:
+        release.install(
+            "monitoring.serviceMonitor.enabled=true",
+            f"monitoring.serviceMonitor.interval={SCRAPE}",
+            "monitoring.serviceMonitor.scrapeTimeout=4s",
+            "monitoring.prometheusRule.enabled=true",
+            "monitoring.dashboard.enabled=true",
+            *label_sets,
+            f"alerts.tableBytesWarning={TABLE_BYTES_WARNING}",
+            f"alerts.for.tablesLarge={FOR}",
+            f"alerts.for.reaperDown={FOR}",
+        )
+
     try:
-        with monitoring.running(kube_node, monitoring_binaries, watcher, LABELS) as prometheus:
-            label_sets = [f"monitoring.labels.{key}={value}" for key, value in LABELS.items()]
-            release.install(
-                "monitoring.serviceMonitor.enabled=true",
-                f"monitoring.serviceMonitor.interval={SCRAPE}",
-                "monitoring.serviceMonitor.scrapeTimeout=4s",
-                "monitoring.prometheusRule.enabled=true",
-                "monitoring.dashboard.enabled=true",
-                *label_sets,
-                f"alerts.tableBytesWarning={TABLE_BYTES_WARNING}",
-                f"alerts.for.tablesLarge={FOR}",
-                f"alerts.for.reaperDown={FOR}",
-            )
-            yield Paged(release, prometheus, database)
+        with monitoring.running(
+            kube_node, monitoring_binaries, watcher, LABELS, before_prometheus=install
+        ) as prometheus:
+            try:
+                yield Paged(release, prometheus, database)
+            finally:
+                # While the operator's CRDs still exist: helm deletes the ServiceMonitors too.
+                release.helm("uninstall", RELEASE, "--wait", check=False)
     finally:
+        # An install that failed half-way leaves a release behind as well.
         release.helm("uninstall", RELEASE, "--wait", check=False)
         kubectl(kube_node, "delete", "namespace", namespace, "--wait=false", check=False)
 
@@ -249,14 +256,10 @@ def _dashboard(release: Release) -> dict[str, Any]:
 
 def _panel_queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """(panel title, PromQL) with the dashboard's default variables, as Grafana sends it."""
-    defaults = {}
-    for var in dashboard["templating"]["list"]:
-        value = var.get("current", {}).get("value")
-        defaults[var["name"]] = var["allValue"] if value == "$__all" else value
+    defaults = promql.variable_defaults(dashboard)
     for panel in (p for p in dashboard["panels"] if p["type"] != "row"):
         for target in panel["targets"]:
-            expr = GRAFANA_DURATIONS.sub(RATE_INTERVAL, target["expr"])
-            yield panel["title"], VARIABLE.sub(lambda m: defaults[m[1] or m[2]], expr)
+            yield panel["title"], promql.as_grafana_sends(target["expr"], defaults, RATE_INTERVAL)
 
 
 def _scraped_names(release: Release) -> set[str]:
