@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 RELEASE = "pages"
 SECRET = "pages-database"
+RETENTION_CRD = "retentionpolicies.threadkeeper.dev"
 SERVICE_PORT = 8000
 # The reaper's `--metrics-port` with the chart's defaults.
 REAPER_METRICS_PORT = yaml.safe_load((CHART / "values.yaml").read_text())["reaper"]["metricsPort"]
@@ -83,6 +84,10 @@ def paged(
     database_secret(kube_node, namespace, SECRET, bridge_postgres.pod_url(database))
     release = Release(kube_node, namespace, RELEASE, app_image, SECRET)
     label_sets = [f"monitoring.labels.{key}={value}" for key, value in LABELS.items()]
+    # The chart keeps its CRD on uninstall, owned by the release that made it; Helm refuses to
+    # take it over under another release name. A second release uses `crds.create=false`, as
+    # the chart README says for a CRD managed elsewhere, and this one leaves none behind.
+    crd_before = bool(kubectl(kube_node, "get", "crd", RETENTION_CRD, "--ignore-not-found"))
 
     def install() -> None:
         release.install(
@@ -95,6 +100,7 @@ def paged(
             f"alerts.tableBytesWarning={TABLE_BYTES_WARNING}",
             f"alerts.for.tablesLarge={FOR}",
             f"alerts.for.reaperDown={FOR}",
+            f"crds.create={str(not crd_before).lower()}",
         )
 
     try:
@@ -109,6 +115,8 @@ def paged(
     finally:
         # An install that failed half-way leaves a release behind as well.
         release.helm("uninstall", RELEASE, "--wait", check=False)
+        if not crd_before:
+            kubectl(kube_node, "delete", "crd", RETENTION_CRD, "--ignore-not-found", check=False)
         kubectl(kube_node, "delete", "namespace", namespace, "--wait=false", check=False)
 
 
