@@ -204,3 +204,23 @@ def metric_names(expr: str) -> set[str]:
         elif not followed_by_open and text.lower() not in _KEYWORDS:
             names.add(text)
     return names
+
+
+# Grafana's interval variables, and its `$name` / `${name}` / `${name:format}` variables.
+GRAFANA_DURATIONS = re.compile(r"\$__(rate_interval|interval|range)\b")
+GRAFANA_VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
+
+
+def variable_defaults(dashboard: Mapping[str, Any]) -> dict[str, str]:
+    """What each variable holds when the dashboard opens (`All` is the variable's allValue)."""
+    defaults = {}
+    for var in dashboard["templating"]["list"]:
+        value = var.get("current", {}).get("value")
+        defaults[var["name"]] = var["allValue"] if value == "$__all" else value
+    return defaults
+
+
+def as_grafana_sends(expr: str, defaults: Mapping[str, str], interval: str) -> str:
+    """`expr` with the variables' values and `interval` for Grafana's interval variables."""
+    expr = GRAFANA_DURATIONS.sub(interval, expr)
+    return GRAFANA_VARIABLE.sub(lambda m: defaults[m[1] or m[2]], expr)

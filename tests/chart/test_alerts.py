@@ -13,6 +13,7 @@ from tests.chart import promql, support
 from tests.chart.support import Helm
 
 PROMTOOL_DIR = Path(__file__).parent / "promtool"
+_PROMTOOL_VALUES = f"--values={PROMTOOL_DIR / 'values.yaml'}"
 
 
 def _rendered_groups(helm: Helm, *extra: str) -> dict[str, Any]:
@@ -115,3 +116,38 @@ def test_thresholds_come_from_values(helm: Helm) -> None:
     assert stalled.endswith("> 3 * 7200")
     assert rules[("ThreadkeeperServiceErrors", "critical")]["expr"].endswith("> 0.02")
     assert rules[("ThreadkeeperRunsFailing", "warning")]["expr"].endswith("> 0.25")
+
+
+def test_each_alerts_for_duration_is_a_value(helm: Helm) -> None:
+    """`alerts.for.*` set every alert's `for:`; the defaults are the runbook's durations."""
+    defaults = {
+        r["alert"]: r.get("for") for g in _rendered_groups(helm, _PROMTOOL_VALUES)["groups"]
+        for r in g["rules"] if "alert" in r
+    }  # fmt: skip
+    assert defaults["ThreadkeeperCheckpointTablesLarge"] == "15m"
+    assert defaults["ThreadkeeperReaperDown"] == "10m"
+    sets = "alerts.for.tablesLarge=1s,alerts.for.tablesGrowing=2s,alerts.for.reaperDown=3s,"
+    sets += "alerts.for.serviceErrors=4s,alerts.for.runsFailing=5s"
+    short = {
+        r["alert"]: r.get("for")
+        for g in _rendered_groups(helm, _PROMTOOL_VALUES, f"--set={sets}")["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }  # fmt: skip
+    assert short == {
+        "ThreadkeeperCheckpointTablesLarge": "1s",
+        "ThreadkeeperStoreTablesLarge": "1s",
+        "ThreadkeeperCheckpointTablesGrowing": "2s",
+        "ThreadkeeperStoreTablesGrowing": "2s",
+        "ThreadkeeperReaperDown": "3s",
+        "ThreadkeeperServiceErrors": "4s",
+        "ThreadkeeperRunsFailing": "5s",
+        # These fire on their first evaluation: a stalled reaper and failed runs are facts.
+        "ThreadkeeperReaperStalled": None,
+        "ThreadkeeperPruneFailing": None,
+    }
+
+
+def test_an_alerts_for_duration_must_be_a_duration(helm: Helm) -> None:
+    with pytest.raises(support.CommandFailed, match=r"alerts\.for\.reaperDown"):
+        _rendered_groups(helm, _PROMTOOL_VALUES, "--set=alerts.for.reaperDown=soon")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,6 @@ from tests.chart.support import BASE, Helm, Manifest, find
 TEMPLATE = "templates/monitoring/dashboard.yaml"
 ON = {**BASE, "monitoring.dashboard.enabled": True}
 SERVICE = f"{support.RELEASE}-threadkeeper"
-# Grafana's own variables, and values that let promtool parse what they stand in.
-GRAFANA_DURATIONS = re.compile(r"\$__(rate_interval|interval|range)\b")
-VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
 LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*\w+\s*\)$", re.DOTALL)
 
 
@@ -65,7 +63,7 @@ def _queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
 
 def _as_promql(expr: str) -> str:
     """The expression as Prometheus sees it once Grafana has put in its variables."""
-    return VARIABLE.sub("x", GRAFANA_DURATIONS.sub("5m", expr))
+    return promql.GRAFANA_VARIABLE.sub("x", promql.GRAFANA_DURATIONS.sub("5m", expr))
 
 
 def _threshold_values(panel: dict[str, Any]) -> list[float]:
@@ -143,7 +141,7 @@ def test_is_a_grafana_dashboard(helm: Helm) -> None:
             assert target["expr"].strip(), panel["title"]
     # Every variable a query uses is one the dashboard defines.
     for where, expr in _queries(dashboard):
-        for match in VARIABLE.finditer(GRAFANA_DURATIONS.sub("", expr)):
+        for match in promql.GRAFANA_VARIABLE.finditer(promql.GRAFANA_DURATIONS.sub("", expr)):
             assert (match[1] or match[2]) in variables, f"{where}: unknown variable {match[0]}"
 
 
@@ -178,13 +176,31 @@ def test_every_query_parses(helm: Helm, promtool: Path, tmp_path: Path) -> None:
     assert f"SUCCESS: {len(rules)} rules found" in out.stdout
 
 
-def _variable_defaults(dashboard: dict[str, Any]) -> dict[str, str]:
-    """What each variable holds when the dashboard opens (`All` is the variable's allValue)."""
-    defaults = {}
-    for var in dashboard["templating"]["list"]:
-        value = var.get("current", {}).get("value")
-        defaults[var["name"]] = var["allValue"] if value == "$__all" else value
-    return defaults
+def _promtool_test(
+    promtool: Path,
+    tmp_path: Path,
+    series: Iterable[tuple[str, dict[str, str]]],
+    values: str,
+    cases: list[dict[str, Any]],
+) -> subprocess.CompletedProcess[str]:
+    """`promtool test rules` of PromQL `cases` on `series`, one sample a minute of `values`."""
+    tests = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": _series_line(name, labels), "values": values}
+                    for name, labels in series
+                ],
+                "promql_expr_test": cases,
+            }
+        ],
+    }
+    path = tmp_path / "promql_test.yaml"
+    path.write_text(yaml.safe_dump(tests, sort_keys=False))
+    return support.run([promtool, "test", "rules", path], check=False)
 
 
 def _series_line(name: str, labels: dict[str, str]) -> str:
@@ -204,7 +220,7 @@ def test_every_query_has_a_result_on_what_the_code_exports(
     not the live Prometheus of a cluster; it checks the queries against the exporters' series.
     """
     dashboard = _dashboard(helm, ON)
-    defaults = _variable_defaults(dashboard)
+    defaults = promql.variable_defaults(dashboard)
     series = promql.scraped_series(
         service_target={"job": defaults["job"], "namespace": "threadkeeper", "pod": "tk-a"},
         reaper_target={"job": defaults["reaper"], "namespace": "threadkeeper", "pod": "tk-r"},
@@ -213,7 +229,7 @@ def test_every_query_has_a_result_on_what_the_code_exports(
     values = "1+1x120"  # rising: counters increase, gauges have a slope to extrapolate
     cases = []
     for _, expr in _queries(dashboard):
-        query = VARIABLE.sub(lambda m: defaults[m[1] or m[2]], GRAFANA_DURATIONS.sub("5m", expr))
+        query = promql.as_grafana_sends(expr, defaults, "5m")
         cases.append(
             {
                 "expr": f"count(({query}) == ({query})) > bool 0",
@@ -221,23 +237,7 @@ def test_every_query_has_a_result_on_what_the_code_exports(
                 "exp_samples": [{"labels": "{}", "value": 1}],
             }
         )
-    tests = {
-        "rule_files": [],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": [
-                    {"series": _series_line(name, labels), "values": values}
-                    for name, labels in series
-                ],
-                "promql_expr_test": cases,
-            }
-        ],
-    }
-    path = tmp_path / "dashboard_test.yaml"
-    path.write_text(yaml.safe_dump(tests, sort_keys=False))
-    out = support.run([promtool, "test", "rules", path], check=False)
+    out = _promtool_test(promtool, tmp_path, series, values, cases)
     assert out.returncode == 0, f"panels without a result:\n{out.stdout}\n{out.stderr}"
     variables = [v for v in dashboard["templating"]["list"] if v["type"] == "query"]
     assert len(cases) == sum(len(p["targets"]) for p in _panels(dashboard)) + len(variables)
@@ -308,3 +308,25 @@ def test_each_release_has_its_own_dashboard(helm: Helm) -> None:
     # The sidecar writes each dashboard to one directory, named by its data key.
     keys = {*_configmap(helm, ON)["data"], *doc["data"]}
     assert keys == {f"threadkeeper-{SERVICE}.json", f"elsewhere-{SERVICE}.json"}
+
+
+def test_ratio_panels_read_zero_when_nothing_failed(
+    helm: Helm, promtool: Path, tmp_path: Path
+) -> None:
+    """With no failed run and no 5xx (no such series at all), the ratios are 0, not "No data"."""
+    dashboard = _dashboard(helm, ON)
+    defaults = promql.variable_defaults(dashboard)
+    target = {"job": defaults["job"], "namespace": "threadkeeper", "pod": "tk-a"}
+    healthy = [
+        ("threadkeeper_runs_total", {**target, "outcome": "success"}),
+        ("threadkeeper_http_requests_total", {**target, "route": "/threads", "status": "200"}),
+    ]
+    cases = []
+    for title in ("Failed runs ratio", "HTTP 5xx ratio"):
+        (target_expr,) = [t["expr"] for t in _panel(dashboard, title)["targets"]]
+        query = promql.as_grafana_sends(target_expr, defaults, "5m")
+        cases.append(
+            {"expr": query, "eval_time": "1h", "exp_samples": [{"labels": "{}", "value": 0}]}
+        )
+    out = _promtool_test(promtool, tmp_path, healthy, "1+1x120", cases)
+    assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"

@@ -450,6 +450,28 @@ def _go_env(*, cgo: bool = False) -> dict[str, str]:
     return env
 
 
+def module_source(go_module: str, module: str) -> Path:
+    """The source directory of `module` at the version `go/<go_module>` pins (go.sum verified).
+
+    `go mod download` takes it from the module cache, else from the Go module proxy.
+    """
+    go = find_go()
+    if go is None:
+        raise ClusterError(f"reading {module}'s files needs Go; set ${GO_ENV} or put go on PATH")
+    try:
+        out = subprocess.run(
+            [str(go), "mod", "download", "-json", module],
+            cwd=GO_DIR / go_module,
+            env=_go_env(),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except subprocess.CalledProcessError as exc:
+        raise ClusterError(f"go mod download {module} failed: {exc.stdout}{exc.stderr}") from exc
+    return Path(json.loads(out)["Dir"])
+
+
 def go_version(go: Path) -> tuple[int, int, int]:
     try:
         out = subprocess.run(

@@ -6,6 +6,8 @@ first run builds the node binaries (see README.md for the times).
 
 Fixtures:
 - `node_binaries` (session): the built `NodeBinaries`, built once after collection.
+- `monitoring_binaries` (session): Prometheus and its operator (`build --monitoring`), built
+  after collection when a selected test uses them.
 - `kube_node` (session): a running `NodeCluster`; `kube_node_host_before` is the host's
   state from just before it started, for the test that checks `stop()` restores it.
 - `python_base_image` (session): the Debian-made Python base, imported into the node.
@@ -27,7 +29,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.cluster import appimage, build, rootfs
-from tests.cluster.build import Binaries, ImageToolBinaries, NodeBinaries
+from tests.cluster.build import Binaries, ImageToolBinaries, MonitoringBinaries, NodeBinaries
 from tests.cluster.errors import ClusterError
 from tests.cluster.host import HostState, host_state
 from tests.cluster.image import ImageRef
@@ -69,13 +71,22 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if not any(item.get_closest_marker("node") for item in session.items):
         return
-    if build.cached_node_binaries() is not None and build.cached_image_tools() is not None:
+    monitoring = any(
+        "monitoring_binaries" in getattr(item, "fixturenames", ()) for item in session.items
+    )
+    if (
+        build.cached_node_binaries() is not None
+        and build.cached_image_tools() is not None
+        and (not monitoring or build.cached_monitoring() is not None)
+    ):
         return
     progress = terminal_progress(session.config)
     try:
         build.ensure_binaries(progress=progress)
         build.ensure_node_binaries(progress=progress)
         build.ensure_image_tools(progress=progress)
+        if monitoring:
+            build.ensure_monitoring(progress=progress)
     except ClusterError as exc:
         session.config.stash[_NODE_BUILD_ERROR] = str(exc)
 
@@ -99,6 +110,11 @@ def node_binaries(request: pytest.FixtureRequest) -> NodeBinaries:
 @pytest.fixture(scope="session")
 def image_tools(request: pytest.FixtureRequest) -> ImageToolBinaries:
     return _built(request.config, "the image tools", build.ensure_image_tools)
+
+
+@pytest.fixture(scope="session")
+def monitoring_binaries(request: pytest.FixtureRequest) -> MonitoringBinaries:
+    return _built(request.config, "Prometheus and its operator", build.ensure_monitoring)
 
 
 @pytest.fixture(scope="session")
