@@ -575,3 +575,47 @@ def test_the_reaper_prunes_as_the_charts_service_account(
             reaper.kill()
         helm("uninstall", support.RELEASE, f"--namespace={namespace}", "--no-hooks",
              cluster=kube, check=False)  # fmt: skip
+
+
+def test_a_second_release_leaves_the_first_ones_crd_alone(
+    helm: Helm, kube: Cluster, namespace: str
+) -> None:
+    """Two teams install threadkeeper in their own namespaces, both with the default crds.create.
+
+    The CRD is cluster-wide and Helm refuses to adopt an object another release owns: the second
+    release must see the first's CRD and leave it out, not fail; the first still upgrades it.
+    """
+    if not _prepare_crd(kube):
+        pytest.skip("the cluster's RetentionPolicy CRD is managed outside these tests")
+    second_ns = f"{namespace}-b"
+    kubectl = Kubectl(kube)
+    kubectl.run("create", "namespace", second_ns)
+    # Hooks off: this is about which objects each release owns, not about the migration Job.
+    values = {**support.BASE, "retention.enabled": False}
+    releases = [(support.RELEASE, namespace), ("tk2", second_ns)]
+    try:
+        for release, ns in releases:
+            helm("install", release, support.CHART, f"--namespace={ns}", "--no-hooks",
+                 *support.set_args(values), cluster=kube)  # fmt: skip
+        with kube.api_client() as api:
+            crd = _dict(client.ApiextensionsV1Api(api).read_custom_resource_definition(CRD))
+        annotations = crd["metadata"]["annotations"]
+        assert annotations["meta.helm.sh/release-name"] == support.RELEASE
+        assert annotations["meta.helm.sh/release-namespace"] == namespace
+        second = helm("get", "manifest", "tk2", f"--namespace={second_ns}", cluster=kube).stdout
+        assert "kind: CustomResourceDefinition" not in second
+        assert "kind: Deployment" in second
+        first = helm(
+            "upgrade", support.RELEASE, support.CHART, f"--namespace={namespace}", "--no-hooks",
+            *support.set_args(values), cluster=kube,
+        ).stdout  # fmt: skip
+        assert "STATUS: deployed" in first
+        manifest = helm("get", "manifest", support.RELEASE, f"--namespace={namespace}",
+                        cluster=kube).stdout  # fmt: skip
+        assert "kind: CustomResourceDefinition" in manifest
+    finally:
+        for release, ns in releases:
+            helm("uninstall", release, f"--namespace={ns}", "--no-hooks", "--ignore-not-found",
+                 cluster=kube, check=False)  # fmt: skip
+        kubectl.run("delete", "namespace", second_ns, "--wait=false", check=False)
+        kubectl.run("delete", f"crd/{CRD}", "--ignore-not-found", "--wait=false", check=False)
