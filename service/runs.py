@@ -45,11 +45,6 @@ WHERE thread_id = %s
 ORDER BY created_at
 """
 
-# Runs that still count for the thread, including ones whose replica died mid-run.
-UNFINISHED_SQL = """
-SELECT run_id FROM runs WHERE thread_id = %s AND status IN ('pending', 'running')
-"""
-
 
 # A claimed row also says whose run it is: the executor scopes the graph's store by it.
 OWNER_OF_RUN_SQL = "(SELECT owner FROM threads WHERE thread_id = run.thread_id) AS owner"
@@ -353,11 +348,6 @@ async def active(conn: AsyncConnection[DictRow], thread_id: UUID) -> list[DictRo
 
 async def active_run_ids(conn: AsyncConnection[DictRow], thread_id: UUID) -> list[UUID]:
     return [row["run_id"] for row in await active(conn, thread_id)]
-
-
-async def unfinished_run_ids(conn: AsyncConnection[DictRow], thread_id: UUID) -> list[UUID]:
-    cur = await conn.execute(UNFINISHED_SQL, (thread_id,))
-    return [row["run_id"] for row in await cur.fetchall()]
 
 
 @dataclass(frozen=True)

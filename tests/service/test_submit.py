@@ -31,7 +31,7 @@ async def make_thread(pool: Pool, owner: str = "alice") -> UUID:
 
 async def unfinished(pool: Pool, thread_id: UUID) -> list[UUID]:
     async with pool.connection() as conn:
-        return await runs.unfinished_run_ids(conn, thread_id)
+        return [row["run_id"] for row in await runs.unfinished(conn, thread_id)]
 
 
 async def test_idle_thread_gets_a_claimed_run_in_one_statement(pool: Pool) -> None:
