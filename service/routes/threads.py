@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import uuid
+from functools import partial
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from threadkeeper.service import lifecycle, prune, serialize, state, threads
-from threadkeeper.service.http import MEDIA_JSON, accepts, owner, responds, services, uuid_param
+from threadkeeper.service.http import (
+    MEDIA_JSON,
+    accepts,
+    owner,
+    responds,
+    search_page,
+    services,
+    uuid_param,
+)
 from threadkeeper.service.problems import Problem, not_found
 from threadkeeper.service.schemas import (
     ThreadCount,
@@ -115,17 +124,7 @@ async def search_threads(request: Request, body: ThreadSearch) -> Response:
     flt = threads.ThreadFilter(
         owner=who, ids=body.ids, metadata=body.metadata, status=body.status, archived=body.archived
     )
-    async with services(request).pool.connection() as conn:
-        rows, total = await threads.search(
-            conn,
-            flt,
-            limit=body.limit,
-            offset=body.offset,
-            sort_by=body.sort_by,
-            sort_order=body.sort_order,
-        )
-    items = [serialize.thread(r) for r in rows]
-    return serialize.page(items, select=body.select, offset=body.offset, total=total)
+    return await search_page(request, body, partial(threads.search, flt=flt), serialize.thread)
 
 
 @accepts(ThreadCount)
