@@ -411,6 +411,13 @@ def _maybe(record: type[R], row: Mapping[str, Any] | None) -> R | None:
     return None if row is None else record.of(row)
 
 
+class RunRef(NamedTuple):
+    """Which run of which thread (a run found to claim or to cancel)."""
+
+    run_id: UUID
+    thread_id: UUID
+
+
 class ClaimTerms(NamedTuple):
     """How a replica claims a run: its name, the lease it takes, the per-owner cap (0: none)."""
 
@@ -493,10 +500,10 @@ async def by_idempotency_key(
 
 async def candidates(
     conn: AsyncConnection[DictRow], limit: int, owner_cap: int = 0
-) -> list[DictRow]:
+) -> list[RunRef]:
     """Runs to claim, oldest first, leaving out those of owners with ``owner_cap`` executing."""
     cur = await conn.execute(CANDIDATES_SQL, {"limit": limit, "cap": owner_cap})
-    return await cur.fetchall()
+    return [RunRef(row["run_id"], row["thread_id"]) for row in await cur.fetchall()]
 
 
 async def lock_thread_or_skip(conn: AsyncConnection[DictRow], thread_id: UUID) -> bool:
@@ -673,12 +680,12 @@ async def owned_active(
     statuses: list[RunStatus],
     thread_id: UUID | None = None,
     run_ids: list[UUID] | None = None,
-) -> list[DictRow]:
+) -> list[RunRef]:
     cur = await conn.execute(
         OWNED_ACTIVE_SQL,
         {"owner": owner, "statuses": statuses, "thread_id": thread_id, "run_ids": run_ids},
     )
-    return await cur.fetchall()
+    return [RunRef(row["run_id"], row["thread_id"]) for row in await cur.fetchall()]
 
 
 async def delete_finished(conn: AsyncConnection[DictRow], run_id: UUID) -> bool:

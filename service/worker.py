@@ -154,7 +154,7 @@ class Worker:
             if self.free <= 0:
                 self.starved = True
                 return
-            row = await self._claim(candidate["run_id"], candidate["thread_id"])
+            row = await self._claim(candidate.run_id, candidate.thread_id)
             if row is not None:
                 self.executor.start(row, row.owner)
 

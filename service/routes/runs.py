@@ -331,7 +331,7 @@ async def cancel_many(request: Request, body: CancelMany) -> Response:
         )
     if not rows:
         raise Problem(404, "no matching runs to cancel", kind="not-found")
-    await lifecycle.cancel_by_id(svc.pool, [r["run_id"] for r in rows], action)
+    await lifecycle.cancel_by_id(svc.pool, [r.run_id for r in rows], action)
     return Response(status_code=204)
 
 
