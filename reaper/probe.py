@@ -46,7 +46,6 @@ class Heartbeat:
         self.watch_grace = watch_grace
         self.clock = clock
         self._policies: dict[str, _Policy] = {}
-        self._last_event: float | None = None
         self._echo_expected_since: float | None = None
 
     # -- records
@@ -54,7 +53,6 @@ class Heartbeat:
     def seen(self, uid: str, name: str) -> None:
         """A watch event of a policy (its timer will start ticking for it)."""
         now = self.clock()
-        self._last_event = now
         if self._echo_expected_since is not None and now >= self._echo_expected_since:
             self._echo_expected_since = None
         if uid not in self._policies:
@@ -62,7 +60,6 @@ class Heartbeat:
             self._policies[uid] = _Policy(name, now)
 
     def gone(self, uid: str) -> None:
-        self._last_event = self.clock()
         self._policies.pop(uid, None)
 
     def ticked(self, uid: str) -> None:

@@ -83,8 +83,7 @@ FOR SHARE
 
 # The same check as the first part of a write statement: one row if the lease is live, else an
 # error that fails the whole statement, so nothing it inserts is committed. The error is a
-# division by the number of live leases found (SQLSTATE 22012, division_by_zero, which nothing
-# else in a fenced statement can raise; plain SQL has no RAISE): a divisor that depends on
+# division by the number of live leases found (``FENCE_REFUSED``): a divisor that depends on
 # count(*) cannot be folded into an error at plan time. The row lock is
 # held until the statement's (implicit) transaction commits. ``after``: a CTE whose (row) locks
 # are taken before the run row's, as an uncorrelated EXISTS gates the scan of ``runs``.
@@ -200,9 +199,16 @@ class EarlierWriteFailedError(RuntimeError):
     """A write of this attempt failed before this one; raised from that failure."""
 
 
+# What a fenced statement fails with when its fence finds the lease gone: SQLSTATE 22012,
+# division_by_zero, which nothing else in a fenced statement can raise. Plain SQL has no RAISE;
+# a plpgsql function raising a named SQLSTATE would say it more plainly, but costs a function
+# call in every write and a migration every replica must wait for, for the same guarantee.
+FENCE_REFUSED = psycopg.errors.DivisionByZero
+
+
 def refused_by_fence(exc: BaseException) -> bool:
     """Whether a statement failed because its fence found the lease gone."""
-    return isinstance(exc, psycopg.errors.DivisionByZero)
+    return isinstance(exc, FENCE_REFUSED)
 
 
 @dataclass(frozen=True)
@@ -628,7 +634,7 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         async with self._failing_for_good(), self.pool.connection() as conn:
             try:
                 await AsyncRawCursor(conn).execute(query, params, binary=True)
-            except psycopg.errors.DivisionByZero:
+            except FENCE_REFUSED:
                 if self.fence is not None:
                     raise self._lost() from None
                 raise

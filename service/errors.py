@@ -5,7 +5,7 @@ The HTTP layer maps each to its problem response (``problems.from_domain``), in 
 
 from __future__ import annotations
 
-from typing import Any
+from uuid import UUID
 
 
 class DomainError(Exception):
@@ -47,11 +47,11 @@ class ThreadBusy(Conflict):
 class StatePruned(DomainError):
     """A run ended, but the checkpoint it ended on was deleted by a history prune."""
 
-    def __init__(self, run: Any) -> None:
+    def __init__(self, run_id: UUID, status: str, thread_id: UUID) -> None:
         super().__init__(
-            f"run {run['run_id']} ended ({run['status']}), but the state it ended with was "
+            f"run {run_id} ended ({status}), but the state it ended with was "
             "pruned by the retention policy; the thread's current state is at "
-            f"/threads/{run['thread_id']}/state"
+            f"/threads/{thread_id}/state"
         )
-        self.run_id = run["run_id"]
-        self.run_status = run["status"]
+        self.run_id = run_id
+        self.run_status = status

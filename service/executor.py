@@ -19,7 +19,6 @@ import structlog
 from langchain_core.runnables import RunnableConfig
 from langgraph.store.base import BaseStore
 from langgraph.types import Command, Durability
-from psycopg.rows import DictRow
 
 from threadkeeper.service import db, events, lifecycle, runs, stream_modes
 from threadkeeper.service.checkpointer import (
@@ -207,10 +206,10 @@ class Executor:
     def busy(self) -> int:
         return len(self.attempts)
 
-    def start(self, row: DictRow) -> Attempt:
-        """Execute a claimed run in the background; the request that asked for it may go away."""
-        run = runs.Run.of(row)
-        attempt = Attempt(run, owner=row.get("owner"))
+    def start(self, run: runs.Run, owner: str | None = None) -> Attempt:
+        """Execute a claimed run in the background; the request that asked for it may go away.
+        ``owner``: the thread's, when the claim read it (else the attempt looks it up)."""
+        attempt = Attempt(run, owner=owner)
         attempt.task = asyncio.create_task(self._execute(attempt), name=f"run-{run.run_id}")
         self.attempts[run.run_id] = attempt
         return attempt

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 import structlog
@@ -21,12 +21,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from threadkeeper.service import jsonbody
+from threadkeeper.service import jsonbody, serialize
 from threadkeeper.service.problems import Problem, invalid
 from threadkeeper.service.query import QueryParam
 from threadkeeper.service.services import Services
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+FoundT = TypeVar("FoundT")
 Endpoint = Callable[[Request], Awaitable[Response]]
 EndpointT = TypeVar("EndpointT", bound=Callable[..., Awaitable[Response]])
 OWNER_SCOPE_KEY = "threadkeeper.owner"
@@ -132,6 +133,46 @@ async def parse(request: Request, model: type[ModelT], *, empty_ok: bool = True)
         return model.model_validate(data)
     except ValidationError as exc:
         raise invalid(exc) from exc
+
+
+class PageRequest(Protocol):
+    """The paging and ordering a search body asks for (threads, assistants, crons)."""
+
+    @property
+    def limit(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def sort_by(self) -> Any: ...
+    @property
+    def sort_order(self) -> Any: ...
+    @property
+    def select(self) -> Sequence[str] | None: ...
+
+
+# A search of one resource: one page of matches and the total, on a connection (the argument)
+# with the body's paging and order (keywords ``sort_by``, ``sort_order``, ``limit``, ``offset``).
+Search = Callable[..., Awaitable[tuple[Sequence[FoundT], int]]]
+
+
+async def search_page(
+    request: Request,
+    body: PageRequest,
+    search: Search[FoundT],
+    as_json: Callable[[FoundT], dict[str, Any]],
+) -> Response:
+    """Answer a search endpoint: the page ``search`` finds, each match ``as_json``, with only
+    the ``select``ed fields and the Agent Server's paging headers."""
+    async with services(request).pool.connection() as conn:
+        found, total = await search(
+            conn,
+            sort_by=body.sort_by,
+            sort_order=body.sort_order,
+            limit=body.limit,
+            offset=body.offset,
+        )
+    items = [as_json(f) for f in found]
+    return serialize.page(items, select=body.select, offset=body.offset, total=total)
 
 
 def uuid_param(request: Request, name: str) -> UUID:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from datetime import datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Self, TypeVar
 from uuid import UUID, uuid5
 
 from psycopg import AsyncConnection, AsyncRawCursor
@@ -43,11 +43,6 @@ SELECT run_id, status FROM runs
 WHERE thread_id = %s
   AND {busy_sql()}
 ORDER BY created_at
-"""
-
-# Runs that still count for the thread, including ones whose replica died mid-run.
-UNFINISHED_SQL = """
-SELECT run_id FROM runs WHERE thread_id = %s AND status IN ('pending', 'running')
 """
 
 
@@ -355,11 +350,6 @@ async def active_run_ids(conn: AsyncConnection[DictRow], thread_id: UUID) -> lis
     return [row["run_id"] for row in await active(conn, thread_id)]
 
 
-async def unfinished_run_ids(conn: AsyncConnection[DictRow], thread_id: UUID) -> list[UUID]:
-    cur = await conn.execute(UNFINISHED_SQL, (thread_id,))
-    return [row["run_id"] for row in await cur.fetchall()]
-
-
 @dataclass(frozen=True)
 class Run:
     """A run row (``COLUMNS_SQL``), as an executing attempt holds it."""
@@ -385,9 +375,10 @@ class Run:
     failed_attempts: int
 
     @classmethod
-    def of(cls, row: Mapping[str, Any]) -> Run:
-        """The record of a row with the run columns (others, such as ``leased``, are left)."""
-        values = {name: row[name] for name in RUN_FIELDS}
+    def of(cls, row: Mapping[str, Any]) -> Self:
+        """The record of a row with the record's columns (others, such as ``notified``, are
+        left)."""
+        values = {f.name: row[f.name] for f in fields(cls) if f.name in row or f.default is MISSING}
         values["status"] = RunStatus(row["status"])
         values["multitask_strategy"] = MultitaskStrategy(row["multitask_strategy"])
         action = row["cancel_action"]
@@ -395,7 +386,36 @@ class Run:
         return cls(**values)
 
 
-RUN_FIELDS = tuple(f.name for f in fields(Run))
+@dataclass(frozen=True)
+class QueuedRun(Run):
+    """A run as queueing or claiming it returns it: with its thread's owner (the executor
+    scopes the graph's store by it) and, for a queued run left pending, the workers' wake-up."""
+
+    owner: str | None
+    notified: str | None = None
+
+
+@dataclass(frozen=True)
+class UnfinishedRun(Run):
+    """A run that has not ended, as its thread's queue sees it (``HEAD_OF_THREAD_SQL``)."""
+
+    leased: bool  # it executes under a live lease
+    failures: int  # attempts that count toward THREADKEEPER_MAX_ATTEMPTS
+    due: bool  # its after_seconds have passed
+
+
+R = TypeVar("R", bound=Run)
+
+
+def _maybe(record: type[R], row: Mapping[str, Any] | None) -> R | None:
+    return None if row is None else record.of(row)
+
+
+class RunRef(NamedTuple):
+    """Which run of which thread (a run found to claim or to cancel)."""
+
+    run_id: UUID
+    thread_id: UUID
 
 
 class ClaimTerms(NamedTuple):
@@ -451,13 +471,13 @@ class NewRun:
 
 async def insert(
     conn: AsyncConnection[DictRow], new: NewRun, claim_for: ClaimTerms | None = None
-) -> DictRow:
+) -> QueuedRun:
     """Queue a run (caller holds the thread lock); with ``claim_for``, claimed on those terms
     if its owner has room (status ``running``), else left ``pending``."""
     cur = await conn.execute(INSERT_SQL, new.params(claim_for))
     row = await cur.fetchone()
     assert row is not None
-    return row
+    return QueuedRun.of(row)
 
 
 async def insert_if_idle(
@@ -465,25 +485,25 @@ async def insert_if_idle(
     new: NewRun,
     owner: str,
     claim_for: ClaimTerms | None = None,
-) -> DictRow | None:
+) -> QueuedRun | None:
     """Queue a run in one statement if it heads its owner's thread; None: take the long way."""
     cur = await conn.execute(INSERT_IF_IDLE_SQL, {**new.params(claim_for), "owner": owner})
-    return await cur.fetchone()
+    return _maybe(QueuedRun, await cur.fetchone())
 
 
 async def by_idempotency_key(
     conn: AsyncConnection[DictRow], thread_id: UUID, key: str
-) -> DictRow | None:
+) -> Run | None:
     cur = await conn.execute(BY_IDEMPOTENCY_KEY_SQL, (thread_id, key))
-    return await cur.fetchone()
+    return _maybe(Run, await cur.fetchone())
 
 
 async def candidates(
     conn: AsyncConnection[DictRow], limit: int, owner_cap: int = 0
-) -> list[DictRow]:
+) -> list[RunRef]:
     """Runs to claim, oldest first, leaving out those of owners with ``owner_cap`` executing."""
     cur = await conn.execute(CANDIDATES_SQL, {"limit": limit, "cap": owner_cap})
-    return await cur.fetchall()
+    return [RunRef(row["run_id"], row["thread_id"]) for row in await cur.fetchall()]
 
 
 async def lock_thread_or_skip(conn: AsyncConnection[DictRow], thread_id: UUID) -> bool:
@@ -491,17 +511,16 @@ async def lock_thread_or_skip(conn: AsyncConnection[DictRow], thread_id: UUID) -
     return await cur.fetchone() is not None
 
 
-async def unfinished(conn: AsyncConnection[DictRow], thread_id: UUID) -> list[DictRow]:
-    """The thread's unfinished runs, oldest first, with ``leased`` and ``failures`` (caller
-    holds the thread lock)."""
+async def unfinished(conn: AsyncConnection[DictRow], thread_id: UUID) -> list[UnfinishedRun]:
+    """The thread's unfinished runs, oldest first (caller holds the thread lock)."""
     cur = await conn.execute(HEAD_OF_THREAD_SQL, (thread_id,))
-    return await cur.fetchall()
+    return [UnfinishedRun.of(row) for row in await cur.fetchall()]
 
 
-async def head_of_thread(conn: AsyncConnection[DictRow], thread_id: UUID) -> DictRow | None:
+async def head_of_thread(conn: AsyncConnection[DictRow], thread_id: UUID) -> UnfinishedRun | None:
     """The run that may execute next on the thread (caller holds the thread lock)."""
     rows = await unfinished(conn, thread_id)
-    if any(r["status"] == RunStatus.RUNNING and r["leased"] for r in rows):
+    if any(r.status == RunStatus.RUNNING and r.leased for r in rows):
         return None
     return rows[0] if rows else None
 
@@ -512,14 +531,14 @@ async def claim(
     replica: str,
     lease_seconds: float,
     owner_cap: int = 0,
-) -> DictRow | None:
+) -> QueuedRun | None:
     """Claim the run (caller holds its thread lock, and found it heads the thread); None when
     its owner already has ``owner_cap`` runs executing."""
     cur = await conn.execute(
         CLAIM_SQL,
         {"run_id": run_id, "replica": replica, "lease": lease_seconds, "cap": owner_cap},
     )
-    return await cur.fetchone()
+    return _maybe(QueuedRun, await cur.fetchone())
 
 
 async def heartbeat(
@@ -547,7 +566,7 @@ async def finish(
     spoke: bool = True,
     events: str = "[]",
     before: Batch | None = None,
-) -> DictRow | None:
+) -> Run | None:
     """Record the outcome of an attempt, its last ``events`` (a JSON list, see
     ``EventWriter.hand_over``) and the thread's new status, atomically; with ``before`` (a
     saver's held rows), in the same statement as those.
@@ -580,7 +599,7 @@ async def finish(
                 *(params[name] for name in rest),
             ],
         )
-    return await cur.fetchone()
+    return _maybe(Run, await cur.fetchone())
 
 
 async def end_idle(
@@ -590,21 +609,21 @@ async def end_idle(
     status: RunStatus,
     error: dict[str, Any] | None,
     thread_status: ThreadStatus,
-) -> DictRow | None:
+) -> Run | None:
     """End a run no replica executes (caller holds the thread lock)."""
     cur = await conn.execute(
         END_IDLE_SQL,
         {"run_id": run_id, "status": status, "error": Jsonb(error) if error else None},
     )
-    row = await cur.fetchone()
-    if row is not None:
+    run = _maybe(Run, await cur.fetchone())
+    if run is not None:
         await conn.execute(
             FINISH_THREAD_SQL,
-            {"status": thread_status, "spoke": False, "thread_id": row["thread_id"]},
+            {"status": thread_status, "spoke": False, "thread_id": run.thread_id},
         )
         # A run behind it may start now (rare path: always wake the workers).
         await notify(conn, "next", run_id)
-    return row
+    return run
 
 
 async def hand_back(
@@ -622,24 +641,24 @@ async def hand_back(
 
 async def request_cancel(
     conn: AsyncConnection[DictRow], run_ids: list[UUID], action: CancelAction
-) -> list[DictRow]:
+) -> list[Run]:
     cur = await conn.execute(REQUEST_CANCEL_SQL, {"run_ids": run_ids, "action": action})
-    rows = await cur.fetchall()
-    for row in rows:
-        await notify(conn, "cancel", row["run_id"])
-    return rows
+    told = [Run.of(row) for row in await cur.fetchall()]
+    for run in told:
+        await notify(conn, "cancel", run.run_id)
+    return told
 
 
 async def get(
     conn: AsyncConnection[DictRow], thread_id: UUID, run_id: UUID, owner: str
-) -> DictRow | None:
+) -> Run | None:
     cur = await conn.execute(GET_SQL, (run_id, thread_id, owner))
-    return await cur.fetchone()
+    return _maybe(Run, await cur.fetchone())
 
 
-async def get_by_id(conn: AsyncConnection[DictRow], run_id: UUID) -> DictRow | None:
+async def get_by_id(conn: AsyncConnection[DictRow], run_id: UUID) -> Run | None:
     cur = await conn.execute(GET_BY_ID_SQL, (run_id,))
-    return await cur.fetchone()
+    return _maybe(Run, await cur.fetchone())
 
 
 async def list_for_thread(
@@ -649,9 +668,9 @@ async def list_for_thread(
     status: RunStatus | None,
     limit: int,
     offset: int,
-) -> list[DictRow]:
+) -> list[Run]:
     cur = await conn.execute(LIST_SQL, (thread_id, status, status, limit, offset))
-    return await cur.fetchall()
+    return [Run.of(row) for row in await cur.fetchall()]
 
 
 async def owned_active(
@@ -661,12 +680,12 @@ async def owned_active(
     statuses: list[RunStatus],
     thread_id: UUID | None = None,
     run_ids: list[UUID] | None = None,
-) -> list[DictRow]:
+) -> list[RunRef]:
     cur = await conn.execute(
         OWNED_ACTIVE_SQL,
         {"owner": owner, "statuses": statuses, "thread_id": thread_id, "run_ids": run_ids},
     )
-    return await cur.fetchall()
+    return [RunRef(row["run_id"], row["thread_id"]) for row in await cur.fetchall()]
 
 
 async def delete_finished(conn: AsyncConnection[DictRow], run_id: UUID) -> bool:

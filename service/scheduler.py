@@ -26,7 +26,7 @@ from threadkeeper.service.crons import OnRunCompleted
 from threadkeeper.service.errors import DomainError, ThreadBusy
 from threadkeeper.service.schemas import RunCreate
 from threadkeeper.service.services import Services
-from threadkeeper.service.submit import make_room, new_run
+from threadkeeper.service.submit import RunRequest, make_room, new_run
 
 log = structlog.get_logger(__name__)
 
@@ -91,7 +91,7 @@ class Scheduler:
         thread_id: uuid.UUID = due["thread_id"] or uuid.uuid4()
         try:
             body = RunCreate.model_validate(_run_body(due))
-            new = await new_run(self.svc, owner, thread_id, body)
+            new = await new_run(self.svc, RunRequest(owner, thread_id, body))
         except (ValidationError, DomainError) as exc:
             log.warning("cron_tick_refused", error=str(exc))
             return None
@@ -104,8 +104,7 @@ class Scheduler:
         except ThreadBusy:
             log.info("cron_tick_skipped", thread_id=str(thread_id), reason="thread busy")
             return None
-        row = await runs.insert(conn, new)
-        return uuid.UUID(str(row["run_id"]))
+        return (await runs.insert(conn, new)).run_id
 
     async def _delete_spent(self) -> None:
         async with self.svc.pool.connection() as conn:

@@ -7,14 +7,17 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import orjson
 from langgraph.types import Interrupt, StateSnapshot
-from psycopg.rows import DictRow
 from pydantic import BaseModel
 from starlette.responses import JSONResponse
+
+if TYPE_CHECKING:
+    from threadkeeper.service.runs import Run
+    from threadkeeper.service.threads import Thread
 
 
 def jsonable(value: Any) -> Any:
@@ -89,40 +92,40 @@ def page(
     return JSON(items, headers=headers)
 
 
-def thread(row: DictRow, values: Any = None, interrupts: Any = None) -> dict[str, Any]:
+def thread(row: Thread, values: Any = None, interrupts: Any = None) -> dict[str, Any]:
     return {
-        "thread_id": row["thread_id"],
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
-        "state_updated_at": row["last_message_at"] or row["updated_at"],
-        "metadata": row["metadata"],
+        "thread_id": row.thread_id,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "state_updated_at": row.last_message_at or row.updated_at,
+        "metadata": row.metadata,
         "config": {},
-        "status": row["status"],
+        "status": row.status,
         "values": values,
         "interrupts": interrupts or {},
-        "title": row["title"],
-        "owner": row["owner"],
-        "last_message_at": row["last_message_at"],
-        "archived_at": row["archived_at"],
+        "title": row.title,
+        "owner": row.owner,
+        "last_message_at": row.last_message_at,
+        "archived_at": row.archived_at,
     }
 
 
-def run(row: DictRow) -> dict[str, Any]:
+def run(row: Run) -> dict[str, Any]:
     return {
-        "run_id": row["run_id"],
-        "thread_id": row["thread_id"],
-        "assistant_id": row["assistant_id"],
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
-        "status": row["status"],
-        "metadata": row["metadata"],
-        "kwargs": row["kwargs"],
-        "multitask_strategy": row["multitask_strategy"],
-        "attempt": row["attempt"],
-        "replica": row["lease_holder"],
-        "error": row["error"],
-        "started_at": row["started_at"],
-        "ended_at": row["ended_at"],
+        "run_id": row.run_id,
+        "thread_id": row.thread_id,
+        "assistant_id": row.assistant_id,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "status": row.status,
+        "metadata": row.metadata,
+        "kwargs": row.kwargs,
+        "multitask_strategy": row.multitask_strategy,
+        "attempt": row.attempt,
+        "replica": row.lease_holder,
+        "error": row.error,
+        "started_at": row.started_at,
+        "ended_at": row.ended_at,
     }
 
 

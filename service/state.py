@@ -8,7 +8,7 @@ that never ran reads as the deployment's first graph.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -19,6 +19,8 @@ from threadkeeper.service.errors import NotFound
 from threadkeeper.service.executor import thread_config
 from threadkeeper.service.graphs import AnyGraph
 from threadkeeper.service.registry import graph_of_run
+from threadkeeper.service.runs import Run
+from threadkeeper.service.threads import Thread
 
 if TYPE_CHECKING:
     from threadkeeper.service.services import Services
@@ -31,17 +33,17 @@ async def reader(svc: Services, graph_id: str | None, thread_id: UUID) -> AnyGra
     return bound.reader
 
 
-async def of_thread(svc: Services, thread: Mapping[str, Any]) -> AnyGraph:
-    """The reader of a thread's graph, given the thread's row."""
-    graph_id = (thread.get("metadata") or {}).get("graph_id")
-    return await reader(svc, graph_id if isinstance(graph_id, str) else None, thread["thread_id"])
+async def of_thread(svc: Services, thread: Thread) -> AnyGraph:
+    """The reader of a thread's graph."""
+    graph_id = (thread.metadata or {}).get("graph_id")
+    return await reader(svc, graph_id if isinstance(graph_id, str) else None, thread.thread_id)
 
 
-async def of_run(svc: Services, run: Mapping[str, Any]) -> AnyGraph:
-    """The reader of the graph a run executed, given the run's row."""
+async def of_run(svc: Services, run: Run) -> AnyGraph:
+    """The reader of the graph a run executed."""
     registry = svc.registry
-    graph_id = graph_of_run(run["kwargs"] or {}) or registry.resolve(run["assistant_id"])
-    return await reader(svc, graph_id, run["thread_id"])
+    graph_id = graph_of_run(run.kwargs or {}) or registry.resolve(run.assistant_id)
+    return await reader(svc, graph_id, run.thread_id)
 
 
 async def at(graph: AnyGraph, config: RunnableConfig, *, subgraphs: bool = False) -> StateSnapshot:

@@ -94,6 +94,21 @@ class NewThread:
     temporary: bool
 
 
+@dataclass(frozen=True)
+class RunRequest:
+    """A run as a caller asks for it: whose, on which thread, what (``body``), and how."""
+
+    owner: str
+    thread_id: UUID
+    body: RunCreate
+    # A retry with the same key gets the run the first submission created.
+    idempotency_key: str | None = None
+    # The caller waits for the end state (``/runs/wait``).
+    waited: bool = False
+    # ``thread_id`` is a new id, for a thread created with the run.
+    new_thread: NewThread | None = None
+
+
 async def _ensure_locked_thread(
     conn: AsyncConnection[DictRow],
     owner: str,
@@ -113,18 +128,12 @@ async def _ensure_locked_thread(
     raise NotFound("Thread", thread_id)
 
 
-async def new_run(
-    svc: Services,
-    owner: str,
-    thread_id: UUID,
-    body: RunCreate,
-    idempotency_key: str | None = None,
-    *,
-    waited: bool = False,
-) -> runs.NewRun:
-    """The run ``body`` asks for on the thread, with its assistant's configuration merged in."""
+async def new_run(svc: Services, request: RunRequest) -> runs.NewRun:
+    """The run the request's body asks for on its thread, with its assistant's configuration
+    merged in."""
+    body, thread_id = request.body, request.thread_id
     check_stream_modes(body)
-    assistant = await catalog.for_run(svc.pool, svc.registry, body.assistant_id, owner)
+    assistant = await catalog.for_run(svc.pool, svc.registry, body.assistant_id, request.owner)
     kwargs = catalog.run_kwargs(
         assistant,
         body.model_dump(
@@ -133,7 +142,7 @@ async def new_run(
     )
     await _check_start(svc, assistant.graph_id, thread_id, body)
     text = first_user_text(body.input)
-    if waited and body.stream_mode is None:
+    if request.waited and body.stream_mode is None:
         kwargs[WAIT_ONLY] = True
     return runs.NewRun(
         run_id=uuid.uuid4(),
@@ -143,7 +152,7 @@ async def new_run(
         kwargs=kwargs,
         metadata=body.metadata,
         strategy=body.multitask_strategy or DEFAULT_STRATEGY,
-        idempotency_key=idempotency_key,
+        idempotency_key=request.idempotency_key,
         title=threads.derive_title(text) if text else None,
         delay_seconds=body.after_seconds or None,
     )
@@ -162,27 +171,17 @@ async def make_room(conn: AsyncConnection[DictRow], new: runs.NewRun) -> bool:
     return False
 
 
-async def submit(
-    svc: Services,
-    owner: str,
-    thread_id: UUID,
-    body: RunCreate,
-    idempotency_key: str | None = None,
-    *,
-    waited: bool = False,
-    new_thread: NewThread | None = None,
-) -> tuple[DictRow, Attempt | None]:
+async def submit(svc: Services, request: RunRequest) -> tuple[runs.Run, Attempt | None]:
     """Queue the run under the thread lock, applying the multitask strategy; start it if we can.
 
     With an idempotency key, a retry of a submission whose response was lost returns the run
-    the first attempt created instead of queueing the turn twice. ``waited``: the caller waits
-    for the end state (``/runs/wait``). ``new_thread``: ``thread_id`` is a new id, for a thread
-    created with the run.
+    the first attempt created instead of queueing the turn twice.
     """
-    new = await new_run(svc, owner, thread_id, body, idempotency_key, waited=waited)
+    owner, thread_id, idempotency_key = request.owner, request.thread_id, request.idempotency_key
+    new = await new_run(svc, request)
     # A delayed run is left to the workers, which claim it once it is due.
     immediate = new.delay_seconds is None
-    if idempotency_key is None and new_thread is None and immediate:
+    if idempotency_key is None and request.new_thread is None and immediate:
         fast = await _submit_if_idle(svc, owner, new)
         if fast is not None:
             return fast
@@ -190,7 +189,7 @@ async def submit(
     try:
         async with svc.pool.connection() as conn, conn.transaction():
             await _ensure_locked_thread(
-                conn, owner, thread_id, body.if_not_exists == "create", new_thread
+                conn, owner, thread_id, request.body.if_not_exists == "create", request.new_thread
             )
             if idempotency_key is not None:
                 existing = await runs.by_idempotency_key(conn, thread_id, idempotency_key)
@@ -214,7 +213,7 @@ async def submit(
 
 async def _submit_if_idle(
     svc: Services, owner: str, new: runs.NewRun
-) -> tuple[DictRow, Attempt | None] | None:
+) -> tuple[runs.Run, Attempt | None] | None:
     """The usual turn, in one round trip: the owner's idle thread gets the run, claimed here if
     this replica has room. None when the thread is missing, busy or just changed."""
     reserved = svc.worker.reserve()
@@ -253,7 +252,7 @@ async def settled(attempt: Attempt) -> RunOutcome | None:
         return None
 
 
-async def wait_for_end(svc: Services, run_id: UUID, attempt: Attempt | None) -> DictRow | None:
+async def wait_for_end(svc: Services, run_id: UUID, attempt: Attempt | None) -> runs.Run | None:
     """Block until the run ends on whichever replica executes it; None if it was deleted."""
     if attempt is not None:
         await settled(attempt)
@@ -262,10 +261,10 @@ async def wait_for_end(svc: Services, run_id: UUID, attempt: Attempt | None) -> 
         try:
             async with svc.pool.connection() as conn:
                 row = await runs.get_by_id(conn, run_id)
-            if row is None or row["status"] not in ACTIVE_RUN_STATUSES:
+            if row is None or row.status not in ACTIVE_RUN_STATUSES:
                 return row
             # A handed-back or resumed run may land here again: help if we have room.
-            local = await svc.worker.try_start(run_id, row["thread_id"])
+            local = await svc.worker.try_start(run_id, row.thread_id)
             if local is not None:
                 await settled(local)
                 continue
@@ -278,16 +277,16 @@ async def wait_for_end(svc: Services, run_id: UUID, attempt: Attempt | None) -> 
             svc.hub.disarm(wakeup, run_key(run_id))
 
 
-async def final_body(svc: Services, row: DictRow | None) -> Any:
+async def final_body(svc: Services, row: runs.Run | None) -> Any:
     """The ``/runs/wait`` and ``/join`` body: final values, or ``__error__``."""
     if row is None:
         return {"__error__": {"error": "RunDeleted", "message": "the run was rolled back"}}
-    if row["status"] == RunStatus.ERROR:
-        return {"__error__": row["error"]}
-    config = thread_config(row["thread_id"], row["checkpoint_id"])
+    if row.status == RunStatus.ERROR:
+        return {"__error__": row.error}
+    config = thread_config(row.thread_id, row.checkpoint_id)
     snapshot = await state.read(await state.of_run(svc, row), config)
-    if row["checkpoint_id"] is not None and snapshot.metadata is None:
-        raise StatePruned(row)
+    if row.checkpoint_id is not None and snapshot.metadata is None:
+        raise StatePruned(row.run_id, row.status, row.thread_id)
     values = snapshot.values
     interrupts = [i for task in snapshot.tasks for i in task.interrupts]
     if interrupts and isinstance(values, dict):
@@ -295,7 +294,7 @@ async def final_body(svc: Services, row: DictRow | None) -> Any:
     return values
 
 
-async def result_of(svc: Services, run: DictRow, attempt: Attempt | None) -> Any:
+async def result_of(svc: Services, run: runs.Run, attempt: Attempt | None) -> Any:
     """The final body of a run started (maybe here) by this request, whichever attempt ends it.
 
     The database may go away meanwhile: the run then goes on (or is resumed) once it is back,
@@ -312,9 +311,9 @@ async def result_of(svc: Services, run: DictRow, attempt: Attempt | None) -> Any
             return outcome_body(outcome)
     while True:
         try:
-            return await final_body(svc, await wait_for_end(svc, run["run_id"], None))
+            return await final_body(svc, await wait_for_end(svc, run.run_id, None))
         except psycopg.OperationalError as exc:
-            log.warning("wait_database_unavailable", run_id=str(run["run_id"]), error=str(exc))
+            log.warning("wait_database_unavailable", run_id=str(run.run_id), error=str(exc))
             await asyncio.sleep(OUTAGE_RETRY_SECONDS)
 
 

@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 from threadkeeper.service import state, threads
 from threadkeeper.service.registry import GraphNotServed
 from threadkeeper.service.serialize import jsonable
-from threadkeeper.service.threads import SortBy, SortOrder, ThreadFilter
+from threadkeeper.service.threads import SortBy, SortOrder, Thread, ThreadFilter
 
 if TYPE_CHECKING:
     from threadkeeper.service.services import Services
@@ -124,11 +124,11 @@ def extracted(thread: Mapping[str, Any], extract: Mapping[str, str]) -> dict[str
     return {alias: extract_path(thread, path) for alias, path in extract.items()}
 
 
-async def read(svc: Services, rows: Sequence[DictRow]) -> list[ThreadState]:
+async def read(svc: Services, rows: Sequence[Thread]) -> list[ThreadState]:
     """The latest state of each thread, in order, a few threads at a time."""
     limit = asyncio.Semaphore(READ_CONCURRENCY)
 
-    async def one(row: DictRow) -> ThreadState:
+    async def one(row: Thread) -> ThreadState:
         async with limit:
             try:
                 graph = await state.of_thread(svc, row)
@@ -136,7 +136,7 @@ async def read(svc: Services, rows: Sequence[DictRow]) -> list[ThreadState]:
                 # Its graph left the deployment: its state cannot be read, so it holds nothing
                 # a search could find (rather than failing the caller's whole search).
                 return ThreadState(None, {})
-            snapshot = await state.latest(graph, row["thread_id"])
+            snapshot = await state.latest(graph, row.thread_id)
         interrupts = {t.id: list(t.interrupts) for t in snapshot.tasks if t.interrupts}
         return ThreadState(jsonable(snapshot.values), jsonable(interrupts))
 
@@ -174,10 +174,10 @@ async def search(
     *,
     limit: int,
     offset: int,
-) -> tuple[list[DictRow], list[ThreadState], int]:
+) -> tuple[list[Thread], list[ThreadState], int]:
     """One page of the threads passing ``flt`` whose values contain ``wanted``, their states,
     and how many match in all: every candidate's state is read, in the search's order."""
-    page: list[DictRow] = []
+    page: list[Thread] = []
     states: list[ThreadState] = []
     total = 0
     async for batch, found, hits in _matches(svc, flt, wanted, order):
@@ -199,7 +199,7 @@ async def count(svc: Services, flt: ThreadFilter, wanted: dict[str, Any]) -> int
 
 async def _matches(
     svc: Services, flt: ThreadFilter, wanted: dict[str, Any], order: Order
-) -> AsyncIterator[tuple[list[DictRow], list[ThreadState], list[int]]]:
+) -> AsyncIterator[tuple[list[Thread], list[ThreadState], list[int]]]:
     """Batches of candidates in the search's order, their states, and which of them match."""
     seen = 0
     while True:

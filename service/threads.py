@@ -5,7 +5,8 @@ Every query takes the owner, so a thread of another owner is indistinguishable f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from threadkeeper.service.domain import ThreadStatus
 from threadkeeper.service.lease import busy_sql
 
 SortBy = Literal[
@@ -41,6 +43,33 @@ COLUMNS_SQL = f"""
 t.thread_id, t.owner, t.title, t.metadata, t.created_at, t.updated_at,
 t.last_message_at, t.archived_at, ({STATUS_SQL}) AS status
 """
+
+
+@dataclass(frozen=True)
+class Thread:
+    """A thread row (``COLUMNS_SQL``), its status derived from its runs' leases."""
+
+    thread_id: UUID
+    owner: str
+    title: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    last_message_at: datetime | None
+    archived_at: datetime | None
+    status: ThreadStatus
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> Thread:
+        """The record of a row with the thread columns (others, such as ``total``, are left)."""
+        values = {f.name: row[f.name] for f in fields(cls)}
+        values["status"] = ThreadStatus(row["status"])
+        return cls(**values)
+
+
+def _maybe(row: Mapping[str, Any] | None) -> Thread | None:
+    return None if row is None else Thread.of(row)
+
 
 INSERT_SQL = f"""
 INSERT INTO threads AS t (
@@ -183,7 +212,7 @@ async def insert(
     title: str | None = None,
     temporary: bool = False,
     ttl: Ttl | None = None,
-) -> DictRow | None:
+) -> Thread | None:
     """Insert a thread; None when the id is taken (by anyone). A temporary thread (a stateless
     run's) is deleted once its runs ended (``service.stateless``)."""
     cur = await conn.execute(
@@ -197,12 +226,12 @@ async def insert(
             **_ttl_params(ttl),
         },
     )
-    return await cur.fetchone()
+    return _maybe(await cur.fetchone())
 
 
-async def get(conn: AsyncConnection[DictRow], thread_id: UUID, owner: str) -> DictRow | None:
+async def get(conn: AsyncConnection[DictRow], thread_id: UUID, owner: str) -> Thread | None:
     cur = await conn.execute(GET_SQL, (thread_id, owner))
-    return await cur.fetchone()
+    return _maybe(await cur.fetchone())
 
 
 async def ttl_of(conn: AsyncConnection[DictRow], thread_id: UUID, owner: str) -> TtlInfo | None:
@@ -238,7 +267,7 @@ async def update(
     set_title: bool = False,
     archived: bool | None = None,
     ttl: Ttl | None = None,
-) -> DictRow | None:
+) -> Thread | None:
     """Change what is given; a ``ttl`` restarts the thread's time to live from now."""
     cur = await conn.execute(
         UPDATE_SQL,
@@ -253,7 +282,7 @@ async def update(
             "archived": archived,
         },
     )
-    return await cur.fetchone()
+    return _maybe(await cur.fetchone())
 
 
 async def delete_locked(conn: AsyncConnection[DictRow], thread_id: UUID) -> None:
@@ -309,7 +338,7 @@ async def search(
     offset: int,
     sort_by: SortBy,
     sort_order: SortOrder,
-) -> tuple[list[DictRow], int]:
+) -> tuple[list[Thread], int]:
     """One page of matching threads and the total number of matches."""
     where, params = _where(flt)
     direction = "ASC" if sort_order == "asc" else "DESC"
@@ -323,8 +352,8 @@ async def search(
     cur = await conn.execute(query, [*params, limit, offset])  # type: ignore[arg-type]
     rows = await cur.fetchall()
     if rows:
-        return rows, int(rows[0]["total"])
-    return rows, await count(conn, flt) if offset else 0
+        return [Thread.of(row) for row in rows], int(rows[0]["total"])
+    return [], await count(conn, flt) if offset else 0
 
 
 async def count(conn: AsyncConnection[DictRow], flt: ThreadFilter) -> int:

@@ -16,11 +16,10 @@ from uuid import UUID
 
 import psycopg
 import structlog
-from psycopg.rows import DictRow
 
 from threadkeeper.service import events, lifecycle, runs, stateless
 from threadkeeper.service.db import Pool
-from threadkeeper.service.domain import CancelAction, RunStatus
+from threadkeeper.service.domain import RunStatus
 from threadkeeper.service.executor import Attempt, Executor
 from threadkeeper.service.notify import ANY_RUN, Hub
 
@@ -80,13 +79,13 @@ class Worker:
     def claim_terms(self) -> runs.ClaimTerms:
         return runs.ClaimTerms(self.executor.replica, self.lease_seconds, self.owner_cap)
 
-    def start_reserved(self, row: DictRow) -> Attempt | None:
+    def start_reserved(self, row: runs.QueuedRun) -> Attempt | None:
         """Start a run queued with ``claim_terms``; None if it was left pending (its owner had
         no room), for a worker to claim later."""
         self.release()
-        if row["status"] != RunStatus.RUNNING:
+        if row.status != RunStatus.RUNNING:
             return None
-        return self.executor.start(row)
+        return self.executor.start(row, row.owner)
 
     async def start(self) -> None:
         if self.capacity > 0:
@@ -114,7 +113,7 @@ class Worker:
         if self.free <= 0:
             return None
         row = await self._claim(run_id, thread_id)
-        return self.executor.start(row) if row is not None else None
+        return self.executor.start(row, row.owner) if row is not None else None
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -155,36 +154,34 @@ class Worker:
             if self.free <= 0:
                 self.starved = True
                 return
-            row = await self._claim(candidate["run_id"], candidate["thread_id"])
+            row = await self._claim(candidate.run_id, candidate.thread_id)
             if row is not None:
-                self.executor.start(row)
+                self.executor.start(row, row.owner)
 
-    async def _claim(self, run_id: UUID, thread_id: UUID) -> DictRow | None:
+    async def _claim(self, run_id: UUID, thread_id: UUID) -> runs.QueuedRun | None:
         async with self.pool.connection() as conn, conn.transaction():
             if not await runs.lock_thread_or_skip(conn, thread_id):
                 return None
             head = await runs.head_of_thread(conn, thread_id)
-            if head is None or head["run_id"] != run_id:
+            if head is None or head.run_id != run_id:
                 return None
-            if head["cancel_action"]:
-                await lifecycle.end_idle(conn, head, CancelAction(head["cancel_action"]))
+            if head.cancel_action is not None:
+                await lifecycle.end_idle(conn, head, head.cancel_action)
                 return None
-            if not head["due"]:
+            if not head.due:
                 return None  # after_seconds have not passed yet
-            if head["failures"] >= self.max_attempts:
+            if head.failures >= self.max_attempts:
                 await lifecycle.give_up(conn, head)
-                log.warning(
-                    "run_abandoned", run_id=str(head["run_id"]), failed_attempts=head["failures"]
-                )
+                log.warning("run_abandoned", run_id=str(head.run_id), failed_attempts=head.failures)
                 return None
             row = await runs.claim(
                 conn, run_id, self.executor.replica, self.lease_seconds, self.owner_cap
             )
-            if row is not None and head["status"] == RunStatus.RUNNING:
+            if row is not None and head.status == RunStatus.RUNNING:
                 log.info(
                     "run_resuming",
                     run_id=str(run_id),
-                    previous=head["lease_holder"],
-                    failed_attempts=row["failed_attempts"],
+                    previous=head.lease_holder,
+                    failed_attempts=row.failed_attempts,
                 )
             return row

@@ -8,6 +8,7 @@ everyone's and nobody's to change: a write to one is refused with 403.
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
@@ -18,7 +19,7 @@ from starlette.routing import Route
 from threadkeeper.service import assistants, catalog, graph_views, serialize
 from threadkeeper.service.assistants import Assistant
 from threadkeeper.service.graphs import AnyGraph
-from threadkeeper.service.http import accepts, owner, queries, responds, services
+from threadkeeper.service.http import accepts, owner, queries, responds, search_page, services
 from threadkeeper.service.problems import Problem, not_found
 from threadkeeper.service.query import FlagParam, XrayParam
 from threadkeeper.service.registry import Registry
@@ -191,17 +192,7 @@ def _filter(request: Request, body: AssistantCount) -> assistants.AssistantFilte
 @accepts(AssistantSearch)
 async def search_assistants(request: Request, body: AssistantSearch) -> Response:
     flt = _filter(request, body)
-    async with services(request).pool.connection() as conn:
-        found, total = await assistants.search(
-            conn,
-            flt,
-            sort_by=body.sort_by,
-            sort_order=body.sort_order,
-            limit=body.limit,
-            offset=body.offset,
-        )
-    items = [as_json(a) for a in found]
-    return serialize.page(items, select=body.select, offset=body.offset, total=total)
+    return await search_page(request, body, partial(assistants.search, flt=flt), as_json)
 
 
 @accepts(AssistantCount)

@@ -15,7 +15,7 @@ from threadkeeper.service.domain import MultitaskStrategy
 from threadkeeper.service.http import accepts, owner, services, until_closing
 from threadkeeper.service.problems import Problem
 from threadkeeper.service.schemas import Chat, RunCreate
-from threadkeeper.service.submit import result_of, submit
+from threadkeeper.service.submit import RunRequest, result_of, submit
 
 
 def _is_ai(message: object) -> bool:
@@ -45,9 +45,9 @@ async def chat(request: Request, body: Chat) -> Response:
         input={"messages": [{"role": "user", "content": body.message}]},
         multitask_strategy=MultitaskStrategy.REJECT,
     )
-    run, attempt = await submit(svc, who, thread_id, run_body, waited=True)
+    run, attempt = await submit(svc, RunRequest(who, thread_id, run_body, waited=True))
     # A client hanging up ends the wait, not the run it started.
-    join = f"/threads/{thread_id}/runs/{run['run_id']}/join"
+    join = f"/threads/{thread_id}/runs/{run.run_id}/join"
     result = await until_closing(
         svc.closing, asyncio.create_task(result_of(svc, run, attempt)), {"Location": join}
     )
@@ -55,7 +55,7 @@ async def chat(request: Request, body: Chat) -> Response:
         raise Problem(502, f"the agent failed: {result['__error__']['message']}", kind="run-failed")
     messages = (result or {}).get("messages", [])
     reply = next((_text(m) for m in reversed(messages) if _is_ai(m)), "")
-    return serialize.JSON({"thread_id": thread_id, "run_id": run["run_id"], "reply": reply})
+    return serialize.JSON({"thread_id": thread_id, "run_id": run.run_id, "reply": reply})
 
 
 routes = [Route("/chat", chat, methods=["POST"])]

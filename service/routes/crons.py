@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 from uuid import UUID
 
+from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,7 +17,7 @@ from starlette.routing import Route
 from threadkeeper.service import catalog, crons, serialize, threads
 from threadkeeper.service.crons import CronFilter, NewCron, OnRunCompleted
 from threadkeeper.service.errors import NotFound
-from threadkeeper.service.http import accepts, owner, responds, services, uuid_param
+from threadkeeper.service.http import accepts, owner, responds, search_page, services, uuid_param
 from threadkeeper.service.problems import Problem, not_found
 from threadkeeper.service.schemas import (
     CronCount,
@@ -197,20 +198,17 @@ async def _filter(request: Request, body: CronCount) -> CronFilter:
 @accepts(CronSearch)
 async def search_crons(request: Request, body: CronSearch) -> Response:
     flt = dataclasses.replace(await _filter(request, body), enabled=body.enabled)
-    async with services(request).pool.connection() as conn:
-        rows = await crons.search(
-            conn,
-            flt,
-            sort_by=body.sort_by,
-            sort_order=body.sort_order,
-            limit=body.limit,
-            offset=body.offset,
-        )
+
+    async def found(
+        conn: AsyncConnection[DictRow], **page: Any
+    ) -> tuple[list[dict[str, Any]], int]:
+        rows = await crons.search(conn, flt, **page)
         total = await crons.count(conn, flt)
         # "now" is no field of a cron: the database's time, given when selected.
         extra = {"now": await crons.db_now(conn)} if "now" in (body.select or ()) else {}
-    items = [{**as_json(r), **extra} for r in rows]
-    return serialize.page(items, select=body.select, offset=body.offset, total=total)
+        return [{**as_json(r), **extra} for r in rows], total
+
+    return await search_page(request, body, found, dict)  # found as JSON already
 
 
 @accepts(CronCount)

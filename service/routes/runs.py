@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
-from psycopg.rows import DictRow
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -35,7 +34,7 @@ from threadkeeper.service.query import ChoiceParam, FlagParam, TextParam
 from threadkeeper.service.schemas import LIMIT, OFFSET, CancelMany, RunCreate
 from threadkeeper.service.services import Services
 from threadkeeper.service.stream_modes import sent_for
-from threadkeeper.service.submit import result_of, submit, wait_for_end
+from threadkeeper.service.submit import RunRequest, result_of, submit, wait_for_end
 from threadkeeper.service.thread_stream import ThreadStreamMode
 
 HEARTBEAT_SECONDS = 5.0
@@ -148,8 +147,8 @@ async def create_run(request: Request, body: RunCreate) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
     svc = services(request)
-    row, _ = await submit(svc, who, thread_id, body, _idempotency_key(request))
-    run_path, _ = _paths(thread_id, row["run_id"])
+    row, _ = await submit(svc, RunRequest(who, thread_id, body, _idempotency_key(request)))
+    run_path, _ = _paths(thread_id, row.run_id)
     return serialize.JSON(serialize.run(row), headers={"Content-Location": run_path})
 
 
@@ -160,11 +159,11 @@ async def stream_run(request: Request, body: RunCreate) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
     svc = services(request)
-    row, _ = await submit(svc, who, thread_id, body, _idempotency_key(request))
-    run_path, stream_path = _paths(thread_id, row["run_id"])
+    row, _ = await submit(svc, RunRequest(who, thread_id, body, _idempotency_key(request)))
+    run_path, stream_path = _paths(thread_id, row.run_id)
     return _sse(
         request,
-        row["run_id"],
+        row.run_id,
         0,
         None,
         {"Location": stream_path, "Content-Location": run_path},
@@ -205,11 +204,13 @@ async def wait_run(request: Request, body: RunCreate) -> Response:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
     svc = services(request)
-    row, attempt = await submit(svc, who, thread_id, body, _idempotency_key(request), waited=True)
-    run_path, _ = _paths(thread_id, row["run_id"])
+    row, attempt = await submit(
+        svc, RunRequest(who, thread_id, body, _idempotency_key(request), waited=True)
+    )
+    run_path, _ = _paths(thread_id, row.run_id)
     headers = {"Location": f"{run_path}/join", "Content-Location": run_path}
     result = asyncio.create_task(result_of(svc, row, attempt))
-    return await answer_waited(request, row["run_id"], result, headers, body.on_disconnect)
+    return await answer_waited(request, row.run_id, result, headers, body.on_disconnect)
 
 
 async def answer_waited(
@@ -247,7 +248,7 @@ async def _answer_or_cancel(
     return serialize.JSON(value, headers=headers)
 
 
-async def _owned_run(request: Request) -> tuple[UUID, UUID, DictRow]:
+async def _owned_run(request: Request) -> tuple[UUID, UUID, runs.Run]:
     who = owner(request)
     thread_id = uuid_param(request, "thread_id")
     run_id = uuid_param(request, "run_id")
@@ -265,7 +266,7 @@ async def join_run(request: Request) -> Response:
     svc = services(request)
     task = asyncio.create_task(result_of(svc, row, None))
     if CANCEL_ON_DISCONNECT.of(request):
-        return await _answer_or_cancel(svc, row["run_id"], task, {"Location": request.url.path})
+        return await _answer_or_cancel(svc, row.run_id, task, {"Location": request.url.path})
     # A run that has ended answers before any keep-alive is sent, so an answer that is a problem
     # (its state was pruned) keeps its own status instead of a 200 that breaks off.
     done, _ = await asyncio.wait({task}, timeout=QUICK_ANSWER_SECONDS)
@@ -333,14 +334,14 @@ async def cancel_many(request: Request, body: CancelMany) -> Response:
         )
     if not rows:
         raise Problem(404, "no matching runs to cancel", kind="not-found")
-    await lifecycle.cancel_by_id(svc.pool, [r["run_id"] for r in rows], action)
+    await lifecycle.cancel_by_id(svc.pool, [r.run_id for r in rows], action)
     return Response(status_code=204)
 
 
 @responds({204: ("Deleted", None)})
 async def delete_run(request: Request) -> Response:
     _, run_id, row = await _owned_run(request)
-    if row["status"] in ACTIVE_RUN_STATUSES:
+    if row.status in ACTIVE_RUN_STATUSES:
         raise Problem(409, "the run is still active; cancel it first", kind="run-active")
     async with services(request).pool.connection() as conn:
         await runs.delete_finished(conn, run_id)

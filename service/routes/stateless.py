@@ -13,7 +13,6 @@ import uuid
 from typing import Any
 from uuid import UUID
 
-from psycopg.rows import DictRow
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -25,18 +24,26 @@ from threadkeeper.service.executor import Attempt
 from threadkeeper.service.http import MEDIA_SSE, Declared, accepts, owner, responds, services
 from threadkeeper.service.problems import Problem, invalid
 from threadkeeper.service.routes.runs import _paths, _sse, answer_waited
+from threadkeeper.service.runs import Run
 from threadkeeper.service.schemas import StatelessRunBatch, StatelessRunCreate
 from threadkeeper.service.services import Services
-from threadkeeper.service.submit import NewThread, check_stream_modes, result_of, submit
+from threadkeeper.service.submit import (
+    NewThread,
+    RunRequest,
+    check_stream_modes,
+    result_of,
+    submit,
+)
 
 
 async def _start(
     request: Request, body: StatelessRunCreate, *, waited: bool = False
-) -> tuple[DictRow, Attempt | None]:
+) -> tuple[Run, Attempt | None]:
     """Create the run's thread and queue the run on it, in one transaction."""
     new_thread = NewThread(temporary=body.on_completion == "delete")
     return await submit(
-        services(request), owner(request), uuid.uuid4(), body, waited=waited, new_thread=new_thread
+        services(request),
+        RunRequest(owner(request), uuid.uuid4(), body, waited=waited, new_thread=new_thread),
     )
 
 
@@ -48,7 +55,7 @@ def _discarding(svc: Services, thread_id: UUID) -> BackgroundTask:
 async def create_stateless(request: Request, body: StatelessRunCreate) -> Response:
     """Queue a background run on a new thread and return it at once."""
     row, _ = await _start(request, body)
-    run_path, _ = _paths(row["thread_id"], row["run_id"])
+    run_path, _ = _paths(row.thread_id, row.run_id)
     return serialize.JSON(serialize.run(row), headers={"Content-Location": run_path})
 
 
@@ -57,24 +64,24 @@ async def create_stateless(request: Request, body: StatelessRunCreate) -> Respon
 async def stream_stateless(request: Request, body: StatelessRunCreate) -> Response:
     """Run on a new thread and stream the run's events; a temporary thread goes after them."""
     row, _ = await _start(request, body)
-    run_path, stream_path = _paths(row["thread_id"], row["run_id"])
+    run_path, stream_path = _paths(row.thread_id, row.run_id)
     response = _sse(
         request,
-        row["run_id"],
+        row.run_id,
         0,
         None,
         {"Location": stream_path, "Content-Location": run_path},
         body.on_disconnect == "cancel",
     )
     if body.on_completion == "delete":
-        response.background = _discarding(services(request), row["thread_id"])
+        response.background = _discarding(services(request), row.thread_id)
     return response
 
 
-async def _answered(svc: Services, row: DictRow, attempt: Attempt | None, delete: bool) -> Any:
+async def _answered(svc: Services, row: Run, attempt: Attempt | None, delete: bool) -> Any:
     value = await result_of(svc, row, attempt)
     if delete:
-        await stateless.discard(svc.pool, row["thread_id"])
+        await stateless.discard(svc.pool, row.thread_id)
     return value
 
 
@@ -83,11 +90,11 @@ async def wait_stateless(request: Request, body: StatelessRunCreate) -> Response
     """Run on a new thread to completion and return the final values."""
     svc = services(request)
     row, attempt = await _start(request, body, waited=True)
-    run_path, _ = _paths(row["thread_id"], row["run_id"])
+    run_path, _ = _paths(row.thread_id, row.run_id)
     headers = {"Location": f"{run_path}/join", "Content-Location": run_path}
     delete = body.on_completion == "delete"
     result = asyncio.create_task(_answered(svc, row, attempt, delete))
-    return await answer_waited(request, row["run_id"], result, headers, body.on_disconnect)
+    return await answer_waited(request, row.run_id, result, headers, body.on_disconnect)
 
 
 async def _batch_body(request: Request) -> StatelessRunBatch:

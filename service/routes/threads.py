@@ -198,8 +198,8 @@ async def copy_thread(request: Request) -> Response:
             conn,
             thread_id=target,
             owner=who,
-            metadata=original["metadata"],
-            title=original["title"],
+            metadata=original.metadata,
+            title=original.title,
         )
         assert row is not None
         await threads.copy_checkpoints(conn, source, target)

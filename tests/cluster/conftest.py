@@ -36,7 +36,7 @@ from tests.cluster.image import ImageRef
 from tests.cluster.node import NodeCluster, NodePorts
 from tests.cluster.pgbridge import BridgePostgres
 from tests.cluster.pods import create_namespace, kubectl
-from tests.cluster.pytest_plugin import terminal_progress
+from tests.cluster.pytest_plugin import started, terminal_progress
 
 _NODE_BUILD_ERROR = pytest.StashKey[str]()
 _B = TypeVar("_B")
@@ -132,17 +132,15 @@ def kube_node(
     """A node cluster with a registry, for the session; needs root."""
     if os.geteuid() != 0:
         pytest.fail("the node tier needs root (bridges, iptables, mounts)", pytrace=False)
-    try:
-        # Any free registry port: a developer's own registry may hold the default.
-        cluster = NodeCluster.start(
+    # Any free registry port: a developer's own registry may hold the default.
+    with started(
+        lambda: NodeCluster.start(
             cluster_binaries, node_binaries, image_tools=image_tools, ports=NodePorts(registry=0)
-        )
-    except ClusterError as exc:
-        pytest.fail(f"the node cluster did not start: {exc}", pytrace=False)
-    try:
+        ),
+        NodeCluster.stop,
+        "the node cluster",
+    ) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(scope="session")

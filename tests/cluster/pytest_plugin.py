@@ -15,7 +15,9 @@ tests need the binaries they are built once after collection, outside every test
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
 
 import pytest
 
@@ -25,6 +27,7 @@ from tests.cluster.controlplane import Cluster, ControlPlane, ExternalCluster
 from tests.cluster.errors import ClusterError
 
 _PREBUILD_ERROR = pytest.StashKey[str]()
+_C = TypeVar("_C")
 
 _HOW_TO_FIX = (
     "The cluster tests need a Kubernetes API server. Either install Go >= "
@@ -51,6 +54,22 @@ def terminal_progress(config: pytest.Config) -> build.Progress:
             reporter.write_line(f"[tests.cluster] {message}")
 
     return progress
+
+
+@contextmanager
+def started(
+    start: Callable[[], _C], stop: Callable[[_C], None], what: str | None = None
+) -> Iterator[_C]:
+    """What ``start`` starts, stopped when the block ends; a ClusterError from ``start`` fails
+    the test (with "``what`` did not start" when named) rather than erroring it."""
+    try:
+        cluster = start()
+    except ClusterError as exc:
+        pytest.fail(f"{what} did not start: {exc}" if what else str(exc), pytrace=False)
+    try:
+        yield cluster
+    finally:
+        stop(cluster)
 
 
 def _needs_binaries(items: list[pytest.Item]) -> bool:
@@ -99,23 +118,13 @@ def kube(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """A Kubernetes API server for the whole session (see the module docstring)."""
     external = os.environ.get("KUBECONFIG")
     if external:
-        try:
-            cluster: Cluster = ExternalCluster.from_kubeconfig(external)
-        except ClusterError as exc:
-            pytest.fail(str(exc), pytrace=False)
-        try:
-            yield cluster
-        finally:
-            cluster.close()
+        with started(lambda: ExternalCluster.from_kubeconfig(external), ExternalCluster.close) as c:
+            yield c
         return
     if build.cached_binaries() is None and build.find_go() is None:
         pytest.fail(_HOW_TO_FIX, pytrace=False)
     binaries: Binaries = request.getfixturevalue("cluster_binaries")
-    try:
-        plane = ControlPlane.start(binaries)
-    except ClusterError as exc:
-        pytest.fail(f"the local control plane did not start: {exc}", pytrace=False)
-    try:
+    with started(
+        lambda: ControlPlane.start(binaries), ControlPlane.stop, "the local control plane"
+    ) as plane:
         yield plane
-    finally:
-        plane.stop()

@@ -110,7 +110,7 @@ async def _claimed_runs(pool: Pool, count: int, turns: int) -> tuple[list[str], 
                 await runs.insert(conn, run)
                 row = await runs.claim(conn, run.run_id, REPLICA, LEASE_SECONDS)
                 assert row is not None  # no per-owner cap here
-                mine.append(Fence(run.run_id, row["attempt"]))
+                mine.append(Fence(run.run_id, row.attempt))
             fences.append(mine)
     return [str(t) for t in thread_ids], fences
 

@@ -70,7 +70,7 @@ async def test_a_run_taken_over_before_its_ending_records_nothing(pool: Pool) ->
         await _rows(
             pool,
             "SELECT count(*) AS n FROM checkpoints WHERE thread_id = %s",
-            str(run["thread_id"]),
+            str(run.thread_id),
         )
         == 0
     )
@@ -78,14 +78,14 @@ async def test_a_run_taken_over_before_its_ending_records_nothing(pool: Pool) ->
         await _rows(
             pool,
             "SELECT count(*) AS n FROM run_events WHERE run_id = %s AND event = 'end'",
-            run["run_id"],
+            run.run_id,
         )
         == 0
     )
     async with pool.connection() as conn:
-        after = await runs.get_by_id(conn, run["run_id"])
+        after = await runs.get_by_id(conn, run.run_id)
     assert after is not None
-    assert (after["status"], after["attempt"], after["lease_holder"]) == ("running", 2, "other")
+    assert (after.status, after.attempt, after.lease_holder) == ("running", 2, "other")
 
 
 class LossyHub(Hub):
@@ -130,5 +130,5 @@ async def test_a_run_ends_even_if_its_lease_keeper_loses_its_cancellation(pool: 
     assert hub.lost == 1
     assert executor.busy == 0
     async with pool.connection() as conn:
-        after = await runs.get_by_id(conn, run["run_id"])
-    assert after is not None and after["status"] == "success"
+        after = await runs.get_by_id(conn, run.run_id)
+    assert after is not None and after.status == "success"

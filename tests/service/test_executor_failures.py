@@ -59,7 +59,7 @@ async def test_every_raising_run_ends_with_the_graphs_error(pool: Pool) -> None:
         {"error": "Refused", "message": f"no {i}"} for i in range(100)
     ]
     async with pool.connection() as conn:
-        statuses = [(await runs.get_by_id(conn, r["run_id"]) or {})["status"] for r in rows]
+        statuses = [getattr(await runs.get_by_id(conn, r.run_id), "status", None) for r in rows]
     assert set(statuses) == {"error"}
 
 
@@ -130,11 +130,11 @@ async def test_a_database_restart_mid_write_ends_the_attempt_not_the_run(
     assert len(killer.killed) == 1
     assert (outcome.status, outcome.error) == ("pending", DATABASE_FAILED_ERROR)
     async with pool.connection() as conn:
-        after = await runs.get_by_id(conn, run["run_id"])
+        after = await runs.get_by_id(conn, run.run_id)
         assert after is not None
-        assert (after["status"], after["failed_attempts"]) == ("pending", 0)
-        again = await runs.claim(conn, run["run_id"], REPLICA, 30.0)
-    assert again is not None and again["attempt"] == 2
+        assert (after.status, after.failed_attempts) == ("pending", 0)
+        again = await runs.claim(conn, run.run_id, REPLICA, 30.0)
+    assert again is not None and again.attempt == 2
     second = executor.start(again)
     assert second.task is not None
     done = await second.task
@@ -184,17 +184,17 @@ async def test_only_attempts_lost_while_the_database_was_up_count(
     run = await claimed(pool, REPLICA, input={"n": 0})
     async with pool.connection() as conn:
         await conn.execute(
-            EXPIRED_SQL, {"failed": failed, "renewed": renewed, "run_id": run["run_id"]}
+            EXPIRED_SQL, {"failed": failed, "renewed": renewed, "run_id": run.run_id}
         )
-    attempt = await worker.try_start(run["run_id"], run["thread_id"])
+    attempt = await worker.try_start(run.run_id, run.thread_id)
     if attempt is not None and attempt.task is not None:
         await attempt.task
     async with pool.connection() as conn:
-        after = await runs.get_by_id(conn, run["run_id"])
+        after = await runs.get_by_id(conn, run.run_id)
     assert after is not None
     if resumed:
-        assert (after["status"], after["attempt"], after["failed_attempts"]) == ("success", 3, 0)
+        assert (after.status, after.attempt, after.failed_attempts) == ("success", 3, 0)
     else:
         assert attempt is None
-        assert (after["status"], after["error"]["error"]) == ("error", "LeaseExpired")
-        assert after["error"]["message"].startswith("gave up after 2 failed attempts")
+        assert (after.status, after.error["error"]) == ("error", "LeaseExpired")
+        assert after.error["message"].startswith("gave up after 2 failed attempts")

@@ -45,7 +45,7 @@ async def _run(pool: Pool, kwargs: dict[str, Any]) -> tuple[Any, list[events.Eve
     assert attempt.task is not None
     outcome = await attempt.task
     async with pool.connection() as conn:
-        recorded = await events.read_after(conn, run["run_id"], 0)
+        recorded = await events.read_after(conn, run.run_id, 0)
     return outcome, recorded
 
 

@@ -7,17 +7,9 @@ import uuid
 import httpx
 import pytest
 
-from tests.service.routes.test_errors import PROBLEM
+from tests.support.problems import PROBLEM, assert_problem
 
 HELLO = {"messages": [{"role": "user", "content": "hi"}]}
-
-
-def _assert_problem(r: httpx.Response, status: int, mentions: str) -> None:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"] == PROBLEM
-    body = r.json()
-    assert body["status"] == status
-    assert mentions in body["detail"], body["detail"]
 
 
 async def _everything(client: httpx.AsyncClient, tid: str) -> object:
@@ -73,7 +65,7 @@ async def test_hostile_bodies_are_refused(
     tid = await _thread_with_a_turn(client)
     before = await _everything(client, tid)
     r = await client.post(path, content=_raw(raw), headers={"content-type": "application/json"})
-    _assert_problem(r, status, mentions)
+    assert_problem(r, status, mentions)
     assert await _everything(client, tid) == before
 
 
@@ -115,9 +107,9 @@ async def test_hostile_run_and_state_input_is_refused(client: httpx.AsyncClient)
     ]
     for path, raw, status, mentions in cases:
         r = await client.post(path, content=_raw(raw), headers={"content-type": "application/json"})
-        _assert_problem(r, status, mentions)
-    _assert_problem(await client.get(f"/threads/{tid}/state/%00"), 422, "checkpoint_id")
-    _assert_problem(await client.get(f"/threads/{tid}/history?before=%00"), 422, "before")
+        assert_problem(r, status, mentions)
+    assert_problem(await client.get(f"/threads/{tid}/state/%00"), 422, "checkpoint_id")
+    assert_problem(await client.get(f"/threads/{tid}/history?before=%00"), 422, "before")
     assert await _everything(client, tid) == before
 
 
@@ -126,22 +118,22 @@ async def test_unknown_checkpoints_are_404(client: httpx.AsyncClient) -> None:
     before = await _everything(client, tid)
     unknown = str(uuid.uuid4())
     r = await client.get(f"/threads/{tid}/state/{unknown}")
-    _assert_problem(r, 404, unknown)
+    assert_problem(r, 404, unknown)
     r = await client.post(
         f"/threads/{tid}/state/checkpoint", json={"checkpoint": {"checkpoint_id": unknown}}
     )
-    _assert_problem(r, 404, unknown)
+    assert_problem(r, 404, unknown)
     for body in (
         {"values": {"messages": []}, "checkpoint_id": unknown},
         {"values": {"messages": []}, "checkpoint": {"checkpoint_id": unknown}},
     ):
-        _assert_problem(await client.post(f"/threads/{tid}/state", json=body), 404, unknown)
+        assert_problem(await client.post(f"/threads/{tid}/state", json=body), 404, unknown)
     r = await client.post(f"/threads/{tid}/history", json={"before": unknown})
-    _assert_problem(r, 404, unknown)
+    assert_problem(r, 404, unknown)
     r = await client.post(
         f"/threads/{tid}/state/checkpoint", json={"checkpoint": {"checkpoint_ns": "nowhere"}}
     )
-    _assert_problem(r, 404, "nowhere")
+    assert_problem(r, 404, "nowhere")
     assert await _everything(client, tid) == before
 
 

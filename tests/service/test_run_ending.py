@@ -37,7 +37,7 @@ async def _finish_with(
     return await runs.finish(
         conn,
         run_id=run_id,
-        thread_id=run["thread_id"],
+        thread_id=run.thread_id,
         attempt=1,
         status="success",
         thread_status="idle",
@@ -50,7 +50,7 @@ async def test_the_ending_goes_in_with_the_final_status(pool: Pool) -> None:
     async with pool.connection() as conn:
         _, run_id = await running_run(conn, replica="ending-test")
         row = await _finish_with(conn, run_id, first_seq=2)
-        assert row is not None and row["status"] == "success"
+        assert row is not None and row.status == "success"
         recorded = await events.read_after(conn, run_id, 0)
     assert [(e.seq, e.event) for e in recorded] == [(2, "values"), (3, "end")]
 
@@ -64,7 +64,7 @@ async def test_an_attempt_that_lost_the_run_adds_no_ending(pool: Pool) -> None:
         assert row is None
         assert await events.read_after(conn, run_id, 0) == []
         got = await runs.get_by_id(conn, run_id)
-    assert got is not None and got["status"] == "running"
+    assert got is not None and got.status == "running"
 
 
 async def test_a_quiet_writer_hands_over_everything(pool: Pool) -> None:
@@ -160,7 +160,7 @@ async def test_held_checkpoints_commit_with_the_ending(pool: Pool) -> None:
     async with pool.connection() as conn:
         assert await _checkpoint_rows(conn, thread_id) == 0
         row = await _finish_with(conn, run_id, batch)
-        assert row is not None and row["status"] == "success"
+        assert row is not None and row.status == "success"
         assert await _checkpoint_rows(conn, thread_id) == 3
         recorded = await events.read_after(conn, run_id, 0)
     assert [e.event for e in recorded] == ["values", "end"]
@@ -177,7 +177,7 @@ async def test_an_ending_refused_by_the_fence_commits_nothing(pool: Pool) -> Non
         assert await _checkpoint_rows(conn, thread_id) == 0
         assert await events.read_after(conn, run_id, 0) == []
         got = await runs.get_by_id(conn, run_id)
-    assert got is not None and got["status"] == "running"
+    assert got is not None and got.status == "running"
 
 
 def turn(text: str) -> dict[str, Any]:

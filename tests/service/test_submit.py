@@ -31,7 +31,7 @@ async def make_thread(pool: Pool, owner: str = "alice") -> UUID:
 
 async def unfinished(pool: Pool, thread_id: UUID) -> list[UUID]:
     async with pool.connection() as conn:
-        return await runs.unfinished_run_ids(conn, thread_id)
+        return [row.run_id for row in await runs.unfinished(conn, thread_id)]
 
 
 async def test_idle_thread_gets_a_claimed_run_in_one_statement(pool: Pool) -> None:
@@ -40,12 +40,12 @@ async def test_idle_thread_gets_a_claimed_run_in_one_statement(pool: Pool) -> No
     async with pool.connection() as conn:
         row = await runs.insert_if_idle(conn, new, "alice", claim_for=REPLICA)
         assert row is not None
-        assert (row["run_id"], row["status"], row["attempt"]) == (new.run_id, "running", 1)
-        assert row["lease_holder"] == REPLICA[0]
-        assert row["notified"] is None  # claimed: nobody else needs waking
+        assert (row.run_id, row.status, row.attempt) == (new.run_id, "running", 1)
+        assert row.lease_holder == REPLICA[0]
+        assert row.notified is None  # claimed: nobody else needs waking
         thread = await threads.get(conn, thread_id, "alice")
     assert thread is not None
-    assert (thread["status"], thread["title"]) == ("busy", "first words")
+    assert (thread.status, thread.title) == ("busy", "first words")
 
 
 async def test_unclaimed_run_is_queued_and_announced(pool: Pool) -> None:
@@ -53,8 +53,8 @@ async def test_unclaimed_run_is_queued_and_announced(pool: Pool) -> None:
     async with pool.connection() as conn:
         row = await runs.insert_if_idle(conn, new_run(thread_id), "alice")
     assert row is not None
-    assert (row["status"], row["attempt"], row["lease_holder"]) == ("pending", 0, None)
-    assert row["notified"] is not None
+    assert (row.status, row.attempt, row.lease_holder) == ("pending", 0, None)
+    assert row.notified is not None
 
 
 async def test_steps_aside_for_a_busy_missing_or_foreign_thread(pool: Pool) -> None:

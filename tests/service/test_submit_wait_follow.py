@@ -28,9 +28,9 @@ async def _ended_elsewhere(svc: Services) -> Any:
     async with svc.pool.connection() as conn:
         ended = await runs.finish(
             conn,
-            run_id=row["run_id"],
-            thread_id=row["thread_id"],
-            attempt=row["attempt"],
+            run_id=row.run_id,
+            thread_id=row.thread_id,
+            attempt=row.attempt,
             status="success",
             thread_status="idle",
         )
@@ -45,7 +45,7 @@ def _attempt(row: Any, outcome: Any) -> Attempt:
         assert isinstance(outcome, RunOutcome)
         return outcome
 
-    attempt = Attempt(runs.Run.of(row))
+    attempt = Attempt(row)
     attempt.task = asyncio.create_task(execute())
     return attempt
 

@@ -50,12 +50,12 @@ def new_run(thread_id: UUID, **fields: Any) -> runs.NewRun:
     return runs.NewRun(**values)
 
 
-async def claimed(pool: Pool, replica: str, **fields: Any) -> DictRow:
-    """``running_run``'s run, read back as the row an executor starts from."""
+async def claimed(pool: Pool, replica: str, **fields: Any) -> runs.Run:
+    """``running_run``'s run, read back as the record an executor starts from."""
     async with pool.connection() as conn:
         _, run_id = await running_run(conn, replica=replica, **fields)
         row = await runs.get_by_id(conn, run_id)
-    assert row is not None and row["status"] == "running"
+    assert row is not None and row.status == "running"
     return row
 
 

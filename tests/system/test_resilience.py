@@ -17,6 +17,22 @@ from tests.support.processes import ServiceProcess
 pytestmark = pytest.mark.slow
 
 Replicas = Callable[..., ServiceProcess]
+Trio = tuple[ServiceProcess, ServiceProcess, ServiceProcess]
+
+
+@pytest.fixture
+def three_replicas(replicas: Replicas) -> Callable[..., Trio]:
+    """Starts replicas a, b and c with the given environment (a migrates the database)."""
+
+    def start(**env: str) -> Trio:
+        a = replicas("a", **env).start()
+        return (
+            a,
+            replicas("b", **env).start(migrate=False),
+            replicas("c", **env).start(migrate=False),
+        )
+
+    return start
 
 
 def _turns(turns: int, slow: float) -> Callable[[int], list[str]]:
@@ -46,11 +62,8 @@ def _check(fleet: Fleet, conversations: list[Conversation]) -> None:
             assert f"Turn {turn}." in reply["content"]
 
 
-def test_sigkill_twice_under_load_loses_nothing(replicas: Replicas) -> None:
-    env = {"THREADKEEPER_LEASE_SECONDS": "3", "THREADKEEPER_LOG_LEVEL": "debug"}
-    a = replicas("a", **env).start()
-    b = replicas("b", **env).start(migrate=False)
-    c = replicas("c", **env).start(migrate=False)
+def test_sigkill_twice_under_load_loses_nothing(three_replicas: Callable[..., Trio]) -> None:
+    a, b, c = three_replicas(THREADKEEPER_LEASE_SECONDS="3", THREADKEEPER_LOG_LEVEL="debug")
     fleet = Fleet([a, b, c])
     conversations = new_conversations(fleet, 30, _turns(5, 1.5))
     for i, convo in enumerate(conversations):
@@ -94,11 +107,8 @@ def test_sigkill_twice_under_load_loses_nothing(replicas: Replicas) -> None:
         assert replica.gauge("threadkeeper_db_pool_in_use") == 0, replica.name
 
 
-def test_rolling_restart_under_load_fails_no_run(replicas: Replicas) -> None:
-    env = {"THREADKEEPER_LEASE_SECONDS": "3", "THREADKEEPER_DRAIN_SECONDS": "1"}
-    a = replicas("a", **env).start()
-    b = replicas("b", **env).start(migrate=False)
-    c = replicas("c", **env).start(migrate=False)
+def test_rolling_restart_under_load_fails_no_run(three_replicas: Callable[..., Trio]) -> None:
+    a, b, c = three_replicas(THREADKEEPER_LEASE_SECONDS="3", THREADKEEPER_DRAIN_SECONDS="1")
     fleet = Fleet([a, b, c])
     conversations = new_conversations(fleet, 12, _turns(3, 2))
     for i, convo in enumerate(conversations):

@@ -24,6 +24,18 @@ pytestmark = pytest.mark.slow
 # A second's grace: threads nobody waited for go soon after their runs.
 ENV = {"THREADKEEPER_TEMPORARY_THREAD_SECONDS": "1", "THREADKEEPER_POLL_SECONDS": "0.2"}
 GONE_WITHIN = 30.0
+Pair = tuple[ServiceProcess, ServiceProcess]
+
+
+@pytest.fixture
+def two_replicas(replicas: Callable[..., ServiceProcess]) -> Callable[..., Pair]:
+    """Starts replicas a and b with ``ENV`` and the given overrides (a migrates the database)."""
+
+    def start(**overrides: str) -> Pair:
+        env = {**ENV, **overrides}
+        return replicas("a", **env).start(), replicas("b", **env).start(migrate=False)
+
+    return start
 
 
 def _say(text: str) -> dict[str, Any]:
@@ -56,10 +68,9 @@ def _until_threads_are(database_url: str, expected: list[str]) -> None:
 
 
 async def test_sdk_stateless_runs_across_replicas(
-    replicas: Callable[..., ServiceProcess], database_url: str
+    two_replicas: Callable[..., Pair], database_url: str
 ) -> None:
-    a = replicas("a", **ENV).start()
-    b = replicas("b", **ENV).start(migrate=False)
+    a, b = two_replicas()
     on_a, on_b = get_client(url=a.url), get_client(url=b.url)
 
     waited = await on_a.runs.wait(None, "agent", input=_say("hi there"))
@@ -110,10 +121,9 @@ async def test_sdk_stateless_runs_across_replicas(
 
 
 def test_remote_graph_without_a_thread_and_as_a_node(
-    replicas: Callable[..., ServiceProcess], database_url: str
+    two_replicas: Callable[..., Pair], database_url: str
 ) -> None:
-    a = replicas("a", **ENV).start()
-    b = replicas("b", **ENV).start(migrate=False)
+    a, b = two_replicas()
 
     out = RemoteGraph("agent", url=a.url).invoke(_say("I am a remote graph"))
     assert "Turn 1." in out["messages"][-1]["content"]
@@ -128,13 +138,11 @@ def test_remote_graph_without_a_thread_and_as_a_node(
 
 
 async def test_a_stateless_run_outlives_its_replica_and_its_thread_goes_after(
-    replicas: Callable[..., ServiceProcess], database_url: str
+    two_replicas: Callable[..., Pair], database_url: str
 ) -> None:
     """The SDK follows the run to the other replica (as it would behind a Service), which
     resumes it; the thread goes once the resumed run ended, though its waiter died with a."""
-    env = {**ENV, "THREADKEEPER_LEASE_SECONDS": "2"}
-    a = replicas("a", **env).start()
-    b = replicas("b", **env).start(migrate=False)
+    a, b = two_replicas(THREADKEEPER_LEASE_SECONDS="2")
     with front([a.port, b.port]) as balancer:
         sdk = get_client(url=balancer.url, timeout=httpx.Timeout(60))
         created: list[dict[str, Any]] = []

@@ -10,25 +10,14 @@ import pytest
 import structlog.testing
 
 from tests.support.fixtures import app_client
+from tests.support.problems import assert_problem
 from threadkeeper.service.app import create_app
 from threadkeeper.service.settings import Settings
-
-PROBLEM = "application/problem+json"
 
 
 async def _snapshot(client: httpx.AsyncClient) -> tuple[int, list[object]]:
     r = await client.post("/threads/search", json={"limit": 1000, "archived": None})
     return int(r.headers["X-Pagination-Total"]), r.json()
-
-
-def _assert_problem(r: httpx.Response, status: int) -> None:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"] == PROBLEM
-    body = r.json()
-    assert body["status"] == status
-    assert body["detail"]
-    assert body["type"].startswith("https://")
-    assert "Traceback" not in r.text
 
 
 async def test_bad_input_gets_problem_and_changes_nothing(client: httpx.AsyncClient) -> None:
@@ -77,7 +66,7 @@ async def test_bad_input_gets_problem_and_changes_nothing(client: httpx.AsyncCli
             )
         else:
             r = await client.request(method, url, json=body)
-        _assert_problem(r, status)
+        assert_problem(r, status)
     assert await _snapshot(client) == before
     runs = (await client.get(f"/threads/{tid}/runs")).json()
     assert runs == []
@@ -88,7 +77,7 @@ async def test_oversized_body_is_413(settings_for: Callable[..., Settings]) -> N
     async with app_client(app) as client:
         before = await _snapshot(client)
         big = {"metadata": {"blob": "x" * 4096}}
-        _assert_problem(await client.post("/threads", json=big), 413)
+        assert_problem(await client.post("/threads", json=big), 413)
 
         async def chunks():  # no content-length: the limit must hold while streaming too
             for _ in range(8):
@@ -97,7 +86,7 @@ async def test_oversized_body_is_413(settings_for: Callable[..., Settings]) -> N
         r = await client.post(
             "/threads", content=chunks(), headers={"content-type": "application/json"}
         )
-        _assert_problem(r, 413)
+        assert_problem(r, 413)
         assert await _snapshot(client) == before
 
 
@@ -122,7 +111,7 @@ async def test_openapi_and_docs(client: httpx.AsyncClient) -> None:
         assert len(served.content) > 10_000
     assert "http" not in page.text
     missing = await client.get("/docs/index.html")
-    _assert_problem(missing, 404)
+    assert_problem(missing, 404)
     assert "/docs/{asset}" not in doc["paths"]
 
 
@@ -203,12 +192,12 @@ async def test_unsupported_operations_say_so(
     client: httpx.AsyncClient, method: str, path: str, status: int, allow: str | None
 ) -> None:
     r = await client.request(method, path)
-    _assert_problem(r, status)
+    assert_problem(r, status)
     assert f"{method} {path} is not supported" in r.json()["detail"]
     assert r.headers.get("allow") == allow
 
 
 async def test_a_bad_thread_id_is_still_a_bad_thread_id(client: httpx.AsyncClient) -> None:
     r = await client.get("/threads/searches")
-    _assert_problem(r, 422)
+    assert_problem(r, 422)
     assert "thread_id must be a UUID" in r.json()["detail"]
