@@ -37,6 +37,7 @@ MODULES = {
     "8": "tests.perf.bench_streaming",
     "9": "tests.perf.bench_failover",
     "10": "tests.perf.bench_token_streaming",
+    "11": "tests.perf.bench_long",
 }
 RESULTS = Path(__file__).parent / "results" / "bench-results.json"
 
