@@ -13,9 +13,11 @@ the reaper rewrote or pruned, an upserted write: all either match byte for byte,
 the same value, or miss. Nothing here is the only copy of anything (design invariant 5):
 losing the cache costs decoding time, never data.
 
-The bound is on the stored size of the blobs held (their bytes, which the cache keeps to
-compare); the decoded objects take a multiple of that in memory. Least recently used entries
-go first. A thread's entries are dropped when this replica deletes or prunes it.
+The bound is on memory: each entry is charged its bytes (kept to compare) and an estimate of
+what the decoded objects take, ``DECODED_PER_STORED_BYTE`` times the stored size plus
+``ENTRY_OVERHEAD`` (measured with tracemalloc for LangChain message lists of 2 to 600
+messages; tests/service/test_blob_cache.py checks the estimate stays above it). Least recently
+used entries go first. A thread's entries are dropped when this replica deletes or prunes it.
 
 What a hit returns is a shallow copy of the decoded container (list, dict, or a delta
 snapshot's list), so a graph that appends to its state in place cannot change the cached
@@ -39,8 +41,11 @@ from threadkeeper.service.compat import DeltaSnapshot
 # listing reads each blob once), and each entry is filed under its thread, to be dropped with it.
 _reading: ContextVar[str | None] = ContextVar("threadkeeper_blob_reading", default=None)
 
-# What an entry costs beyond its bytes (the key tuple, the entry, the LRU links), roughly.
-ENTRY_OVERHEAD = 200
+# Decoded LangChain messages take 6-8 bytes of Python objects per stored byte (more for
+# shorter messages); a small entry costs more per byte (11 at 2 messages), which the fixed
+# overhead (the key, the entry, the LRU links, a message's own fixed cost) covers.
+DECODED_PER_STORED_BYTE = 9
+ENTRY_OVERHEAD = 4096
 
 Key = tuple[str, str, bytes]
 
@@ -69,7 +74,7 @@ class BlobCache:
 
     @property
     def held_bytes(self) -> int:
-        """The charged size of what is held now (at most ``max_bytes``)."""
+        """The memory charged for what is held now (at most ``max_bytes``)."""
         return self._bytes
 
     def __len__(self) -> int:
@@ -123,7 +128,13 @@ _MISSING = object()
 
 
 def _cost(key: Key) -> int:
-    return len(key[2]) + ENTRY_OVERHEAD
+    return charge(len(key[2]))
+
+
+def charge(stored: int) -> int:
+    """What an entry of ``stored`` bytes is charged against the bound: its bytes and the
+    estimated size of their decoded objects."""
+    return stored * (1 + DECODED_PER_STORED_BYTE) + ENTRY_OVERHEAD
 
 
 def _fresh(value: Any) -> Any:

@@ -74,7 +74,7 @@ class BlobCacheCollector(Collector):
             yield CounterMetricFamily(f"threadkeeper_blob_cache_{name}", help_text, value=value)
         yield GaugeMetricFamily(
             "threadkeeper_blob_cache_bytes",
-            "Stored bytes of the decoded blobs held (THREADKEEPER_BLOB_CACHE_BYTES bounds it).",
+            "Memory charged for the decoded blobs held (THREADKEEPER_BLOB_CACHE_BYTES bounds it).",
             value=self.cache.held_bytes,
         )
         yield GaugeMetricFamily(

@@ -62,9 +62,8 @@ class Settings(BaseSettings):
     # (docs/performance.md).
     workers: int = Field(default=100, ge=0)
     max_attempts: int = Field(default=3, ge=1)
-    # Decoded checkpoint blobs each replica keeps (service.blob_cache), by their stored size;
-    # 0: none. Decoded, they take a few times this in memory.
-    blob_cache_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+    # Memory for the decoded checkpoint blobs each replica keeps (service.blob_cache); 0: none.
+    blob_cache_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
     # Runs of one owner executing at once, across all replicas; 0: no cap. Unset: half the
     # workers (at least 1) when callers are told apart (auth header or jwt), none with auth=none,
     # where every caller is the one local owner.

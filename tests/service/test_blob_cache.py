@@ -3,21 +3,19 @@ what loads through it give (the same as the stock saver's, on real Postgres)."""
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 import uuid
 from typing import Any
 
+import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from tests.service.test_checkpoint_load import _compare, _talked, counting_pool
 from threadkeeper.service.agent.graph import build_graph
 from threadkeeper.service.agent.offline import OfflineChatModel
-from threadkeeper.service.blob_cache import (
-    ENTRY_OVERHEAD,
-    BlobCache,
-    CachingSerializer,
-    reading,
-)
+from threadkeeper.service.blob_cache import BlobCache, CachingSerializer, charge, reading
 from threadkeeper.service.checkpointer import FencedPostgresSaver, history_channels
 from threadkeeper.service.compat import DeltaSnapshot
 
@@ -97,7 +95,7 @@ def test_only_loads_go_through_the_cache() -> None:
 
 def test_the_cache_stays_within_its_bound_least_recently_used_out_first() -> None:
     blobs = [SERDE.dumps_typed(_messages(20, f"{i} ")) for i in range(6)]
-    cost = max(len(b) for _, b in blobs) + ENTRY_OVERHEAD
+    cost = max(charge(len(b)) for _, b in blobs)
     serde, inner = _serializer(3 * cost)
     with reading("t1"):
         for blob in blobs[:3]:
@@ -114,9 +112,25 @@ def test_the_cache_stays_within_its_bound_least_recently_used_out_first() -> Non
     assert serde.cache.stats.evictions >= 3
 
 
+@pytest.mark.parametrize("count", [1, 2, 20, 600])
+def test_an_entry_is_charged_at_least_the_memory_it_takes(count: int) -> None:
+    """The bound holds for memory: the charge covers the bytes kept and what decoding them
+    allocated (tracemalloc), for message lists short and long."""
+    type_, blob = SERDE.dumps_typed(DeltaSnapshot(_messages(count, "some words of a turn ")))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        value = SERDE.loads_typed((type_, blob))
+        decoded, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert value.value
+    assert charge(len(blob)) >= len(blob) + decoded
+
+
 def test_a_blob_larger_than_the_bound_is_decoded_every_time() -> None:
     stored = SERDE.dumps_typed(_messages(20))
-    serde, inner = _serializer(len(stored[1]) // 2)
+    serde, inner = _serializer(charge(len(stored[1])) - 1)
     with reading("t1"):
         serde.loads_typed(stored)
         serde.loads_typed(stored)
