@@ -38,6 +38,7 @@ MODULES = {
     "9": "tests.perf.bench_failover",
     "10": "tests.perf.bench_token_streaming",
     "11": "tests.perf.bench_long",
+    "12": "tests.perf.bench_memory",
 }
 RESULTS = Path(__file__).parent / "results" / "bench-results.json"
 
