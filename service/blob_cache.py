@@ -27,7 +27,7 @@ value. The messages inside are shared between runs, as they are between the step
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -47,7 +47,10 @@ _reading: ContextVar[str | None] = ContextVar("threadkeeper_blob_reading", defau
 DECODED_PER_STORED_BYTE = 9
 ENTRY_OVERHEAD = 4096
 
-Key = tuple[str, str, bytes]
+# What a serializer may decode (the msgpack allowlists LangGraph added to it, see
+# ``CachingSerializer.narrowed``): a value decoded under one set is not served under another.
+Scope = frozenset[Any]
+Key = tuple[str, Scope, str, bytes]
 
 
 @dataclass
@@ -81,17 +84,22 @@ class BlobCache:
         return len(self._entries)
 
     def decode(
-        self, thread_id: str, type_: str, blob: bytes, loads: Callable[[tuple[str, bytes]], Any]
+        self,
+        thread_id: str,
+        scope: Scope,
+        data: tuple[str, bytes],
+        loads: Callable[[tuple[str, bytes]], Any],
     ) -> Any:
-        """``loads((type_, blob))``, from the cache when these bytes were decoded before."""
-        key = (thread_id, type_, blob)
+        """``loads(data)``, from the cache when these bytes were decoded before in ``scope``."""
+        key = (thread_id, scope, *data)
+        blob = data[1]
         value = self._entries.get(key, _MISSING)
         if value is not _MISSING:
             self._entries.move_to_end(key)
             self.stats.hits += 1
             self.stats.hit_bytes += len(blob)
             return _fresh(value)
-        value = loads((type_, blob))
+        value = loads(data)
         self.stats.misses += 1
         self.stats.miss_bytes += len(blob)
         self._put(key, value)
@@ -128,7 +136,7 @@ _MISSING = object()
 
 
 def _cost(key: Key) -> int:
-    return charge(len(key[2]))
+    return charge(len(key[3]))
 
 
 def charge(stored: int) -> int:
@@ -164,9 +172,16 @@ class CachingSerializer:
     """A saver's serializer whose ``loads_typed`` goes through a ``BlobCache``; the rest is
     the wrapped serializer's."""
 
-    def __init__(self, inner: SerializerProtocol, cache: BlobCache) -> None:
+    def __init__(
+        self, inner: SerializerProtocol, cache: BlobCache, scope: Scope = frozenset()
+    ) -> None:
         self.inner = inner
         self.cache = cache
+        self.scope = scope
+
+    def narrowed(self, inner: SerializerProtocol, allowlist: Iterable[Any]) -> CachingSerializer:
+        """The same cache around ``inner``, this serializer with ``allowlist`` applied."""
+        return CachingSerializer(inner, self.cache, self.scope | frozenset(allowlist))
 
     def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
         return self.inner.dumps_typed(obj)
@@ -176,7 +191,7 @@ class CachingSerializer:
         thread_id = _reading.get()
         if thread_id is None or type_ in UNCACHED_TYPES or not isinstance(blob, bytes):
             return self.inner.loads_typed(data)
-        return self.cache.decode(thread_id, type_, blob, self.inner.loads_typed)
+        return self.cache.decode(thread_id, self.scope, data, self.inner.loads_typed)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -41,7 +41,7 @@ How it differs from the stock ``AsyncPostgresSaver``, always keeping LangGraph's
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -330,6 +330,21 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         self._writing: asyncio.Task[None] | None = None
         # The first write of a fenced saver that failed: nothing is written after it.
         self._failure: BaseException | None = None
+
+    def with_allowlist(self, extra_allowlist: Collection[tuple[str, ...]]) -> FencedPostgresSaver:
+        """The stock clone with a stricter msgpack allowlist (``LANGGRAPH_STRICT_MSGPACK``),
+        applied to the serializer inside the cache's, whose entries it then keeps apart."""
+        serde = self.serde
+        if not isinstance(serde, blob_cache.CachingSerializer):
+            return cast(FencedPostgresSaver, super().with_allowlist(extra_allowlist))
+        self.serde = serde.inner
+        try:
+            clone = cast(FencedPostgresSaver, super().with_allowlist(extra_allowlist))
+        finally:
+            self.serde = serde
+        if clone is not self:
+            clone.serde = serde.narrowed(clone.serde, extra_allowlist)
+        return clone
 
     async def aput(
         self,

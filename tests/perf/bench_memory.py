@@ -1,12 +1,12 @@
 """Benchmark 12: a replica's resident memory under sustained load.
 
 One replica with the defaults a user gets, driven in batches of 32 new conversations of 10
-turns (benchmark 1's load) until it has served about 10,000 turns; its resident set (``VmRSS``)
-is read after about 1,000 and 10,000 (960 and 9,920: whole batches). A replica that keeps nothing per conversation (design
-invariant 5) and whose decoded-blob cache stays within THREADKEEPER_BLOB_CACHE_BYTES holds about
-the same memory at both points. Each repetition is a new replica (one run of this is long, so
-it has 3 repetitions, not 5). QUICK: one repetition, batches of 8 conversations of 3 turns,
-96 and 480 turns.
+turns (benchmark 1's load) until it has served about 10,000 turns; its resident set
+(``VmRSS``) is read after about 1,000 and 10,000 (960 and 9,920: whole batches). A replica
+that keeps nothing per conversation (design invariant 5) and whose decoded-blob cache stays
+within THREADKEEPER_BLOB_CACHE_BYTES holds about the same memory at both points. Each
+repetition is a new replica (one run of this is long, so it has 3 repetitions, not 5).
+QUICK: one repetition, batches of 8 conversations of 3 turns, 96 and 480 turns.
 """
 
 from __future__ import annotations

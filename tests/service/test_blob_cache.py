@@ -182,3 +182,26 @@ async def test_loads_through_the_cache_read_as_the_stock_saver_reads(database_ur
         assert cache.held_bytes > 0
         cache.drop_thread(latest["configurable"]["thread_id"])
         assert cache.held_bytes == 0 and len(cache) == 0
+
+
+async def test_a_stricter_allowlist_keeps_entries_of_its_own(pool: Any) -> None:
+    """LangGraph narrows a saver's msgpack allowlist (``LANGGRAPH_STRICT_MSGPACK``): the
+    allowlist reaches the serializer that decodes, and what a laxer one decoded is not served
+    to it."""
+    cache = BlobCache(1 << 20)
+    saver = FencedPostgresSaver(pool, history=["messages"], cache=cache)
+    # As LangGraph builds the saver's serializer in strict mode: with an allowlist of its own.
+    curated = JsonPlusSerializer(allowed_msgpack_modules=[("langchain_core", "messages")])
+    saver.serde = CachingSerializer(curated, cache)
+    strict = saver.with_allowlist([("some_module", "SomeType")])
+    assert isinstance(saver.serde, CachingSerializer)
+    assert isinstance(strict.serde, CachingSerializer)
+    assert isinstance(strict.serde.inner, JsonPlusSerializer)
+    assert strict.serde.inner is not saver.serde.inner
+    assert strict.serde.cache is cache
+    stored = saver.serde.dumps_typed(_messages(3))
+    with reading("t1"):
+        saver.serde.loads_typed(stored)
+        strict.serde.loads_typed(stored)
+        strict.serde.loads_typed(stored)
+    assert (cache.stats.misses, cache.stats.hits) == (2, 1)
