@@ -10,10 +10,14 @@ checkpoint holding a value for the channel (a snapshot blob or an inline primiti
 stock walk does.
 
 Every read of those tables is a lateral subquery probed by key from the row that needs it
-(``OFFSET 0`` keeps the planner from flattening it into a join it could reorder). The plan is
-then the same with or without statistics: on a database not yet analyzed the planner would
+(``OFFSET 0`` keeps the planner from flattening it into a join it could reorder), and the
+writes are read in primary-key order, which only the primary key gives without a sort. The plan
+is then the same with or without statistics: on a database not yet analyzed the planner would
 otherwise guess its sizes and, at each step of the walk, scan all of a thread's checkpoints or
-writes, a cost that grows with the conversation (tests/service/test_load_plan.py).
+writes; and a generic plan made while the tables were tiny, which a pooled connection keeps for
+its prepared statement, would read writes through LangGraph's index on ``thread_id`` alone
+(on a tiny table the two indexes cost the same): a cost that grows with the conversation
+(tests/service/test_load_plan.py).
 
 The result has one row per part, told apart by ``_kind``: ``t`` the checkpoint (the stock
 ``SELECT_SQL`` columns), ``c`` one per channel to replay (its chain of checkpoint ids, nearest
@@ -112,7 +116,8 @@ SELECT 't'::text AS _kind, t.checkpoint_id, t.parent_checkpoint_id, t.checkpoint
     ) AS channel_values,
     (
         SELECT array_agg(array[cw.task_id::text::bytea, cw.channel::bytea, cw.type::bytea,
-                               cw.blob, convert_to(cw.task_path, 'UTF8'), cw.idx::text::bytea])
+                               cw.blob, convert_to(cw.task_path, 'UTF8'), cw.idx::text::bytea]
+                         ORDER BY cw.task_id, cw.idx)
         FROM checkpoint_writes AS cw
         WHERE cw.thread_id = t.thread_id AND cw.checkpoint_ns = t.checkpoint_ns
           AND cw.checkpoint_id = t.checkpoint_id
@@ -135,7 +140,7 @@ CROSS JOIN LATERAL (
     SELECT * FROM checkpoint_writes AS cw
     WHERE cw.thread_id = %(thread_id)s AND cw.checkpoint_ns = %(checkpoint_ns)s
       AND cw.checkpoint_id = w.checkpoint_id AND cw.channel = w.channel
-    OFFSET 0
+    ORDER BY cw.task_id, cw.idx OFFSET 0
 ) AS cw
 WHERE w.depth > 0
 UNION ALL

@@ -27,6 +27,10 @@ SELECT count(*) FROM pg_class
 WHERE relname = ANY(%s) AND reltuples < 0
 """
 EXPLAIN = b"EXPLAIN (ANALYZE, FORMAT JSON) "
+# The load as a server-side prepared statement, as the service's pooled connections run it.
+PARAMETERS = {"thread_id": "$1", "checkpoint_ns": "$2", "checkpoint_id": "$3", "channels": "$4"}
+PREPARE = "PREPARE load(text, text, text, text[]) AS "
+EXECUTE = "EXECUTE load(%s, '', NULL, %s)"
 
 
 async def _talk(pool: Pool, thread_id: str, turns: int) -> None:
@@ -47,12 +51,16 @@ def _examined(node: dict[str, Any]) -> int:
     return total + sum(_examined(child) for child in node.get("Plans", []))
 
 
+def _channels() -> list[str]:
+    return list(history_channels(build_graph(OfflineChatModel()).compile()))
+
+
 def _load_cost(conn: psycopg.Connection[Any], thread_id: str) -> int:
     params = {
         "thread_id": thread_id,
         "checkpoint_ns": "",
         "checkpoint_id": None,
-        "channels": list(history_channels(build_graph(OfflineChatModel()).compile())),
+        "channels": _channels(),
     }
     row = conn.execute(EXPLAIN + checkpoint_load.load_sql(False), params).fetchone()
     assert row is not None
@@ -60,12 +68,33 @@ def _load_cost(conn: psycopg.Connection[Any], thread_id: str) -> int:
     return _examined(plan)
 
 
-async def test_the_load_examines_as_few_rows_unanalyzed_as_analyzed(
-    database_url: str, pool: Pool
-) -> None:
+def _prepare_generic(conn: psycopg.Connection[Any]) -> None:
+    """The load prepared on ``conn``, its generic plan made (and kept) at the first execute."""
+    statement = checkpoint_load.load_sql(False).decode()
+    for name, placeholder in PARAMETERS.items():
+        statement = statement.replace(f"%({name})s", placeholder)
+    conn.execute(b"SET plan_cache_mode = force_generic_plan")
+    conn.execute((PREPARE + statement).encode())
+
+
+def _prepared_cost(conn: psycopg.Connection[Any], thread_id: str) -> int:
+    # EXECUTE's arguments are bound here: the server cannot type parameters inside EXPLAIN.
+    cur = psycopg.ClientCursor(conn)
+    row = cur.execute((EXPLAIN.decode() + EXECUTE).encode(), (thread_id, _channels())).fetchone()
+    assert row is not None
+    return _examined(row[0][0]["Plan"])
+
+
+def _autovacuum_off(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         for table in TABLES:
             conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)".encode())
+
+
+async def test_the_load_examines_as_few_rows_unanalyzed_as_analyzed(
+    database_url: str, pool: Pool
+) -> None:
+    _autovacuum_off(database_url)
     # Other threads, so that analyzed statistics favour probes by key over scans.
     for _ in range(3):
         await _talk(pool, str(uuid.uuid4()), turns=5)
@@ -83,3 +112,25 @@ async def test_the_load_examines_as_few_rows_unanalyzed_as_analyzed(
         analyzed = _load_cost(conn, long)
     assert analyzed > 0
     assert unanalyzed <= analyzed, (unanalyzed, analyzed)
+
+
+async def test_a_generic_plan_made_on_tiny_tables_stays_a_probe_by_key(
+    database_url: str, pool: Pool
+) -> None:
+    """A pooled connection prepares the load during a thread's first turns and keeps that
+    generic plan while the thread grows: it must examine no more rows than a plan made once the
+    tables are analyzed."""
+    _autovacuum_off(database_url)
+    thread_id = str(uuid.uuid4())
+    with psycopg.connect(database_url, autocommit=True) as early:
+        await _talk(pool, thread_id, turns=2)
+        _prepare_generic(early)
+        _prepared_cost(early, thread_id)
+        await _talk(pool, thread_id, turns=28)
+        kept = _prepared_cost(early, thread_id)
+    with psycopg.connect(database_url, autocommit=True) as late:
+        late.execute(b"ANALYZE " + ", ".join(TABLES).encode())
+        _prepare_generic(late)
+        analyzed = _prepared_cost(late, thread_id)
+    assert analyzed > 0
+    assert kept <= analyzed, (kept, analyzed)
