@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from threadkeeper.service import userapp
 from threadkeeper.service.auth import Authenticator
+from threadkeeper.service.blob_cache import BlobCache
 from threadkeeper.service.catalog import install_system_assistants
 from threadkeeper.service.cors import cors_middleware
 from threadkeeper.service.db import connect, make_pool
@@ -171,7 +172,9 @@ def create_app(
         metrics.watch_pool(pool)
         hub = Hub(url)
         await hub.start()
-        registry = Registry(serving.graphs, pool)
+        cache = BlobCache(settings.blob_cache_bytes)
+        metrics.watch_blob_cache(cache)
+        registry = Registry(serving.graphs, pool, cache)
         memory = open_store(pool, serving.store)
         executor = Executor(
             pool=pool,

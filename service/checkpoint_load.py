@@ -9,6 +9,16 @@ the ancestor walk is a recursive CTE that follows ``parent_checkpoint_id`` and s
 checkpoint holding a value for the channel (a snapshot blob or an inline primitive), as the
 stock walk does.
 
+Every read of those tables is a lateral subquery probed by key from the row that needs it
+(``OFFSET 0`` keeps the planner from flattening it into a join it could reorder), and the
+writes are read in primary-key order, which only the primary key gives without a sort. The plan
+is then the same with or without statistics: on a database not yet analyzed the planner would
+otherwise guess its sizes and, at each step of the walk, scan all of a thread's checkpoints or
+writes; and a generic plan made while the tables were tiny, which a pooled connection keeps for
+its prepared statement, would read writes through LangGraph's index on ``thread_id`` alone
+(on a tiny table the two indexes cost the same): a cost that grows with the conversation
+(tests/service/test_load_plan.py).
+
 The result has one row per part, told apart by ``_kind``: ``t`` the checkpoint (the stock
 ``SELECT_SQL`` columns), ``c`` one per channel to replay (its chain of checkpoint ids, nearest
 first, and its seed), ``w`` the channel's writes on the chain and ``b`` its seed blob. The ``w``
@@ -84,9 +94,12 @@ walk AS (
     SELECT w.channel, c.checkpoint_id, c.parent_checkpoint_id, w.depth + 1,
            s.version, s.has_blob, s.inline
     FROM walk AS w
-    JOIN checkpoints AS c
-      ON c.thread_id = %(thread_id)s AND c.checkpoint_ns = %(checkpoint_ns)s
-     AND c.checkpoint_id = w.parent_checkpoint_id AND c.checkpoint_id < w.checkpoint_id
+    CROSS JOIN LATERAL (
+        SELECT * FROM checkpoints AS c
+        WHERE c.thread_id = %(thread_id)s AND c.checkpoint_ns = %(checkpoint_ns)s
+          AND c.checkpoint_id = w.parent_checkpoint_id AND c.checkpoint_id < w.checkpoint_id
+        OFFSET 0
+    ) AS c
     CROSS JOIN LATERAL ({_SEED_COLUMNS}) AS s
     WHERE NOT w.has_blob AND w.inline IS NULL
 )
@@ -94,13 +107,17 @@ SELECT 't'::text AS _kind, t.checkpoint_id, t.parent_checkpoint_id, t.checkpoint
     (
         SELECT array_agg(array[bl.channel::bytea, bl.type::bytea, bl.blob])
         FROM jsonb_each_text(t.checkpoint -> 'channel_versions') AS v
-        JOIN checkpoint_blobs AS bl
-          ON bl.thread_id = t.thread_id AND bl.checkpoint_ns = t.checkpoint_ns
-         AND bl.channel = v.key AND bl.version = v.value
+        CROSS JOIN LATERAL (
+            SELECT * FROM checkpoint_blobs AS bl
+            WHERE bl.thread_id = t.thread_id AND bl.checkpoint_ns = t.checkpoint_ns
+              AND bl.channel = v.key AND bl.version = v.value
+            OFFSET 0
+        ) AS bl
     ) AS channel_values,
     (
         SELECT array_agg(array[cw.task_id::text::bytea, cw.channel::bytea, cw.type::bytea,
-                               cw.blob, convert_to(cw.task_path, 'UTF8'), cw.idx::text::bytea])
+                               cw.blob, convert_to(cw.task_path, 'UTF8'), cw.idx::text::bytea]
+                         ORDER BY cw.task_id, cw.idx)
         FROM checkpoint_writes AS cw
         WHERE cw.thread_id = t.thread_id AND cw.checkpoint_ns = t.checkpoint_ns
           AND cw.checkpoint_id = t.checkpoint_id
@@ -119,17 +136,23 @@ UNION ALL
 SELECT 'w', cw.checkpoint_id, NULL, NULL, NULL, NULL, NULL, cw.channel, NULL, NULL, NULL,
     cw.type, cw.blob, cw.task_id, cw.task_path, cw.idx
 FROM walk AS w
-JOIN checkpoint_writes AS cw
-  ON cw.thread_id = %(thread_id)s AND cw.checkpoint_ns = %(checkpoint_ns)s
- AND cw.checkpoint_id = w.checkpoint_id AND cw.channel = w.channel
+CROSS JOIN LATERAL (
+    SELECT * FROM checkpoint_writes AS cw
+    WHERE cw.thread_id = %(thread_id)s AND cw.checkpoint_ns = %(checkpoint_ns)s
+      AND cw.checkpoint_id = w.checkpoint_id AND cw.channel = w.channel
+    ORDER BY cw.task_id, cw.idx OFFSET 0
+) AS cw
 WHERE w.depth > 0
 UNION ALL
 SELECT 'b', NULL, NULL, NULL, NULL, NULL, NULL, b.channel, NULL, b.version, NULL,
     b.type, b.blob, NULL, NULL, NULL
 FROM walk AS w
-JOIN checkpoint_blobs AS b
-  ON b.thread_id = %(thread_id)s AND b.checkpoint_ns = %(checkpoint_ns)s
- AND b.channel = w.channel AND b.version = w.version
+CROSS JOIN LATERAL (
+    SELECT * FROM checkpoint_blobs AS b
+    WHERE b.thread_id = %(thread_id)s AND b.checkpoint_ns = %(checkpoint_ns)s
+      AND b.channel = w.channel AND b.version = w.version
+    OFFSET 0
+) AS b
 WHERE w.has_blob
 """
 

@@ -41,7 +41,7 @@ How it differs from the stock ``AsyncPostgresSaver``, always keeping LangGraph's
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -67,7 +67,7 @@ from psycopg import AsyncCursor, AsyncRawCursor
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
-from threadkeeper.service import checkpoint_load
+from threadkeeper.service import blob_cache, checkpoint_load
 from threadkeeper.service.compat import DeltaSnapshot
 from threadkeeper.service.db import Pool, numbered
 from threadkeeper.service.lease import WRITE_FENCE_SQL
@@ -307,13 +307,21 @@ class FencedPostgresSaver(AsyncPostgresSaver):
     """``AsyncPostgresSaver`` on a pool, without the global lock, optionally fenced.
 
     ``history``: the graph's ``DeltaChannel`` names (``history_channels``), read along with each
-    checkpoint; without them the saver reads histories as the stock saver does.
+    checkpoint; without them the saver reads histories as the stock saver does. ``cache``: the
+    replica's decoded blobs (``service.blob_cache``), shared by its savers.
     """
 
     def __init__(
-        self, pool: Pool, fence: Fence | None = None, *, history: Sequence[str] = ()
+        self,
+        pool: Pool,
+        fence: Fence | None = None,
+        *,
+        history: Sequence[str] = (),
+        cache: blob_cache.BlobCache | None = None,
     ) -> None:
         super().__init__(pool)
+        if cache is not None and cache.max_bytes:
+            self.serde = blob_cache.CachingSerializer(self.serde, cache)
         self.pool = pool
         self.fence = fence
         self.history = list(history)
@@ -328,6 +336,21 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         self._writing: asyncio.Task[None] | None = None
         # The first write of a fenced saver that failed: nothing is written after it.
         self._failure: BaseException | None = None
+
+    def with_allowlist(self, extra_allowlist: Collection[tuple[str, ...]]) -> FencedPostgresSaver:
+        """The stock clone with a stricter msgpack allowlist (``LANGGRAPH_STRICT_MSGPACK``),
+        applied to the serializer inside the cache's, whose entries it then keeps apart."""
+        serde = self.serde
+        if not isinstance(serde, blob_cache.CachingSerializer):
+            return cast(FencedPostgresSaver, super().with_allowlist(extra_allowlist))
+        self.serde = serde.inner
+        try:
+            clone = cast(FencedPostgresSaver, super().with_allowlist(extra_allowlist))
+        finally:
+            self.serde = serde
+        if clone is not self:
+            clone.serde = serde.narrowed(clone.serde, extra_allowlist)
+        return clone
 
     async def aput(
         self,
@@ -446,8 +469,13 @@ class FencedPostgresSaver(AsyncPostgresSaver):
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         await self.flush()
-        if not self.history:
-            return await super().aget_tuple(config)
+        with blob_cache.reading(str(config["configurable"]["thread_id"])):
+            if not self.history:
+                return await super().aget_tuple(config)
+            return await self._load(config)
+
+    async def _load(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """The checkpoint, and the histories LangGraph asks for next, in one statement."""
         configurable = config["configurable"]
         thread_id = configurable["thread_id"]
         checkpoint_ns = configurable.get("checkpoint_ns", "")
@@ -498,7 +526,8 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         preloaded = self._preloaded.pop(key, None)
         if preloaded is not None and preloaded[0] == frozenset(channels):
             return {ch: preloaded[1][ch] for ch in channels}
-        return await super().aget_delta_channel_history(config=config, channels=channels)
+        with blob_cache.reading(str(key[0])):
+            return await super().aget_delta_channel_history(config=config, channels=channels)
 
     def _preload(
         self, thread_id: str, checkpoint_ns: str, checkpoint_id: str, walks: checkpoint_load.Walks

@@ -320,7 +320,9 @@ class Executor:
     ) -> tuple[FencedPostgresSaver, events.EventWriter]:
         """The attempt's fenced saver and its event writer, the stream opened."""
         run_id, number = run.run_id, run.attempt
-        saver = FencedPostgresSaver(self.pool, Fence(run_id, number), history=history)
+        saver = FencedPostgresSaver(
+            self.pool, Fence(run_id, number), history=history, cache=self.registry.cache
+        )
         writer = await events.EventWriter.open(
             self.pool,
             run_id,

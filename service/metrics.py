@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from threadkeeper.service.blob_cache import BlobCache
 from threadkeeper.service.db import Pool
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -55,6 +56,34 @@ class InFlightCollector(Collector):
         )
 
 
+class BlobCacheCollector(Collector):
+    """The decoded-blob cache's counters and size, read at scrape time."""
+
+    def __init__(self, cache: BlobCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
+        stats = self.cache.stats
+        for name, help_text, value in (
+            ("hits", "Checkpoint blobs served decoded from this replica's cache.", stats.hits),
+            ("misses", "Checkpoint blobs this replica decoded (and then cached).", stats.misses),
+            ("evictions", "Decoded blobs dropped to stay within the bound.", stats.evictions),
+            ("hit_bytes", "Stored bytes of the blobs served from the cache.", stats.hit_bytes),
+            ("miss_bytes", "Stored bytes of the blobs decoded on a miss.", stats.miss_bytes),
+        ):
+            yield CounterMetricFamily(f"threadkeeper_blob_cache_{name}", help_text, value=value)
+        yield GaugeMetricFamily(
+            "threadkeeper_blob_cache_bytes",
+            "Memory charged for the decoded blobs held (THREADKEEPER_BLOB_CACHE_BYTES bounds it).",
+            value=self.cache.held_bytes,
+        )
+        yield GaugeMetricFamily(
+            "threadkeeper_blob_cache_max_bytes",
+            "THREADKEEPER_BLOB_CACHE_BYTES.",
+            value=self.cache.max_bytes,
+        )
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -95,3 +124,6 @@ class Metrics:
 
     def watch_in_flight(self, count: Callable[[], int]) -> None:
         self.registry.register(InFlightCollector(count))
+
+    def watch_blob_cache(self, cache: BlobCache) -> None:
+        self.registry.register(BlobCacheCollector(cache))

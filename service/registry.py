@@ -23,6 +23,7 @@ from uuid import UUID, uuid5
 import structlog
 from langchain_core.runnables import RunnableConfig
 
+from threadkeeper.service.blob_cache import BlobCache
 from threadkeeper.service.checkpointer import FencedPostgresSaver, history_channels
 from threadkeeper.service.db import Pool
 from threadkeeper.service.errors import Conflict
@@ -58,22 +59,27 @@ class Bound:
     reader: AnyGraph
 
     @classmethod
-    def of(cls, graph_id: str, graph: AnyGraph, pool: Pool) -> Bound:
+    def of(cls, graph_id: str, graph: AnyGraph, pool: Pool, cache: BlobCache | None) -> Bound:
         history = history_channels(graph)
-        reader = graph.copy(update={"checkpointer": FencedPostgresSaver(pool, history=history)})
+        saver = FencedPostgresSaver(pool, history=history, cache=cache)
+        reader = graph.copy(update={"checkpointer": saver})
         return cls(graph_id, graph, history, reader)
 
 
 class Registry:
-    """graph id -> the graph, for one replica's lifetime."""
+    """graph id -> the graph, for one replica's lifetime. ``cache``: the replica's decoded
+    checkpoint blobs, which every saver of its graphs reads through."""
 
-    def __init__(self, graphs: Mapping[str, LoadedGraph], pool: Pool) -> None:
+    def __init__(
+        self, graphs: Mapping[str, LoadedGraph], pool: Pool, cache: BlobCache | None = None
+    ) -> None:
         if not graphs:
             raise ValueError("a deployment serves at least one graph")
         self._loaded = dict(graphs)
         self._pool = pool
+        self.cache = cache
         self._compiled = {
-            graph_id: Bound.of(graph_id, loaded.compiled, pool)
+            graph_id: Bound.of(graph_id, loaded.compiled, pool, cache)
             for graph_id, loaded in graphs.items()
             if loaded.compiled is not None
         }
@@ -99,7 +105,7 @@ class Registry:
         loaded = self._loaded.get(graph_id)
         if loaded is None:
             raise GraphNotServed(graph_id)
-        return Bound.of(graph_id, await loaded.build(config), self._pool)
+        return Bound.of(graph_id, await loaded.build(config), self._pool, self.cache)
 
 
 def graph_of_run(kwargs: Mapping[str, Any]) -> str | None:

@@ -113,6 +113,7 @@ async def delete_thread(request: Request) -> Response:
     async with services(request).pool.connection() as conn, conn.transaction():
         if not await lifecycle.delete_thread(conn, thread_id, who):
             raise not_found("Thread", thread_id)
+    _forget_decoded(request, [thread_id])
     return Response(status_code=204)
 
 
@@ -123,7 +124,17 @@ async def prune_threads(request: Request, body: ThreadPrune) -> Response:
     who = owner(request)
     strategy = TtlStrategy(body.strategy)
     count = await prune.prune(services(request).pool, who, body.thread_ids, strategy)
+    _forget_decoded(request, body.thread_ids)
     return serialize.JSON({"pruned_count": count})
+
+
+def _forget_decoded(request: Request, thread_ids: list[uuid.UUID]) -> None:
+    """This replica's decoded blobs of threads deleted or pruned go with them (the others'
+    age out of their caches: they are never served for rows that no longer exist)."""
+    cache = services(request).registry.cache
+    if cache is not None:
+        for thread_id in thread_ids:
+            cache.drop_thread(str(thread_id))
 
 
 @accepts(ThreadSearch)

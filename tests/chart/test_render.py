@@ -148,6 +148,7 @@ def test_service_environment(helm: Helm) -> None:
             "service.model": "openai:gpt-4o-mini",
             "service.leaseSeconds": 45,
             "service.concurrentRuns": 2,
+            "service.blobCacheBytes": 1048576,
             "service.pool.minSize": 3,
             "service.pool.maxSize": 12,
             "service.temporaryThreadSeconds": 300,
@@ -159,6 +160,7 @@ def test_service_environment(helm: Helm) -> None:
     assert values["THREADKEEPER_MODEL"] == "openai:gpt-4o-mini"
     assert values["THREADKEEPER_LEASE_SECONDS"] == "45"
     assert values["THREADKEEPER_WORKERS"] == "2"
+    assert values["THREADKEEPER_BLOB_CACHE_BYTES"] == "1048576"
     assert values["THREADKEEPER_POOL_MIN_SIZE"] == "3"
     assert values["THREADKEEPER_POOL_MAX_SIZE"] == "12"
     assert values["THREADKEEPER_TEMPORARY_THREAD_SECONDS"] == "300"
@@ -613,3 +615,11 @@ def test_template_reports_every_problem_at_once(helm: Helm) -> None:
         "tableBytesWarning must not exceed",
     ):
         assert message in proc.stderr
+
+
+def test_blob_cache_default_renders_as_a_whole_number(helm: Helm) -> None:
+    """Helm reads big numbers as floats; the service must get digits, not 1.6777216e+07."""
+    docs = helm.render(BASE)
+    env = support.env_of(support.containers(find(docs, "Deployment", SERVICE))[0])
+    default = yaml.safe_load((support.CHART / "values.yaml").read_text())["service"]
+    assert env["THREADKEEPER_BLOB_CACHE_BYTES"]["value"] == str(default["blobCacheBytes"])

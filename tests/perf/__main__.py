@@ -37,6 +37,8 @@ MODULES = {
     "8": "tests.perf.bench_streaming",
     "9": "tests.perf.bench_failover",
     "10": "tests.perf.bench_token_streaming",
+    "11": "tests.perf.bench_long",
+    "12": "tests.perf.bench_memory",
     "13": "tests.perf.bench_store",
     "14": "tests.perf.bench_chat_ui",
 }

@@ -131,7 +131,7 @@ async def run(bench: Bench) -> list[Row]:
                     ours_db,
                     bench.work,
                     name,
-                    THREADKEEPER_WORKERS=str(count),
+                    # The defaults a user gets, THREADKEEPER_WORKERS included.
                     THREADKEEPER_OFFLINE_LATENCY_MS=latency,
                 ).start()
             )

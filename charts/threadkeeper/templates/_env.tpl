@@ -61,6 +61,8 @@
   value: {{ .Values.service.leaseSeconds | quote }}
 - name: THREADKEEPER_WORKERS
   value: {{ .Values.service.concurrentRuns | quote }}
+- name: THREADKEEPER_BLOB_CACHE_BYTES
+  value: {{ .Values.service.blobCacheBytes | int64 | quote }}
 - name: THREADKEEPER_SHUTDOWN_SECONDS
   value: {{ include "threadkeeper.shutdownSeconds" . | quote }}
 {{- if not (kindIs "invalid" .Values.service.maxRunsPerOwner) }}
