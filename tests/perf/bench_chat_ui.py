@@ -26,7 +26,7 @@ from tests.perf import servers
 from tests.perf.bench_streaming import logs_on_failure
 from tests.perf.harness import Bench, Row, alone
 
-NAME = "11. chat UI: Enter to first token"
+NAME = "14. chat UI: Enter to first token"
 GOAL_MS = 150.0
 TURN_TIMEOUT_MS = 30_000
 # Marks the keydown and the paint of the first token of the reply "Turn <n>. ...".

@@ -50,7 +50,7 @@ from threadkeeper.service.minilm import DIMS, embed
 from threadkeeper.service.settings import Settings
 from threadkeeper.service.store import OwnerStore, StoreSettings, open_store
 
-NAME = "11. store"
+NAME = "13. store"
 
 log = structlog.get_logger("bench.store")
 
