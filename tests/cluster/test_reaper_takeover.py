@@ -320,6 +320,7 @@ def test_two_reaper_pods_never_prune_at_once(
         "pair",
         {
             "runs": [(a.isoformat(), b.isoformat()) for a, b in runs],
+            "seconds": [(b - a).total_seconds() for a, b in runs],
             "skipped at": [s["startedAt"] for pod_skips in skips.values() for s in pod_skips],
         },
     )
