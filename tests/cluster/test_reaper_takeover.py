@@ -14,7 +14,6 @@ import json
 import selectors
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,14 +26,13 @@ from psycopg import conninfo
 
 from tests.cluster.image import ImageRef
 from tests.cluster.node import NodeCluster
-from tests.cluster.pgbridge import BridgePostgres, fresh_database_name
-from tests.cluster.pods import WAIT_S, apply, create_namespace, kubectl
-from tests.cluster.release import Release, database_secret, ready
+from tests.cluster.pgbridge import BridgePostgres
+from tests.cluster.pods import WAIT_S, apply, kubectl
+from tests.cluster.release import Release, installed_release, ready
 
 pytestmark = pytest.mark.node
 
 RELEASE = "reap"
-SECRET = "reap-database"
 REAPER_SELECTOR = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=reaper"
 # Idle threads per prune: each is one transaction of about ten statements, so a run lasts
 # seconds, longer than a tick of the reaper's timer.
@@ -90,7 +88,9 @@ WHERE t.owner = %(owner)s
 
 
 @dataclass(frozen=True)
-class Installed:
+class Seeded:
+    """The release and its database, into which the tests write threads directly."""
+
     release: Release
     url: str
 
@@ -118,32 +118,37 @@ class Installed:
 @pytest.fixture(scope="module")
 def installed(
     kube_node: NodeCluster, app_image: ImageRef, bridge_postgres: BridgePostgres
-) -> Iterator[Installed]:
-    namespace = f"reap-{uuid.uuid4().hex[:8]}"
-    create_namespace(kube_node, namespace)
-    database = bridge_postgres.create_database(fresh_database_name())
-    database_secret(kube_node, namespace, SECRET, bridge_postgres.pod_url(database))
-    release = Release(kube_node, namespace, RELEASE, app_image, SECRET)
-    try:
-        release.install(
-            "retention.enabled=false",
-            "service.replicas=1",
-            f"reaper.extraArgs[0]=--tick-interval={TICK_S}",
-        )
-        url = conninfo.make_conninfo(bridge_postgres.host_url, dbname=database)
-        yield Installed(release, url)
-    finally:
-        release.helm("uninstall", RELEASE, "--wait", check=False)
-        kubectl(kube_node, "delete", "namespace", namespace, "--wait=false", check=False)
+) -> Iterator[Seeded]:
+    sets = ("retention.enabled=false", "service.replicas=1",
+            f"reaper.extraArgs[0]=--tick-interval={TICK_S}")  # fmt: skip
+    with installed_release(kube_node, app_image, bridge_postgres, RELEASE, *sets) as done:
+        yield Seeded(done.release, conninfo.make_conninfo(bridge_postgres.host_url,
+                                                          dbname=done.database))  # fmt: skip
 
 
-def _policy(namespace: str, name: str) -> dict[str, Any]:
+@pytest.fixture
+def apply_policy(installed: Seeded) -> Iterator[Callable[[str], None]]:
+    """Applies the test's RetentionPolicy by name; deletes it afterwards, also on failure."""
+    release = installed.release
+    names: list[str] = []
+
+    def apply_one(name: str) -> None:
+        names.append(name)
+        apply(release.cluster, _policy(release, name))
+
+    yield apply_one
+    for name in names:
+        kubectl(release.cluster, "delete", "retentionpolicy", name, "-n", release.namespace,
+                "--ignore-not-found")  # fmt: skip
+
+
+def _policy(release: Release, name: str) -> dict[str, Any]:
     return {
         "apiVersion": "threadkeeper.dev/v1alpha1",
         "kind": "RetentionPolicy",
-        "metadata": {"name": name, "namespace": namespace},
+        "metadata": {"name": name, "namespace": release.namespace},
         "spec": {
-            "database": {"secretRef": {"name": SECRET}},
+            "database": {"secretRef": {"name": release.database_secret}},
             "schedule": {"interval": "1h"},
             "threads": {"maxIdle": "1h"},
             # One run deletes every seeded thread (the batch caps threads per run).
@@ -231,14 +236,16 @@ def _interval(finished: dict[str, Any]) -> tuple[datetime, datetime]:
 
 @pytest.mark.timeout(600)
 def test_a_reaper_killed_mid_prune_loses_nothing_and_its_successor_finishes(
-    installed: Installed, record_property: Callable[[str, object], None]
+    installed: Seeded,
+    apply_policy: Callable[[str], None],
+    record_property: Callable[[str, object], None],
 ) -> None:
     release = installed.release
     installed.seed("idle-a", IDLE_THREADS, "2 days")
     installed.seed("active-a", ACTIVE_THREADS, "0 seconds")
     first = _running_reapers(release, 1)[0]
 
-    apply(release.cluster, _policy(release.namespace, "takeover"))
+    apply_policy("takeover")
     applied = time.monotonic()
     _follow_until(release, first, "thread_deleted")
     kubectl(release.cluster, "delete", "pod", first, "-n", release.namespace,
@@ -278,7 +285,6 @@ def test_a_reaper_killed_mid_prune_loses_nothing_and_its_successor_finishes(
     done = [e for e in _log_lines(release, successor) if e.get("event") == "prune_finished"]
     assert [e["threadsDeleted"]["idle"] for e in done] == [run["threadsDeleted"]["idle"]]
     assert "Pruned" in release.events_of("RetentionPolicy", "takeover")
-    kubectl(release.cluster, "delete", "retentionpolicy", "takeover", "-n", release.namespace)
 
 
 # --- two reaper pods --------------------------------------------------------------------
@@ -291,7 +297,9 @@ def _runs(lines: list[dict[str, Any]], policy: str, event: str) -> list[dict[str
 
 @pytest.mark.timeout(600)
 def test_two_reaper_pods_never_prune_at_once(
-    installed: Installed, record_property: Callable[[str, object], None]
+    installed: Seeded,
+    apply_policy: Callable[[str], None],
+    record_property: Callable[[str, object], None],
 ) -> None:
     release = installed.release
     installed.seed("idle-b", IDLE_THREADS, "2 days")
@@ -303,7 +311,7 @@ def test_two_reaper_pods_never_prune_at_once(
             _follow_until(release, pod, "operator_starting")
 
         # Both pods see the new policy due at once (first sight); its run lasts seconds.
-        apply(release.cluster, _policy(release.namespace, "pair"))
+        apply_policy("pair")
         status = _wait_for_run(
             release, "pair", lambda s: s.get("lastRun", {}).get("outcome") == "Succeeded"
         )
@@ -340,7 +348,6 @@ def test_two_reaper_pods_never_prune_at_once(
     assert status["lastRun"]["threadsDeleted"]["idle"] == IDLE_THREADS
     assert installed.scalar(THREADS_OF_SQL, owner="idle-b") == 0
     installed.assert_nothing_half_deleted()
-    kubectl(release.cluster, "delete", "retentionpolicy", "pair", "-n", release.namespace)
 
 
 def _wait_for_skip(release: Release, name: str) -> dict[str, Any]:
