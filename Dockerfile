@@ -29,8 +29,11 @@ COPY pyproject.toml uv.lock README.md ./
 COPY service ./service
 COPY reaper ./reaper
 # The project itself as a regular (non-editable) wheel: /src is not needed at run time.
+# uv keys its cached build of a local project on pyproject.toml alone, so without
+# --reinstall-package (which implies --refresh-package) a warm cache mount would install the
+# wheel of an earlier build and the image would run old code.
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --locked --no-dev --no-editable
+    uv sync --locked --no-dev --no-editable --reinstall-package threadkeeper
 
 # --- runtime: the same Python base, the venv, a numeric non-root user ----------------------
 FROM ${PYTHON_IMAGE} AS runtime

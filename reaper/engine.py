@@ -555,12 +555,15 @@ async def prune(
     cur = await conn.execute(TRY_LOCK_SQL, (ADVISORY_LOCK_KEY,))
     row = await cur.fetchone()
     if row is None or not row["locked"]:
-        return _summary(
+        skipped = _summary(
             policy,
             start,
             outcome=Outcome.SKIPPED,
             message="locked: another prune is running on this database",
         )
+        # The operator logs that a run was due; this says how it ended, in the pod's own log.
+        log.info("prune_skipped", **skipped.to_json())
+        return skipped
     run = _Run(
         conn,
         policy,

@@ -144,13 +144,18 @@ def _ran(ctx: OperatorContext, due: _Due, summary: PruneSummary, memory: Memory)
     ctx.metrics.observe_run(summary)
     memory.resume = summary.resume
     finished = ctx.clock()
+    next_run = finished + due.interval
+    if summary.outcome is Outcome.SKIPPED:
+        # Another prune holds the database: another reaper pod, or the session of a killed one
+        # that Postgres has not dropped yet. Its work may be left undone: try again soon.
+        next_run = schedule.retry_time(finished, due.interval)
     return status.ran(
         summary,
         conditions=due.conditions,
         generation=due.generation,
         why=due.decision.why,
         finished=finished,
-        next_run=finished + due.interval,
+        next_run=next_run,
     )
 
 

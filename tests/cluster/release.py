@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from tests.cluster.appimage import PROJECT_ROOT
 from tests.cluster.image import ImageRef
 from tests.cluster.node import NodeCluster
-from tests.cluster.pods import apply, kubectl
+from tests.cluster.pgbridge import BridgePostgres, fresh_database_name
+from tests.cluster.pods import apply, create_namespace, kubectl
 
 CHART = PROJECT_ROOT / "charts" / "threadkeeper"
 # Long enough for a pre-install hook, two pulls and start-ups on a shared 2-core machine.
 HELM_TIMEOUT = "5m"
 _HELM_PROCESS_S = 400
+RETENTION_CRD = "retentionpolicies.threadkeeper.dev"
 
 
 @dataclass(frozen=True)
@@ -108,3 +113,39 @@ def database_secret(cluster: NodeCluster, namespace: str, name: str, url: str) -
 def ready(pod: dict[str, Any]) -> bool:
     conditions = pod.get("status", {}).get("conditions") or []
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+@dataclass(frozen=True)
+class Installed:
+    release: Release
+    notes: str
+    database: str
+
+
+@contextmanager
+def installed_release(
+    cluster: NodeCluster, image: ImageRef, postgres: BridgePostgres, name: str, *sets: str
+) -> Iterator[Installed]:
+    """`helm install` in a namespace of its own, with a fresh database behind a Secret of the
+    user's (`<name>-database`); uninstalled with its namespace afterwards, also on failure.
+
+    The chart keeps its CRD on uninstall, owned by the release that made it, and Helm refuses
+    to take it over under another release name: when the CRD exists the release sets
+    `crds.create=false` (a CRD managed elsewhere, as the chart README says), and a CRD this
+    release made is deleted at the end.
+    """
+    namespace = f"{name}-{uuid.uuid4().hex[:8]}"
+    create_namespace(cluster, namespace)
+    crd_before = bool(kubectl(cluster, "get", "crd", RETENTION_CRD, "--ignore-not-found"))
+    database = postgres.create_database(fresh_database_name())
+    secret = f"{name}-database"
+    database_secret(cluster, namespace, secret, postgres.pod_url(database))
+    release = Release(cluster, namespace, name, image, secret)
+    try:
+        notes = release.install(*sets, f"crds.create={str(not crd_before).lower()}")
+        yield Installed(release, notes, database)
+    finally:
+        release.helm("uninstall", name, "--wait", check=False)
+        if not crd_before:
+            kubectl(cluster, "delete", "crd", RETENTION_CRD, "--ignore-not-found", check=False)
+        kubectl(cluster, "delete", "namespace", namespace, "--wait=false", check=False)

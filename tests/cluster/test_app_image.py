@@ -15,7 +15,7 @@ import tarfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import yaml
@@ -279,6 +279,31 @@ def _host_traces() -> set[str]:
     return runtime | cgroups
 
 
+def _member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
+    member = tar.extractfile(name)
+    assert member is not None, name
+    return member
+
+
+def _image_file(archive: Path, suffix: str) -> bytes:
+    """A file of the image in an OCI archive (its first manifest), as the top layer has it."""
+    with tarfile.open(archive) as tar:
+
+        def blob(digest: str) -> IO[bytes]:
+            return _member(tar, "blobs/sha256/" + digest.removeprefix("sha256:"))
+
+        index = json.loads(_member(tar, "index.json").read())
+        manifest = json.loads(blob(index["manifests"][0]["digest"]).read())
+        found: bytes | None = None
+        for layer in manifest["layers"]:
+            with tarfile.open(fileobj=blob(layer["digest"]), mode="r:*") as files:
+                for member in files.getmembers():
+                    if member.isfile() and member.name.endswith(suffix):
+                        found = _member(files, member.name).read()
+    assert found is not None, f"no {suffix} in {archive}"
+    return found
+
+
 def test_a_changed_tree_is_rebuilt_and_the_build_leaves_the_host_as_found(
     image_tools: ImageToolBinaries, node_binaries: NodeBinaries, tmp_path: Path
 ) -> None:
@@ -288,8 +313,10 @@ def test_a_changed_tree_is_rebuilt_and_the_build_leaves_the_host_as_found(
         copy.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, copy)
     shutil.copy2(PROJECT_ROOT / IGNORE_FILE, tree / IGNORE_FILE)
+    # New on every run: a wheel of the project cached by an earlier build cannot have it.
+    marker = f"# a change the image must pick up: {uuid.uuid4().hex}\n"
     with (tree / "service" / "__init__.py").open("a") as changed:
-        changed.write("# a change the image must pick up\n")
+        changed.write(marker)
     base = rootfs.python_base_archive(lambda _: None)
     before = _host_traces()
 
@@ -306,6 +333,8 @@ def test_a_changed_tree_is_rebuilt_and_the_build_leaves_the_host_as_found(
                 for m in json.loads(member.read())["manifests"]
             }
         assert names == {str(ref) for ref in built.refs}
+        installed = _image_file(built.archive, "site-packages/threadkeeper/service/__init__.py")
+        assert installed.decode().endswith(marker)
         assert _host_traces() == before
     finally:
         built.archive.unlink(missing_ok=True)

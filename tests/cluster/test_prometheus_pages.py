@@ -35,14 +35,13 @@ from tests.cluster.monitoring import Monitoring
 from tests.cluster.node import NodeCluster
 from tests.cluster.pgbridge import BridgePostgres, fresh_database_name
 from tests.cluster.pods import WAIT, create_namespace, kubectl
-from tests.cluster.release import CHART, Release, database_secret
+from tests.cluster.release import CHART, RETENTION_CRD, Release, database_secret
 
 pytestmark = pytest.mark.node
 log = logging.getLogger(__name__)
 
 RELEASE = "pages"
 SECRET = "pages-database"
-RETENTION_CRD = "retentionpolicies.threadkeeper.dev"
 SERVICE_PORT = 8000
 # The reaper's `--metrics-port` with the chart's defaults.
 REAPER_METRICS_PORT = yaml.safe_load((CHART / "values.yaml").read_text())["reaper"]["metricsPort"]

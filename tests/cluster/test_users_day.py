@@ -34,24 +34,23 @@ from psycopg import conninfo
 from tests.cluster import conversations
 from tests.cluster.image import ImageRef
 from tests.cluster.node import NodeCluster
-from tests.cluster.pgbridge import BridgePostgres, fresh_database_name
+from tests.cluster.pgbridge import BridgePostgres
 from tests.cluster.pods import (
     WAIT,
     WAIT_S,
     apply,
-    create_namespace,
     kubectl,
     run_pod,
     wait_for_success,
 )
-from tests.cluster.release import CHART, Release, database_secret, ready
+from tests.cluster.release import CHART, Installed, Release, installed_release, ready
 from tests.cluster.test_app_image import MIGRATED_TABLES
 
 pytestmark = pytest.mark.node
 log = logging.getLogger(__name__)
 
 RELEASE = "day"
-SECRET = "day-database"
+SECRET = f"{RELEASE}-database"
 SERVICE_PORT = 8000
 STOP_FILE = "/tmp/stop"
 # The load: 30+ conversations at once.
@@ -65,28 +64,12 @@ SCALE_STEPS = (4, 1, 3)
 PRE_STOP_S = yaml.safe_load((CHART / "values.yaml").read_text())["service"]["preStopSleepSeconds"]
 
 
-@dataclass(frozen=True)
-class Installed:
-    release: Release
-    notes: str
-    database: str
-
-
 @pytest.fixture(scope="module")
 def installed(
     kube_node: NodeCluster, app_image: ImageRef, bridge_postgres: BridgePostgres
 ) -> Iterator[Installed]:
-    namespace = f"day-{uuid.uuid4().hex[:8]}"
-    create_namespace(kube_node, namespace)
-    database = bridge_postgres.create_database(fresh_database_name())
-    database_secret(kube_node, namespace, SECRET, bridge_postgres.pod_url(database))
-    release = Release(kube_node, namespace, RELEASE, app_image, SECRET)
-    try:
-        notes = release.install()
-        yield Installed(release, notes, database)
-    finally:
-        release.helm("uninstall", RELEASE, "--wait", check=False)
-        kubectl(kube_node, "delete", "namespace", namespace, "--wait=false", check=False)
+    with installed_release(kube_node, app_image, bridge_postgres, RELEASE) as done:
+        yield done
 
 
 def _client_pod(

@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry
 from tests.cluster.controlplane import Cluster
 from tests.reaper.support import INSERT_THREAD_SQL, OWNER
 from threadkeeper.reaper import schedule, status
+from threadkeeper.reaper.engine import ADVISORY_LOCK_KEY
 from threadkeeper.reaper.kube import Connection
 from threadkeeper.reaper.operator import run_operator
 from threadkeeper.reaper.probe import Heartbeat, OperatorStalled
@@ -557,6 +558,39 @@ def test_run_now_annotation_triggers_a_run(
     assert next_run is not None and next_run > datetime.now(UTC) + timedelta(minutes=50)
     assert any("run-now" in e[2] for e in ns.events("hourly") if e[1] == "Pruned")
     assert operator.forbidden() == []
+
+
+@pytest.mark.cluster
+def test_a_run_skipped_on_the_lock_is_retried_soon(
+    namespace: Namespace, start_operator: Callable[[Namespace], Operator]
+) -> None:
+    """Another session holds the prune lock (as a killed reaper pod's may for a while): the
+    skipped run comes back after RETRY_AFTER, not an interval later, and does the work."""
+    ns = namespace
+    ns.create_secret()
+    idle = plant_idle_thread(ns.database_url)
+    holder = psycopg.connect(ns.database_url, autocommit=True)
+    try:
+        holder.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+        ns.create_policy("blocked", schedule={"interval": "1h"}, threads={"maxIdle": "1h"})
+        start_operator(ns)
+        status = eventually(
+            lambda: (s := ns.get("blocked").get("status", {})).get("lastRun") and s,
+            what="the first run",
+        )
+    finally:
+        holder.close()
+    assert status["lastRun"]["outcome"] == "Skipped", status
+    skipped_at = schedule.parse_time(status["lastRunTime"])
+    next_run = schedule.parse_time(status["nextRunTime"])
+    assert skipped_at is not None and next_run is not None
+    assert next_run - skipped_at <= schedule.RETRY_AFTER + timedelta(seconds=5), status
+    assert thread_exists(ns.database_url, idle)
+    eventually(
+        lambda: not thread_exists(ns.database_url, idle),
+        within=schedule.RETRY_AFTER.total_seconds() + 60,
+        what="the retried run",
+    )
 
 
 @pytest.mark.cluster

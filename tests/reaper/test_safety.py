@@ -18,6 +18,7 @@ import yaml
 from langgraph.graph.state import CompiledStateGraph
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
+from structlog.testing import capture_logs
 
 from tests.reaper.graphs import compiled
 from tests.reaper.support import (
@@ -172,8 +173,10 @@ async def test_one_prune_at_a_time_per_database(
         )
         async with pool.connection() as observer:
             await eventually(lambda: reaper_waits_on_lock(observer), what="the prune to wait")
-        skipped = await prune(second, policy(checkpoints={"keepLast": 1}))
+        with capture_logs() as logs:
+            skipped = await prune(second, policy(checkpoints={"keepLast": 1}))
         assert skipped.outcome is Outcome.SKIPPED
+        assert [e["outcome"] for e in logs if e["event"] == "prune_skipped"] == ["Skipped"]
         assert "locked" in skipped.message
         assert skipped.checkpoints_deleted == 0
     finally:
