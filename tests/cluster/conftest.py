@@ -33,7 +33,7 @@ from tests.cluster.build import Binaries, ImageToolBinaries, MonitoringBinaries,
 from tests.cluster.errors import ClusterError
 from tests.cluster.host import HostState, host_state
 from tests.cluster.image import ImageRef
-from tests.cluster.node import NodeCluster, NodePorts
+from tests.cluster.node import NodeCluster, NodePorts, clear_leftover
 from tests.cluster.pgbridge import BridgePostgres
 from tests.cluster.pods import create_namespace, kubectl
 from tests.cluster.pytest_plugin import started, terminal_progress
@@ -41,7 +41,8 @@ from tests.cluster.pytest_plugin import started, terminal_progress
 _NODE_BUILD_ERROR = pytest.StashKey[str]()
 _B = TypeVar("_B")
 # The test that stops the session's node cluster runs after every other node test.
-_LAST = "test_stop_leaves_nothing_behind"
+# Stopping the session's cluster, then a whole cluster left behind by a killed run.
+_LAST = ("test_stop_leaves_nothing_behind", "test_the_next_run_clears_a_killed_runs_cluster")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -62,7 +63,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=node_items)
         items[:] = [item for item in items if not item.get_closest_marker("node")]
         return
-    items.sort(key=lambda item: item.name == _LAST)
+    items.sort(key=lambda item: _LAST.index(item.name) + 1 if item.name in _LAST else 0)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -119,6 +120,11 @@ def monitoring_binaries(request: pytest.FixtureRequest) -> MonitoringBinaries:
 
 @pytest.fixture(scope="session")
 def kube_node_host_before() -> HostState:
+    """The host as the session's cluster finds it, once a killed run's leftovers are gone."""
+    try:
+        clear_leftover()
+    except ClusterError as exc:
+        pytest.fail(str(exc), pytrace=False)
     return host_state()
 
 

@@ -211,6 +211,25 @@ def teardown_recorded(data: Mapping[str, Any]) -> None:
     REGISTRY.unlink(missing_ok=True)
 
 
+def clear_leftover() -> None:
+    """Undo what a node cluster whose owner died left behind; refuse while one runs.
+
+    A run killed with its cluster up (a CI job cut short, a machine snapshot) leaves pods,
+    links, routes, mounts and sysctls. Whoever starts the next cluster, or records the host's
+    state to compare against later, calls this first.
+    """
+    running = running_node()
+    if running is not None:
+        raise ClusterError(
+            f"a node cluster is already running (state in {running['state_dir']}); "
+            "only one fits on a machine: stop it with `python -m tests.cluster down`"
+        )
+    leftover = _read_registry()
+    if leftover is not None:
+        log.warning("cleaning up after a node cluster whose owner died")
+        teardown_recorded(leftover)
+
+
 def _kill_pods(timeout: float = 15.0) -> None:
     """SIGKILL every process in the pod cgroups until none is left."""
     deadline = time.monotonic() + timeout
@@ -350,16 +369,7 @@ class NodeCluster:
         """
         net = network or NodeNetwork()
         wanted = ports or NodePorts()
-        running = running_node()
-        if running is not None:
-            raise ClusterError(
-                f"a node cluster is already running (state in {running['state_dir']}); "
-                "only one fits on a machine: stop it with `python -m tests.cluster down`"
-            )
-        leftover = _read_registry()
-        if leftover is not None:
-            log.warning("cleaning up after a node cluster whose owner died")
-            teardown_recorded(leftover)
+        clear_leftover()
         preflight(net, wanted)
         if image_tools is not None:
             _check_port_free("registry", wanted.registry)

@@ -355,3 +355,57 @@ def test_a_range_that_overlaps_a_route_is_refused(as_root: None) -> None:
         pytest.skip("this machine has no route but the default one to overlap")
     with pytest.raises(ClusterError, match=r"overlaps the route"):
         host.check_ranges(NodeNetwork(pod_cidr=taken))
+
+
+# The owner of a cluster that a killed run leaves behind: it starts one, runs a pod in it,
+# says where its state is and waits to be killed.
+_OWNER = """
+import sys
+from tests.cluster import build
+from tests.cluster.node import NodeCluster
+from tests.cluster.pods import WAIT, apply, kubectl, pod_manifest
+cluster = NodeCluster.start(build.ensure_binaries(), build.ensure_node_binaries())
+apply(cluster, pod_manifest("left", ["sleep", "3600"]) | {
+    "metadata": {"name": "left", "namespace": "default"}})
+kubectl(cluster, "wait", "pod/left", "--for=condition=Ready", f"--timeout={WAIT}")
+print(cluster.state_dir, flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.node
+def test_the_next_run_clears_a_killed_runs_cluster(kube_node_host_before: HostState) -> None:
+    """Runs after the session's cluster stopped (conftest orders it).
+
+    A run killed with its cluster up leaves a pod running, its links, routes, mounts and
+    sysctls; the next run must find the host as it was before either of them.
+    """
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _OWNER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert owner.stdout is not None
+        state_dir = Path(owner.stdout.readline().strip())
+        assert owner.poll() is None, "the owner did not start its cluster"
+        owner.kill()
+        owner.wait(timeout=30)
+        assert node.running_node() is None
+        assert node.recorded_node() is not None
+        assert host.cgroup_pids(), "the killed run's pod should outlive it"
+        assert host_state() != kube_node_host_before
+
+        node.clear_leftover()
+
+        assert host_state() == kube_node_host_before
+        assert not host.cgroup_pids()
+        assert node.recorded_node() is None
+        assert not state_dir.exists()
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait(timeout=30)
+        node.clear_leftover()
