@@ -156,6 +156,12 @@ class Ours:
         if r.status_code != 204:
             raise RuntimeError(f"PUT /store/items: {r.status_code} {r.text[:300]}")
 
+    async def ok(self, index: int, rng: random.Random) -> None:
+        """The floor under every call: a request that does nothing (``GET /ok``)."""
+        r = await self.https[index].get(f"{self.url}/ok")
+        if r.status_code != 200:
+            raise RuntimeError(f"GET /ok: {r.status_code} {r.text[:300]}")
+
     async def search(self, index: int, rng: random.Random) -> None:
         namespace, filter_ = _search_args(rng)
         body = {"namespace_prefix": namespace, "filter": filter_, "limit": 10}
@@ -253,6 +259,7 @@ async def load_and_search(bench: Bench) -> list[Row]:
                             "ours": lambda _: _clients(ops, ours.put),
                             "stock": lambda _: _clients(ops, runner.put),
                             "in-process": lambda _: _clients(ops, local.put),
+                            "http floor": lambda _: _clients(ops, ours.ok),
                         },
                     )
                     searches = await interleave(
@@ -272,6 +279,10 @@ async def load_and_search(bench: Bench) -> list[Row]:
             NAME, "put p99, 50 clients", "ms", puts["ours"], "stock AsyncPostgresStore",
             puts["stock"], goal=f"<= {GOAL_RATIO}x", goal_check=lambda r: r <= GOAL_RATIO,
             details=details,
+        ),
+        compare(
+            NAME, "put p99, 50 clients, over the HTTP floor", "ms", puts["ours"],
+            "GET /ok p99, the same clients", puts["http floor"], details=details,
         ),
         compare(
             NAME, "search (filter) p99, 50 clients", "ms", searches["ours"],
