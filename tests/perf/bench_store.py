@@ -9,7 +9,10 @@ a store of 100k items (100 namespaces of 1,000), side by side in one run:
 - stock: LangGraph's ``AsyncPostgresStore`` used directly in this process, on a pool of the
   same size as the replica's, each client a task calling ``aput`` / ``asearch``.
 
-Each repetition measures both, in a rotating order, and the ratio is taken per repetition. Both
+- the HTTP floor: ``GET /ok``, which does no work, through the same 50 clients and connections,
+  so a reader can tell the store's share of ours from what any request costs on the host.
+
+Each repetition measures all of them, in a rotating order, and the ratio is taken per repetition. Both
 stores are seeded alike in SQL (the same prefixes, keys and values; ours under the owner's label,
 found by one ``PUT``), then analysed. ``put`` rewrites random existing items, ``search`` asks a
 random namespace for one of ten kinds (100 of its 1,000 items match, 10 returned).
