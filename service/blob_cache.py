@@ -52,7 +52,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
@@ -65,8 +65,10 @@ DECODED_PER_STORED_BYTE = 9
 ENTRY_OVERHEAD = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelBlob:
+# Ids are named tuples: one is made and hashed for every blob of every load, and a tuple's
+# construction, hash and comparison run in C. The two kinds differ in length, so never compare
+# equal.
+class ChannelBlob(NamedTuple):
     """The id of a ``checkpoint_blobs`` row: one channel's value at one version."""
 
     thread_id: str
@@ -75,8 +77,7 @@ class ChannelBlob:
     version: str
 
 
-@dataclass(frozen=True, slots=True)
-class TaskWrite:
+class TaskWrite(NamedTuple):
     """The id of a ``checkpoint_writes`` row: one write of one task at one checkpoint."""
 
     thread_id: str
@@ -106,8 +107,7 @@ def task_write(
     return TaskWrite(thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
 
 
-@dataclass(frozen=True, slots=True)
-class Keyed:
+class Keyed(NamedTuple):
     """Stored bytes with the id of the row they were read from, standing in for the bytes in
     a row handed to LangGraph's decoding code."""
 
