@@ -19,7 +19,9 @@ How it differs from the stock ``AsyncPostgresSaver``, always keeping LangGraph's
 * One read at run start. Given the graph's ``DeltaChannel`` names, ``aget_tuple`` reads the
   checkpoint and those channels' histories in one statement (``service.checkpoint_load``) and
   hands the histories to the ``aget_delta_channel_history`` call LangGraph makes next; the stock
-  saver sends three statements for the two calls.
+  saver sends three statements for the two calls. What it reads is decoded through the
+  replica's cache (``service.blob_cache``), by the id of each row, also for a graph without
+  ``DeltaChannel``s.
 * Writes are held and go out together (fenced savers). Checkpoints and task writes are held,
   in the order LangGraph hands them over, for up to ``WRITE_BEHIND_SECONDS`` from the first one
   held, then written in one statement; a read (``aget_tuple``, ``alist``) and ``flush`` write
@@ -469,7 +471,7 @@ class FencedPostgresSaver(AsyncPostgresSaver):
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         await self.flush()
-        if not self.history:
+        if not self.history and not isinstance(self.serde, blob_cache.CachingSerializer):
             return await super().aget_tuple(config)
         return await self._load(config)
 

@@ -17,7 +17,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.serde.types import ERROR
 
 from tests.reaper.graphs import build_parent
-from tests.service.test_checkpoint_load import _compare, _talked, counting_pool
+from tests.service.test_checkpoint_load import _compare, _same_tuple, _talked, counting_pool
 from threadkeeper.service.agent.graph import build_graph
 from threadkeeper.service.agent.offline import OfflineChatModel
 from threadkeeper.service.blob_cache import (
@@ -226,6 +226,20 @@ async def test_loads_through_the_cache_read_as_the_stock_saver_reads(database_ur
         assert cache.held_bytes > 0
         cache.drop_thread(latest["configurable"]["thread_id"])
         assert cache.held_bytes == 0 and len(cache) == 0
+
+
+async def test_a_graph_without_delta_channels_loads_through_the_cache(database_url: str) -> None:
+    """Its channel values are blobs, one per version: a second load of a checkpoint (the next
+    run after a state read) decodes nothing, and reads as the stock saver reads."""
+    cache = BlobCache(1 << 24)
+    async with counting_pool(database_url) as pool:
+        config = await _turns(pool, cache, str(uuid.uuid4()), range(1, 3))
+        stock = await FencedPostgresSaver(pool).aget_tuple(config)
+        for _ in range(2):
+            misses = cache.stats.misses
+            loaded = await FencedPostgresSaver(pool, cache=cache).aget_tuple(config)
+            _same_tuple(loaded, stock)
+        assert cache.stats.misses == misses and cache.stats.hits
 
 
 async def test_a_stricter_allowlist_keeps_entries_of_its_own(pool: Any) -> None:
