@@ -3,21 +3,44 @@
 A conversation's messages live in a ``DeltaChannel``: a snapshot of the whole list every so
 many updates, and each step's new messages as writes. Each run starts by reading the snapshot
 and the writes since, and decoding them costs CPU in proportion to the conversation's length,
-on every turn. The bytes do not change between turns (a snapshot is written once and then
-read a hundred times), so this replica keeps what it decoded.
+on every turn. The rows do not change between turns (a snapshot is written once and then read
+a hundred times), so this replica keeps what it decoded, under the id of the row it came from.
 
-The key is the stored value itself (its serializer type tag and bytes), under the thread it was
-read for. A value is therefore never served for bytes other than the ones it was decoded from:
-rows another replica wrote, a thread deleted and created again with the same id, a history
-the reaper rewrote or pruned, an upserted write: all either match byte for byte, and decode to
-the same value, or miss. Nothing here is the only copy of anything (design invariant 5):
-losing the cache costs decoding time, never data.
+An id is only used where it names one value for as long as the row exists and is never
+reused for another (design invariant 5), so an entry can only be served for the bytes it was
+decoded from:
 
-The bound is on memory: each entry is charged its bytes (kept to compare) and an estimate of
-what the decoded objects take, ``DECODED_PER_STORED_BYTE`` times the stored size plus
-``ENTRY_OVERHEAD`` (measured with tracemalloc for LangChain message lists of 2 to 600
-messages; tests/service/test_blob_cache.py checks the estimate stays above it). Least recently
-used entries go first. A thread's entries are dropped when this replica deletes or prunes it.
+* A channel value (``checkpoint_blobs``) is ``ChannelBlob``: (thread, namespace, channel,
+  version). Rows are inserted with ``ON CONFLICT DO NOTHING``: whoever wrote another replica's
+  turn, a zombie attempt racing its successor, the first row under an id is the only one. A
+  version is ``get_next_version``'s ``"<counter>.<random fraction>"``
+  (``BasePostgresSaver``), so the counter a thread deleted and created again with the same id
+  starts over from comes with new random fractions; a resumed or forked step draws a new one
+  too. A version without that fraction (rows another tool wrote) is not cached. The one
+  writer that replaces a row, the reaper re-snapshotting a delta channel before it cuts the
+  history (``reaper.delta``), replaces only an ``empty`` placeholder, which has nothing to
+  decode and is never cached.
+* A task write (``checkpoint_writes``) is ``TaskWrite``: (thread, namespace, checkpoint,
+  task, index). Checkpoint ids are ``uuid6`` (a timestamp and 48 random bits), never issued
+  twice, and a task's ordinary writes (index >= 0) are inserted with ``DO NOTHING``. Writes to
+  LangGraph's special channels (errors, interrupts, resume values: negative indexes,
+  ``WRITES_IDX_MAP``) are upserted, and so overwritten in place: they are never cached.
+
+History pruning and thread deletion only delete rows, whose ids are then never written
+again; this replica drops a thread's entries when it deletes or prunes it, and entries for
+rows deleted elsewhere (another replica, the reaper) are never asked for again and age out.
+Nothing here is the only copy of anything: losing the cache costs decoding time, never data.
+
+The saver hands LangGraph's own decoding code rows whose bytes are wrapped with their id
+(``Keyed``); ``CachingSerializer`` decodes those through the cache and everything else as
+the wrapped serializer does. Only the run-start load keys its rows (``service.checkpointer``),
+so a history listing, which reads each blob once, does not push out what the next turn needs.
+
+The bound is on memory: each entry is charged an estimate of what its decoded objects take,
+``DECODED_PER_STORED_BYTE`` times the stored size plus ``ENTRY_OVERHEAD`` (measured with
+tracemalloc for LangChain message lists of 2 to 600 messages;
+tests/service/test_blob_cache.py checks the estimate stays above it). Least recently used
+entries go first.
 
 What a hit returns is a shallow copy of the decoded container (list, dict, or a delta
 snapshot's list), so a graph that appends to its state in place cannot change the cached
@@ -27,19 +50,13 @@ value. The messages inside are shared between runs, as they are between the step
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from threadkeeper.service.compat import DeltaSnapshot
-
-# The thread whose checkpoint a saver is loading. Only loads go through the cache (a history
-# listing reads each blob once), and each entry is filed under its thread, to be dropped with it.
-_reading: ContextVar[str | None] = ContextVar("threadkeeper_blob_reading", default=None)
 
 # Decoded LangChain messages take 6-8 bytes of Python objects per stored byte (more for
 # shorter messages); a small entry costs more per byte (11 at 2 messages), which the fixed
@@ -47,10 +64,66 @@ _reading: ContextVar[str | None] = ContextVar("threadkeeper_blob_reading", defau
 DECODED_PER_STORED_BYTE = 9
 ENTRY_OVERHEAD = 4096
 
+
+# Ids are named tuples: one is made and hashed for every blob of every load, and a tuple's
+# construction, hash and comparison run in C. The two kinds differ in length, so never compare
+# equal.
+class ChannelBlob(NamedTuple):
+    """The id of a ``checkpoint_blobs`` row: one channel's value at one version."""
+
+    thread_id: str
+    checkpoint_ns: str
+    channel: str
+    version: str
+
+
+class TaskWrite(NamedTuple):
+    """The id of a ``checkpoint_writes`` row: one write of one task at one checkpoint."""
+
+    thread_id: str
+    checkpoint_ns: str
+    checkpoint_id: str
+    task_id: str
+    idx: int
+
+
+BlobId = ChannelBlob | TaskWrite
+
+
+def channel_blob(thread_id: str, checkpoint_ns: str, channel: str, version: str) -> BlobId | None:
+    """The id of a channel value, if its version is one that is never reused."""
+    counter, dot, fraction = version.partition(".")
+    if not dot or not counter.isdigit() or not fraction.strip("0."):
+        return None
+    return ChannelBlob(thread_id, checkpoint_ns, channel, version)
+
+
+def task_write(
+    thread_id: str, checkpoint_ns: str, checkpoint_id: str, task_id: str, idx: int
+) -> BlobId | None:
+    """The id of a task write, unless it is a special channel's write, which is upserted."""
+    if idx < 0:
+        return None
+    return TaskWrite(thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
+
+
+class Keyed(NamedTuple):
+    """Stored bytes with the id of the row they were read from, standing in for the bytes in
+    a row handed to LangGraph's decoding code."""
+
+    id: BlobId
+    data: bytes
+
+
+def keyed(blob_id: BlobId | None, data: bytes) -> bytes | Keyed:
+    """``data`` with its id, to be decoded through the cache; as it is when it has none."""
+    return data if blob_id is None else Keyed(blob_id, data)
+
+
 # What a serializer may decode (the msgpack allowlists LangGraph added to it, see
 # ``CachingSerializer.narrowed``): a value decoded under one set is not served under another.
 Scope = frozenset[Any]
-Key = tuple[str, Scope, str, bytes]
+Key = tuple[Scope, BlobId]
 
 
 @dataclass
@@ -66,12 +139,13 @@ class Stats:
 
 @dataclass
 class BlobCache:
-    """Decoded blobs by (thread, type, bytes), least recently used first out, within
-    ``max_bytes``; 0 turns it off."""
+    """Decoded blobs by row id, least recently used first out, within ``max_bytes``; 0 turns
+    it off."""
 
     max_bytes: int
     stats: Stats = field(default_factory=Stats)
-    _entries: OrderedDict[Key, Any] = field(default_factory=OrderedDict)
+    # key -> (decoded value, its charge)
+    _entries: OrderedDict[Key, tuple[Any, int]] = field(default_factory=OrderedDict)
     _by_thread: dict[str, set[Key]] = field(default_factory=dict)
     _bytes: int = 0
 
@@ -85,64 +159,59 @@ class BlobCache:
 
     def decode(
         self,
-        thread_id: str,
         scope: Scope,
+        blob_id: BlobId,
         data: tuple[str, bytes],
         loads: Callable[[tuple[str, bytes]], Any],
     ) -> Any:
-        """``loads(data)``, from the cache when these bytes were decoded before in ``scope``."""
-        key = (thread_id, scope, *data)
-        blob = data[1]
-        value = self._entries.get(key, _MISSING)
-        if value is not _MISSING:
+        """``loads(data)``, from the cache when the row ``blob_id`` was decoded before in
+        ``scope``."""
+        key = (scope, blob_id)
+        size = len(data[1])
+        entry = self._entries.get(key)
+        if entry is not None:
             self._entries.move_to_end(key)
             self.stats.hits += 1
-            self.stats.hit_bytes += len(blob)
-            return _fresh(value)
+            self.stats.hit_bytes += size
+            return _fresh(entry[0])
         value = loads(data)
         self.stats.misses += 1
-        self.stats.miss_bytes += len(blob)
-        self._put(key, value)
+        self.stats.miss_bytes += size
+        self._put(key, value, charge(size))
         return _fresh(value)
 
     def drop_thread(self, thread_id: str) -> None:
         """Forget what was read for ``thread_id`` (it was deleted, or its history pruned)."""
         for key in self._by_thread.pop(thread_id, set()):
-            self._entries.pop(key, None)
-            self._bytes -= _cost(key)
+            entry = self._entries.pop(key, None)
+            if entry is not None:
+                self._bytes -= entry[1]
 
-    def _put(self, key: Key, value: Any) -> None:
-        cost = _cost(key)
+    def _put(self, key: Key, value: Any, cost: int) -> None:
         if cost > self.max_bytes:
             return
-        self._entries[key] = value
-        self._by_thread.setdefault(key[0], set()).add(key)
+        self._entries[key] = (value, cost)
+        self._by_thread.setdefault(key[1].thread_id, set()).add(key)
         self._bytes += cost
         while self._bytes > self.max_bytes:
-            old, _ = self._entries.popitem(last=False)
-            self._forget(old)
+            old, (_, old_cost) = self._entries.popitem(last=False)
+            self._forget(old, old_cost)
             self.stats.evictions += 1
 
-    def _forget(self, key: Key) -> None:
-        self._bytes -= _cost(key)
-        keys = self._by_thread.get(key[0])
+    def _forget(self, key: Key, cost: int) -> None:
+        self._bytes -= cost
+        thread_id = key[1].thread_id
+        keys = self._by_thread.get(thread_id)
         if keys is not None:
             keys.discard(key)
             if not keys:
-                del self._by_thread[key[0]]
-
-
-_MISSING = object()
-
-
-def _cost(key: Key) -> int:
-    return charge(len(key[3]))
+                del self._by_thread[thread_id]
 
 
 def charge(stored: int) -> int:
-    """What an entry of ``stored`` bytes is charged against the bound: its bytes and the
-    estimated size of their decoded objects."""
-    return stored * (1 + DECODED_PER_STORED_BYTE) + ENTRY_OVERHEAD
+    """What an entry decoded from ``stored`` bytes is charged against the bound: the
+    estimated size of its decoded objects."""
+    return stored * DECODED_PER_STORED_BYTE + ENTRY_OVERHEAD
 
 
 def _fresh(value: Any) -> Any:
@@ -158,19 +227,9 @@ def _fresh(value: Any) -> Any:
     return value
 
 
-@contextmanager
-def reading(thread_id: str) -> Iterator[None]:
-    """Decode through the cache inside, for ``thread_id``'s entries."""
-    token = _reading.set(thread_id)
-    try:
-        yield
-    finally:
-        _reading.reset(token)
-
-
 class CachingSerializer:
-    """A saver's serializer whose ``loads_typed`` goes through a ``BlobCache``; the rest is
-    the wrapped serializer's."""
+    """A saver's serializer whose ``loads_typed`` decodes ``Keyed`` bytes through a
+    ``BlobCache``; the rest is the wrapped serializer's."""
 
     def __init__(
         self, inner: SerializerProtocol, cache: BlobCache, scope: Scope = frozenset()
@@ -186,12 +245,13 @@ class CachingSerializer:
     def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
         return self.inner.dumps_typed(obj)
 
-    def loads_typed(self, data: tuple[str, bytes]) -> Any:
+    def loads_typed(self, data: tuple[str, bytes | Keyed]) -> Any:
         type_, blob = data
-        thread_id = _reading.get()
-        if thread_id is None or type_ in UNCACHED_TYPES or not isinstance(blob, bytes):
-            return self.inner.loads_typed(data)
-        return self.cache.decode(thread_id, self.scope, data, self.inner.loads_typed)
+        if not isinstance(blob, Keyed):
+            return self.inner.loads_typed((type_, blob))
+        if type_ in UNCACHED_TYPES:
+            return self.inner.loads_typed((type_, blob.data))
+        return self.cache.decode(self.scope, blob.id, (type_, blob.data), self.inner.loads_typed)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -35,6 +35,8 @@ from typing import Any
 
 from psycopg.rows import DictRow
 
+from threadkeeper.service.blob_cache import BlobId, channel_blob, keyed, task_write
+
 # The value a channel has at checkpoint ``c``: a snapshot blob, else an inline primitive (JSON
 # null counts as none, as in the stock walk).
 _SEED_COLUMNS = """
@@ -196,3 +198,53 @@ def split(rows: Sequence[DictRow]) -> tuple[DictRow | None, Walks]:
         else:
             walks.stage2_rows.append(row)
     return target, walks
+
+
+def keyed_target(target: DictRow, thread_id: str, checkpoint_ns: str) -> DictRow:
+    """The checkpoint row with each stored value's bytes wrapped with its row's id
+    (``blob_cache.Keyed``), for the decoding that follows to go through the cache."""
+    versions = target["checkpoint"].get("channel_versions") or {}
+    blobs = [
+        [channel, type_, keyed(_blob_id(thread_id, checkpoint_ns, channel, versions), blob)]
+        for channel, type_, blob in target["channel_values"] or ()
+    ]
+    writes = [
+        [
+            task_id, channel, type_,
+            keyed(
+                task_write(
+                    thread_id, checkpoint_ns, target["checkpoint_id"], task_id.decode(), int(idx)
+                ),
+                blob,
+            ),
+            task_path, idx,
+        ]
+        for task_id, channel, type_, blob, task_path, idx in target["pending_writes"] or ()
+    ]  # fmt: skip
+    return {**target, "channel_values": blobs, "pending_writes": writes}
+
+
+def keyed_walks(walks: Walks, thread_id: str, checkpoint_ns: str) -> Walks:
+    """The walks with each write's and seed's bytes wrapped with its row's id, as
+    ``keyed_target``."""
+    rows: list[Mapping[str, Any]] = [
+        {**row, "blob": keyed(_row_id(row, thread_id, checkpoint_ns), row["blob"])}
+        for row in walks.stage2_rows
+    ]
+    return Walks(
+        walks.channels, walks.chain_by_ch, walks.seed_ver_by_ch, walks.seed_inline_by_ch, rows
+    )
+
+
+def _blob_id(
+    thread_id: str, checkpoint_ns: str, channel: bytes, versions: Mapping[str, Any]
+) -> BlobId | None:
+    name = channel.decode()
+    version = versions.get(name)
+    return None if version is None else channel_blob(thread_id, checkpoint_ns, name, str(version))
+
+
+def _row_id(row: Mapping[str, Any], thread_id: str, checkpoint_ns: str) -> BlobId | None:
+    if row["_kind"] == "b":
+        return channel_blob(thread_id, checkpoint_ns, row["channel"], row["version"])
+    return task_write(thread_id, checkpoint_ns, row["checkpoint_id"], row["task_id"], row["idx"])

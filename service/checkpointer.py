@@ -19,7 +19,9 @@ How it differs from the stock ``AsyncPostgresSaver``, always keeping LangGraph's
 * One read at run start. Given the graph's ``DeltaChannel`` names, ``aget_tuple`` reads the
   checkpoint and those channels' histories in one statement (``service.checkpoint_load``) and
   hands the histories to the ``aget_delta_channel_history`` call LangGraph makes next; the stock
-  saver sends three statements for the two calls.
+  saver sends three statements for the two calls. What it reads is decoded through the
+  replica's cache (``service.blob_cache``), by the id of each row, also for a graph without
+  ``DeltaChannel``s.
 * Writes are held and go out together (fenced savers). Checkpoints and task writes are held,
   in the order LangGraph hands them over, for up to ``WRITE_BEHIND_SECONDS`` from the first one
   held, then written in one statement; a read (``aget_tuple``, ``alist``) and ``flush`` write
@@ -469,10 +471,9 @@ class FencedPostgresSaver(AsyncPostgresSaver):
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         await self.flush()
-        with blob_cache.reading(str(config["configurable"]["thread_id"])):
-            if not self.history:
-                return await super().aget_tuple(config)
-            return await self._load(config)
+        if not self.history and not isinstance(self.serde, blob_cache.CachingSerializer):
+            return await super().aget_tuple(config)
+        return await self._load(config)
 
     async def _load(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint, and the histories LangGraph asks for next, in one statement."""
@@ -494,6 +495,10 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         if target["checkpoint"]["v"] < 4 and target["parent_checkpoint_id"]:
             # Pending sends of an old checkpoint need migrating, which the stock read does.
             return await super().aget_tuple(config)
+        if isinstance(self.serde, blob_cache.CachingSerializer):
+            # Decode what this load read through the replica's cache, by row id.
+            target = checkpoint_load.keyed_target(target, thread_id, checkpoint_ns)
+            walks = checkpoint_load.keyed_walks(walks, thread_id, checkpoint_ns)
         loaded = await self._load_checkpoint_tuple(
             {**target, "thread_id": thread_id, "checkpoint_ns": checkpoint_ns}
         )
@@ -526,8 +531,7 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         preloaded = self._preloaded.pop(key, None)
         if preloaded is not None and preloaded[0] == frozenset(channels):
             return {ch: preloaded[1][ch] for ch in channels}
-        with blob_cache.reading(str(key[0])):
-            return await super().aget_delta_channel_history(config=config, channels=channels)
+        return await super().aget_delta_channel_history(config=config, channels=channels)
 
     def _preload(
         self, thread_id: str, checkpoint_ns: str, checkpoint_id: str, walks: checkpoint_load.Walks

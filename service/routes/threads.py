@@ -170,14 +170,17 @@ async def search_threads(request: Request, body: ThreadSearch) -> Response:
     if states is None and (shows_state or thread_values.needs_state(body.extract)):
         states = await thread_values.read(svc, rows)
     items = [serialize.thread(r) for r in rows]
-    if states is not None and shows_state:
-        items = [
-            thread_values.with_state(item, found) for item, found in zip(items, states, strict=True)
-        ]
+    # Each thread with its state, when read: what is shown, or what the paths are taken from.
+    whole = (
+        items
+        if states is None
+        else [thread_values.with_state(i, found) for i, found in zip(items, states, strict=True)]
+    )
+    if shows_state:
+        items = whole
     if body.extract:
-        for i, item in enumerate(items):
-            whole = item if states is None else thread_values.with_state(item, states[i])
-            item["extracted"] = thread_values.extracted(whole, body.extract)
+        for item, full in zip(items, whole, strict=True):
+            item["extracted"] = thread_values.extracted(full, body.extract)
     select = [*body.select, "extracted"] if body.select and body.extract else body.select
     return serialize.page(items, select=select, offset=body.offset, total=total)
 

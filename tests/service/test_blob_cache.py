@@ -10,12 +10,24 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import WRITES_IDX_MAP
+from langgraph.checkpoint.postgres.base import BasePostgresSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.checkpoint.serde.types import ERROR
 
-from tests.service.test_checkpoint_load import _compare, _talked, counting_pool
+from tests.reaper.graphs import build_parent
+from tests.service.test_checkpoint_load import _compare, _same_tuple, _talked, counting_pool
 from threadkeeper.service.agent.graph import build_graph
 from threadkeeper.service.agent.offline import OfflineChatModel
-from threadkeeper.service.blob_cache import BlobCache, CachingSerializer, charge, reading
+from threadkeeper.service.blob_cache import (
+    BlobCache,
+    CachingSerializer,
+    Keyed,
+    channel_blob,
+    charge,
+    task_write,
+)
 from threadkeeper.service.checkpointer import FencedPostgresSaver, history_channels
 from threadkeeper.service.compat import DeltaSnapshot
 
@@ -50,72 +62,104 @@ def _serializer(max_bytes: int) -> tuple[CachingSerializer, CountingSerializer]:
     return CachingSerializer(inner, BlobCache(max_bytes)), inner  # type: ignore[arg-type]
 
 
-def test_bytes_decoded_once_are_served_again_without_decoding() -> None:
+def _version(counter: int) -> str:
+    """A channel version as LangGraph's Postgres saver makes them."""
+    return BasePostgresSaver().get_next_version(str(counter - 1), None)
+
+
+def _stored(value: Any, thread_id: str = "t1", version: str | None = None) -> tuple[str, Keyed]:
+    """``value`` stored as a channel's blob row of ``thread_id``, with the row's id."""
+    type_, blob = SERDE.dumps_typed(value)
+    blob_id = channel_blob(thread_id, "", "messages", version or _version(1))
+    assert blob_id is not None
+    return type_, Keyed(blob_id, blob)
+
+
+def test_a_row_decoded_once_is_served_again_without_decoding() -> None:
     serde, inner = _serializer(1 << 20)
-    stored = serde.dumps_typed(DeltaSnapshot(_messages(50)))
-    with reading("t1"):
-        first = serde.loads_typed(stored)
-        again = serde.loads_typed(stored)
+    stored = _stored(DeltaSnapshot(_messages(50)))
+    first = serde.loads_typed(stored)
+    again = serde.loads_typed(stored)
     assert inner.decoded == 1
     assert again == first == DeltaSnapshot(_messages(50))
     assert serde.cache.stats.hits == 1 and serde.cache.stats.misses == 1
-    assert serde.cache.stats.hit_bytes == len(stored[1])
+    assert serde.cache.stats.hit_bytes == len(stored[1].data)
 
 
 def test_a_caller_changing_what_it_got_does_not_change_the_cache() -> None:
     serde, _ = _serializer(1 << 20)
-    stored = serde.dumps_typed(DeltaSnapshot(_messages(4)))
-    with reading("t1"):
-        got = serde.loads_typed(stored)
-        got.value.append(HumanMessage("appended in place", id="x"))
-        again = serde.loads_typed(stored)
+    stored = _stored(DeltaSnapshot(_messages(4)))
+    got = serde.loads_typed(stored)
+    got.value.append(HumanMessage("appended in place", id="x"))
+    again = serde.loads_typed(stored)
     assert again.value == _messages(4)
 
 
-def test_other_bytes_under_the_same_thread_are_decoded() -> None:
-    """A thread deleted and created again, or a write upserted, stores other bytes: they never
-    get the value decoded from the old ones."""
+def test_other_rows_of_the_same_thread_are_decoded() -> None:
+    """Another version of a channel, another thread's row at the same version: their own
+    values, never the one decoded for another id."""
     serde, inner = _serializer(1 << 20)
-    old = serde.dumps_typed(_messages(3, "old "))
-    new = serde.dumps_typed(_messages(3, "new "))
-    with reading("t1"):
-        assert serde.loads_typed(old) == _messages(3, "old ")
-        assert serde.loads_typed(new) == _messages(3, "new ")
-    assert inner.decoded == 2
+    version = _version(1)
+    old = _stored(_messages(3, "old "), version=version)
+    new = _stored(_messages(3, "new "), version=_version(2))
+    other = _stored(_messages(3, "other "), thread_id="t2", version=version)
+    assert serde.loads_typed(old) == _messages(3, "old ")
+    assert serde.loads_typed(new) == _messages(3, "new ")
+    assert serde.loads_typed(other) == _messages(3, "other ")
+    assert inner.decoded == 3
 
 
-def test_only_loads_go_through_the_cache() -> None:
+def test_bytes_without_an_id_are_decoded_every_time() -> None:
+    """Only rows the run-start load keyed go through the cache (a history listing does not)."""
     serde, inner = _serializer(1 << 20)
-    stored = serde.dumps_typed(_messages(3))
+    stored = SERDE.dumps_typed(_messages(3))
     serde.loads_typed(stored)
     serde.loads_typed(stored)
     assert inner.decoded == 2
     assert len(serde.cache) == 0
 
 
+@pytest.mark.parametrize("version", ["1", "7", "00000000000000000000000000000002.0", "2.000", ""])
+def test_a_version_without_a_random_part_is_not_an_id(version: str) -> None:
+    """A thread deleted and created again counts its versions from 1 again: only the random
+    fraction LangGraph's Postgres saver adds keeps them apart."""
+    assert channel_blob("t1", "", "messages", version) is None
+
+
+def test_versions_the_saver_makes_are_ids() -> None:
+    assert channel_blob("t1", "", "messages", _version(1)) is not None
+    assert _version(1) != _version(1)
+
+
+def test_a_special_channels_write_is_not_an_id() -> None:
+    """Errors, interrupts and resume values (negative indexes) are upserted in place."""
+    assert task_write("t1", "", "c1", "task", 0) is not None
+    for idx in WRITES_IDX_MAP.values():
+        assert task_write("t1", "", "c1", "task", idx) is None
+
+
 def test_the_cache_stays_within_its_bound_least_recently_used_out_first() -> None:
-    blobs = [SERDE.dumps_typed(_messages(20, f"{i} ")) for i in range(6)]
-    cost = max(charge(len(b)) for _, b in blobs)
+    blobs = [_stored(_messages(20, f"{i} "), version=_version(i + 1)) for i in range(6)]
+    cost = max(charge(len(b.data)) for _, b in blobs)
     serde, inner = _serializer(3 * cost)
-    with reading("t1"):
-        for blob in blobs[:3]:
-            serde.loads_typed(blob)
-        serde.loads_typed(blobs[0])  # now the most recently used
-        for blob in blobs[3:]:
-            serde.loads_typed(blob)
-            assert serde.cache.held_bytes <= serde.cache.max_bytes
-        decoded = inner.decoded
-        serde.loads_typed(blobs[5])
-        assert inner.decoded == decoded, "the newest entry was evicted"
-        serde.loads_typed(blobs[1])
-        assert inner.decoded == decoded + 1, "an entry beyond the bound was kept"
+    for blob in blobs[:3]:
+        serde.loads_typed(blob)
+    serde.loads_typed(blobs[0])  # now the most recently used
+    for blob in blobs[3:]:
+        serde.loads_typed(blob)
+        assert serde.cache.held_bytes <= serde.cache.max_bytes
+    decoded = inner.decoded
+    serde.loads_typed(blobs[5])
+    assert inner.decoded == decoded, "the newest entry was evicted"
+    serde.loads_typed(blobs[1])
+    assert inner.decoded == decoded + 1, "an entry beyond the bound was kept"
     assert serde.cache.stats.evictions >= 3
 
 
 @pytest.mark.parametrize("count", [1, 2, 20, 600])
 def test_an_entry_is_charged_at_least_the_memory_it_takes(count: int) -> None:
-    """The bound holds for memory: the charge covers the bytes kept and what decoding them
-    allocated (tracemalloc), for message lists short and long."""
+    """The bound holds for memory: the charge covers what decoding allocated (tracemalloc),
+    for message lists short and long."""
     type_, blob = SERDE.dumps_typed(DeltaSnapshot(_messages(count, "some words of a turn ")))
     gc.collect()
     tracemalloc.start()
@@ -125,32 +169,29 @@ def test_an_entry_is_charged_at_least_the_memory_it_takes(count: int) -> None:
     finally:
         tracemalloc.stop()
     assert value.value
-    assert charge(len(blob)) >= len(blob) + decoded
+    assert charge(len(blob)) >= decoded
 
 
 def test_a_blob_larger_than_the_bound_is_decoded_every_time() -> None:
-    stored = SERDE.dumps_typed(_messages(20))
-    serde, inner = _serializer(charge(len(stored[1])) - 1)
-    with reading("t1"):
-        serde.loads_typed(stored)
-        serde.loads_typed(stored)
+    stored = _stored(_messages(20))
+    serde, inner = _serializer(charge(len(stored[1].data)) - 1)
+    serde.loads_typed(stored)
+    serde.loads_typed(stored)
     assert inner.decoded == 2
     assert serde.cache.held_bytes == 0
 
 
 def test_dropping_a_thread_forgets_its_entries_only() -> None:
     serde, inner = _serializer(1 << 20)
-    stored = serde.dumps_typed(_messages(5))
-    for thread in ("t1", "t2"):
-        with reading(thread):
-            serde.loads_typed(stored)
+    version = _version(1)
+    mine, theirs = (_stored(_messages(5), t, version) for t in ("t1", "t2"))
+    serde.loads_typed(mine)
+    serde.loads_typed(theirs)
     held = serde.cache.held_bytes
     serde.cache.drop_thread("t1")
     assert serde.cache.held_bytes == held // 2
-    with reading("t2"):
-        serde.loads_typed(stored)
-    with reading("t1"):
-        serde.loads_typed(stored)
+    serde.loads_typed(theirs)
+    serde.loads_typed(mine)
     assert inner.decoded == 3
 
 
@@ -178,10 +219,27 @@ async def test_loads_through_the_cache_read_as_the_stock_saver_reads(database_ur
         assert cache.stats.misses == misses
         assert cache.stats.hits >= misses
         assert again == first
+        held = len(cache)
+        listed = [t async for t in FencedPostgresSaver(pool, cache=cache).alist(latest)]
+        assert len(listed) > 1 and len(cache) == held, "a history listing filled the cache"
         cache.drop_thread(str(uuid.uuid4()))  # another thread: nothing changes
         assert cache.held_bytes > 0
         cache.drop_thread(latest["configurable"]["thread_id"])
         assert cache.held_bytes == 0 and len(cache) == 0
+
+
+async def test_a_graph_without_delta_channels_loads_through_the_cache(database_url: str) -> None:
+    """Its channel values are blobs, one per version: a second load of a checkpoint (the next
+    run after a state read) decodes nothing, and reads as the stock saver reads."""
+    cache = BlobCache(1 << 24)
+    async with counting_pool(database_url) as pool:
+        config = await _turns(pool, cache, str(uuid.uuid4()), range(1, 3))
+        stock = await FencedPostgresSaver(pool).aget_tuple(config)
+        for _ in range(2):
+            misses = cache.stats.misses
+            loaded = await FencedPostgresSaver(pool, cache=cache).aget_tuple(config)
+            _same_tuple(loaded, stock)
+        assert cache.stats.misses == misses and cache.stats.hits
 
 
 async def test_a_stricter_allowlist_keeps_entries_of_its_own(pool: Any) -> None:
@@ -199,9 +257,107 @@ async def test_a_stricter_allowlist_keeps_entries_of_its_own(pool: Any) -> None:
     assert isinstance(strict.serde.inner, JsonPlusSerializer)
     assert strict.serde.inner is not saver.serde.inner
     assert strict.serde.cache is cache
-    stored = saver.serde.dumps_typed(_messages(3))
-    with reading("t1"):
-        saver.serde.loads_typed(stored)
-        strict.serde.loads_typed(stored)
-        strict.serde.loads_typed(stored)
+    stored = _stored(_messages(3))
+    saver.serde.loads_typed(stored)
+    strict.serde.loads_typed(stored)
+    strict.serde.loads_typed(stored)
     assert (cache.stats.misses, cache.stats.hits) == (2, 1)
+
+
+def _said(tag: str, turn: int) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": f"{tag} turn {turn}"}]}
+
+
+async def _turns(
+    pool: Any, cache: BlobCache, thread_id: str, turns: range, tag: str = ""
+) -> RunnableConfig:
+    """Turns of the parent graph (snapshots every 3 updates, a plain blob channel, subgraph
+    namespaces), each run starting with a load through ``cache``, as a replica's runs do."""
+    builder = build_parent()
+    saver = FencedPostgresSaver(pool, history=history_channels(builder.compile()), cache=cache)
+    graph = builder.compile(checkpointer=saver)
+    config: RunnableConfig = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    for turn in turns:
+        await graph.ainvoke(_said(tag, turn), config)
+    return config
+
+
+async def _reads_as_stock(pool: Any, cache: BlobCache, config: RunnableConfig) -> dict[str, Any]:
+    return await _compare(
+        FencedPostgresSaver(pool, history=["messages"], cache=cache),
+        FencedPostgresSaver(pool),
+        config,
+    )
+
+
+async def _delete_rows(pool: Any, thread_id: str) -> None:
+    """The thread's checkpoint rows deleted, as a delete on another replica (or the reaper)
+    does: this replica's cache is not told."""
+    async with pool.connection() as conn:
+        for table in ("checkpoint_writes", "checkpoint_blobs", "checkpoints"):
+            await conn.execute(f"DELETE FROM {table} WHERE thread_id = %s", (thread_id,))
+
+
+async def test_a_thread_deleted_elsewhere_and_created_again_reads_its_new_rows(
+    database_url: str,
+) -> None:
+    """The same thread id, its versions counted from 1 again, its checkpoint and task ids
+    new: nothing decoded for the first thread is served for the second."""
+    cache = BlobCache(1 << 24)
+    thread_id = str(uuid.uuid4())
+    async with counting_pool(database_url) as pool:
+        config = await _turns(pool, cache, thread_id, range(1, 5), "first life")
+        await _reads_as_stock(pool, cache, config)
+        assert cache.stats.hits, "the first life's turns never read from the cache"
+        await _delete_rows(pool, thread_id)
+        await _turns(pool, cache, thread_id, range(1, 5), "second life")
+        got = await _reads_as_stock(pool, cache, config)
+        graph = build_parent().compile(checkpointer=FencedPostgresSaver(pool))
+        state = await graph.aget_state(config)
+    texts = [str(m.content) for m in state.values["messages"]]
+    assert any("second life" in t for t in texts)
+    assert not any("first life" in t for t in texts)
+    assert got
+
+
+async def test_an_upserted_write_is_read_as_it_is_now(database_url: str) -> None:
+    """A special channel's write (here an error) is overwritten in place; a task's ordinary
+    write at the same checkpoint is served from the cache."""
+    cache = BlobCache(1 << 24)
+    async with counting_pool(database_url) as pool:
+        config = await _turns(pool, cache, str(uuid.uuid4()), range(1, 3))
+        saver = FencedPostgresSaver(pool, history=["messages"], cache=cache)
+        latest = await saver.aget_tuple(config)
+        assert latest is not None
+        await saver.aput_writes(latest.config, [("notes", ["an ordinary write"])], "task-a")
+
+        async def error_read_after(message: str) -> Any:
+            await saver.aput_writes(latest.config, [(ERROR, message)], "task-b")
+            loaded = await saver.aget_tuple(config)
+            assert loaded is not None
+            errors = [v for _, ch, v in loaded.pending_writes or [] if ch == ERROR]
+            assert errors == [message]
+            assert any(v == ["an ordinary write"] for _, _, v in loaded.pending_writes or [])
+            return loaded
+
+        await error_read_after("first failure")
+        hits = cache.stats.hits
+        await error_read_after("second failure")
+        assert cache.stats.hits > hits
+
+
+async def test_two_replicas_taking_turns_each_read_the_other_ones_turns(
+    database_url: str,
+) -> None:
+    """Round-robin: each replica's cache holds what it decoded for turns the other one has
+    since added to, and a tightly bounded one evicts all along."""
+    one, other = BlobCache(1 << 24), BlobCache(64 * 1024)
+    thread_id = str(uuid.uuid4())
+    async with counting_pool(database_url) as pool:
+        for turn in range(1, 9):
+            cache = one if turn % 2 else other
+            config = await _turns(pool, cache, thread_id, range(turn, turn + 1), "rr")
+            await _reads_as_stock(pool, one, config)
+            await _reads_as_stock(pool, other, config)
+    assert one.stats.hits and other.stats.hits
+    assert other.stats.evictions and other.held_bytes <= other.max_bytes

@@ -165,6 +165,28 @@ async def test_extract_returns_the_given_paths_of_each_thread(client: httpx.Asyn
         json={"ids": [thread_id], "select": ["thread_id"], "extract": {"t": "metadata.topic"}},
     )
     assert picked.json() == [{"thread_id": thread_id, "extracted": {"t": "what is 2+3"}}]
+    # Paths into the values are read from the state even when the values are not selected.
+    said = await client.post(
+        "/threads/search",
+        json={
+            "ids": [thread_id],
+            "select": ["thread_id"],
+            "extract": {"said": "values.messages[0].content"},
+        },
+    )
+    assert said.json() == [{"thread_id": thread_id, "extracted": {"said": "what is 2+3"}}]
+    # Filtered by values, with the values shown and paths into them.
+    both = await client.post(
+        "/threads/search",
+        json={
+            "values": ASKED,
+            "ids": [thread_id],
+            "extract": {"said": "values.messages[0].content"},
+        },
+    )
+    (shown,) = both.json()
+    assert shown["extracted"] == {"said": "what is 2+3"}
+    assert shown["values"] == state["values"]
     # Without extract, no extracted field (as the Agent Server answers).
     assert "extracted" not in (await client.post("/threads/search", json={})).json()[0]
 
