@@ -22,14 +22,10 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from threadkeeper.service.domain import OnCompletion, SortOrder
+from threadkeeper.service.lease import unfinished_sql
+
 UTC = ZoneInfo("UTC")
-
-
-class OnRunCompleted(StrEnum):
-    """What becomes of a stateless cron's thread after its run."""
-
-    DELETE = "delete"
-    KEEP = "keep"
 
 
 class SortBy(StrEnum):
@@ -82,7 +78,7 @@ class NewCron:
     end_time: datetime | None
     payload: dict[str, Any]
     metadata: dict[str, Any]
-    on_run_completed: OnRunCompleted | None
+    on_run_completed: OnCompletion | None
     enabled: bool
 
 
@@ -107,7 +103,7 @@ class Cron:
     owner: str
     assistant_id: str
     thread_id: UUID | None  # None: stateless, a new thread each tick
-    on_run_completed: OnRunCompleted | None
+    on_run_completed: OnCompletion | None
     end_time: datetime | None
     schedule: str
     timezone: str | None
@@ -123,7 +119,7 @@ class Cron:
         """The record of a row with the record's columns (others, such as ``now``, are left)."""
         values = {f.name: row[f.name] for f in fields(cls)}
         completed = row["on_run_completed"]
-        values["on_run_completed"] = None if completed is None else OnRunCompleted(completed)
+        values["on_run_completed"] = None if completed is None else OnCompletion(completed)
         return cls(**values)
 
 
@@ -181,10 +177,10 @@ UPDATE crons SET next_run_date = %(next_run_date)s WHERE cron_id = %(cron_id)s
 """
 REMEMBER_THREAD_SQL = "INSERT INTO cron_threads (thread_id, cron_id) VALUES (%s, %s)"
 # Threads of ``delete`` crons whose run has ended (the run was queued with the thread).
-SPENT_THREADS_SQL = """
+SPENT_THREADS_SQL = f"""
 SELECT ct.thread_id, t.owner FROM cron_threads ct JOIN threads t USING (thread_id)
 WHERE NOT EXISTS (
-    SELECT 1 FROM runs r WHERE r.thread_id = ct.thread_id AND r.status IN ('pending', 'running')
+    SELECT 1 FROM runs r WHERE r.thread_id = ct.thread_id AND {unfinished_sql("r")}
 )
 LIMIT %s
 """
@@ -275,12 +271,12 @@ async def search(
     flt: CronFilter,
     *,
     sort_by: SortBy,
-    sort_order: str,
+    sort_order: SortOrder,
     limit: int,
     offset: int,
 ) -> list[Cron]:
     where, args = _where(flt)
-    order = sql.SQL("DESC") if sort_order == "desc" else sql.SQL("ASC")
+    order = sql.SQL(sort_order.sql)
     query = sql.SQL(
         "SELECT {columns} FROM crons WHERE {where} ORDER BY {sort} {order}, cron_id "
         "LIMIT %s OFFSET %s"

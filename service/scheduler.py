@@ -22,7 +22,8 @@ from psycopg.rows import DictRow
 from pydantic import ValidationError
 
 from threadkeeper.service import crons, lifecycle, runs, threads
-from threadkeeper.service.crons import Cron, DueCron, OnRunCompleted
+from threadkeeper.service.crons import Cron, DueCron
+from threadkeeper.service.domain import OnCompletion
 from threadkeeper.service.errors import DomainError, ThreadBusy
 from threadkeeper.service.schemas import RunCreate
 from threadkeeper.service.services import Services
@@ -128,5 +129,5 @@ async def _new_thread(conn: AsyncConnection[DictRow], due: Cron, thread_id: uuid
         conn, thread_id=thread_id, owner=due.owner, metadata={"cron_id": str(due.cron_id)}
     )
     await threads.lock(conn, thread_id, due.owner)
-    if due.on_run_completed == OnRunCompleted.DELETE:
+    if due.on_run_completed == OnCompletion.DELETE:
         await crons.remember_thread(conn, thread_id, due.cron_id)

@@ -19,6 +19,7 @@ from psycopg.rows import DictRow
 
 from threadkeeper.service import runs, threads
 from threadkeeper.service.db import Pool
+from threadkeeper.service.lease import unfinished_sql
 
 log = structlog.get_logger(__name__)
 
@@ -27,13 +28,10 @@ SWEEP_BATCH = 100
 LOCK_TEMPORARY_SQL = "SELECT thread_id FROM threads WHERE thread_id = %s AND temporary FOR UPDATE"
 
 # Temporary threads whose runs all ended more than the grace ago (or that never got one).
-ENDED_SQL = """
+ENDED_SQL = f"""
 SELECT t.thread_id FROM threads t
 WHERE t.temporary
-  AND NOT EXISTS (
-      SELECT 1 FROM runs r
-      WHERE r.thread_id = t.thread_id AND r.status IN ('pending', 'running')
-  )
+  AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.thread_id = t.thread_id AND {unfinished_sql("r")})
   AND coalesce(
       (SELECT max(r.ended_at) FROM runs r WHERE r.thread_id = t.thread_id), t.created_at
   ) < now() - make_interval(secs => %s)

@@ -31,15 +31,23 @@ from psycopg.rows import DictRow
 
 from threadkeeper.service import events
 from threadkeeper.service.db import Pool
+from threadkeeper.service.domain import RunEvent
 from threadkeeper.service.errors import InvalidInput
-from threadkeeper.service.notify import ANY_EVENTS, ANY_RUN, EVENTS_CHANNEL, NOTIFY_SQL, Hub
+from threadkeeper.service.lease import unfinished_sql
+from threadkeeper.service.notify import (
+    ANY_EVENTS,
+    ANY_RUN,
+    EVENTS_CHANNEL,
+    NOTIFY_SQL,
+    Hub,
+    woken,
+)
 from threadkeeper.service.serialize import dumps
 
 # Where a new follower starts: the oldest unfinished run, or now.
-START_SQL = """
+START_SQL = f"""
 SELECT coalesce(
-    (SELECT min(created_at) FROM runs
-     WHERE thread_id = %s AND status IN ('pending', 'running')),
+    (SELECT min(created_at) FROM runs WHERE thread_id = %s AND {unfinished_sql()}),
     now()
 ) AS since
 """
@@ -63,9 +71,7 @@ SELECT coalesce(max(checkpoint_id), '') AS latest FROM checkpoints
 WHERE thread_id = %s AND checkpoint_ns = '' AND metadata->>'source' = 'update'
 """
 NO_RUN = UUID(int=0)
-# A run's start, as its own stream announces it, and the end a thread stream reports.
-RUN_STARTED = "metadata"
-RUN_ENDED = "end"
+# The end of a run, as a thread stream reports it (in a ``metadata`` event).
 RUN_DONE = "run_done"
 STATE_UPDATE_EVENT = "state_update"
 RUN_PART_SINCE = "since="
@@ -314,7 +320,7 @@ async def _updates(
                     yield ThreadEvent(Cursor(no_runs, after), STATE_UPDATE_EVENT, raw)
             if updates:
                 continue
-            if not await _woken(wakeup, closing, heartbeat):
+            if not await woken(wakeup, closing, heartbeat):
                 yield None
         finally:
             hub.disarm(wakeup, ANY_EVENTS)
@@ -344,7 +350,7 @@ async def _runs(
                     yield item
             if queued:
                 continue
-            if not await _woken(wakeup, closing, heartbeat):
+            if not await woken(wakeup, closing, heartbeat):
                 yield None
         finally:
             hub.disarm(wakeup, ANY_RUN, ANY_EVENTS)
@@ -366,18 +372,9 @@ async def _run(
             continue
         at = Cursor(replace(position, seq=event.seq))
         # A run's own ``end`` is not the thread stream's, which goes on with the next run.
-        if event.event == RUN_ENDED:
+        if event.event == RunEvent.END:
             if ThreadStreamMode.LIFECYCLE in modes:
                 done = {"status": RUN_DONE, "run_id": str(run_id)}
-                yield ThreadEvent(at, RUN_STARTED, dumps(done).decode())
-        elif ThreadStreamMode.RUN_MODES in modes or event.event == RUN_STARTED:
+                yield ThreadEvent(at, RunEvent.METADATA, dumps(done).decode())
+        elif ThreadStreamMode.RUN_MODES in modes or event.event == RunEvent.METADATA:
             yield ThreadEvent(at, event.event, event.raw)
-
-
-async def _woken(wakeup: asyncio.Event, closing: asyncio.Event, seconds: float) -> bool:
-    """Wait for a notification or the replica closing; False when ``seconds`` passed first."""
-    waits = [asyncio.ensure_future(wakeup.wait()), asyncio.ensure_future(closing.wait())]
-    done, pending = await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    return bool(done)

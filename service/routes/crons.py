@@ -15,7 +15,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from threadkeeper.service import catalog, crons, serialize, threads
-from threadkeeper.service.crons import Cron, CronFilter, NewCron, OnRunCompleted
+from threadkeeper.service.crons import Cron, CronFilter, NewCron
+from threadkeeper.service.domain import OnCompletion
 from threadkeeper.service.errors import NotFound
 from threadkeeper.service.http import accepts, owner, responds, search_page, services, uuid_param
 from threadkeeper.service.problems import Problem, not_found
@@ -70,7 +71,7 @@ async def _create(
     request: Request,
     body: ThreadCronCreate,
     thread_id: UUID | None,
-    on_run_completed: OnRunCompleted | None,
+    on_run_completed: OnCompletion | None,
 ) -> Response:
     who = owner(request)
     _runnable(body.payload())
@@ -135,7 +136,7 @@ def _changed(cron: Cron, body: CronPatch) -> NewCron:
     )
 
 
-def _on_completed(cron: Cron, body: CronPatch) -> OnRunCompleted | None:
+def _on_completed(cron: Cron, body: CronPatch) -> OnCompletion | None:
     if body.on_run_completed is None:
         return cron.on_run_completed
     if cron.thread_id is not None:
