@@ -12,8 +12,9 @@ from deleted ancestors are first stored as snapshots on it (see ``reaper.delta``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple, Self
 
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
@@ -49,6 +50,28 @@ WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = ANY(%s)
 # Blobs are garbage once no checkpoint of their namespace names their (channel, version): the
 # ones of deleted checkpoints, old snapshots, and what a rolled-back run left behind. With the
 # thread locked and no run alive, nothing can be writing a blob for a checkpoint to come.
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """One checkpoint of the thread, as ``INDEX_SQL`` lists it."""
+
+    checkpoint_ns: str
+    checkpoint_id: str
+    parent_checkpoint_id: str | None
+    root: str | None  # the root-namespace checkpoint a subgraph call started from
+    legacy: bool  # older than format v4
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> Self:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+
+class BlobKey(NamedTuple):
+    channel: str
+    version: str
+
+
 BLOB_KEYS_SQL = """
 SELECT channel, version FROM checkpoint_blobs WHERE thread_id = %s AND checkpoint_ns = %s
 """
@@ -118,16 +141,16 @@ class Namespace:
 
 
 def choose(
-    rows: Iterable[DictRow], keep_last: int, cutoff_id: str | None
+    checkpoints: Iterable[Indexed], keep_last: int, cutoff_id: str | None
 ) -> tuple[dict[str, Namespace], list[str]]:
     """Kept checkpoints per namespace, and the call namespaces to drop whole."""
     spaces: dict[str, Namespace] = {}
-    for row in rows:
-        ns = spaces.setdefault(row["checkpoint_ns"], Namespace(row["checkpoint_ns"]))
-        ns.parent[row["checkpoint_id"]] = row["parent_checkpoint_id"]
-        ns.root[row["checkpoint_id"]] = row["root"]
-        if row["legacy"]:
-            ns.legacy.add(row["checkpoint_id"])
+    for c in checkpoints:
+        ns = spaces.setdefault(c.checkpoint_ns, Namespace(c.checkpoint_ns))
+        ns.parent[c.checkpoint_id] = c.parent_checkpoint_id
+        ns.root[c.checkpoint_id] = c.root
+        if c.legacy:
+            ns.legacy.add(c.checkpoint_id)
     for ns in spaces.values():
         ordered = ns.newest_first
         ns.kept = set(ordered[:keep_last])
@@ -177,13 +200,22 @@ async def _keep_chains_of_unknown_channels(
         ns.kept |= extend
 
 
-def _garbage(
-    stored: Iterable[DictRow], referenced: Iterable[DictRow]
-) -> tuple[list[str], list[str]]:
+async def _index(conn: AsyncConnection[DictRow], thread_id: str) -> list[Indexed]:
+    cur = await conn.execute(INDEX_SQL, (thread_id,))
+    return [Indexed.of(row) for row in await cur.fetchall()]
+
+
+async def _blob_keys(
+    conn: AsyncConnection[DictRow], query: str, thread_id: str, ns: str
+) -> set[BlobKey]:
+    cur = await conn.execute(query, (thread_id, ns))
+    return {BlobKey(row["channel"], row["version"]) for row in await cur.fetchall()}
+
+
+def _garbage(stored: set[BlobKey], referenced: set[BlobKey]) -> tuple[list[str], list[str]]:
     """(channels, versions) of the stored blobs no checkpoint references, for DELETE_BLOBS_SQL."""
-    still = {(r["channel"], r["version"]) for r in referenced}
-    pairs = sorted({(r["channel"], r["version"]) for r in stored} - still)
-    return [c for c, _ in pairs], [v for _, v in pairs]
+    pairs = sorted(stored - referenced)
+    return [key.channel for key in pairs], [key.version for key in pairs]
 
 
 async def _prune_namespace(
@@ -203,10 +235,9 @@ async def _prune_namespace(
     counts.checkpoints = max(cur.rowcount, 0)
     if dangling := ns.dangling():
         await conn.execute(CLEAR_PARENTS_SQL, (thread_id, ns.name, dangling))
-    cur = await conn.execute(BLOB_KEYS_SQL, (thread_id, ns.name))
-    stored = await cur.fetchall()
-    cur = await conn.execute(REFERENCED_BLOBS_SQL, (thread_id, ns.name))
-    channels, versions = _garbage(stored, await cur.fetchall())
+    stored = await _blob_keys(conn, BLOB_KEYS_SQL, thread_id, ns.name)
+    referenced = await _blob_keys(conn, REFERENCED_BLOBS_SQL, thread_id, ns.name)
+    channels, versions = _garbage(stored, referenced)
     if channels:
         cur = await conn.execute(DELETE_BLOBS_SQL, (channels, versions, thread_id, ns.name))
         counts.blobs = max(cur.rowcount, 0)
@@ -222,8 +253,7 @@ async def prune_history(
     snapshotter: Snapshotter,
 ) -> RowCounts:
     """Prune one locked thread's history; the counts are zero when nothing was due."""
-    cur = await conn.execute(INDEX_SQL, (thread_id,))
-    spaces, dropped = choose(await cur.fetchall(), keep_last, cutoff_id)
+    spaces, dropped = choose(await _index(conn, thread_id), keep_last, cutoff_id)
     counts = RowCounts()
     if dropped:
         params = (thread_id, dropped)

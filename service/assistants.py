@@ -12,17 +12,18 @@ runs use (the newest, unless ``set_latest`` picked another).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Self
 from uuid import UUID
 
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from threadkeeper.service.domain import SortOrder
 from threadkeeper.service.registry import system_assistant_id
 
 SYSTEM_METADATA = {"created_by": "system"}
@@ -57,8 +58,9 @@ class Assistant:
         return self.owner is None
 
     @classmethod
-    def from_row(cls, row: DictRow) -> Assistant:
-        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+    def of(cls, row: Mapping[str, Any]) -> Self:
+        """The record of a row with the record's columns (others, such as ``total``, are left)."""
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,7 @@ async def create(conn: AsyncConnection[DictRow], new: NewAssistant) -> Assistant
         },
     )
     row = await cur.fetchone()
-    return Assistant.from_row(row) if row else None
+    return Assistant.of(row) if row else None
 
 
 async def ensure_system(conn: AsyncConnection[DictRow], graph_ids: Iterable[str]) -> None:
@@ -232,7 +234,7 @@ async def get(conn: AsyncConnection[DictRow], assistant_id: UUID, owner: str) ->
     """The assistant if ``owner`` may see it (theirs, or a system one)."""
     cur = await conn.execute(GET_SQL, {"assistant_id": assistant_id, "owner": owner})
     row = await cur.fetchone()
-    return Assistant.from_row(row) if row else None
+    return Assistant.of(row) if row else None
 
 
 async def update(
@@ -257,7 +259,7 @@ async def update(
             },
         )
         row = await cur.fetchone()
-    return Assistant.from_row(row) if row else None
+    return Assistant.of(row) if row else None
 
 
 async def set_latest(
@@ -268,7 +270,7 @@ async def set_latest(
         SET_LATEST_SQL, {"assistant_id": assistant_id, "owner": owner, "version": version}
     )
     row = await cur.fetchone()
-    return Assistant.from_row(row) if row else None
+    return Assistant.of(row) if row else None
 
 
 async def delete(conn: AsyncConnection[DictRow], assistant_id: UUID, owner: str) -> bool:
@@ -296,7 +298,7 @@ async def versions(
             "offset": offset,
         },
     )
-    return [Assistant.from_row(row) for row in await cur.fetchall()]
+    return [Assistant.of(row) for row in await cur.fetchall()]
 
 
 def _where(flt: AssistantFilter) -> tuple[str, dict[str, Any]]:
@@ -320,13 +322,13 @@ async def search(
     flt: AssistantFilter,
     *,
     sort_by: SortBy,
-    sort_order: Literal["asc", "desc"],
+    sort_order: SortOrder,
     limit: int,
     offset: int,
 ) -> tuple[list[Assistant], int]:
     """One page of matching assistants and the total number of matches."""
     where, params = _where(flt)
-    direction = "ASC" if sort_order == "asc" else "DESC"
+    direction = sort_order.sql
     # Text columns sort case-insensitively, as the Agent Server sorts them.
     key = f"lower(a.{sort_by.value})" if sort_by in (SortBy.NAME, SortBy.GRAPH_ID) else None
     order = f"{key or 'a.' + sort_by.value} {direction}, a.assistant_id {direction}"
@@ -338,7 +340,7 @@ async def search(
     cur = await conn.execute(query.encode(), {**params, "limit": limit, "offset": offset})
     rows = await cur.fetchall()
     if rows:
-        return [Assistant.from_row(r) for r in rows], int(rows[0]["total"])
+        return [Assistant.of(r) for r in rows], int(rows[0]["total"])
     return [], await count(conn, flt) if offset else 0
 
 

@@ -9,10 +9,11 @@ fire once, not once each.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -21,14 +22,10 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from threadkeeper.service.domain import OnCompletion, SortOrder
+from threadkeeper.service.lease import unfinished_sql
+
 UTC = ZoneInfo("UTC")
-
-
-class OnRunCompleted(StrEnum):
-    """What becomes of a stateless cron's thread after its run."""
-
-    DELETE = "delete"
-    KEEP = "keep"
 
 
 class SortBy(StrEnum):
@@ -81,7 +78,7 @@ class NewCron:
     end_time: datetime | None
     payload: dict[str, Any]
     metadata: dict[str, Any]
-    on_run_completed: OnRunCompleted | None
+    on_run_completed: OnCompletion | None
     enabled: bool
 
 
@@ -94,8 +91,58 @@ class CronFilter:
     metadata: dict[str, Any] | None = None
 
 
-COLUMNS = """cron_id, assistant_id, thread_id, on_run_completed, end_time, schedule, timezone,
-    created_at, updated_at, payload, owner AS user_id, next_run_date, metadata, enabled"""
+COLUMNS = """cron_id, owner, assistant_id, thread_id, on_run_completed, end_time, schedule,
+    timezone, created_at, updated_at, payload, next_run_date, metadata, enabled"""
+
+
+@dataclass(frozen=True)
+class Cron:
+    """A cron row (``COLUMNS``)."""
+
+    cron_id: UUID
+    owner: str
+    assistant_id: str
+    thread_id: UUID | None  # None: stateless, a new thread each tick
+    on_run_completed: OnCompletion | None
+    end_time: datetime | None
+    schedule: str
+    timezone: str | None
+    created_at: datetime
+    updated_at: datetime
+    payload: dict[str, Any]
+    next_run_date: datetime | None  # None: past its end time, it fires no more
+    metadata: dict[str, Any]
+    enabled: bool
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> Self:
+        """The record of a row with the record's columns (others, such as ``now``, are left)."""
+        values = {f.name: row[f.name] for f in fields(cls)}
+        completed = row["on_run_completed"]
+        values["on_run_completed"] = None if completed is None else OnCompletion(completed)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class DueCron(Cron):
+    """A cron whose tick is due, locked for firing, with Postgres's time of the look."""
+
+    next_run_date: datetime  # the tick being fired
+    now: datetime
+
+
+@dataclass(frozen=True)
+class SpentThread:
+    """A stateless cron's thread whose run has ended, to delete."""
+
+    thread_id: UUID
+    owner: str
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> Self:
+        return cls(row["thread_id"], row["owner"])
+
+
 NOW_SQL = "SELECT now() AS now"
 COUNT_SQL = sql.SQL("SELECT count(*) AS n FROM crons WHERE {}")
 INSERT_SQL = f"""
@@ -119,7 +166,7 @@ DELETE_SQL = "DELETE FROM crons WHERE cron_id = %s AND owner = %s RETURNING cron
 # One due cron, locked; another replica firing one skips it rather than waiting. The lock
 # re-reads the row, so a tick another replica fired meanwhile is no longer due.
 DUE_SQL = f"""
-SELECT {COLUMNS}, owner, now() AS now FROM crons
+SELECT {COLUMNS}, now() AS now FROM crons
 WHERE enabled AND next_run_date <= now()
 ORDER BY next_run_date
 LIMIT 1
@@ -130,10 +177,10 @@ UPDATE crons SET next_run_date = %(next_run_date)s WHERE cron_id = %(cron_id)s
 """
 REMEMBER_THREAD_SQL = "INSERT INTO cron_threads (thread_id, cron_id) VALUES (%s, %s)"
 # Threads of ``delete`` crons whose run has ended (the run was queued with the thread).
-SPENT_THREADS_SQL = """
+SPENT_THREADS_SQL = f"""
 SELECT ct.thread_id, t.owner FROM cron_threads ct JOIN threads t USING (thread_id)
 WHERE NOT EXISTS (
-    SELECT 1 FROM runs r WHERE r.thread_id = ct.thread_id AND r.status IN ('pending', 'running')
+    SELECT 1 FROM runs r WHERE r.thread_id = ct.thread_id AND {unfinished_sql("r")}
 )
 LIMIT %s
 """
@@ -164,30 +211,34 @@ async def db_now(conn: AsyncConnection[DictRow]) -> datetime:
     return now
 
 
-async def _store(conn: AsyncConnection[DictRow], query: str, cron: NewCron) -> DictRow:
+def _maybe(row: Mapping[str, Any] | None) -> Cron | None:
+    return None if row is None else Cron.of(row)
+
+
+async def _store(conn: AsyncConnection[DictRow], query: str, cron: NewCron) -> Cron:
     """Write the cron with its next tick after now."""
     upcoming = next_tick(cron.schedule, cron.timezone, await db_now(conn), cron.end_time)
     cur = await conn.execute(query, _params(cron, upcoming))
     row = await cur.fetchone()
     assert row is not None
-    return row
+    return Cron.of(row)
 
 
-async def insert(conn: AsyncConnection[DictRow], new: NewCron) -> DictRow:
+async def insert(conn: AsyncConnection[DictRow], new: NewCron) -> Cron:
     return await _store(conn, INSERT_SQL, new)
 
 
-async def get(conn: AsyncConnection[DictRow], cron_id: UUID, owner: str) -> DictRow | None:
+async def get(conn: AsyncConnection[DictRow], cron_id: UUID, owner: str) -> Cron | None:
     cur = await conn.execute(GET_SQL, (cron_id, owner))
-    return await cur.fetchone()
+    return _maybe(await cur.fetchone())
 
 
-async def lock(conn: AsyncConnection[DictRow], cron_id: UUID, owner: str) -> DictRow | None:
+async def lock(conn: AsyncConnection[DictRow], cron_id: UUID, owner: str) -> Cron | None:
     cur = await conn.execute(LOCK_SQL, (cron_id, owner))
-    return await cur.fetchone()
+    return _maybe(await cur.fetchone())
 
 
-async def replace(conn: AsyncConnection[DictRow], changed: NewCron) -> DictRow:
+async def replace(conn: AsyncConnection[DictRow], changed: NewCron) -> Cron:
     """Store the cron's new contents (the caller holds its lock); its next tick follows them."""
     return await _store(conn, UPDATE_SQL, changed)
 
@@ -220,12 +271,12 @@ async def search(
     flt: CronFilter,
     *,
     sort_by: SortBy,
-    sort_order: str,
+    sort_order: SortOrder,
     limit: int,
     offset: int,
-) -> list[DictRow]:
+) -> list[Cron]:
     where, args = _where(flt)
-    order = sql.SQL("DESC") if sort_order == "desc" else sql.SQL("ASC")
+    order = sql.SQL(sort_order.sql)
     query = sql.SQL(
         "SELECT {columns} FROM crons WHERE {where} ORDER BY {sort} {order}, cron_id "
         "LIMIT %s OFFSET %s"
@@ -236,7 +287,7 @@ async def search(
         order=order,
     )
     cur = await conn.execute(query, [*args, limit, offset])
-    return await cur.fetchall()
+    return [Cron.of(row) for row in await cur.fetchall()]
 
 
 async def count(conn: AsyncConnection[DictRow], flt: CronFilter) -> int:
@@ -246,17 +297,18 @@ async def count(conn: AsyncConnection[DictRow], flt: CronFilter) -> int:
     return int(row["n"]) if row else 0
 
 
-async def lock_due(conn: AsyncConnection[DictRow]) -> DictRow | None:
+async def lock_due(conn: AsyncConnection[DictRow]) -> DueCron | None:
     """The most overdue cron, locked for firing (in the caller's transaction); None: none due."""
     cur = await conn.execute(DUE_SQL)
-    return await cur.fetchone()
+    row = await cur.fetchone()
+    return None if row is None else DueCron.of(row)
 
 
-async def advance(conn: AsyncConnection[DictRow], due: DictRow) -> datetime | None:
+async def advance(conn: AsyncConnection[DictRow], due: DueCron) -> datetime | None:
     """Move a fired cron to its first tick after now (Postgres's now): missed ticks are not
     made up one by one. None: the cron has reached its end time."""
-    upcoming = next_tick(due["schedule"], due["timezone"], due["now"], due["end_time"])
-    await conn.execute(ADVANCE_SQL, {"cron_id": due["cron_id"], "next_run_date": upcoming})
+    upcoming = next_tick(due.schedule, due.timezone, due.now, due.end_time)
+    await conn.execute(ADVANCE_SQL, {"cron_id": due.cron_id, "next_run_date": upcoming})
     return upcoming
 
 
@@ -264,6 +316,6 @@ async def remember_thread(conn: AsyncConnection[DictRow], thread_id: UUID, cron_
     await conn.execute(REMEMBER_THREAD_SQL, (thread_id, cron_id))
 
 
-async def spent_threads(conn: AsyncConnection[DictRow], limit: int) -> list[DictRow]:
+async def spent_threads(conn: AsyncConnection[DictRow], limit: int) -> list[SpentThread]:
     cur = await conn.execute(SPENT_THREADS_SQL, (limit,))
-    return await cur.fetchall()
+    return [SpentThread.of(row) for row in await cur.fetchall()]

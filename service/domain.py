@@ -1,4 +1,5 @@
-"""The service's vocabulary: the statuses, actions and reasons runs and threads are described by.
+"""The service's vocabulary: the statuses, actions, reasons and choices runs, threads and
+searches are described by, and the events that frame a run's stream.
 
 Each is a ``StrEnum`` whose values are exactly what the API, the SQL and the ``runs``/``threads``
 columns use, so a member compares equal to (and serialises as) its wire value.
@@ -59,3 +60,36 @@ class MultitaskStrategy(StrEnum):
     ENQUEUE = "enqueue"
     INTERRUPT = CancelAction.INTERRUPT.value
     ROLLBACK = CancelAction.ROLLBACK.value
+
+
+class OnCompletion(StrEnum):
+    """What becomes of a stateless run's thread (a stateless cron's too) after the run."""
+
+    DELETE = "delete"
+    KEEP = "keep"
+
+
+class DisconnectMode(StrEnum):
+    """What a client hanging up on a run it streams or waits for does to the run."""
+
+    CANCEL = "cancel"
+    CONTINUE = "continue"
+
+
+class SortOrder(StrEnum):
+    ASC = "asc"
+    DESC = "desc"
+
+    @property
+    def sql(self) -> str:
+        """The order's SQL keyword (a constant, never client text)."""
+        return "ASC" if self is SortOrder.ASC else "DESC"
+
+
+class RunEvent(StrEnum):
+    """The events of a run's stream that belong to no stream mode: sent whatever a joiner
+    asked for."""
+
+    METADATA = "metadata"  # an attempt starts: the run's id and the attempt's number
+    ERROR = "error"  # the run failed: what went wrong
+    END = "end"  # the run's last event

@@ -31,9 +31,16 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
 from threadkeeper.service.db import Pool
-from threadkeeper.service.domain import ENDED_RUN_STATUSES
+from threadkeeper.service.domain import ENDED_RUN_STATUSES, RunEvent, RunStatus
 from threadkeeper.service.lease import WRITE_FENCE_SQL
-from threadkeeper.service.notify import EVENTS_CHANNEL, NOTIFY_SQL, Hub, events_key, run_key
+from threadkeeper.service.notify import (
+    EVENTS_CHANNEL,
+    NOTIFY_SQL,
+    Hub,
+    events_key,
+    run_key,
+    woken,
+)
 from threadkeeper.service.serialize import dumps
 
 log = structlog.get_logger(__name__)
@@ -90,8 +97,6 @@ LIMIT %s
 """
 
 RUN_STATUS_SQL = "SELECT status FROM runs WHERE run_id = %s"
-# A run's status while the database cannot be asked: not known to have ended.
-UNKNOWN = "unknown"
 
 # Numbered after every event stored and after every number the run's attempts may have used
 # (as if by its next attempt), so an ending appended after a lost suffix is never skipped.
@@ -286,35 +291,30 @@ async def follow(
         wakeup = hub.arm(*keys)
         try:
             try:
-                status, events = await _look(pool, run_id, after)
+                over, events = await _look(pool, run_id, after)
             except psycopg.OperationalError as exc:
                 log.warning("follow_database_unavailable", run_id=str(run_id), error=str(exc))
-                status, events = UNKNOWN, []
+                # Not known to have ended: looked at again once the database is back.
+                over, events = False, []
             for event in events:
                 after = event.seq
                 yield event
-                if event.event == "end":
+                if event.event == RunEvent.END:
                     return
             if events:
                 continue
-            if status is None or status in ENDED_RUN_STATUSES:
+            if over:
                 # Deleted, or ended: every ending writes its events before its status, so
                 # nothing more will come.
                 return
-            waits = [asyncio.ensure_future(wakeup.wait()), asyncio.ensure_future(closing.wait())]
-            done, pending = await asyncio.wait(
-                waits, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in pending:
-                task.cancel()
-            if not done:
+            if not await woken(wakeup, closing, heartbeat):
                 yield None
         finally:
             hub.disarm(wakeup, *keys)
 
 
-async def _look(pool: Pool, run_id: UUID, after: int) -> tuple[str | None, list[Event]]:
-    """The run's status (None: deleted) and its events after ``after``."""
+async def _look(pool: Pool, run_id: UUID, after: int) -> tuple[bool, list[Event]]:
+    """Whether the run is over (deleted, or ended) and its events after ``after``."""
     async with pool.connection() as conn:
         # Status first: an ending writes its events before its status, so a final status seen
         # here means the read below has every event. Read the other way round, a run that
@@ -322,7 +322,8 @@ async def _look(pool: Pool, run_id: UUID, after: int) -> tuple[str | None, list[
         # them) never read, and the stream closed without them.
         cur = await conn.execute(RUN_STATUS_SQL, (run_id,))
         row = await cur.fetchone()
-        return (None if row is None else row["status"]), await read_after(conn, run_id, after)
+        over = row is None or RunStatus(row["status"]) in ENDED_RUN_STATUSES
+        return over, await read_after(conn, run_id, after)
 
 
 async def sweep(pool: Pool, retention_seconds: float) -> int:

@@ -30,7 +30,7 @@ from threadkeeper.service.checkpointer import (
     refused_by_fence,
 )
 from threadkeeper.service.db import Pool
-from threadkeeper.service.domain import RunStatus, StopReason, ThreadStatus
+from threadkeeper.service.domain import RunEvent, RunStatus, StopReason, ThreadStatus
 from threadkeeper.service.metrics import Metrics
 from threadkeeper.service.notify import Hub, run_key
 from threadkeeper.service.registry import Bound, Registry, graph_of_run
@@ -330,7 +330,7 @@ class Executor:
             live=not run.kwargs.get(WAIT_ONLY),
             on_unwritten=self.metrics.run_events_unwritten.inc,
         )
-        writer.emit("metadata", {"run_id": str(run_id), "attempt": number})
+        writer.emit(RunEvent.METADATA, {"run_id": str(run_id), "attempt": number})
         return saver, writer
 
     async def _run_graph(
@@ -458,8 +458,8 @@ class Executor:
         error = {"error": type(failure).__name__, "message": str(failure)}
         log.warning("run_failed", exc_info=failure)
         await _keep_held_writes(saver)
-        writer.emit("error", error)
-        writer.emit("end", None)
+        writer.emit(RunEvent.ERROR, error)
+        writer.emit(RunEvent.END, None)
         ended = await self._finish(
             run,
             status=RunStatus.ERROR,
@@ -521,7 +521,7 @@ class Executor:
         # As the Agent Server has it: a run that paused at an interrupt succeeded, and its
         # thread is "interrupted" (a cancelled run is the one that ends "interrupted").
         status = RunStatus.SUCCESS
-        writer.emit("end", None)
+        writer.emit(RunEvent.END, None)
         checkpoint_id = (
             (last_checkpoint["config"] or {}).get("configurable", {}).get("checkpoint_id")
         )
@@ -564,7 +564,7 @@ class Executor:
             return RunOutcome(
                 RunStatus.PENDING, None, {"error": "Drained", "message": "handed back"}, ended=False
             )
-        writer.emit("end", None)
+        writer.emit(RunEvent.END, None)
         await writer.close()
         snapshot = await self._reader(attempt).aget_state(thread_config(run.thread_id))
         checkpoint_id = (snapshot.config or {}).get("configurable", {}).get("checkpoint_id")

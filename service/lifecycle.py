@@ -16,7 +16,13 @@ from psycopg.rows import DictRow
 
 from threadkeeper.service import events, runs, threads
 from threadkeeper.service.db import Pool
-from threadkeeper.service.domain import ACTIVE_RUN_STATUSES, CancelAction, RunStatus, ThreadStatus
+from threadkeeper.service.domain import (
+    ACTIVE_RUN_STATUSES,
+    CancelAction,
+    RunEvent,
+    RunStatus,
+    ThreadStatus,
+)
 
 
 async def unfinished(conn: AsyncConnection[DictRow], thread_id: UUID) -> list[runs.UnfinishedRun]:
@@ -33,7 +39,7 @@ async def is_busy(conn: AsyncConnection[DictRow], thread_id: UUID) -> bool:
 async def end_idle(conn: AsyncConnection[DictRow], run: runs.Run, action: CancelAction) -> None:
     """End a cancelled run that executes nowhere (queued, or its replica died; caller holds the
     thread lock): its stream ends, and a rollback removes it with all it wrote."""
-    await events.append(conn, run.run_id, [("end", None)])
+    await events.append(conn, run.run_id, [(RunEvent.END, None)])
     if action is CancelAction.ROLLBACK:
         await runs.rollback_checkpoints(conn, run.thread_id, run.run_id)
     await runs.end_idle(
@@ -63,7 +69,7 @@ async def give_up(conn: AsyncConnection[DictRow], run: runs.UnfinishedRun) -> No
             "error": "AttemptsExhausted",
             "message": f"gave up after {run.failures} failed attempts",
         }
-    await events.append(conn, run.run_id, [("error", error), ("end", None)])
+    await events.append(conn, run.run_id, [(RunEvent.ERROR, error), (RunEvent.END, None)])
     await runs.end_idle(
         conn, run.run_id, status=RunStatus.ERROR, error=error, thread_status=ThreadStatus.ERROR
     )

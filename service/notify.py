@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from enum import StrEnum
 
 import psycopg
 import structlog
@@ -21,11 +22,21 @@ log = structlog.get_logger(__name__)
 RUNS_CHANNEL = "threadkeeper_runs"
 EVENTS_CHANNEL = "threadkeeper_events"
 CHANNELS = (RUNS_CHANNEL, EVENTS_CHANNEL)
-# Waiting on this key wakes when there may be a run to claim: one was queued or handed back
-# ("new"), or one ended with another queued behind it ("next"). A run that ended with nothing
-# behind it ("done") or a cancel request ("cancel") wakes only the waiters of that run.
+
+
+class RunNotice(StrEnum):
+    """What a notification on the runs channel (``<notice>:<run_id>``) says of its run."""
+
+    NEW = "new"  # queued, or handed back
+    NEXT = "next"  # ended with another run of its thread queued behind it
+    DONE = "done"  # ended with nothing behind it
+    CANCEL = "cancel"  # asked to stop
+
+
+# Waiting on this key wakes when there may be a run to claim; a run that ended with nothing
+# behind it or a cancel request wakes only the waiters of that run.
 ANY_RUN = "run:*"
-CLAIMABLE = ("new", "next")
+CLAIMABLE = frozenset({RunNotice.NEW, RunNotice.NEXT})
 # Waiting on this key wakes when any run has new stream events (a thread's followers look for
 # its runs' first events: a run claimed as it is queued announces nothing else).
 ANY_EVENTS = "events:*"
@@ -39,6 +50,16 @@ def run_key(run_id: object) -> str:
 
 def events_key(run_id: object) -> str:
     return f"events:{run_id}"
+
+
+async def woken(wakeup: asyncio.Event, closing: asyncio.Event, seconds: float) -> bool:
+    """Wait for ``wakeup`` (a notification) or ``closing`` (the replica stops serving); False
+    when ``seconds`` passed first."""
+    waits = [asyncio.ensure_future(wakeup.wait()), asyncio.ensure_future(closing.wait())]
+    done, pending = await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    return bool(done)
 
 
 class Hub:

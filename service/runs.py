@@ -22,8 +22,8 @@ from psycopg.types.json import Jsonb
 from threadkeeper.service.db import numbered
 from threadkeeper.service.domain import CancelAction, MultitaskStrategy, RunStatus, ThreadStatus
 from threadkeeper.service.events import ENDING_CTE
-from threadkeeper.service.lease import busy_sql, live_lease_sql
-from threadkeeper.service.notify import EVENTS_CHANNEL, NOTIFY_SQL, RUNS_CHANNEL
+from threadkeeper.service.lease import busy_sql, live_lease_sql, unfinished_sql
+from threadkeeper.service.notify import EVENTS_CHANNEL, NOTIFY_SQL, RUNS_CHANNEL, RunNotice
 
 if TYPE_CHECKING:
     from threadkeeper.service.checkpointer import Batch
@@ -39,7 +39,7 @@ cancel_action, checkpoint_id, failed_attempts
 
 # Runs of the thread that still own it: waiting to start, or running under a live lease.
 ACTIVE_SQL = f"""
-SELECT run_id, status FROM runs
+SELECT run_id FROM runs
 WHERE thread_id = %s
   AND {busy_sql()}
 ORDER BY created_at
@@ -88,7 +88,7 @@ WITH {guard + "," if guard else ""} run AS (
 )
 SELECT run.*, {OWNER_OF_RUN_SQL},
        CASE WHEN run.status = 'pending'
-            THEN pg_notify(%(channel)s, 'new:' || run.run_id)::text END AS notified
+            THEN pg_notify(%(channel)s, '{RunNotice.NEW}:' || run.run_id)::text END AS notified
 FROM run
 """
 
@@ -107,7 +107,7 @@ INSERT_SQL = _queue_run_sql("(SELECT owner FROM threads WHERE thread_id = %(thre
 # runs is still the truth, and the lock keeps it so until commit.
 INSERT_IF_IDLE_SQL = _queue_run_sql(
     "%(owner)s",
-    """locked AS (
+    f"""locked AS (
     SELECT thread_id, xmin AS version FROM threads
     WHERE thread_id = %(thread_id)s AND owner = %(owner)s
     FOR UPDATE
@@ -116,7 +116,7 @@ INSERT_IF_IDLE_SQL = _queue_run_sql(
     WHERE locked.version = (SELECT xmin FROM threads WHERE thread_id = %(thread_id)s)
       AND NOT EXISTS (
           SELECT 1 FROM runs
-          WHERE thread_id = %(thread_id)s AND status IN ('pending', 'running')
+          WHERE thread_id = %(thread_id)s AND {unfinished_sql()}
       )
 )""",
 )
@@ -160,7 +160,7 @@ HEAD_OF_THREAD_SQL = f"""
 SELECT {COLUMNS_SQL}, (lease_expires_at IS NOT NULL AND lease_expires_at > now()) AS leased,
        {FAILURES_SQL} AS failures, (not_before IS NULL OR not_before <= now()) AS due
 FROM runs
-WHERE thread_id = %s AND status IN ('pending', 'running')
+WHERE thread_id = %s AND {unfinished_sql()}
 ORDER BY created_at, run_id
 """
 
@@ -191,8 +191,8 @@ RETURNING cancel_action
 # round trip); nothing changes, and nobody is told, if the attempt no longer owns the run.
 # The thread row is locked first, as everything else that locks a thread and its runs does
 # (claims, deletes, cancels): a run row locked first would deadlock with them.
-# "next:" when a queued run of the thread may start now, so only then every replica's workers
-# look for work; "done:" wakes just those waiting for this run. The attempt's last events go in
+# "next" when a queued run of the thread may start now, so only then every replica's workers
+# look for work; "done" wakes just those waiting for this run. The attempt's last events go in
 # with it (events.ENDING_CTE), and their followers are told too.
 THREAD_LOCK = "thread_lock"
 THREAD_LOCK_CTE = f"""{THREAD_LOCK} AS (
@@ -221,7 +221,7 @@ SELECT done.*,
                SELECT 1 FROM runs AS queued
                WHERE queued.thread_id = done.thread_id AND queued.status = 'pending'
                  AND queued.run_id <> done.run_id
-           ) THEN 'next:' ELSE 'done:' END || done.run_id
+           ) THEN '{RunNotice.NEXT}:' ELSE '{RunNotice.DONE}:' END || done.run_id
        )::text AS notified
 FROM done
 """
@@ -259,7 +259,7 @@ def finish_after_sql(ctes: str, fenced: bool) -> tuple[bytes, tuple[str, ...], t
 END_IDLE_SQL = f"""
 UPDATE runs SET status = %(status)s, error = %(error)s, updated_at = now(), ended_at = now(),
     lease_expires_at = NULL
-WHERE run_id = %(run_id)s AND status IN ('pending', 'running')
+WHERE run_id = %(run_id)s AND {unfinished_sql()}
 RETURNING {COLUMNS_SQL}
 """
 
@@ -280,7 +280,7 @@ WHERE thread_id = %(thread_id)s
 
 REQUEST_CANCEL_SQL = f"""
 UPDATE runs SET cancel_action = %(action)s, updated_at = now()
-WHERE run_id = ANY(%(run_ids)s) AND status IN ('pending', 'running')
+WHERE run_id = ANY(%(run_ids)s) AND {unfinished_sql()}
 RETURNING {COLUMNS_SQL}
 """
 
@@ -311,7 +311,7 @@ WHERE t.owner = %(owner)s AND r.status = ANY(%(statuses)s)
 """
 
 DELETE_SQL = "DELETE FROM runs WHERE run_id = %s"
-DELETE_FINISHED_SQL = f"{DELETE_SQL} AND status NOT IN ('pending', 'running') RETURNING run_id"
+DELETE_FINISHED_SQL = f"{DELETE_SQL} AND NOT {unfinished_sql()} RETURNING run_id"
 
 HAS_STARTED_SQL = """
 SELECT 1 FROM checkpoints
@@ -336,18 +336,15 @@ ROLLBACK_CHECKPOINTS_SQL = (
 )
 
 
-async def notify(conn: AsyncConnection[DictRow], what: str, run_id: UUID) -> None:
+async def notify(conn: AsyncConnection[DictRow], what: RunNotice, run_id: UUID) -> None:
     """Tell every replica about the run; delivered when the transaction commits."""
     await conn.execute(NOTIFY_SQL, (RUNS_CHANNEL, f"{what}:{run_id}"))
 
 
-async def active(conn: AsyncConnection[DictRow], thread_id: UUID) -> list[DictRow]:
-    cur = await conn.execute(ACTIVE_SQL, (thread_id,))
-    return await cur.fetchall()
-
-
 async def active_run_ids(conn: AsyncConnection[DictRow], thread_id: UUID) -> list[UUID]:
-    return [row["run_id"] for row in await active(conn, thread_id)]
+    """The thread's runs that keep it busy, oldest first."""
+    cur = await conn.execute(ACTIVE_SQL, (thread_id,))
+    return [row["run_id"] for row in await cur.fetchall()]
 
 
 @dataclass(frozen=True)
@@ -622,7 +619,7 @@ async def end_idle(
             {"status": thread_status, "spoke": False, "thread_id": run.thread_id},
         )
         # A run behind it may start now (rare path: always wake the workers).
-        await notify(conn, "next", run_id)
+        await notify(conn, RunNotice.NEXT, run_id)
     return run
 
 
@@ -635,7 +632,7 @@ async def hand_back(
         cur = await conn.execute(HAND_BACK_SQL, (int(counted), run_id, attempt))
         handed = await cur.fetchone() is not None
         if handed:
-            await notify(conn, "new", run_id)
+            await notify(conn, RunNotice.NEW, run_id)
         return handed
 
 
@@ -645,7 +642,7 @@ async def request_cancel(
     cur = await conn.execute(REQUEST_CANCEL_SQL, {"run_ids": run_ids, "action": action})
     told = [Run.of(row) for row in await cur.fetchall()]
     for run in told:
-        await notify(conn, "cancel", run.run_id)
+        await notify(conn, RunNotice.CANCEL, run.run_id)
     return told
 
 

@@ -22,7 +22,8 @@ from psycopg.rows import DictRow
 from pydantic import ValidationError
 
 from threadkeeper.service import crons, lifecycle, runs, threads
-from threadkeeper.service.crons import OnRunCompleted
+from threadkeeper.service.crons import Cron, DueCron
+from threadkeeper.service.domain import OnCompletion
 from threadkeeper.service.errors import DomainError, ThreadBusy
 from threadkeeper.service.schemas import RunCreate
 from threadkeeper.service.services import Services
@@ -73,29 +74,29 @@ class Scheduler:
             due = await crons.lock_due(conn)
             if due is None:
                 return False
-            bound = structlog.contextvars.bound_contextvars(cron_id=str(due["cron_id"]))
+            bound = structlog.contextvars.bound_contextvars(cron_id=str(due.cron_id))
             with bound:
                 run_id = await self._queue(conn, due)
                 upcoming = await crons.advance(conn, due)
                 log.info(
                     "cron_fired",
-                    tick=due["next_run_date"].isoformat(),
+                    tick=due.next_run_date.isoformat(),
                     run_id=str(run_id) if run_id else None,
                     next_run_date=upcoming.isoformat() if upcoming else None,
                 )
             return True
 
-    async def _queue(self, conn: AsyncConnection[DictRow], due: DictRow) -> uuid.UUID | None:
+    async def _queue(self, conn: AsyncConnection[DictRow], due: DueCron) -> uuid.UUID | None:
         """Queue the tick's run; None when it cannot run (the tick is spent all the same)."""
-        owner: str = due["owner"]
-        thread_id: uuid.UUID = due["thread_id"] or uuid.uuid4()
+        owner = due.owner
+        thread_id = due.thread_id or uuid.uuid4()
         try:
             body = RunCreate.model_validate(_run_body(due))
             new = await new_run(self.svc, RunRequest(owner, thread_id, body))
         except (ValidationError, DomainError) as exc:
             log.warning("cron_tick_refused", error=str(exc))
             return None
-        if due["thread_id"] is None:
+        if due.thread_id is None:
             await _new_thread(conn, due, thread_id)
         elif not await threads.lock(conn, thread_id, owner):
             return None
@@ -109,24 +110,24 @@ class Scheduler:
     async def _delete_spent(self) -> None:
         async with self.svc.pool.connection() as conn:
             spent = await crons.spent_threads(conn, MAX_PER_PASS)
-        for row in spent:
+        for thread in spent:
             async with self.svc.pool.connection() as conn, conn.transaction():
-                deleted = await lifecycle.delete_thread(conn, row["thread_id"], row["owner"])
+                deleted = await lifecycle.delete_thread(conn, thread.thread_id, thread.owner)
             if deleted:
-                log.info("cron_thread_deleted", thread_id=str(row["thread_id"]))
+                log.info("cron_thread_deleted", thread_id=str(thread.thread_id))
 
 
-def _run_body(due: DictRow) -> dict[str, Any]:
-    payload: dict[str, Any] = dict(due["payload"])
-    payload["metadata"] = {**(payload.get("metadata") or {}), "cron_id": str(due["cron_id"])}
+def _run_body(due: Cron) -> dict[str, Any]:
+    payload = dict(due.payload)
+    payload["metadata"] = {**(payload.get("metadata") or {}), "cron_id": str(due.cron_id)}
     return payload
 
 
-async def _new_thread(conn: AsyncConnection[DictRow], due: DictRow, thread_id: uuid.UUID) -> None:
+async def _new_thread(conn: AsyncConnection[DictRow], due: Cron, thread_id: uuid.UUID) -> None:
     """A stateless cron's thread for one run, locked; listed for deletion after it if asked."""
     await threads.insert(
-        conn, thread_id=thread_id, owner=due["owner"], metadata={"cron_id": str(due["cron_id"])}
+        conn, thread_id=thread_id, owner=due.owner, metadata={"cron_id": str(due.cron_id)}
     )
-    await threads.lock(conn, thread_id, due["owner"])
-    if due["on_run_completed"] == OnRunCompleted.DELETE:
-        await crons.remember_thread(conn, thread_id, due["cron_id"])
+    await threads.lock(conn, thread_id, due.owner)
+    if due.on_run_completed == OnCompletion.DELETE:
+        await crons.remember_thread(conn, thread_id, due.cron_id)

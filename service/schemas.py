@@ -27,9 +27,15 @@ from pydantic import (
 
 from threadkeeper.service import thread_values
 from threadkeeper.service.assistants import SortBy as AssistantSortBy
-from threadkeeper.service.crons import OnRunCompleted, check_schedule, zone
 from threadkeeper.service.crons import SortBy as CronSortBy
-from threadkeeper.service.domain import MultitaskStrategy, ThreadStatus
+from threadkeeper.service.crons import check_schedule, zone
+from threadkeeper.service.domain import (
+    DisconnectMode,
+    MultitaskStrategy,
+    OnCompletion,
+    SortOrder,
+    ThreadStatus,
+)
 from threadkeeper.service.query import IntParam
 from threadkeeper.service.threads import SortBy, Ttl, TtlStrategy
 
@@ -44,9 +50,15 @@ def _choice(values: type[StrEnum]) -> Any:
 if TYPE_CHECKING:
     StrategyChoice = MultitaskStrategy
     ThreadStatusChoice = ThreadStatus
+    SortOrderChoice = SortOrder
+    DisconnectChoice = DisconnectMode
+    OnCompletionChoice = OnCompletion
 else:
     StrategyChoice = _choice(MultitaskStrategy)
     ThreadStatusChoice = _choice(ThreadStatus)
+    SortOrderChoice = _choice(SortOrder)
+    DisconnectChoice = _choice(DisconnectMode)
+    OnCompletionChoice = _choice(OnCompletion)
 MAX_PAGE = 1000
 # Far beyond any real page, well inside Postgres's bigint OFFSET.
 MAX_OFFSET = 10**9
@@ -107,7 +119,7 @@ class ThreadSearch(Body):
     limit: int = Field(default=10, ge=1, le=MAX_PAGE)
     offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     sort_by: SortBy = "created_at"
-    sort_order: Literal["asc", "desc"] = "desc"
+    sort_order: SortOrderChoice = SortOrder.DESC
     select: list[str] | None = None
     # Alias to path (``values.messages[-1].content``), returned under ``extracted``.
     extract: (
@@ -215,7 +227,7 @@ class RunCreate(Body):
     feedback_keys: list[str] | None = None
     durability: Literal["sync", "async", "exit"] | None = None
     checkpoint_during: bool | None = None
-    on_disconnect: Literal["cancel", "continue"] | None = None
+    on_disconnect: DisconnectChoice | None = None
     # "delete" removes a stateless run's temporary thread (StatelessRunCreate); a run on a
     # thread the caller created never deletes it.
     on_completion: Literal["keep"] | None = None
@@ -255,7 +267,7 @@ class StatelessRunCreate(RunCreate):
     (the default) removes once the run ended. The thread is new, so ``multitask_strategy`` and
     ``if_not_exists`` (which RemoteGraph sends) change nothing."""
 
-    on_completion: Literal["delete", "keep"] = "delete"  # type: ignore[assignment]
+    on_completion: OnCompletionChoice = OnCompletion.DELETE  # type: ignore[assignment]
 
     @field_validator("on_completion", mode="before")
     @classmethod
@@ -358,7 +370,7 @@ class AssistantSearch(AssistantCount):
     limit: int = Field(default=10, ge=1, le=MAX_PAGE)
     offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     sort_by: AssistantSortByChoice = AssistantSortBy.CREATED_AT
-    sort_order: Literal["asc", "desc"] = "desc"
+    sort_order: SortOrderChoice = SortOrder.DESC
     select: list[AssistantFieldChoice] | None = None
 
 
@@ -374,10 +386,8 @@ class AssistantLatest(Body):
 
 if TYPE_CHECKING:
     CronSortByChoice = CronSortBy
-    OnRunCompletedChoice = OnRunCompleted
 else:
     CronSortByChoice = _choice(CronSortBy)
-    OnRunCompletedChoice = _choice(OnRunCompleted)
 CRON_FIELDS = (
     "cron_id",
     "assistant_id",
@@ -473,12 +483,12 @@ class ThreadCronCreate(_CronRun):
 
 
 class CronCreate(ThreadCronCreate):
-    on_run_completed: OnRunCompletedChoice = OnRunCompleted.DELETE
+    on_run_completed: OnCompletionChoice = OnCompletion.DELETE
 
 
 class CronPatch(_CronRun):
     schedule: Annotated[str | None, AfterValidator(_schedule)] = None
-    on_run_completed: OnRunCompletedChoice | None = None
+    on_run_completed: OnCompletionChoice | None = None
 
 
 def check_run(payload: dict[str, Any]) -> None:
@@ -500,7 +510,7 @@ class CronSearch(CronCount):
     limit: int = Field(default=10, ge=1, le=MAX_PAGE)
     offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     sort_by: CronSortByChoice = CronSortBy.CREATED_AT
-    sort_order: Literal["asc", "desc"] = "desc"
+    sort_order: SortOrderChoice = SortOrder.DESC
     select: list[Literal[CRON_FIELDS]] | None = None  # type: ignore[valid-type]
 
 

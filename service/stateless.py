@@ -19,6 +19,7 @@ from psycopg.rows import DictRow
 
 from threadkeeper.service import runs, threads
 from threadkeeper.service.db import Pool
+from threadkeeper.service.lease import unfinished_sql
 
 log = structlog.get_logger(__name__)
 
@@ -27,13 +28,10 @@ SWEEP_BATCH = 100
 LOCK_TEMPORARY_SQL = "SELECT thread_id FROM threads WHERE thread_id = %s AND temporary FOR UPDATE"
 
 # Temporary threads whose runs all ended more than the grace ago (or that never got one).
-ENDED_SQL = """
+ENDED_SQL = f"""
 SELECT t.thread_id FROM threads t
 WHERE t.temporary
-  AND NOT EXISTS (
-      SELECT 1 FROM runs r
-      WHERE r.thread_id = t.thread_id AND r.status IN ('pending', 'running')
-  )
+  AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.thread_id = t.thread_id AND {unfinished_sql("r")})
   AND coalesce(
       (SELECT max(r.ended_at) FROM runs r WHERE r.thread_id = t.thread_id), t.created_at
   ) < now() - make_interval(secs => %s)
@@ -42,8 +40,20 @@ LIMIT %s
 """
 
 
+async def _lock_temporary(conn: AsyncConnection[DictRow], thread_id: UUID) -> bool:
+    """Lock the thread if it is a temporary one; whether it is."""
+    cur = await conn.execute(LOCK_TEMPORARY_SQL, (thread_id,))
+    return await cur.fetchone() is not None
+
+
+async def _ended(conn: AsyncConnection[DictRow], grace_seconds: float) -> list[UUID]:
+    """The temporary threads whose runs all ended ``grace_seconds`` ago, oldest first."""
+    cur = await conn.execute(ENDED_SQL, (grace_seconds, SWEEP_BATCH))
+    return [row["thread_id"] for row in await cur.fetchall()]
+
+
 async def _discard_locked(conn: AsyncConnection[DictRow], thread_id: UUID) -> bool:
-    if await (await conn.execute(LOCK_TEMPORARY_SQL, (thread_id,))).fetchone() is None:
+    if not await _lock_temporary(conn, thread_id):
         return False
     # Read after the lock: a run queued on the thread meanwhile keeps it.
     if await runs.unfinished(conn, thread_id):
@@ -64,8 +74,7 @@ async def discard(pool: Pool, thread_id: UUID) -> bool:
 async def sweep(pool: Pool, grace_seconds: float) -> int:
     """Delete the temporary threads whose runs ended ``grace_seconds`` ago; how many."""
     async with pool.connection() as conn:
-        cur = await conn.execute(ENDED_SQL, (grace_seconds, SWEEP_BATCH))
-        found = [row["thread_id"] for row in await cur.fetchall()]
+        found = await _ended(conn, grace_seconds)
     deleted = 0
     for thread_id in found:
         deleted += await discard(pool, thread_id)

@@ -16,6 +16,8 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage, BaseMessageChunk, message_chunk_to_message
 
+from threadkeeper.service.domain import RunEvent
+
 
 class StreamMode(StrEnum):
     VALUES = "values"
@@ -50,8 +52,7 @@ DEFAULT_MODES = [StreamMode.VALUES]
 MESSAGES_METADATA = "messages/metadata"
 MESSAGES_PARTIAL = "messages/partial"
 MESSAGES_COMPLETE = "messages/complete"
-# An event of a run's stream that belongs to no mode: sent whatever a joiner asked for.
-ALWAYS_SENT = frozenset({"metadata", "error", "end"})
+ALWAYS_SENT = frozenset(RunEvent)
 # Callback events the Agent Server leaves out of ``events`` (LangSmith's own runs).
 HIDDEN_TAG = "langsmith:hidden"
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 from uuid import UUID
 
 from psycopg import AsyncConnection
@@ -31,15 +31,23 @@ from psycopg.rows import DictRow
 
 from threadkeeper.service import events
 from threadkeeper.service.db import Pool
+from threadkeeper.service.domain import RunEvent
 from threadkeeper.service.errors import InvalidInput
-from threadkeeper.service.notify import ANY_EVENTS, ANY_RUN, EVENTS_CHANNEL, NOTIFY_SQL, Hub
+from threadkeeper.service.lease import unfinished_sql
+from threadkeeper.service.notify import (
+    ANY_EVENTS,
+    ANY_RUN,
+    EVENTS_CHANNEL,
+    NOTIFY_SQL,
+    Hub,
+    woken,
+)
 from threadkeeper.service.serialize import dumps
 
 # Where a new follower starts: the oldest unfinished run, or now.
-START_SQL = """
+START_SQL = f"""
 SELECT coalesce(
-    (SELECT min(created_at) FROM runs
-     WHERE thread_id = %s AND status IN ('pending', 'running')),
+    (SELECT min(created_at) FROM runs WHERE thread_id = %s AND {unfinished_sql()}),
     now()
 ) AS since
 """
@@ -63,9 +71,7 @@ SELECT coalesce(max(checkpoint_id), '') AS latest FROM checkpoints
 WHERE thread_id = %s AND checkpoint_ns = '' AND metadata->>'source' = 'update'
 """
 NO_RUN = UUID(int=0)
-# A run's start, as its own stream announces it, and the end a thread stream reports.
-RUN_STARTED = "metadata"
-RUN_ENDED = "end"
+# The end of a run, as a thread stream reports it (in a ``metadata`` event).
 RUN_DONE = "run_done"
 STATE_UPDATE_EVENT = "state_update"
 RUN_PART_SINCE = "since="
@@ -92,6 +98,11 @@ class Position:
     created_at: datetime
     run_id: UUID
     seq: int
+
+    @classmethod
+    def queued(cls, row: Mapping[str, Any]) -> Self:
+        """A run of ``RUNS_AFTER_SQL``, before its first event."""
+        return cls(row["created_at"], row["run_id"], 0)
 
 
 @dataclass(frozen=True)
@@ -130,17 +141,44 @@ def _bad_id() -> InvalidInput:
     return InvalidInput("Last-Event-ID must be an id this stream sent")
 
 
-def parse_event_id(raw: str) -> tuple[UUID | datetime, int, str | None]:
-    """A thread stream's ``Last-Event-ID``: the run and event reached (or the time the stream
-    started, before any run), and the state update reached when it follows them."""
+@dataclass(frozen=True)
+class LastEventId:
+    """A thread stream's ``Last-Event-ID``, parsed: the run and event reached (or the time the
+    stream started, before any run), and the state update reached when it follows them."""
+
+    reached: UUID | datetime
+    seq: int
+    update: str | None
+
+
+def parse_event_id(raw: str) -> LastEventId:
     run_part, separator, update = raw.strip().partition(UPDATE_SEPARATOR)
     try:
         if run_part.startswith(RUN_PART_SINCE):
-            return datetime.fromisoformat(run_part.removeprefix(RUN_PART_SINCE)), 0, update
+            since = datetime.fromisoformat(run_part.removeprefix(RUN_PART_SINCE))
+            return LastEventId(since, 0, update)
         run, _, seq = run_part.partition(":")
-        return UUID(run), max(int(seq), 0), update if separator else None
+        return LastEventId(UUID(run), max(int(seq), 0), update if separator else None)
     except ValueError as exc:
         raise _bad_id() from exc
+
+
+async def _queued_at(conn: AsyncConnection[DictRow], thread_id: UUID, run_id: UUID) -> datetime:
+    """When the thread's run was queued; a run of no such thread is bad input."""
+    cur = await conn.execute(RUN_QUEUED_AT_SQL, (run_id, thread_id))
+    row = await cur.fetchone()
+    if row is None:
+        raise InvalidInput(f"Last-Event-ID names no run of this thread: {run_id}")
+    queued_at: datetime = row["created_at"]
+    return queued_at
+
+
+async def _since(conn: AsyncConnection[DictRow], thread_id: UUID) -> datetime:
+    cur = await conn.execute(START_SQL, (thread_id,))
+    row = await cur.fetchone()
+    assert row is not None
+    since: datetime = row["since"]
+    return since
 
 
 async def start(
@@ -153,23 +191,16 @@ async def start(
     thread's latest state update."""
     following_updates = ThreadStreamMode.STATE_UPDATE in modes
     if last_event_id:
-        where, seq, update = parse_event_id(last_event_id)
-        if isinstance(where, datetime):
-            runs = Position(where, NO_RUN, 0)
+        last = parse_event_id(last_event_id)
+        if isinstance(last.reached, datetime):
+            runs = Position(last.reached, NO_RUN, 0)
         else:
-            cur = await conn.execute(RUN_QUEUED_AT_SQL, (where, thread_id))
-            row = await cur.fetchone()
-            if row is None:
-                raise InvalidInput(f"Last-Event-ID names no run of this thread: {where}")
-            runs = Position(row["created_at"], where, seq)
-        if update is not None or not following_updates:
-            return Cursor(runs, update if following_updates else None)
+            runs = Position(await _queued_at(conn, thread_id, last.reached), last.reached, last.seq)
+        if last.update is not None or not following_updates:
+            return Cursor(runs, last.update if following_updates else None)
         return Cursor(runs, await _latest_update(conn, thread_id))
-    cur = await conn.execute(START_SQL, (thread_id,))
-    row = await cur.fetchone()
-    assert row is not None
     # Just before the oldest live run: the follower starts with it.
-    runs = Position(row["since"], NO_RUN, 0)
+    runs = Position(await _since(conn, thread_id), NO_RUN, 0)
     return Cursor(runs, await _latest_update(conn, thread_id) if following_updates else None)
 
 
@@ -177,6 +208,22 @@ async def _latest_update(conn: AsyncConnection[DictRow], thread_id: UUID) -> str
     cur = await conn.execute(LATEST_UPDATE_SQL, (str(thread_id),))
     row = await cur.fetchone()
     return str(row["latest"]) if row else ""
+
+
+async def _updates_after(conn: AsyncConnection[DictRow], thread_id: UUID, after: str) -> list[str]:
+    """The checkpoint ids of the thread's next state updates after ``after``."""
+    cur = await conn.execute(UPDATES_AFTER_SQL, {"thread_id": str(thread_id), "after": after})
+    return [str(row["checkpoint_id"]) for row in await cur.fetchall()]
+
+
+async def _runs_after(
+    conn: AsyncConnection[DictRow], thread_id: UUID, at: Position
+) -> list[Position]:
+    """The thread's next runs queued after ``at``, each before its first event."""
+    cur = await conn.execute(
+        RUNS_AFTER_SQL, {"thread_id": thread_id, "created_at": at.created_at, "run_id": at.run_id}
+    )
+    return [Position.queued(row) for row in await cur.fetchall()]
 
 
 async def announce_update(conn: AsyncConnection[DictRow], thread_id: UUID) -> None:
@@ -264,10 +311,7 @@ async def _updates(
         wakeup = hub.arm(ANY_EVENTS)
         try:
             async with pool.connection() as conn:
-                cur = await conn.execute(
-                    UPDATES_AFTER_SQL, {"thread_id": str(thread_id), "after": after}
-                )
-                updates = [str(row["checkpoint_id"]) for row in await cur.fetchall()]
+                updates = await _updates_after(conn, thread_id, after)
             for checkpoint_id in updates:
                 after = checkpoint_id
                 data = await describe(checkpoint_id)
@@ -276,7 +320,7 @@ async def _updates(
                     yield ThreadEvent(Cursor(no_runs, after), STATE_UPDATE_EVENT, raw)
             if updates:
                 continue
-            if not await _woken(wakeup, closing, heartbeat):
+            if not await woken(wakeup, closing, heartbeat):
                 yield None
         finally:
             hub.disarm(wakeup, ANY_EVENTS)
@@ -300,22 +344,13 @@ async def _runs(
         wakeup = hub.arm(ANY_RUN, ANY_EVENTS)
         try:
             async with pool.connection() as conn:
-                cur = await conn.execute(
-                    RUNS_AFTER_SQL,
-                    {
-                        "thread_id": thread_id,
-                        "created_at": position.created_at,
-                        "run_id": position.run_id,
-                    },
-                )
-                queued = await cur.fetchall()
-            for row in queued:
-                position = Position(row["created_at"], row["run_id"], 0)
+                queued = await _runs_after(conn, thread_id, position)
+            for position in queued:
                 async for item in _run(pool, hub, position, modes, heartbeat, closing):
                     yield item
             if queued:
                 continue
-            if not await _woken(wakeup, closing, heartbeat):
+            if not await woken(wakeup, closing, heartbeat):
                 yield None
         finally:
             hub.disarm(wakeup, ANY_RUN, ANY_EVENTS)
@@ -337,18 +372,9 @@ async def _run(
             continue
         at = Cursor(replace(position, seq=event.seq))
         # A run's own ``end`` is not the thread stream's, which goes on with the next run.
-        if event.event == RUN_ENDED:
+        if event.event == RunEvent.END:
             if ThreadStreamMode.LIFECYCLE in modes:
                 done = {"status": RUN_DONE, "run_id": str(run_id)}
-                yield ThreadEvent(at, RUN_STARTED, dumps(done).decode())
-        elif ThreadStreamMode.RUN_MODES in modes or event.event == RUN_STARTED:
+                yield ThreadEvent(at, RunEvent.METADATA, dumps(done).decode())
+        elif ThreadStreamMode.RUN_MODES in modes or event.event == RunEvent.METADATA:
             yield ThreadEvent(at, event.event, event.raw)
-
-
-async def _woken(wakeup: asyncio.Event, closing: asyncio.Event, seconds: float) -> bool:
-    """Wait for a notification or the replica closing; False when ``seconds`` passed first."""
-    waits = [asyncio.ensure_future(wakeup.wait()), asyncio.ensure_future(closing.wait())]
-    done, pending = await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    return bool(done)

@@ -20,9 +20,10 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from threadkeeper.service import state, threads
+from threadkeeper.service.domain import SortOrder
 from threadkeeper.service.registry import GraphNotServed
 from threadkeeper.service.serialize import jsonable
-from threadkeeper.service.threads import SortBy, SortOrder, Thread, ThreadFilter
+from threadkeeper.service.threads import SortBy, Thread, ThreadFilter
 
 if TYPE_CHECKING:
     from threadkeeper.service.services import Services
@@ -192,7 +193,7 @@ async def search(
 async def count(svc: Services, flt: ThreadFilter, wanted: dict[str, Any]) -> int:
     """How many threads passing ``flt`` have values containing ``wanted``."""
     n = 0
-    async for _, _, hits in _matches(svc, flt, wanted, Order("created_at", "desc")):
+    async for _, _, hits in _matches(svc, flt, wanted, Order("created_at", SortOrder.DESC)):
         n += len(hits)
     return n
 

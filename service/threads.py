@@ -16,13 +16,12 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-from threadkeeper.service.domain import ThreadStatus
+from threadkeeper.service.domain import SortOrder, ThreadStatus
 from threadkeeper.service.lease import busy_sql
 
 SortBy = Literal[
     "created_at", "updated_at", "last_message_at", "thread_id", "status", "state_updated_at"
 ]
-SortOrder = Literal["asc", "desc"]
 TITLE_LIMIT = 80
 
 # The stored status says how the last run ended; "busy" is only true while a run holds a live
@@ -341,8 +340,8 @@ async def search(
 ) -> tuple[list[Thread], int]:
     """One page of matching threads and the total number of matches."""
     where, params = _where(flt)
-    direction = "ASC" if sort_order == "asc" else "DESC"
-    nulls = "NULLS FIRST" if sort_order == "asc" else "NULLS LAST"
+    direction = sort_order.sql
+    nulls = "NULLS FIRST" if sort_order is SortOrder.ASC else "NULLS LAST"
     # sort_by is a Literal checked at the HTTP boundary, never free text.
     query = (
         f"SELECT {COLUMNS_SQL}, count(*) OVER () AS total FROM threads t WHERE {where} "

@@ -15,7 +15,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from threadkeeper.service import catalog, crons, serialize, threads
-from threadkeeper.service.crons import CronFilter, NewCron, OnRunCompleted
+from threadkeeper.service.crons import Cron, CronFilter, NewCron
+from threadkeeper.service.domain import OnCompletion
 from threadkeeper.service.errors import NotFound
 from threadkeeper.service.http import accepts, owner, responds, search_page, services, uuid_param
 from threadkeeper.service.problems import Problem, not_found
@@ -31,22 +32,22 @@ from threadkeeper.service.schemas import (
 from threadkeeper.service.submit import check_stream_modes
 
 
-def as_json(row: DictRow) -> dict[str, Any]:
+def as_json(cron: Cron) -> dict[str, Any]:
     return {
-        "cron_id": row["cron_id"],
-        "assistant_id": row["assistant_id"],
-        "thread_id": row["thread_id"],
-        "on_run_completed": row["on_run_completed"],
-        "end_time": row["end_time"],
-        "schedule": row["schedule"],
-        "timezone": row["timezone"],
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
-        "payload": row["payload"],
-        "user_id": row["user_id"],
-        "next_run_date": row["next_run_date"],
-        "metadata": row["metadata"],
-        "enabled": row["enabled"],
+        "cron_id": cron.cron_id,
+        "assistant_id": cron.assistant_id,
+        "thread_id": cron.thread_id,
+        "on_run_completed": cron.on_run_completed,
+        "end_time": cron.end_time,
+        "schedule": cron.schedule,
+        "timezone": cron.timezone,
+        "created_at": cron.created_at,
+        "updated_at": cron.updated_at,
+        "payload": cron.payload,
+        "user_id": cron.owner,
+        "next_run_date": cron.next_run_date,
+        "metadata": cron.metadata,
+        "enabled": cron.enabled,
     }
 
 
@@ -70,7 +71,7 @@ async def _create(
     request: Request,
     body: ThreadCronCreate,
     thread_id: UUID | None,
-    on_run_completed: OnRunCompleted | None,
+    on_run_completed: OnCompletion | None,
 ) -> Response:
     who = owner(request)
     _runnable(body.payload())
@@ -90,8 +91,8 @@ async def _create(
     async with services(request).pool.connection() as conn, conn.transaction():
         if thread_id is not None and not await threads.lock(conn, thread_id, who):
             raise not_found("Thread", thread_id)
-        row = await crons.insert(conn, new)
-    return serialize.JSON(as_json(row))
+        cron = await crons.insert(conn, new)
+    return serialize.JSON(as_json(cron))
 
 
 @accepts(ThreadCronCreate, required=True)
@@ -109,36 +110,36 @@ async def create_cron(request: Request, body: CronCreate) -> Response:
 async def get_cron(request: Request) -> Response:
     cron_id = uuid_param(request, "cron_id")
     async with services(request).pool.connection() as conn:
-        row = await crons.get(conn, cron_id, owner(request))
-    if row is None:
+        cron = await crons.get(conn, cron_id, owner(request))
+    if cron is None:
         raise not_found("Cron", cron_id)
-    return serialize.JSON(as_json(row))
+    return serialize.JSON(as_json(cron))
 
 
-def _changed(row: DictRow, body: CronPatch) -> NewCron:
+def _changed(cron: Cron, body: CronPatch) -> NewCron:
     given = body.model_fields_set
-    payload = {**row["payload"], **body.run_fields()}
+    payload = {**cron.payload, **body.run_fields()}
     _runnable(payload)
     return NewCron(
-        cron_id=row["cron_id"],
-        owner=row["user_id"],
-        thread_id=row["thread_id"],
-        assistant_id=row["assistant_id"],
-        schedule=body.schedule or row["schedule"],
-        timezone=body.timezone if "timezone" in given else row["timezone"],
+        cron_id=cron.cron_id,
+        owner=cron.owner,
+        thread_id=cron.thread_id,
+        assistant_id=cron.assistant_id,
+        schedule=body.schedule or cron.schedule,
+        timezone=body.timezone if "timezone" in given else cron.timezone,
         # An explicit null clears the end time; an absent one keeps it.
-        end_time=body.end_time if "end_time" in given else row["end_time"],
+        end_time=body.end_time if "end_time" in given else cron.end_time,
         payload=payload,
-        metadata=body.metadata if body.metadata is not None else row["metadata"],
-        on_run_completed=_on_completed(row, body),
-        enabled=row["enabled"] if body.enabled is None else body.enabled,
+        metadata=body.metadata if body.metadata is not None else cron.metadata,
+        on_run_completed=_on_completed(cron, body),
+        enabled=cron.enabled if body.enabled is None else body.enabled,
     )
 
 
-def _on_completed(row: DictRow, body: CronPatch) -> OnRunCompleted | None:
+def _on_completed(cron: Cron, body: CronPatch) -> OnCompletion | None:
     if body.on_run_completed is None:
-        return OnRunCompleted(row["on_run_completed"]) if row["on_run_completed"] else None
-    if row["thread_id"] is not None:
+        return cron.on_run_completed
+    if cron.thread_id is not None:
         raise Problem(
             422,
             "on_run_completed applies to stateless crons; this cron runs on its thread",
@@ -155,10 +156,10 @@ async def patch_cron(request: Request, body: CronPatch) -> Response:
     if not body.model_fields_set:
         raise Problem(400, "Request body cannot be empty", kind="invalid-input")
     async with services(request).pool.connection() as conn, conn.transaction():
-        row = await crons.lock(conn, cron_id, who)
-        if row is None:
+        cron = await crons.lock(conn, cron_id, who)
+        if cron is None:
             raise not_found("Cron", cron_id)
-        updated = await crons.replace(conn, _changed(row, body))
+        updated = await crons.replace(conn, _changed(cron, body))
     return serialize.JSON(as_json(updated))
 
 
@@ -202,11 +203,11 @@ async def search_crons(request: Request, body: CronSearch) -> Response:
     async def found(
         conn: AsyncConnection[DictRow], **page: Any
     ) -> tuple[list[dict[str, Any]], int]:
-        rows = await crons.search(conn, flt, **page)
+        found_crons = await crons.search(conn, flt, **page)
         total = await crons.count(conn, flt)
         # "now" is no field of a cron: the database's time, given when selected.
         extra = {"now": await crons.db_now(conn)} if "now" in (body.select or ()) else {}
-        return [{**as_json(r), **extra} for r in rows], total
+        return [{**as_json(cron), **extra} for cron in found_crons], total
 
     return await search_page(request, body, found, dict)  # found as JSON already
 

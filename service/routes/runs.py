@@ -15,7 +15,13 @@ from starlette.routing import Route
 from starlette.types import Scope
 
 from threadkeeper.service import events, lifecycle, runs, serialize, state, thread_stream, threads
-from threadkeeper.service.domain import ACTIVE_RUN_STATUSES, CancelAction, RunStatus
+from threadkeeper.service.domain import (
+    ACTIVE_RUN_STATUSES,
+    CancelAction,
+    DisconnectMode,
+    RunEvent,
+    RunStatus,
+)
 from threadkeeper.service.executor import thread_config
 from threadkeeper.service.http import (
     MEDIA_JSON,
@@ -80,7 +86,7 @@ def _sse(
                 if modes is not None and not sent_for(event.event, modes):
                     continue
                 yield ServerSentEvent(data=event.raw, event=event.event, id=str(event.seq))
-                if event.event == "end":
+                if event.event == RunEvent.END:
                     finished = True
             if not finished and svc.closing.is_set():
                 # Not the end of the run: the client rejoins elsewhere with Last-Event-ID.
@@ -167,7 +173,7 @@ async def stream_run(request: Request, body: RunCreate) -> Response:
         0,
         None,
         {"Location": stream_path, "Content-Location": run_path},
-        body.on_disconnect == "cancel",
+        body.on_disconnect == DisconnectMode.CANCEL,
     )
 
 
@@ -218,12 +224,12 @@ async def answer_waited(
     run_id: UUID,
     result: asyncio.Task[Any],
     headers: dict[str, str],
-    on_disconnect: str | None,
+    on_disconnect: DisconnectMode | None,
 ) -> Response:
     """The answer of a waited run: at once when it ends quickly, else keep-alives then the
     body; with ``on_disconnect: cancel``, a client hanging up cancels the run."""
     svc = services(request)
-    if on_disconnect == "cancel":
+    if on_disconnect == DisconnectMode.CANCEL:
         return await _answer_or_cancel(svc, run_id, result, headers)
     done, _ = await asyncio.wait({result}, timeout=QUICK_ANSWER_SECONDS)
     if done:

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from threadkeeper.service import catalog, jsonbody, serialize, stateless
+from threadkeeper.service.domain import DisconnectMode, OnCompletion
 from threadkeeper.service.executor import Attempt
 from threadkeeper.service.http import MEDIA_SSE, Declared, accepts, owner, responds, services
 from threadkeeper.service.problems import Problem, invalid
@@ -40,7 +41,7 @@ async def _start(
     request: Request, body: StatelessRunCreate, *, waited: bool = False
 ) -> tuple[Run, Attempt | None]:
     """Create the run's thread and queue the run on it, in one transaction."""
-    new_thread = NewThread(temporary=body.on_completion == "delete")
+    new_thread = NewThread(temporary=body.on_completion == OnCompletion.DELETE)
     return await submit(
         services(request),
         RunRequest(owner(request), uuid.uuid4(), body, waited=waited, new_thread=new_thread),
@@ -71,9 +72,9 @@ async def stream_stateless(request: Request, body: StatelessRunCreate) -> Respon
         0,
         None,
         {"Location": stream_path, "Content-Location": run_path},
-        body.on_disconnect == "cancel",
+        body.on_disconnect == DisconnectMode.CANCEL,
     )
-    if body.on_completion == "delete":
+    if body.on_completion == OnCompletion.DELETE:
         response.background = _discarding(services(request), row.thread_id)
     return response
 
@@ -92,7 +93,7 @@ async def wait_stateless(request: Request, body: StatelessRunCreate) -> Response
     row, attempt = await _start(request, body, waited=True)
     run_path, _ = _paths(row.thread_id, row.run_id)
     headers = {"Location": f"{run_path}/join", "Content-Location": run_path}
-    delete = body.on_completion == "delete"
+    delete = body.on_completion == OnCompletion.DELETE
     result = asyncio.create_task(_answered(svc, row, attempt, delete))
     return await answer_waited(request, row.run_id, result, headers, body.on_disconnect)
 

@@ -20,11 +20,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import platformdirs
 import structlog
 
-from tests.support.processes import free_port, spawn
+from tests.support.processes import free_port, spawn, wait_ready
 
 log = structlog.get_logger("tests.chat_ui")
 
@@ -108,28 +107,17 @@ def serving(log_dir: Path) -> Iterator[str]:
     ensure_built()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with (log_dir / "next.log").open("ab") as out:
+    log_path = log_dir / "next.log"
+    with log_path.open("ab") as out:
         proc = spawn([str(NEXT), "start", "-H", "127.0.0.1", "-p", str(port)], _env(), out, APP)
     try:
-        _wait_ready(proc, url, log_dir / "next.log")
+        wait_ready(
+            proc, url, "next start", lambda: log_path.read_text(errors="replace"), START_TIMEOUT
+        )
         yield url
     finally:
         proc.kill()
         proc.wait(10)
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"next start exited:\n{log_path.read_text(errors='replace')}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"next start not ready after {START_TIMEOUT}s")
 
 
 if __name__ == "__main__":

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from threadkeeper.reaper.history import choose
+from threadkeeper.reaper.history import Indexed, choose
 
 
 def row(
     ns: str, cid: str, parent: str | None, root: str | None = None, legacy: bool = False
-) -> Any:
-    return {
-        "checkpoint_ns": ns,
-        "checkpoint_id": cid,
-        "parent_checkpoint_id": parent,
-        "root": root,
-        "legacy": legacy,
-    }
+) -> Indexed:
+    return Indexed(ns, cid, parent, root, legacy)
 
 
 CHAIN = [row("", f"{i:02}", f"{i - 1:02}" if i else None) for i in range(10)]

@@ -9,15 +9,20 @@ import langgraph_sdk.schema as sdk
 import pytest
 
 from threadkeeper.reaper import guard
+from threadkeeper.service import crons
 from threadkeeper.service.domain import (
     ACTIVE_RUN_STATUSES,
     ENDED_RUN_STATUSES,
     CancelAction,
+    DisconnectMode,
     MultitaskStrategy,
+    OnCompletion,
     RunStatus,
+    SortOrder,
     ThreadStatus,
 )
 from threadkeeper.service.lease import busy_sql
+from threadkeeper.service.thread_stream import ThreadStreamMode
 
 
 @pytest.mark.parametrize(
@@ -27,6 +32,11 @@ from threadkeeper.service.lease import busy_sql
         (ThreadStatus, sdk.ThreadStatus),
         (MultitaskStrategy, sdk.MultitaskStrategy),
         (CancelAction, sdk.CancelAction),
+        (OnCompletion, sdk.OnCompletionBehavior),
+        (DisconnectMode, sdk.DisconnectMode),
+        (SortOrder, sdk.SortOrder),
+        (ThreadStreamMode, sdk.ThreadStreamMode),
+        (crons.SortBy, sdk.CronSortBy),
     ],
 )
 def test_values_are_the_sdks(ours: type[StrEnum], theirs: object) -> None:

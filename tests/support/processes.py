@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -53,6 +54,27 @@ def spawn(
         stderr=subprocess.STDOUT,
         preexec_fn=_die_with_parent,
     ).result()
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes] | None,
+    url: str,
+    name: str,
+    logs: Callable[[], str],
+    timeout: float = READY_TIMEOUT,
+) -> None:
+    """Until ``url`` answers 200; fails at once with the end of ``logs`` when ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{name} exited early:\n{logs()[-4000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{name} not ready after {timeout}s:\n{logs()[-4000:]}")
 
 
 class ServiceProcess:
@@ -112,17 +134,7 @@ class ServiceProcess:
         return self
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early:\n{self.logs()[-4000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.name} not ready after {timeout}s:\n{self.logs()[-4000:]}")
+        wait_ready(self.proc, f"{self.url}/readyz", self.name, self.logs, timeout)
 
     def kill(self) -> None:
         """SIGKILL: no drain, no cleanup, as when a node dies."""

@@ -21,6 +21,7 @@ from tests.support.runs import executor as executor_for
 from threadkeeper.service import assistants, catalog
 from threadkeeper.service.app import create_app
 from threadkeeper.service.db import Pool
+from threadkeeper.service.domain import SortOrder
 from threadkeeper.service.errors import NotFound
 from threadkeeper.service.graphs import GraphKind, LoadedGraph
 from threadkeeper.service.registry import Registry
@@ -415,7 +416,12 @@ async def test_replicas_starting_together_make_each_system_assistant_once(pool: 
         assert {r["graph_id"]: r["n"] for r in await cur.fetchall()} == dict.fromkeys(graphs, 1)
         flt = assistants.AssistantFilter(owner="anyone", graph_ids=tuple(graphs))
         found, total = await assistants.search(
-            conn, flt, sort_by=assistants.SortBy.GRAPH_ID, sort_order="asc", limit=10, offset=0
+            conn,
+            flt,
+            sort_by=assistants.SortBy.GRAPH_ID,
+            sort_order=SortOrder.ASC,
+            limit=10,
+            offset=0,
         )
     assert total == 3
     assert [a.graph_id for a in found] == sorted(graphs)
