@@ -162,11 +162,16 @@ def aegra(
 
 
 def start_aegra(
-    stack: ExitStack, bench: Bench, benchmark: str, latency_ms: int = 0
+    stack: ExitStack,
+    bench: Bench,
+    benchmark: str,
+    latency_ms: int = 0,
+    environment: aegra_env.Environment | aegra_env.Unavailable | None = None,
 ) -> HttpProcess | None:
     """Aegra on a new, empty database, stopped with ``stack``; None, noted as skipped in
-    ``bench`` with the reason, where its environment cannot be made or it does not start."""
-    environment = aegra_env.ensure()
+    ``bench`` with the reason, where its environment cannot be made or it does not start.
+    ``environment``: this run's (``aegra_env.ensure``) unless given."""
+    environment = environment or aegra_env.ensure()
     if isinstance(environment, aegra_env.Unavailable):
         bench.skip(benchmark, AEGRA, environment.reason)
         return None
