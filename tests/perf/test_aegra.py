@@ -18,16 +18,16 @@ import pytest
 from tests.perf import aegra_env, harness, servers
 
 
-def test_database_url_of_a_socket_database_connects(empty_database_url: str) -> None:
+def test_database_url_of_the_test_database_connects(empty_database_url: str) -> None:
     # The embedded server listens on a Unix socket only: its folder goes in the query.
+    params = psycopg.conninfo.conninfo_to_dict(empty_database_url)
     url = aegra_env.database_url(empty_database_url)
-    assert url.startswith("postgresql://") and "?host=/" in url
+    assert url.startswith("postgresql://")
+    if str(params.get("host", "")).startswith("/"):
+        assert f"?host={params['host']}" in url
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT current_database()").fetchone()
-    assert (
-        row is not None
-        and row[0] == psycopg.conninfo.conninfo_to_dict(empty_database_url)["dbname"]
-    )
+    assert row is not None and row[0] == params["dbname"]
 
 
 def test_database_url_quotes_what_a_url_cannot_hold() -> None:
