@@ -75,7 +75,9 @@ test-node: sync
 	$(UV) run python -m tests.cluster build --node --images --monitoring
 	$(UV) run pytest -m node tests/cluster $(PYTEST_ARGS)
 
-# The bench group adds `langgraph dev` (baseline c); `make test` syncs it away again.
+# The bench group adds `langgraph dev` (baseline c); `make test` syncs it away again. Aegra
+# (baseline d) gets a Python 3.12 environment of its own, tests/perf/aegra/.venv, made from its
+# lock by the first benchmark that needs it (seconds; skipped, saying why, where it cannot be).
 bench: uv ui-deps
 	$(UV) sync --locked --group bench
 	$(UV) run --locked --group bench python -m tests.perf $(if $(QUICK),--quick) $(BENCH_ARGS)

@@ -82,9 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="threadkeeper-bench-"))
     rows: list[harness.Row] = []
     failures: dict[str, str] = {}
+    skipped: list[harness.Skipped] = []
     try:
         with postgres_server(root) as server_url:
-            bench = harness.Bench(server_url=server_url, work=root, quick=args.quick)
+            bench = harness.Bench(
+                server_url=server_url, work=root, quick=args.quick, skipped=skipped
+            )
             info = harness.machine(server_url)
             for key in keys:
                 if not harness.settle(server_url):
@@ -100,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                     log.error("benchmark_failed", benchmark=key, error=traceback.format_exc())
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    harness.write_json(args.out, info, rows, failures, args.quick)
-    sys.stdout.write(harness.render(info, rows, failures) + "\n")
+    harness.write_json(args.out, info, rows, failures, args.quick, skipped)
+    sys.stdout.write(harness.render(info, rows, failures, skipped) + "\n")
     sys.stdout.write(f"\nwritten to {args.out}\n")
     return 1 if failures or not rows else 0
 

@@ -13,6 +13,10 @@ loop, so it alone cannot use a second core. The second replica stays up, idle, w
 measured alone. And ours runs conversations of 3 turns (info): the start-up spread of the first
 turn (100 requests arriving together) then counts in three turns instead of ten.
 
+(d) is Aegra, the open-source Agent Server, serving the same graph and model on Postgres
+(tests.perf.servers.aegra): its wall time beside ours is the goal; it is left out, with the
+reason in the table, where it cannot be installed or started.
+
 (b) is the same graph and model with ``InMemorySaver``, in this process, no HTTP: how close to
 the ideal the graph itself gets on this machine. Every turn costs CPU (LangGraph's own, then
 ours), and with 100 conversations in step those costs queue behind each other on the cores, so
@@ -138,9 +142,12 @@ async def run(bench: Bench) -> list[Row]:
             for name in ("ours", "ours-2")
         )
         tutorial = stack.enter_context(servers.tutorial(tutorial_db, bench.work, LATENCY_MS))
+        aegra = servers.start_aegra(stack, bench, NAME, LATENCY_MS)
         client = {"client": os.getpid()}
         short = f"ours, {short_turns} turns"
-        over_http = ("ours", "ours, 2 replicas", "tutorial", short)
+        over_http: tuple[str, ...] = ("ours", "ours, 2 replicas", "tutorial", short)
+        if aegra is not None:
+            over_http += ("aegra",)
         spent: dict[str, list[cpu.Snapshot]] = {name: [] for name in (*over_http, "memory")}
         waits: dict[str, list[list[float]]] = {name: [] for name in over_http}
         contenders = {
@@ -164,6 +171,11 @@ async def run(bench: Bench) -> list[Row]:
                 cpu.Meter(client | {"server": ours.pid}, spent[short]), waits[short],
             ),
         }  # fmt: skip
+        if aegra is not None:
+            contenders["aegra"] = _over_http(
+                clients.AgentServer(aegra.url), count, turns,
+                cpu.Meter(client | {"server": aegra.pid}, spent["aegra"]), waits["aegra"],
+            )  # fmt: skip
         samples = await interleave(bench.repetitions, contenders)
 
     turns_of = {name: short_turns if name == short else turns for name in samples}
@@ -206,6 +218,14 @@ async def run(bench: Bench) -> list[Row]:
             "(b) InMemorySaver", samples["memory"], details=details,
         ),
     ]  # fmt: skip
+    if "aegra" in samples:
+        rows += [
+            compare(
+                NAME, "wall time", "s", samples["ours"], servers.AEGRA, samples["aegra"],
+                goal="<= 0.3x (d)", goal_check=lambda r: r <= 0.3, details=details,
+            ),
+            info("(d) Aegra, wall / ideal", x_ideal["aegra"]),
+        ]  # fmt: skip
     rows += [
         info(f"ours, a turn's latency beyond its model calls, {stat}", values, "ms")
         for stat, values in wait_stats["ours"].items()

@@ -17,7 +17,11 @@ Contenders, interleaved repetition by repetition:
   other one in turn (``clients.Balanced``), so no turn follows one on the same replica;
 * ``fresh database``: a new database each repetition, cloned from the migrated template and
   never analyzed, with autovacuum off for its tables: a new deployment's first conversations;
-* ``1 replica, no cache``: as ``1 replica`` with ``THREADKEEPER_BLOB_CACHE_BYTES=0`` (info).
+* ``1 replica, no cache``: as ``1 replica`` with ``THREADKEEPER_BLOB_CACHE_BYTES=0`` (info);
+* ``(d) Aegra``: the open-source Agent Server on Postgres, the same graph (stock ``add_messages``
+  state, as every baseline's): its own late / early ratio, and ours (``1 replica``) over its
+  latency in each window, per repetition (info). Left out, with the reason in the table, where
+  it cannot be installed or started.
 
 QUICK: 20 turns instead of 300.
 """
@@ -130,6 +134,7 @@ async def run(bench: Bench) -> list[Row]:
         uncached = stack.enter_context(
             servers.ours(db, bench.work, "long-nocache", THREADKEEPER_BLOB_CACHE_BYTES="0").start()
         )
+        aegra = servers.start_aegra(stack, bench, NAME)
 
         def on(name: str, make: Callable[[], clients.Server]) -> Callable[[int], Awaitable[float]]:
             async def measure(rep: int) -> float:
@@ -147,6 +152,10 @@ async def run(bench: Bench) -> list[Row]:
         # One untimed round, then statistics as autovacuum would have them by now.
         await windows(lambda: clients.AgentServer(r1.url), turns)
         analyze(db)
+        baseline: dict[str, Callable[[int], Awaitable[float]]] = {}
+        if aegra is not None:
+            measured[servers.AEGRA] = Windows()
+            baseline[servers.AEGRA] = on(servers.AEGRA, lambda: clients.AgentServer(aegra.url))
         contenders = {
             "1 replica": on("1 replica", lambda: clients.AgentServer(r1.url)),
             "2 replicas": on("2 replicas", lambda: clients.Balanced([r1.url, r2.url])),
@@ -154,9 +163,44 @@ async def run(bench: Bench) -> list[Row]:
             "1 replica, no cache": on(
                 "1 replica, no cache", lambda: clients.AgentServer(uncached.url)
             ),
+            **baseline,
         }
         await interleave(bench.repetitions, contenders)
-    return rows(measured, turns)
+    aegra_windows = measured.pop(servers.AEGRA, None)
+    out = rows(measured, turns)
+    if aegra_windows is not None:
+        out += against_aegra(measured["1 replica"], aegra_windows, turns)
+    return out
+
+
+def against_aegra(ours: Windows, aegra: Windows, turns: int) -> list[Row]:
+    """(d)'s own late / early ratio, and ours over its latency in each window (info)."""
+    late = f"turns {turns - WINDOW}-{turns}"
+    details = {
+        "turns": turns,
+        "window": WINDOW,
+        "aegra_early_ms": [e * 1000 for e in aegra.early],
+        "aegra_late_ms": [t * 1000 for t in aegra.late],
+    }
+    pairs = {
+        f"turns 1-{WINDOW}": (ours.early, aegra.early),
+        late: (ours.late, aegra.late),
+    }
+    out = [
+        alone(
+            NAME, f"{late} / turns 1-{WINDOW}, {servers.AEGRA} (info)", "x", aegra.ratios(),
+            details=details,
+        )
+    ]  # fmt: skip
+    for window, (mine, theirs) in pairs.items():
+        out.append(
+            compare(
+                NAME, f"{window}, median turn latency (info)", "ms",
+                [s * 1000 for s in mine], servers.AEGRA, [s * 1000 for s in theirs],
+                details=details,
+            )
+        )  # fmt: skip
+    return out
 
 
 def rows(measured: dict[str, Windows], turns: int) -> list[Row]:

@@ -1,8 +1,8 @@
 """Benchmark 1: end-to-end turn throughput over HTTP, one replica, offline model.
 
 Ours (``runs/wait``, with runs, leases, fenced writes and thread rows) against (a) the tutorial
-wiring (``/chat``) and (c) ``langgraph dev`` (``runs/wait``, in memory), driven by the same
-client, interleaved repetition by repetition.
+wiring (``/chat``), (c) ``langgraph dev`` (``runs/wait``, in memory) and (d) Aegra (``runs/wait``,
+on Postgres), driven by the same client, interleaved repetition by repetition.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ async def run(bench: Bench) -> list[Row]:
         if servers.langgraph_dev_available():
             dev = stack.enter_context(servers.langgraph_dev(bench.work))
             processes["langgraph dev"] = (clients.AgentServer(dev.url), dev.pid)
+        aegra = servers.start_aegra(stack, bench, NAME)
+        if aegra is not None:
+            processes["aegra"] = (clients.AgentServer(aegra.url), aegra.pid)
         spent: dict[str, list[cpu.Snapshot]] = {name: [] for name in processes}
         contenders = {
             name: clients.throughput(
@@ -74,6 +77,13 @@ async def run(bench: Bench) -> list[Row]:
                 NAME, "throughput", "turns/s", samples["ours"], "(c) langgraph dev",
                 samples["langgraph dev"], goal=">= 2x (c)", goal_check=lambda r: r >= 2.0,
                 details=details,
+            )
+        )  # fmt: skip
+    if "aegra" in samples:
+        rows.append(
+            compare(
+                NAME, "throughput", "turns/s", samples["ours"], servers.AEGRA, samples["aegra"],
+                goal=">= 4x (d)", goal_check=lambda r: r >= 4.0, details=details,
             )
         )  # fmt: skip
     return rows

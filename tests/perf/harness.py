@@ -13,7 +13,7 @@ import os
 import platform
 import statistics
 import subprocess
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import structlog
 
+from tests.perf import aegra_env
 from tests.support import postgres
 
 PACKAGES = (
@@ -33,6 +35,8 @@ PACKAGES = (
     "starlette",
     "uvicorn",
 )
+
+log = structlog.get_logger("bench")
 
 
 @dataclass(frozen=True)
@@ -153,13 +157,31 @@ async def interleave(
     return samples
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A baseline a benchmark ran without, and why (one line)."""
+
+    benchmark: str
+    baseline: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"benchmark": self.benchmark, "baseline": self.baseline, "reason": self.reason}
+
+
 @dataclass
 class Bench:
-    """What every benchmark gets: the Postgres server, a scratch folder, and the mode."""
+    """What every benchmark gets: the Postgres server, a scratch folder, and the mode; and
+    where it notes the baselines it had to run without."""
 
     server_url: str
     work: Path
     quick: bool
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def skip(self, benchmark: str, baseline: str, reason: str) -> None:
+        self.skipped.append(Skipped(benchmark, baseline, reason))
+        log.warning("baseline_skipped", benchmark=benchmark, baseline=baseline, reason=reason)
 
     @property
     def repetitions(self) -> int:
@@ -215,7 +237,8 @@ def machine(server_url: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "postgres": row[0] if row else "unknown",
         "commit": _git_commit(),
-        "packages": {p: _version(p) for p in PACKAGES},
+        "packages": {p: _version(p) for p in PACKAGES}
+        | {f"{aegra_env.PACKAGE} (d)": aegra_env.locked_version()},
     }
 
 
@@ -245,7 +268,12 @@ def _stat(stat: Stat | None) -> str:
     return f"{_fmt(stat.median)} [{_fmt(stat.min)}..{_fmt(stat.max)}]"
 
 
-def render(info: dict[str, Any], rows: list[Row], failures: dict[str, str]) -> str:
+def render(
+    info: dict[str, Any],
+    rows: list[Row],
+    failures: dict[str, str],
+    skipped: Sequence[Skipped] = (),
+) -> str:
     packages = ", ".join(f"{k} {v}" for k, v in info["packages"].items())
     lines = [
         f"machine: {info['cores']} cores, {info['cpu']}, {info['platform']}",
@@ -272,19 +300,27 @@ def render(info: dict[str, Any], rows: list[Row], failures: dict[str, str]) -> s
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    for s in skipped:
+        lines.append(f"SKIPPED {s.baseline} in {s.benchmark}: {s.reason}")
     for name, error in failures.items():
         lines.append(f"FAILED {name}: {error}")
     return "\n".join(lines)
 
 
 def write_json(
-    path: Path, info: dict[str, Any], rows: list[Row], failures: dict[str, str], quick: bool
+    path: Path,
+    info: dict[str, Any],
+    rows: list[Row],
+    failures: dict[str, str],
+    quick: bool,
+    skipped: Sequence[Skipped] = (),
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {
         "machine": info,
         "quick": quick,
         "rows": [r.to_json() for r in rows],
+        "skipped": [s.to_json() for s in skipped],
         "failures": failures,
     }
     path.write_text(json.dumps(data, indent=2) + "\n")

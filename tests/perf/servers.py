@@ -3,24 +3,33 @@
 * ``ours``: ``threadkeeper-service serve`` (tests.support.processes.ServiceProcess).
 * ``tutorial``: baseline (a), the article's wiring (tests/perf/baselines/tutorial.py) under uvicorn.
 * ``langgraph_dev``: baseline (c), ``langgraph dev`` (in-memory Agent Server), the same graph.
+* ``aegra``: baseline (d), Aegra (``aegra-api``) on Postgres, the same graph, in its own
+  environment (tests.perf.aegra_env); ``start_aegra`` skips it, saying why, where it cannot run.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 
 import httpx
 
+from tests.perf import aegra_env
+from tests.perf.harness import Bench
 from tests.support.processes import ServiceProcess, free_port, spawn
 
 BASELINES = Path(__file__).parent / "baselines"
 READY_TIMEOUT = 120.0
+AEGRA = "(d) Aegra"
+# Colours in a console log line (Aegra's, outside production mode).
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class HttpProcess:
@@ -75,7 +84,12 @@ class HttpProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def __enter__(self) -> HttpProcess:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            # One that never answered is still running: __exit__ is not called for it.
+            self.stop()
+            raise
 
     def __exit__(
         self,
@@ -119,3 +133,54 @@ def langgraph_dev(log_dir: Path, latency_ms: int = 0) -> HttpProcess:
         "PYTHONPATH": str(BASELINES.parent.parent.parent),
     }
     return HttpProcess("langgraph-dev", args, env, log_dir, "/ok")
+
+
+def aegra(
+    environment: aegra_env.Environment, database_url: str, log_dir: Path, latency_ms: int = 0
+) -> HttpProcess:
+    """Aegra as ``aegra serve`` runs it (``uvicorn aegra_api.main:app``, which that command starts
+    in a child process; started directly, so the process measured and stopped is the server).
+
+    Its own defaults otherwise: migrations on start-up, the no-op auth, no Redis (runs execute in
+    the serving process, as ``aegra serve`` without a broker does), its pool sizes. Logs at
+    warning, as the other servers here do.
+    """
+    args = [
+        str(environment.python), "-m", "uvicorn", "aegra_api.main:app",
+        "--host", "127.0.0.1", "--port", "{port}",
+    ]  # fmt: skip
+    env = {
+        "AEGRA_CONFIG": str(aegra_env.CONFIG),
+        "DATABASE_URL": aegra_env.database_url(database_url),
+        "AUTH_TYPE": "noop",
+        "REDIS_BROKER_ENABLED": "false",
+        "LOG_LEVEL": "WARNING",
+        "OFFLINE_LATENCY_MS": str(latency_ms),
+        "LANGSMITH_TRACING": "false",
+    }
+    return HttpProcess("aegra", args, env, log_dir, "/ready")
+
+
+def start_aegra(
+    stack: ExitStack,
+    bench: Bench,
+    benchmark: str,
+    latency_ms: int = 0,
+    environment: aegra_env.Environment | aegra_env.Unavailable | None = None,
+) -> HttpProcess | None:
+    """Aegra on a new, empty database, stopped with ``stack``; None, noted as skipped in
+    ``bench`` with the reason, where its environment cannot be made or it does not start.
+    ``environment``: this run's (``aegra_env.ensure``) unless given."""
+    environment = environment or aegra_env.ensure()
+    if isinstance(environment, aegra_env.Unavailable):
+        bench.skip(benchmark, AEGRA, environment.reason)
+        return None
+    database = stack.enter_context(bench.database(migrated=False))
+    server = aegra(environment, database, bench.work, latency_ms)
+    try:
+        return stack.enter_context(server)
+    except (RuntimeError, TimeoutError) as exc:
+        # The log goes with the run's scratch folder: its last line is what says why.
+        said = aegra_env.last_line(ANSI.sub("", server.logs()))
+        bench.skip(benchmark, AEGRA, f"did not start ({type(exc).__name__}): {said}")
+        return None
