@@ -306,7 +306,8 @@ def _image_tool_steps() -> list[_Step]:
         _Step(
             f"registry {REGISTRY_VERSION}",
             "registry",
-            (f"{registry}/cmd/registry",),
+            # go/registry/main.go: upstream's main with the filesystem storage driver only.
+            (".",),
             ("registry",),
             (f"-X {registry}/version.version={REGISTRY_VERSION}",),
         ),
@@ -324,6 +325,10 @@ def _monitoring_steps() -> list[_Step]:
             (f"{prometheus}/cmd/prometheus",),
             ("prometheus",),
             (f"-X {common}.Version={PROMETHEUS_VERSION}",),
+            # Upstream's build tags for a Prometheus with only the service discoveries it
+            # needs (plugins/*.go): Kubernetes is all the operator's configuration uses, and
+            # the cloud SDKs of the others were most of the build's time.
+            tags=("remove_all_sd", "enable_kubernetes_sd"),
         ),
         _Step(
             f"prometheus-operator, prometheus-config-reloader {PROMETHEUS_OPERATOR_VERSION}",
@@ -831,13 +836,17 @@ def _tool_gomods(steps: Sequence[_Step], pins: dict[str, tuple[str, str]]) -> di
 
 
 def _image_tool_gomods() -> dict[str, str]:
-    return _tool_gomods(
-        _image_tool_steps(),
-        {
-            "buildkit": ("1.26.8", f"github.com/moby/buildkit {BUILDKIT_VERSION}"),
-            "registry": ("1.26.0", f"github.com/distribution/distribution/v3 {REGISTRY_VERSION}"),
-        },
+    tools = _tool_gomods(
+        _image_tool_steps()[:1],
+        {"buildkit": ("1.26.8", f"github.com/moby/buildkit {BUILDKIT_VERSION}")},
     )
+    registry = (
+        _HEADER
+        + "// main.go is upstream's registry main with only the storage driver the node uses.\n"
+        + "module threadkeeper.test/cluster/registry\n\ngo 1.26.0\n\n"
+        + f"require github.com/distribution/distribution/v3 {REGISTRY_VERSION}\n"
+    )
+    return {**tools, "registry": registry}
 
 
 def _monitoring_gomods() -> dict[str, str]:
