@@ -285,7 +285,8 @@ def _node_steps() -> list[_Step]:
         _Step(
             f"coredns {COREDNS_VERSION}",
             "coredns",
-            ("github.com/coredns/coredns",),
+            # go/coredns/main.go: upstream's main with the Corefile's plugins only.
+            (".",),
             ("coredns",),
             (),
         ),
@@ -806,6 +807,16 @@ def _tool_gomod(module: str, go_line: str, tools: Sequence[str], require: str) -
     )
 
 
+def _wrapper_gomod(module: str, why: str, require: str) -> str:
+    """go.mod of a module whose own main.go trims an upstream main (`why` says how)."""
+    return (
+        _HEADER
+        + f"// {why}\n"
+        + f"module threadkeeper.test/cluster/{module}\n\ngo 1.26.0\n\n"
+        + f"require {require}\n"
+    )
+
+
 def _node_gomods(go: Path) -> dict[str, str]:
     steps = {step.module: step for step in _node_steps()}
 
@@ -822,7 +833,11 @@ def _node_gomods(go: Path) -> dict[str, str]:
         "cni": tool(
             "cni", "1.26.8", f"github.com/containernetworking/plugins {CNI_PLUGINS_VERSION}"
         ),
-        "coredns": tool("coredns", "1.26.0", f"github.com/coredns/coredns {COREDNS_VERSION}"),
+        "coredns": _wrapper_gomod(
+            "coredns",
+            "main.go is upstream's coredns main with only the plugins the node's Corefile uses.",
+            f"github.com/coredns/coredns {COREDNS_VERSION}",
+        ),
     }
 
 
@@ -840,11 +855,10 @@ def _image_tool_gomods() -> dict[str, str]:
         _image_tool_steps()[:1],
         {"buildkit": ("1.26.8", f"github.com/moby/buildkit {BUILDKIT_VERSION}")},
     )
-    registry = (
-        _HEADER
-        + "// main.go is upstream's registry main with only the storage driver the node uses.\n"
-        + "module threadkeeper.test/cluster/registry\n\ngo 1.26.0\n\n"
-        + f"require github.com/distribution/distribution/v3 {REGISTRY_VERSION}\n"
+    registry = _wrapper_gomod(
+        "registry",
+        "main.go is upstream's registry main with only the storage driver the node uses.",
+        f"github.com/distribution/distribution/v3 {REGISTRY_VERSION}",
     )
     return {**tools, "registry": registry}
 
