@@ -14,31 +14,15 @@ bound to the StatefulSet's claim, owned by the Postgres user.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.cluster.appimage import (
-    PROJECT_ROOT,
-    base_digest,
-    base_layout,
-    buildkit_build,
-    buildkit_lock,
-    file_digest,
-)
-from tests.cluster.build import (
-    BUILDKIT_VERSION,
-    ImageToolBinaries,
-    NodeBinaries,
-    Progress,
-    cache_root,
-    locked,
-)
+from tests.cluster import ctximage
+from tests.cluster.appimage import PROJECT_ROOT, base_digest
+from tests.cluster.build import ImageToolBinaries, NodeBinaries, Progress
 from tests.cluster.image import ImageRef
 
 DEV_DIR = PROJECT_ROOT / "deploy" / "dev"
@@ -54,48 +38,15 @@ POSTGRES_UID = 999
 _RECIPE = "1"
 
 
-def image_key(base_archive: Path) -> str:
-    digest = hashlib.sha256(f"{_RECIPE}\0{BUILDKIT_VERSION}\0".encode())
-    digest.update(base_digest(base_archive).encode() + b"\0")
-    for path in sorted(p for p in CONTEXT.rglob("*") if p.is_file()):
-        executable = os.access(path, os.X_OK)
-        digest.update(f"{path.relative_to(CONTEXT).as_posix()}\0{executable}\0".encode())
-        digest.update(file_digest(path).encode() + b"\0")
-    return digest.hexdigest()[:12]
-
-
 def dev_postgres_image(
     tools: ImageToolBinaries, node: NodeBinaries, base_archive: Path, progress: Progress
 ) -> tuple[Path, ImageRef]:
     """The cached OCI archive of the dev Postgres image, built now if its inputs changed."""
-    key = image_key(base_archive)
-    ref = ImageRef(REPOSITORY, key)
-    final = cache_root() / f"dev-postgres_{key}.tar"
-    with locked(buildkit_lock(), progress):
-        if final.is_file():
-            return final, ref
-        progress(f"building {ref} from {CONTEXT / 'Dockerfile'} with BuildKit ...")
-        started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix=".dev-postgres-", dir=cache_root()) as tmp:
-            work = Path(tmp)
-            layout, manifest = base_layout(base_archive, work)
-            partial = work / "image.tar"
-            args = [
-                "build",
-                "--progress=plain",
-                "--frontend=dockerfile.v0",
-                f"--local=context={CONTEXT}",
-                f"--local=dockerfile={CONTEXT}",
-                # The built-in frontend, not the `# syntax=` image (see appimage.py).
-                "--opt=cmdline=dockerfile.v0",
-                f"--oci-layout=debian-base={layout}",
-                f"--opt=context:{DEBIAN_BASE}=oci-layout://debian-base@{manifest}",
-                f"--output=type=oci,dest={partial},name={ref}",
-            ]
-            buildkit_build(tools, node, work, args, cache_root() / "dev-postgres.log", progress)
-            partial.rename(final)
-    progress(f"built {ref} in {time.monotonic() - started:.0f}s")
-    return final, ref
+    ref = ImageRef(REPOSITORY, ctximage.tree_key(_RECIPE, CONTEXT, base_digest(base_archive)))
+    archive = ctximage.built_image(
+        tools, node, CONTEXT, ref, "dev-postgres", progress, images={DEBIAN_BASE: base_archive}
+    )
+    return archive, ref
 
 
 def dev_postgres_manifests(image: ImageRef, namespace: str) -> list[dict[str, Any]]:
