@@ -23,13 +23,10 @@ from typing import Any
 import pytest
 from langgraph_sdk import get_sync_client
 
-from tests.cluster import devpostgres, rootfs
-from tests.cluster.build import ImageToolBinaries, NodeBinaries
-from tests.cluster.errors import ClusterError
+from tests.cluster import devpostgres
 from tests.cluster.image import ImageRef
 from tests.cluster.node import NodeCluster
 from tests.cluster.pods import WAIT, apply, create_namespace, kubectl, run_pod
-from tests.cluster.pytest_plugin import terminal_progress
 from tests.cluster.release import RETENTION_CRD, Release, ready
 from tests.cluster.test_app_image import MIGRATED_TABLES
 from tests.cluster.test_users_day import _assert_clean, _client_pod, _summary
@@ -48,23 +45,6 @@ class DevInstall:
     release: Release
     postgres_image: ImageRef
     install_seconds: float
-
-
-@pytest.fixture(scope="module")
-def dev_postgres_image(
-    kube_node: NodeCluster,
-    image_tools: ImageToolBinaries,
-    node_binaries: NodeBinaries,
-    request: pytest.FixtureRequest,
-) -> ImageRef:
-    progress = terminal_progress(request.config)
-    try:
-        base = rootfs.python_base_archive(progress)
-        archive, ref = devpostgres.dev_postgres_image(image_tools, node_binaries, base, progress)
-    except ClusterError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    kube_node.import_image(archive, ref)
-    return ref
 
 
 def _psql(cluster: NodeCluster, namespace: str, sql: str) -> str:

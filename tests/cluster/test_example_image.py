@@ -16,13 +16,9 @@ from typing import Any
 import pytest
 from langgraph_sdk import get_sync_client
 
-from tests.cluster import appimage, example, rootfs
-from tests.cluster.build import ImageToolBinaries, NodeBinaries
-from tests.cluster.errors import ClusterError
 from tests.cluster.image import ImageRef
 from tests.cluster.node import NodeCluster
 from tests.cluster.pgbridge import BridgePostgres
-from tests.cluster.pytest_plugin import terminal_progress
 from tests.cluster.release import Installed, installed_release, ready
 
 pytestmark = pytest.mark.node
@@ -30,26 +26,6 @@ pytestmark = pytest.mark.node
 RELEASE = "refunds"
 SERVICE_PORT = 8000
 CONTEXT = {"approval_threshold": 100, "reviewer": "ada"}
-
-
-@pytest.fixture(scope="module")
-def example_image(
-    kube_node: NodeCluster,
-    image_tools: ImageToolBinaries,
-    node_binaries: NodeBinaries,
-    app_image: ImageRef,
-    request: pytest.FixtureRequest,
-) -> ImageRef:
-    progress = terminal_progress(request.config)
-    try:
-        base = rootfs.python_base_archive(progress)
-        # `app_image` built it already: this finds the cached archive.
-        app = appimage.app_image(image_tools, node_binaries, base, progress)
-        archive, ref = example.example_image(image_tools, node_binaries, app, progress)
-    except ClusterError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    kube_node.import_image(archive, ref)
-    return ref
 
 
 @pytest.fixture(scope="module")
