@@ -344,10 +344,12 @@ def _build_args(
     ]
 
 
-def _prune_old(keep: Path) -> None:
-    """Keep the newest few archives: each is a whole image, and trees move on."""
+def prune_old(keep: Path) -> None:
+    """Keep the newest few archives named like `keep` (`<name>_<key>.tar`): each is a whole
+    image, and trees move on."""
+    prefix = keep.name.rsplit("_", 1)[0]
     archives = sorted(
-        cache_root().glob("app-image_*.tar"), key=lambda p: p.stat().st_mtime, reverse=True
+        cache_root().glob(f"{prefix}_*.tar"), key=lambda p: p.stat().st_mtime, reverse=True
     )
     for old in [a for a in archives if a != keep][_KEEP_ARCHIVES - 1 :]:
         old.unlink(missing_ok=True)
@@ -378,6 +380,6 @@ def app_image(
             args = _build_args(root, names, layout, uv_dir, partial, key)
             buildkit_build(tools, node, work, args, cache_root() / "app-image.log", progress)
             partial.rename(final)
-        _prune_old(final)
+        prune_old(final)
     progress(f"built {APP_IMAGE} in {time.monotonic() - started:.0f}s")
     return AppImage(final, key)

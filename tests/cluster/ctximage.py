@@ -20,6 +20,7 @@ from tests.cluster.appimage import (
     buildkit_build,
     buildkit_lock,
     file_digest,
+    prune_old,
 )
 from tests.cluster.build import (
     BUILDKIT_VERSION,
@@ -102,5 +103,6 @@ def built_image(
             log = cache_root() / f"{final.stem}.log"
             buildkit_build(tools, node, work, args, log, progress)
             partial.rename(final)
+        prune_old(final)
     progress(f"built {ref} in {time.monotonic() - started:.0f}s")
     return final
