@@ -46,8 +46,20 @@ def test_skaffold_wiring() -> None:
     dev = next(p for p in config["profiles"] if p["name"] == "dev")
     for raw in dev["manifests"]["rawYaml"]:
         assert (support.REPO / raw).is_file(), raw
-    (patch,) = dev["patches"]
-    assert (support.REPO / patch["value"]).is_file()
+    values, artifact = dev["patches"]
+    assert (support.REPO / values["value"]).is_file()
+    # The dev Postgres' image is built like the service's, and the manifest names it.
+    assert artifact["path"] == "/build/artifacts/-"
+    context = support.REPO / artifact["value"]["context"]
+    assert (context / artifact["value"]["docker"]["dockerfile"]).is_file()
+    (statefulset,) = [
+        d
+        for raw in dev["manifests"]["rawYaml"]
+        for d in yaml.safe_load_all((support.REPO / raw).read_text())
+        if d["kind"] == "StatefulSet"
+    ]
+    images = [c["image"] for c in statefulset["spec"]["template"]["spec"]["containers"]]
+    assert images == [artifact["value"]["image"]]
 
 
 def test_skaffold_values_render(helm: support.Helm) -> None:

@@ -168,7 +168,7 @@ def uv_stage(work: Path, uv: Path) -> Path:
     return directory
 
 
-def _base_layout(archive: Path, work: Path) -> tuple[Path, str]:
+def base_layout(archive: Path, work: Path) -> tuple[Path, str]:
     """The base archive unpacked as an OCI layout, and its manifest digest."""
     layout = work / "python-base"
     with tarfile.open(archive) as tar:
@@ -177,7 +177,7 @@ def _base_layout(archive: Path, work: Path) -> tuple[Path, str]:
     return layout, str(index["manifests"][0]["digest"])
 
 
-def _base_digest(archive: Path) -> str:
+def base_digest(archive: Path) -> str:
     with tarfile.open(archive) as tar:
         member = tar.extractfile("index.json")
         if member is None:
@@ -185,21 +185,21 @@ def _base_digest(archive: Path) -> str:
         return str(json.loads(member.read())["manifests"][0]["digest"])
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def image_key(root: Path, base_archive: Path, uv: Path) -> str:
     """The hash of everything the image is built from (see the module docstring)."""
     digest = hashlib.sha256(f"{_RECIPE}\0{BUILDKIT_VERSION}\0".encode())
-    digest.update(_base_digest(base_archive).encode() + b"\0")
+    digest.update(base_digest(base_archive).encode() + b"\0")
     for binary in (uv, uv.with_name("uvx")):
-        digest.update(_file_digest(binary).encode() + b"\0")
+        digest.update(file_digest(binary).encode() + b"\0")
     files = [root / "Dockerfile", root / dockerignore.IGNORE_FILE]
     for path in files + dockerignore.admitted_files(root):
         executable = os.access(path, os.X_OK)
         digest.update(f"{path.relative_to(root).as_posix()}\0{executable}\0".encode())
-        digest.update(_file_digest(path).encode() + b"\0")
+        digest.update(file_digest(path).encode() + b"\0")
     return digest.hexdigest()[:12]
 
 
@@ -212,6 +212,11 @@ def _archive_path(key: str) -> Path:
 
 def _buildkit_root() -> Path:
     return cache_root() / "buildkit"
+
+
+def buildkit_lock() -> Path:
+    """Held around every build: one buildkitd at a time uses `_buildkit_root()`."""
+    return cache_root() / ".buildkit.lock"
 
 
 def _buildctl(tools: ImageToolBinaries, socket: Path, *args: str) -> list[str]:
@@ -293,6 +298,31 @@ def _buildkitd_ready(tools: ImageToolBinaries, socket: Path) -> bool:
     return subprocess.run(check, capture_output=True, check=False).returncode == 0
 
 
+def buildkit_build(
+    tools: ImageToolBinaries,
+    node: NodeBinaries,
+    work: Path,
+    args: list[str],
+    log: Path,
+    progress: Progress,
+) -> None:
+    """`buildctl <args>` against a buildkitd started for it; the host is left as found."""
+    with (
+        _host_left_as_found(),
+        _buildkitd(tools, node["runc"], work, progress) as socket,
+        log.open("w") as out,
+    ):
+        result = subprocess.run(
+            _buildctl(tools, socket, *args),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=_BUILD_SECONDS,
+            check=False,
+        )
+    if result.returncode != 0:
+        raise ClusterError(f"the image build failed; last lines of {log}:\n{_tail(log)}")
+
+
 def _build_args(
     root: Path, names: _BaseNames, layout: tuple[Path, str], uv_dir: Path, dest: Path, key: str
 ) -> list[str]:
@@ -314,10 +344,12 @@ def _build_args(
     ]
 
 
-def _prune_old(keep: Path) -> None:
-    """Keep the newest few archives: each is a whole image, and trees move on."""
+def prune_old(keep: Path) -> None:
+    """Keep the newest few archives named like `keep` (`<name>_<key>.tar`): each is a whole
+    image, and trees move on."""
+    prefix = keep.name.rsplit("_", 1)[0]
     archives = sorted(
-        cache_root().glob("app-image_*.tar"), key=lambda p: p.stat().st_mtime, reverse=True
+        cache_root().glob(f"{prefix}_*.tar"), key=lambda p: p.stat().st_mtime, reverse=True
     )
     for old in [a for a in archives if a != keep][_KEEP_ARCHIVES - 1 :]:
         old.unlink(missing_ok=True)
@@ -335,33 +367,19 @@ def app_image(
     uv = uv_binary(names.uv_version)
     key = image_key(root, base_archive, uv)
     final = _archive_path(key)
-    with locked(cache_root() / ".app-image.lock", progress):
+    with locked(buildkit_lock(), progress):
         if final.is_file():
             return AppImage(final, key)
         progress(f"building {APP_IMAGE} ({key}) from {root / 'Dockerfile'} with BuildKit ...")
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix=".app-image-", dir=cache_root()) as tmp:
             work = Path(tmp)
-            layout = _base_layout(base_archive, work)
+            layout = base_layout(base_archive, work)
             uv_dir = uv_stage(work, uv)
             partial = work / "image.tar"
-            log = cache_root() / "app-image.log"
             args = _build_args(root, names, layout, uv_dir, partial, key)
-            with (
-                _host_left_as_found(),
-                _buildkitd(tools, node["runc"], work, progress) as socket,
-                log.open("w") as out,
-            ):
-                result = subprocess.run(
-                    _buildctl(tools, socket, *args),
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    timeout=_BUILD_SECONDS,
-                    check=False,
-                )
-            if result.returncode != 0:
-                raise ClusterError(f"the image build failed; last lines of {log}:\n{_tail(log)}")
+            buildkit_build(tools, node, work, args, cache_root() / "app-image.log", progress)
             partial.rename(final)
-        _prune_old(final)
+        prune_old(final)
     progress(f"built {APP_IMAGE} in {time.monotonic() - started:.0f}s")
     return AppImage(final, key)

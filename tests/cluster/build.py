@@ -285,7 +285,8 @@ def _node_steps() -> list[_Step]:
         _Step(
             f"coredns {COREDNS_VERSION}",
             "coredns",
-            ("github.com/coredns/coredns",),
+            # go/coredns/main.go: upstream's main with the Corefile's plugins only.
+            (".",),
             ("coredns",),
             (),
         ),
@@ -306,7 +307,8 @@ def _image_tool_steps() -> list[_Step]:
         _Step(
             f"registry {REGISTRY_VERSION}",
             "registry",
-            (f"{registry}/cmd/registry",),
+            # go/registry/main.go: upstream's main with the filesystem storage driver only.
+            (".",),
             ("registry",),
             (f"-X {registry}/version.version={REGISTRY_VERSION}",),
         ),
@@ -324,6 +326,10 @@ def _monitoring_steps() -> list[_Step]:
             (f"{prometheus}/cmd/prometheus",),
             ("prometheus",),
             (f"-X {common}.Version={PROMETHEUS_VERSION}",),
+            # Upstream's build tags for a Prometheus with only the service discoveries it
+            # needs (plugins/*.go): Kubernetes is all the operator's configuration uses, and
+            # the cloud SDKs of the others were most of the build's time.
+            tags=("remove_all_sd", "enable_kubernetes_sd"),
         ),
         _Step(
             f"prometheus-operator, prometheus-config-reloader {PROMETHEUS_OPERATOR_VERSION}",
@@ -801,6 +807,16 @@ def _tool_gomod(module: str, go_line: str, tools: Sequence[str], require: str) -
     )
 
 
+def _wrapper_gomod(module: str, why: str, require: str) -> str:
+    """go.mod of a module whose own main.go trims an upstream main (`why` says how)."""
+    return (
+        _HEADER
+        + f"// {why}\n"
+        + f"module threadkeeper.test/cluster/{module}\n\ngo 1.26.0\n\n"
+        + f"require {require}\n"
+    )
+
+
 def _node_gomods(go: Path) -> dict[str, str]:
     steps = {step.module: step for step in _node_steps()}
 
@@ -817,7 +833,11 @@ def _node_gomods(go: Path) -> dict[str, str]:
         "cni": tool(
             "cni", "1.26.8", f"github.com/containernetworking/plugins {CNI_PLUGINS_VERSION}"
         ),
-        "coredns": tool("coredns", "1.26.0", f"github.com/coredns/coredns {COREDNS_VERSION}"),
+        "coredns": _wrapper_gomod(
+            "coredns",
+            "main.go is upstream's coredns main with only the plugins the node's Corefile uses.",
+            f"github.com/coredns/coredns {COREDNS_VERSION}",
+        ),
     }
 
 
@@ -831,13 +851,16 @@ def _tool_gomods(steps: Sequence[_Step], pins: dict[str, tuple[str, str]]) -> di
 
 
 def _image_tool_gomods() -> dict[str, str]:
-    return _tool_gomods(
-        _image_tool_steps(),
-        {
-            "buildkit": ("1.26.8", f"github.com/moby/buildkit {BUILDKIT_VERSION}"),
-            "registry": ("1.26.0", f"github.com/distribution/distribution/v3 {REGISTRY_VERSION}"),
-        },
+    tools = _tool_gomods(
+        _image_tool_steps()[:1],
+        {"buildkit": ("1.26.8", f"github.com/moby/buildkit {BUILDKIT_VERSION}")},
     )
+    registry = _wrapper_gomod(
+        "registry",
+        "main.go is upstream's registry main with only the storage driver the node uses.",
+        f"github.com/distribution/distribution/v3 {REGISTRY_VERSION}",
+    )
+    return {**tools, "registry": registry}
 
 
 def _monitoring_gomods() -> dict[str, str]:

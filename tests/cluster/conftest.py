@@ -13,6 +13,8 @@ Fixtures:
 - `python_base_image` (session): the Debian-made Python base, imported into the node.
 - `app_image` (session): the project's image built from its Dockerfile (rebuilt only when
   its inputs change), pushed to the node's registry; an `ImageRef` pods pull.
+- `dev_postgres_image`, `example_image` (session): the dev Postgres of `deploy/dev/` and the
+  example user project's image, built from their Dockerfiles the same way, imported.
 - `bridge_postgres` (session): a Postgres on the host that pods reach at the bridge address.
 - `namespace`: a fresh namespace (with its `default` ServiceAccount) per test.
 """
@@ -24,12 +26,19 @@ import re
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from tests.cluster import appimage, build, rootfs
-from tests.cluster.build import Binaries, ImageToolBinaries, MonitoringBinaries, NodeBinaries
+from tests.cluster import appimage, build, devpostgres, example, rootfs
+from tests.cluster.build import (
+    Binaries,
+    ImageToolBinaries,
+    MonitoringBinaries,
+    NodeBinaries,
+    Progress,
+)
 from tests.cluster.errors import ClusterError
 from tests.cluster.host import HostState, host_state
 from tests.cluster.image import ImageRef
@@ -181,6 +190,56 @@ def app_image(
         pytest.fail(str(exc), pytrace=False)
     kube_node.import_image(built.archive, *built.refs)
     return built.ref
+
+
+def _imported(
+    request: pytest.FixtureRequest,
+    cluster: NodeCluster,
+    build_image: Callable[[Progress], tuple[Path, ImageRef]],
+) -> ImageRef:
+    """An image built (or found cached) by `build_image`, imported into the node."""
+    try:
+        archive, ref = build_image(terminal_progress(request.config))
+    except ClusterError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    cluster.import_image(archive, ref)
+    return ref
+
+
+@pytest.fixture(scope="session")
+def dev_postgres_image(
+    kube_node: NodeCluster,
+    image_tools: ImageToolBinaries,
+    node_binaries: NodeBinaries,
+    request: pytest.FixtureRequest,
+) -> ImageRef:
+    """The dev Postgres of `deploy/dev/` (`devpostgres`), built from its Dockerfile."""
+    return _imported(
+        request,
+        kube_node,
+        lambda progress: devpostgres.dev_postgres_image(
+            image_tools, node_binaries, rootfs.python_base_archive(progress), progress
+        ),
+    )
+
+
+@pytest.fixture(scope="session")
+def example_image(
+    kube_node: NodeCluster,
+    image_tools: ImageToolBinaries,
+    node_binaries: NodeBinaries,
+    app_image: ImageRef,
+    request: pytest.FixtureRequest,
+) -> ImageRef:
+    """The example user project's image (`example`), built on the project's image."""
+
+    def build_image(progress: Progress) -> tuple[Path, ImageRef]:
+        base = rootfs.python_base_archive(progress)
+        # `app_image` built it already: this finds the cached archive.
+        app = appimage.app_image(image_tools, node_binaries, base, progress)
+        return example.example_image(image_tools, node_binaries, app, progress)
+
+    return _imported(request, kube_node, build_image)
 
 
 @pytest.fixture(scope="session")

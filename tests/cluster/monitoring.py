@@ -298,7 +298,20 @@ def _prometheus_url(cluster: NodeCluster, namespace: str) -> str:
                            "--tail=30", check=False)  # fmt: skip
             raise AssertionError(f"the operator made no Prometheus pod; its log:\n{logs}")
         time.sleep(1)
-    return f"http://{_pod_ip(cluster, namespace, selector)}:{PROMETHEUS_PORT}"
+    try:
+        ip = _pod_ip(cluster, namespace, selector)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{_pod_report(cluster, namespace, selector)}") from exc
+    return f"http://{ip}:{PROMETHEUS_PORT}"
+
+
+def _pod_report(cluster: NodeCluster, namespace: str, selector: str) -> str:
+    """The pods' container states and their containers' last log lines, for a failure."""
+    states = kubectl(cluster, "get", "pods", "-n", namespace, "-l", selector, "-o",
+                     "jsonpath={.items[*].status.containerStatuses}", check=False)  # fmt: skip
+    logs = kubectl(cluster, "logs", "-n", namespace, "-l", selector, "--all-containers",
+                   "--prefix", "--tail=20", check=False)  # fmt: skip
+    return f"container states: {states}\nlogs:\n{logs}"
 
 
 def series(stream: str) -> set[str]:

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tests.cluster.appimage import PROJECT_ROOT
@@ -35,6 +36,8 @@ class Release:
     name: str
     image: ImageRef
     database_secret: str
+    # `--values` files under the `--set`s (deploy/dev/values.yaml, say).
+    values_files: tuple[Path, ...] = ()
 
     @property
     def fullname(self) -> str:
@@ -67,7 +70,8 @@ class Release:
             f"database.existingSecret={self.database_secret}",
             *sets,
         ]
-        return ["--set", ",".join(values)]
+        files = [f"--values={path}" for path in self.values_files]
+        return [*files, "--set", ",".join(values)]
 
     def install(self, *sets: str) -> str:
         """`helm install --wait`; returns its output, which ends with the NOTES."""

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests.cluster import appimage, dockerignore
+from tests.cluster import appimage, build, dockerignore
 from tests.cluster.appimage import PROJECT_ROOT
 from tests.cluster.errors import ClusterError
 
@@ -155,3 +156,19 @@ def test_no_uv_says_where_it_is_looked_for(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(ClusterError, match=r"uv run.*or put uv on PATH"):
         appimage.find_uv()
+
+
+def test_old_archives_of_one_image_are_pruned_and_other_images_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each build key is a new archive of a whole image: only the newest few of a name stay."""
+    monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
+    names = [f"refund-agent_{n:012x}.tar" for n in range(5)] + ["dev-postgres_000000000000.tar"]
+    for age, name in enumerate(names):
+        (tmp_path / name).write_bytes(b"")
+        os.utime(tmp_path / name, (1_000_000 - age, 1_000_000 - age))
+    newest = tmp_path / names[0]
+
+    appimage.prune_old(newest)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*names[:3], names[-1]])
