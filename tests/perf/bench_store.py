@@ -12,10 +12,11 @@ a store of 100k items (100 namespaces of 1,000), side by side in one run:
 - the HTTP floor: ``GET /ok``, which does no work, through the same 50 clients and connections,
   so a reader can tell the store's share of ours from what any request costs on the host.
 
-Each repetition measures all of them, in a rotating order, and the ratio is taken per repetition. Both
-stores are seeded alike in SQL (the same prefixes, keys and values; ours under the owner's label,
-found by one ``PUT``), then analysed. ``put`` rewrites random existing items, ``search`` asks a
-random namespace for one of ten kinds (100 of its 1,000 items match, 10 returned).
+Each repetition measures all of them, in a rotating order, and the ratio is taken per
+repetition. Both stores are seeded alike in SQL (the same prefixes, keys and values; ours under
+the owner's label, found by one ``PUT``), then analysed. ``put`` rewrites random existing
+items, ``search`` asks a random namespace for one of ten kinds (100 of its 1,000 items match,
+10 returned).
 
 Semantic search: ours in-process (``PooledPostgresStore`` under ``OwnerStore``), with
 all-MiniLM-L6-v2 embedding each query (``threadkeeper.service.minilm``) over 10k items whose
