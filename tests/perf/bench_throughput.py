@@ -34,7 +34,7 @@ async def run(bench: Bench) -> list[Row]:
         if servers.langgraph_dev_available():
             dev = stack.enter_context(servers.langgraph_dev(bench.work))
             processes["langgraph dev"] = (clients.AgentServer(dev.url), dev.pid)
-        aegra = servers.start_aegra(stack, bench, NAME)
+        aegra = servers.start_aegra(stack, bench, NAME, smoke=True)
         if aegra is not None:
             processes["aegra"] = (clients.AgentServer(aegra.url), aegra.pid)
         spent: dict[str, list[cpu.Snapshot]] = {name: [] for name in processes}

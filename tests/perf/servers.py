@@ -28,6 +28,7 @@ from tests.support.processes import ServiceProcess, free_port, spawn
 BASELINES = Path(__file__).parent / "baselines"
 READY_TIMEOUT = 120.0
 AEGRA = "(d) Aegra"
+QUICK_SKIP = "the quick run starts it in benchmark 1 only"
 # Colours in a console log line (Aegra's, outside production mode).
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -166,11 +167,20 @@ def start_aegra(
     bench: Bench,
     benchmark: str,
     latency_ms: int = 0,
+    *,
+    smoke: bool = False,
     environment: aegra_env.Environment | aegra_env.Unavailable | None = None,
 ) -> HttpProcess | None:
     """Aegra on a new, empty database, stopped with ``stack``; None, noted as skipped in
     ``bench`` with the reason, where its environment cannot be made or it does not start.
-    ``environment``: this run's (``aegra_env.ensure``) unless given."""
+
+    ``smoke``: whether the quick run starts it too. Starting it costs about 20 s on a busy
+    2-core host (its imports and migrations), and its turns are several times ours, so the
+    quick run checks it in one benchmark only. ``environment``: this run's unless given.
+    """
+    if bench.quick and not smoke:
+        bench.skip(benchmark, AEGRA, QUICK_SKIP)
+        return None
     environment = environment or aegra_env.ensure()
     if isinstance(environment, aegra_env.Unavailable):
         bench.skip(benchmark, AEGRA, environment.reason)

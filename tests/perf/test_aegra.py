@@ -109,7 +109,7 @@ def test_aegra_that_does_not_start_is_skipped_with_its_error(
     bench = harness.Bench(server_url=pg_server, work=tmp_path, quick=True)
     environment = aegra_env.Environment(Path(sys.executable))
     with ExitStack() as stack:
-        started = servers.start_aegra(stack, bench, "1. x", environment=environment)
+        started = servers.start_aegra(stack, bench, "1. x", smoke=True, environment=environment)
     assert started is None
     [skipped] = bench.skipped
     assert (skipped.benchmark, skipped.baseline) == ("1. x", servers.AEGRA)
@@ -121,6 +121,16 @@ def test_aegra_that_does_not_start_is_skipped_with_its_error(
     harness.write_json(tmp_path / "r.json", _INFO, rows, {}, True, bench.skipped)
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["skipped"] == [skipped.to_json()]
+
+
+def test_the_quick_run_starts_aegra_only_where_asked(tmp_path: Path) -> None:
+    # Not even its environment is made: an interpreter that does not exist would fail.
+    bench = harness.Bench(server_url="unused", work=tmp_path, quick=True)
+    missing = aegra_env.Environment(tmp_path / "no-python")
+    with ExitStack() as stack:
+        assert servers.start_aegra(stack, bench, "3. y", environment=missing) is None
+    assert bench.skipped == [harness.Skipped("3. y", servers.AEGRA, servers.QUICK_SKIP)]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_server_that_never_answers_is_stopped(
