@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import structlog
 from threadkeeper.reaper import stats
 from threadkeeper.reaper.db import DatabaseUnavailable, InvalidDatabaseUrl, connect
 from threadkeeper.reaper.policy import PolicyError, RetentionPolicy, load_policy
+from threadkeeper.reaper.schedule import RETRY_AFTER
 from threadkeeper.reaper.summary import Outcome, PruneSummary
 
 EXIT_OK = 0
@@ -149,6 +151,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         namespaces = [fallback]
     if args.tick_interval <= 0:
         raise UsageError("--tick-interval must be positive")
+    if args.retry_after <= 0:
+        raise UsageError("--retry-after must be positive")
     _configure_stdlib_logging()
     registry = CollectorRegistry()
     server, thread = start_http_server(args.metrics_port, registry=registry)
@@ -160,6 +164,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 registry=registry,
                 liveness_port=args.liveness_port or None,
                 tick_interval=args.tick_interval,
+                retry_after=timedelta(seconds=args.retry_after),
             )
         )
     finally:
@@ -211,6 +216,14 @@ def _parser() -> argparse.ArgumentParser:
         default=10.0,
         metavar="SECONDS",
         help="how often each policy is checked for being due (10)",
+    )
+    run.add_argument(
+        "--retry-after",
+        type=float,
+        default=RETRY_AFTER.total_seconds(),
+        metavar="SECONDS",
+        help="when a run was skipped on the prune lock or stalled, try again after this long "
+        "(at most the policy's interval) (30)",
     )
     run.set_defaults(handler=_cmd_run)
     return parser

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 
-from threadkeeper.reaper import status
+from threadkeeper.reaper import schedule, status
 from threadkeeper.reaper.kube import SecretReader
 from threadkeeper.reaper.metrics import ReaperMetrics
 from threadkeeper.reaper.probe import Heartbeat
@@ -51,6 +51,7 @@ class OperatorContext:
     heartbeat: Heartbeat
     tick_interval: float = DEFAULT_TICK
     stats_interval: float = DEFAULT_STATS_INTERVAL
+    retry_after: timedelta = schedule.RETRY_AFTER
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     live: set[str] = field(default_factory=set)
     memory: dict[str, Memory] = field(default_factory=dict)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 
 import kopf
 import structlog
@@ -35,6 +36,7 @@ from threadkeeper.reaper.kube import Connection, SecretReader
 from threadkeeper.reaper.metrics import ReaperMetrics
 from threadkeeper.reaper.policy import GROUP
 from threadkeeper.reaper.probe import Heartbeat
+from threadkeeper.reaper.schedule import RETRY_AFTER
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +63,7 @@ async def run_operator(
     registry: CollectorRegistry,
     liveness_port: int | None,
     tick_interval: float = DEFAULT_TICK,
+    retry_after: timedelta = RETRY_AFTER,
     stop_flag: asyncio.Event | None = None,
     ready_flag: asyncio.Event | None = None,
     heartbeat: Heartbeat | None = None,
@@ -71,6 +74,7 @@ async def run_operator(
         metrics=ReaperMetrics(registry),
         heartbeat=heartbeat or Heartbeat(stale_after=max(3 * tick_interval, 30.0)),
         tick_interval=tick_interval,
+        retry_after=retry_after,
     )
     kopf_registry = build_registry(ctx, connection)
 

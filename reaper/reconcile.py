@@ -122,7 +122,7 @@ def _stalled(ctx: OperatorContext, due: _Due, stall: Stalled) -> status.Ending:
         conditions=due.conditions,
         generation=due.generation,
         now=due.started,
-        next_run=schedule.retry_time(due.started, due.interval),
+        next_run=schedule.retry_time(due.started, due.interval, ctx.retry_after),
     )
 
 
@@ -148,7 +148,7 @@ def _ran(ctx: OperatorContext, due: _Due, summary: PruneSummary, memory: Memory)
     if summary.outcome is Outcome.SKIPPED:
         # Another prune holds the database: another reaper pod, or the session of a killed one
         # that Postgres has not dropped yet. Its work may be left undone: try again soon.
-        next_run = schedule.retry_time(finished, due.interval)
+        next_run = schedule.retry_time(finished, due.interval, ctx.retry_after)
     return status.ran(
         summary,
         conditions=due.conditions,

@@ -22,11 +22,12 @@ from threadkeeper.reaper.durations import parse_duration
 # `reconcile.fluxcd.io/requestedAt` pattern), so nothing has to remove the annotation.
 RUN_NOW_ANNOTATION = "threadkeeper.dev/run-now"
 
-# After a failure that is not the policy's own doing (Secret missing, database down) retry
-# sooner than a long interval, but not on every tick.
+# After a failure that is not the policy's own doing (Secret missing, database down, the prune
+# lock held elsewhere) retry sooner than a long interval, but not on every tick. The default of
+# `threadkeeper-reaper run --retry-after`.
 RETRY_AFTER = timedelta(seconds=30)
 # The CRD validates the interval; this only covers an object the API server let through anyway
-# (the run then stalls on InvalidSpec and retries after RETRY_AFTER).
+# (the run then stalls on InvalidSpec and retries after the retry delay).
 FALLBACK_INTERVAL = timedelta(minutes=10)
 
 
@@ -86,6 +87,6 @@ def interval_of(spec: Mapping[str, Any]) -> timedelta:
         return FALLBACK_INTERVAL
 
 
-def retry_time(now: datetime, interval: timedelta) -> datetime:
-    """When a stalled policy tries again: after its interval, at most RETRY_AFTER."""
-    return now + min(interval, RETRY_AFTER)
+def retry_time(now: datetime, interval: timedelta, retry_after: timedelta) -> datetime:
+    """When a stalled or skipped policy tries again: after its interval, at most ``retry_after``."""
+    return now + min(interval, retry_after)

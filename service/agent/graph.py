@@ -63,6 +63,9 @@ def build_graph(
         messages = state["messages"]
         store = get_store()
         if store is not None:  # long-term memory, across the owner's threads
+            # Recalled on every turn, not once per thread and kept in the state: another thread
+            # of the owner may store a name while this one is open, and this thread's next
+            # answer must know it. The service's store makes the read one plain statement.
             await memory.remember(store, messages)
             known = await memory.recall(store)
             messages = [known, *messages] if known is not None else messages

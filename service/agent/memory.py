@@ -16,8 +16,9 @@ NAME = re.compile(r"\bmy name is\s+([^\W\d_][\w'-]*)", re.IGNORECASE)
 
 async def remember(store: BaseStore, messages: Sequence[AnyMessage]) -> None:
     """Keep the name the latest user message states, if it states one."""
-    humans = [m for m in messages if isinstance(m, HumanMessage)]
-    if humans and (match := NAME.search(humans[-1].text)):
+    # From the end: the whole history is scanned every turn otherwise, longer each turn.
+    latest = next((m for m in reversed(messages) if isinstance(m, HumanMessage)), None)
+    if latest is not None and (match := NAME.search(latest.text)):
         await store.aput(NAMESPACE, NAME_KEY, {"name": match.group(1)})
 
 

@@ -2,8 +2,9 @@
 
 ``next build`` costs minutes on two cores, so a build is kept with a stamp of what it was built
 from (the lock file, the sources, the build-time settings, Node's version): in ``.next``, and
-(without Next's 400 MB compiler cache) in the user's cache folder, where a fresh clone (CI) finds
-it. A later session, or ``make ui``, reuses it while the stamp matches.
+(without Next's 400 MB compiler cache) in the user's cache folder, where a fresh clone (CI), at
+any path, finds it. A later session, or ``make ui``, reuses it while the stamp matches; a change
+to any of those inputs builds from source again.
 ``python -m tests.browser.chat_ui build`` builds if needed; the browser tests start their own
 server on a free port.
 """
@@ -52,15 +53,19 @@ def _env() -> dict[str, str]:
     return {**os.environ, "NEXT_TELEMETRY_DISABLED": "1"}
 
 
-def build_stamp() -> str:
-    """A digest of everything ``next build`` reads: the app's place, its files and sources,
-    the Node version."""
+def build_stamp(app: Path = APP) -> str:
+    """A digest of everything ``next build`` reads: the app's files and sources, the Node
+    version.
+
+    Not the app's place: Next writes the absolute paths of the modules it bundled into its
+    manifests and server chunks, but only as ids that the build's own files look each other up
+    by (a client reference's id, the manifest's key for it), never as files ``next start`` opens,
+    so a build serves the same from a clone at another path.
+    """
     digest = hashlib.sha256()
-    # Next writes the app's absolute path into its manifests: a clone elsewhere builds anew.
-    digest.update(str(APP).encode())
-    sources = sorted(p for p in (APP / "src").rglob("*") if p.is_file())
-    for path in [APP / name for name in BUILD_FILES] + sources:
-        digest.update(str(path.relative_to(APP)).encode())
+    sources = sorted(p for p in (app / "src").rglob("*") if p.is_file())
+    for path in [app / name for name in BUILD_FILES] + sources:
+        digest.update(str(path.relative_to(app)).encode())
         digest.update(path.read_bytes() if path.exists() else b"-")
     node = subprocess.run(["node", "--version"], capture_output=True, text=True, check=True)
     digest.update(node.stdout.encode())

@@ -168,6 +168,14 @@ async def test_run_needs_a_namespace(tmp_path: Path) -> None:
     assert "no namespace" in result.stderr
 
 
+@pytest.mark.parametrize("option", ["--tick-interval", "--retry-after"])
+async def test_run_refuses_a_delay_that_is_not_positive(tmp_path: Path, option: str) -> None:
+    env = {"HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none")}
+    result = await reaper("run", "--namespace", "ns", option, "0", env=env)
+    assert result.code == 2
+    assert f"{option} must be positive" in _one_line_error(result)
+
+
 def _one_line_error(result: Result) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

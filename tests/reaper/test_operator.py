@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import psycopg
@@ -75,6 +75,8 @@ T = TypeVar("T")
 # A 403 from the API server always says "forbidden" (kopf: APIForbiddenError; the Secret
 # reader: SecretForbidden); a bare "403" also matches timestamps and durations.
 FORBIDDEN = re.compile(r"forbidden", re.IGNORECASE)
+# `--retry-after` of the lock test: far below the 30 s default, well above a tick (0.5 s).
+LOCK_RETRY = timedelta(seconds=2)
 
 
 def eventually(check: Callable[[], T | None], *, within: float = 60.0, what: str) -> T:
@@ -249,11 +251,17 @@ class Operator:
         return [line for line in self.log().splitlines() if FORBIDDEN.search(line)]
 
 
+class StartOperator(Protocol):
+    def __call__(self, ns: Namespace, *extra_args: str) -> Operator:
+        """Start ``threadkeeper-reaper run`` for ``ns`` (plus ``extra_args``); wait until live."""
+        ...
+
+
 @pytest.fixture
-def start_operator(kube: Cluster, tmp_path: Path) -> Iterator[Callable[[Namespace], Operator]]:
+def start_operator(kube: Cluster, tmp_path: Path) -> Iterator[StartOperator]:
     started: list[Operator] = []
 
-    def start(ns: Namespace) -> Operator:
+    def start(ns: Namespace, *extra_args: str) -> Operator:
         kubeconfig = kube.as_service_account(ns.name, SERVICE_ACCOUNT)
         metrics_port, liveness_port = free_port(), free_port()
         log_path = tmp_path / f"operator-{len(started)}.log"
@@ -275,6 +283,7 @@ def start_operator(kube: Cluster, tmp_path: Path) -> Iterator[Callable[[Namespac
                     str(liveness_port),
                     "--tick-interval",
                     "0.5",
+                    *extra_args,
                 ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -348,7 +357,7 @@ def test_the_api_server_refuses_an_invalid_policy(namespace: Namespace) -> None:
 
 @pytest.mark.cluster
 def test_prunes_on_schedule_with_the_charts_rbac(
-    namespace: Namespace, start_operator: Callable[[Namespace], Operator]
+    namespace: Namespace, start_operator: StartOperator
 ) -> None:
     ns = namespace
     ns.create_secret()
@@ -447,7 +456,7 @@ def store_keys(database_url: str) -> list[str]:
 
 @pytest.mark.cluster
 def test_expired_store_items_are_swept_by_the_operator(
-    namespace: Namespace, start_operator: Callable[[Namespace], Operator]
+    namespace: Namespace, start_operator: StartOperator
 ) -> None:
     ns = namespace
     ns.create_secret()
@@ -482,7 +491,7 @@ VALUES (%(prefix)s, %(key)s, '{}', now() - %(age)s::interval, now() - %(age)s::i
 
 @pytest.mark.cluster
 def test_idle_and_excess_store_items_are_deleted_by_the_operator(
-    namespace: Namespace, start_operator: Callable[[Namespace], Operator]
+    namespace: Namespace, start_operator: StartOperator
 ) -> None:
     """``store.maxIdle`` and ``store.maxItemsPerNamespace`` through the operator: a dry run
     first (counts in the status and an Event, nothing deleted), then the real run."""
@@ -535,7 +544,7 @@ def test_idle_and_excess_store_items_are_deleted_by_the_operator(
 
 @pytest.mark.cluster
 def test_run_now_annotation_triggers_a_run(
-    namespace: Namespace, start_operator: Callable[[Namespace], Operator]
+    namespace: Namespace, start_operator: StartOperator
 ) -> None:
     ns = namespace
     ns.create_secret()
@@ -562,10 +571,11 @@ def test_run_now_annotation_triggers_a_run(
 
 @pytest.mark.cluster
 def test_a_run_skipped_on_the_lock_is_retried_soon(
-    namespace: Namespace, start_operator: Callable[[Namespace], Operator]
+    namespace: Namespace, start_operator: StartOperator
 ) -> None:
     """Another session holds the prune lock (as a killed reaper pod's may for a while): the
-    skipped run comes back after RETRY_AFTER, not an interval later, and does the work."""
+    skipped run comes back after ``--retry-after``, not before and not an interval later, and
+    does the work."""
     ns = namespace
     ns.create_secret()
     idle = plant_idle_thread(ns.database_url)
@@ -573,29 +583,37 @@ def test_a_run_skipped_on_the_lock_is_retried_soon(
     try:
         holder.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
         ns.create_policy("blocked", schedule={"interval": "1h"}, threads={"maxIdle": "1h"})
-        start_operator(ns)
+        start_operator(ns, "--retry-after", str(LOCK_RETRY.total_seconds()))
         status = eventually(
             lambda: (s := ns.get("blocked").get("status", {})).get("lastRun") and s,
             what="the first run",
         )
+        # Checked while the lock is still held: the skipped run itself deleted nothing.
+        assert thread_exists(ns.database_url, idle)
     finally:
         holder.close()
     assert status["lastRun"]["outcome"] == "Skipped", status
     skipped_at = schedule.parse_time(status["lastRunTime"])
     next_run = schedule.parse_time(status["nextRunTime"])
     assert skipped_at is not None and next_run is not None
-    assert next_run - skipped_at <= schedule.RETRY_AFTER + timedelta(seconds=5), status
-    assert thread_exists(ns.database_url, idle)
+    # Both are whole seconds (the skipped run's start, and its end plus the delay).
+    assert LOCK_RETRY <= next_run - skipped_at <= LOCK_RETRY + timedelta(seconds=5), status
     eventually(
         lambda: not thread_exists(ns.database_url, idle),
-        within=schedule.RETRY_AFTER.total_seconds() + 60,
+        within=LOCK_RETRY.total_seconds() + 60,
         what="the retried run",
     )
+    retried = eventually(
+        lambda: (s := ns.get("blocked")["status"])["lastRun"]["outcome"] == "Succeeded" and s,
+        what="the retried run's status",
+    )
+    retried_at = schedule.parse_time(retried["lastRunTime"])
+    assert retried_at is not None and retried_at >= next_run, (status, retried)
 
 
 @pytest.mark.cluster
 def test_a_missing_secret_stalls_the_policy_until_it_exists(
-    namespace: Namespace, start_operator: Callable[[Namespace], Operator]
+    namespace: Namespace, start_operator: StartOperator
 ) -> None:
     ns = namespace
     ns.create_policy("nosecret", schedule={"interval": "2s"}, checkpoints={"keepLast": 2})
@@ -629,7 +647,7 @@ def _failed_runs(operator: Operator, ns: Namespace, name: str) -> float | None:
 
 @pytest.mark.cluster
 def test_a_policy_that_never_succeeded_is_covered_by_both_alerts(
-    namespace: Namespace, start_operator: Callable[[Namespace], Operator]
+    namespace: Namespace, start_operator: StartOperator
 ) -> None:
     """ThreadkeeperReaperStalled needs a last-success series, ThreadkeeperPruneFailing an
     increasing Failed counter: both exist for a policy whose Secret never appeared."""
@@ -658,7 +676,7 @@ FAILURES = {
 @pytest.mark.parametrize("failure", sorted(FAILURES))
 def test_each_failure_ends_in_a_condition_an_event_and_a_metric(
     namespace: Namespace,
-    start_operator: Callable[[Namespace], Operator],
+    start_operator: StartOperator,
     request: pytest.FixtureRequest,
     failure: str,
 ) -> None:
@@ -693,7 +711,7 @@ def test_each_failure_ends_in_a_condition_an_event_and_a_metric(
 
 @pytest.mark.cluster
 def test_a_deleted_policy_stops_ticking_and_loses_its_series(
-    namespace: Namespace, start_operator: Callable[[Namespace], Operator]
+    namespace: Namespace, start_operator: StartOperator
 ) -> None:
     ns = namespace
     ns.create_secret()
@@ -719,7 +737,7 @@ def test_a_deleted_policy_stops_ticking_and_loses_its_series(
 
 @pytest.mark.cluster
 def test_no_finalizer_so_deletion_never_waits_for_the_operator(
-    namespace: Namespace, start_operator: Callable[[Namespace], Operator]
+    namespace: Namespace, start_operator: StartOperator
 ) -> None:
     ns = namespace
     ns.create_secret()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import LiteralString
+from typing import Any, LiteralString
 
+import psycopg
 import pytest
-from langgraph.store.base import BaseStore, GetOp, InvalidNamespaceError, Item, PutOp
+from langgraph.store.base import BaseStore, GetOp, InvalidNamespaceError, Item, PutOp, SearchOp
 from langgraph.store.postgres.aio import AsyncPostgresStore
 from langgraph.store.postgres.base import PostgresIndexConfig
 
@@ -181,3 +182,58 @@ async def test_a_failing_put_fails_alone(pool: Pool) -> None:
     assert isinstance(outcomes[-1], RuntimeError)
     found = await ada.asearch(("mixed",), limit=100)
     assert len(found) == 30
+
+
+class StoreStatements:
+    """The store statements sent while a test runs, each with whether its connection was in
+    pipeline mode (recorded at the cursor, which every statement goes through)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sent: list[bool] = []
+        original = psycopg.AsyncCursor.execute
+
+        async def recorded(cur: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            if "store" in str(query):
+                status = cur.connection.pgconn.pipeline_status
+                self.sent.append(status != psycopg.pq.PipelineStatus.OFF)
+            return await original(cur, query, params, **kwargs)
+
+        monkeypatch.setattr(psycopg.AsyncCursor, "execute", recorded)
+
+
+async def test_a_single_read_is_one_statement_without_a_pipeline(
+    store: AsyncPostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graph reading its memory every turn pays one plain statement for it, not a pipeline
+    around one statement; batches of several ops still get the stock pipeline."""
+    ada = OwnerStore(store, "ada")
+    await ada.aput(("memories", "profile"), "name", {"name": "Ada"})
+    await ada.aput(("notes",), "n1", {"text": "tea"})
+    statements = StoreStatements(monkeypatch)
+
+    found = await ada.aget(("memories", "profile"), "name")
+    assert found is not None and found.value == {"name": "Ada"}
+    assert [i.key for i in await ada.asearch(("notes",))] == ["n1"]
+    assert sorted(await ada.alist_namespaces()) == [("memories", "profile"), ("notes",)]
+    assert statements.sent == [False, False, False]
+
+    statements.sent.clear()
+    name, notes = await ada.abatch([GetOp(("memories", "profile"), "name"), SearchOp(("notes",))])
+    assert isinstance(name, Item) and name.value == {"name": "Ada"}
+    assert isinstance(notes, list) and [i.key for i in notes] == ["n1"]
+    assert statements.sent == [True, True]
+
+
+async def test_a_single_get_still_refreshes_the_ttl(pool: Pool, store: AsyncPostgresStore) -> None:
+    ada = OwnerStore(store, "ada")
+    await ada.aput(("n",), "k", {"v": 1}, ttl=60)  # minutes
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE store SET expires_at = now() + interval '1 minute'")
+        assert await ada.aget(("n",), "k", refresh_ttl=False) is not None
+        assert await (await conn.execute(LEFT_SQL)).fetchone() == {"minutes": 1}
+        assert await ada.aget(("n",), "k") is not None  # refresh_on_read defaults to on
+        assert await (await conn.execute(LEFT_SQL)).fetchone() == {"minutes": 60}
+
+
+# The minutes left before the item expires, rounded to the nearest minute.
+LEFT_SQL = "SELECT round(extract(epoch FROM expires_at - now()) / 60) :: int AS minutes FROM store"

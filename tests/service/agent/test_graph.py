@@ -11,6 +11,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.store.memory import InMemoryStore
 
 from threadkeeper.service.agent.graph import build_graph
 from threadkeeper.service.agent.offline import OfflineChatModel, compose_reply, plan_tool_calls
@@ -131,3 +132,18 @@ async def test_token_interval_spreads_the_reply_over_time() -> None:
     assert arrivals[0] < 0.05
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert min(gaps) >= 0.045
+
+
+async def test_an_open_thread_learns_what_another_thread_remembered() -> None:
+    """Memory is read every turn, not once per thread: a name stated in another thread of the
+    owner while this one is open is in this thread's next answer."""
+    graph = build_graph(OfflineChatModel()).compile(
+        checkpointer=InMemorySaver(), store=InMemoryStore()
+    )
+    first: RunnableConfig = {"configurable": {"thread_id": "first"}}
+    other: RunnableConfig = {"configurable": {"thread_id": "other"}}
+    before = await graph.ainvoke({"messages": [HumanMessage("what is my name?")]}, first)
+    assert "your name is" not in before["messages"][-1].content
+    await graph.ainvoke({"messages": [HumanMessage("my name is Ada")]}, other)
+    after = await graph.ainvoke({"messages": [HumanMessage("what is my name?")]}, first)
+    assert "your name is Ada" in after["messages"][-1].content
