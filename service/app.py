@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from threadkeeper.service import userapp
 from threadkeeper.service.auth import Authenticator
@@ -29,6 +30,7 @@ from threadkeeper.service.http import allowed_methods, unsupported
 from threadkeeper.service.metrics import Metrics
 from threadkeeper.service.middleware import (
     BodyLimitMiddleware,
+    CloseWhenDrainingMiddleware,
     CutMiddleware,
     RequestContextMiddleware,
 )
@@ -124,6 +126,11 @@ def begin_drain(app: Starlette) -> None:
     closing = services.closing
     asyncio.get_running_loop().call_later(services.settings.cut_seconds, closing.set)
     log.info("draining", replica=services.settings.replica)
+
+
+def _draining(scope: Scope) -> bool:
+    services: Services | None = getattr(scope["app"].state, "services", None)
+    return services is not None and services.draining
 
 
 @contextmanager
@@ -247,6 +254,7 @@ def create_app(
     return Starlette(
         routes=userapp.routes(ours, serving.http_app),
         middleware=[
+            Middleware(CloseWhenDrainingMiddleware, draining=_draining),
             *cors_middleware(settings.cors_allow_origins),
             Middleware(CutMiddleware),
             Middleware(RequestContextMiddleware, metrics=metrics, replica=settings.replica),

@@ -1,9 +1,11 @@
-"""ASGI middleware: request ids and logging, metrics, the body size limit, cut responses."""
+"""ASGI middleware: request ids and logging, metrics, the body size limit, cut responses, and
+the connections a draining replica ends."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 
 import structlog
 from starlette.routing import Match
@@ -51,6 +53,32 @@ class CutMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_unless_cut)
+
+
+class CloseWhenDrainingMiddleware:
+    """From the replica's drain on, every response says ``Connection: close``.
+
+    The one way for a server to end a kept-alive connection without racing its client: the
+    client reads the header with the answer, before it could send anything more on it (see
+    ``service.server.DrainingServer`` for the connections that stay idle).
+    """
+
+    def __init__(self, app: ASGIApp, draining: Callable[[Scope], bool]) -> None:
+        self.app = app
+        self.draining = draining
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start" and self.draining(scope):
+                message.setdefault("headers", [])
+                message["headers"].append((b"connection", b"close"))
+            await send(message)
+
+        await self.app(scope, receive, send_closing)
 
 
 class BodyLimitMiddleware:

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 from starlette.applications import Starlette
 
-from threadkeeper.service.cli import server_config
+from threadkeeper.service.server import server_config
 from threadkeeper.service.settings import CUT_MARGIN_SECONDS, DRAIN_HEADROOM_SECONDS, Settings
 
 

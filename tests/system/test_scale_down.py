@@ -169,3 +169,41 @@ async def test_a_replica_that_must_exit_first_cuts_its_calls_and_they_resume_els
     # Cut by the service before uvicorn's own deadline, which would have cancelled them.
     assert "timeout graceful shutdown exceeded" not in a.logs()
     assert a.logs().count('"response_cut"') == 2  # the wait and the stream
+
+
+async def _until_refused(port: int) -> None:
+    """Until the replica no longer accepts connections: its shutdown has begun."""
+    async with asyncio.timeout(CALLS_TIMEOUT):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except ConnectionRefusedError:
+                return
+            writer.close()
+            await asyncio.sleep(0.01)
+
+
+async def test_a_request_on_a_kept_alive_connection_across_sigterm_is_answered(
+    replicas: Replicas,
+) -> None:
+    """A scale-down's race: a client's pool holds an idle connection to the replica that gets
+    SIGTERM, and sends its next request on it. The replica answers it, with
+    ``Connection: close``, so the client opens its next connection elsewhere; it neither
+    closes the connection under the request nor leaves the client to guess whether the
+    request was carried out."""
+    a = replicas("a").start()
+    assert a.proc is not None
+    async with httpx.AsyncClient(base_url=a.url, timeout=CALLS_TIMEOUT) as http:
+        created = await http.post("/threads", json={})
+        assert created.status_code == 200, created.text
+        assert created.headers.get("connection", "keep-alive") != "close"
+        a.proc.send_signal(signal.SIGTERM)
+        await _until_refused(a.port)
+        # Only the kept-alive connection can carry it: the replica accepts no new one.
+        read = await http.get(f"/threads/{created.json()['thread_id']}")
+        assert read.status_code == 200, read.text
+        assert read.json()["thread_id"] == created.json()["thread_id"]
+        assert read.headers["connection"] == "close"
+        with pytest.raises(httpx.ConnectError):
+            await http.get("/ok")
+    assert await asyncio.to_thread(a.terminate, 60) == -signal.SIGTERM
