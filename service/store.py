@@ -90,6 +90,14 @@ class StoreSettings:
 PUT_BATCHES_IN_FLIGHT = 4
 
 
+# Each read op's runner in the stock store, which sends one statement per op.
+READ_RUNNERS: dict[type[Op], str] = {
+    GetOp: "_batch_get_ops",
+    SearchOp: "_batch_search_ops",
+    ListNamespacesOp: "_batch_list_namespaces_ops",
+}
+
+
 class PooledPostgresStore(AsyncPostgresStore):
     """``AsyncPostgresStore`` without its one-at-a-time queue: every call is its own batch,
     except puts arriving while ``PUT_BATCHES_IN_FLIGHT`` batches of puts are being written,
@@ -130,20 +138,13 @@ class PooledPostgresStore(AsyncPostgresStore):
         # the pipeline's bookkeeping: about 0.1 ms of CPU and half the read's wall time. Graphs
         # that read memory every turn (the demo agent's ``aget``) pay that every turn.
         ops = _single_op(grouped_ops)
-        read = None if ops is None else self._reads().get(type(ops[0][1]))
-        if ops is None or read is None:
+        runner = None if ops is None else READ_RUNNERS.get(type(ops[0][1]))
+        if ops is None or runner is None:
             await super()._execute_batch(grouped_ops, results, conn)
             return
+        read: Callable[..., Awaitable[None]] = getattr(self, runner)
         async with self._cursor() as cur:
             await read(ops, results, cur)
-
-    def _reads(self) -> dict[type[Op], Callable[..., Awaitable[None]]]:
-        """Each read op's runner, which sends one statement per op."""
-        return {
-            GetOp: self._batch_get_ops,
-            SearchOp: self._batch_search_ops,
-            ListNamespacesOp: self._batch_list_namespaces_ops,
-        }
 
 
 def _single_op(
