@@ -80,7 +80,7 @@ COLD_BUILD_HINT = "13-16 minutes on 2 cores, 4.5 GB of Go caches"
 NODE_COLD_BUILD_HINT = "10-25 minutes on 2 cores, up to 7 GB of Go caches"
 IMAGE_TOOL_COLD_BUILD_HINT = "5-10 minutes on 2 cores"
 MONITORING_COLD_BUILD_HINT = "6-12 minutes on 2 cores"
-METRICS_COLD_BUILD_HINT = "a few minutes on 2 cores"
+METRICS_COLD_BUILD_HINT = "about 8 minutes on 2 cores"
 
 Progress = Callable[[str], None]
 _B = TypeVar("_B")

@@ -28,7 +28,11 @@ from tests.cluster.node import NodeCluster
 from tests.cluster.pgbridge import BridgePostgres
 from tests.cluster.pods import WAIT_S, apply, kubectl, wait_for_success
 from tests.cluster.release import Installed, Release, installed_release, ready
+
+# The users' day's load (32 conversations, the issue's "30+") and its checks.
 from tests.cluster.test_users_day import (
+    CONVERSATIONS,
+    MAX_TURNS,
     STOP_FILE,
     _assert_clean,
     _client_pod,
@@ -45,10 +49,8 @@ MAX_REPLICAS = 3
 # Small, so one pod's share of the load is several times its request.
 REQUEST_CPU = "50m"
 TARGET_PERCENT = 50
-CONVERSATIONS = 32
 # No think time: the load is what drives the CPU.
 THINK_S = 0.0
-MAX_TURNS = conversations.MAX_RUNS - 1
 # Scraped every 15 s, read by the HPA every 5 s, then a pod start; generous for a shared
 # 2-core machine.
 SCALE_UP_S = 300
