@@ -147,6 +147,29 @@ def _scaled_up(release: Release) -> bool:
     return desired > MIN_REPLICAS and _ready_count(release) == desired
 
 
+def _served(release: Release) -> dict[str, int]:
+    """API requests each service pod has answered so far (its `request` log events)."""
+    counts = {}
+    for pod in release.service_pods():
+        name = pod["metadata"]["name"]
+        logs = kubectl(release.cluster, "logs", "-n", release.namespace, name, check=False)
+        counts[name] = sum(1 for line in logs.splitlines() if _is_request(line))
+    return counts
+
+
+def _is_request(line: str) -> bool:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(event, dict) and event.get("event") == "request"
+
+
+def _every_pod_served(release: Release) -> bool:
+    served = _served(release)
+    return len(served) == _desired(release) and all(served.values())
+
+
 def _scaled_down(release: Release) -> bool:
     at_min = _desired(release) == MIN_REPLICAS
     return at_min and len(release.service_pods()) == MIN_REPLICAS
@@ -198,12 +221,17 @@ def test_the_hpa_scales_the_service_up_under_load_and_back_down(
               lambda: f"ready: {_ready_count(release)}; {_describe(release)()}")  # fmt: skip
         ready_s = time.monotonic() - started
         scaled = _hpa_status(release)
+        # Through the Service, the conversations reach the new replicas too.
+        _poll("every replica serving", lambda: _every_pod_served(release), SCALE_UP_S,
+              lambda: f"requests per pod: {_served(release)}")  # fmt: skip
+        serving_s = time.monotonic() - started
         top_loaded = kubectl(cluster, "top", "pods", "-n", namespace, "-l", _selector())
     finally:
         kubectl(cluster, "exec", "-n", namespace, "load", "--",
                 "python", "-c", f"open({STOP_FILE!r}, 'w').close()", check=False)  # fmt: skip
     summary = _summary(wait_for_success(cluster, namespace, "load", wait_s=3 * WAIT_S))
     stopped = time.monotonic()
+    served = _served(release)
 
     # Back to the minimum once the load is gone: the downscale window, then the drain.
     _poll("the HPA scaling down", lambda: _scaled_down(release), SCALE_DOWN_S, _describe(release))
@@ -216,6 +244,8 @@ def test_the_hpa_scales_the_service_up_under_load_and_back_down(
         "replicas_reached": max(scaled["currentReplicas"], scaled["desiredReplicas"]),
         "seconds_to_scale_up_asked": round(asked_s, 1),
         "seconds_to_asked_replicas_ready": round(ready_s, 1),
+        "seconds_to_every_replica_serving": round(serving_s, 1),
+        "requests_per_replica": sorted(served.values(), reverse=True),
         "seconds_to_scale_down": round(down_s, 1),
         "load": {k: v for k, v in summary.items() if k != "thread_ids"},
     }
