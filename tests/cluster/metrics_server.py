@@ -111,10 +111,10 @@ class MetricsServer:
 
 
 def _millicores(item: dict[str, Any]) -> int:
-    return sum(_parse_cpu(c["usage"]["cpu"]) for c in item["containers"])
+    return sum(parse_cpu(c["usage"]["cpu"]) for c in item["containers"])
 
 
-def _parse_cpu(quantity: str) -> int:
+def parse_cpu(quantity: str) -> int:
     """A CPU quantity of the metrics API (`123456n`, `12u`, `5m`, `1`) in whole millicores."""
     scale = {"n": 1e-6, "u": 1e-3, "m": 1.0}
     if quantity[-1] in scale:

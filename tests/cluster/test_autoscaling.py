@@ -2,11 +2,13 @@
 
 Issue 28, scenario 3: "also with the HPA enabled, driven by its metric". The chart installed
 with `autoscaling.enabled=true` (its HPA targets CPU utilisation of
-`service.resources.requests.cpu`), metrics-server built here (`metrics_server.py`), the
-controller-manager's HPA loop shortened (`node.HPA_SYNC_PERIOD`, `HPA_DOWNSCALE_WINDOW`).
-Conversations from a pod through the Service drive the CPU up; the HPA adds replicas while
-they run, every conversation ends whole, and once the load stops it scales back to its
-minimum. Run with `pytest -m node tests/cluster -k autoscaling` (root).
+`service.resources.requests.cpu`, left at the chart's default), metrics-server built here
+(`metrics_server.py`), the controller-manager's HPA loop shortened (`node.HPA_SYNC_PERIOD`,
+`HPA_DOWNSCALE_WINDOW`). Before the load, an idle replica's utilisation must leave the HPA room
+to come back down from its maximum (else the test stops there, saying so). Conversations from
+a pod through the Service drive the CPU up; the HPA adds replicas while they run, every
+conversation ends whole, and once the load stops it scales back to its minimum. Run with
+`pytest -m node tests/cluster -k autoscaling` (root).
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ import pytest
 from tests.cluster import conversations
 from tests.cluster.build import MetricsBinaries
 from tests.cluster.image import ImageRef
-from tests.cluster.metrics_server import API_SERVICE, METRICS_API, MetricsServer, running
+from tests.cluster.metrics_server import (
+    API_SERVICE,
+    METRICS_API,
+    MetricsServer,
+    parse_cpu,
+    running,
+)
 from tests.cluster.node import NodeCluster
 from tests.cluster.pgbridge import BridgePostgres
 from tests.cluster.pods import WAIT_S, apply, kubectl, run_pod, wait_for_success
@@ -46,9 +54,17 @@ log = logging.getLogger(__name__)
 RELEASE = "hpa"
 MIN_REPLICAS = 1
 MAX_REPLICAS = 3
-# Small, so one pod's share of the load is several times its request.
-REQUEST_CPU = "50m"
 TARGET_PERCENT = 50
+# The HPA asks for ceil(replicas * utilisation / target) replicas (Kubernetes' algorithm), so
+# it brings MAX_REPLICAS idle replicas back to MIN_REPLICAS only while
+# MAX_REPLICAS * idle utilisation <= MIN_REPLICAS * target. An idle replica is not at 0 (its
+# background loops run), and replicas that have just carried the load idle a little higher
+# than a fresh one: the margin is for that.
+IDLE_MARGIN = 1.5
+IDLE_LIMIT_PERCENT = MIN_REPLICAS * TARGET_PERCENT / (MAX_REPLICAS * IDLE_MARGIN)
+# A new pod's first readings average its start-up in (metrics-server rates its first sample
+# from the container's start); a few 15 s scrapes later they show it idle.
+IDLE_SETTLE_S = 90
 # No think time: the load is what drives the CPU.
 THINK_S = 0.0
 # Users who connect once the HPA has scaled: enough connections that kube-proxy's random
@@ -80,7 +96,6 @@ def installed(
         f"autoscaling.minReplicas={MIN_REPLICAS}",
         f"autoscaling.maxReplicas={MAX_REPLICAS}",
         f"autoscaling.targetCPUUtilizationPercentage={TARGET_PERCENT}",
-        f"service.resources.requests.cpu={REQUEST_CPU}",
     )
     with installed_release(kube_node, app_image, bridge_postgres, RELEASE, *sets) as done:
         yield done
@@ -146,6 +161,35 @@ def _wait_until_fed(release: Release, metrics: MetricsServer) -> dict[str, Any]:
     return _hpa_status(release)
 
 
+def _requested_millicores(pod: dict[str, Any]) -> int:
+    """The pod's CPU request, the HPA's 100%."""
+    containers = pod["spec"]["containers"]
+    return sum(
+        parse_cpu(c.get("resources", {}).get("requests", {}).get("cpu", "0")) for c in containers
+    )
+
+
+def _idle_cpu(release: Release, metrics: MetricsServer) -> int:
+    """The HPA's reading of the idle service, once it is low enough for the HPA to come back
+    from MAX_REPLICAS replicas to MIN_REPLICAS; a clear failure if it does not settle there
+    (a request too small for what an idle replica uses), before any load."""
+    deadline = time.monotonic() + IDLE_SETTLE_S
+    while (cpu := _hpa_cpu(_hpa_status(release))) is None or cpu > IDLE_LIMIT_PERCENT:
+        if time.monotonic() >= deadline:
+            requests = {
+                p["metadata"]["name"]: _requested_millicores(p) for p in release.service_pods()
+            }
+            usage = metrics.pod_metrics(release.namespace, _selector())
+            pytest.fail(
+                f"idle, the service uses {cpu}% of its CPU request (millicores used {usage}, "
+                f"requested {requests}) after {IDLE_SETTLE_S} s; above {IDLE_LIMIT_PERCENT:.1f}%, "
+                f"{MAX_REPLICAS} idle replicas keep the HPA (target {TARGET_PERCENT}%) from "
+                f"scaling back to {MIN_REPLICAS}: raise service.resources.requests.cpu"
+            )
+        time.sleep(1)
+    return cpu
+
+
 def _scaled_up(release: Release) -> bool:
     desired = _desired(release)
     return desired > MIN_REPLICAS and _ready_count(release) == desired
@@ -203,6 +247,9 @@ def test_the_hpa_scales_the_service_up_under_load_and_back_down(
     assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == TARGET_PERCENT
     idle = _wait_until_fed(release, metrics)
     assert idle["desiredReplicas"] == MIN_REPLICAS, idle
+    idle_cpu = _idle_cpu(release, metrics)
+    idle_millicores = metrics.pod_metrics(namespace, _selector())
+    (request_millicores,) = {_requested_millicores(pod) for pod in release.service_pods()}
     top_idle = kubectl(cluster, "top", "pods", "-n", namespace, "-l", _selector())
 
     label = uuid.uuid4().hex[:8]
@@ -237,9 +284,15 @@ def test_the_hpa_scales_the_service_up_under_load_and_back_down(
     # Back to the minimum once the load is gone: the downscale window, then the drain.
     _poll("the HPA scaling down", lambda: _scaled_down(release), SCALE_DOWN_S, _describe(release))
     down_s = time.monotonic() - stopped
+    # The reading that let the HPA come down: the replicas the load left, idle.
+    after_cpu = _hpa_cpu(_hpa_status(release))
 
     figures = {
-        "idle_cpu_percent": _hpa_cpu(idle),
+        "cpu_request_millicores": request_millicores,
+        "idle_cpu_percent": idle_cpu,
+        "idle_cpu_millicores": sorted(idle_millicores.values()),
+        "idle_cpu_percent_limit": round(IDLE_LIMIT_PERCENT, 1),
+        "cpu_percent_when_scaled_down": after_cpu,
         "peak_cpu_percent": _hpa_cpu(peak),
         "desired_at_first_rise": peak["desiredReplicas"],
         "replicas_reached": max(scaled["currentReplicas"], scaled["desiredReplicas"]),
