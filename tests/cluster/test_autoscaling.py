@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster import conversations
+from tests.cluster import conversations, hpa
 from tests.cluster.build import MetricsBinaries
 from tests.cluster.image import ImageRef
 from tests.cluster.metrics_server import (
@@ -55,13 +55,10 @@ RELEASE = "hpa"
 MIN_REPLICAS = 1
 MAX_REPLICAS = 3
 TARGET_PERCENT = 50
-# The HPA asks for ceil(replicas * utilisation / target) replicas (Kubernetes' algorithm), so
-# it brings MAX_REPLICAS idle replicas back to MIN_REPLICAS only while
-# MAX_REPLICAS * idle utilisation <= MIN_REPLICAS * target. An idle replica is not at 0 (its
-# background loops run), and replicas that have just carried the load idle a little higher
-# than a fresh one: the margin is for that.
+# An idle replica is not at 0 (its background loops run), and replicas that have just carried
+# the load idle a little higher than a fresh one: the margin is for that.
 IDLE_MARGIN = 1.5
-IDLE_LIMIT_PERCENT = MIN_REPLICAS * TARGET_PERCENT / (MAX_REPLICAS * IDLE_MARGIN)
+IDLE_LIMIT_PERCENT = hpa.idle_limit(MIN_REPLICAS, MAX_REPLICAS, TARGET_PERCENT, IDLE_MARGIN)
 # A new pod's first readings average its start-up in (metrics-server rates its first sample
 # from the container's start); a few 15 s scrapes later they show it idle.
 IDLE_SETTLE_S = 90
@@ -213,8 +210,14 @@ def _is_request(line: str) -> bool:
     return isinstance(event, dict) and event.get("event") == "request"
 
 
-def _scaled_down(release: Release) -> bool:
-    at_min = _desired(release) == MIN_REPLICAS
+def _scaled_down(release: Release, readings: list[int]) -> bool:
+    """Back at MIN_REPLICAS; `readings` gains each new CPU reading while more replicas are left."""
+    status = _hpa_status(release)
+    cpu = _hpa_cpu(status)
+    more = status.get("currentReplicas", 0) > MIN_REPLICAS
+    if cpu is not None and more and readings[-1:] != [cpu]:
+        readings.append(cpu)
+    at_min = status.get("desiredReplicas") == MIN_REPLICAS
     return at_min and len(release.service_pods()) == MIN_REPLICAS
 
 
@@ -282,17 +285,18 @@ def test_the_hpa_scales_the_service_up_under_load_and_back_down(
     stopped = time.monotonic()
 
     # Back to the minimum once the load is gone: the downscale window, then the drain.
-    _poll("the HPA scaling down", lambda: _scaled_down(release), SCALE_DOWN_S, _describe(release))
+    # The HPA's readings of the replicas the load left, idle (the idle margin is for them).
+    after: list[int] = []
+    _poll("the HPA scaling down", lambda: _scaled_down(release, after), SCALE_DOWN_S,
+          _describe(release))  # fmt: skip
     down_s = time.monotonic() - stopped
-    # The reading that let the HPA come down: the replicas the load left, idle.
-    after_cpu = _hpa_cpu(_hpa_status(release))
 
     figures = {
         "cpu_request_millicores": request_millicores,
         "idle_cpu_percent": idle_cpu,
         "idle_cpu_millicores": sorted(idle_millicores.values()),
         "idle_cpu_percent_limit": round(IDLE_LIMIT_PERCENT, 1),
-        "cpu_percent_when_scaled_down": after_cpu,
+        "cpu_percent_of_replicas_after_load": after,
         "peak_cpu_percent": _hpa_cpu(peak),
         "desired_at_first_rise": peak["desiredReplicas"],
         "replicas_reached": max(scaled["currentReplicas"], scaled["desiredReplicas"]),
