@@ -180,8 +180,9 @@ def _idle_cpu(release: Release, metrics: MetricsServer) -> int:
             pytest.fail(
                 f"idle, the service uses {cpu}% of its CPU request (millicores used {usage}, "
                 f"requested {requests}) after {IDLE_SETTLE_S} s; above {IDLE_LIMIT_PERCENT:.1f}%, "
-                f"{MAX_REPLICAS} idle replicas keep the HPA (target {TARGET_PERCENT}%) from "
-                f"scaling back to {MIN_REPLICAS}: raise service.resources.requests.cpu"
+                f"the most that leaves the HPA (target {TARGET_PERCENT}%) room to bring "
+                f"{MAX_REPLICAS} idle replicas back to {MIN_REPLICAS}: raise "
+                "service.resources.requests.cpu"
             )
         time.sleep(1)
     return cpu
