@@ -51,6 +51,7 @@ REGISTRY_VERSION = "v3.1.2"
 PROMETHEUS_VERSION = "v0.316.0"
 # The newest release whose pkg/client module the Go module proxy serves (403 from v0.94.0).
 PROMETHEUS_OPERATOR_VERSION = "v0.93.1"
+METRICS_SERVER_VERSION = "v0.8.0"
 # The `go` line of all three releases' go.mod; the wrappers run with GOTOOLCHAIN=local
 # so a build never fetches a toolchain behind the developer's back.
 GO_MINIMUM = (1, 26, 0)
@@ -72,11 +73,14 @@ _IMAGE_TOOL_RECIPE = "1"
 _IMAGE_TOOL_MODULES = ("buildkit", "registry")
 _MONITORING_RECIPE = "1"
 _MONITORING_MODULES = ("prometheus", "prometheus-operator")
+_METRICS_RECIPE = "1"
+_METRICS_MODULES = ("metrics-server",)
 # Measured on the 2-core reference machine (see README.md); only used in messages.
 COLD_BUILD_HINT = "13-16 minutes on 2 cores, 4.5 GB of Go caches"
 NODE_COLD_BUILD_HINT = "10-25 minutes on 2 cores, up to 7 GB of Go caches"
 IMAGE_TOOL_COLD_BUILD_HINT = "5-10 minutes on 2 cores"
 MONITORING_COLD_BUILD_HINT = "6-12 minutes on 2 cores"
+METRICS_COLD_BUILD_HINT = "about 8 minutes on 2 cores"
 
 Progress = Callable[[str], None]
 _B = TypeVar("_B")
@@ -164,6 +168,15 @@ class MonitoringBinaries(_StepBinaries):
     @staticmethod
     def _steps() -> list[_Step]:
         return _monitoring_steps()
+
+
+@dataclass(frozen=True)
+class MetricsBinaries(_StepBinaries):
+    """metrics-server, what the HorizontalPodAutoscaler reads CPU from (`build --metrics`)."""
+
+    @staticmethod
+    def _steps() -> list[_Step]:
+        return _metrics_steps()
 
 
 @dataclass(frozen=True)
@@ -341,6 +354,21 @@ def _monitoring_steps() -> list[_Step]:
     ]
 
 
+def _metrics_steps() -> list[_Step]:
+    metrics_server = "sigs.k8s.io/metrics-server"
+    return [
+        _Step(
+            f"metrics-server {METRICS_SERVER_VERSION}",
+            "metrics-server",
+            (f"{metrics_server}/cmd/metrics-server",),
+            ("metrics-server",),
+            # What upstream's Makefile stamps in (its PKG is client-go's), less the commit
+            # and date, so the binary is reproducible.
+            (f"-X k8s.io/client-go/pkg/version.gitVersion={METRICS_SERVER_VERSION}",),
+        ),
+    ]
+
+
 def cache_root() -> Path:
     """Directory holding every cached binary set, the build lock and `up`'s state."""
     override = os.environ.get(CACHE_ENV)
@@ -398,6 +426,12 @@ def monitoring_cache_key() -> str:
     )
 
 
+def metrics_cache_key() -> str:
+    """The metrics-server set's directory name under `cache_root()`."""
+    digest = _steps_digest(f"metrics{_METRICS_RECIPE}", _metrics_steps(), _METRICS_MODULES)
+    return f"metrics_metrics-server-{METRICS_SERVER_VERSION}_{digest}"
+
+
 def _complete(paths: dict[str, Path]) -> bool:
     # A set directory only ever appears by rename, complete; the check guards against
     # someone deleting files by hand.
@@ -425,6 +459,12 @@ def cached_image_tools() -> ImageToolBinaries | None:
 def cached_monitoring() -> MonitoringBinaries | None:
     """The cached Prometheus and Prometheus Operator for the current pins, or None."""
     bins = MonitoringBinaries(cache_root() / monitoring_cache_key() / "bin")
+    return bins if _complete(bins.all()) else None
+
+
+def cached_metrics() -> MetricsBinaries | None:
+    """The cached metrics-server for the current pin, or None; never builds."""
+    bins = MetricsBinaries(cache_root() / metrics_cache_key() / "bin")
     return bins if _complete(bins.all()) else None
 
 
@@ -688,6 +728,17 @@ def _monitoring_spec() -> _SetSpec:
     )
 
 
+def _metrics_spec() -> _SetSpec:
+    return _SetSpec(
+        key=metrics_cache_key(),
+        steps=tuple(_metrics_steps()),
+        versions={"metrics-server": METRICS_SERVER_VERSION},
+        go_minimum=GO_MINIMUM,
+        what="metrics-server",
+        cold_hint=METRICS_COLD_BUILD_HINT,
+    )
+
+
 def _build_set(spec: _SetSpec, cached: Callable[[], object | None], report: Progress) -> None:
     """Build `spec` into `<cache>/<key>` unless `cached()` finds it there meanwhile.
 
@@ -764,6 +815,11 @@ def ensure_image_tools(progress: Progress | None = None) -> ImageToolBinaries:
 def ensure_monitoring(progress: Progress | None = None) -> MonitoringBinaries:
     """Return the cached Prometheus and Prometheus Operator, building them first if needed."""
     return _ensure(_monitoring_spec, cached_monitoring, progress)
+
+
+def ensure_metrics(progress: Progress | None = None) -> MetricsBinaries:
+    """Return the cached metrics-server, building it first if needed."""
+    return _ensure(_metrics_spec, cached_metrics, progress)
 
 
 # --- regenerating the wrapper modules after a version bump -------------------------------
@@ -876,20 +932,29 @@ def _monitoring_gomods() -> dict[str, str]:
     )
 
 
+def _metrics_gomods() -> dict[str, str]:
+    return _tool_gomods(
+        _metrics_steps(),
+        {"metrics-server": ("1.26.0", f"sigs.k8s.io/metrics-server {METRICS_SERVER_VERSION}")},
+    )
+
+
 def pin(
     progress: Progress | None = None,
     *,
     node: bool = False,
     images: bool = False,
     monitoring: bool = False,
+    metrics: bool = False,
 ) -> None:
     """Rewrite go/*/go.mod for the versions above and refresh go.sum with `go mod tidy`.
 
     `node` regenerates the node set's modules instead of the control plane's, `images`
-    the image tools' (buildkit, registry), `monitoring` Prometheus' and its operator's.
+    the image tools' (buildkit, registry), `monitoring` Prometheus' and its operator's,
+    `metrics` metrics-server's.
     """
     report = progress or _stderr_progress
-    if node or images or monitoring:
+    if node or images or monitoring or metrics:
         go = _require_go(NODE_GO_MINIMUM)
         if node:
             _tidy(go, _node_gomods(go), report)
@@ -897,6 +962,8 @@ def pin(
             _tidy(go, _image_tool_gomods(), report)
         if monitoring:
             _tidy(go, _monitoring_gomods(), report)
+        if metrics:
+            _tidy(go, _metrics_gomods(), report)
         return
     go = _require_go()
     modules = {

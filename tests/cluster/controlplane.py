@@ -455,6 +455,7 @@ class ControlPlane(Cluster):
         # For the readiness probe, which must not depend on anything but the CA.
         probe = self.ca.issue("threadkeeper-probe", organizations=["system:masters"], client=True)
         signing = pki.signing_keypair()
+        front_proxy = pki.front_proxy()
         for name, data in {
             "ca.crt": self.ca.cert_pem,
             "apiserver.crt": serving.cert_pem,
@@ -465,6 +466,9 @@ class ControlPlane(Cluster):
             "kubelet-client.key": kubelet_client.key_pem,
             "sa.pub": signing.public_pem,
             "sa.key": signing.private_pem,
+            "front-proxy-ca.crt": front_proxy.ca_pem,
+            "front-proxy-client.crt": front_proxy.client.cert_pem,
+            "front-proxy-client.key": front_proxy.client.key_pem,
         }.items():
             _write_private(pki_dir / name, data)
         (self.state_dir / "etcd").mkdir(mode=0o700, exist_ok=True)
@@ -519,6 +523,23 @@ class ControlPlane(Cluster):
             f"--kubelet-client-certificate={pki_dir / 'kubelet-client.crt'}",
             f"--kubelet-client-key={pki_dir / 'kubelet-client.key'}",
             "--kubelet-preferred-address-types=InternalIP",
+            # The aggregator dials an APIService's endpoint (a pod IP, routed over the
+            # bridge like the host's reads of Prometheus) rather than its ClusterIP, which
+            # only kube-proxy's rules make reachable from the host once it has synced.
+            "--enable-aggregator-routing=true",
+        ]
+
+    def _aggregation_args(self) -> list[str]:
+        """The aggregation layer's front proxy, which extension API servers authenticate."""
+        pki_dir = self.state_dir / "pki"
+        return [
+            f"--requestheader-client-ca-file={pki_dir / 'front-proxy-ca.crt'}",
+            f"--requestheader-allowed-names={pki.FRONT_PROXY_CLIENT}",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki_dir / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={pki_dir / 'front-proxy-client.key'}",
         ]
 
     def _apiserver_args(self) -> list[str]:
@@ -539,6 +560,7 @@ class ControlPlane(Cluster):
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
             f"--service-account-key-file={pki_dir / 'sa.pub'}",
             f"--service-account-signing-key-file={pki_dir / 'sa.key'}",
+            *self._aggregation_args(),
             *self._node_args(),
             "--allow-privileged=true",
             "--profiling=false",

@@ -126,7 +126,11 @@ def main() -> None:
     _wait_for_service(client)
     _say(STARTED)
     started = time.monotonic()
-    workers = [Conversation(client, i, args) for i in range(int(conversations))]
+    # A client per conversation, as each user has their own: threads sharing one httpx pool
+    # hit httpcore's race that closes a connection already handed to another thread's request
+    # (encode/httpcore#1110, open in 1.0.9; seen here as `ReadError('[Errno 9] Bad file
+    # descriptor')` on a turn the service had answered and stored).
+    workers = [Conversation(get_sync_client(url=url), i, args) for i in range(int(conversations))]
     for worker in workers:
         worker.start()
     for worker in workers:

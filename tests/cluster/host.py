@@ -204,16 +204,23 @@ def unmount_under(roots: list[Path]) -> None:
         raise ClusterError(f"could not unmount {left}")
 
 
+def _cgroup_dirs(top: Path) -> list[Path]:
+    """`top` and every cgroup below it, skipping those removed while they are listed.
+
+    The kubelet and runc remove a pod's cgroups while teardown reads them; `os.walk`
+    passes over a directory that vanished between its parent's listing and its own,
+    where `Path.rglob` raises.
+    """
+    return [Path(root) for root, _dirs, _files in os.walk(top)]
+
+
 def cgroup_pids() -> list[int]:
     """Every process in the kubelet's pod cgroups."""
     pids: set[int] = set()
     for controller in _controller_dirs():
-        top = controller / POD_CGROUP
-        if not top.is_dir():
-            continue
-        for procs in top.rglob("cgroup.procs"):
+        for directory in _cgroup_dirs(controller / POD_CGROUP):
             with contextlib.suppress(OSError):
-                pids.update(int(p) for p in procs.read_text().split())
+                pids.update(int(p) for p in (directory / "cgroup.procs").read_text().split())
     return sorted(pids)
 
 
@@ -227,11 +234,9 @@ def remove_cgroup_tree(top: Path) -> None:
     if not top.is_dir():
         return
     # cgroupfs directories go bottom-up with rmdir; their files cannot be removed.
-    for directory in sorted((d for d in top.rglob("*") if d.is_dir()), key=str, reverse=True):
+    for directory in sorted(_cgroup_dirs(top), key=str, reverse=True):
         with contextlib.suppress(OSError):
             directory.rmdir()
-    with contextlib.suppress(OSError):
-        top.rmdir()
 
 
 def absent_cgroups(name: str) -> list[Path]:

@@ -187,3 +187,35 @@ def busybox_archive(path: Path, ref: ImageRef, entrypoint: tuple[str, ...] = ())
         return oci_archive(path, ref, layer, config)
     finally:
         layer.unlink(missing_ok=True)
+
+
+def _binary_layer(path: Path, binary: Path) -> None:
+    """A layer holding only `/bin/<binary>`; fixed metadata, so the digest follows the binary."""
+    with tarfile.open(path, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for directory in ("bin", "tmp"):
+            info = tarfile.TarInfo(directory)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o1777 if directory == "tmp" else 0o755
+            tar.addfile(info)
+        info = tarfile.TarInfo(f"bin/{binary.name}")
+        info.size = binary.stat().st_size
+        info.mode = 0o755
+        with binary.open("rb") as handle:
+            tar.addfile(info, handle)
+
+
+def binary_archive(archive: Path, ref: ImageRef, binary: Path) -> Path:
+    """An OCI archive of `ref` whose one layer is a static `binary`, its entrypoint, as
+    `/bin/<name>`; written once (by rename, so a half-written one never counts)."""
+    if archive.exists():
+        return archive
+    layer = archive.with_name(archive.name + ".layer")
+    partial = archive.with_name(archive.name + ".partial")
+    _binary_layer(layer, binary)
+    try:
+        config = {"Entrypoint": [f"/bin/{binary.name}"], "WorkingDir": "/", "User": "65534"}
+        oci_archive(partial, ref, layer, config)
+    finally:
+        layer.unlink(missing_ok=True)
+    partial.rename(archive)
+    return archive

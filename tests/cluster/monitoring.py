@@ -17,7 +17,6 @@ import io
 import json
 import re
 import subprocess
-import tarfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import yaml
 from tests.cluster import build
 from tests.cluster.build import MonitoringBinaries
 from tests.cluster.errors import ClusterError
-from tests.cluster.image import ImageRef, oci_archive
+from tests.cluster.image import ImageRef, binary_archive
 from tests.cluster.node import LOCAL_REGISTRY_NAME, NodeCluster
 from tests.cluster.pods import WAIT, kubectl
 
@@ -64,39 +63,15 @@ def _images() -> dict[str, ImageRef]:
     }
 
 
-def _binary_layer(path: Path, binary: Path) -> None:
-    """A layer holding only `/bin/<binary>`; fixed metadata, so the digest follows the binary."""
-    with tarfile.open(path, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for directory in ("bin", "tmp"):
-            info = tarfile.TarInfo(directory)
-            info.type = tarfile.DIRTYPE
-            info.mode = 0o1777 if directory == "tmp" else 0o755
-            tar.addfile(info)
-        info = tarfile.TarInfo(f"bin/{binary.name}")
-        info.size = binary.stat().st_size
-        info.mode = 0o755
-        with binary.open("rb") as handle:
-            tar.addfile(info, handle)
-
-
 def image_archives(binaries: MonitoringBinaries) -> dict[str, tuple[Path, ImageRef]]:
     """An OCI archive per binary, made once per cached set (beside it, in the cache)."""
-    out = {}
-    for name, ref in _images().items():
-        binary = binaries[name]
-        archive = binaries.bin_dir.parent / f"image-{name}.tar"
-        if not archive.exists():
-            layer = archive.with_name(archive.name + ".layer")
-            partial = archive.with_name(archive.name + ".partial")
-            _binary_layer(layer, binary)
-            try:
-                config = {"Entrypoint": [f"/bin/{name}"], "WorkingDir": "/", "User": "65534"}
-                oci_archive(partial, ref, layer, config)
-            finally:
-                layer.unlink(missing_ok=True)
-            partial.rename(archive)
-        out[name] = (archive, ref)
-    return out
+    return {
+        name: (
+            binary_archive(binaries.bin_dir.parent / f"image-{name}.tar", ref, binaries[name]),
+            ref,
+        )
+        for name, ref in _images().items()
+    }
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:

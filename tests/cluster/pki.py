@@ -163,3 +163,27 @@ def signing_keypair() -> KeyPair:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return KeyPair(public, _key_pem(key))
+
+
+# The one name the aggregator's client certificate carries, and the only one extension
+# API servers (metrics-server) accept user headers from (`--requestheader-allowed-names`).
+FRONT_PROXY_CLIENT = "front-proxy-client"
+
+
+@dataclass(frozen=True)
+class FrontProxy:
+    """The aggregation layer's identity: a CA of its own and the client certificate it signs.
+
+    kube-apiserver presents the certificate when it proxies a request to an extension API
+    server, with the user in headers; the extension server trusts those headers only from a
+    certificate of this CA with this name. A CA apart from the cluster's, as kubeadm makes:
+    a client certificate of the cluster CA must not be able to claim any user by header.
+    """
+
+    ca_pem: bytes
+    client: CertKey
+
+
+def front_proxy() -> FrontProxy:
+    authority = Authority("threadkeeper-front-proxy-ca")
+    return FrontProxy(authority.cert_pem, authority.issue(FRONT_PROXY_CLIENT, client=True))

@@ -15,6 +15,7 @@ _KEYS: dict[str, Callable[[], str]] = {
     "node": build.node_cache_key,
     "image-tools": build.image_tool_cache_key,
     "monitoring": build.monitoring_cache_key,
+    "metrics": build.metrics_cache_key,
 }
 
 
@@ -41,6 +42,7 @@ def go_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         ("buildkit/go.sum", "image-tools"),
         ("prometheus/go.sum", "monitoring"),
         ("prometheus-operator/go.mod", "monitoring"),
+        ("metrics-server/go.sum", "metrics"),
     ],
 )
 def test_a_change_rebuilds_only_the_set_it_belongs_to(

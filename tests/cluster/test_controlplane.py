@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 import uuid
@@ -12,7 +13,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client import ApiClient, ApiException
 
-from tests.cluster import Binaries, Cluster, ControlPlane, ensure_binaries
+from tests.cluster import Binaries, Cluster, ControlPlane, ensure_binaries, pki
 from tests.cluster.proc import alive, port_refuses
 
 pytestmark = pytest.mark.cluster
@@ -196,6 +197,25 @@ def test_rbac_forbids_until_a_rolebinding_allows(
             assert elsewhere.value.status == 403
     finally:
         core.delete_namespace(namespace)
+
+
+def test_the_aggregation_layer_publishes_its_front_proxy(kube: Cluster, admin: ApiClient) -> None:
+    """Extension API servers (metrics-server) read whom to trust for user headers here."""
+    if not isinstance(kube, ControlPlane):
+        pytest.skip("the front proxy's CA is known only for a plane started here")
+    core = client.CoreV1Api(admin)
+    info = _eventually(
+        lambda: core.read_namespaced_config_map("extension-apiserver-authentication", "kube-system")
+    )
+    data = info.data
+    front_proxy_ca = (kube.state_dir / "pki" / "front-proxy-ca.crt").read_text()
+    assert data["requestheader-client-ca-file"].strip() == front_proxy_ca.strip()
+    # Its own CA, not the cluster's: a cluster client certificate cannot claim users by header.
+    assert front_proxy_ca.strip() not in data["client-ca-file"]
+    assert json.loads(data["requestheader-allowed-names"]) == [pki.FRONT_PROXY_CLIENT]
+    assert json.loads(data["requestheader-username-headers"]) == ["X-Remote-User"]
+    assert json.loads(data["requestheader-group-headers"]) == ["X-Remote-Group"]
+    assert json.loads(data["requestheader-extra-headers-prefix"]) == ["X-Remote-Extra-"]
 
 
 def test_two_warm_starts_each_take_under_20s(cluster_binaries: Binaries) -> None:
