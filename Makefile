@@ -68,11 +68,11 @@ test: sync js ui-deps cluster-build
 	$(if $(NODE_TIER),$(MAKE) --no-print-directory test-node PYTEST_ARGS="$(PYTEST_ARGS)",@echo "make test: skipped the node tier (it needs root): run \`make test-node\` as root")
 
 # The one-node tier (root; builds kubelet, containerd, runc, CNI, CoreDNS, BuildKit, Prometheus
-# and its operator once, and the project's image from its Dockerfile whenever the files it
-# copies change).
+# and its operator and skaffold once, and the project's image from its Dockerfile whenever the
+# files it copies change).
 test-node: sync
 	bash tests/cluster/ensure-host-packages.sh
-	$(UV) run python -m tests.cluster build --node --images --monitoring
+	$(UV) run python -m tests.cluster build --node --images --monitoring --skaffold
 	$(UV) run pytest -m node tests/cluster $(PYTEST_ARGS)
 
 # The bench group adds `langgraph dev` (baseline c); `make test` syncs it away again. Aegra

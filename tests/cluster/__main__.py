@@ -42,6 +42,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         paths |= build.ensure_image_tools(progress=_err).all()
     if args.monitoring:
         paths |= build.ensure_monitoring(progress=_err).all()
+    if args.skaffold:
+        paths |= build.ensure_skaffold(progress=_err).all()
     for name, path in paths.items():
         _out(f"{name}={path}")
     return 0
@@ -160,7 +162,13 @@ def cmd_env(_: argparse.Namespace) -> int:
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
-    build.pin(progress=_err, node=args.node, images=args.images, monitoring=args.monitoring)
+    build.pin(
+        progress=_err,
+        node=args.node,
+        images=args.images,
+        monitoring=args.monitoring,
+        skaffold=args.skaffold,
+    )
     _err(f"regenerated the wrapper modules under {build.GO_DIR}; commit go.mod and go.sum")
     return 0
 
@@ -183,6 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also Prometheus, the Prometheus Operator and its config reloader",
     )
+    build_cmd.add_argument(
+        "--skaffold", action="store_true", help="also skaffold, built from its own module"
+    )
     up = sub.add_parser("up", help="start a detached control plane, print `export KUBECONFIG=`")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     up.add_argument(
@@ -199,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pin.add_argument(
         "--monitoring", action="store_true", help="Prometheus' and its operator's modules instead"
     )
+    pin.add_argument("--skaffold", action="store_true", help="the pin of skaffold's source instead")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     # One line per readiness poll would drown the progress messages.
