@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.chart import support
+from tests.cluster import dockerignore
 
 SKAFFOLD = support.REPO / "skaffold.yaml"
 BUILDCTL_BUILD = support.REPO / "deploy/skaffold/buildctl-build.sh"
@@ -96,7 +97,17 @@ def test_the_buildkit_profile_builds_the_same_artifact_with_buildctl() -> None:
     script = support.REPO / artifact["context"] / artifact["custom"]["buildCommand"]
     assert script.resolve() == BUILDCTL_BUILD
     assert os.access(BUILDCTL_BUILD, os.X_OK)
-    assert (support.REPO / artifact["custom"]["dependencies"]["dockerfile"]["path"]).is_file()
+    # Its dependencies are the build context .dockerignore admits, and the files naming it.
+    dependencies = artifact["custom"]["dependencies"]
+    context = support.REPO / artifact["context"]
+    patterns = dockerignore.parse((context / dockerignore.IGNORE_FILE).read_text())
+    paths = set(dependencies["paths"]) - {"Dockerfile", dockerignore.IGNORE_FILE}
+    assert {"Dockerfile", dockerignore.IGNORE_FILE} < set(dependencies["paths"])
+    assert not [path for path in paths if dockerignore.excluded(patterns, path)]
+    for admitted in dockerignore.admitted_files(context):
+        relative = admitted.relative_to(context)
+        assert relative.parts[0] in paths, relative
+    assert dependencies["ignore"] == [p.text for p in patterns if not p.admits and p.text != "*"]
     # No Docker daemon to load the image into: skaffold reads the pushed image's digest.
     assert buildkit["build"]["local"]["push"] is True
 
