@@ -108,8 +108,16 @@ def test_the_buildkit_profile_builds_the_same_artifact_with_buildctl() -> None:
         relative = admitted.relative_to(context)
         assert relative.parts[0] in paths, relative
     assert dependencies["ignore"] == [p.text for p in patterns if not p.admits and p.text != "*"]
-    # No Docker daemon to load the image into: skaffold reads the pushed image's digest.
+    # No Docker daemon to load the image into: skaffold reads the pushed image's digest,
+    # and the release runs that digest.
     assert buildkit["build"]["local"]["push"] is True
+    key = artifact["image"].replace("-", "_").replace(".", "_").replace("/", "_")
+    (digest,) = buildkit["patches"]
+    assert digest == {
+        "op": "add",
+        "path": "/deploy/helm/releases/0/setValueTemplates/image.digest",
+        "value": f"{{{{.IMAGE_DIGEST_{key}}}}}",
+    }
 
 
 _SKAFFOLD_ENV = {

@@ -8,6 +8,7 @@ Fixtures:
 - `node_binaries` (session): the built `NodeBinaries`, built once after collection.
 - `monitoring_binaries` (session): Prometheus and its operator (`build --monitoring`), built
   after collection when a selected test uses them.
+- `skaffold_binaries` (session): skaffold (`build --skaffold`), the same way.
 - `kube_node` (session): a running `NodeCluster`; `kube_node_host_before` is the host's
   state from just before it started, for the test that checks `stop()` restores it.
 - `python_base_image` (session): the Debian-made Python base, imported into the node.
@@ -38,6 +39,7 @@ from tests.cluster.build import (
     MonitoringBinaries,
     NodeBinaries,
     Progress,
+    SkaffoldBinaries,
 )
 from tests.cluster.errors import ClusterError
 from tests.cluster.host import HostState, host_state
@@ -81,13 +83,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if not any(item.get_closest_marker("node") for item in session.items):
         return
-    monitoring = any(
-        "monitoring_binaries" in getattr(item, "fixturenames", ()) for item in session.items
-    )
+
+    def used(fixture: str) -> bool:
+        return any(fixture in getattr(item, "fixturenames", ()) for item in session.items)
+
+    monitoring = used("monitoring_binaries")
+    skaffold = used("skaffold_binaries")
     if (
         build.cached_node_binaries() is not None
         and build.cached_image_tools() is not None
         and (not monitoring or build.cached_monitoring() is not None)
+        and (not skaffold or build.cached_skaffold() is not None)
     ):
         return
     progress = terminal_progress(session.config)
@@ -97,6 +103,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         build.ensure_image_tools(progress=progress)
         if monitoring:
             build.ensure_monitoring(progress=progress)
+        if skaffold:
+            build.ensure_skaffold(progress=progress)
     except ClusterError as exc:
         session.config.stash[_NODE_BUILD_ERROR] = str(exc)
 
@@ -125,6 +133,11 @@ def image_tools(request: pytest.FixtureRequest) -> ImageToolBinaries:
 @pytest.fixture(scope="session")
 def monitoring_binaries(request: pytest.FixtureRequest) -> MonitoringBinaries:
     return _built(request.config, "Prometheus and its operator", build.ensure_monitoring)
+
+
+@pytest.fixture(scope="session")
+def skaffold_binaries(request: pytest.FixtureRequest) -> SkaffoldBinaries:
+    return _built(request.config, "skaffold", build.ensure_skaffold)
 
 
 @pytest.fixture(scope="session")
