@@ -38,7 +38,7 @@ from tests.cluster.build import (
 )
 from tests.cluster.node import NodeCluster
 from tests.cluster.pgbridge import BridgePostgres, fresh_database_name
-from tests.cluster.pods import create_namespace, kubectl, run_pod
+from tests.cluster.pods import create_namespace, kubectl, pod_manifest, run_pod
 from tests.cluster.release import RETENTION_CRD, database_secret, ready
 
 pytestmark = pytest.mark.node
@@ -178,17 +178,8 @@ def _conversation_pod(namespace: str, image: str) -> dict[str, Any]:
     url = f"http://{RELEASE}.{namespace}.svc:{SERVICE_PORT}"
     script = Path(conversations.__file__).read_text()
     args = [url, "1", "/tmp/stop", f"skaffold-{uuid.uuid4().hex[:6]}", "2", "0"]
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "client", "namespace": namespace},
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [
-                {"name": "client", "image": image, "command": ["python", "-c", script, *args]}
-            ],
-        },
-    }
+    command = ["python", "-c", script, *args]
+    return pod_manifest("client", command, image=image, namespace=namespace)
 
 
 def _pushed(cluster: NodeCluster, name: str) -> dict[str, str]:
