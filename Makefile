@@ -4,7 +4,7 @@ PYTHON ?= python3
 UV := $(PYTHON) -m uv
 PYTEST_ARGS ?=
 # The node tier's binary sets (tests/cluster/README.md), and where `make test` logs their build.
-NODE_SETS := --node --images --monitoring --metrics
+NODE_SETS := --node --images --monitoring --metrics --skaffold
 NODE_BUILD_LOG := $(or $(TMPDIR),/tmp)/threadkeeper-node-build.log
 # The node tier needs root (bridges, iptables, mounts): on by default for root, off otherwise
 # (`make test` then says so). NODE_TIER=1 forces it, NODE_TIER= skips it.
@@ -83,8 +83,8 @@ else
 endif
 
 # The one-node tier (root; builds kubelet, containerd, runc, CNI, CoreDNS, BuildKit, Prometheus
-# and its operator, metrics-server once, and the project's image from its Dockerfile whenever
-# the files it copies change).
+# and its operator, metrics-server and skaffold once, and the project's image from its
+# Dockerfile whenever the files it copies change).
 test-node: sync
 	bash tests/cluster/ensure-host-packages.sh
 	$(UV) run python -m tests.cluster build $(NODE_SETS)

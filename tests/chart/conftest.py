@@ -26,9 +26,7 @@ from tests.cluster import build
 from tests.cluster.controlplane import Cluster
 from tests.cluster.errors import ClusterError
 
-SKAFFOLD_MODULE = "github.com/GoogleContainerTools/skaffold/v2"
-# The newest release whose module the proxy serves and whose docs carry schemas/v4beta14.json.
-SKAFFOLD_VERSION = "v2.24.0"
+# The schema of the skaffold release tests/cluster builds (`build --skaffold`).
 SKAFFOLD_SCHEMA = "docs-v2/content/en/schemas/v4beta14.json"
 PROMETHEUS_OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator"
 PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
@@ -122,7 +120,7 @@ def _go_module_file(module: str, version: str, relative: str) -> Path:
 
 @pytest.fixture(scope="session")
 def skaffold_schema() -> Path:
-    return _go_module_file(SKAFFOLD_MODULE, SKAFFOLD_VERSION, SKAFFOLD_SCHEMA)
+    return _go_module_file(build.SKAFFOLD_MODULE, build.SKAFFOLD_VERSION, SKAFFOLD_SCHEMA)
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,22 @@
-"""skaffold.yaml against skaffold's own v4beta14 JSON schema, and its references."""
+"""skaffold.yaml against skaffold's own v4beta14 JSON schema, and its references.
+
+`skaffold run -p buildkit` itself runs on the one-node cluster (tests/cluster/test_skaffold.py).
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.chart import support
+from tests.cluster import dockerignore
 
 SKAFFOLD = support.REPO / "skaffold.yaml"
+BUILDCTL_BUILD = support.REPO / "deploy/skaffold/buildctl-build.sh"
 
 
 def test_skaffold_matches_the_schema(skaffold_schema: Path) -> None:
@@ -77,3 +84,70 @@ def test_skaffold_values_render(helm: support.Helm) -> None:
     )
     assert dev_secret["metadata"]["name"] == "threadkeeper-dev-database"
     assert dev_secret["stringData"]["url"].startswith("postgresql://")
+
+
+def test_the_buildkit_profile_builds_the_same_artifact_with_buildctl() -> None:
+    config = yaml.safe_load(SKAFFOLD.read_text())
+    (default,) = config["build"]["artifacts"]
+    buildkit = next(p for p in config["profiles"] if p["name"] == "buildkit")
+    (artifact,) = buildkit["build"]["artifacts"]
+    # The Helm release's image templates name this artifact, so it keeps the name.
+    assert artifact["image"] == default["image"]
+    assert artifact["context"] == default["context"]
+    script = support.REPO / artifact["context"] / artifact["custom"]["buildCommand"]
+    assert script.resolve() == BUILDCTL_BUILD
+    assert os.access(BUILDCTL_BUILD, os.X_OK)
+    # Its dependencies are the build context .dockerignore admits, and the files naming it.
+    dependencies = artifact["custom"]["dependencies"]
+    context = support.REPO / artifact["context"]
+    patterns = dockerignore.parse((context / dockerignore.IGNORE_FILE).read_text())
+    paths = set(dependencies["paths"]) - {"Dockerfile", dockerignore.IGNORE_FILE}
+    assert {"Dockerfile", dockerignore.IGNORE_FILE} < set(dependencies["paths"])
+    assert not [path for path in paths if dockerignore.excluded(patterns, path)]
+    for admitted in dockerignore.admitted_files(context):
+        relative = admitted.relative_to(context)
+        assert relative.parts[0] in paths, relative
+    assert dependencies["ignore"] == [p.text for p in patterns if not p.admits and p.text != "*"]
+    # No Docker daemon to load the image into: skaffold reads the pushed image's digest,
+    # and the release runs that digest.
+    assert buildkit["build"]["local"]["push"] is True
+    key = artifact["image"].replace("-", "_").replace(".", "_").replace("/", "_")
+    (digest,) = buildkit["patches"]
+    assert digest == {
+        "op": "add",
+        "path": "/deploy/helm/releases/0/setValueTemplates/image.digest",
+        "value": f"{{{{.IMAGE_DIGEST_{key}}}}}",
+    }
+
+
+_SKAFFOLD_ENV = {
+    "IMAGE": "registry.example/threadkeeper:abc123",
+    "PUSH_IMAGE": "true",
+    "BUILD_CONTEXT": str(support.REPO),
+    "BUILDKIT_HOST": "unix:///nonexistent/buildkitd.sock",
+}
+
+
+@pytest.mark.parametrize(
+    ("changed", "says"),
+    [
+        ({"IMAGE": ""}, "IMAGE is not set"),
+        ({"BUILDKIT_HOST": ""}, "BUILDKIT_HOST is not set"),
+        ({"PUSH_IMAGE": "yes"}, "PUSH_IMAGE is 'yes', not true or false"),
+        ({"BUILD_CONTEXT": "/nonexistent"}, "no Dockerfile in the build context '/nonexistent'"),
+    ],
+)
+def test_buildctl_build_refuses_bad_settings_in_one_line(
+    changed: dict[str, str], says: str, tmp_path: Path
+) -> None:
+    # buildctl must not even start: a `buildctl` on PATH that would leave a mark.
+    marker = tmp_path / "buildctl-ran"
+    fake = tmp_path / "buildctl"
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", **_SKAFFOLD_ENV, **changed}
+    out = support.run(["sh", BUILDCTL_BUILD], env=env, check=False)
+    assert out.returncode == 2
+    (line,) = out.stderr.splitlines()
+    assert line.startswith(f"buildctl-build.sh: {says}")
+    assert not marker.exists()

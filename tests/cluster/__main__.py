@@ -44,6 +44,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         paths |= build.ensure_monitoring(progress=_err).all()
     if args.metrics:
         paths |= build.ensure_metrics(progress=_err).all()
+    if args.skaffold:
+        paths |= build.ensure_skaffold(progress=_err).all()
     for name, path in paths.items():
         _out(f"{name}={path}")
     return 0
@@ -168,6 +170,7 @@ def cmd_pin(args: argparse.Namespace) -> int:
         images=args.images,
         monitoring=args.monitoring,
         metrics=args.metrics,
+        skaffold=args.skaffold,
     )
     _err(f"regenerated the wrapper modules under {build.GO_DIR}; commit go.mod and go.sum")
     return 0
@@ -194,6 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     build_cmd.add_argument(
         "--metrics", action="store_true", help="also metrics-server (the HPA's CPU metrics)"
     )
+    build_cmd.add_argument(
+        "--skaffold", action="store_true", help="also skaffold, built from its own module"
+    )
     up = sub.add_parser("up", help="start a detached control plane, print `export KUBECONFIG=`")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     up.add_argument(
@@ -211,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--monitoring", action="store_true", help="Prometheus' and its operator's modules instead"
     )
     pin.add_argument("--metrics", action="store_true", help="metrics-server's module instead")
+    pin.add_argument("--skaffold", action="store_true", help="the pin of skaffold's source instead")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     # One line per readiness poll would drown the progress messages.

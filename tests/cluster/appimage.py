@@ -298,6 +298,18 @@ def _buildkitd_ready(tools: ImageToolBinaries, socket: Path) -> bool:
     return subprocess.run(check, capture_output=True, check=False).returncode == 0
 
 
+@contextlib.contextmanager
+def running_buildkitd(
+    tools: ImageToolBinaries, node: NodeBinaries, work: Path, progress: Progress
+) -> Iterator[Path]:
+    """buildkitd for the length of the block, its state the cache's; yields its socket.
+
+    The caller holds `buildkit_lock()`. The host is left as found, also on failure.
+    """
+    with _host_left_as_found(), _buildkitd(tools, node["runc"], work, progress) as socket:
+        yield socket
+
+
 def buildkit_build(
     tools: ImageToolBinaries,
     node: NodeBinaries,
@@ -308,8 +320,7 @@ def buildkit_build(
 ) -> None:
     """`buildctl <args>` against a buildkitd started for it; the host is left as found."""
     with (
-        _host_left_as_found(),
-        _buildkitd(tools, node["runc"], work, progress) as socket,
+        running_buildkitd(tools, node, work, progress) as socket,
         log.open("w") as out,
     ):
         result = subprocess.run(
@@ -323,10 +334,21 @@ def buildkit_build(
         raise ClusterError(f"the image build failed; last lines of {log}:\n{_tail(log)}")
 
 
+def base_substitutions(names: _BaseNames, layout: tuple[Path, str], uv_dir: Path) -> list[str]:
+    """`buildctl build` options that build the Dockerfile offline (the module docstring)."""
+    layout_dir, manifest = layout
+    return [
+        "--opt=cmdline=dockerfile.v0",
+        f"--oci-layout=python-base={layout_dir}",
+        f"--opt=context:{names.python}=oci-layout://python-base@{manifest}",
+        f"--local=uv-stage={uv_dir}",
+        f"--opt=context:{names.uv}=local:uv-stage",
+    ]
+
+
 def _build_args(
     root: Path, names: _BaseNames, layout: tuple[Path, str], uv_dir: Path, dest: Path, key: str
 ) -> list[str]:
-    layout_dir, manifest = layout
     names_opt = f"name={APP_IMAGE},{ImageRef(APP_REPOSITORY, key)}"
     return [
         "build",
@@ -334,11 +356,7 @@ def _build_args(
         "--frontend=dockerfile.v0",
         f"--local=context={root}",
         f"--local=dockerfile={root}",
-        "--opt=cmdline=dockerfile.v0",
-        f"--oci-layout=python-base={layout_dir}",
-        f"--opt=context:{names.python}=oci-layout://python-base@{manifest}",
-        f"--local=uv-stage={uv_dir}",
-        f"--opt=context:{names.uv}=local:uv-stage",
+        *base_substitutions(names, layout, uv_dir),
         # The names hold a comma: quoted, as buildctl's CSV syntax wants.
         f'--output=type=oci,dest={dest},"{names_opt}"',
     ]

@@ -3,11 +3,14 @@
 Two sets, each cached under its own key so one never invalidates the other:
 - the control plane (etcd, kube-apiserver, kubectl, helm), what the `cluster` tests need;
 - the node (kubelet, kube-controller-manager, kube-scheduler, kube-proxy, containerd with
-  its runc shim and ctr, runc, the CNI plugins, CoreDNS), what `up --node` adds.
+  its runc shim and ctr, runc, the CNI plugins, CoreDNS), what `up --node` adds;
+- and further sets (the image tools, monitoring, skaffold) that single node tests use.
 
 The Go sources are wrapper modules under `go/` (committed with go.sum), because the
 releases' own go.mod files carry `replace` directives that make `go install mod@version`
-fail, and because a main package cannot be imported. The binaries land in
+fail, and because a main package cannot be imported. skaffold is the exception: its
+replaced modules change APIs it compiles against, so it is built as its own main module,
+in its source that `go/skaffold` pins by go.sum. The binaries land in
 `<cache>/<key>/bin`, where the key names the versions and hashes the set's wrapper
 modules, so changing a pin or a go.sum builds a new set next to the old.
 """
@@ -52,11 +55,16 @@ PROMETHEUS_VERSION = "v0.316.0"
 # The newest release whose pkg/client module the Go module proxy serves (403 from v0.94.0).
 PROMETHEUS_OPERATOR_VERSION = "v0.93.1"
 METRICS_SERVER_VERSION = "v0.8.0"
+SKAFFOLD_MODULE = "github.com/GoogleContainerTools/skaffold/v2"
+# The newest release the proxy serves; the first whose schema is skaffold.yaml's v4beta14.
+SKAFFOLD_VERSION = "v2.24.0"
 # The `go` line of all three releases' go.mod; the wrappers run with GOTOOLCHAIN=local
 # so a build never fetches a toolchain behind the developer's back.
 GO_MINIMUM = (1, 26, 0)
 # The node set's highest `go` line: CNI plugins v1.10.0.
 NODE_GO_MINIMUM = (1, 26, 8)
+# skaffold v2.24.0's own go.mod `go` line.
+SKAFFOLD_GO_MINIMUM = (1, 26, 4)
 
 GO_DIR = Path(__file__).resolve().parent / "go"
 CACHE_ENV = "THREADKEEPER_CLUSTER_CACHE"
@@ -75,12 +83,15 @@ _MONITORING_RECIPE = "1"
 _MONITORING_MODULES = ("prometheus", "prometheus-operator")
 _METRICS_RECIPE = "1"
 _METRICS_MODULES = ("metrics-server",)
+_SKAFFOLD_RECIPE = "1"
+_SKAFFOLD_MODULES = ("skaffold",)
 # Measured on the 2-core reference machine (see README.md); only used in messages.
 COLD_BUILD_HINT = "13-16 minutes on 2 cores, 4.5 GB of Go caches"
 NODE_COLD_BUILD_HINT = "10-25 minutes on 2 cores, up to 7 GB of Go caches"
 IMAGE_TOOL_COLD_BUILD_HINT = "5-10 minutes on 2 cores"
 MONITORING_COLD_BUILD_HINT = "6-12 minutes on 2 cores"
 METRICS_COLD_BUILD_HINT = "about 8 minutes on 2 cores"
+SKAFFOLD_COLD_BUILD_HINT = "5-10 minutes on 2 cores, 1.8 GB of memory"
 
 Progress = Callable[[str], None]
 _B = TypeVar("_B")
@@ -179,6 +190,18 @@ class MetricsBinaries(_StepBinaries):
         return _metrics_steps()
 
 
+class SkaffoldBinaries(_StepBinaries):
+    """skaffold, which drives the BuildKit build and helm (`build --skaffold`)."""
+
+    @staticmethod
+    def _steps() -> list[_Step]:
+        return _skaffold_steps()
+
+    @property
+    def skaffold(self) -> Path:
+        return self["skaffold"]
+
+
 @dataclass(frozen=True)
 class _Step:
     label: str
@@ -191,9 +214,14 @@ class _Step:
     cgo: bool = field(default=False, repr=False)
     tags: tuple[str, ...] = field(default=(), repr=False)
     subdir: str = field(default="", repr=False)
+    # A module@version built as the main module in its own source (which go.sum of
+    # `go/<module>` verifies), instead of the wrapper module `go/<module>`.
+    upstream: str = field(default="", repr=False)
 
     def fingerprint(self) -> str:
-        return f"{self!r} cgo={self.cgo} tags={self.tags} subdir={self.subdir!r}"
+        return f"{self!r} cgo={self.cgo} tags={self.tags} subdir={self.subdir!r}" + (
+            f" upstream={self.upstream}" if self.upstream else ""
+        )
 
 
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
@@ -369,6 +397,22 @@ def _metrics_steps() -> list[_Step]:
     ]
 
 
+def _skaffold_steps() -> list[_Step]:
+    version = "github.com/GoogleContainerTools/skaffold/v2/pkg/skaffold/version"
+    return [
+        _Step(
+            f"skaffold {SKAFFOLD_VERSION}",
+            "skaffold",
+            ("./cmd/skaffold",),
+            ("skaffold",),
+            (f"-X {version}.version={SKAFFOLD_VERSION}",),
+            # Upstream's Linux release tags (its Makefile), without cgo: a static binary.
+            tags=("timetzdata", "osusergo", "netgo", "release"),
+            upstream=f"{SKAFFOLD_MODULE}@{SKAFFOLD_VERSION}",
+        ),
+    ]
+
+
 def cache_root() -> Path:
     """Directory holding every cached binary set, the build lock and `up`'s state."""
     override = os.environ.get(CACHE_ENV)
@@ -432,6 +476,12 @@ def metrics_cache_key() -> str:
     return f"metrics_metrics-server-{METRICS_SERVER_VERSION}_{digest}"
 
 
+def skaffold_cache_key() -> str:
+    """The skaffold set's directory name under `cache_root()`."""
+    digest = _steps_digest(f"skaffold{_SKAFFOLD_RECIPE}", _skaffold_steps(), _SKAFFOLD_MODULES)
+    return f"skaffold-{SKAFFOLD_VERSION}_{digest}"
+
+
 def _complete(paths: dict[str, Path]) -> bool:
     # A set directory only ever appears by rename, complete; the check guards against
     # someone deleting files by hand.
@@ -465,6 +515,12 @@ def cached_monitoring() -> MonitoringBinaries | None:
 def cached_metrics() -> MetricsBinaries | None:
     """The cached metrics-server for the current pin, or None; never builds."""
     bins = MetricsBinaries(cache_root() / metrics_cache_key() / "bin")
+    return bins if _complete(bins.all()) else None
+
+
+def cached_skaffold() -> SkaffoldBinaries | None:
+    """The cached skaffold for the current pin, or None; never builds."""
+    bins = SkaffoldBinaries(cache_root() / skaffold_cache_key() / "bin")
     return bins if _complete(bins.all()) else None
 
 
@@ -627,6 +683,13 @@ def _run_go(
         )
 
 
+def _step_source(step: _Step) -> Path:
+    """The main module a step builds in: its wrapper, or the upstream source it pins."""
+    if step.upstream:
+        return module_source(step.module, step.upstream)
+    return GO_DIR / step.module
+
+
 def _build_into(
     go: Path, bin_dir: Path, steps: Sequence[_Step], progress: Progress
 ) -> dict[str, float]:
@@ -646,7 +709,7 @@ def _build_into(
         _run_go(
             go,
             args,
-            GO_DIR / step.module,
+            _step_source(step),
             step,
             progress,
             bin_dir.parent / f"build-{step.module}.log",
@@ -739,6 +802,17 @@ def _metrics_spec() -> _SetSpec:
     )
 
 
+def _skaffold_spec() -> _SetSpec:
+    return _SetSpec(
+        key=skaffold_cache_key(),
+        steps=tuple(_skaffold_steps()),
+        versions={"skaffold": SKAFFOLD_VERSION},
+        go_minimum=SKAFFOLD_GO_MINIMUM,
+        what="skaffold",
+        cold_hint=SKAFFOLD_COLD_BUILD_HINT,
+    )
+
+
 def _build_set(spec: _SetSpec, cached: Callable[[], object | None], report: Progress) -> None:
     """Build `spec` into `<cache>/<key>` unless `cached()` finds it there meanwhile.
 
@@ -820,6 +894,11 @@ def ensure_monitoring(progress: Progress | None = None) -> MonitoringBinaries:
 def ensure_metrics(progress: Progress | None = None) -> MetricsBinaries:
     """Return the cached metrics-server, building it first if needed."""
     return _ensure(_metrics_spec, cached_metrics, progress)
+
+
+def ensure_skaffold(progress: Progress | None = None) -> SkaffoldBinaries:
+    """Return the cached skaffold, building it first if needed."""
+    return _ensure(_skaffold_spec, cached_skaffold, progress)
 
 
 # --- regenerating the wrapper modules after a version bump -------------------------------
@@ -939,6 +1018,34 @@ def _metrics_gomods() -> dict[str, str]:
     )
 
 
+def _pin_skaffold(go: Path, report: Progress) -> None:
+    """go/skaffold: a go.mod naming the release and a go.sum holding its checksums only.
+
+    Nothing is built in it (`_skaffold_steps` builds in the release's own source), so
+    `go mod tidy` would drop the require; `go mod download` records the sums instead.
+    """
+    directory = GO_DIR / "skaffold"
+    directory.mkdir(exist_ok=True)
+    (directory / "go.mod").write_text(
+        _HEADER
+        + "// Pins skaffold's source by go.sum: it is built as its own main module, because its\n"
+        + "// go.mod's replaces, which its code compiles against, apply only there.\n"
+        + "module threadkeeper.test/cluster/skaffold\n\n"
+        + "go 1.26.4\n\n"
+        + f"require {SKAFFOLD_MODULE} {SKAFFOLD_VERSION}\n"
+    )
+    (directory / "go.sum").unlink(missing_ok=True)
+    env = _go_env()
+    env["GOFLAGS"] = "-mod=mod"
+    report(f"go mod download {SKAFFOLD_MODULE}@{SKAFFOLD_VERSION} in {directory}")
+    subprocess.run(
+        [str(go), "mod", "download", f"{SKAFFOLD_MODULE}@{SKAFFOLD_VERSION}"],
+        cwd=directory,
+        env=env,
+        check=True,
+    )
+
+
 def pin(
     progress: Progress | None = None,
     *,
@@ -946,14 +1053,17 @@ def pin(
     images: bool = False,
     monitoring: bool = False,
     metrics: bool = False,
+    skaffold: bool = False,
 ) -> None:
     """Rewrite go/*/go.mod for the versions above and refresh go.sum with `go mod tidy`.
 
     `node` regenerates the node set's modules instead of the control plane's, `images`
     the image tools' (buildkit, registry), `monitoring` Prometheus' and its operator's,
-    `metrics` metrics-server's.
+    `metrics` metrics-server's, `skaffold` the pin of skaffold's source.
     """
     report = progress or _stderr_progress
+    if skaffold:
+        _pin_skaffold(_require_go(SKAFFOLD_GO_MINIMUM, "skaffold"), report)
     if node or images or monitoring or metrics:
         go = _require_go(NODE_GO_MINIMUM)
         if node:
@@ -964,6 +1074,8 @@ def pin(
             _tidy(go, _monitoring_gomods(), report)
         if metrics:
             _tidy(go, _metrics_gomods(), report)
+        return
+    if skaffold:
         return
     go = _require_go()
     modules = {

@@ -9,6 +9,7 @@ Fixtures:
 - `monitoring_binaries` (session): Prometheus and its operator (`build --monitoring`), built
   after collection when a selected test uses them.
 - `metrics_binaries` (session): metrics-server (`build --metrics`), the same way.
+- `skaffold_binaries` (session): skaffold (`build --skaffold`), the same way.
 - `kube_node` (session): a running `NodeCluster`; `kube_node_host_before` is the host's
   state from just before it started, for the test that checks `stop()` restores it.
 - `python_base_image` (session): the Debian-made Python base, imported into the node.
@@ -40,6 +41,7 @@ from tests.cluster.build import (
     MonitoringBinaries,
     NodeBinaries,
     Progress,
+    SkaffoldBinaries,
 )
 from tests.cluster.errors import ClusterError
 from tests.cluster.host import HostState, host_state
@@ -89,11 +91,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
     monitoring = wanted("monitoring_binaries")
     metrics = wanted("metrics_binaries")
+    skaffold = wanted("skaffold_binaries")
     if (
         build.cached_node_binaries() is not None
         and build.cached_image_tools() is not None
         and (not monitoring or build.cached_monitoring() is not None)
         and (not metrics or build.cached_metrics() is not None)
+        and (not skaffold or build.cached_skaffold() is not None)
     ):
         return
     progress = terminal_progress(session.config)
@@ -105,6 +109,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             build.ensure_monitoring(progress=progress)
         if metrics:
             build.ensure_metrics(progress=progress)
+        if skaffold:
+            build.ensure_skaffold(progress=progress)
     except ClusterError as exc:
         session.config.stash[_NODE_BUILD_ERROR] = str(exc)
 
@@ -138,6 +144,8 @@ def monitoring_binaries(request: pytest.FixtureRequest) -> MonitoringBinaries:
 @pytest.fixture(scope="session")
 def metrics_binaries(request: pytest.FixtureRequest) -> MetricsBinaries:
     return _built(request.config, "metrics-server", build.ensure_metrics)
+def skaffold_binaries(request: pytest.FixtureRequest) -> SkaffoldBinaries:
+    return _built(request.config, "skaffold", build.ensure_skaffold)
 
 
 @pytest.fixture(scope="session")

@@ -41,14 +41,22 @@ def apply(cluster: NodeCluster, manifest: Mapping[str, Any]) -> None:
     )
 
 
-def pod_manifest(name: str, command: list[str], restart: str = "Never") -> dict[str, Any]:
+def pod_manifest(
+    name: str,
+    command: list[str],
+    restart: str = "Never",
+    *,
+    image: str = str(BUSYBOX_IMAGE),
+    namespace: str | None = None,
+) -> dict[str, Any]:
+    metadata = {"name": name} | ({"namespace": namespace} if namespace else {})
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name},
+        "metadata": metadata,
         "spec": {
             "restartPolicy": restart,
-            "containers": [{"name": "main", "image": str(BUSYBOX_IMAGE), "command": command}],
+            "containers": [{"name": "main", "image": image, "command": command}],
         },
     }
 
