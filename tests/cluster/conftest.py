@@ -144,6 +144,9 @@ def monitoring_binaries(request: pytest.FixtureRequest) -> MonitoringBinaries:
 @pytest.fixture(scope="session")
 def metrics_binaries(request: pytest.FixtureRequest) -> MetricsBinaries:
     return _built(request.config, "metrics-server", build.ensure_metrics)
+
+
+@pytest.fixture(scope="session")
 def skaffold_binaries(request: pytest.FixtureRequest) -> SkaffoldBinaries:
     return _built(request.config, "skaffold", build.ensure_skaffold)
 
