@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster import conversations, hpa
+from tests.cluster import conversations, hpa, load
 from tests.cluster.build import MetricsBinaries
 from tests.cluster.image import ImageRef
 from tests.cluster.metrics_server import (
@@ -38,15 +38,6 @@ from tests.cluster.pods import WAIT_S, apply, kubectl, run_pod, wait_for_success
 from tests.cluster.release import Installed, Release, installed_release, ready
 
 # The users' day's load (32 conversations, the issue's "30+") and its checks.
-from tests.cluster.test_users_day import (
-    CONVERSATIONS,
-    MAX_TURNS,
-    STOP_FILE,
-    _assert_clean,
-    _client_pod,
-    _summary,
-    _wait_for_line,
-)
 
 pytestmark = pytest.mark.node
 log = logging.getLogger(__name__)
@@ -257,8 +248,11 @@ def test_the_hpa_scales_the_service_up_under_load_and_back_down(
     top_idle = kubectl(cluster, "top", "pods", "-n", namespace, "-l", _selector())
 
     label = uuid.uuid4().hex[:8]
-    apply(cluster, _client_pod(release, "load", label, CONVERSATIONS, MAX_TURNS, THINK_S))
-    _wait_for_line(cluster, namespace, "load", conversations.STARTED)
+    apply(
+        cluster,
+        load.client_pod(release, "load", label, load.CONVERSATIONS, load.MAX_TURNS, THINK_S),
+    )
+    load.wait_for_line(cluster, namespace, "load", conversations.STARTED)
     started = time.monotonic()
     try:
         # The HPA asks for more replicas, and they come up Ready while the load runs.
@@ -275,14 +269,16 @@ def test_the_hpa_scales_the_service_up_under_load_and_back_down(
         # the pod they opened them to: kube-proxy balances connections, not requests. Users
         # who connect after the rise are spread over every replica, the new ones included.
         before = _served(release)
-        late = _client_pod(release, "late", uuid.uuid4().hex[:8], LATE_USERS, LATE_TURNS, THINK_S)
-        late_summary = _summary(run_pod(cluster, late))
+        late = load.client_pod(
+            release, "late", uuid.uuid4().hex[:8], LATE_USERS, LATE_TURNS, THINK_S
+        )
+        late_summary = load.summary_of(run_pod(cluster, late))
         served_late = {pod: n - before.get(pod, 0) for pod, n in _served(release).items()}
         top_loaded = kubectl(cluster, "top", "pods", "-n", namespace, "-l", _selector())
     finally:
         kubectl(cluster, "exec", "-n", namespace, "load", "--",
-                "python", "-c", f"open({STOP_FILE!r}, 'w').close()", check=False)  # fmt: skip
-    summary = _summary(wait_for_success(cluster, namespace, "load", wait_s=3 * WAIT_S))
+                "python", "-c", f"open({load.STOP_FILE!r}, 'w').close()", check=False)  # fmt: skip
+    summary = load.summary_of(wait_for_success(cluster, namespace, "load", wait_s=3 * WAIT_S))
     stopped = time.monotonic()
 
     # Back to the minimum once the load is gone: the downscale window, then the drain.
@@ -311,9 +307,9 @@ def test_the_hpa_scales_the_service_up_under_load_and_back_down(
     record_property("hpa", figures)
     log.info("hpa figures: %s\nidle:\n%s\nloaded:\n%s", figures, top_idle, top_loaded)
     assert summary["stopped_by_file"], "a conversation hit the turn limit before the stop"
-    _assert_clean(summary)
-    assert summary["conversations"] == CONVERSATIONS
-    _assert_clean(late_summary)
+    load.assert_clean(summary)
+    assert summary["conversations"] == load.CONVERSATIONS
+    load.assert_clean(late_summary)
     assert len(served_late) == figures["replicas_reached"], served_late
     assert all(served_late.values()), (
         f"a replica answered nothing while the late users ran: {served_late}"

@@ -23,13 +23,12 @@ from typing import Any
 import pytest
 from langgraph_sdk import get_sync_client
 
-from tests.cluster import devpostgres
+from tests.cluster import devpostgres, load
 from tests.cluster.image import ImageRef
 from tests.cluster.node import NodeCluster
 from tests.cluster.pods import WAIT, apply, create_namespace, kubectl, run_pod
 from tests.cluster.release import RETENTION_CRD, Release, ready
 from tests.cluster.test_app_image import MIGRATED_TABLES
-from tests.cluster.test_users_day import _assert_clean, _client_pod, _summary
 
 pytestmark = pytest.mark.node
 log = logging.getLogger(__name__)
@@ -135,9 +134,11 @@ def test_a_conversation_through_the_service_outlives_a_postgres_restart(
     dev_install: DevInstall, kube_node: NodeCluster, port_forward: Callable[..., str]
 ) -> None:
     release = dev_install.release
-    pod = _client_pod(release, "dev-traffic", uuid.uuid4().hex[:8], count=2, turns=TURNS, think=0)
-    summary = _summary(run_pod(kube_node, pod))
-    _assert_clean(summary)
+    pod = load.client_pod(
+        release, "dev-traffic", uuid.uuid4().hex[:8], count=2, turns=TURNS, think=0
+    )
+    summary = load.summary_of(run_pod(kube_node, pod))
+    load.assert_clean(summary)
     assert summary["turns"] == 2 * TURNS
     stored = int(_psql(kube_node, release.namespace, "SELECT count(*) FROM runs"))
     assert stored == 2 * TURNS

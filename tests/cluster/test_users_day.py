@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,7 +30,7 @@ from kubernetes import watch
 from langgraph_sdk import get_sync_client
 from psycopg import conninfo
 
-from tests.cluster import conversations
+from tests.cluster import conversations, load
 from tests.cluster.image import ImageRef
 from tests.cluster.node import NodeCluster
 from tests.cluster.pgbridge import BridgePostgres
@@ -51,14 +50,6 @@ log = logging.getLogger(__name__)
 
 RELEASE = "day"
 SECRET = f"{RELEASE}-database"
-SERVICE_PORT = 8000
-STOP_FILE = "/tmp/stop"
-# The issue's load: 30+ conversations at once.
-CONVERSATIONS = 32
-# A user's pause between an answer and the next message.
-THINK_S = 1.0
-# Keeps every conversation's runs on one page of `runs.list`.
-MAX_TURNS = conversations.MAX_RUNS - 1
 SCALE_STEPS = (4, 1, 3)
 # The chart's default `service.preStopSleepSeconds`: a pod serves this long after deletion.
 PRE_STOP_S = yaml.safe_load((CHART / "values.yaml").read_text())["service"]["preStopSleepSeconds"]
@@ -70,47 +61,6 @@ def installed(
 ) -> Iterator[Installed]:
     with installed_release(kube_node, app_image, bridge_postgres, RELEASE) as done:
         yield done
-
-
-def _client_pod(
-    release: Release, name: str, label: str, count: int, turns: int, think: float
-) -> dict[str, Any]:
-    """A pod of the project's image running `conversations.py` against the Service."""
-    url = f"http://{release.fullname}.{release.namespace}.svc:{SERVICE_PORT}"
-    script = Path(conversations.__file__).read_text()
-    args = [url, str(count), STOP_FILE, label, str(turns), str(think)]
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": release.namespace},
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [
-                {
-                    "name": "client",
-                    "image": str(release.image),
-                    "command": ["python", "-c", script, *args],
-                }
-            ],
-        },
-    }
-
-
-def _summary(logs: str) -> dict[str, Any]:
-    summary: dict[str, Any] = json.loads(logs.strip().splitlines()[-1])
-    return summary
-
-
-def _assert_clean(summary: dict[str, Any]) -> None:
-    """Every turn answered right, and the database holds exactly what was said."""
-    assert summary["failures"] == []
-    assert summary["wrong"] == []
-    assert summary["turns"] == summary["sent"]
-    assert summary["lost"] == 0
-    assert summary["duplicated"] == 0
-    assert summary["out_of_order"] == 0
-    assert summary["runs"] == summary["turns"]
-    assert summary["runs_not_success"] == 0
 
 
 def _policy_status(release: Release, name: str) -> dict[str, Any]:
@@ -190,11 +140,11 @@ def test_the_notes_commands_work_as_written(
 
 def test_conversations_through_the_service_from_a_pod(installed: Installed) -> None:
     release = installed.release
-    pod = _client_pod(release, "traffic", uuid.uuid4().hex[:8], count=4, turns=3, think=0)
+    pod = load.client_pod(release, "traffic", uuid.uuid4().hex[:8], count=4, turns=3, think=0)
 
-    summary = _summary(run_pod(release.cluster, pod))
+    summary = load.summary_of(run_pod(release.cluster, pod))
 
-    _assert_clean(summary)
+    load.assert_clean(summary)
     assert summary["turns"] == 4 * 3
 
 
@@ -279,13 +229,6 @@ def _settle(release: Release, replicas: int) -> float:
         time.sleep(1)
 
 
-def _wait_for_line(cluster: NodeCluster, namespace: str, pod: str, line: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while line not in kubectl(cluster, "logs", "-n", namespace, pod, check=False):
-        assert time.monotonic() < deadline, f"pod {pod} never said {line!r}"
-        time.sleep(1)
-
-
 # Four rollouts, each ending pods that drain for up to their grace period.
 @pytest.mark.timeout(1200)
 def test_scale_and_roll_under_load_loses_nothing(
@@ -297,9 +240,11 @@ def test_scale_and_roll_under_load_loses_nothing(
     selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=service"
     watcher = TerminationWatch(cluster, namespace, selector)
     watcher.start()
-    client = _client_pod(release, "load", label, CONVERSATIONS, MAX_TURNS, THINK_S)
+    client = load.client_pod(
+        release, "load", label, load.CONVERSATIONS, load.MAX_TURNS, load.THINK_S
+    )
     apply(cluster, client)
-    _wait_for_line(cluster, namespace, "load", conversations.STARTED)
+    load.wait_for_line(cluster, namespace, "load", conversations.STARTED)
 
     steps: dict[str, float] = {}
     for replicas in SCALE_STEPS:
@@ -314,16 +259,16 @@ def test_scale_and_roll_under_load_loses_nothing(
     log.info("helm upgrade done after %.1fs", time.monotonic() - started)
     steps["helm upgrade (rolling)"] = round(time.monotonic() - started + _settle(release, 3), 1)
     kubectl(cluster, "exec", "-n", namespace, "load", "--",
-            "python", "-c", f"open({STOP_FILE!r}, 'w').close()")  # fmt: skip
-    summary = _summary(wait_for_success(cluster, namespace, "load", wait_s=3 * WAIT_S))
+            "python", "-c", f"open({load.STOP_FILE!r}, 'w').close()")  # fmt: skip
+    summary = load.summary_of(wait_for_success(cluster, namespace, "load", wait_s=3 * WAIT_S))
     ended = watcher.stop()
 
     record_property("load", {k: v for k, v in summary.items() if k != "thread_ids"})
     record_property("steps", steps)
     record_property("terminations", [t.__dict__ for t in ended])
     assert summary["stopped_by_file"], "a conversation hit the turn limit before the stop"
-    _assert_clean(summary)
-    assert summary["conversations"] == CONVERSATIONS
+    load.assert_clean(summary)
+    assert summary["conversations"] == load.CONVERSATIONS
     # 4 -> 1 ends three pods, the rollout the three of the old template.
     assert len(ended) >= 6, ended
     for termination in ended:
@@ -357,8 +302,8 @@ def test_a_retention_policy_applied_with_kubectl_prunes_for_real(
 ) -> None:
     """The chart's reaper pod (its ServiceAccount token, the chart's Role) prunes."""
     release = installed.release
-    pod = _client_pod(release, "history", uuid.uuid4().hex[:8], count=2, turns=4, think=0)
-    _assert_clean(_summary(run_pod(release.cluster, pod)))
+    pod = load.client_pod(release, "history", uuid.uuid4().hex[:8], count=2, turns=4, think=0)
+    load.assert_clean(load.summary_of(run_pod(release.cluster, pod)))
     before = _count(bridge_postgres, installed.database, "checkpoints")
     assert _scalar(bridge_postgres, installed.database, _MOST_CHECKPOINTS) > KEEP_LAST
 
@@ -412,7 +357,7 @@ def test_uninstall_keeps_data_and_crd_and_reinstall_picks_threads_up(
     release = installed.release
     first = f"remember {uuid.uuid4().hex}"
     sdk = get_sync_client(url=port_forward(release.namespace, f"service/{release.fullname}",
-                                           SERVICE_PORT))  # fmt: skip
+                                           load.SERVICE_PORT))  # fmt: skip
     thread = sdk.threads.create()
     message: Any = {"role": "user", "content": first}
     sdk.runs.wait(thread["thread_id"], "agent", input={"messages": [message]})
@@ -434,7 +379,7 @@ def test_uninstall_keeps_data_and_crd_and_reinstall_picks_threads_up(
     release.install()
 
     sdk = get_sync_client(url=port_forward(release.namespace, f"service/{release.fullname}",
-                                           SERVICE_PORT))  # fmt: skip
+                                           load.SERVICE_PORT))  # fmt: skip
     again: Any = {"role": "user", "content": "still there?"}
     state: Any = sdk.runs.wait(thread["thread_id"], "agent", input={"messages": [again]})
     reply = state["messages"][-1]["content"]

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
+from tests.support.processes import until_refused
 from threadkeeper.service.server import (
     GC_THRESHOLDS,
     IDLE_GRACE_SECONDS,
@@ -127,18 +128,6 @@ async def _get_kept_alive(port: int) -> tuple[asyncio.StreamReader, asyncio.Stre
     return reader, writer
 
 
-async def _until_refused(port: int) -> None:
-    """Until the server no longer accepts connections: its shutdown has begun."""
-    async with asyncio.timeout(10):
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except ConnectionRefusedError:
-                return
-            writer.close()
-            await asyncio.sleep(0.01)
-
-
 def test_the_idle_grace_outlasts_client_expiry_and_fits_the_budget() -> None:
     assert httpx.Limits().keepalive_expiry < IDLE_GRACE_SECONDS  # type: ignore[operator]
     assert idle_grace(25) == IDLE_GRACE_SECONDS
@@ -153,7 +142,7 @@ async def test_a_request_on_an_idle_connection_after_the_signal_is_answered() ->
         port = _port(server)
         reader, writer = await _get_kept_alive(port)
         server.should_exit = True  # what SIGTERM does (handle_exit would re-raise it here)
-        await _until_refused(port)
+        await until_refused(port)
         writer.write(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200")

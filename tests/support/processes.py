@@ -6,6 +6,7 @@ and every fixture stops what it started in a ``finally``.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import signal
@@ -75,6 +76,19 @@ def wait_ready(
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{name} not ready after {timeout}s:\n{logs()[-4000:]}")
+
+
+async def until_refused(port: int) -> None:
+    """Until nothing accepts connections on ``port`` of loopback: a server stopped listening
+    (uvicorn does that first when it shuts down)."""
+    async with asyncio.timeout(READY_TIMEOUT):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except ConnectionRefusedError:
+                return
+            writer.close()
+            await asyncio.sleep(0.01)
 
 
 class ServiceProcess:

@@ -21,7 +21,7 @@ from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
 from tests.support.balancer import front as balanced
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, until_refused
 from threadkeeper.service.settings import CUT_MARGIN_SECONDS, DEFAULT_SHUTDOWN_SECONDS
 
 pytestmark = pytest.mark.slow
@@ -171,18 +171,6 @@ async def test_a_replica_that_must_exit_first_cuts_its_calls_and_they_resume_els
     assert a.logs().count('"response_cut"') == 2  # the wait and the stream
 
 
-async def _until_refused(port: int) -> None:
-    """Until the replica no longer accepts connections: its shutdown has begun."""
-    async with asyncio.timeout(CALLS_TIMEOUT):
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except ConnectionRefusedError:
-                return
-            writer.close()
-            await asyncio.sleep(0.01)
-
-
 async def test_a_request_on_a_kept_alive_connection_across_sigterm_is_answered(
     replicas: Replicas,
 ) -> None:
@@ -198,7 +186,7 @@ async def test_a_request_on_a_kept_alive_connection_across_sigterm_is_answered(
         assert created.status_code == 200, created.text
         assert created.headers.get("connection", "keep-alive") != "close"
         a.proc.send_signal(signal.SIGTERM)
-        await _until_refused(a.port)
+        await until_refused(a.port)
         # Only the kept-alive connection can carry it: the replica accepts no new one.
         read = await http.get(f"/threads/{created.json()['thread_id']}")
         assert read.status_code == 200, read.text
