@@ -27,20 +27,36 @@ MAX_TURNS = conversations.MAX_RUNS - 1
 def client_pod(
     release: Release, name: str, label: str, count: int, turns: int, think: float
 ) -> dict[str, Any]:
-    """A pod of the project's image running `conversations.py` against the Service."""
+    """A pod of the release's image running `conversations.py` against its Service."""
     url = f"http://{release.fullname}.{release.namespace}.svc:{SERVICE_PORT}"
+    return conversation_pod(
+        url, release.namespace, str(release.image), name, label, count, turns, think
+    )
+
+
+def conversation_pod(
+    url: str,
+    namespace: str,
+    image: str,
+    name: str,
+    label: str,
+    count: int,
+    turns: int,
+    think: float,
+) -> dict[str, Any]:
+    """A pod of `image` running `conversations.py` against the service at `url`."""
     script = Path(conversations.__file__).read_text()
     args = [url, str(count), STOP_FILE, label, str(turns), str(think)]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": release.namespace},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "restartPolicy": "Never",
             "containers": [
                 {
                     "name": "client",
-                    "image": str(release.image),
+                    "image": image,
                     "command": ["python", "-c", script, *args],
                 }
             ],

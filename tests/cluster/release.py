@@ -49,17 +49,7 @@ class Release:
         return f"{self.fullname}-reaper"
 
     def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(self.cluster.binaries.helm), *args, "-n", self.namespace],
-            env=self.cluster.env(),
-            capture_output=True,
-            text=True,
-            timeout=_HELM_PROCESS_S,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-        return result
+        return helm(self.cluster, self.namespace, *args, check=check)
 
     def _values(self, sets: tuple[str, ...]) -> list[str]:
         values = [
@@ -99,6 +89,23 @@ class Release:
                          f"involvedObject.kind={kind},involvedObject.name={name}",
                          "-o", "json")  # fmt: skip
         return [event["reason"] for event in json.loads(listed)["items"]]
+
+
+def helm(
+    cluster: NodeCluster, namespace: str, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """The cached helm on `cluster` in `namespace`; a failure raises unless `check` is off."""
+    result = subprocess.run(
+        [str(cluster.binaries.helm), *args, "-n", namespace],
+        env=cluster.env(),
+        capture_output=True,
+        text=True,
+        timeout=_HELM_PROCESS_S,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result
 
 
 def database_secret(cluster: NodeCluster, namespace: str, name: str, url: str) -> None:

@@ -28,7 +28,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.cluster import appimage, conversations, rootfs
+from tests.cluster import appimage, load, rootfs
 from tests.cluster.appimage import PROJECT_ROOT
 from tests.cluster.build import (
     ImageToolBinaries,
@@ -38,8 +38,8 @@ from tests.cluster.build import (
 )
 from tests.cluster.node import NodeCluster
 from tests.cluster.pgbridge import BridgePostgres, fresh_database_name
-from tests.cluster.pods import create_namespace, kubectl, pod_manifest, run_pod
-from tests.cluster.release import RETENTION_CRD, database_secret, ready
+from tests.cluster.pods import create_namespace, kubectl, run_pod
+from tests.cluster.release import RETENTION_CRD, database_secret, helm, ready
 
 pytestmark = pytest.mark.node
 
@@ -53,7 +53,6 @@ ARTIFACT = SKAFFOLD_CONFIG["build"]["artifacts"][0]["image"]
 SECRET = yaml.safe_load((PROJECT_ROOT / _HELM_RELEASE["valuesFiles"][0]).read_text())["database"][
     "existingSecret"
 ]
-SERVICE_PORT = 8000
 # A cold BuildKit build of the image and a helm install with its hook, on 2 shared cores.
 SKAFFOLD_RUN_S = 1200
 # A run that stops in the build, or `skaffold delete`.
@@ -138,8 +137,7 @@ def skaffold_namespace(kube_node: NodeCluster, bridge_postgres: BridgePostgres) 
     try:
         yield namespace
     finally:
-        helm = [str(kube_node.binaries.helm), "uninstall", RELEASE, "-n", namespace, "--wait"]
-        subprocess.run(helm, env=kube_node.env(), capture_output=True, timeout=300, check=False)
+        helm(kube_node, namespace, "uninstall", RELEASE, "--wait", check=False)
         if not crd_before:
             kubectl(kube_node, "delete", "crd", RETENTION_CRD, "--ignore-not-found", check=False)
         kubectl(kube_node, "delete", "namespace", namespace, "--wait=false", check=False)
@@ -176,11 +174,9 @@ def _pods(cluster: NodeCluster, namespace: str) -> list[dict[str, Any]]:
 
 def _conversation_pod(namespace: str, image: str) -> dict[str, Any]:
     """One conversation of two turns through the release's Service (`conversations.py`)."""
-    url = f"http://{RELEASE}.{namespace}.svc:{SERVICE_PORT}"
-    script = Path(conversations.__file__).read_text()
-    args = [url, "1", "/tmp/stop", f"skaffold-{uuid.uuid4().hex[:6]}", "2", "0"]
-    command = ["python", "-c", script, *args]
-    return pod_manifest("client", command, image=image, namespace=namespace)
+    url = f"http://{RELEASE}.{namespace}.svc:{load.SERVICE_PORT}"
+    label = f"skaffold-{uuid.uuid4().hex[:6]}"
+    return load.conversation_pod(url, namespace, image, "client", label, 1, 2, 0)
 
 
 def _pushed(cluster: NodeCluster, name: str) -> dict[str, str]:
@@ -194,28 +190,13 @@ def _pushed(cluster: NodeCluster, name: str) -> dict[str, str]:
 
 def _deployed_image(cluster: NodeCluster, namespace: str) -> dict[str, Any]:
     """The `image` values skaffold's helm deployer set on the release."""
-    got = subprocess.run(
-        [str(cluster.binaries.helm), "get", "values", RELEASE, "-n", namespace, "-o", "json"],
-        env=cluster.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    got = helm(cluster, namespace, "get", "values", RELEASE, "-o", "json")
     image: dict[str, Any] = json.loads(got.stdout)["image"]
     return image
 
 
 def _helm_releases(cluster: NodeCluster, namespace: str) -> list[str]:
-    listed = subprocess.run(
-        [str(cluster.binaries.helm), "list", "-n", namespace, "-a", "-q"],
-        env=cluster.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return listed.stdout.split()
+    return helm(cluster, namespace, "list", "-a", "-q").stdout.split()
 
 
 def test_skaffold_run_builds_with_buildkit_deploys_and_the_release_serves(
@@ -262,7 +243,7 @@ def test_skaffold_run_builds_with_buildkit_deploys_and_the_release_serves(
     assert image_ids == {f"{name}@{digest}"}
 
     logs = run_pod(kube_node, _conversation_pod(skaffold_namespace, f"{name}@{digest}"))
-    summary = json.loads(logs.strip().splitlines()[-1])
+    summary = load.summary_of(logs)
     assert summary["failures"] == []
     assert summary["wrong"] == []
     assert summary["turns"] == summary["sent"] == summary["runs"] == 2
