@@ -127,11 +127,12 @@ class DrainingServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         budget = float(self.config.timeout_graceful_shutdown or DEFAULT_SHUTDOWN_SECONDS)
-        started = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         for server in self.servers:
             server.close()
         await self._outlive_idle_clients(idle_grace(budget))
-        spent = asyncio.get_running_loop().time() - started
+        spent = loop.time() - started
         # uvicorn counts its budget from its own start: what the grace took is deducted, so the
         # replica still exits within THREADKEEPER_SHUTDOWN_SECONDS of the signal.
         self.config.timeout_graceful_shutdown = max(1, math.ceil(budget - spent))
@@ -146,8 +147,9 @@ class DrainingServer(uvicorn.Server):
                 connection.shutdown()
         idle = sum(1 for connection in connections if _idle(connection))
         log.info("closing_connections", idle=idle, busy=len(connections) - idle, grace=grace)
-        deadline = asyncio.get_running_loop().time() + grace
-        while not self.force_exit and asyncio.get_running_loop().time() < deadline:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while not self.force_exit and loop.time() < deadline:
             if not any(_idle(connection) for connection in connections):
                 return
             await asyncio.sleep(POLL_SECONDS)
