@@ -13,6 +13,7 @@ from uuid import UUID
 import orjson
 from langgraph.types import Interrupt, StateSnapshot
 from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 from starlette.responses import JSONResponse
 
 if TYPE_CHECKING:
@@ -28,13 +29,39 @@ def jsonable(value: Any) -> Any:
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [jsonable(v) for v in value]
+    if isinstance(value, BaseModel):
+        return jsonable(_model_data(value))
     return jsonable(_plain(value))
 
 
-def _plain(value: Any) -> Any:
-    """One step toward JSON for a value it has no type for; orjson's ``default`` hook too."""
-    if isinstance(value, BaseModel):
+# A model (a LangChain message, mostly) is written by its own pydantic serializer in JSON mode,
+# the same in ``dumps`` and in ``jsonable``: in Rust, it takes half the time of ``model_dump``
+# followed by orjson, which counts in a long conversation, whose whole message list each
+# waited run answers with. What that serializer refuses (bytes that are not UTF-8) goes the
+# generic way.
+def _model_json(value: BaseModel) -> orjson.Fragment | Any:
+    try:
+        return orjson.Fragment(value.__pydantic_serializer__.to_json(value, fallback=_plain))
+    except PydanticSerializationError:
         return value.model_dump()
+
+
+def _model_data(value: BaseModel) -> Any:
+    try:
+        return value.model_dump(mode="json", fallback=_plain)
+    except (PydanticSerializationError, UnicodeDecodeError):
+        return value.model_dump()
+
+
+def _default(value: Any) -> Any:
+    """orjson's ``default`` hook: a model as its own JSON, anything else as ``_plain``."""
+    if isinstance(value, BaseModel):
+        return _model_json(value)
+    return _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    """One step toward JSON for a value it has no type for (pydantic's ``fallback`` too)."""
     if isinstance(value, Interrupt):
         return {"value": value.value, "id": value.id}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -57,7 +84,7 @@ def dumps(value: Any) -> bytes:
     try:
         # Dataclasses pass through to _plain: an Interrupt shows its value and id only.
         options = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
-        return orjson.dumps(value, default=_plain, option=options)
+        return orjson.dumps(value, default=_default, option=options)
     except orjson.JSONEncodeError:
         # What orjson refuses (integers beyond 64 bits, keys it cannot name, deep nesting).
         return json.dumps(jsonable(value), ensure_ascii=False, separators=(",", ":")).encode()

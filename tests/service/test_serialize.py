@@ -41,6 +41,9 @@ VALUES: list[Any] = [
     {1: "int key", "nested": {"deep": [None, True, 1.5, -3]}, "opaque": Opaque()},
     {"big": 2**70, "small": 1},
     {(1, 2): "a key orjson cannot name"},
+    # What a message may carry in its free-form fields, and bytes its serializer refuses.
+    [AIMessage("t", additional_kwargs={"at": datetime(2026, 1, 2, tzinfo=UTC), "o": Opaque()})],
+    [AIMessage("t", additional_kwargs={"raw": b"\xff", "id": UUID(int=7), 3: Point(2, "b")})],
 ]
 
 
