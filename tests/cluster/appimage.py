@@ -23,7 +23,8 @@ The cache key hashes the Dockerfile, the `.dockerignore` and every file it admit
 the context (`dockerignore.py`), the base image's manifest digest, the uv binaries and
 the BuildKit version: any other change in the tree reuses the cached image.
 BuildKit's own state (layer cache, `uv`'s cache mount) lives in `<cache>/buildkit`, so a
-rebuild after a code change reuses the dependency layer.
+rebuild after a code change reuses the dependency layer; each build ends by pruning it to
+`KEEP_STORAGE_MB`, least recently used first.
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ _RECIPE = "1"
 _KEEP_ARCHIVES = 3
 _READY_SECONDS = 30.0
 _BUILD_SECONDS = 1800.0
+# What of BuildKit's state is kept after a build, least recently used out first: more than one
+# build of the image takes (about 1.2 GB), so the next build still finds its dependency layer.
+# buildkitd collects its own garbage only a minute after a build, and here it lives for the
+# build alone: without a prune its state grew by every build's new layers (22 GB in a day).
+KEEP_STORAGE_MB = 3000
+_PRUNE_SECONDS = 120.0
 _PYTHON_ARG = re.compile(r"^ARG\s+PYTHON_IMAGE=(\S+)\s*$", re.M)
 _UV_FROM = re.compile(r"^FROM\s+(\S*/uv:(\S+))\s+AS\s+uv\s*$", re.M | re.I)
 
@@ -252,10 +259,15 @@ def _host_left_as_found() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _buildkitd(
-    tools: ImageToolBinaries, runc: Path, work: Path, progress: Progress
+    tools: ImageToolBinaries,
+    runc: Path,
+    work: Path,
+    progress: Progress,
+    root: Path,
+    keep_storage_mb: int,
 ) -> Iterator[Path]:
-    """A running buildkitd whose state is `_buildkit_root()`; yields its socket."""
-    root = _buildkit_root()
+    """A running buildkitd whose state is `root`, pruned to `keep_storage_mb` before it stops;
+    yields its socket."""
     socket = work / "buildkitd.sock"
     config = work / "buildkitd.toml"
     # An empty configuration: never the host's /etc/buildkit/buildkitd.toml.
@@ -274,6 +286,7 @@ def _buildkitd(
         f"--otel-socket-path={work / 'otel-grpc.sock'}",
     ]
     proc = spawn(args, log)
+    ready = False
     try:
         deadline = time.monotonic() + _READY_SECONDS
         while not _buildkitd_ready(tools, socket):
@@ -281,14 +294,32 @@ def _buildkitd(
                 raise ClusterError(f"buildkitd did not start; last lines of its log:\n{_tail(log)}")
             time.sleep(0.2)
         progress("buildkitd is up")
+        ready = True
         yield socket
     finally:
+        if ready and alive(proc.pid):
+            _prune(tools, socket, keep_storage_mb, progress)
         if alive(proc.pid):
             stop_group(proc.pid)
         with contextlib.suppress(ChildProcessError):
             proc.wait(timeout=1)
         # A buildkitd killed mid-build leaves its overlay mounts behind.
         host.unmount_under([root])
+
+
+def _prune(
+    tools: ImageToolBinaries, socket: Path, keep_storage_mb: int, progress: Progress
+) -> None:
+    """Cut BuildKit's state down to `keep_storage_mb`; a failure is reported, not raised (the
+    build's own outcome is what counts)."""
+    prune = _buildctl(tools, socket, "prune", f"--keep-storage={keep_storage_mb}")
+    try:
+        result = subprocess.run(prune, capture_output=True, timeout=_PRUNE_SECONDS, check=False)
+    except subprocess.TimeoutExpired:
+        progress(f"buildctl prune did not finish in {_PRUNE_SECONDS:.0f} s")
+        return
+    if result.returncode != 0:
+        progress(f"buildctl prune failed: {result.stderr.decode(errors='replace').strip()[-300:]}")
 
 
 def _buildkitd_ready(tools: ImageToolBinaries, socket: Path) -> bool:
@@ -300,13 +331,24 @@ def _buildkitd_ready(tools: ImageToolBinaries, socket: Path) -> bool:
 
 @contextlib.contextmanager
 def running_buildkitd(
-    tools: ImageToolBinaries, node: NodeBinaries, work: Path, progress: Progress
+    tools: ImageToolBinaries,
+    node: NodeBinaries,
+    work: Path,
+    progress: Progress,
+    *,
+    root: Path | None = None,
+    keep_storage_mb: int = KEEP_STORAGE_MB,
 ) -> Iterator[Path]:
-    """buildkitd for the length of the block, its state the cache's; yields its socket.
+    """buildkitd for the length of the block, its state the cache's (or `root`); yields its
+    socket. Its state is pruned to `keep_storage_mb` when the block ends.
 
     The caller holds `buildkit_lock()`. The host is left as found, also on failure.
     """
-    with _host_left_as_found(), _buildkitd(tools, node["runc"], work, progress) as socket:
+    state = _buildkit_root() if root is None else root
+    with (
+        _host_left_as_found(),
+        _buildkitd(tools, node["runc"], work, progress, state, keep_storage_mb) as socket,
+    ):
         yield socket
 
 

@@ -9,6 +9,7 @@ Run with `pytest -m node tests/cluster` (root).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -23,7 +24,7 @@ from langgraph_sdk import get_sync_client
 
 from tests.cluster import appimage, rootfs
 from tests.cluster.appimage import PROJECT_ROOT
-from tests.cluster.build import ImageToolBinaries, NodeBinaries
+from tests.cluster.build import ImageToolBinaries, NodeBinaries, locked
 from tests.cluster.dockerignore import IGNORE_FILE, admitted_files
 from tests.cluster.image import ImageRef
 from tests.cluster.node import NodeCluster
@@ -338,3 +339,55 @@ def test_a_changed_tree_is_rebuilt_and_the_build_leaves_the_host_as_found(
         assert _host_traces() == before
     finally:
         built.archive.unlink(missing_ok=True)
+
+
+# A layer well above the test's bound, random so that no earlier build's layer can be it.
+BLOB_BYTES = 48 << 20
+TEST_KEEP_MB = 8
+
+
+def _tree_bytes(root: Path) -> int:
+    """What the files under `root` take, each inode once (overlay snapshots hard-link)."""
+    seen: set[int] = set()
+    total = 0
+    for directory, _, names in os.walk(root):
+        for name in names:
+            stat = os.lstat(os.path.join(directory, name))
+            if stat.st_ino not in seen:
+                seen.add(stat.st_ino)
+                total += stat.st_blocks * 512
+    return total
+
+
+def test_buildkits_state_is_pruned_to_its_bound_when_a_build_ends(
+    image_tools: ImageToolBinaries, node_binaries: NodeBinaries, tmp_path: Path
+) -> None:
+    """buildkitd collects its garbage a minute after a build, and here it lives for the build
+    alone: `running_buildkitd` prunes its state before stopping it, so the layers of earlier
+    builds do not pile up on a runner that keeps the cache. A state of its own, so the
+    cache's layers stay."""
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "blob").write_bytes(os.urandom(BLOB_BYTES))
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY blob /blob\n")
+    state = tmp_path / "state"
+    work = tmp_path / "work"
+    work.mkdir()
+    build = [
+        "build", "--frontend=dockerfile.v0",
+        "--local", f"context={context}", "--local", f"dockerfile={context}",
+    ]  # fmt: skip
+    with (
+        locked(appimage.buildkit_lock(), lambda _: None),
+        appimage.running_buildkitd(
+            image_tools, node_binaries, work, lambda _: None,
+            root=state, keep_storage_mb=TEST_KEEP_MB,
+        ) as socket,
+    ):  # fmt: skip
+        buildctl = [str(image_tools["buildctl"]), "--addr", f"unix://{socket}"]
+        subprocess.run([*buildctl, *build], capture_output=True, check=True, timeout=300)
+        held = _tree_bytes(state)
+    pruned = _tree_bytes(state)
+
+    assert held >= BLOB_BYTES
+    assert pruned <= TEST_KEEP_MB << 20, f"{pruned} bytes left of {held}"
