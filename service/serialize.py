@@ -39,7 +39,7 @@ def jsonable(value: Any) -> Any:
 # followed by orjson, which counts in a long conversation, whose whole message list each
 # waited run answers with. What that serializer refuses (bytes that are not UTF-8) goes the
 # generic way.
-def _model_json(value: BaseModel) -> orjson.Fragment | Any:
+def _model_json(value: BaseModel) -> Any:
     try:
         return orjson.Fragment(value.__pydantic_serializer__.to_json(value, fallback=_plain))
     except PydanticSerializationError:
