@@ -86,11 +86,11 @@ _METRICS_MODULES = ("metrics-server",)
 _SKAFFOLD_RECIPE = "1"
 _SKAFFOLD_MODULES = ("skaffold",)
 # Measured on the 2-core reference machine (see README.md); only used in messages.
-COLD_BUILD_HINT = "13-16 minutes on 2 cores, 4.5 GB of Go caches"
-NODE_COLD_BUILD_HINT = "10-25 minutes on 2 cores, up to 7 GB of Go caches"
-IMAGE_TOOL_COLD_BUILD_HINT = "5-10 minutes on 2 cores"
-MONITORING_COLD_BUILD_HINT = "6-12 minutes on 2 cores"
-METRICS_COLD_BUILD_HINT = "about 8 minutes on 2 cores"
+COLD_BUILD_HINT = "5-16 minutes on 2 cores, 4.5 GB of Go caches"
+NODE_COLD_BUILD_HINT = "5-25 minutes on 2 cores, up to 7 GB of Go caches"
+IMAGE_TOOL_COLD_BUILD_HINT = "2-10 minutes on 2 cores"
+MONITORING_COLD_BUILD_HINT = "5-12 minutes on 2 cores"
+METRICS_COLD_BUILD_HINT = "3-8 minutes on 2 cores"
 SKAFFOLD_COLD_BUILD_HINT = "5-10 minutes on 2 cores, 1.8 GB of memory"
 
 Progress = Callable[[str], None]
