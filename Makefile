@@ -3,6 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
 PYTEST_ARGS ?=
+# The default suite's pytest-xdist workers (tests/conftest.py keeps the `serial` tests on one, and
+# the browser tests on one).
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadgroup
 # The node tier's binary sets (tests/cluster/README.md), and where `make test` logs their build.
 NODE_SETS := --node --images --monitoring --metrics --skaffold
 NODE_BUILD_LOG := $(or $(TMPDIR),/tmp)/threadkeeper-node-build.log
@@ -70,14 +74,14 @@ test: sync js ui-deps cluster-build
 	bash deploy/tools/ensure-tools.sh
 	bash tests/browser/ensure-chromium.sh
 ifeq ($(NODE_TIER),)
-	$(UV) run pytest $(PYTEST_ARGS)
+	$(UV) run pytest $(XDIST) $(PYTEST_ARGS)
 	@echo "make test: skipped the node tier (it needs root): run \`make test-node\` as root"
 else
 	bash tests/cluster/ensure-host-packages.sh
 	setsid nice -n 19 $(UV) run --no-sync python -m tests.cluster build $(NODE_SETS) \
 		> $(NODE_BUILD_LOG) 2>&1 & builder=$$!; \
 	trap 'kill -- -$$builder 2>/dev/null' EXIT; \
-	$(UV) run pytest $(PYTEST_ARGS) || exit; \
+	$(UV) run pytest $(XDIST) $(PYTEST_ARGS) || exit; \
 	wait $$builder || { tail -n 40 $(NODE_BUILD_LOG); echo "make test: the node tier's build failed"; exit 1; }
 	$(MAKE) --no-print-directory test-node PYTEST_ARGS="$(PYTEST_ARGS)"
 endif
