@@ -3,8 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
 PYTEST_ARGS ?=
-# The default suite's pytest-xdist workers (tests/conftest.py keeps the `serial` tests on one, and
-# the browser tests on one).
+# The default suite's pytest-xdist workers; which tests share one: tests/support/workers.py.
 TEST_WORKERS ?= 2
 XDIST := -n $(TEST_WORKERS) --dist loadgroup
 # The node tier's binary sets (tests/cluster/README.md), and where `make test` logs their build.

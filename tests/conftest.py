@@ -6,6 +6,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -28,29 +29,12 @@ structlog.configure(
 )
 
 
-# `make test` runs the default suite on two pytest-xdist workers. Tests marked ``serial`` (they
-# stop or kill replicas or Postgres under load and time what follows) run on one worker, one
-# after another, as do the browser tests (one chat UI build and server for all of them).
-SERIAL_GROUP = "serial"
-BROWSER_GROUP = "browser"
-TESTS = Path(__file__).parent
+# `make test` spreads the default suite over pytest-xdist workers in groups (tests.support.workers).
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from tests.support import workers  # pytest-xdist is only imported where it runs
 
-
-def _group(item: pytest.Item) -> str | None:
-    if item.get_closest_marker("serial") is not None:
-        return SERIAL_GROUP
-    if item.path.is_relative_to(TESTS / "browser"):
-        return BROWSER_GROUP
-    return None
-
-
-# First: pytest-xdist reads the groups in its own hook, which would otherwise run before this one.
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        group = _group(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+    return workers.scheduler(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from tests.support.chaos import Client, Conversation, Fleet, Score, settled
 from tests.support.postgres import RestartableServer
 from tests.support.processes import ServiceProcess
 
-pytestmark = [pytest.mark.serial, pytest.mark.chaos, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
 
 CONVERSATIONS = 30
 TURNS = 8

@@ -12,7 +12,7 @@ import pytest
 from tests.support.postgres import RestartableServer
 from tests.support.processes import ServiceProcess
 
-pytestmark = [pytest.mark.serial, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def _talk(base: str, tid: str, text: str, timeout: float = 30) -> httpx.Response:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.processes import ServiceProcess
 
-pytestmark = [pytest.mark.serial, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 Replicas = Callable[..., ServiceProcess]
 

@@ -14,7 +14,7 @@ import pytest
 from tests.support.load import Conversation, Fleet, new_conversations, run_load
 from tests.support.processes import ServiceProcess
 
-pytestmark = [pytest.mark.serial, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 Replicas = Callable[..., ServiceProcess]
 Trio = tuple[ServiceProcess, ServiceProcess, ServiceProcess]

@@ -24,7 +24,7 @@ from tests.support.balancer import front as balanced
 from tests.support.processes import ServiceProcess, until_refused
 from threadkeeper.service.settings import CUT_MARGIN_SECONDS, DEFAULT_SHUTDOWN_SECONDS
 
-pytestmark = [pytest.mark.serial, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 Replicas = Callable[..., ServiceProcess]
 # The draining replica hands its runs back at once, and another one resumes them.
