@@ -6,7 +6,6 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import structlog
@@ -15,7 +14,11 @@ from tests.support import postgres
 from threadkeeper.service.db import Pool, make_pool
 from threadkeeper.service.settings import Settings
 
-pytest_plugins = ["tests.support.fixtures", "tests.cluster.pytest_plugin"]
+pytest_plugins = [
+    "tests.support.fixtures",
+    "tests.support.workers",
+    "tests.cluster.pytest_plugin",
+]
 
 # In-process tests log through structlog's default console renderer, which draws exceptions with
 # rich when it is installed (schemathesis brings it): every frame with its locals, tens of
@@ -27,14 +30,6 @@ structlog.configure(
         structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
     ]
 )
-
-
-# `make test` spreads the default suite over pytest-xdist workers in groups (tests.support.workers).
-@pytest.hookimpl(optionalhook=True, tryfirst=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    from tests.support import workers  # pytest-xdist is only imported where it runs
-
-    return workers.scheduler(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -384,8 +384,8 @@ def test_buildkits_state_is_pruned_to_its_bound_when_a_build_ends(
             root=state, keep_storage_mb=TEST_KEEP_MB,
         ) as socket,
     ):  # fmt: skip
-        buildctl = [str(image_tools["buildctl"]), "--addr", f"unix://{socket}"]
-        subprocess.run([*buildctl, *build], capture_output=True, check=True, timeout=300)
+        command = appimage._buildctl(image_tools, socket, *build)
+        subprocess.run(command, capture_output=True, check=True, timeout=300)
         held = _tree_bytes(state)
     pruned = _tree_bytes(state)
 

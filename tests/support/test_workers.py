@@ -21,14 +21,7 @@ def _record(name):
 
 {tests}
 """
-CONFTEST = """
-import pytest
-
-@pytest.hookimpl(optionalhook=True, tryfirst=True)
-def pytest_xdist_make_scheduler(config, log):
-    from tests.support import workers
-    return workers.scheduler(config, log)
-"""
+CONFTEST = 'pytest_plugins = ["tests.support.workers"]\n'
 
 
 def _module(tmp: Path, relative: str, prefix: str) -> None:

@@ -1,4 +1,5 @@
-"""How `make test` spreads the default suite over pytest-xdist workers (`--dist loadgroup`).
+"""How `make test` spreads the default suite over pytest-xdist workers (`--dist loadgroup`); a
+pytest plugin, loaded by the suite's `pytest_plugins`.
 
 Every test may go to any worker, except two groups, each run on one worker in collection
 order: the tests that stop or kill replicas or Postgres under load and time what follows
@@ -51,7 +52,8 @@ class GroupScheduling(LoadScopeScheduling):  # type: ignore[misc]  # untyped bas
         return group_of(nodeid)
 
 
-def scheduler(config: pytest.Config, log: Any) -> GroupScheduling | None:
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> GroupScheduling | None:
     """The scheduler for `--dist loadgroup`; None leaves other modes to pytest-xdist."""
     if config.getvalue("dist") != "loadgroup":
         return None

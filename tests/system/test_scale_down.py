@@ -30,6 +30,9 @@ Replicas = Callable[..., ServiceProcess]
 # The draining replica hands its runs back at once, and another one resumes them.
 DRAIN = {"THREADKEEPER_DRAIN_SECONDS": "0"}
 CALLS_TIMEOUT = 120
+# How long the runs of the first test last: the SIGTERM must reach the replica while all of them
+# still run, also when a loaded machine takes seconds to start the last one.
+RUN_SECONDS = 12
 
 
 async def _exit_time(replica: ServiceProcess) -> float:
@@ -98,7 +101,7 @@ async def test_a_draining_replica_answers_waits_streams_and_chats_with_the_runs_
     and answers each call with the real end state before it exits."""
     a = replicas("a", **DRAIN).start()
     b = replicas("b").start(migrate=False)
-    text = "please look up slowly 5"
+    text = f"please look up slowly {RUN_SECONDS}"
     with balanced([a.port, b.port]) as front:
         client = get_client(url=front.url)
         calls = [
@@ -114,9 +117,9 @@ async def test_a_draining_replica_answers_waits_streams_and_chats_with_the_runs_
             chatted = await chat
         assert len(replies) == 8
         for reply in replies:
-            assert "looked up slowly for 5s" in reply and "Turn 1." in reply
+            assert f"looked up slowly for {RUN_SECONDS}s" in reply and "Turn 1." in reply
         assert chatted.status_code == 200, chatted.text
-        assert "looked up slowly for 5s" in chatted.json()["reply"]
+        assert f"looked up slowly for {RUN_SECONDS}s" in chatted.json()["reply"]
         code = await asyncio.to_thread(a.terminate, 60)
     # uvicorn re-raises the signal after its graceful shutdown, hence -SIGTERM.
     assert code == -signal.SIGTERM
