@@ -9,10 +9,12 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import orjson
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.types import Interrupt
 
+from threadkeeper.service import serialize
 from threadkeeper.service.serialize import db_dumps, dumps, jsonable
 
 
@@ -44,6 +46,10 @@ VALUES: list[Any] = [
     # What a message may carry in its free-form fields, and bytes its serializer refuses.
     [AIMessage("t", additional_kwargs={"at": datetime(2026, 1, 2, tzinfo=UTC), "o": Opaque()})],
     [AIMessage("t", additional_kwargs={"raw": b"\xff", "id": UUID(int=7), 3: Point(2, "b")})],
+    # Lists of messages where answers hold them: a search's items, and deeper than it looks.
+    [{"values": {"messages": [HumanMessage("a", id="2"), AIMessage("b", id="3")]}, "n": 1}],
+    {"a": {"b": {"c": {"d": {"e": [HumanMessage("deep", id="4")]}}}}},
+    {"messages": [HumanMessage("h"), {"role": "user", "content": "a dict among models"}]},
 ]
 
 
@@ -58,3 +64,11 @@ def test_db_dumps_is_strict_and_keeps_big_integers() -> None:
     assert json.loads(db_dumps({"v": 4, "ids": {"2": 2**70}})) == {"v": 4, "ids": {"2": 2**70}}
     with pytest.raises(TypeError):
         db_dumps({"not json": Opaque()})
+
+
+def test_what_holds_no_list_of_models_is_encoded_as_it_is_not_copied() -> None:
+    plain = {"threads": [{"values": {"n": [1, 2]}, "id": "t"}], "deep": {"x": [{"y": 1}]}}
+    assert serialize._batched(plain) is plain
+    messages = [HumanMessage("h", id="1")]
+    batched = serialize._batched({"values": {"messages": messages}, "other": [{"k": 1}]})
+    assert isinstance(batched["values"]["messages"], orjson.Fragment)
