@@ -14,7 +14,9 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
@@ -48,13 +50,60 @@ def _call(name: str, args: dict[str, Any]) -> ToolCall:
     return ToolCall(name=name, args=args, id=f"call_{uuid.uuid4().hex[:12]}", type="tool_call")
 
 
+@dataclass(frozen=True)
+class Reading:
+    """What the model takes from the messages it is given, read in one pass."""
+
+    humans: int
+    first_human: HumanMessage | None
+    # Index of the latest human message; -1 when there is none.
+    last_human: int
+    system_texts: tuple[str, ...]
+
+
+class Kind(Enum):
+    HUMAN = "human"
+    SYSTEM = "system"
+    OTHER = "other"
+
+
+# A message's kind by its class: isinstance on LangChain's messages goes through ABCMeta, three
+# times the cost of this lookup, and a long conversation's list is read twice a turn.
+_KINDS: dict[type, Kind] = {}
+
+
+def _kind_of(cls: type) -> Kind:
+    kind = Kind.HUMAN if issubclass(cls, HumanMessage) else Kind.OTHER
+    if issubclass(cls, SystemMessage):
+        kind = Kind.SYSTEM
+    _KINDS[cls] = kind
+    return kind
+
+
+def read(messages: Sequence[BaseMessage]) -> Reading:
+    humans = 0
+    first: HumanMessage | None = None
+    last = -1
+    systems: list[str] = []
+    for i, message in enumerate(messages):
+        cls = type(message)
+        kind = _KINDS.get(cls) or _kind_of(cls)
+        if kind is Kind.HUMAN:
+            humans += 1
+            last = i
+            if first is None:
+                first = cast(HumanMessage, message)
+        elif kind is Kind.SYSTEM:
+            systems.append(message.text)
+    return Reading(humans, first, last, tuple(systems))
+
+
 def plan_tool_calls(messages: Sequence[BaseMessage], available: set[str]) -> list[ToolCall]:
     """Tool calls the latest user message asks for, unless they were already answered."""
-    humans = [i for i, m in enumerate(messages) if isinstance(m, HumanMessage)]
-    if not humans or not available:
+    if not available:
         return []
-    last = humans[-1]
-    if any(isinstance(m, ToolMessage) for m in messages[last + 1 :]):
+    last = read(messages).last_human
+    if last < 0 or any(isinstance(m, ToolMessage) for m in messages[last + 1 :]):
         return []
     text = messages[last].text
     calls: list[ToolCall] = []
@@ -74,20 +123,20 @@ def _quote(text: str) -> str:
 
 def compose_reply(messages: Sequence[BaseMessage]) -> str:
     """The reply text: turn number, the first user message, and any tool results."""
-    humans = [m for m in messages if isinstance(m, HumanMessage)]
-    if not humans:
+    reading = read(messages)
+    if reading.first_human is None:
         return "Hello! Say something and I will remember it."
-    last_index = max(i for i, m in enumerate(messages) if isinstance(m, HumanMessage))
-    results = [m.text for m in messages[last_index + 1 :] if isinstance(m, ToolMessage)]
+    latest = messages[reading.last_human]
+    results = [m.text for m in messages[reading.last_human + 1 :] if isinstance(m, ToolMessage)]
     parts = [
-        f"Turn {len(humans)}.",
-        f'You first said: "{_quote(humans[0].text)}".',
-        f'You just said: "{_quote(humans[-1].text)}".',
+        f"Turn {reading.humans}.",
+        f'You first said: "{_quote(reading.first_human.text)}".',
+        f'You just said: "{_quote(latest.text)}".',
     ]
     if results:
         parts.append("Tool results: " + "; ".join(results) + ".")
     # What the agent remembers from other threads (the store) comes as system messages.
-    parts.extend(m.text for m in messages if isinstance(m, SystemMessage))
+    parts.extend(reading.system_texts)
     return " ".join(parts)
 
 

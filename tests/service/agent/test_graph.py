@@ -8,7 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    HumanMessage,
+    HumanMessageChunk,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.store.memory import InMemoryStore
@@ -53,6 +59,20 @@ def test_reply_proves_memory() -> None:
     assert reply.startswith("Turn 2.")
     assert '"I am Ada"' in reply
     assert '"and you?"' in reply
+
+
+def test_reply_counts_subclassed_human_messages_and_repeats_system_ones() -> None:
+    history = [
+        SystemMessage("You remember: tea."),
+        HumanMessageChunk(content="first, as a chunk"),
+        AIMessage("hi"),
+        HumanMessage("second"),
+        ToolMessage("42", tool_call_id="c1"),
+    ]
+    reply = compose_reply(history)
+    assert reply.startswith('Turn 2. You first said: "first, as a chunk". You just said: "second".')
+    assert reply.endswith("Tool results: 42. You remember: tea.")
+    assert compose_reply([AIMessage("only me")]).startswith("Hello!")
 
 
 async def test_streams_token_by_token() -> None:
