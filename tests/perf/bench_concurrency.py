@@ -42,17 +42,12 @@ from __future__ import annotations
 
 import os
 import statistics
-import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
-
-from langgraph.checkpoint.memory import InMemorySaver
 
 from tests.perf import bench_write_path as write_path
 from tests.perf import clients, cpu, servers
 from tests.perf.harness import Bench, Row, alone, compare, interleave
-from threadkeeper.service.agent.graph import build_graph
-from threadkeeper.service.agent.offline import OfflineChatModel
 
 NAME = "3. 100 conversations, 200 ms model"
 LATENCY_MS = 200
@@ -80,15 +75,10 @@ def _over_http(
 
 def _in_memory(count: int, turns: int, meter: cpu.Meter) -> Callable[[int], Awaitable[float]]:
     """(b): wall seconds of the same conversations on the graph itself, ``InMemorySaver``."""
-    model = OfflineChatModel(latency_seconds=LATENCY_MS / 1000)
-    graph = build_graph(model).compile(checkpointer=InMemorySaver())
+    per_second = write_path.graph_alone(count, turns, meter, LATENCY_MS / 1000)
 
     async def measure(rep: int) -> float:
-        thread_ids = [str(uuid.uuid4()) for _ in range(count)]
-        meter.start()
-        per_second = await write_path.conversations(thread_ids, turns, lambda i, t: (graph, None))
-        meter.stop()
-        return count * turns / per_second
+        return count * turns / await per_second(rep)
 
     return measure
 

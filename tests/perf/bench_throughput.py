@@ -2,7 +2,10 @@
 
 Ours (``runs/wait``, with runs, leases, fenced writes and thread rows) against (a) the tutorial
 wiring (``/chat``), (c) ``langgraph dev`` (``runs/wait``, in memory) and (d) Aegra (``runs/wait``,
-on Postgres), driven by the same client, interleaved repetition by repetition.
+on Postgres), driven by the same client, interleaved repetition by repetition. Beside them, (b):
+the same conversations on the graph itself with ``InMemorySaver``, in this process, for its CPU a
+turn. The service's CPU a turn over (b)'s says what the service adds to the graph's own work on
+any host (issue 32's goal: 3.5 ms on its host, about 2x (b)).
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ from __future__ import annotations
 import os
 from contextlib import ExitStack
 
+from tests.perf import bench_write_path as write_path
 from tests.perf import clients, cpu, servers
 from tests.perf.harness import Bench, Row, compare, interleave
 
 NAME = "1. turn throughput, HTTP, 1 replica"
+ALONE = "(b) the graph alone, InMemorySaver, in-process"
 
 
 async def run(bench: Bench) -> list[Row]:
@@ -37,7 +42,7 @@ async def run(bench: Bench) -> list[Row]:
         aegra = servers.start_aegra(stack, bench, NAME, smoke=True)
         if aegra is not None:
             processes["aegra"] = (clients.AgentServer(aegra.url), aegra.pid)
-        spent: dict[str, list[cpu.Snapshot]] = {name: [] for name in processes}
+        spent: dict[str, list[cpu.Snapshot]] = {name: [] for name in [*processes, ALONE]}
         contenders = {
             name: clients.throughput(
                 server, count, turns,
@@ -45,6 +50,10 @@ async def run(bench: Bench) -> list[Row]:
             )
             for name, (server, pid) in processes.items()
         }  # fmt: skip
+        # The graph's own CPU a turn, in this process: what a turn costs with no service at all.
+        contenders[ALONE] = write_path.graph_alone(
+            count, turns, cpu.Meter({"server": os.getpid()}, spent[ALONE])
+        )
         # One untimed round: imports, pools and caches warm up before anything counts.
         for measure in contenders.values():
             await measure(-1)
@@ -53,9 +62,11 @@ async def run(bench: Bench) -> list[Row]:
         samples = await interleave(bench.repetitions, contenders)
 
     def ms_per_turn(process: str) -> dict[str, list[float]]:
+        """Per contender, in repetition order: ``process``'s CPU milliseconds a turn."""
         return {
-            name: sorted(s.processes[process] * 1000 / (count * turns) for s in snapshots)
+            name: [s.processes[process] * 1000 / (count * turns) for s in snapshots]
             for name, snapshots in spent.items()
+            if snapshots and process in snapshots[0].processes
         }
 
     details = {
@@ -71,6 +82,15 @@ async def run(bench: Bench) -> list[Row]:
             goal=">= 1.5x (a)", goal_check=lambda r: r >= 1.5, details=details,
         )
     ]  # fmt: skip
+    server_cpu = details["server_cpu_ms_per_turn"]
+    if "ours" in server_cpu and ALONE in server_cpu:
+        rows.append(
+            compare(
+                NAME, "service CPU a turn", "ms", server_cpu["ours"], ALONE, server_cpu[ALONE],
+                goal="<= 2x (b) (3.5 ms on the issue's host)", goal_check=lambda r: r <= 2.0,
+                details=details,
+            )
+        )  # fmt: skip
     if "langgraph dev" in samples:
         rows.append(
             compare(

@@ -45,7 +45,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.graph.state import CompiledStateGraph
 
-from tests.perf import clients
+from tests.perf import clients, cpu
 from tests.perf.harness import Bench, Row, compare, interleave
 from tests.support.runs import new_run
 from threadkeeper.service import runs, threads
@@ -85,6 +85,25 @@ async def conversations(threads_: list[str], turns: int, graph_for: GraphFor) ->
     began = time.perf_counter()
     await asyncio.gather(*(talk(i, t) for i, t in enumerate(threads_)))
     return len(threads_) * turns / (time.perf_counter() - began)
+
+
+def graph_alone(
+    count: int, turns: int, meter: cpu.Meter, latency_seconds: float = 0.0
+) -> Callable[[int], Awaitable[float]]:
+    """(b) of benchmarks 1 and 3: the same conversations on the graph itself, the offline model
+    with ``latency_seconds`` and ``InMemorySaver``, in this process; turns per second, with
+    ``meter`` running while the clock does."""
+    model = OfflineChatModel(latency_seconds=latency_seconds)
+    graph = build_graph(model).compile(checkpointer=InMemorySaver())
+
+    async def measure(rep: int) -> float:
+        thread_ids = [str(uuid.uuid4()) for _ in range(count)]
+        meter.start()
+        per_second = await conversations(thread_ids, turns, lambda i, t: (graph, None))
+        meter.stop()
+        return per_second
+
+    return measure
 
 
 def shared(graph: Graph, count: int, turns: int) -> Callable[[int], Awaitable[float]]:
