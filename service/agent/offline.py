@@ -81,6 +81,7 @@ def _kind_of(cls: type) -> Kind:
 
 
 def read(messages: Sequence[BaseMessage]) -> Reading:
+    """The human messages' count, first and latest, and the system messages' texts."""
     humans = 0
     first: HumanMessage | None = None
     last = -1
