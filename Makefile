@@ -13,7 +13,7 @@ NODE_BUILD_LOG := $(or $(TMPDIR),/tmp)/threadkeeper-node-build.log
 # (`make test` then says so). NODE_TIER=1 forces it, NODE_TIER= skips it.
 NODE_TIER ?= $(shell [ "$$(id -u)" = 0 ] && echo 1)
 
-.PHONY: help uv sync js ui-deps ui run test test-node lint fmt cluster-build cluster-up cluster-down bench clean
+.PHONY: help uv sync js ui-deps ui-build ui run test test-node lint fmt cluster-build cluster-up cluster-down bench clean
 
 help:
 	@echo "make run          serve on 127.0.0.1:8000 (embedded Postgres, offline model)"
@@ -42,9 +42,12 @@ js:
 ui-deps:
 	cd examples/chat-ui && { [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund; }
 
-# Builds once (again only when its sources or lock file change), then serves it.
-ui: sync ui-deps
+# `next build`, once (again only when its sources or lock file change): minutes on two cores,
+# so `make test` does it before pytest, outside any test's timeout.
+ui-build: sync ui-deps
 	$(UV) run python -m tests.browser.chat_ui build
+
+ui: ui-build
 	cd examples/chat-ui && NEXT_TELEMETRY_DISABLED=1 npx next start -H 127.0.0.1 -p 3000
 
 run: sync
@@ -69,7 +72,7 @@ cluster-down: sync
 
 # With the node tier, its binaries build at the lowest CPU priority while the default suite
 # runs (its processes mostly wait on each other): a cold run builds them in spare CPU.
-test: sync js ui-deps cluster-build
+test: sync js ui-build cluster-build
 	bash deploy/tools/ensure-tools.sh
 	bash tests/browser/ensure-chromium.sh
 ifeq ($(NODE_TIER),)

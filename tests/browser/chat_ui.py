@@ -5,8 +5,8 @@ from (the lock file, the sources, the build-time settings, Node's version): in `
 (without Next's 400 MB compiler cache) in the user's cache folder, where a fresh clone (CI), at
 any path, finds it. A later session, or ``make ui``, reuses it while the stamp matches; a change
 to any of those inputs builds from source again.
-``python -m tests.browser.chat_ui build`` builds if needed; the browser tests start their own
-server on a free port.
+``python -m tests.browser.chat_ui build`` (``make ui-build``, which ``make test`` runs before
+pytest) builds if needed; the browser tests start their own server on a free port.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -87,10 +88,25 @@ def ensure_built() -> None:
         return
     log.info("chat_ui_build", app=str(APP))
     began = time.monotonic()
-    subprocess.run([str(NEXT), "build"], cwd=APP, env=_env(), check=True, timeout=BUILD_TIMEOUT)
+    _next_build()
     (BUILD / STAMP_FILE).write_text(stamp)
     _keep(stamp)
     log.info("chat_ui_built", seconds=round(time.monotonic() - began, 1))
+
+
+def _next_build() -> None:
+    """``next build`` in a process group of its own: a build cut short (its timeout, a test's,
+    Ctrl-C) takes its worker processes with it."""
+    command = [str(NEXT), "build"]
+    proc = subprocess.Popen(command, cwd=APP, env=_env(), start_new_session=True)
+    try:
+        code = proc.wait(BUILD_TIMEOUT)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    if code != 0:
+        raise subprocess.CalledProcessError(code, command)
 
 
 def _stamp_of(build: Path) -> str | None:
