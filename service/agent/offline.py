@@ -73,9 +73,12 @@ _KINDS: dict[type, Kind] = {}
 
 
 def _kind_of(cls: type) -> Kind:
-    kind = Kind.HUMAN if issubclass(cls, HumanMessage) else Kind.OTHER
-    if issubclass(cls, SystemMessage):
+    if issubclass(cls, HumanMessage):
+        kind = Kind.HUMAN
+    elif issubclass(cls, SystemMessage):
         kind = Kind.SYSTEM
+    else:
+        kind = Kind.OTHER
     _KINDS[cls] = kind
     return kind
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import platformdirs
 import structlog
 
+from tests.cluster.proc import kill_group
 from tests.support.processes import free_port, spawn, wait_ready
 
 log = structlog.get_logger("tests.chat_ui")
@@ -95,16 +95,14 @@ def ensure_built() -> None:
 
 
 def _next_build() -> None:
-    """``next build`` in a process group of its own: a build cut short (its timeout, a test's,
+    """``next build`` in a session of its own: a build cut short (its timeout, a test's,
     Ctrl-C) takes its worker processes with it."""
     command = [str(NEXT), "build"]
     proc = subprocess.Popen(command, cwd=APP, env=_env(), start_new_session=True)
     try:
         code = proc.wait(BUILD_TIMEOUT)
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
+    finally:
+        kill_group(proc)
     if code != 0:
         raise subprocess.CalledProcessError(code, command)
 

@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from typing import TypeVar
 import platformdirs
 
 from tests.cluster.errors import ClusterError
-from tests.cluster.proc import die_with_parent
+from tests.cluster.proc import die_with_parent, kill_group
 
 log = logging.getLogger(__name__)
 
@@ -670,11 +669,7 @@ def _run_go(
             except subprocess.TimeoutExpired:
                 progress(f"  still building {label} ({time.monotonic() - started:.0f}s)")
     finally:
-        # An interrupted build (Ctrl-C, a pytest timeout) must not leave compilers behind.
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        kill_group(proc)
     if code != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-40:]
         raise ClusterError(

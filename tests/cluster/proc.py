@@ -63,6 +63,15 @@ def spawn(
         )
 
 
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a child started in a session of its own, and everything it started, unless it
+    has ended; an interrupted build (Ctrl-C, a timeout) leaves no workers behind."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot, or None if it is gone.
 

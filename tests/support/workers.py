@@ -4,8 +4,9 @@ pytest plugin, loaded by the suite's `pytest_plugins`.
 Every test may go to any worker, except two groups, each run on one worker in collection
 order: the tests that stop or kill replicas or Postgres under load and time what follows
 (`SERIAL_MODULES`: two of them at once on two cores would each slow the other's replicas past
-the leases and drain budgets they measure), and the browser tests, which share one chat UI build
-(`.next`) and one Next server per worker (two workers setting that up at once race on it).
+the leases and drain budgets they measure), and the browser tests, which start a Next server per
+worker and, when pytest runs without `make test` building it first, the chat UI's build (two
+workers building `.next` at once race on it).
 
 The groups are named here by path, not by a mark: pytest-xdist's own `xdist_group` mark
 reaches its scheduler by appending the group to each test's node id, which pytest 9.2 no longer
