@@ -72,6 +72,7 @@ _BUILD_SECONDS = 1800.0
 KEEP_STORAGE_MB = 3000
 _PRUNE_SECONDS = 120.0
 _PYTHON_ARG = re.compile(r"^ARG\s+PYTHON_IMAGE=(\S+)\s*$", re.M)
+_ELF = b"\x7fELF"
 _UV_FROM = re.compile(r"^FROM\s+(\S*/uv:(\S+))\s+AS\s+uv\s*$", re.M | re.I)
 
 
@@ -114,14 +115,34 @@ def base_names(dockerfile: Path) -> _BaseNames:
 
 
 def find_uv() -> Path:
-    """This machine's uv binary: `$UV` (set by `uv run`), else `uv` on PATH."""
-    named = os.environ.get("UV") or shutil.which("uv")
-    if named is None or not Path(named).is_file():
+    """This machine's uv binary: `$UV` (set by `uv run`), else `uv` on PATH, through any shim."""
+    own = os.environ.get("UV")
+    if own is not None and Path(own).is_file():
+        return Path(own)
+    named = shutil.which("uv")
+    if named is None:
         raise ClusterError(
             "the image build's uv stage comes from this machine's uv; none found "
             "(run under `uv run`, or put uv on PATH)"
         )
-    return Path(named)
+    return _through_shim(Path(named))
+
+
+def _through_shim(uv: Path) -> Path:
+    """The executable behind `uv`: a version manager's shim (pyenv, asdf) is a shell script
+    that would not run in the image; `uv run` names its own executable in `$UV`."""
+    with uv.open("rb") as head:
+        if head.read(4) == _ELF:
+            return uv
+    asked = subprocess.run(
+        [str(uv), "run", "--no-project", "--quiet", "python", "-c",
+         "import os; print(os.environ['UV'])"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    real = Path(asked.stdout.strip())
+    if asked.returncode != 0 or not real.is_file():
+        raise ClusterError(f"{uv} is a script and did not name its uv: {asked.stderr.strip()}")
+    return real
 
 
 def _uv_version(uv: Path) -> str:

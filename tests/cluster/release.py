@@ -68,9 +68,11 @@ class Release:
         args = ["install", self.name, str(CHART), *self._values(sets)]
         return self.helm(*args, "--wait", "--timeout", HELM_TIMEOUT).stdout
 
-    def upgrade(self, *sets: str) -> str:
-        """`helm upgrade --reuse-values --wait` with `sets` on top."""
+    def upgrade(self, *sets: str, strings: tuple[str, ...] = ()) -> str:
+        """`helm upgrade --reuse-values --wait` with `sets` (and `strings`, kept strings) on top."""
         args = ["upgrade", self.name, str(CHART), "--reuse-values", "--set", ",".join(sets)]
+        if strings:
+            args += ["--set-string", ",".join(strings)]
         return self.helm(*args, "--wait", "--timeout", HELM_TIMEOUT).stdout
 
     def uninstall(self) -> str:

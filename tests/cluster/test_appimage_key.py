@@ -158,6 +158,31 @@ def test_no_uv_says_where_it_is_looked_for(monkeypatch: pytest.MonkeyPatch) -> N
         appimage.find_uv()
 
 
+def test_a_shim_on_path_is_followed_to_the_uv_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = appimage.find_uv()
+    # A version manager's shim: a script that hands every call to the real uv.
+    shim = _write(tmp_path / "shims", "uv", f'#!/bin/sh\nexec {real} "$@"\n')
+    shim.chmod(0o755)
+    monkeypatch.delenv("UV", raising=False)
+    monkeypatch.setenv("PATH", f"{shim.parent}:{os.environ['PATH']}")
+    found = appimage.find_uv()
+    assert found.read_bytes()[:4] == b"\x7fELF"
+    assert found.samefile(real)
+
+
+def test_a_script_on_path_that_names_no_uv_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = _write(tmp_path / "bin", "uv", "#!/bin/sh\necho broken >&2\nexit 3\n")
+    script.chmod(0o755)
+    monkeypatch.delenv("UV", raising=False)
+    monkeypatch.setenv("PATH", f"{script.parent}:{os.environ['PATH']}")
+    with pytest.raises(ClusterError, match=r"is a script and did not name its uv: broken"):
+        appimage.find_uv()
+
+
 def test_old_archives_of_one_image_are_pruned_and_other_images_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -229,6 +230,41 @@ def _settle(release: Release, replicas: int) -> float:
         time.sleep(1)
 
 
+@contextmanager
+def _deleted_after(cluster: NodeCluster, namespace: str, pod: str) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        kubectl(cluster, "delete", "pod", "-n", namespace, pod, "--ignore-not-found",
+                "--grace-period=1", check=False)  # fmt: skip
+
+
+@contextmanager
+def _stopped_after(watcher: TerminationWatch) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        watcher.stopping.set()
+
+
+def _scale_and_roll(release: Release, label: str) -> dict[str, float]:
+    """The scale steps, then a rolling upgrade; how long each took to settle."""
+    steps: dict[str, float] = {}
+    for replicas in SCALE_STEPS:
+        kubectl(release.cluster, "scale", "-n", release.namespace,
+                f"deployment/{release.fullname}", f"--replicas={replicas}")  # fmt: skip
+        steps[f"scale to {replicas}"] = round(_settle(release, replicas), 1)
+        log.info("scaled to %d: %s", replicas, steps)
+    started = time.monotonic()
+    # A change of the pod template: every pod is replaced, one new pod first. Helm sets the
+    # replicas it renders, so an upgrade names the count `kubectl scale` chose. Annotations
+    # are strings; --set would hand the chart's schema a number for an all-digit label.
+    release.upgrade("service.replicas=3", strings=(f"service.podAnnotations.rolled={label}",))
+    log.info("helm upgrade done after %.1fs", time.monotonic() - started)
+    steps["helm upgrade (rolling)"] = round(time.monotonic() - started + _settle(release, 3), 1)
+    return steps
+
+
 # Four rollouts, each ending pods that drain for up to their grace period.
 @pytest.mark.timeout(1200)
 def test_scale_and_roll_under_load_loses_nothing(
@@ -236,32 +272,23 @@ def test_scale_and_roll_under_load_loses_nothing(
 ) -> None:
     release = installed.release
     cluster, namespace = release.cluster, release.namespace
-    label = uuid.uuid4().hex[:8]
+    # All digits on purpose: an annotation value YAML would read as a number.
+    label = f"{uuid.uuid4().int % 10**8:08d}"
     selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=service"
     watcher = TerminationWatch(cluster, namespace, selector)
     watcher.start()
     client = load.client_pod(
         release, "load", label, load.CONVERSATIONS, load.MAX_TURNS, load.THINK_S
     )
-    apply(cluster, client)
-    load.wait_for_line(cluster, namespace, "load", conversations.STARTED)
-
-    steps: dict[str, float] = {}
-    for replicas in SCALE_STEPS:
-        kubectl(cluster, "scale", "-n", namespace, f"deployment/{release.fullname}",
-                f"--replicas={replicas}")  # fmt: skip
-        steps[f"scale to {replicas}"] = round(_settle(release, replicas), 1)
-        log.info("scaled to %d: %s", replicas, steps)
-    started = time.monotonic()
-    # A change of the pod template: every pod is replaced, one new pod first. Helm sets the
-    # replicas it renders, so an upgrade names the count `kubectl scale` chose.
-    release.upgrade(f"service.podAnnotations.rolled={label}", "service.replicas=3")
-    log.info("helm upgrade done after %.1fs", time.monotonic() - started)
-    steps["helm upgrade (rolling)"] = round(time.monotonic() - started + _settle(release, 3), 1)
-    kubectl(cluster, "exec", "-n", namespace, "load", "--",
-            "python", "-c", f"open({load.STOP_FILE!r}, 'w').close()")  # fmt: skip
-    summary = load.summary_of(wait_for_success(cluster, namespace, "load", wait_s=3 * WAIT_S))
-    ended = watcher.stop()
+    # A failed step must not leave the load writing into the next tests' counts.
+    with _deleted_after(cluster, namespace, "load"), _stopped_after(watcher):
+        apply(cluster, client)
+        load.wait_for_line(cluster, namespace, "load", conversations.STARTED)
+        steps = _scale_and_roll(release, label)
+        kubectl(cluster, "exec", "-n", namespace, "load", "--",
+                "python", "-c", f"open({load.STOP_FILE!r}, 'w').close()")  # fmt: skip
+        summary = load.summary_of(wait_for_success(cluster, namespace, "load", wait_s=3 * WAIT_S))
+        ended = watcher.stop()
 
     record_property("load", {k: v for k, v in summary.items() if k != "thread_ids"})
     record_property("steps", steps)
