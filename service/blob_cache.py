@@ -35,6 +35,10 @@ The saver hands LangGraph's own decoding code rows whose bytes are wrapped with 
 (``Keyed``); ``CachingSerializer`` decodes those through the cache and everything else as
 the wrapped serializer does. Only the run-start load keys its rows (``service.checkpointer``),
 so a history listing, which reads each blob once, does not push out what the next turn needs.
+The load also leaves out the bytes of the channel values held here (``pinned``): at turn 300 a
+conversation's snapshot is most of what a load reads, detoasts and sends. Those rows come back
+without bytes and are decoded from the values taken out of the cache before the statement ran
+(``Pinned``), so an eviction meanwhile changes nothing.
 
 The bound is on memory: each entry is charged an estimate of what its decoded objects take,
 ``DECODED_PER_STORED_BYTE`` times the stored size plus ``ENTRY_OVERHEAD`` (measured with
@@ -120,10 +124,33 @@ def keyed(blob_id: BlobId | None, data: bytes) -> bytes | Keyed:
     return data if blob_id is None else Keyed(blob_id, data)
 
 
+class Pinned(NamedTuple):
+    """A channel value this replica holds decoded, taken from the cache before a load that
+    therefore did not read its bytes; standing in for them in a row, as ``Keyed`` does. Taken
+    before the statement, it is served even if the entry is evicted meanwhile."""
+
+    id: ChannelBlob
+    value: Any
+    size: int
+
+
+def held_key(blob_id: ChannelBlob) -> str:
+    """How the load statement names a held channel value: ``channel/version``. Only versions
+    with a random part are ids, and those hold no ``/``, so the last ``/`` splits it."""
+    return f"{blob_id.channel}/{blob_id.version}"
+
+
 # What a serializer may decode (the msgpack allowlists LangGraph added to it, see
 # ``CachingSerializer.narrowed``): a value decoded under one set is not served under another.
 Scope = frozenset[Any]
 Key = tuple[Scope, BlobId]
+
+
+class _Entry(NamedTuple):
+    value: Any
+    # What the entry is charged against the bound, and the stored size it was decoded from.
+    cost: int
+    size: int
 
 
 @dataclass
@@ -144,8 +171,7 @@ class BlobCache:
 
     max_bytes: int
     stats: Stats = field(default_factory=Stats)
-    # key -> (decoded value, its charge)
-    _entries: OrderedDict[Key, tuple[Any, int]] = field(default_factory=OrderedDict)
+    _entries: OrderedDict[Key, _Entry] = field(default_factory=OrderedDict)
     _by_thread: dict[str, set[Key]] = field(default_factory=dict)
     _bytes: int = 0
 
@@ -173,29 +199,53 @@ class BlobCache:
             self._entries.move_to_end(key)
             self.stats.hits += 1
             self.stats.hit_bytes += size
-            return _fresh(entry[0])
+            return _fresh(entry.value)
         value = loads(data)
         self.stats.misses += 1
         self.stats.miss_bytes += size
-        self._put(key, value, charge(size))
+        self._put(key, _Entry(value, charge(size), size))
         return _fresh(value)
+
+    def pinned(self, scope: Scope, thread_id: str, checkpoint_ns: str) -> dict[BlobId, Pinned]:
+        """The channel values of one thread and namespace held decoded in ``scope``: a load
+        may leave their bytes out (a conversation's snapshot is most of what it reads)."""
+        held: dict[BlobId, Pinned] = {}
+        for key in self._by_thread.get(thread_id, ()):
+            blob_id = key[1]
+            if (
+                key[0] == scope
+                and type(blob_id) is ChannelBlob
+                and blob_id.checkpoint_ns == checkpoint_ns
+            ):
+                entry = self._entries[key]
+                held[blob_id] = Pinned(blob_id, entry.value, entry.size)
+        return held
+
+    def serve(self, scope: Scope, pinned: Pinned) -> Any:
+        """A pinned value, counted as a hit of its stored size (and kept in use if held)."""
+        key = (scope, pinned.id)
+        if key in self._entries:
+            self._entries.move_to_end(key)
+        self.stats.hits += 1
+        self.stats.hit_bytes += pinned.size
+        return _fresh(pinned.value)
 
     def drop_thread(self, thread_id: str) -> None:
         """Forget what was read for ``thread_id`` (it was deleted, or its history pruned)."""
         for key in self._by_thread.pop(thread_id, set()):
             entry = self._entries.pop(key, None)
             if entry is not None:
-                self._bytes -= entry[1]
+                self._bytes -= entry.cost
 
-    def _put(self, key: Key, value: Any, cost: int) -> None:
-        if cost > self.max_bytes:
+    def _put(self, key: Key, entry: _Entry) -> None:
+        if entry.cost > self.max_bytes:
             return
-        self._entries[key] = (value, cost)
+        self._entries[key] = entry
         self._by_thread.setdefault(key[1].thread_id, set()).add(key)
-        self._bytes += cost
+        self._bytes += entry.cost
         while self._bytes > self.max_bytes:
-            old, (_, old_cost) = self._entries.popitem(last=False)
-            self._forget(old, old_cost)
+            old, evicted = self._entries.popitem(last=False)
+            self._forget(old, evicted.cost)
             self.stats.evictions += 1
 
     def _forget(self, key: Key, cost: int) -> None:
@@ -245,8 +295,14 @@ class CachingSerializer:
     def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
         return self.inner.dumps_typed(obj)
 
-    def loads_typed(self, data: tuple[str, bytes | Keyed]) -> Any:
+    def pinned(self, thread_id: str, checkpoint_ns: str) -> dict[BlobId, Pinned]:
+        """What this serializer would serve from the cache for the thread's channel values."""
+        return self.cache.pinned(self.scope, thread_id, checkpoint_ns)
+
+    def loads_typed(self, data: tuple[str, bytes | Keyed | Pinned]) -> Any:
         type_, blob = data
+        if isinstance(blob, Pinned):
+            return self.cache.serve(self.scope, blob)
         if not isinstance(blob, Keyed):
             return self.inner.loads_typed((type_, blob))
         if type_ in UNCACHED_TYPES:

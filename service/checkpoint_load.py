@@ -35,14 +35,21 @@ from typing import Any
 
 from psycopg.rows import DictRow
 
-from threadkeeper.service.blob_cache import BlobId, channel_blob, keyed, task_write
+from threadkeeper.service.blob_cache import (
+    BlobId,
+    Keyed,
+    Pinned,
+    channel_blob,
+    keyed,
+    task_write,
+)
 
 # The value a channel has at checkpoint ``c``: a snapshot blob, else an inline primitive (JSON
 # null counts as none, as in the stock walk).
 _SEED_COLUMNS = """
     SELECT c.checkpoint -> 'channel_versions' ->> w.channel AS version,
            EXISTS (
-               SELECT 1 FROM checkpoint_blobs AS b
+               SELECT 1 FROM checkpoint_blobs b
                WHERE b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns
                  AND b.channel = w.channel
                  AND b.version = c.checkpoint -> 'channel_versions' ->> w.channel
@@ -50,6 +57,13 @@ _SEED_COLUMNS = """
            ) AS has_blob,
            nullif(c.checkpoint -> 'channel_values' -> w.channel, 'null'::jsonb) AS inline
 """
+
+# A channel value's bytes, or NULL for one the replica holds decoded (``%(held)s``, named as
+# ``blob_cache.held_key`` names them): Postgres then neither detoasts nor sends it.
+_UNLESS_HELD = (
+    "CASE WHEN {t}.channel || '/' || {t}.version = ANY(%(held)s::text[]) THEN NULL "
+    "ELSE {t}.blob END"
+)
 
 # Placeholders for the columns a row kind does not use.
 _NULLS_T = (
@@ -75,11 +89,11 @@ WITH RECURSIVE target AS (
 -- The delta channels the target has a version of but stores no value for.
 replay AS (
     SELECT ch.channel
-    FROM target AS t, unnest(%(channels)s::text[]) AS ch(channel)
+    FROM target t, unnest(%(channels)s::text[]) AS ch(channel)
     WHERE (t.checkpoint -> 'channel_versions') ? ch.channel
       AND NOT ((t.checkpoint -> 'channel_values') ? ch.channel)
       AND NOT EXISTS (
-          SELECT 1 FROM checkpoint_blobs AS b
+          SELECT 1 FROM checkpoint_blobs b
           WHERE b.thread_id = t.thread_id AND b.checkpoint_ns = t.checkpoint_ns
             AND b.channel = ch.channel
             AND b.version = t.checkpoint -> 'channel_versions' ->> ch.channel
@@ -91,70 +105,70 @@ replay AS (
 walk AS (
     SELECT r.channel, t.checkpoint_id, t.parent_checkpoint_id, 0 AS depth,
            NULL::text AS version, false AS has_blob, NULL::jsonb AS inline
-    FROM replay AS r, target AS t
+    FROM replay r, target t
   UNION ALL
     SELECT w.channel, c.checkpoint_id, c.parent_checkpoint_id, w.depth + 1,
            s.version, s.has_blob, s.inline
-    FROM walk AS w
+    FROM walk w
     CROSS JOIN LATERAL (
-        SELECT * FROM checkpoints AS c
+        SELECT * FROM checkpoints c
         WHERE c.thread_id = %(thread_id)s AND c.checkpoint_ns = %(checkpoint_ns)s
           AND c.checkpoint_id = w.parent_checkpoint_id AND c.checkpoint_id < w.checkpoint_id
         OFFSET 0
-    ) AS c
-    CROSS JOIN LATERAL ({_SEED_COLUMNS}) AS s
+    ) c
+    CROSS JOIN LATERAL ({_SEED_COLUMNS}) s
     WHERE NOT w.has_blob AND w.inline IS NULL
 )
 SELECT 't'::text AS _kind, t.checkpoint_id, t.parent_checkpoint_id, t.checkpoint, t.metadata,
     (
-        SELECT array_agg(array[bl.channel::bytea, bl.type::bytea, bl.blob])
+        SELECT array_agg(array[bl.channel::bytea, bl.type::bytea, {_UNLESS_HELD.format(t="bl")}])
         FROM jsonb_each_text(t.checkpoint -> 'channel_versions') AS v
         CROSS JOIN LATERAL (
-            SELECT * FROM checkpoint_blobs AS bl
+            SELECT * FROM checkpoint_blobs bl
             WHERE bl.thread_id = t.thread_id AND bl.checkpoint_ns = t.checkpoint_ns
               AND bl.channel = v.key AND bl.version = v.value
             OFFSET 0
-        ) AS bl
+        ) bl
     ) AS channel_values,
     (
         SELECT array_agg(array[cw.task_id::text::bytea, cw.channel::bytea, cw.type::bytea,
                                cw.blob, convert_to(cw.task_path, 'UTF8'), cw.idx::text::bytea]
                          ORDER BY cw.task_id, cw.idx)
-        FROM checkpoint_writes AS cw
+        FROM checkpoint_writes cw
         WHERE cw.thread_id = t.thread_id AND cw.checkpoint_ns = t.checkpoint_ns
           AND cw.checkpoint_id = t.checkpoint_id
     ) AS pending_writes,
     {_NULLS_T}, {_NULLS_W}
-FROM target AS t
+FROM target t
 UNION ALL
 SELECT 'c', {_NULLS_CP}, w.channel,
     array_agg(w.checkpoint_id ORDER BY w.depth) FILTER (WHERE w.depth > 0),
     max(w.version) FILTER (WHERE w.has_blob OR w.inline IS NOT NULL),
     (array_agg(w.inline) FILTER (WHERE NOT w.has_blob AND w.inline IS NOT NULL))[1],
     {_NULLS_W}
-FROM walk AS w
+FROM walk w
 GROUP BY w.channel
 UNION ALL
 SELECT 'w', cw.checkpoint_id, NULL, NULL, NULL, NULL, NULL, cw.channel, NULL, NULL, NULL,
     cw.type, cw.blob, cw.task_id, cw.task_path, cw.idx
-FROM walk AS w
+FROM walk w
 CROSS JOIN LATERAL (
-    SELECT * FROM checkpoint_writes AS cw
+    SELECT * FROM checkpoint_writes cw
     WHERE cw.thread_id = %(thread_id)s AND cw.checkpoint_ns = %(checkpoint_ns)s
       AND cw.checkpoint_id = w.checkpoint_id AND cw.channel = w.channel
     ORDER BY cw.task_id, cw.idx OFFSET 0
-) AS cw
+) cw
 WHERE w.depth > 0
 UNION ALL
 SELECT 'b', NULL, NULL, NULL, NULL, NULL, NULL, b.channel, NULL, b.version, NULL,
-    b.type, b.blob, NULL, NULL, NULL
-FROM walk AS w
+    b.type, {_UNLESS_HELD.format(t="b")}, NULL, NULL, NULL
+FROM walk w
 CROSS JOIN LATERAL (
-    SELECT * FROM checkpoint_blobs AS b
+    SELECT * FROM checkpoint_blobs b
     WHERE b.thread_id = %(thread_id)s AND b.checkpoint_ns = %(checkpoint_ns)s
       AND b.channel = w.channel AND b.version = w.version
     OFFSET 0
-) AS b
+) b
 WHERE w.has_blob
 """
 
@@ -163,10 +177,12 @@ WHERE w.has_blob
 def load_sql(by_id: bool) -> bytes:
     """The statement for a given checkpoint id, or for the thread's latest checkpoint."""
     by_id_clause = "AND checkpoint_id = %(checkpoint_id)s" if by_id else ""
-    # Sent without comments and indentation: psycopg caches how it parsed a query only for
-    # queries of up to 4096 bytes; a longer one is parsed again on every load.
+    # Sent without comments, indentation and the spaces after commas and around `=` (no
+    # literal in it holds either): psycopg caches how it parsed a query only for queries of
+    # up to 4096 bytes; a longer one is parsed again on every load.
     lines = (line.strip() for line in LOAD_TEMPLATE.format(by_id=by_id_clause).splitlines())
-    return "\n".join(line for line in lines if line and not line.startswith("--")).encode()
+    kept = "\n".join(line for line in lines if line and not line.startswith("--"))
+    return kept.replace(", ", ",").replace(" = ", "=").encode()
 
 
 @dataclass(frozen=True)
@@ -200,14 +216,17 @@ def split(rows: Sequence[DictRow]) -> tuple[DictRow | None, Walks]:
     return target, walks
 
 
-def keyed_target(target: DictRow, thread_id: str, checkpoint_ns: str) -> DictRow:
+def keyed_target(
+    target: DictRow, thread_id: str, checkpoint_ns: str, pinned: Mapping[BlobId, Pinned]
+) -> DictRow:
     """The checkpoint row with each stored value's bytes wrapped with its row's id
-    (``blob_cache.Keyed``), for the decoding that follows to go through the cache."""
+    (``blob_cache.Keyed``), for the decoding that follows to go through the cache; a value the
+    statement left out as held is its ``pinned`` one."""
     versions = target["checkpoint"].get("channel_versions") or {}
-    blobs = [
-        [channel, type_, keyed(_blob_id(thread_id, checkpoint_ns, channel, versions), blob)]
-        for channel, type_, blob in target["channel_values"] or ()
-    ]
+    blobs = []
+    for channel, type_, blob in target["channel_values"] or ():
+        blob_id = _blob_id(thread_id, checkpoint_ns, channel, versions)
+        blobs.append([channel, type_, _stand_in(blob_id, blob, pinned)])
     writes = [
         [
             task_id, channel, type_,
@@ -224,16 +243,27 @@ def keyed_target(target: DictRow, thread_id: str, checkpoint_ns: str) -> DictRow
     return {**target, "channel_values": blobs, "pending_writes": writes}
 
 
-def keyed_walks(walks: Walks, thread_id: str, checkpoint_ns: str) -> Walks:
+def keyed_walks(
+    walks: Walks, thread_id: str, checkpoint_ns: str, pinned: Mapping[BlobId, Pinned]
+) -> Walks:
     """The walks with each write's and seed's bytes wrapped with its row's id, as
     ``keyed_target``."""
     rows: list[Mapping[str, Any]] = [
-        {**row, "blob": keyed(_row_id(row, thread_id, checkpoint_ns), row["blob"])}
+        {**row, "blob": _stand_in(_row_id(row, thread_id, checkpoint_ns), row["blob"], pinned)}
         for row in walks.stage2_rows
     ]
     return Walks(
         walks.channels, walks.chain_by_ch, walks.seed_ver_by_ch, walks.seed_inline_by_ch, rows
     )
+
+
+def _stand_in(
+    blob_id: BlobId | None, blob: bytes, pinned: Mapping[BlobId, Pinned]
+) -> bytes | Keyed | Pinned:
+    if blob_id is None:
+        return blob
+    held = pinned.get(blob_id)
+    return keyed(blob_id, blob) if held is None else held
 
 
 def _blob_id(

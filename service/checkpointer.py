@@ -481,11 +481,16 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         thread_id = configurable["thread_id"]
         checkpoint_ns = configurable.get("checkpoint_ns", "")
         checkpoint_id = get_checkpoint_id(config)
+        pinned: dict[blob_cache.BlobId, blob_cache.Pinned] = {}
+        if isinstance(self.serde, blob_cache.CachingSerializer):
+            # Values this replica holds decoded: the statement leaves their bytes out.
+            pinned = self.serde.pinned(thread_id, checkpoint_ns)
         params = {
             "thread_id": thread_id,
             "checkpoint_ns": checkpoint_ns,
             "checkpoint_id": checkpoint_id,
             "channels": self.history,
+            "held": [blob_cache.held_key(held.id) for held in pinned.values()],
         }
         async with self._cursor() as cur:
             await cur.execute(checkpoint_load.load_sql(bool(checkpoint_id)), params)
@@ -497,8 +502,8 @@ class FencedPostgresSaver(AsyncPostgresSaver):
             return await super().aget_tuple(config)
         if isinstance(self.serde, blob_cache.CachingSerializer):
             # Decode what this load read through the replica's cache, by row id.
-            target = checkpoint_load.keyed_target(target, thread_id, checkpoint_ns)
-            walks = checkpoint_load.keyed_walks(walks, thread_id, checkpoint_ns)
+            target = checkpoint_load.keyed_target(target, thread_id, checkpoint_ns, pinned)
+            walks = checkpoint_load.keyed_walks(walks, thread_id, checkpoint_ns, pinned)
         loaded = await self._load_checkpoint_tuple(
             {**target, "thread_id": thread_id, "checkpoint_ns": checkpoint_ns}
         )

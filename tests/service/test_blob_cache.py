@@ -18,6 +18,7 @@ from langgraph.checkpoint.serde.types import ERROR
 
 from tests.reaper.graphs import build_parent
 from tests.service.test_checkpoint_load import _compare, _same_tuple, _talked, counting_pool
+from threadkeeper.service import checkpoint_load
 from threadkeeper.service.agent.graph import build_graph
 from threadkeeper.service.agent.offline import OfflineChatModel
 from threadkeeper.service.blob_cache import (
@@ -361,3 +362,89 @@ async def test_two_replicas_taking_turns_each_read_the_other_ones_turns(
             await _reads_as_stock(pool, other, config)
     assert one.stats.hits and other.stats.hits
     assert other.stats.evictions and other.held_bytes <= other.max_bytes
+
+
+def test_only_the_threads_channel_values_in_the_serializers_scope_are_pinned() -> None:
+    serde, _ = _serializer(1 << 20)
+    snapshot = _stored(DeltaSnapshot(_messages(4)))
+    serde.loads_typed(snapshot)
+    other_thread = _stored(_messages(2), thread_id="t2")
+    serde.loads_typed(other_thread)
+    write = task_write("t1", "", "cp-1", "task-a", 0)
+    assert write is not None
+    serde.loads_typed(("msgpack", Keyed(write, SERDE.dumps_typed(_messages(1))[1])))
+    pinned = serde.pinned("t1", "")
+    assert list(pinned) == [snapshot[1].id]
+    assert pinned[snapshot[1].id].size == len(snapshot[1].data)
+    assert not serde.pinned("t1", "child:1")
+    assert not serde.narrowed(SERDE, [("some_module", "SomeType")]).pinned("t1", "")
+
+
+def test_a_pinned_value_is_served_as_a_hit_also_after_its_eviction() -> None:
+    serde, inner = _serializer(1 << 20)
+    stored = _stored(DeltaSnapshot(_messages(6)))
+    first = serde.loads_typed(stored)
+    pinned = serde.pinned("t1", "")[stored[1].id]
+    serde.cache.drop_thread("t1")
+    served = serde.loads_typed((stored[0], pinned))
+    assert served == first and served.value is not first.value
+    assert (inner.decoded, serde.cache.stats.hits) == (1, 1)
+    assert serde.cache.stats.hit_bytes == len(stored[1].data)
+
+
+def _blob_rows(monkeypatch: pytest.MonkeyPatch) -> list[list[Any]]:
+    """The seed rows (``b``) of each load, as the statement returned them."""
+    loads: list[list[Any]] = []
+    split = checkpoint_load.split
+
+    def recording(rows: Any) -> Any:
+        loads.append([row for row in rows if row["_kind"] == "b"])
+        return split(rows)
+
+    monkeypatch.setattr(checkpoint_load, "split", recording)
+    return loads
+
+
+async def test_a_held_seed_is_left_out_of_the_statement_and_read_as_stock(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second load of a thread reads its snapshot's bytes no more; what it gives is the
+    stock read, and the snapshot counts as a hit of its stored size."""
+    cache = BlobCache(1 << 24)
+    async with counting_pool(database_url) as pool:
+        config = await _turns(pool, cache, str(uuid.uuid4()), range(1, 5))
+        cache.drop_thread(config["configurable"]["thread_id"])
+        loads = _blob_rows(monkeypatch)
+        first = await _reads_as_stock(pool, cache, config)
+        hit_bytes = cache.stats.hit_bytes
+        again = await _reads_as_stock(pool, cache, config)
+    assert again == first
+    assert len(loads) == 2, "the stock saver's read went through the load statement"
+    seeds, seeds_again = loads
+    assert seeds and all(row["blob"] is not None for row in seeds)
+    assert [row["version"] for row in seeds_again] == [row["version"] for row in seeds]
+    assert all(row["blob"] is None for row in seeds_again)
+    assert cache.stats.hit_bytes - hit_bytes >= sum(len(row["blob"]) for row in seeds)
+
+
+async def test_a_seed_evicted_between_its_pin_and_its_decoding_is_still_read(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another run of the replica may evict the entry while the statement runs: the load
+    decodes what was pinned before it, not what the cache holds after."""
+    cache = BlobCache(1 << 24)
+    async with counting_pool(database_url) as pool:
+        config = await _turns(pool, cache, str(uuid.uuid4()), range(1, 5))
+        first = await _reads_as_stock(pool, cache, config)
+        pinned = BlobCache.pinned
+
+        def pinned_then_evicted(self: BlobCache, *args: Any) -> Any:
+            held = pinned(self, *args)
+            self.drop_thread(config["configurable"]["thread_id"])
+            return held
+
+        monkeypatch.setattr(BlobCache, "pinned", pinned_then_evicted)
+        loads = _blob_rows(monkeypatch)
+        again = await _reads_as_stock(pool, cache, config)
+    assert again == first
+    assert loads[0] and all(row["blob"] is None for row in loads[0])

@@ -28,9 +28,15 @@ WHERE relname = ANY(%s) AND reltuples < 0
 """
 EXPLAIN = b"EXPLAIN (ANALYZE, FORMAT JSON) "
 # The load as a server-side prepared statement, as the service's pooled connections run it.
-PARAMETERS = {"thread_id": "$1", "checkpoint_ns": "$2", "checkpoint_id": "$3", "channels": "$4"}
-PREPARE = "PREPARE load(text, text, text, text[]) AS "
-EXECUTE = "EXECUTE load(%s, '', NULL, %s)"
+PARAMETERS = {
+    "thread_id": "$1",
+    "checkpoint_ns": "$2",
+    "checkpoint_id": "$3",
+    "channels": "$4",
+    "held": "$5",
+}
+PREPARE = "PREPARE load(text, text, text, text[], text[]) AS "
+EXECUTE = "EXECUTE load(%s, '', NULL, %s, '{}')"
 
 
 async def _talk(pool: Pool, thread_id: str, turns: int) -> None:
@@ -61,6 +67,7 @@ def _load_cost(conn: psycopg.Connection[Any], thread_id: str) -> int:
         "checkpoint_ns": "",
         "checkpoint_id": None,
         "channels": _channels(),
+        "held": [],
     }
     row = conn.execute(EXPLAIN + checkpoint_load.load_sql(False), params).fetchone()
     assert row is not None
