@@ -18,6 +18,7 @@ from langchain_core.messages import AIMessage, AnyMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.channels.delta import DeltaChannel
 from langgraph.config import get_store
+from langgraph.constants import TAG_NOSTREAM
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode
@@ -48,7 +49,10 @@ def build_graph(
 
     ``state_schema`` exists so tests and benchmarks can compare against stock ``add_messages``.
     """
-    planner = model.bind_tools(TOOLS)
+    # The plan's output is a routing decision, not the answer: with no tool needed it is
+    # dropped, and a real model's draft answer streamed from it would reach a chat UI as a
+    # second reply. Its tool calls still reach `messages` streams when the plan node ends.
+    planner = model.bind_tools(TOOLS).with_config(tags=[TAG_NOSTREAM])
     # Nodes take ``Any``: LangGraph derives channels from node annotations, which would clash
     # with a different ``state_schema``.
 

@@ -167,3 +167,27 @@ async def test_an_open_thread_learns_what_another_thread_remembered() -> None:
     await graph.ainvoke({"messages": [HumanMessage("my name is Ada")]}, other)
     after = await graph.ainvoke({"messages": [HumanMessage("what is my name?")]}, first)
     assert "your name is Ada" in after["messages"][-1].content
+
+
+async def _streamed(graph: Any, text: str, config: RunnableConfig) -> list[tuple[str, Any]]:
+    """The node and message of each ``messages`` stream item of one turn."""
+    turn = {"messages": [HumanMessage(text)]}
+    return [
+        (meta["langgraph_node"], chunk)
+        async for chunk, meta in graph.astream(turn, config, stream_mode="messages")
+    ]
+
+
+async def test_only_the_reply_and_the_plans_tool_calls_are_streamed_as_messages() -> None:
+    """The plan's decision is not an answer: nothing of it streams when it needs no tool,
+    and its tool calls arrive whole when it does."""
+    graph = build_graph(OfflineChatModel()).compile(checkpointer=InMemorySaver())
+    config: RunnableConfig = {"configurable": {"thread_id": "streamed"}}
+    chat = await _streamed(graph, "hello there", config)
+    assert {node for node, _ in chat} == {"reply"}
+    assert "".join(str(chunk.content) for _, chunk in chat).startswith("Turn 1.")
+    tools = await _streamed(graph, "what is 6*7?", config)
+    planned = [chunk for node, chunk in tools if node == "plan"]
+    assert len(planned) == 1
+    assert [call["name"] for call in planned[0].tool_calls] == ["calculator"]
+    assert {node for node, _ in tools} == {"plan", "act", "reply"}
