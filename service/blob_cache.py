@@ -136,7 +136,7 @@ class Pinned(NamedTuple):
 
 def held_key(blob_id: ChannelBlob) -> str:
     """How the load statement names a held channel value: ``channel/version``. Only versions
-    with a random part are ids, and those hold no ``/``, so the last ``/`` splits it."""
+    with a random part are ids, and those hold no ``/``: no two ids share a name."""
     return f"{blob_id.channel}/{blob_id.version}"
 
 
