@@ -10,10 +10,17 @@ import structlog
 
 def configure_logging(fmt: str = "json", level: str = "info") -> None:
     """Route structlog and stdlib logging (uvicorn, psycopg) through one renderer."""
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
+    # JSON needs an exception as text in the event; the console renderer draws it itself (and
+    # warns when it finds it formatted already), as a plain traceback: with rich installed it
+    # would draw every frame's locals, costly and noisy.
+    renderer: list[structlog.types.Processor] = (
+        [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
         if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
+        else [
+            structlog.dev.ConsoleRenderer(
+                colors=False, exception_formatter=structlog.dev.plain_traceback
+            )
+        ]
     )
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -26,7 +33,6 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
             # First, so an event below the level costs a level check, not the whole chain.
             structlog.stdlib.filter_by_level,
             *shared,
-            structlog.processors.format_exc_info,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -39,8 +45,7 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info,
-                renderer,
+                *renderer,
             ],
         )
     )
