@@ -66,6 +66,11 @@ HAND_BACK_MAX_DELAY = 1.0
 # window and the turn before its ending is recorded; "exit" hands over one checkpoint, at the end.
 DEFAULT_DURABILITY: Durability = "sync"
 
+# How long a stopped graph has to end before it is cancelled again. One cancellation can be
+# lost: a graph's own code may catch it, and on Python 3.11 ``asyncio.wait_for`` (which
+# psycopg_pool waits for a connection with) swallows one that lands as its inner await ends.
+RESTOP_SECONDS = 1.0
+
 
 @dataclass(frozen=True)
 class RunOutcome:
@@ -108,6 +113,8 @@ class Attempt:
     bound: Bound | None = None
     # Whose run it is, when the claim said (its store is scoped by it).
     owner: str | None = None
+    # Cancels the stopped graph until it has ended (see RESTOP_SECONDS).
+    stopping: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def stop(self, reason: StopReason) -> None:
         """Stop the graph; too late once it has run to its end (the ending is under way)."""
@@ -116,8 +123,14 @@ class Attempt:
             return
         if self.stop_reason is None:
             self.stop_reason = reason
-        if graph is not None:
-            graph.cancel()
+        if graph is not None and self.stopping is None:
+            self.stopping = asyncio.create_task(_cancel_until_done(graph), name="stop-graph")
+
+
+async def _cancel_until_done(graph: asyncio.Task[Any]) -> None:
+    while not graph.done():
+        graph.cancel()
+        await asyncio.wait([graph], timeout=RESTOP_SECONDS)
 
 
 def _cancelled_itself() -> bool:
@@ -199,6 +212,9 @@ class Executor:
         self.replica = replica
         self.lease_seconds = lease_seconds
         self.attempts: dict[UUID, Attempt] = {}
+        # Set once the replica drains: an attempt started from then on (its claim was under
+        # way when the drain began) is handed back as soon as it starts.
+        self.draining = False
         # Called whenever an attempt ends here and its slot is free again (see Worker).
         self.on_slot_freed: Callable[[], None] = lambda: None
 
@@ -210,20 +226,28 @@ class Executor:
         """Execute a claimed run in the background; the request that asked for it may go away.
         ``owner``: the thread's, when the claim read it (else the attempt looks it up)."""
         attempt = Attempt(run, owner=owner)
+        if self.draining:
+            attempt.stop(StopReason.DRAIN)
         attempt.task = asyncio.create_task(self._execute(attempt), name=f"run-{run.run_id}")
         self.attempts[run.run_id] = attempt
         return attempt
 
     async def drain(self, grace_seconds: float) -> None:
-        """Let attempts finish within the grace period; hand the rest back to the queue."""
-        tasks = [a.task for a in self.attempts.values() if a.task is not None]
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
-        for attempt in list(self.attempts.values()):
-            if attempt.task in pending:
+        """Let attempts finish within the grace period; hand the rest back to the queue, and
+        with them any attempt that started meanwhile."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        stop_at = loop.time() + grace_seconds
+        while self.attempts:
+            attempts = list(self.attempts.values())
+            tasks = [a.task for a in attempts if a.task is not None]
+            left = stop_at - loop.time()
+            if left > 0:
+                await asyncio.wait(tasks, timeout=left)
+                continue
+            for attempt in attempts:
                 attempt.stop(StopReason.DRAIN)
-        await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def graph_id(self, run: runs.Run) -> str:
         """The graph the run executes: stamped at submission; a run queued before graph ids
@@ -345,7 +369,7 @@ class Executor:
             name=f"graph-{attempt.run.run_id}",
         )
         if attempt.stop_reason is not None:
-            attempt.graph_task.cancel()  # stopped while it was being set up (a drain)
+            attempt.stop(attempt.stop_reason)  # stopped before its graph started (a drain)
         try:
             return await attempt.graph_task, None
         except asyncio.CancelledError as exc:
