@@ -30,6 +30,7 @@ rebuild after a code change reuses the dependency layer; each build ends by prun
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -128,9 +129,11 @@ def find_uv() -> Path:
     return _through_shim(Path(named))
 
 
+@functools.cache
 def _through_shim(uv: Path) -> Path:
     """The executable behind `uv`: a version manager's shim (pyenv, asdf) is a shell script
-    that would not run in the image; `uv run` names its own executable in `$UV`."""
+    that would not run in the image; `uv run` names its own executable in `$UV` (asked once
+    per process and path)."""
     with uv.open("rb") as head:
         if head.read(4) == _ELF:
             return uv

@@ -162,7 +162,8 @@ class Termination:
 
 
 class TerminationWatch(threading.Thread):
-    """Watches the service pods and keeps how each one that was deleted ended."""
+    """Watches the service pods and keeps how each one that was deleted ended; as a context
+    manager, from entry until exit (or ``stop``, which also reports what it saw)."""
 
     def __init__(self, cluster: NodeCluster, namespace: str, selector: str) -> None:
         super().__init__(name="termination-watch", daemon=True)
@@ -209,6 +210,13 @@ class TerminationWatch(threading.Thread):
             grace=pod.spec.termination_grace_period_seconds,
         )
 
+    def __enter__(self) -> TerminationWatch:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+
     def stop(self) -> list[Termination]:
         self.stopping.set()
         self.join(timeout=30)
@@ -239,14 +247,6 @@ def _deleted_after(cluster: NodeCluster, namespace: str, pod: str) -> Iterator[N
                 "--grace-period=1", check=False)  # fmt: skip
 
 
-@contextmanager
-def _stopped_after(watcher: TerminationWatch) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        watcher.stopping.set()
-
-
 def _scale_and_roll(release: Release, label: str) -> dict[str, float]:
     """The scale steps, then a rolling upgrade; how long each took to settle."""
     steps: dict[str, float] = {}
@@ -275,13 +275,14 @@ def test_scale_and_roll_under_load_loses_nothing(
     # All digits on purpose: an annotation value YAML would read as a number.
     label = f"{uuid.uuid4().int % 10**8:08d}"
     selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=service"
-    watcher = TerminationWatch(cluster, namespace, selector)
-    watcher.start()
     client = load.client_pod(
         release, "load", label, load.CONVERSATIONS, load.MAX_TURNS, load.THINK_S
     )
     # A failed step must not leave the load writing into the next tests' counts.
-    with _deleted_after(cluster, namespace, "load"), _stopped_after(watcher):
+    with (
+        TerminationWatch(cluster, namespace, selector) as watcher,
+        _deleted_after(cluster, namespace, "load"),
+    ):
         apply(cluster, client)
         load.wait_for_line(cluster, namespace, "load", conversations.STARTED)
         steps = _scale_and_roll(release, label)
