@@ -144,6 +144,9 @@ def held_key(blob_id: ChannelBlob) -> str:
 # ``CachingSerializer.narrowed``): a value decoded under one set is not served under another.
 Scope = frozenset[Any]
 Key = tuple[Scope, BlobId]
+ChannelKey = tuple[Scope, ChannelBlob]
+# One channel of one namespace, in one scope: where the newest version held is looked up.
+Slot = tuple[Scope, str, str]
 
 
 class _Entry(NamedTuple):
@@ -173,6 +176,11 @@ class BlobCache:
     stats: Stats = field(default_factory=Stats)
     _entries: OrderedDict[Key, _Entry] = field(default_factory=OrderedDict)
     _by_thread: dict[str, set[Key]] = field(default_factory=dict)
+    # Per thread, the newest version held of each channel: what a load may leave out. A
+    # thread's older versions (each turn's input, the snapshots before the latest) stay until
+    # they age out, but the next load reads the newest ones, and naming them all would send
+    # hundreds of ids to be compared with every row the statement reads.
+    _newest: dict[str, dict[Slot, ChannelKey]] = field(default_factory=dict)
     _bytes: int = 0
 
     @property
@@ -207,18 +215,14 @@ class BlobCache:
         return _fresh(value)
 
     def pinned(self, scope: Scope, thread_id: str, checkpoint_ns: str) -> dict[BlobId, Pinned]:
-        """The channel values of one thread and namespace held decoded in ``scope``: a load
-        may leave their bytes out (a conversation's snapshot is most of what it reads)."""
+        """The newest version of each channel value of one thread and namespace held decoded
+        in ``scope``: a load may leave their bytes out (a conversation's snapshot is most of
+        what it reads)."""
         held: dict[BlobId, Pinned] = {}
-        for key in self._by_thread.get(thread_id, ()):
-            blob_id = key[1]
-            if (
-                key[0] == scope
-                and type(blob_id) is ChannelBlob
-                and blob_id.checkpoint_ns == checkpoint_ns
-            ):
+        for (in_scope, namespace, _), key in self._newest.get(thread_id, {}).items():
+            if namespace == checkpoint_ns and in_scope == scope:
                 entry = self._entries[key]
-                held[blob_id] = Pinned(blob_id, entry.value, entry.size)
+                held[key[1]] = Pinned(key[1], entry.value, entry.size)
         return held
 
     def serve(self, scope: Scope, pinned: Pinned) -> Any:
@@ -232,6 +236,7 @@ class BlobCache:
 
     def drop_thread(self, thread_id: str) -> None:
         """Forget what was read for ``thread_id`` (it was deleted, or its history pruned)."""
+        self._newest.pop(thread_id, None)
         for key in self._by_thread.pop(thread_id, set()):
             entry = self._entries.pop(key, None)
             if entry is not None:
@@ -241,21 +246,45 @@ class BlobCache:
         if entry.cost > self.max_bytes:
             return
         self._entries[key] = entry
-        self._by_thread.setdefault(key[1].thread_id, set()).add(key)
+        scope, blob_id = key
+        self._by_thread.setdefault(blob_id.thread_id, set()).add(key)
+        if isinstance(blob_id, ChannelBlob):
+            self._note_newest((scope, blob_id))
         self._bytes += entry.cost
         while self._bytes > self.max_bytes:
             old, evicted = self._entries.popitem(last=False)
             self._forget(old, evicted.cost)
             self.stats.evictions += 1
 
+    def _note_newest(self, key: ChannelKey) -> None:
+        scope, blob_id = key
+        slots = self._newest.setdefault(blob_id.thread_id, {})
+        slot = (scope, blob_id.checkpoint_ns, blob_id.channel)
+        newest = slots.get(slot)
+        if newest is None or _counter(blob_id) >= _counter(newest[1]):
+            slots[slot] = key
+
     def _forget(self, key: Key, cost: int) -> None:
         self._bytes -= cost
-        thread_id = key[1].thread_id
+        scope, blob_id = key
+        thread_id = blob_id.thread_id
         keys = self._by_thread.get(thread_id)
         if keys is not None:
             keys.discard(key)
             if not keys:
                 del self._by_thread[thread_id]
+        if isinstance(blob_id, ChannelBlob):
+            slots = self._newest.get(thread_id, {})
+            slot = (scope, blob_id.checkpoint_ns, blob_id.channel)
+            if slots.get(slot) == key:
+                del slots[slot]
+                if not slots:
+                    del self._newest[thread_id]
+
+
+def _counter(blob_id: ChannelBlob) -> int:
+    """A version's counter (``channel_blob`` admits only versions that start with one)."""
+    return int(blob_id.version.partition(".")[0])
 
 
 def charge(stored: int) -> int:

@@ -380,6 +380,25 @@ def test_only_the_threads_channel_values_in_the_serializers_scope_are_pinned() -
     assert not serde.narrowed(SERDE, [("some_module", "SomeType")]).pinned("t1", "")
 
 
+def test_only_the_newest_version_held_of_a_channel_is_pinned() -> None:
+    """Every turn's input and every earlier snapshot stay held until they age out, but a load
+    reads the newest: only that one is named (by its counter, not as text sorts). Once it
+    is evicted, no version of the channel is."""
+    older = _stored(DeltaSnapshot(_messages(6)), version="9.5")
+    newer = _stored(DeltaSnapshot(_messages(6, "x")), version="10.5")
+    other = _stored(DeltaSnapshot(_messages(6, "x")), thread_id="t2")
+    sizes = [len(stored[1].data) for stored in (older, newer, other)]
+    assert sizes[1] == sizes[2]
+    serde, _ = _serializer(charge(sizes[0]) + charge(sizes[1]))
+    serde.loads_typed(newer)
+    serde.loads_typed(older)
+    assert list(serde.pinned("t1", "")) == [newer[1].id]
+    serde.loads_typed(other)  # the least recently used, the newer version, makes room
+    assert serde.cache.stats.evictions == 1
+    assert serde.pinned("t1", "") == {}
+    assert list(serde.pinned("t2", "")) == [other[1].id]
+
+
 def test_a_pinned_value_is_served_as_a_hit_also_after_its_eviction() -> None:
     serde, inner = _serializer(1 << 20)
     stored = _stored(DeltaSnapshot(_messages(6)))
