@@ -68,7 +68,7 @@ class Kind(Enum):
 
 
 # A message's kind by its class: isinstance on LangChain's messages goes through ABCMeta, three
-# times the cost of this lookup, and a long conversation's list is read twice a turn.
+# times the cost of this lookup, and a reply reads a long conversation's whole list.
 _KINDS: dict[type, Kind] = {}
 
 
@@ -102,11 +102,21 @@ def read(messages: Sequence[BaseMessage]) -> Reading:
     return Reading(humans, first, last, tuple(systems))
 
 
+def last_human(messages: Sequence[BaseMessage]) -> int:
+    """Index of the latest human message, -1 when there is none: looked for from the end,
+    where it is, so planning does not read the whole conversation."""
+    for i in range(len(messages) - 1, -1, -1):
+        cls = type(messages[i])
+        if (_KINDS.get(cls) or _kind_of(cls)) is Kind.HUMAN:
+            return i
+    return -1
+
+
 def plan_tool_calls(messages: Sequence[BaseMessage], available: set[str]) -> list[ToolCall]:
     """Tool calls the latest user message asks for, unless they were already answered."""
     if not available:
         return []
-    last = read(messages).last_human
+    last = last_human(messages)
     if last < 0 or any(isinstance(m, ToolMessage) for m in messages[last + 1 :]):
         return []
     text = messages[last].text

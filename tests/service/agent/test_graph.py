@@ -53,6 +53,15 @@ def test_no_tools_for_chat_or_after_results() -> None:
     assert plan_tool_calls([HumanMessage("what is 1+1")], set()) == []
 
 
+def test_plans_from_the_latest_user_message_only() -> None:
+    asked_before = [HumanMessage("what is 2+3"), AIMessage("5"), HumanMessage("thanks")]
+    assert plan_tool_calls(asked_before, ALL) == []
+    asked_now = [HumanMessage("hello"), AIMessage("hi"), HumanMessageChunk(content="what is 2*4")]
+    calls = plan_tool_calls(asked_now, ALL)
+    assert [(c["name"], c["args"]) for c in calls] == [("calculator", {"expression": "2*4"})]
+    assert plan_tool_calls([AIMessage("what is 2+3")], ALL) == []
+
+
 def test_reply_proves_memory() -> None:
     history = [HumanMessage("I am Ada"), AIMessage("hi"), HumanMessage("and you?")]
     reply = compose_reply(history)
