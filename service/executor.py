@@ -238,8 +238,10 @@ class Executor:
         self.draining = True
         loop = asyncio.get_running_loop()
         stop_at = loop.time() + grace_seconds
-        while self.attempts:
-            attempts = list(self.attempts.values())
+        while True:
+            attempts = [a for a in self.attempts.values() if a.task and not a.task.done()]
+            if not attempts:
+                return
             tasks = [a.task for a in attempts if a.task is not None]
             left = stop_at - loop.time()
             if left > 0:
