@@ -18,6 +18,10 @@ Contenders, interleaved repetition by repetition:
 * ``fresh database``: a new database each repetition, cloned from the migrated template and
   never analyzed, with autovacuum off for its tables: a new deployment's first conversations;
 * ``1 replica, no cache``: as ``1 replica`` with ``THREADKEEPER_BLOB_CACHE_BYTES=0`` (info);
+* ``(b)``: the same graph (its ``DeltaChannel`` state, the offline model) on ``InMemorySaver``
+  in this process, no service and no HTTP (info): how much of the growth is the graph's own
+  per-message work (LangChain's input handling, the reducer, the model reading the
+  conversation), which no server can take away;
 * ``(d) Aegra``: the open-source Agent Server on Postgres, the same graph (stock ``add_messages``
   state, as every baseline's): its own late / early ratio, and ours (``1 replica``) over its
   latency in each window, per repetition (info). Left out, with the reason in the table, where
@@ -36,11 +40,17 @@ from dataclasses import dataclass, field
 
 import httpx
 import psycopg
+from langgraph.checkpoint.memory import InMemorySaver
 
 from tests.perf import clients, servers
 from tests.perf.harness import Bench, Row, alone, compare, interleave
+from threadkeeper.service.agent.graph import build_graph
+from threadkeeper.service.agent.offline import OfflineChatModel
 
 NAME = "11. long conversation, per-turn latency"
+ALONE = "(b) the graph alone, InMemorySaver, in-process"
+# Contenders measured for information: the goal is ours with the defaults a user gets.
+INFO = frozenset({"1 replica, no cache", ALONE})
 WINDOW = 10
 # Tables whose statistics the load's plan could depend on.
 TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes", "threads", "runs", "run_events")
@@ -123,7 +133,7 @@ def analyze(url: str) -> None:
 
 async def run(bench: Bench) -> list[Row]:
     turns = bench.size(300, 20)
-    names = ("1 replica", "2 replicas", "fresh database", "1 replica, no cache")
+    names = ("1 replica", "2 replicas", "fresh database", "1 replica, no cache", ALONE)
     measured = {name: Windows() for name in names}
     with ExitStack() as stack:
         db = stack.enter_context(bench.database())
@@ -135,6 +145,7 @@ async def run(bench: Bench) -> list[Row]:
             servers.ours(db, bench.work, "long-nocache", THREADKEEPER_BLOB_CACHE_BYTES="0").start()
         )
         aegra = servers.start_aegra(stack, bench, NAME)
+        graph = build_graph(OfflineChatModel()).compile(checkpointer=InMemorySaver())
 
         def on(name: str, make: Callable[[], clients.Server]) -> Callable[[int], Awaitable[float]]:
             async def measure(rep: int) -> float:
@@ -163,6 +174,7 @@ async def run(bench: Bench) -> list[Row]:
             "1 replica, no cache": on(
                 "1 replica, no cache", lambda: clients.AgentServer(uncached.url)
             ),
+            ALONE: on(ALONE, lambda: clients.InProcess(graph)),
             **baseline,
         }
         await interleave(bench.repetitions, contenders)
@@ -209,8 +221,8 @@ def rows(measured: dict[str, Windows], turns: int) -> list[Row]:
     out = [
         alone(
             NAME, f"{late} / turns 1-{WINDOW}, {name}", "x", w.ratios(),
-            goal="" if name.endswith("no cache") else "<= 1.3x",
-            goal_check=None if name.endswith("no cache") else lambda r: r <= 1.3,
+            goal="" if name in INFO else "<= 1.3x",
+            goal_check=None if name in INFO else lambda r: r <= 1.3,
             details={**details, "early_ms": [e * 1000 for e in w.early],
                      "late_ms": [t * 1000 for t in w.late]},
         )

@@ -119,7 +119,24 @@ class Balanced:
         return await self._pick().turn(http, thread_id, text)
 
 
-Server = AgentServer | Tutorial | Balanced
+@dataclass(frozen=True)
+class InProcess:
+    """(b): a compiled graph called in this process, with no service and no HTTP (``http`` is
+    not used): what the graph's own work costs."""
+
+    graph: Any
+
+    async def new_thread(self, http: httpx.AsyncClient) -> str:
+        return str(uuid.uuid4())
+
+    async def turn(self, http: httpx.AsyncClient, thread_id: str, text: str) -> str:
+        said = {"messages": [{"role": "user", "content": text}]}
+        config: Any = {"configurable": {"thread_id": thread_id}}
+        out = await self.graph.ainvoke(said, config, durability="sync")
+        return str(out["messages"][-1].content)
+
+
+Server = AgentServer | Tutorial | Balanced | InProcess
 
 
 def say(conversation: int, turn: int) -> str:
