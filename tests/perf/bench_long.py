@@ -18,10 +18,12 @@ Contenders, interleaved repetition by repetition:
 * ``fresh database``: a new database each repetition, cloned from the migrated template and
   never analyzed, with autovacuum off for its tables: a new deployment's first conversations;
 * ``1 replica, no cache``: as ``1 replica`` with ``THREADKEEPER_BLOB_CACHE_BYTES=0`` (info);
-* ``(b)``: the same graph (its ``DeltaChannel`` state, the offline model) on ``InMemorySaver``
-  in this process, no service and no HTTP (info): how much of the growth is the graph's own
-  per-message work (LangChain's input handling, the reducer, the model reading the
-  conversation), which no server can take away;
+* ``(b)``: the same graph and model in this process with no saver and no HTTP, each turn given
+  the conversation so far (``clients.GraphAlone``) (info): how much of the growth is the
+  graph's own work along the conversation (LangChain's handling of the model's input, the
+  reducer, the model reading the messages), which no server takes away. (LangGraph's
+  ``InMemorySaver`` is no such floor: it keeps checkpoints serialized and decodes the whole
+  conversation on every read);
 * ``(d) Aegra``: the open-source Agent Server on Postgres, the same graph (stock ``add_messages``
   state, as every baseline's): its own late / early ratio, and ours (``1 replica``) over its
   latency in each window, per repetition (info). Left out, with the reason in the table, where
@@ -40,7 +42,6 @@ from dataclasses import dataclass, field
 
 import httpx
 import psycopg
-from langgraph.checkpoint.memory import InMemorySaver
 
 from tests.perf import clients, servers
 from tests.perf.harness import Bench, Row, alone, compare, interleave
@@ -48,7 +49,7 @@ from threadkeeper.service.agent.graph import build_graph
 from threadkeeper.service.agent.offline import OfflineChatModel
 
 NAME = "11. long conversation, per-turn latency"
-ALONE = "(b) the graph alone, InMemorySaver, in-process"
+ALONE = "(b) the graph alone, no saver, in-process"
 # Contenders measured for information: the goal is ours with the defaults a user gets.
 INFO = frozenset({"1 replica, no cache", ALONE})
 WINDOW = 10
@@ -145,7 +146,7 @@ async def run(bench: Bench) -> list[Row]:
             servers.ours(db, bench.work, "long-nocache", THREADKEEPER_BLOB_CACHE_BYTES="0").start()
         )
         aegra = servers.start_aegra(stack, bench, NAME)
-        graph = build_graph(OfflineChatModel()).compile(checkpointer=InMemorySaver())
+        graph = build_graph(OfflineChatModel()).compile()
 
         def on(name: str, make: Callable[[], clients.Server]) -> Callable[[int], Awaitable[float]]:
             async def measure(rep: int) -> float:
@@ -174,7 +175,7 @@ async def run(bench: Bench) -> list[Row]:
             "1 replica, no cache": on(
                 "1 replica, no cache", lambda: clients.AgentServer(uncached.url)
             ),
-            ALONE: on(ALONE, lambda: clients.InProcess(graph)),
+            ALONE: on(ALONE, lambda: clients.GraphAlone(graph)),
             **baseline,
         }
         await interleave(bench.repetitions, contenders)
@@ -228,6 +229,11 @@ def rows(measured: dict[str, Windows], turns: int) -> list[Row]:
         )
         for name, w in measured.items()
     ]  # fmt: skip
+    # What a turn gains along the conversation, ours against the graph's own share of it.
+    for name in ("1 replica", ALONE):
+        w = measured[name]
+        growth = [(t - e) * 1000 for e, t in zip(w.early, w.late, strict=True)]
+        out.append(alone(NAME, f"{late} minus turns 1-{WINDOW}, {name} (info)", "ms", growth))
     out.append(
         compare(
             NAME, f"{late}, fresh database vs analyzed", "ms",

@@ -21,11 +21,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import orjson
+from langchain_core.messages import HumanMessage
 
 from tests.perf import cpu
 
@@ -119,24 +120,28 @@ class Balanced:
         return await self._pick().turn(http, thread_id, text)
 
 
-@dataclass(frozen=True)
-class InProcess:
-    """(b): a compiled graph called in this process, with no service and no HTTP (``http`` is
-    not used): what the graph's own work costs."""
+@dataclass
+class GraphAlone:
+    """(b) of benchmark 11: the graph itself, in this process, with no saver and no HTTP (``http``
+    is not used). Each turn passes the conversation so far, kept here, and takes it back: what
+    the graph's own work costs along a conversation, with nothing stored, loaded or sent."""
 
     graph: Any
+    histories: dict[str, list[Any]] = field(default_factory=dict)
 
     async def new_thread(self, http: httpx.AsyncClient) -> str:
-        return str(uuid.uuid4())
+        thread_id = str(uuid.uuid4())
+        self.histories[thread_id] = []
+        return thread_id
 
     async def turn(self, http: httpx.AsyncClient, thread_id: str, text: str) -> str:
-        said = {"messages": [{"role": "user", "content": text}]}
-        config: Any = {"configurable": {"thread_id": thread_id}}
-        out = await self.graph.ainvoke(said, config, durability="sync")
+        said = [*self.histories[thread_id], HumanMessage(text)]
+        out = await self.graph.ainvoke({"messages": said})
+        self.histories[thread_id] = out["messages"]
         return str(out["messages"][-1].content)
 
 
-Server = AgentServer | Tutorial | Balanced | InProcess
+Server = AgentServer | Tutorial | Balanced | GraphAlone
 
 
 def say(conversation: int, turn: int) -> str:
