@@ -8,11 +8,8 @@ one-node graphs of the test's own; a drain of 0 seconds stops every attempt at o
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypedDict
 
-from langgraph.graph import END, START, StateGraph
-
-from tests.support.runs import claimed
+from tests.support.runs import Counter, claimed, one_node
 from tests.support.runs import executor as executor_for
 from threadkeeper.service import runs
 from threadkeeper.service.db import Pool
@@ -22,18 +19,6 @@ from threadkeeper.service.executor import RESTOP_SECONDS, RunOutcome
 REPLICA = "executor-drain-test"
 # Long enough for a loaded machine, short of anything a lost cancellation would take.
 PATIENCE = 10 * RESTOP_SECONDS + 20
-
-
-class Counter(TypedDict):
-    n: int
-
-
-def one_node(work: Any) -> Any:
-    builder = StateGraph(Counter)
-    builder.add_node("work", work)
-    builder.add_edge(START, "work")
-    builder.add_edge("work", END)
-    return builder.compile(name="agent")
 
 
 async def _status(pool: Pool, run: runs.Run) -> RunStatus | None:

@@ -8,13 +8,12 @@ every checkpoint of the attempt (see ``tests.support.runs.executor``).
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypedDict
+from typing import Any
 
 import pytest
 from langchain_core.runnables import RunnableConfig
-from langgraph.graph import END, START, StateGraph
 
-from tests.support.runs import claimed
+from tests.support.runs import Counter, claimed, one_node
 from tests.support.runs import executor as executor_for
 from threadkeeper.service import runs
 from threadkeeper.service.db import Pool
@@ -23,10 +22,6 @@ from threadkeeper.service.notify import Hub
 
 REPLICA = "executor-ending-test"
 TAKE_OVER_SQL = "UPDATE runs SET attempt = attempt + 1, lease_holder = 'other' WHERE run_id = %s"
-
-
-class Counter(TypedDict):
-    n: int
 
 
 def taking_over_graph(pool: Pool) -> Any:
@@ -38,15 +33,7 @@ def taking_over_graph(pool: Pool) -> Any:
             await conn.execute(TAKE_OVER_SQL, (run_id,))
         return {"n": state["n"] + 1}
 
-    return one_node_graph(work)
-
-
-def one_node_graph(work: Any) -> Any:
-    builder = StateGraph(Counter)
-    builder.add_node("work", work)
-    builder.add_edge(START, "work")
-    builder.add_edge("work", END)
-    return builder.compile(name="agent")
+    return one_node(work)
 
 
 async def _rows(pool: Pool, sql: str, key: Any) -> int:
@@ -114,7 +101,7 @@ async def count(state: Counter) -> Counter:
 
 async def test_a_run_ends_even_if_its_lease_keeper_loses_its_cancellation(pool: Pool) -> None:
     run = await claimed(pool, REPLICA, input={"n": 0})
-    executor = executor_for(pool, one_node_graph(count), REPLICA, lease_seconds=0.3)
+    executor = executor_for(pool, one_node(count), REPLICA, lease_seconds=0.3)
     hub = executor.hub = LossyHub()
     attempt = executor.start(run)
     assert attempt.task is not None

@@ -7,14 +7,13 @@ graphs of the test's own; the database failures are real (backends terminated by
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypedDict
+from typing import Any
 
 import psycopg
 import pytest
 from langchain_core.runnables import RunnableConfig
-from langgraph.graph import END, START, StateGraph
 
-from tests.support.runs import claimed
+from tests.support.runs import Counter, claimed, one_node
 from tests.support.runs import executor as executor_for
 from threadkeeper.service import runs
 from threadkeeper.service.db import Pool
@@ -22,18 +21,6 @@ from threadkeeper.service.executor import DATABASE_FAILED_ERROR, WAIT_ONLY
 from threadkeeper.service.worker import Worker
 
 REPLICA = "attempt-failures-test"
-
-
-class Counter(TypedDict):
-    n: int
-
-
-def one_node(work: Any) -> Any:
-    builder = StateGraph(Counter)
-    builder.add_node("work", work)
-    builder.add_edge(START, "work")
-    builder.add_edge("work", END)
-    return builder.compile(name="agent")
 
 
 class Refused(Exception):

@@ -6,21 +6,17 @@ subgraph.
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any
 
 import pytest
 from langgraph.graph import END, START, StateGraph
 
-from tests.support.runs import claimed
+from tests.support.runs import Counter, claimed
 from tests.support.runs import executor as executor_for
 from threadkeeper.service import events
 from threadkeeper.service.db import Pool
 
 REPLICA = "executor-subgraphs-test"
-
-
-class Counter(TypedDict):
-    n: int
 
 
 def nested_graph() -> Any:

@@ -1,11 +1,13 @@
-"""Runs rows for tests that need one in a given state, made with the service's own SQL."""
+"""Runs rows for tests that need one in a given state, made with the service's own SQL, and an
+executor to run them with a graph of the test's own."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, TypedDict
 from uuid import UUID
 
+from langgraph.graph import END, START, StateGraph
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
@@ -72,3 +74,18 @@ def executor(pool: Pool, graph: Any, replica: str, lease_seconds: float = 30.0) 
         replica=replica,
         lease_seconds=lease_seconds,
     )
+
+
+class Counter(TypedDict):
+    """The state of ``one_node``'s graphs."""
+
+    n: int
+
+
+def one_node(work: Any) -> Any:
+    """A graph named ``agent`` whose one node is ``work``."""
+    builder = StateGraph(Counter)
+    builder.add_node("work", work)
+    builder.add_edge(START, "work")
+    builder.add_edge("work", END)
+    return builder.compile(name="agent")
