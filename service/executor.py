@@ -239,16 +239,16 @@ class Executor:
         loop = asyncio.get_running_loop()
         stop_at = loop.time() + grace_seconds
         while True:
-            attempts = [a for a in self.attempts.values() if a.task and not a.task.done()]
-            if not attempts:
+            attempts = list(self.attempts.values())
+            tasks = [t for a in attempts if (t := a.task) is not None and not t.done()]
+            if not tasks:
                 return
-            tasks = [a.task for a in attempts if a.task is not None]
             left = stop_at - loop.time()
             if left > 0:
                 await asyncio.wait(tasks, timeout=left)
                 continue
             for attempt in attempts:
-                attempt.stop(StopReason.DRAIN)
+                attempt.stop(StopReason.DRAIN)  # one whose graph has ended is left alone
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def graph_id(self, run: runs.Run) -> str:
