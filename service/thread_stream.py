@@ -12,7 +12,9 @@ What a follower gets is its modes' (the Agent Server's): ``run_modes`` every eve
 ``{"status": "run_done"}``); ``state_update`` each ``POST /threads/{id}/state`` after the start,
 read from the thread's checkpoints (an update is one with source ``update``), as a
 ``state_update`` event with the state it made. A stream that follows updates numbers its events
-``<run part>;<checkpoint_id>``, so ``Last-Event-ID`` resumes both exactly.
+``<run part>;<checkpoint_id>``, so ``Last-Event-ID`` resumes both exactly. Updates come as they
+are made, and every update made before a run is read comes before that run's start: a client
+that updates the state and then starts a run sees them in that order.
 """
 
 from __future__ import annotations
@@ -243,10 +245,11 @@ async def follow(
 ) -> AsyncIterator[ThreadEvent | None]:
     """The stream from ``cursor`` on, until ``closing``; None is a heartbeat."""
     sources: list[AsyncGenerator[ThreadEvent | None, None]] = []
+    feed = None if cursor.update is None else UpdateFeed(pool, thread_id, cursor.update, describe)
     if modes & RUN_FOLLOWING:
-        sources.append(_runs(pool, hub, thread_id, cursor.runs, modes, heartbeat, closing))
-    if cursor.update is not None:
-        sources.append(_updates(pool, hub, thread_id, cursor.update, describe, heartbeat, closing))
+        sources.append(_runs(pool, hub, thread_id, cursor.runs, modes, feed, heartbeat, closing))
+    if feed is not None:
+        sources.append(_updates(hub, feed, heartbeat, closing))
     async for item in _merged(sources):
         if item is None:
             yield None
@@ -296,30 +299,47 @@ async def _merged(sources: list[AsyncGenerator[Any, None]]) -> AsyncIterator[Any
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+class UpdateFeed:
+    """The thread's state updates after a checkpoint, read by whichever source gets there first:
+    the updates source as they are made, and the runs source before each run it starts, so an
+    update made before a run was queued is never sent after that run's start. One reader at a
+    time, holding the feed until its events are taken, so the two never send updates out of
+    order or twice."""
+
+    def __init__(self, pool: Pool, thread_id: UUID, after: str, describe: Describe) -> None:
+        self._pool = pool
+        self._thread_id = thread_id
+        self._after = after
+        self._describe = describe
+        self._lock = asyncio.Lock()
+
+    async def drain(self) -> AsyncGenerator[ThreadEvent, None]:
+        """Every update made so far after the last one sent, as ``state_update`` events."""
+        no_runs = Position(datetime.min, NO_RUN, 0)
+        async with self._lock:
+            while True:
+                async with self._pool.connection() as conn:
+                    updates = await _updates_after(conn, self._thread_id, self._after)
+                if not updates:
+                    return
+                for checkpoint_id in updates:
+                    self._after = checkpoint_id
+                    data = await self._describe(checkpoint_id)
+                    if data is not None:
+                        raw = dumps(data).decode()
+                        yield ThreadEvent(Cursor(no_runs, checkpoint_id), STATE_UPDATE_EVENT, raw)
+
+
 async def _updates(
-    pool: Pool,
-    hub: Hub,
-    thread_id: UUID,
-    after: str,
-    describe: Describe,
-    heartbeat: float,
-    closing: asyncio.Event,
+    hub: Hub, feed: UpdateFeed, heartbeat: float, closing: asyncio.Event
 ) -> AsyncGenerator[ThreadEvent | None, None]:
-    """The thread's state updates after ``after``, as ``state_update`` events."""
-    no_runs = Position(datetime.min, NO_RUN, 0)
+    """The thread's state updates as they are made."""
     while not closing.is_set():
         wakeup = hub.arm(ANY_EVENTS)
         try:
-            async with pool.connection() as conn:
-                updates = await _updates_after(conn, thread_id, after)
-            for checkpoint_id in updates:
-                after = checkpoint_id
-                data = await describe(checkpoint_id)
-                if data is not None:
-                    raw = dumps(data).decode()
-                    yield ThreadEvent(Cursor(no_runs, after), STATE_UPDATE_EVENT, raw)
-            if updates:
-                continue
+            async with contextlib.aclosing(feed.drain()) as updates:
+                async for update in updates:
+                    yield update
             if not await woken(wakeup, closing, heartbeat):
                 yield None
         finally:
@@ -332,10 +352,12 @@ async def _runs(
     thread_id: UUID,
     position: Position,
     modes: frozenset[ThreadStreamMode],
+    feed: UpdateFeed | None,
     heartbeat: float,
     closing: asyncio.Event,
 ) -> AsyncGenerator[ThreadEvent | None, None]:
-    """The thread's runs' events from ``position`` on, as ``modes`` show them."""
+    """The thread's runs' events from ``position`` on, as ``modes`` show them; with a feed,
+    the updates made before each run starts come before it."""
     if position.run_id != NO_RUN:
         async for item in _run(pool, hub, position, modes, heartbeat, closing):
             yield item
@@ -346,6 +368,10 @@ async def _runs(
             async with pool.connection() as conn:
                 queued = await _runs_after(conn, thread_id, position)
             for position in queued:
+                if feed is not None:
+                    async with contextlib.aclosing(feed.drain()) as updates:
+                        async for update in updates:
+                            yield update
                 async for item in _run(pool, hub, position, modes, heartbeat, closing):
                     yield item
             if queued:
