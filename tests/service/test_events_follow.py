@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from tests.support.runs import run_with_events
 from threadkeeper.service import events
 from threadkeeper.service.notify import Hub
 
@@ -55,34 +55,13 @@ async def _nothing() -> None:
     return None
 
 
-async def _run(url: str, status: str, events_sql: str) -> uuid.UUID:
-    """A run in ``status`` with the events ``events_sql`` lists as ``(%s, seq, event, data)``."""
-    run_id, thread_id = uuid.uuid4(), uuid.uuid4()
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as w:
-        await w.execute(
-            "INSERT INTO threads (thread_id, owner) VALUES (%s, 'someone')", (thread_id,)
-        )
-        await w.execute(
-            "INSERT INTO runs (run_id, thread_id, assistant_id, status)"
-            " VALUES (%s, %s, 'agent', %s)",
-            (run_id, thread_id, status),
-        )
-        if events_sql:
-            rows = events_sql.count("%s")
-            await w.execute(
-                f"INSERT INTO run_events (run_id, seq, event, data) VALUES {events_sql}",
-                (run_id,) * rows,
-            )
-    return run_id
-
-
 async def test_run_ending_between_the_two_reads_loses_no_event(database_url: str) -> None:
     """Regression: follow() read events, then the status; a run whose last batch and final
     status committed between the two looked finished, and the stream closed without ``end``.
 
     The database and connections are real; only the pool is wrapped, to land that commit at the
     exact point between the two reads (whichever read comes second)."""
-    run_id = await _run(database_url, "running", "(%s, 1, 'metadata', '{}')")
+    run_id = await run_with_events(database_url, "running", "(%s, 1, 'metadata', '{}')")
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as w:
 
         async def the_run_ends() -> None:
@@ -129,7 +108,7 @@ class _OutagePool:
 async def test_a_follower_waits_out_a_database_outage(database_url: str) -> None:
     """Regression: an outage ended the stream with an error while the run went on; the
     follower now keeps going (heartbeats) and still delivers the run's events to ``end``."""
-    run_id = await _run(
+    run_id = await run_with_events(
         database_url, "success", "(%s, 1, 'metadata', '{}'), (%s, 2, 'end', 'null')"
     )
     pool: Any = _OutagePool(database_url)
@@ -142,7 +121,7 @@ async def test_a_follower_waits_out_a_database_outage(database_url: str) -> None
 
 async def test_a_follower_stops_without_end_when_the_replica_closes(database_url: str) -> None:
     """The caller cuts the connection then (see routes.runs._sse): no ``end`` is made up."""
-    run_id = await _run(database_url, "running", "")
+    run_id = await run_with_events(database_url, "running", "")
     closing = asyncio.Event()
     pool: Any = _OutagePool(database_url, outage=False)
     stream = events.follow(pool, Hub(database_url), run_id, 0, 3600.0, closing)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 
+from tests.support.runs import run_with_events
 from threadkeeper.service import thread_stream
 from threadkeeper.service.db import Pool
 from threadkeeper.service.notify import Hub
@@ -28,27 +30,28 @@ UPDATE_ID = "1f0a0000-0000-6000-8000-000000000001"
 async def _an_update_then_a_run(url: str) -> tuple[uuid.UUID, uuid.UUID]:
     """A thread whose state was updated (a checkpoint with source ``update``), then a run that
     started and ended."""
-    thread_id, run_id = uuid.uuid4(), uuid.uuid4()
+    thread_id = uuid.uuid4()
+    events = "(%s, 1, 'metadata', '{}'), (%s, 2, 'end', 'null')"
+    run_id = await run_with_events(url, "success", events, thread_id=thread_id)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as w:
-        await w.execute(
-            "INSERT INTO threads (thread_id, owner) VALUES (%s, 'someone')", (thread_id,)
-        )
         await w.execute(
             "INSERT INTO checkpoints (thread_id, checkpoint_id, checkpoint, metadata)"
             " VALUES (%s, %s, '{}', '{\"source\": \"update\"}')",
             (str(thread_id), UPDATE_ID),
         )
-        await w.execute(
-            "INSERT INTO runs (run_id, thread_id, assistant_id, status)"
-            " VALUES (%s, %s, 'agent', 'success')",
-            (run_id, thread_id),
-        )
-        await w.execute(
-            "INSERT INTO run_events (run_id, seq, event, data)"
-            " VALUES (%s, 1, 'metadata', '{}'), (%s, 2, 'end', 'null')",
-            (run_id, run_id),
-        )
     return thread_id, run_id
+
+
+async def _first(items: AsyncIterator[ThreadEvent | None], n: int) -> list[ThreadEvent]:
+    """The first ``n`` events (no heartbeat comes: nothing waits that long)."""
+    got: list[ThreadEvent] = []
+    async with asyncio.timeout(30):
+        async for item in items:
+            assert item is not None
+            got.append(item)
+            if len(got) == n:
+                return got
+    raise AssertionError(f"the stream ended after {got}")
 
 
 async def _described(checkpoint_id: str) -> Any:
@@ -79,13 +82,7 @@ async def test_the_runs_source_sends_the_updates_made_before_a_run_first(
     runs = thread_stream._runs(
         pool, Hub(database_url), thread_id, cursor.runs, MODES, feed, 3600.0, closing
     )
-    got: list[ThreadEvent] = []
-    async with asyncio.timeout(30):
-        async for item in runs:
-            assert item is not None
-            got.append(item)
-            if len(got) == 3:
-                break
+    got = await _first(runs, 3)
     await runs.aclose()
     assert [item.event for item in got] == [STATE_UPDATE_EVENT, "metadata", "metadata"]
     assert got[0].cursor.update == UPDATE_ID
@@ -106,13 +103,7 @@ async def test_a_follower_gets_each_update_once_and_before_the_next_run(
     stream = thread_stream.follow(
         pool, Hub(database_url), thread_id, cursor, MODES, _described, 3600.0, closing
     )
-    got: list[ThreadEvent] = []
-    async with asyncio.timeout(30):
-        async for item in stream:
-            assert item is not None
-            got.append(item)
-            if len(got) == 3:
-                break
+    got = await _first(stream, 3)
     await stream.aclose()  # type: ignore[attr-defined]
     assert [item.event for item in got] == [STATE_UPDATE_EVENT, "metadata", "metadata"]
     # The ids carry both positions: the last names the run's end and the update.

@@ -7,6 +7,7 @@ import uuid
 from typing import Any, TypedDict
 from uuid import UUID
 
+import psycopg
 from langgraph.graph import END, START, StateGraph
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
@@ -35,6 +36,31 @@ async def running_run(
     new = new_run(thread_id, **fields)
     await runs.insert(conn, new, claim_for=runs.ClaimTerms(replica, lease_seconds))
     return thread_id, new.run_id
+
+
+async def run_with_events(
+    url: str, status: str, events_sql: str, *, thread_id: UUID | None = None
+) -> UUID:
+    """A run in ``status`` of a new thread (``thread_id``, else a fresh id), with the events
+    ``events_sql`` lists as ``(%s, seq, event, data)``: rows as a stream reads them, written
+    directly, for tests of the readers."""
+    run_id, thread_id = uuid.uuid4(), thread_id or uuid.uuid4()
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as w:
+        await w.execute(
+            "INSERT INTO threads (thread_id, owner) VALUES (%s, 'someone')", (thread_id,)
+        )
+        await w.execute(
+            "INSERT INTO runs (run_id, thread_id, assistant_id, status)"
+            " VALUES (%s, %s, 'agent', %s)",
+            (run_id, thread_id, status),
+        )
+        if events_sql:
+            rows = events_sql.count("%s")
+            await w.execute(
+                f"INSERT INTO run_events (run_id, seq, event, data) VALUES {events_sql}",
+                (run_id,) * rows,
+            )
+    return run_id
 
 
 def new_run(thread_id: UUID, **fields: Any) -> runs.NewRun:
