@@ -107,6 +107,10 @@ class Position:
         return cls(row["created_at"], row["run_id"], 0)
 
 
+# Where an update's event stands in the runs: nowhere (``follow`` keeps the runs part).
+NO_RUNS = Position(datetime.min, NO_RUN, 0)
+
+
 @dataclass(frozen=True)
 class Cursor:
     """Where a follower is: in the thread's runs, and in its state updates (the last update's
@@ -315,7 +319,6 @@ class UpdateFeed:
 
     async def drain(self) -> AsyncGenerator[ThreadEvent, None]:
         """Every update made so far after the last one sent, as ``state_update`` events."""
-        no_runs = Position(datetime.min, NO_RUN, 0)
         async with self._lock:
             while True:
                 async with self._pool.connection() as conn:
@@ -327,7 +330,7 @@ class UpdateFeed:
                     data = await self._describe(checkpoint_id)
                     if data is not None:
                         raw = dumps(data).decode()
-                        yield ThreadEvent(Cursor(no_runs, checkpoint_id), STATE_UPDATE_EVENT, raw)
+                        yield ThreadEvent(Cursor(NO_RUNS, checkpoint_id), STATE_UPDATE_EVENT, raw)
 
 
 async def _updates(

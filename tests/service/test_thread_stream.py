@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -58,15 +59,8 @@ async def _described(checkpoint_id: str) -> Any:
     return {"checkpoint_id": checkpoint_id}
 
 
-async def _since_long_ago(pool: Pool, thread_id: uuid.UUID) -> Cursor:
-    async with pool.connection() as conn:
-        cursor = await thread_stream.start(conn, thread_id, None, MODES)
-    # From before the run and the update: both are the follower's to see.
-    return Cursor(Position(cursor.runs.created_at.replace(year=2000), NO_RUN, 0), "")
-
-
-def _shown(items: list[ThreadEvent]) -> list[tuple[str, str]]:
-    return [(item.event, item.raw) for item in items]
+# From before the run and the update: both are the follower's to see.
+SINCE_LONG_AGO = Cursor(Position(datetime(2000, 1, 1, tzinfo=UTC), NO_RUN, 0), "")
 
 
 async def test_the_runs_source_sends_the_updates_made_before_a_run_first(
@@ -76,11 +70,10 @@ async def test_the_runs_source_sends_the_updates_made_before_a_run_first(
     could read its start before the other source had read the update made before it. The runs
     source alone now gets there too: before a run it sends every update made so far."""
     thread_id, run_id = await _an_update_then_a_run(database_url)
-    cursor = await _since_long_ago(pool, thread_id)
     feed = thread_stream.UpdateFeed(pool, thread_id, "", _described)
     closing = asyncio.Event()
     runs = thread_stream._runs(
-        pool, Hub(database_url), thread_id, cursor.runs, MODES, feed, 3600.0, closing
+        pool, Hub(database_url), thread_id, SINCE_LONG_AGO.runs, MODES, feed, 3600.0, closing
     )
     got = await _first(runs, 3)
     await runs.aclose()
@@ -98,14 +91,13 @@ async def test_a_follower_gets_each_update_once_and_before_the_next_run(
     """Both sources together, through ``follow``: whichever reads the update, it is sent once,
     before the start of the run queued after it."""
     thread_id, run_id = await _an_update_then_a_run(database_url)
-    cursor = await _since_long_ago(pool, thread_id)
     closing = asyncio.Event()
     stream = thread_stream.follow(
-        pool, Hub(database_url), thread_id, cursor, MODES, _described, 3600.0, closing
+        pool, Hub(database_url), thread_id, SINCE_LONG_AGO, MODES, _described, 3600.0, closing
     )
     got = await _first(stream, 3)
     await stream.aclose()  # type: ignore[attr-defined]
     assert [item.event for item in got] == [STATE_UPDATE_EVENT, "metadata", "metadata"]
     # The ids carry both positions: the last names the run's end and the update.
     assert got[-1].id == f"{run_id}:2;{UPDATE_ID}"
-    assert _shown(got)[0] == (STATE_UPDATE_EVENT, f'{{"checkpoint_id":"{UPDATE_ID}"}}')
+    assert (got[0].event, got[0].raw) == (STATE_UPDATE_EVENT, f'{{"checkpoint_id":"{UPDATE_ID}"}}')

@@ -1,5 +1,6 @@
-"""Runs rows for tests that need one in a given state, made with the service's own SQL, and an
-executor to run them with a graph of the test's own."""
+"""Runs rows for tests that need one in a given state, made with the service's own SQL (or, for
+the stream readers' tests, a finished run and its events written directly), and an executor to
+run them with a graph of the test's own."""
 
 from __future__ import annotations
 
