@@ -40,6 +40,15 @@ conversation's snapshot is most of what a load reads, detoasts and sends. Those 
 without bytes and are decoded from the values taken out of the cache before the statement ran
 (``Pinned``), so an eviction meanwhile changes nothing.
 
+A run's final value of a ``DeltaChannel`` is kept too (``BlobCache.keep``, by the executor
+once the run's ending has committed), under the id its version has: no row stores that value
+whole, but it is the value that id names, the seed and writes Postgres holds replayed, which
+the next load would rebuild (``service.checkpointer``, ``keep_final_values``, says which
+checkpoint qualifies). A load that meets a held version, at the checkpoint or on its walk back,
+starts there (``service.checkpoint_load``): the replica's next turn on the thread reads and
+replays no history at all, and a replica taking every other turn replays one turn's writes.
+Its messages are the live objects the run ended with, as the steps of one run share them.
+
 The bound is on memory: each entry is charged an estimate of what its decoded objects take,
 ``DECODED_PER_STORED_BYTE`` times the stored size plus ``ENTRY_OVERHEAD`` (measured with
 tracemalloc for LangChain message lists of 2 to 600 messages;
@@ -94,7 +103,9 @@ class TaskWrite(NamedTuple):
 BlobId = ChannelBlob | TaskWrite
 
 
-def channel_blob(thread_id: str, checkpoint_ns: str, channel: str, version: str) -> BlobId | None:
+def channel_blob(
+    thread_id: str, checkpoint_ns: str, channel: str, version: str
+) -> ChannelBlob | None:
     """The id of a channel value, if its version is one that is never reused."""
     counter, dot, fraction = version.partition(".")
     if not dot or not counter.isdigit() or not fraction.strip("0."):
@@ -154,6 +165,8 @@ class _Entry(NamedTuple):
     # What the entry is charged against the bound, and the stored size it was decoded from.
     cost: int
     size: int
+    # A run's final value (``keep``), not decoded from a row.
+    kept: bool = False
 
 
 @dataclass
@@ -233,6 +246,21 @@ class BlobCache:
         self.stats.hits += 1
         self.stats.hit_bytes += pinned.size
         return _fresh(pinned.value)
+
+    def keep(self, scope: Scope, blob_id: ChannelBlob, value: Any, size: int) -> None:
+        """Hold ``value`` as the channel's value at ``blob_id``'s version without decoding it:
+        a run's final value of a ``DeltaChannel``, which no row stores whole (see the module's
+        docstring). ``size``: the stored bytes it was built from, charged as a decoded row's."""
+        key = (scope, blob_id)
+        if key in self._entries:
+            return
+        # The run's previous final value is the one this replaces: a load starts from the
+        # newest, and each is charged for the whole conversation.
+        slot = (scope, blob_id.checkpoint_ns, blob_id.channel)
+        previous = self._newest.get(blob_id.thread_id, {}).get(slot)
+        if previous is not None and self._entries[previous].kept:
+            self._forget(previous, self._entries.pop(previous).cost)
+        self._put(key, _Entry(_fresh(value), charge(size), size, kept=True))
 
     def drop_thread(self, thread_id: str) -> None:
         """Forget what was read for ``thread_id`` (it was deleted, or its history pruned)."""

@@ -7,7 +7,9 @@ statements: the checkpoint, a page of ancestors to walk, and the writes and seed
 walk. Here one statement returns all three, read from one snapshot of LangGraph's own tables:
 the ancestor walk is a recursive CTE that follows ``parent_checkpoint_id`` and stops at a
 checkpoint holding a value for the channel (a snapshot blob or an inline primitive), as the
-stock walk does.
+stock walk does, or at a version whose value the replica holds (``blob_cache``: a held
+snapshot, or a run's final value kept there): the walk then starts from what is held, and a
+channel held at the checkpoint's own version is not walked at all.
 
 Every read of those tables is a lateral subquery probed by key from the row that needs it
 (``OFFSET 0`` keeps the planner from flattening it into a join it could reorder), and the
@@ -37,6 +39,7 @@ from psycopg.rows import DictRow
 
 from threadkeeper.service.blob_cache import (
     BlobId,
+    ChannelBlob,
     Keyed,
     Pinned,
     channel_blob,
@@ -45,17 +48,17 @@ from threadkeeper.service.blob_cache import (
 )
 
 # The value a channel has at checkpoint ``c``: a snapshot blob, else an inline primitive (JSON
-# null counts as none, as in the stock walk).
+# null counts as none, as in the stock walk), or one the replica holds at that version.
 _SEED_COLUMNS = """
-    SELECT c.checkpoint -> 'channel_versions' ->> w.channel AS version,
+    SELECT v.version,
            EXISTS (
                SELECT 1 FROM checkpoint_blobs b
                WHERE b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns
-                 AND b.channel = w.channel
-                 AND b.version = c.checkpoint -> 'channel_versions' ->> w.channel
-                 AND b.type <> 'empty'
+                 AND b.channel = w.channel AND b.version = v.version AND b.type <> 'empty'
            ) AS has_blob,
-           nullif(c.checkpoint -> 'channel_values' -> w.channel, 'null'::jsonb) AS inline
+           nullif(c.checkpoint -> 'channel_values' -> w.channel, 'null'::jsonb) AS inline,
+           w.channel || '/' || v.version = ANY(%(held)s::text[]) AS held
+    FROM (SELECT c.checkpoint -> 'channel_versions' ->> w.channel AS version) v
 """
 
 # A channel value's bytes, or NULL for one the replica holds decoded (``%(held)s``, named as
@@ -73,10 +76,9 @@ _NULLS_W = (
     "NULL::text AS type, NULL::bytea AS blob, NULL::text AS task_id, NULL::text AS task_path, "
     "NULL::int AS idx"
 )
-_NULLS_CP = (
-    "NULL::text AS checkpoint_id, NULL::text AS parent_checkpoint_id, NULL::jsonb AS checkpoint, "
-    "NULL::jsonb AS metadata, NULL::bytea[] AS channel_values, NULL::bytea[] AS pending_writes"
-)
+_NULLS_CP = "NULL::text, NULL::text, NULL::jsonb, NULL::jsonb, NULL::bytea[], NULL::bytea[]"
+# Past the first part of a UNION, a column's name is the first part's: these need no names.
+_NULLS_W_UNNAMED = "NULL::text, NULL::bytea, NULL::text, NULL::text, NULL::int"
 
 LOAD_TEMPLATE = f"""
 WITH RECURSIVE target AS (
@@ -99,16 +101,19 @@ replay AS (
             AND b.version = t.checkpoint -> 'channel_versions' ->> ch.channel
             AND b.type <> 'empty'
       )
+      AND NOT ch.channel || '/' || (t.checkpoint -> 'channel_versions' ->> ch.channel)
+          = ANY(%(held)s::text[])
 ),
--- Depth 0 is the target itself; the walk goes up while no value is found. Ancestors have
--- smaller ids (uuid6), which the stock walk relies on too and which bounds this one.
+-- Depth 0 is the target itself; the walk goes up while no value is found: stored, or held
+-- by the replica at that version (``held``). Ancestors have smaller ids (uuid6), which the
+-- stock walk relies on too and which bounds this one.
 walk AS (
     SELECT r.channel, t.checkpoint_id, t.parent_checkpoint_id, 0 AS depth,
-           NULL::text AS version, false AS has_blob, NULL::jsonb AS inline
+           NULL::text AS version, false AS has_blob, NULL::jsonb AS inline, false AS held
     FROM replay r, target t
   UNION ALL
     SELECT w.channel, c.checkpoint_id, c.parent_checkpoint_id, w.depth + 1,
-           s.version, s.has_blob, s.inline
+           s.version, s.has_blob, s.inline, s.held
     FROM walk w
     CROSS JOIN LATERAL (
         SELECT * FROM checkpoints c
@@ -117,7 +122,7 @@ walk AS (
         OFFSET 0
     ) c
     CROSS JOIN LATERAL ({_SEED_COLUMNS}) s
-    WHERE NOT w.has_blob AND w.inline IS NULL
+    WHERE NOT w.has_blob AND w.inline IS NULL AND NOT w.held
 )
 SELECT 't'::text AS _kind, t.checkpoint_id, t.parent_checkpoint_id, t.checkpoint, t.metadata,
     (
@@ -143,9 +148,9 @@ FROM target t
 UNION ALL
 SELECT 'c', {_NULLS_CP}, w.channel,
     array_agg(w.checkpoint_id ORDER BY w.depth) FILTER (WHERE w.depth > 0),
-    max(w.version) FILTER (WHERE w.has_blob OR w.inline IS NOT NULL),
+    max(w.version) FILTER (WHERE w.has_blob OR w.inline IS NOT NULL OR w.held),
     (array_agg(w.inline) FILTER (WHERE NOT w.has_blob AND w.inline IS NOT NULL))[1],
-    {_NULLS_W}
+    {_NULLS_W_UNNAMED}
 FROM walk w
 GROUP BY w.channel
 UNION ALL
@@ -173,6 +178,11 @@ WHERE w.has_blob
 """
 
 
+# The type of a value that no row stores, held by the replica (``blob_cache.Pinned``): only
+# the cache's serializer decodes it.
+HELD_TYPE = "held"
+
+
 @lru_cache(maxsize=2)
 def load_sql(by_id: bool) -> bytes:
     """The statement for a given checkpoint id, or for the thread's latest checkpoint."""
@@ -182,7 +192,9 @@ def load_sql(by_id: bool) -> bytes:
     # up to 4096 bytes; a longer one is parsed again on every load.
     lines = (line.strip() for line in LOAD_TEMPLATE.format(by_id=by_id_clause).splitlines())
     kept = "\n".join(line for line in lines if line and not line.startswith("--"))
-    return kept.replace(", ", ",").replace(" = ", "=").encode()
+    for spaced in (", ", " = ", " -> ", " ->> ", " || "):
+        kept = kept.replace(spaced, spaced.strip())
+    return kept.encode()
 
 
 @dataclass(frozen=True)
@@ -221,12 +233,21 @@ def keyed_target(
 ) -> DictRow:
     """The checkpoint row with each stored value's bytes wrapped with its row's id
     (``blob_cache.Keyed``), for the decoding that follows to go through the cache; a value the
-    statement left out as held is its ``pinned`` one."""
+    statement left out as held is its ``pinned`` one. A value held at one of the checkpoint's
+    own versions that no row stores (a run's final value, ``BlobCache.keep``) is added: the
+    statement replays no history for it."""
     versions = target["checkpoint"].get("channel_versions") or {}
     blobs = []
     for channel, type_, blob in target["channel_values"] or ():
         blob_id = _blob_id(thread_id, checkpoint_ns, channel, versions)
         blobs.append([channel, type_, _stand_in(blob_id, blob, pinned)])
+    stored = {channel.decode() for channel, _, _ in blobs}
+    stored.update(target["checkpoint"].get("channel_values") or ())
+    blobs.extend(
+        [held.id.channel.encode(), HELD_TYPE.encode(), held]
+        for held in pinned.values()
+        if held.id.channel not in stored and str(versions.get(held.id.channel)) == held.id.version
+    )
     writes = [
         [
             task_id, channel, type_,
@@ -252,9 +273,47 @@ def keyed_walks(
         {**row, "blob": _stand_in(_row_id(row, thread_id, checkpoint_ns), row["blob"], pinned)}
         for row in walks.stage2_rows
     ]
+    stored = {(row["channel"], row["version"]) for row in rows if row["_kind"] == "b"}
+    for channel in walks.channels:
+        version = walks.seed_ver_by_ch.get(channel)
+        if version is None or (channel, version) in stored:
+            continue
+        held = pinned.get(ChannelBlob(thread_id, checkpoint_ns, channel, version))
+        if held is not None:  # the walk stopped at a value held here, which no row stores
+            rows.append(
+                {
+                    "_kind": "b",
+                    "channel": channel,
+                    "version": version,
+                    "type": HELD_TYPE,
+                    "blob": held,
+                }
+            )
     return Walks(
         walks.channels, walks.chain_by_ch, walks.seed_ver_by_ch, walks.seed_inline_by_ch, rows
     )
+
+
+def stored_sizes(target: DictRow, walks: Walks, channels: Sequence[str]) -> dict[str, int]:
+    """The stored bytes each of ``channels``' values was loaded from: its value at the
+    checkpoint, or its seed and the writes replayed on it."""
+    sizes = dict.fromkeys(channels, 0)
+    for channel, _, blob in target["channel_values"] or ():
+        name = channel.decode()
+        if name in sizes:
+            sizes[name] = _size(blob)
+    for row in walks.stage2_rows:
+        if row["channel"] in sizes:
+            sizes[row["channel"]] += _size(row["blob"])
+    return sizes
+
+
+def _size(blob: bytes | Keyed | Pinned | None) -> int:
+    if isinstance(blob, Pinned):
+        return blob.size
+    if isinstance(blob, Keyed):
+        return len(blob.data)
+    return len(blob or b"")
 
 
 def _stand_in(

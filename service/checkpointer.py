@@ -21,7 +21,8 @@ How it differs from the stock ``AsyncPostgresSaver``, always keeping LangGraph's
   hands the histories to the ``aget_delta_channel_history`` call LangGraph makes next; the stock
   saver sends three statements for the two calls. What it reads is decoded through the
   replica's cache (``service.blob_cache``), by the id of each row, also for a graph without
-  ``DeltaChannel``s.
+  ``DeltaChannel``s. A run's final ``DeltaChannel`` values are kept there under their versions
+  (``keep_final_values``), so the next run here reads no history for them.
 * Writes are held and go out together (fenced savers). Checkpoints and task writes are held,
   in the order LangGraph hands them over, for up to ``WRITE_BEHIND_SECONDS`` from the first one
   held, then written in one statement; a read (``aget_tuple``, ``alist``) and ``flush`` write
@@ -338,6 +339,11 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         self._writing: asyncio.Task[None] | None = None
         # The first write of a fenced saver that failed: nothing is written after it.
         self._failure: BaseException | None = None
+        # A fenced saver's run, for keeping its final values (``keep_final_values``): the
+        # stored bytes each history channel's value was built from, and the last checkpoint
+        # put in the thread's root namespace with those channels' versions.
+        self._sizes: dict[str, int] | None = None
+        self._last_put: tuple[str, str, dict[str, str]] | None = None
 
     def with_allowlist(self, extra_allowlist: Collection[tuple[str, ...]]) -> FencedPostgresSaver:
         """The stock clone with a stricter msgpack allowlist (``LANGGRAPH_STRICT_MSGPACK``),
@@ -376,8 +382,11 @@ class FencedPostgresSaver(AsyncPostgresSaver):
             elif v is not None and not isinstance(v, (str, int, float, bool)):
                 blob_values[k] = values.pop(k)
         blob_versions = {k: v for k, v in new_versions.items() if k in blob_values}
+        blobs = self._dump_blobs(thread_id, checkpoint_ns, blob_values, blob_versions)
+        if self.fence is not None and not checkpoint_ns:
+            self._note_put(thread_id, checkpoint, blobs)
         held = HeldCheckpoint(
-            self._dump_blobs(thread_id, checkpoint_ns, blob_values, blob_versions),
+            blobs,
             (
                 thread_id,
                 checkpoint_ns,
@@ -422,6 +431,10 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         )
         if not rows:
             return
+        if self._sizes is not None and not configurable["checkpoint_ns"]:
+            for row in rows:
+                if row[6] in self._sizes:
+                    self._sizes[row[6]] += len(row[8] or b"")
         batch = HeldWrites(task_id, task_path, rows, all(w[0] in WRITES_IDX_MAP for w in writes))
         keys = batch.keys()
         if len(keys) < len(rows):
@@ -446,6 +459,50 @@ class FencedPostgresSaver(AsyncPostgresSaver):
             await self.flush()
         self._hold(batch)
         self._held_keys |= keys
+
+    def keep_final_values(self, config: RunnableConfig, values: Any) -> None:
+        """Hold the run's final values of the graph's ``DeltaChannel``s in the replica's
+        cache, under their versions: the next run on the thread here then replays no history
+        for them (``checkpoint_load``). ``config`` and ``values`` are LangGraph's last
+        ``checkpoints`` stream item; they are kept only if that is the checkpoint this saver
+        put last, so a run that ended elsewhere (an interrupt before a step, a durability mode
+        that skipped it) keeps nothing. The caller calls this once that checkpoint is durable.
+        """
+        serde = self.serde
+        if (
+            not isinstance(serde, blob_cache.CachingSerializer)
+            or self._last_put is None
+            or self._sizes is None
+            or not isinstance(values, dict)
+        ):
+            return
+        thread_id, checkpoint_id, versions = self._last_put
+        if config["configurable"].get("checkpoint_id") != checkpoint_id:
+            return
+        for channel, version in versions.items():
+            value = values.get(channel)
+            blob_id = blob_cache.channel_blob(thread_id, "", channel, version)
+            if blob_id is None or not isinstance(value, list | dict | set):
+                continue
+            serde.cache.keep(
+                serde.scope, blob_id, DeltaSnapshot(value), self._sizes.get(channel, 0)
+            )
+
+    def _note_put(
+        self, thread_id: str, checkpoint: Checkpoint, blobs: Sequence[tuple[Any, ...]]
+    ) -> None:
+        """What ``keep_final_values`` needs of a checkpoint put in the root namespace: its
+        history channels' versions, and the size of a snapshot of one taken here."""
+        versions = checkpoint["channel_versions"]
+        self._last_put = (
+            thread_id,
+            checkpoint["id"],
+            {ch: str(versions[ch]) for ch in self.history if ch in versions},
+        )
+        if self._sizes is not None:
+            for _, _, channel, _, _, blob in blobs:
+                if channel in self._sizes:
+                    self._sizes[channel] = len(blob or b"")
 
     def _hold(self, item: Held) -> None:
         self._held.append(item)
@@ -495,15 +552,21 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         async with self._cursor() as cur:
             await cur.execute(checkpoint_load.load_sql(bool(checkpoint_id)), params)
             target, walks = checkpoint_load.split(await cur.fetchall())
+        tracked = self.fence is not None and not checkpoint_ns
         if target is None:
+            if tracked:
+                self._sizes = dict.fromkeys(self.history, 0)
             return None
         if target["checkpoint"]["v"] < 4 and target["parent_checkpoint_id"]:
             # Pending sends of an old checkpoint need migrating, which the stock read does.
+            self._sizes = None
             return await super().aget_tuple(config)
         if isinstance(self.serde, blob_cache.CachingSerializer):
             # Decode what this load read through the replica's cache, by row id.
             target = checkpoint_load.keyed_target(target, thread_id, checkpoint_ns, pinned)
             walks = checkpoint_load.keyed_walks(walks, thread_id, checkpoint_ns, pinned)
+        if tracked:
+            self._sizes = checkpoint_load.stored_sizes(target, walks, self.history)
         loaded = await self._load_checkpoint_tuple(
             {**target, "thread_id": thread_id, "checkpoint_ns": checkpoint_ns}
         )

@@ -398,7 +398,7 @@ class Executor:
         """Record how the attempt ended: success or an interrupt, a stop, or a failure."""
         try:
             if stepped is not None:
-                return await self._succeeded(attempt, writer, stepped)
+                return await self._succeeded(attempt, writer, saver, stepped)
             assert failure is not None
             return await self._ended_by(attempt, writer, saver, failure)
         except Exception as exc:
@@ -531,6 +531,7 @@ class Executor:
         self,
         attempt: Attempt,
         writer: events.EventWriter,
+        saver: FencedPostgresSaver,
         stepped: Stepped,
     ) -> RunOutcome:
         run = attempt.run
@@ -567,6 +568,9 @@ class Executor:
             # The run is another attempt's now (or gone): nothing of this one was recorded.
             log.info("run_stopping", reason=StopReason.LEASE_LOST)
             return await self._stopped(attempt, writer, StopReason.LEASE_LOST)
+        if ended:
+            # Durable now: the next run here starts from these values, not from the history.
+            saver.keep_final_values(last_checkpoint["config"], last_checkpoint["values"])
         values = stepped.last_values
         return RunOutcome(
             status,

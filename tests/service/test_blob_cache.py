@@ -399,6 +399,27 @@ def test_only_the_newest_version_held_of_a_channel_is_pinned() -> None:
     assert list(serde.pinned("t2", "")) == [other[1].id]
 
 
+def test_a_kept_value_replaces_the_value_kept_before_it_and_no_decoded_one() -> None:
+    """A run's final value is held under its version and is the one a load starts from; the
+    one the thread's previous run kept goes (each is charged for the whole conversation),
+    a snapshot decoded from its row stays."""
+    serde, _ = _serializer(1 << 20)
+    snapshot = _stored(DeltaSnapshot(_messages(4)), version=_version(3))
+    serde.loads_typed(snapshot)
+    versions = {5: _version(5), 7: _version(7)}
+    for counter, count in ((5, 6), (7, 8), (7, 8)):  # the last: the same value kept again
+        blob_id = channel_blob("t1", "", "messages", versions[counter])
+        assert blob_id is not None
+        serde.cache.keep(frozenset(), blob_id, DeltaSnapshot(_messages(count)), 100 * count)
+        (held,) = serde.pinned("t1", "").values()
+        assert held.id == blob_id and held.value.value == _messages(count)
+        assert held.size == 100 * count
+    assert len(serde.cache) == 2, "the first kept value is still held"
+    assert serde.cache.held_bytes == charge(len(snapshot[1].data)) + charge(800)
+    assert serde.loads_typed(snapshot).value == _messages(4)
+    assert serde.cache.stats.misses == 1
+
+
 def test_a_pinned_value_is_served_as_a_hit_also_after_its_eviction() -> None:
     serde, inner = _serializer(1 << 20)
     stored = _stored(DeltaSnapshot(_messages(6)))

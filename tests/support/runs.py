@@ -14,6 +14,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
 from threadkeeper.service import runs, threads
+from threadkeeper.service.blob_cache import BlobCache
 from threadkeeper.service.db import Pool
 from threadkeeper.service.executor import Executor
 from threadkeeper.service.graphs import GraphKind, LoadedGraph
@@ -88,15 +89,21 @@ async def claimed(pool: Pool, replica: str, **fields: Any) -> runs.Run:
     return row
 
 
-def executor(pool: Pool, graph: Any, replica: str, lease_seconds: float = 30.0) -> Executor:
+def executor(
+    pool: Pool,
+    graph: Any,
+    replica: str,
+    lease_seconds: float = 30.0,
+    cache: BlobCache | None = None,
+) -> Executor:
     """An executor of ``graph`` driven by the test itself: its notification hub is never started
     (nothing waits for a notification), so its keeper renews the lease every third of
-    ``lease_seconds`` (after ten seconds by default)."""
+    ``lease_seconds`` (after ten seconds by default). ``cache``: the replica's decoded blobs."""
     loaded = LoadedGraph("agent", GraphKind.COMPILED, compiled=graph)
     return Executor(
         pool=pool,
         hub=Hub("postgresql://unused"),
-        registry=Registry({"agent": loaded}, pool),
+        registry=Registry({"agent": loaded}, pool, cache),
         metrics=Metrics(),
         replica=replica,
         lease_seconds=lease_seconds,
