@@ -5,14 +5,23 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import orjson
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    HumanMessage,
+    RemoveMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langgraph.types import Interrupt
+from pydantic import BaseModel, Field, computed_field, field_serializer
+from pydantic_core import PydanticSerializationError, to_json
 
 from threadkeeper.service import serialize
 from threadkeeper.service.serialize import db_dumps, dumps, jsonable
@@ -72,3 +81,79 @@ def test_what_holds_no_list_of_models_is_encoded_as_it_is_not_copied() -> None:
     messages = [HumanMessage("h", id="1")]
     batched = serialize._batched({"values": {"messages": messages}, "other": [{"k": 1}]})
     assert isinstance(batched["values"]["messages"], orjson.Fragment)
+
+
+class Shouting(BaseModel):
+    """A model pydantic does not write as its fields: a field serializer."""
+
+    text: str
+
+    @field_serializer("text")
+    def _loud(self, text: str) -> str:
+        return text.upper()
+
+
+class Renamed(BaseModel):
+    text: str = Field(serialization_alias="words")
+    hidden: int = Field(default=1, exclude=True)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def length(self) -> int:
+        return len(self.text)
+
+
+def _odd_tool_call() -> AIMessage:
+    """A message changed after it was made, with keys its declared types do not have."""
+    message = AIMessage("", tool_calls=[CALL], usage_metadata=USAGE)
+    message.tool_calls[0]["extra"] = 5  # type: ignore[typeddict-unknown-key]
+    assert message.usage_metadata is not None
+    message.usage_metadata["weird"] = 1  # type: ignore[typeddict-unknown-key]
+    return message
+
+
+USAGE: Any = {"input_tokens": 1, "output_tokens": 2, "total_tokens": 3}
+ODD_FIELDS = {
+    "at": datetime(2026, 1, 2, tzinfo=UTC),
+    "day": date(2026, 1, 2),
+    "span": timedelta(seconds=3),
+    "id": UUID(int=7),
+    "colour": Colour.RED,
+    "point": Point(1, "a"),
+    "set": {1},
+    "tuple": (1, 2),
+    "raw": b"ok",
+    3: "int key",
+    "nan": float("nan"),
+    "opaque": Opaque(),
+    "model": HumanMessage("inside", id="in"),
+}
+MESSAGE_LISTS: list[list[Any]] = [
+    [HumanMessage("hi é ✓", id="1"), AIMessage("", tool_calls=[CALL], id="2")],
+    [_odd_tool_call(), ToolMessage("x", tool_call_id="c1", artifact={"any": [1, 2]})],
+    [AIMessage("t", additional_kwargs=ODD_FIELDS, response_metadata={"model": "m"})],
+    [HumanMessage([{"type": "text", "text": "a"}, {"type": "image", "url": "u"}], name="n")],
+    [SystemMessage("s"), AIMessageChunk("chunk", id="k"), RemoveMessage(id="1")],
+    [HumanMessage("extra", id="x", extra_field={"kept": True})],  # extra fields
+    [AIMessage("t", additional_kwargs={"raw": b"\xff"})],  # bytes pydantic refuses
+    [HumanMessage("a"), Shouting(text="a"), Renamed(text="abc")],
+]
+
+
+@pytest.mark.parametrize("messages", MESSAGE_LISTS, ids=range(len(MESSAGE_LISTS)))
+def test_a_list_of_models_is_written_as_pydantic_writes_it(messages: list[Any]) -> None:
+    """Byte for byte, whether orjson writes the models' fields or pydantic the models."""
+    try:
+        expected = to_json(messages, fallback=serialize._plain)
+    except PydanticSerializationError:
+        expected = orjson.dumps(messages, default=serialize._default)
+    assert dumps({"messages": messages}) == b'{"messages":' + expected + b"}"
+
+
+def test_only_models_written_as_their_fields_are_written_from_them() -> None:
+    for cls in (HumanMessage, AIMessage, AIMessageChunk, ToolMessage, SystemMessage):
+        assert serialize._fields_only(cls), cls
+    assert not serialize._fields_only(Shouting)
+    assert not serialize._fields_only(Renamed)
+    for messages in MESSAGE_LISTS[:5]:
+        assert serialize._fields_json(messages) == to_json(messages, fallback=serialize._plain)
