@@ -254,7 +254,7 @@ class BlobCache:
         key = (scope, blob_id)
         if key in self._entries:
             return
-        # The run's previous final value is the one this replaces: a load starts from the
+        # It replaces the value the thread's previous run here kept: a load starts from the
         # newest, and each is charged for the whole conversation.
         slot = (scope, blob_id.checkpoint_ns, blob_id.channel)
         previous = self._newest.get(blob_id.thread_id, {}).get(slot)

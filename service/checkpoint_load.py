@@ -187,9 +187,9 @@ HELD_TYPE = "held"
 def load_sql(by_id: bool) -> bytes:
     """The statement for a given checkpoint id, or for the thread's latest checkpoint."""
     by_id_clause = "AND checkpoint_id = %(checkpoint_id)s" if by_id else ""
-    # Sent without comments, indentation and the spaces after commas and around `=` (no
-    # literal in it holds either): psycopg caches how it parsed a query only for queries of
-    # up to 4096 bytes; a longer one is parsed again on every load.
+    # Sent without comments, indentation and the spaces after commas and around `=`, `->`,
+    # `->>` and `||` (no literal in it holds any): psycopg caches how it parsed a query only
+    # for queries of up to 4096 bytes; a longer one is parsed again on every load.
     lines = (line.strip() for line in LOAD_TEMPLATE.format(by_id=by_id_clause).splitlines())
     kept = "\n".join(line for line in lines if line and not line.startswith("--"))
     for spaced in (", ", " = ", " -> ", " ->> ", " || "):
