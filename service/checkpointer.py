@@ -432,9 +432,9 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         if not rows:
             return
         if self._sizes is not None and not configurable["checkpoint_ns"]:
-            for row in rows:
-                if row[6] in self._sizes:
-                    self._sizes[row[6]] += len(row[8] or b"")
+            for *_, channel, _, blob in rows:
+                if channel in self._sizes:
+                    self._sizes[channel] += len(blob or b"")
         batch = HeldWrites(task_id, task_path, rows, all(w[0] in WRITES_IDX_MAP for w in writes))
         keys = batch.keys()
         if len(keys) < len(rows):

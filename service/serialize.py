@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from enum import Enum
 from functools import lru_cache
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -119,7 +120,7 @@ def _models_json(models: list[Any]) -> Any:
     classes = set(map(type, models))
     if not all(issubclass(cls, BaseModel) for cls in classes):
         return models
-    if all(_fields_only(cls) for cls in classes):
+    if all(map(_fields_only, classes)) and not any(map(_EXTRA, models)):
         try:
             return orjson.Fragment(_fields_json(models))
         except orjson.JSONEncodeError:
@@ -130,22 +131,28 @@ def _models_json(models: list[Any]) -> Any:
         return models  # each model on its own, with its own fallback
 
 
-# A model whose pydantic serializer writes its fields as they are, by name, in order, is
-# written by orjson from the model's ``__dict__`` (which holds exactly those fields, in that
-# order), four times as fast as pydantic's own: a LangChain message is such a model. A field's
-# value orjson has no type for, or would write otherwise (a datetime, a dataclass), is handed
-# to pydantic's serializer, which infers its type as it does inside the model; so the bytes are
-# pydantic's (tests/service/test_serialize.py). A model with extra fields goes pydantic's way.
+# LangChain's messages are written by orjson from each model's ``__dict__`` (which holds
+# exactly its fields, in their order), about four times as fast as pydantic's serializer. A
+# field's value orjson has no type for, or would write otherwise (a datetime, a dataclass), is
+# handed to pydantic's serializer, which infers its type as it does inside the message, whose
+# fields are typed as JSON or ``Any``: the bytes are pydantic's (tests/service/test_serialize.py
+# compares them). Other models, which may type a field so that pydantic writes it otherwise (a
+# subclass instance in a field of its base class), and a message with extra fields, go
+# pydantic's way; so does a message class pydantic would not write as its plain fields.
 _FIELDS_OPTIONS = (
     orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 )
+_MESSAGES_MODULE = "langchain_core.messages."
+_EXTRA = attrgetter("__pydantic_extra__")
+_FIELDS = attrgetter("__dict__")
 
 
 @lru_cache(maxsize=256)
 def _fields_only(cls: type[BaseModel]) -> bool:
-    """Whether pydantic writes ``cls`` as its fields' values under their names."""
+    """Whether ``cls`` is a LangChain message class pydantic writes as its fields' values
+    under their names."""
     decorators = cls.__pydantic_decorators__
-    return not (
+    return cls.__module__.startswith(_MESSAGES_MODULE) and not (
         cls.model_computed_fields
         or decorators.field_serializers
         or decorators.model_serializers
@@ -156,11 +163,7 @@ def _fields_only(cls: type[BaseModel]) -> bool:
 
 
 def _fields_json(models: list[Any]) -> bytes:
-    if any(model.__pydantic_extra__ for model in models):
-        raise orjson.JSONEncodeError("extra fields")
-    return orjson.dumps(
-        [model.__dict__ for model in models], default=_inferred, option=_FIELDS_OPTIONS
-    )
+    return orjson.dumps(list(map(_FIELDS, models)), default=_inferred, option=_FIELDS_OPTIONS)
 
 
 def _inferred(value: Any) -> Any:

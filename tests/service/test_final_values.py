@@ -65,13 +65,13 @@ def _recorded_loads(monkeypatch: pytest.MonkeyPatch) -> list[list[Any]]:
     return loads
 
 
-async def _state(pool: Pool, builder: Any, saver: FencedPostgresSaver, thread_id: UUID) -> Any:
+async def _state(builder: Any, saver: FencedPostgresSaver, thread_id: UUID) -> Any:
     config: RunnableConfig = {"configurable": {"thread_id": str(thread_id)}}
     return (await builder.compile(checkpointer=saver).aget_state(config)).values
 
 
 async def _stock_state(pool: Pool, builder: Any, thread_id: UUID) -> Any:
-    return await _state(pool, builder, FencedPostgresSaver(pool), thread_id)
+    return await _state(builder, FencedPostgresSaver(pool), thread_id)
 
 
 def _held_messages(cache: BlobCache, thread_id: UUID) -> tuple[ChannelBlob, Any]:
@@ -122,7 +122,6 @@ async def test_the_next_run_here_starts_from_the_values_the_last_one_ended_with(
             assert loads[0] == [], "the run's load replayed a history the replica held"
     theirs = await _stock_state(pool, builder(), thread_id)
     ours = await _state(
-        pool,
         builder(),
         FencedPostgresSaver(pool, history=history_channels(graph), cache=cache),
         thread_id,
@@ -159,7 +158,6 @@ async def test_replicas_taking_turns_walk_back_only_to_their_own_last_turn(
         )
         for side in caches:
             held = await _state(
-                pool,
                 builder(),
                 FencedPostgresSaver(pool, history=history_channels(graph), cache=side),
                 thread_id,

@@ -103,6 +103,13 @@ class Renamed(BaseModel):
         return len(self.text)
 
 
+class NotedMessage(HumanMessage):
+    """A message class of the user's own: its fields may be typed so that pydantic writes them
+    otherwise than their values' own types say."""
+
+    note: str = ""
+
+
 def _odd_tool_call() -> AIMessage:
     """A message changed after it was made, with keys its declared types do not have."""
     message = AIMessage("", tool_calls=[CALL], usage_metadata=USAGE)
@@ -137,6 +144,7 @@ MESSAGE_LISTS: list[list[Any]] = [
     [HumanMessage("extra", id="x", extra_field={"kept": True})],  # extra fields
     [AIMessage("t", additional_kwargs={"raw": b"\xff"})],  # bytes pydantic refuses
     [HumanMessage("a"), Shouting(text="a"), Renamed(text="abc")],
+    [NotedMessage("mine", note="n"), HumanMessage("theirs")],
 ]
 
 
@@ -150,10 +158,10 @@ def test_a_list_of_models_is_written_as_pydantic_writes_it(messages: list[Any]) 
     assert dumps({"messages": messages}) == b'{"messages":' + expected + b"}"
 
 
-def test_only_models_written_as_their_fields_are_written_from_them() -> None:
+def test_only_langchains_messages_written_as_their_fields_are_written_from_them() -> None:
     for cls in (HumanMessage, AIMessage, AIMessageChunk, ToolMessage, SystemMessage):
         assert serialize._fields_only(cls), cls
-    assert not serialize._fields_only(Shouting)
-    assert not serialize._fields_only(Renamed)
+    for cls in (Shouting, Renamed, NotedMessage):
+        assert not serialize._fields_only(cls), cls
     for messages in MESSAGE_LISTS[:5]:
         assert serialize._fields_json(messages) == to_json(messages, fallback=serialize._plain)
