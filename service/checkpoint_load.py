@@ -268,7 +268,8 @@ def keyed_walks(
     walks: Walks, thread_id: str, checkpoint_ns: str, pinned: Mapping[BlobId, Pinned]
 ) -> Walks:
     """The walks with each write's and seed's bytes wrapped with its row's id, as
-    ``keyed_target``."""
+    ``keyed_target``; a seed no row stores, where a walk stopped because the replica holds its
+    version, is added as its pinned value."""
     rows: list[Mapping[str, Any]] = [
         {**row, "blob": _stand_in(_row_id(row, thread_id, checkpoint_ns), row["blob"], pinned)}
         for row in walks.stage2_rows
