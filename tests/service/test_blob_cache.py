@@ -17,8 +17,13 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.serde.types import ERROR
 
 from tests.reaper.graphs import build_parent
-from tests.service.test_checkpoint_load import _compare, _same_tuple, _talked, counting_pool
-from threadkeeper.service import checkpoint_load
+from tests.service.test_checkpoint_load import (
+    _compare,
+    _same_tuple,
+    _talked,
+    counting_pool,
+    recorded_rows,
+)
 from threadkeeper.service.agent.graph import build_graph
 from threadkeeper.service.agent.offline import OfflineChatModel
 from threadkeeper.service.blob_cache import (
@@ -432,19 +437,6 @@ def test_a_pinned_value_is_served_as_a_hit_also_after_its_eviction() -> None:
     assert serde.cache.stats.hit_bytes == len(stored[1].data)
 
 
-def _blob_rows(monkeypatch: pytest.MonkeyPatch) -> list[list[Any]]:
-    """The seed rows (``b``) of each load, as the statement returned them."""
-    loads: list[list[Any]] = []
-    split = checkpoint_load.split
-
-    def recording(rows: Any) -> Any:
-        loads.append([row for row in rows if row["_kind"] == "b"])
-        return split(rows)
-
-    monkeypatch.setattr(checkpoint_load, "split", recording)
-    return loads
-
-
 async def test_a_held_seed_is_left_out_of_the_statement_and_read_as_stock(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -454,7 +446,7 @@ async def test_a_held_seed_is_left_out_of_the_statement_and_read_as_stock(
     async with counting_pool(database_url) as pool:
         config = await _turns(pool, cache, str(uuid.uuid4()), range(1, 5))
         cache.drop_thread(config["configurable"]["thread_id"])
-        loads = _blob_rows(monkeypatch)
+        loads = recorded_rows(monkeypatch, "b")
         first = await _reads_as_stock(pool, cache, config)
         hit_bytes = cache.stats.hit_bytes
         again = await _reads_as_stock(pool, cache, config)
@@ -484,7 +476,7 @@ async def test_a_seed_evicted_between_its_pin_and_its_decoding_is_still_read(
             return held
 
         monkeypatch.setattr(BlobCache, "pinned", pinned_then_evicted)
-        loads = _blob_rows(monkeypatch)
+        loads = recorded_rows(monkeypatch, "b")
         again = await _reads_as_stock(pool, cache, config)
     assert again == first
     assert loads[0] and all(row["blob"] is None for row in loads[0])

@@ -106,6 +106,20 @@ async def _compare(
     return dict(got)
 
 
+def recorded_rows(monkeypatch: pytest.MonkeyPatch, kinds: str) -> list[list[Any]]:
+    """The rows of each kind in ``kinds`` (``_kind`` letters) every later load statement
+    returned, one list a load."""
+    loads: list[list[Any]] = []
+    split = checkpoint_load.split
+
+    def recording(rows: Any) -> Any:
+        loads.append([row for row in rows if row["_kind"] in kinds])
+        return split(rows)
+
+    monkeypatch.setattr(checkpoint_load, "split", recording)
+    return loads
+
+
 @pytest.mark.parametrize("durability", ["sync", "async", "exit"])
 async def test_every_checkpoint_of_a_thread_reads_as_the_stock_saver_reads_it(
     database_url: str, durability: Durability

@@ -15,8 +15,9 @@ import pytest
 from langchain_core.runnables import RunnableConfig
 
 from tests.reaper.graphs import build_parent
+from tests.service.test_checkpoint_load import _say, recorded_rows
 from tests.support.runs import executor, new_run
-from threadkeeper.service import checkpoint_load, runs, threads
+from threadkeeper.service import runs, threads
 from threadkeeper.service.agent.graph import build_graph
 from threadkeeper.service.agent.offline import OfflineChatModel
 from threadkeeper.service.blob_cache import BlobCache, ChannelBlob, channel_blob
@@ -30,10 +31,6 @@ BUILDERS: dict[str, Callable[[], Any]] = {
     # Snapshots every 3 updates, a plain blob channel, and a subgraph's namespace.
     "parent": build_parent,
 }
-
-
-def _say(turn: int) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": f"turn {turn}: what is {turn}*3"}]}
 
 
 async def _run_turn(pool: Pool, cache: BlobCache, graph: Any, thread_id: UUID, turn: int) -> Any:
@@ -50,19 +47,6 @@ async def _run_turn(pool: Pool, cache: BlobCache, graph: Any, thread_id: UUID, t
     outcome = await attempt.task
     assert outcome.status == "success", outcome.error
     return outcome
-
-
-def _recorded_loads(monkeypatch: pytest.MonkeyPatch) -> list[list[Any]]:
-    """The rows each load statement returned, apart from the checkpoint's own."""
-    loads: list[list[Any]] = []
-    split = checkpoint_load.split
-
-    def recording(rows: Any) -> Any:
-        loads.append([row for row in rows if row["_kind"] != "t"])
-        return split(rows)
-
-    monkeypatch.setattr(checkpoint_load, "split", recording)
-    return loads
 
 
 async def _state(builder: Any, saver: FencedPostgresSaver, thread_id: UUID) -> Any:
@@ -109,7 +93,7 @@ async def test_the_next_run_here_starts_from_the_values_the_last_one_ended_with(
     graph = builder().compile()
     cache = BlobCache(1 << 24)
     thread_id = uuid.uuid4()
-    loads = _recorded_loads(monkeypatch)
+    loads = recorded_rows(monkeypatch, "cwb")
     for turn in range(1, 6):
         loads.clear()
         outcome = await _run_turn(pool, cache, graph, thread_id, turn)
@@ -139,7 +123,7 @@ async def test_replicas_taking_turns_walk_back_only_to_their_own_last_turn(
     graph = builder().compile()
     caches = (BlobCache(1 << 24), BlobCache(1 << 24))
     thread_id = uuid.uuid4()
-    loads = _recorded_loads(monkeypatch)
+    loads = recorded_rows(monkeypatch, "cwb")
     for turn in range(1, 7):
         cache = caches[turn % 2]
         before = _held_messages(cache, thread_id)[0] if turn > 2 else None
