@@ -133,11 +133,13 @@ def _configure_stdlib_logging() -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     """Run the operator until SIGTERM/SIGINT (kopf handles the signals)."""
+    # Checked before the imports below (seconds of them): a wrong command line fails at once.
+    if args.tick_interval <= 0:
+        raise UsageError("--tick-interval must be positive")
+    if args.retry_after <= 0:
+        raise UsageError("--retry-after must be positive")
     # Imported here: kopf and the engine (LangGraph) are heavy and only this command needs them.
-    from prometheus_client import CollectorRegistry, start_http_server
-
     from threadkeeper.reaper.kube import Connection, default_namespace
-    from threadkeeper.reaper.operator import run_operator
 
     kubeconfig = Path(args.kubeconfig) if args.kubeconfig else None
     namespaces = list(args.namespace or [])
@@ -149,10 +151,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 "context with a namespace"
             )
         namespaces = [fallback]
-    if args.tick_interval <= 0:
-        raise UsageError("--tick-interval must be positive")
-    if args.retry_after <= 0:
-        raise UsageError("--retry-after must be positive")
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from threadkeeper.reaper.operator import run_operator
+
     _configure_stdlib_logging()
     registry = CollectorRegistry()
     server, thread = start_http_server(args.metrics_port, registry=registry)
