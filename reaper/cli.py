@@ -138,7 +138,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--tick-interval must be positive")
     if args.retry_after <= 0:
         raise UsageError("--retry-after must be positive")
-    # Imported here: kopf and the engine (LangGraph) are heavy and only this command needs them.
+    # Imported here, each as late as it can be: kopf (kube) and the engine (operator, LangGraph)
+    # are heavy and only this command needs them.
     from threadkeeper.reaper.kube import Connection, default_namespace
 
     kubeconfig = Path(args.kubeconfig) if args.kubeconfig else None
